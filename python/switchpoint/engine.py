@@ -1,0 +1,275 @@
+"""The request path, and nothing else:
+
+    validate -> decide -> call with fallback -> settle + record
+
+(gate, cache and admission slot in between decide and call as they are built.) Route stops after
+decide; Chat and ChatStream run the whole path. Wire formats live in `switchpoint.server`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from switchpoint._native import LatencyTracker
+from switchpoint.config import Config, ModelConfig
+from switchpoint.errors import AllAttemptsFailedError, ErrorClass, ProviderError
+from switchpoint.providers.base import (
+    ChatMessage,
+    Completion,
+    ProviderAdapter,
+    ProviderRequest,
+    StreamEnd,
+    TextDelta,
+)
+from switchpoint.registry import Registry
+from switchpoint.request import ChatInput, validate
+from switchpoint.routing import Decision, Router
+from switchpoint.stats import StatsBook
+
+log = logging.getLogger("switchpoint.engine")
+
+# Errors that are the caller's own fault: another model would refuse the request just the same.
+_NOT_WORTH_ANOTHER_MODEL = frozenset({ErrorClass.INVALID_REQUEST})
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    model: str
+    provider: str
+    latency_ms: float
+    error_class: str = ""
+    error_message: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.error_class
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    request_id: str
+    content: str
+    model: str
+    provider: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    latency_ms: float
+    finish_reason: str
+    attempts: tuple[AttemptRecord, ...]
+    decision: Decision
+    ttft_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDelta:
+    text: str
+    model: str
+    provider: str
+
+
+@dataclass(slots=True)
+class _Call:
+    """Book-keeping for one Chat or ChatStream call across its attempts."""
+
+    request: ChatInput
+    decision: Decision
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    attempts: list[AttemptRecord] = field(default_factory=list)
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000.0
+
+
+class Engine:
+    """One config's worth of routing state and provider adapters; built by the server factory."""
+
+    def __init__(
+        self,
+        config: Config,
+        registry: Registry,
+        adapters: Mapping[str, ProviderAdapter],
+        latency: LatencyTracker,
+        stats: StatsBook,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.latency = latency
+        self.stats = stats
+        self._adapters = adapters
+        self._router = Router(config, registry)
+
+    # -- decide -------------------------------------------------------------------------------
+
+    def decide(self, request: ChatInput) -> Decision:
+        """Validate and route. Raises InvalidRequestError or NoEligibleModelError."""
+        validate(request)
+        return self._router.decide(request)
+
+    # -- call with fallback -------------------------------------------------------------------
+
+    async def chat(self, request: ChatInput, decision: Decision) -> ChatResult:
+        call = _Call(request, decision, request.request_id or uuid.uuid4().hex)
+        last_error: ProviderError | None = None
+        for model in self._chain(decision):
+            attempt_started = time.perf_counter()
+            try:
+                completion = await self._adapter(model).complete(
+                    self._provider_request(model, request), timeout_s=None
+                )
+            except ProviderError as exc:
+                last_error = exc
+                self._record_failure(call, model, exc, attempt_started)
+                if exc.error_class in _NOT_WORTH_ANOTHER_MODEL:
+                    raise
+                continue
+            return self._settle(call, model, completion, attempt_started, ttft_ms=0.0)
+        raise self._exhausted(call, last_error)
+
+    async def stream(
+        self, request: ChatInput, decision: Decision
+    ) -> AsyncIterator[StreamDelta | ChatResult]:
+        """Relay the provider's stream; fails over to the next model while nothing was sent yet."""
+        call = _Call(request, decision, request.request_id or uuid.uuid4().hex)
+        last_error: ProviderError | None = None
+        for model in self._chain(decision):
+            attempt_started = time.perf_counter()
+            parts: list[str] = []
+            ttft_ms = 0.0
+            try:
+                events = self._adapter(model).stream(
+                    self._provider_request(model, request), timeout_s=None
+                )
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        if not parts:
+                            ttft_ms = (time.perf_counter() - attempt_started) * 1000.0
+                        parts.append(event.text)
+                        yield StreamDelta(event.text, model.name, model.provider)
+                    elif isinstance(event, StreamEnd):
+                        completion = Completion(
+                            "".join(parts),
+                            event.finish_reason,
+                            event.input_tokens,
+                            event.output_tokens,
+                        )
+                        yield self._settle(call, model, completion, attempt_started, ttft_ms)
+                        return
+            except ProviderError as exc:
+                last_error = exc
+                self._record_failure(call, model, exc, attempt_started)
+                if parts or exc.error_class in _NOT_WORTH_ANOTHER_MODEL:
+                    # Tokens already reached the client: switching models silently would splice
+                    # two answers together.
+                    raise
+                continue
+            # A stream that ends without StreamEnd is an adapter bug, never a success.
+            raise ProviderError(model.provider, ErrorClass.BAD_RESPONSE, "stream ended early")
+        raise self._exhausted(call, last_error)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _chain(self, decision: Decision) -> Iterator[ModelConfig]:
+        seen: set[str] = set()
+        names = [c.name for c in decision.candidates] + list(decision.fallback)
+        for name in names:
+            index = self.registry.index_of(name)
+            if name in seen or index is None:
+                continue
+            seen.add(name)
+            yield self.registry.models[index]
+
+    def _adapter(self, model: ModelConfig) -> ProviderAdapter:
+        return self._adapters[model.provider]
+
+    def _provider_request(self, model: ModelConfig, request: ChatInput) -> ProviderRequest:
+        messages = list(request.messages)
+        if model.system_prompt and not any(m.role == "system" for m in messages):
+            messages.insert(0, ChatMessage("system", model.system_prompt))
+        params = request.params
+        return ProviderRequest(
+            upstream_model=model.wire_model,
+            messages=messages,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            stop=tuple(params.stop),
+            extra_body=dict(model.extra_body),
+        )
+
+    def cost_usd(self, model: ModelConfig, input_tokens: int, output_tokens: int) -> float:
+        price = model.price
+        return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6
+
+    def _settle(
+        self,
+        call: _Call,
+        model: ModelConfig,
+        completion: Completion,
+        attempt_started: float,
+        ttft_ms: float,
+    ) -> ChatResult:
+        attempt_ms = (time.perf_counter() - attempt_started) * 1000.0
+        cost = self.cost_usd(model, completion.input_tokens, completion.output_tokens)
+        call.attempts.append(
+            AttemptRecord(
+                model.name,
+                model.provider,
+                attempt_ms,
+                input_tokens=completion.input_tokens,
+                output_tokens=completion.output_tokens,
+                cost_usd=cost,
+            )
+        )
+        self.latency.record(
+            self.latency.slot(model.name),
+            attempt_ms,
+            ttft_ms if ttft_ms > 0 else None,
+            completion.output_tokens,
+        )
+        self.stats.record_success(
+            model.name, completion.input_tokens, completion.output_tokens, cost
+        )
+        return ChatResult(
+            request_id=call.request_id,
+            content=completion.content,
+            model=model.name,
+            provider=model.provider,
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            cost_usd=cost,
+            latency_ms=call.elapsed_ms(),
+            finish_reason=completion.finish_reason,
+            attempts=tuple(call.attempts),
+            decision=call.decision,
+            ttft_ms=ttft_ms,
+        )
+
+    def _record_failure(
+        self, call: _Call, model: ModelConfig, exc: ProviderError, attempt_started: float
+    ) -> None:
+        attempt_ms = (time.perf_counter() - attempt_started) * 1000.0
+        call.attempts.append(
+            AttemptRecord(
+                model.name, model.provider, attempt_ms, exc.error_class.value, str(exc)
+            )
+        )
+        self.stats.record_error(model.name)
+        log.warning(
+            "attempt failed",
+            extra={"request_id": call.request_id, "model": model.name, "error": str(exc)},
+        )
+
+    def _exhausted(self, call: _Call, last: ProviderError | None) -> AllAttemptsFailedError:
+        if last is None:
+            # Every model in the chain was skipped (disabled since the decision); say so plainly.
+            last = ProviderError("(none)", ErrorClass.NOT_FOUND, "no model left to try")
+        return AllAttemptsFailedError(last, call.attempts)

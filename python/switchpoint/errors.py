@@ -1,0 +1,107 @@
+"""The one exception hierarchy of switchpoint.
+
+Every failure the request path can meet is one of these; `switchpoint.server.status` is the single
+place that maps them to gRPC status codes. The Rust core raises `CoreError` subclasses through its one
+`From<CoreError> for PyErr` conversion, so they arrive here already typed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Protocol
+
+from switchpoint._native import CoreError
+
+
+class SwitchpointError(Exception):
+    """Base of every error switchpoint raises on purpose."""
+
+
+class InvalidRequestError(SwitchpointError):
+    """The caller's request is malformed; `field` names the offending field (e.g. `routing.weights`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class NoEligibleModelError(SwitchpointError):
+    """The request is well formed but no configured model can serve it (context window, caps, cost)."""
+
+
+class ConfigError(SwitchpointError):
+    """A config file is invalid; `errors` lists every problem as `path: message`."""
+
+    def __init__(self, errors: list[str], source: str = "config") -> None:
+        self.errors = errors
+        self.source = source
+        super().__init__(f"{source} is invalid:\n" + "\n".join(f"  {e}" for e in errors))
+
+
+class ErrorClass(StrEnum):
+    """Why a provider call failed; decides retry and fallback behaviour."""
+
+    RATE_LIMITED = "rate_limited"
+    OVERLOADED = "overloaded"
+    SERVER_ERROR = "server_error"
+    TIMEOUT = "timeout"
+    CONNECT = "connect"
+    AUTH = "auth"
+    CONTEXT_WINDOW = "context_window"
+    CONTENT_POLICY = "content_policy"
+    INVALID_REQUEST = "invalid_request"
+    BAD_RESPONSE = "bad_response"
+    NOT_FOUND = "not_found"
+
+
+class ProviderError(SwitchpointError):
+    """A provider call failed. The message names the provider and never carries an API key."""
+
+    def __init__(
+        self,
+        provider: str,
+        error_class: ErrorClass,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        detail = f"HTTP {status}: {message}" if status is not None else message
+        super().__init__(f"provider '{provider}' failed ({error_class.value}): {detail}")
+        self.provider = provider
+        self.error_class = error_class
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.detail = message
+
+
+class AttemptSummary(Protocol):
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def error_class(self) -> str: ...
+
+
+class AllAttemptsFailedError(SwitchpointError):
+    """Every model in the chain failed; carries the attempts and the last provider error."""
+
+    def __init__(self, last: ProviderError, attempts: Sequence[AttemptSummary]) -> None:
+        tried = ", ".join(f"{a.model} ({a.error_class})" for a in attempts) or "none"
+        super().__init__(f"all {len(attempts)} attempt(s) failed [{tried}]; last: {last}")
+        self.last = last
+        self.attempts = tuple(attempts)
+
+
+__all__ = [
+    "AllAttemptsFailedError",
+    "ConfigError",
+    "CoreError",
+    "ErrorClass",
+    "InvalidRequestError",
+    "NoEligibleModelError",
+    "ProviderError",
+    "SwitchpointError",
+]

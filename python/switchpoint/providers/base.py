@@ -1,0 +1,66 @@
+"""What every provider adapter speaks: one request shape in, one completion or event stream out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRequest:
+    """A chat call as the adapter sends it; `upstream_model` is the provider's own model name."""
+
+    upstream_model: str
+    messages: Sequence[ChatMessage]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: Sequence[str] = ()
+    # Extra provider-specific body fields from the model's config (e.g. repeat_penalty for llama.cpp).
+    extra_body: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    content: str
+    finish_reason: str
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The last event of every successful stream, with the provider-reported usage."""
+
+    finish_reason: str
+    input_tokens: int
+    output_tokens: int
+
+
+StreamEvent = TextDelta | StreamEnd
+
+
+class ProviderAdapter(Protocol):
+    """One wire protocol. Raises `switchpoint.errors.ProviderError` for every failure."""
+
+    name: str
+
+    async def complete(self, request: ProviderRequest, *, timeout_s: float | None) -> Completion: ...
+
+    def stream(
+        self, request: ProviderRequest, *, timeout_s: float | None
+    ) -> AsyncIterator[StreamEvent]: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,120 @@
+"""Models and deployments as routing sees them: which are enabled, their capability bits, and the
+Rust routing table built from them once per config load."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from switchpoint._native import LatencyTracker, ModelSpec, ModelTable
+from switchpoint.config import Config, ModelConfig, ProviderConfig
+from switchpoint.errors import ConfigError, InvalidRequestError, NoEligibleModelError
+
+# The Rust table keeps capabilities in a u64 bitmask.
+MAX_CAPABILITIES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStatus:
+    name: str
+    config: ProviderConfig
+    api_key: str | None
+    enabled: bool
+    # Why the provider is disabled; empty when enabled.
+    reason: str = ""
+
+
+def resolve_providers(config: Config, environ: Mapping[str, str]) -> dict[str, ProviderStatus]:
+    """Decide which providers are usable in this environment (API key variables set or not)."""
+    statuses: dict[str, ProviderStatus] = {}
+    errors: list[str] = []
+    for name, provider in config.providers.items():
+        key = environ.get(provider.api_key_env) if provider.api_key_env else None
+        if provider.api_key_env and not key:
+            reason = f"environment variable {provider.api_key_env} is not set"
+            if not provider.optional:
+                errors.append(f"providers.{name}.api_key_env: {reason}")
+            statuses[name] = ProviderStatus(name, provider, None, enabled=False, reason=reason)
+        else:
+            statuses[name] = ProviderStatus(name, provider, key or None, enabled=True)
+    if errors:
+        raise ConfigError(errors, "environment")
+    return statuses
+
+
+class Registry:
+    """The enabled models, indexed as the Rust table indexes them."""
+
+    def __init__(
+        self, config: Config, providers: Mapping[str, ProviderStatus], latency: LatencyTracker
+    ) -> None:
+        self.providers = providers
+        self.disabled: dict[str, str] = {}
+        self.models: list[ModelConfig] = []
+        for model in config.models:
+            status = providers[model.provider]
+            if status.enabled:
+                self.models.append(model)
+            else:
+                self.disabled[model.name] = f"provider '{status.name}' is disabled: {status.reason}"
+        if not self.models:
+            raise ConfigError(["models: no model is enabled (" + self._disabled_summary() + ")"])
+        self._index = {m.name: i for i, m in enumerate(self.models)}
+        capability_names = sorted({c for m in self.models for c in m.capabilities})
+        if len(capability_names) > MAX_CAPABILITIES:
+            raise ConfigError([f"models: at most {MAX_CAPABILITIES} distinct capabilities"])
+        self._capability_bits = {c: 1 << i for i, c in enumerate(capability_names)}
+        self.table = ModelTable(
+            [self._spec(m) for m in self.models],
+            latency,
+            min_samples=config.routing.min_latency_samples,
+        )
+
+    def _spec(self, model: ModelConfig) -> ModelSpec:
+        return ModelSpec(
+            model.name,
+            input_per_mtok=model.price.input_per_mtok,
+            output_per_mtok=model.price.output_per_mtok,
+            context_window=model.context_window,
+            quality=model.quality,
+            ttft_prior_ms=model.latency_prior.ttft_ms,
+            tpot_prior_ms=model.latency_prior.tpot_ms,
+            capabilities=self.capability_mask(model.capabilities),
+        )
+
+    def _disabled_summary(self) -> str:
+        return "; ".join(f"{name}: {why}" for name, why in self.disabled.items())
+
+    def index_of(self, name: str) -> int | None:
+        return self._index.get(name)
+
+    def has_capability(self, capability: str) -> bool:
+        return capability in self._capability_bits
+
+    def capability_mask(self, capabilities: list[str] | tuple[str, ...]) -> int:
+        mask = 0
+        for capability in capabilities:
+            mask |= self._capability_bits.get(capability, 0)
+        return mask
+
+    def required_mask(self, capabilities: tuple[str, ...] | list[str], field: str) -> int:
+        """The bitmask for a request's required capabilities; unknown names are the caller's error."""
+        for i, capability in enumerate(capabilities):
+            if capability not in self._capability_bits:
+                known = ", ".join(sorted(self._capability_bits))
+                raise InvalidRequestError(
+                    f"{field}[{i}]",
+                    f"no enabled model has capability '{capability}' (known: {known})",
+                )
+        return self.capability_mask(capabilities)
+
+    def resolve_model(self, name: str, field: str) -> int:
+        """The index of an enabled model, or an error naming the field and why it cannot be used."""
+        index = self._index.get(name)
+        if index is not None:
+            return index
+        if name in self.disabled:
+            raise NoEligibleModelError(
+                f"{field}: model '{name}' is unavailable: {self.disabled[name]}"
+            )
+        raise InvalidRequestError(field, f"unknown model '{name}'")

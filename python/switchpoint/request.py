@@ -1,0 +1,117 @@
+"""The request as the engine sees it, independent of the wire (gRPC today, HTTP later), and its
+validation: every rule about what a caller may send is decided here, once, naming the field."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from switchpoint.errors import InvalidRequestError
+from switchpoint.providers.base import ChatMessage
+
+ROLES = ("system", "user", "assistant")
+MAX_ID_LENGTH = 128
+
+
+class Priority(IntEnum):
+    UNSPECIFIED = 0
+    REALTIME = 1
+    INTERACTIVE = 2
+    BATCH = 3
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingOptions:
+    models: Sequence[str] = ()
+    stage: str = ""
+    strategy: str = ""
+    # (cost, latency, quality), or None when the caller set no custom weights.
+    weights: tuple[float, float, float] | None = None
+    tenant: str = ""
+    priority: int = Priority.UNSPECIFIED
+    capabilities: Sequence[str] = ()
+    max_cost_usd: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ChatInput:
+    messages: Sequence[ChatMessage]
+    routing: RoutingOptions = field(default_factory=RoutingOptions)
+    params: GenerationParams = field(default_factory=GenerationParams)
+    request_id: str = ""
+
+
+def _check_finite_range(
+    name: str, value: float | None, low: float, high: float, *, low_open: bool = False
+) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise InvalidRequestError(name, "must be a finite number")
+    if value < low or (low_open and value == low):
+        raise InvalidRequestError(name, f"must be {'>' if low_open else '>='} {low:g}")
+    if value > high:
+        raise InvalidRequestError(name, f"must be <= {high:g}")
+
+
+def _validate_messages(messages: Sequence[ChatMessage]) -> None:
+    if not messages:
+        raise InvalidRequestError("messages", "must contain at least one message")
+    for i, message in enumerate(messages):
+        if message.role not in ROLES:
+            raise InvalidRequestError(
+                f"messages[{i}].role",
+                f"must be one of {', '.join(ROLES)} (got {message.role!r})",
+            )
+    if not any(m.content.strip() for m in messages if m.role != "system"):
+        raise InvalidRequestError("messages", "no user or assistant message has any content")
+    if messages[-1].role == "system":
+        raise InvalidRequestError("messages", "the last message must not be a system message")
+
+
+def _validate_routing(routing: RoutingOptions) -> None:
+    for i, name in enumerate(routing.models):
+        if not name.strip():
+            raise InvalidRequestError(f"routing.models[{i}]", "must not be empty")
+    if routing.weights is not None:
+        for part, value in zip(("cost", "latency", "quality"), routing.weights, strict=True):
+            _check_finite_range(f"routing.weights.{part}", value, 0.0, math.inf)
+        if sum(routing.weights) <= 0:
+            raise InvalidRequestError("routing.weights", "must not all be zero")
+    if routing.priority not in tuple(Priority):
+        raise InvalidRequestError("routing.priority", f"unknown priority {routing.priority}")
+    _check_finite_range("routing.max_cost_usd", routing.max_cost_usd, 0.0, math.inf)
+    if len(routing.tenant) > MAX_ID_LENGTH:
+        raise InvalidRequestError("routing.tenant", f"must be at most {MAX_ID_LENGTH} characters")
+    for i, capability in enumerate(routing.capabilities):
+        if not capability.strip():
+            raise InvalidRequestError(f"routing.capabilities[{i}]", "must not be empty")
+
+
+def _validate_params(params: GenerationParams) -> None:
+    if params.max_tokens is not None and params.max_tokens < 1:
+        raise InvalidRequestError("params.max_tokens", "must be >= 1")
+    _check_finite_range("params.temperature", params.temperature, 0.0, 2.0)
+    _check_finite_range("params.top_p", params.top_p, 0.0, 1.0, low_open=True)
+    for i, stop in enumerate(params.stop):
+        if not stop:
+            raise InvalidRequestError(f"params.stop[{i}]", "must not be empty")
+
+
+def validate(request: ChatInput) -> None:
+    """Raise `InvalidRequestError` for the first thing wrong with `request`, naming its field."""
+    _validate_messages(request.messages)
+    _validate_routing(request.routing)
+    _validate_params(request.params)
+    if len(request.request_id) > MAX_ID_LENGTH:
+        raise InvalidRequestError("request_id", f"must be at most {MAX_ID_LENGTH} characters")

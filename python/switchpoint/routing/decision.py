@@ -1,0 +1,49 @@
+"""What a routing decision carries: the choice, the ranked candidates with their scores, the level
+that decided and the reasons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class Level(IntEnum):
+    """Values match switchpoint.v1.DecisionLevel."""
+
+    OVERRIDE = 1
+    STAGE = 2
+    AUTO = 3
+    FALLBACK = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredModel:
+    index: int
+    name: str
+    provider: str
+    score: float
+    norm_cost: float
+    norm_latency: float
+    quality: float
+    estimated_cost_usd: float
+    estimated_latency_ms: float
+    latency_observed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    candidates: tuple[ScoredModel, ...]
+    level: Level
+    reasons: tuple[str, ...]
+    strategy: str
+    weights: tuple[float, float, float]
+    input_tokens: int
+    output_tokens: int
+    task_class: str = ""
+    complexity: float = 0.0
+    # Models to try after the candidates when every candidate fails (not scored, in chain order).
+    fallback: tuple[str, ...] = ()
+
+    @property
+    def chosen(self) -> ScoredModel:
+        return self.candidates[0]

@@ -1,0 +1,139 @@
+"""The server factory: builds one sidecar (engine, adapters, managed local servers, gRPC server with
+health and reflection) from a config. No module-level state, so tests can build many per process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from switchpoint._native import LatencyTracker
+from switchpoint.config import Config
+from switchpoint.engine import Engine
+from switchpoint.local_model import ManagedModelServer, llama_cpp_available
+from switchpoint.providers import create_adapter
+from switchpoint.providers.base import ProviderAdapter
+from switchpoint.registry import ProviderStatus, Registry, resolve_providers
+from switchpoint.server.router_servicer import RouterServicer
+from switchpoint.stats import StatsBook
+from switchpoint.v1 import router_pb2, router_pb2_grpc
+
+log = logging.getLogger("switchpoint.server")
+
+ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
+
+
+class Sidecar:
+    """One running switchpoint: call `start()`, then `stop()`; `port` is the bound gRPC port."""
+
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine,
+        adapters: Mapping[str, ProviderAdapter],
+        managed: list[ManagedModelServer],
+        grpc_server: grpc.aio.Server,
+        health_servicer: health.aio.HealthServicer,
+        port: int,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.port = port
+        self.grpc_server = grpc_server
+        self._adapters = adapters
+        self._managed = managed
+        self._health = health_servicer
+
+    async def start(self) -> None:
+        for server in self._managed:
+            await server.start()
+        await self.grpc_server.start()
+        for service in ("", ROUTER_SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting calls, let in-flight ones finish within the grace period, then clean up."""
+        grace = self.config.server.graceful_stop_s if grace_s is None else grace_s
+        await self._health.enter_graceful_shutdown()
+        await self.grpc_server.stop(grace)
+        await asyncio.gather(*(adapter.aclose() for adapter in self._adapters.values()))
+        for server in self._managed:
+            await server.stop()
+
+    async def wait(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+
+def _with_managed_availability(statuses: dict[str, ProviderStatus]) -> dict[str, ProviderStatus]:
+    """A managed local server that is not installed disables its provider instead of failing."""
+    if llama_cpp_available():
+        return statuses
+    out = dict(statuses)
+    for name, status in statuses.items():
+        if status.enabled and status.config.managed is not None:
+            reason = "local model server is not installed (run `make local-model`)"
+            log.warning("provider %s disabled: %s", name, reason)
+            out[name] = replace(status, enabled=False, reason=reason)
+    return out
+
+
+def _adapter_for(status: ProviderStatus) -> ProviderAdapter:
+    provider = status.config
+    return create_adapter(
+        status.name,
+        provider.kind,
+        provider.endpoint,
+        status.api_key,
+        timeout_s=provider.timeout_s,
+        connect_timeout_s=provider.connect_timeout_s,
+        max_connections=provider.max_connections,
+        headers=provider.headers,
+        anthropic_default_max_tokens=provider.default_max_tokens,
+    )
+
+
+async def create_server(
+    config: Config,
+    address: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    latency: LatencyTracker | None = None,
+    stats: StatsBook | None = None,
+) -> tuple[Sidecar, int]:
+    """Build a sidecar bound to `address` (config's server.grpc_address when None; port 0 picks a
+    free port). Must run inside the event loop that will serve it. Nothing is started yet."""
+    statuses = _with_managed_availability(
+        resolve_providers(config, os.environ if environ is None else environ)
+    )
+    for name, status in statuses.items():
+        if not status.enabled:
+            log.info("provider %s disabled: %s", name, status.reason)
+    latency = latency or LatencyTracker(config.routing.latency_half_life_s)
+    registry = Registry(config, statuses, latency)
+    adapters = {name: _adapter_for(s) for name, s in statuses.items() if s.enabled}
+    managed = [
+        ManagedModelServer(name, s.config.managed, logger=log)
+        for name, s in statuses.items()
+        if s.enabled and s.config.managed is not None
+    ]
+    engine = Engine(config, registry, adapters, latency, stats or StatsBook())
+
+    grpc_server = grpc.aio.server()
+    router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(lambda: engine), grpc_server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    reflection.enable_server_reflection(
+        (ROUTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
+    )
+    bind = address or config.server.grpc_address
+    port = grpc_server.add_insecure_port(bind)
+    if port == 0:
+        raise OSError(f"cannot bind gRPC address {bind}")
+    sidecar = Sidecar(config, engine, adapters, managed, grpc_server, health_servicer, port)
+    return sidecar, port

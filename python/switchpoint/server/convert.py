@@ -1,0 +1,133 @@
+"""Translation between the switchpoint.v1 protobuf messages and the engine's own types.
+
+No rules live here: validation is `switchpoint.request.validate`, routing is `switchpoint.routing`.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from switchpoint.engine import AttemptRecord, ChatResult, StreamDelta
+from switchpoint.providers.base import ChatMessage
+from switchpoint.request import ChatInput, GenerationParams, RoutingOptions
+from switchpoint.routing import Decision
+from switchpoint.v1 import router_pb2 as pb
+
+
+def _routing(options: pb.RoutingOptions) -> RoutingOptions:
+    weights = options.weights
+    return RoutingOptions(
+        models=tuple(options.models),
+        stage=options.stage,
+        strategy=options.strategy,
+        weights=(
+            (weights.cost, weights.latency, weights.quality)
+            if options.HasField("weights")
+            else None
+        ),
+        tenant=options.tenant,
+        priority=options.priority,
+        capabilities=tuple(options.capabilities),
+        max_cost_usd=options.max_cost_usd if options.HasField("max_cost_usd") else None,
+    )
+
+
+def _params(params: pb.GenerationParams) -> GenerationParams:
+    return GenerationParams(
+        max_tokens=params.max_tokens if params.HasField("max_tokens") else None,
+        temperature=params.temperature if params.HasField("temperature") else None,
+        top_p=params.top_p if params.HasField("top_p") else None,
+        stop=tuple(params.stop),
+    )
+
+
+def chat_input(request: pb.ChatRequest | pb.RouteRequest) -> ChatInput:
+    return ChatInput(
+        messages=tuple(ChatMessage(m.role, m.content) for m in request.messages),
+        routing=_routing(request.routing),
+        params=_params(request.params),
+        # Every call gets an id at the door, so logs, chunks and errors can all name it.
+        request_id=(request.request_id if isinstance(request, pb.ChatRequest) else "")
+        or uuid.uuid4().hex,
+    )
+
+
+def decision_message(decision: Decision) -> pb.RouteDecision:
+    chosen = decision.chosen
+    cost, latency, quality = decision.weights
+    return pb.RouteDecision(
+        model=chosen.name,
+        candidates=[
+            pb.Candidate(
+                model=c.name,
+                provider=c.provider,
+                score=c.score,
+                norm_cost=c.norm_cost,
+                norm_latency=c.norm_latency,
+                quality=c.quality,
+                estimated_cost_usd=c.estimated_cost_usd,
+                estimated_latency_ms=c.estimated_latency_ms,
+                latency_observed=c.latency_observed,
+            )
+            for c in decision.candidates
+        ],
+        level=int(decision.level),
+        reasons=list(decision.reasons),
+        strategy=decision.strategy,
+        weights=pb.Weights(cost=cost, latency=latency, quality=quality),
+        estimated_cost_usd=chosen.estimated_cost_usd,
+        estimated_latency_ms=chosen.estimated_latency_ms,
+        estimated_input_tokens=decision.input_tokens,
+        estimated_output_tokens=decision.output_tokens,
+        task_class=decision.task_class,
+        complexity=decision.complexity,
+    )
+
+
+def _attempt(record: AttemptRecord) -> pb.Attempt:
+    return pb.Attempt(
+        model=record.model,
+        provider=record.provider,
+        outcome="ok" if record.ok else "error",
+        latency_ms=record.latency_ms,
+        error_class=record.error_class,
+        error_message=record.error_message,
+        usage=pb.Usage(input_tokens=record.input_tokens, output_tokens=record.output_tokens),
+        cost_usd=record.cost_usd,
+    )
+
+
+def chat_response(result: ChatResult) -> pb.ChatResponse:
+    return pb.ChatResponse(
+        request_id=result.request_id,
+        content=result.content,
+        model=result.model,
+        provider=result.provider,
+        usage=pb.Usage(input_tokens=result.input_tokens, output_tokens=result.output_tokens),
+        cost_usd=result.cost_usd,
+        latency_ms=result.latency_ms,
+        finish_reason=result.finish_reason,
+        attempts=[_attempt(a) for a in result.attempts],
+        decision=decision_message(result.decision),
+    )
+
+
+def delta_chunk(delta: StreamDelta, request_id: str) -> pb.ChatChunk:
+    return pb.ChatChunk(
+        request_id=request_id, delta=delta.text, model=delta.model, provider=delta.provider
+    )
+
+
+def final_chunk(result: ChatResult) -> pb.ChatChunk:
+    return pb.ChatChunk(
+        request_id=result.request_id,
+        model=result.model,
+        provider=result.provider,
+        done=True,
+        usage=pb.Usage(input_tokens=result.input_tokens, output_tokens=result.output_tokens),
+        cost_usd=result.cost_usd,
+        latency_ms=result.latency_ms,
+        ttft_ms=result.ttft_ms,
+        finish_reason=result.finish_reason,
+        attempts=[_attempt(a) for a in result.attempts],
+    )

@@ -1,0 +1,105 @@
+"""The switchpoint.v1.Router gRPC servicer: wire in, engine call, wire out, errors mapped once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from switchpoint.engine import ChatResult, Engine
+from switchpoint.server import convert
+from switchpoint.server.status import status_for
+from switchpoint.v1 import router_pb2 as pb
+from switchpoint.v1 import router_pb2_grpc
+
+ServicerContext = grpc.aio.ServicerContext[object, object]
+
+
+class RouterServicer(router_pb2_grpc.RouterServicer):
+    """Holds a getter rather than the engine itself so a config reload can swap engines between
+    calls while each call keeps the engine it started with."""
+
+    def __init__(self, engine: Callable[[], Engine]) -> None:
+        self._engine = engine
+
+    async def Route(self, request: pb.RouteRequest, context: ServicerContext) -> pb.RouteDecision:
+        chat_input = convert.chat_input(request)
+        try:
+            decision = self._engine().decide(chat_input)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
+            await _abort(context, exc, chat_input.request_id)
+        return convert.decision_message(decision)
+
+    async def Chat(self, request: pb.ChatRequest, context: ServicerContext) -> pb.ChatResponse:
+        engine = self._engine()
+        chat_input = convert.chat_input(request)
+        try:
+            decision = engine.decide(chat_input)
+            result = await engine.chat(chat_input, decision)
+        except Exception as exc:  # noqa: BLE001
+            await _abort(context, exc, chat_input.request_id)
+        return convert.chat_response(result)
+
+    async def ChatStream(
+        self, request: pb.ChatRequest, context: ServicerContext
+    ) -> AsyncIterator[pb.ChatChunk]:
+        engine = self._engine()
+        chat_input = convert.chat_input(request)
+        request_id = chat_input.request_id
+        try:
+            decision = engine.decide(chat_input)
+            first = True
+            async for item in engine.stream(chat_input, decision):
+                if isinstance(item, ChatResult):
+                    chunk = convert.final_chunk(item)
+                else:
+                    chunk = convert.delta_chunk(item, request_id)
+                if first:
+                    chunk.decision.CopyFrom(convert.decision_message(decision))
+                    first = False
+                yield chunk
+        except Exception as exc:  # noqa: BLE001
+            await _abort(context, exc, request_id)
+
+    async def GetStats(self, request: pb.StatsRequest, context: ServicerContext) -> pb.Stats:
+        engine = self._engine()
+        names = [m.name for m in engine.registry.models]
+        for i, name in enumerate(request.models):
+            if name not in names:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"models[{i}]: unknown model '{name}'"
+                )
+        wanted = set(request.models) or set(names)
+        return pb.Stats(
+            models=[_model_stats(engine, model) for model in names if model in wanted],
+            uptime_s=engine.stats.uptime_s(),
+        )
+
+
+def _model_stats(engine: Engine, model: str) -> pb.ModelStats:
+    counters = engine.stats.get(model)
+    slot = engine.latency.slot(model)
+    index = engine.registry.index_of(model)
+    provider = engine.registry.models[index].provider if index is not None else ""
+
+    def summary(kind: str) -> pb.LatencySummary:
+        p50, p95, p99, samples = engine.latency.percentiles(slot, kind)  # type: ignore[arg-type]
+        return pb.LatencySummary(p50_ms=p50, p95_ms=p95, p99_ms=p99, samples=samples)
+
+    return pb.ModelStats(
+        model=model,
+        provider=provider,
+        requests=counters.requests,
+        errors=counters.errors,
+        input_tokens=counters.input_tokens,
+        output_tokens=counters.output_tokens,
+        cost_usd=counters.cost_usd,
+        latency=summary("total"),
+        ttft=summary("ttft"),
+        tpot=summary("tpot"),
+    )
+
+
+async def _abort(context: ServicerContext, exc: Exception, request_id: str) -> None:
+    code, message = status_for(exc, request_id)
+    await context.abort(code, message)

@@ -1,0 +1,275 @@
+//! The routing table: the registry's models, validated once per config load, with the state that
+//! changes between loads (latency slot, penalty) kept beside each row.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::error::{CoreError, Result};
+use crate::latency::LatencyTracker;
+
+/// Upper bound on prices (USD per million tokens) and latency priors (ms). Far beyond any real
+/// value, and low enough that multiplying by any `u64` token count stays finite, so costs,
+/// latencies and their min-max spread can never become infinite (and normalisation never NaN).
+pub const MAX_PRICE_OR_PRIOR: f64 = 1e12;
+
+/// One model row as loaded from config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    pub name: String,
+    /// USD per million input tokens.
+    pub input_per_mtok: f64,
+    /// USD per million output tokens.
+    pub output_per_mtok: f64,
+    /// Maximum input + output tokens.
+    pub context_window: u64,
+    /// Configured quality in [0, 1].
+    pub quality: f64,
+    /// Time to first token used until enough live samples exist.
+    pub ttft_prior_ms: f64,
+    /// Time per output token used until enough live samples exist.
+    pub tpot_prior_ms: f64,
+    /// Bit `i` set means the model supports capability `i` (tools, vision, json mode, ...).
+    pub capabilities: u64,
+}
+
+impl ModelSpec {
+    /// Checks every field, naming the first bad one and the model.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |field: &'static str, reason: String| CoreError::InvalidModelSpec {
+            model: self.name.clone(),
+            field,
+            reason,
+        };
+        if self.name.is_empty() {
+            return Err(fail("name", "must not be empty".into()));
+        }
+        for (field, value) in [
+            ("input_per_mtok", self.input_per_mtok),
+            ("output_per_mtok", self.output_per_mtok),
+            ("ttft_prior_ms", self.ttft_prior_ms),
+            ("tpot_prior_ms", self.tpot_prior_ms),
+        ] {
+            if !(value.is_finite() && (0.0..=MAX_PRICE_OR_PRIOR).contains(&value)) {
+                return Err(fail(
+                    field,
+                    format!("must be finite, >= 0 and <= {MAX_PRICE_OR_PRIOR:e}, got {value}"),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.quality) {
+            return Err(fail(
+                "quality",
+                format!("must be in [0, 1], got {}", self.quality),
+            ));
+        }
+        if self.context_window == 0 {
+            return Err(fail("context_window", "must be > 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A validated model plus its per-table state.
+#[derive(Debug)]
+pub(crate) struct Row {
+    pub(crate) spec: ModelSpec,
+    pub(crate) slot: usize,
+    /// f64 bits of the current penalty, so `set_penalty` works through `&self` from any thread
+    /// while requests are being scored; a torn read is impossible and staleness by one request is
+    /// harmless.
+    penalty: AtomicU64,
+}
+
+impl Row {
+    pub(crate) fn penalty(&self) -> f64 {
+        f64::from_bits(self.penalty.load(Ordering::Relaxed))
+    }
+}
+
+/// The routing table: built once per config load, scored per request (see `scoring.rs`).
+#[derive(Debug)]
+pub struct ModelTable {
+    pub(crate) rows: Box<[Row]>,
+    pub(crate) tracker: Arc<LatencyTracker>,
+    /// Weighted sample count a histogram needs before its live median replaces the prior.
+    pub(crate) min_samples: f64,
+}
+
+impl ModelTable {
+    /// Validates every model and resolves its latency slot (by name, so history survives reloads).
+    /// Names must be unique: two rows sharing a name would share one latency history and make the
+    /// ranking ambiguous.
+    pub fn new(
+        models: Vec<ModelSpec>,
+        tracker: Arc<LatencyTracker>,
+        min_samples: u32,
+    ) -> Result<Self> {
+        let mut seen = HashSet::with_capacity(models.len());
+        for spec in &models {
+            spec.validate()?;
+            if !seen.insert(spec.name.as_str()) {
+                return Err(CoreError::InvalidModelSpec {
+                    model: spec.name.clone(),
+                    field: "name",
+                    reason: "is listed twice; model names must be unique".into(),
+                });
+            }
+        }
+        let rows = models
+            .into_iter()
+            .map(|spec| {
+                let slot = tracker.slot(&spec.name)?;
+                Ok(Row {
+                    spec,
+                    slot,
+                    penalty: AtomicU64::new(0.0f64.to_bits()),
+                })
+            })
+            .collect::<Result<Box<[Row]>>>()?;
+        Ok(Self {
+            rows,
+            tracker,
+            min_samples: f64::from(min_samples),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn tracker(&self) -> &Arc<LatencyTracker> {
+        &self.tracker
+    }
+
+    fn row(&self, index: usize) -> Result<&Row> {
+        self.rows.get(index).ok_or(CoreError::IndexOutOfRange {
+            what: "index",
+            index: index as i128,
+            len: self.rows.len(),
+        })
+    }
+
+    pub fn spec(&self, index: usize) -> Result<&ModelSpec> {
+        Ok(&self.row(index)?.spec)
+    }
+
+    /// The latency-tracker slot of model `index`.
+    pub fn slot(&self, index: usize) -> Result<usize> {
+        Ok(self.row(index)?.slot)
+    }
+
+    pub fn penalty(&self, index: usize) -> Result<f64> {
+        Ok(self.row(index)?.penalty())
+    }
+
+    /// Sets the score penalty of model `index` (open breaker, recent errors). In [0, 1] so that
+    /// scores stay in [-1, 1]; 0 clears it.
+    pub fn set_penalty(&self, index: usize, penalty: f64) -> Result<()> {
+        if !(0.0..=1.0).contains(&penalty) {
+            return Err(CoreError::invalid(
+                "penalty",
+                format!("must be in [0, 1], got {penalty}"),
+            ));
+        }
+        self.row(index)?
+            .penalty
+            .store(penalty.to_bits(), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn spec(name: &str) -> ModelSpec {
+        ModelSpec {
+            name: name.into(),
+            input_per_mtok: 1.0,
+            output_per_mtok: 2.0,
+            context_window: 8_192,
+            quality: 0.5,
+            ttft_prior_ms: 300.0,
+            tpot_prior_ms: 20.0,
+            capabilities: 0,
+        }
+    }
+
+    fn tracker() -> Arc<LatencyTracker> {
+        Arc::new(LatencyTracker::new(60.0).unwrap())
+    }
+
+    #[test]
+    fn validate_names_field_and_model() {
+        let cases: [(fn(&mut ModelSpec), &str); 8] = [
+            (|s| s.name.clear(), "name"),
+            (|s| s.input_per_mtok = -1.0, "input_per_mtok"),
+            (|s| s.output_per_mtok = f64::NAN, "output_per_mtok"),
+            (|s| s.ttft_prior_ms = f64::INFINITY, "ttft_prior_ms"),
+            (|s| s.tpot_prior_ms = 1e13, "tpot_prior_ms"),
+            (|s| s.quality = 1.5, "quality"),
+            (|s| s.quality = f64::NAN, "quality"),
+            (|s| s.context_window = 0, "context_window"),
+        ];
+        for (break_it, field) in cases {
+            let mut bad = spec("m");
+            break_it(&mut bad);
+            match bad.validate() {
+                Err(CoreError::InvalidModelSpec { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("{field}: expected InvalidModelSpec, got {other:?}"),
+            }
+        }
+        assert!(spec("m").validate().is_ok());
+    }
+
+    #[test]
+    fn table_rejects_invalid_and_duplicate_models() {
+        let mut bad = spec("b");
+        bad.quality = -0.1;
+        let err = ModelTable::new(vec![spec("a"), bad], tracker(), 20).unwrap_err();
+        assert!(err.to_string().starts_with("model \"b\": quality"), "{err}");
+        let err = ModelTable::new(vec![spec("a"), spec("a")], tracker(), 20).unwrap_err();
+        assert!(err.to_string().contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn slots_survive_rebuilds() {
+        let tracker = tracker();
+        let first = ModelTable::new(vec![spec("a"), spec("b")], tracker.clone(), 20).unwrap();
+        let second = ModelTable::new(vec![spec("c"), spec("b")], tracker.clone(), 20).unwrap();
+        assert_eq!(first.slot(1).unwrap(), second.slot(1).unwrap());
+        assert_eq!(second.slot(0).unwrap(), 2);
+        assert_eq!(tracker.len(), 3);
+        assert!(second.tracker().len() == 3);
+    }
+
+    #[test]
+    fn penalty_round_trips_and_validates() {
+        let table = ModelTable::new(vec![spec("a")], tracker(), 20).unwrap();
+        assert!(table.penalty(0).unwrap().abs() < f64::EPSILON);
+        table.set_penalty(0, 0.25).unwrap();
+        assert!((table.penalty(0).unwrap() - 0.25).abs() < f64::EPSILON);
+        for bad in [-0.1, 1.1, f64::NAN] {
+            assert!(table.set_penalty(0, bad).is_err());
+        }
+        let err = table.set_penalty(3, 0.5).unwrap_err();
+        assert_eq!(err.to_string(), "index 3 out of range (table has 1 models)");
+    }
+
+    #[test]
+    fn accessors_report_out_of_range() {
+        let table = ModelTable::new(vec![spec("a")], tracker(), 20).unwrap();
+        assert_eq!(table.len(), 1);
+        assert!(!table.is_empty());
+        assert_eq!(table.spec(0).unwrap().name, "a");
+        assert!(table.spec(1).is_err());
+        assert!(table.slot(1).is_err());
+        let empty = ModelTable::new(Vec::new(), tracker(), 20).unwrap();
+        assert!(empty.is_empty());
+    }
+}

@@ -1,0 +1,1 @@
+"""Helpers shared by tests: stand-in child processes and the like."""
