@@ -2,6 +2,15 @@
 
 from typing import Literal, final
 
+__all__ = [
+    "CoreError",
+    "LatencyTracker",
+    "ModelSpec",
+    "ModelTable",
+    "ScoreResult",
+    "ScoredCandidate",
+]
+
 class CoreError(Exception):
     """Raised by the Rust core; message says what was wrong."""
 

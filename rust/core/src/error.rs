@@ -13,7 +13,11 @@ pub enum CoreError {
         "weights: must be finite and >= 0, not all zero \
          (got cost={cost}, latency={latency}, quality={quality})"
     )]
-    InvalidWeights { cost: f64, latency: f64, quality: f64 },
+    InvalidWeights {
+        cost: f64,
+        latency: f64,
+        quality: f64,
+    },
 
     /// A model row that would make scoring meaningless (negative price, quality outside [0, 1], ...).
     #[error("model {model:?}: {field} {reason}")]

@@ -13,10 +13,10 @@
 //! bucket width (~4 %) everywhere on that range with a few hundred buckets.
 
 /// Lower edge of the first logarithmic bucket; anything faster lands in the underflow bucket.
-pub(crate) const MIN_MS: f64 = 0.01;
+const MIN_MS: f64 = 0.01;
 /// Ten minutes: anything slower is counted in the last bucket (quantiles are still clamped to the
 /// largest value actually recorded, so the clamp only costs resolution, never correctness).
-pub(crate) const MAX_MS: f64 = 600_000.0;
+const MAX_MS: f64 = 600_000.0;
 /// Ratio between consecutive bucket edges: ~4 % relative resolution.
 const GROWTH: f64 = 1.04;
 /// Logarithmic buckets needed so that `MIN_MS * GROWTH^LOG_BUCKETS >= MAX_MS`
@@ -30,6 +30,9 @@ fn bucket_of(value_ms: f64) -> usize {
     if value_ms < MIN_MS {
         return 0;
     }
+    if value_ms >= MAX_MS {
+        return LOG_BUCKETS;
+    }
     let log_index = ((value_ms / MIN_MS).ln() / GROWTH.ln()).floor();
     // The float-to-int cast saturates, and the `min` keeps slow outliers in the last bucket.
     (log_index as usize + 1).min(LOG_BUCKETS)
@@ -40,7 +43,8 @@ fn bucket_bounds(index: usize) -> (f64, f64) {
     if index == 0 {
         return (0.0, MIN_MS);
     }
-    let exponent = index as i32;
+    // `index` is at most LOG_BUCKETS (457), so the conversion cannot fail.
+    let exponent = i32::try_from(index).unwrap_or(i32::MAX);
     (
         MIN_MS * GROWTH.powi(exponent - 1),
         MIN_MS * GROWTH.powi(exponent),
@@ -129,23 +133,34 @@ impl DecayedHistogram {
 }
 
 #[cfg(test)]
+// Exact equality is the point of these assertions: clamped and copied values, not computed ones.
+#[allow(clippy::float_cmp)]
 mod tests {
     use super::*;
 
     #[test]
     fn buckets_cover_the_whole_range() {
-        assert!(MIN_MS * GROWTH.powi(LOG_BUCKETS as i32) >= MAX_MS);
-        assert!(MIN_MS * GROWTH.powi(LOG_BUCKETS as i32 - 1) < MAX_MS);
+        let last = i32::try_from(LOG_BUCKETS).unwrap();
+        assert!(MIN_MS * GROWTH.powi(last) >= MAX_MS);
+        assert!(MIN_MS * GROWTH.powi(last - 1) < MAX_MS);
     }
 
     #[test]
     fn bucket_of_respects_bounds() {
-        for &value in &[0.0, 0.005, 0.01, 0.5, 1.0, 37.0, 1234.5, 59_999.0, 599_999.0] {
+        for &value in &[
+            0.0, 0.005, 0.01, 0.5, 1.0, 37.0, 1234.5, 59_999.0, 599_999.0,
+        ] {
             let index = bucket_of(value);
             let (lower, upper) = bucket_bounds(index);
             // One ulp of slack for values that sit exactly on an edge.
-            assert!(lower <= value * (1.0 + 1e-12), "{value} below bucket {index}");
-            assert!(value < upper * (1.0 + 1e-12), "{value} above bucket {index}");
+            assert!(
+                lower <= value * (1.0 + 1e-12),
+                "{value} below bucket {index}"
+            );
+            assert!(
+                value < upper * (1.0 + 1e-12),
+                "{value} above bucket {index}"
+            );
         }
         assert_eq!(bucket_of(1e9), LOG_BUCKETS);
         assert_eq!(bucket_of(f64::MAX), LOG_BUCKETS);

@@ -21,7 +21,10 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// Each weight finite and >= 0, not all zero.
+    /// Normalises (cost, latency, quality) to sum to 1.
+    ///
+    /// # Errors
+    /// `InvalidWeights` unless each weight is finite and >= 0 and they are not all zero.
     pub fn new(cost: f64, latency: f64, quality: f64) -> Result<Self> {
         let valid = |w: f64| w.is_finite() && w >= 0.0;
         let sum = cost + latency + quality;
@@ -166,6 +169,10 @@ fn normalise(value: f64, min: f64, range: f64) -> f64 {
 
 impl ModelTable {
     /// Scores `request.candidates` (every model when `None`) and ranks the eligible ones.
+    ///
+    /// # Errors
+    /// `IndexOutOfRange` for a candidate that is not a table index; `InvalidArgument` when
+    /// `max_cost_usd` is negative or NaN.
     pub fn score(&self, request: &Request<'_>) -> Result<Ranking> {
         if let Some(max) = request.max_cost_usd {
             if max.is_nan() || max < 0.0 {
@@ -213,8 +220,7 @@ impl ModelTable {
                 excluded.push((index, Exclusion::ContextWindow));
                 continue;
             }
-            if spec.capabilities & request.required_capabilities != request.required_capabilities
-            {
+            if spec.capabilities & request.required_capabilities != request.required_capabilities {
                 excluded.push((index, Exclusion::Capabilities));
                 continue;
             }
@@ -224,7 +230,9 @@ impl ModelTable {
                 excluded.push((index, Exclusion::MaxCost));
                 continue;
             }
-            let live = self.tracker.live_estimate(row.slot, now_s, self.min_samples);
+            let live = self
+                .tracker
+                .live_estimate(row.slot, now_s, self.min_samples);
             let ttft = live.ttft_ms.unwrap_or(spec.ttft_prior_ms);
             let tpot = live.tpot_ms.unwrap_or(spec.tpot_prior_ms);
             ranked.push(Candidate {
@@ -255,8 +263,7 @@ impl ModelTable {
         let (cost_range, lat_range) = (cost_max - cost_min, lat_max - lat_min);
         for candidate in ranked.iter_mut() {
             candidate.norm_cost = normalise(candidate.estimated_cost_usd, cost_min, cost_range);
-            candidate.norm_latency =
-                normalise(candidate.estimated_latency_ms, lat_min, lat_range);
+            candidate.norm_latency = normalise(candidate.estimated_latency_ms, lat_min, lat_range);
             let merit = weights.latency * (1.0 - candidate.norm_latency)
                 + weights.cost * (1.0 - candidate.norm_cost)
                 + weights.quality * candidate.quality;

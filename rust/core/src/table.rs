@@ -34,7 +34,10 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
-    /// Checks every field, naming the first bad one and the model.
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// `InvalidModelSpec` naming the model and its first bad field.
     pub fn validate(&self) -> Result<()> {
         let fail = |field: &'static str, reason: String| CoreError::InvalidModelSpec {
             model: self.name.clone(),
@@ -100,6 +103,9 @@ impl ModelTable {
     /// Validates every model and resolves its latency slot (by name, so history survives reloads).
     /// Names must be unique: two rows sharing a name would share one latency history and make the
     /// ranking ambiguous.
+    ///
+    /// # Errors
+    /// `InvalidModelSpec` for the first invalid or duplicate model.
     pub fn new(
         models: Vec<ModelSpec>,
         tracker: Arc<LatencyTracker>,
@@ -154,21 +160,31 @@ impl ModelTable {
         })
     }
 
+    /// # Errors
+    /// `IndexOutOfRange` unless `index < len()`.
     pub fn spec(&self, index: usize) -> Result<&ModelSpec> {
         Ok(&self.row(index)?.spec)
     }
 
     /// The latency-tracker slot of model `index`.
+    ///
+    /// # Errors
+    /// `IndexOutOfRange` unless `index < len()`.
     pub fn slot(&self, index: usize) -> Result<usize> {
         Ok(self.row(index)?.slot)
     }
 
+    /// # Errors
+    /// `IndexOutOfRange` unless `index < len()`.
     pub fn penalty(&self, index: usize) -> Result<f64> {
         Ok(self.row(index)?.penalty())
     }
 
     /// Sets the score penalty of model `index` (open breaker, recent errors). In [0, 1] so that
     /// scores stay in [-1, 1]; 0 clears it.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a penalty outside [0, 1]; `IndexOutOfRange` unless `index < len()`.
     pub fn set_penalty(&self, index: usize, penalty: f64) -> Result<()> {
         if !(0.0..=1.0).contains(&penalty) {
             return Err(CoreError::invalid(
@@ -206,7 +222,8 @@ pub(crate) mod tests {
 
     #[test]
     fn validate_names_field_and_model() {
-        let cases: [(fn(&mut ModelSpec), &str); 8] = [
+        type Breaker = fn(&mut ModelSpec);
+        let cases: [(Breaker, &str); 8] = [
             (|s| s.name.clear(), "name"),
             (|s| s.input_per_mtok = -1.0, "input_per_mtok"),
             (|s| s.output_per_mtok = f64::NAN, "output_per_mtok"),

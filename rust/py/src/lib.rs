@@ -1,1 +1,25 @@
+//! `switchpoint._native`: thin `PyO3` bindings over `switchpoint-core`, one file per exposed type.
+//!
+//! Nothing here decides anything: argument conversion, one error mapping (`error.rs`), and
+//! delegation to the core. Calls hold the GIL (they take microseconds, see ARCHITECTURE.md, "The
+//! Rust core"); the one exception, scoring a large candidate set, releases it through `gil.rs`.
 
+mod error;
+mod gil;
+mod latency;
+mod model_spec;
+mod score_result;
+mod table;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("CoreError", m.py().get_type::<error::CoreError>())?;
+    m.add_class::<model_spec::ModelSpec>()?;
+    m.add_class::<latency::LatencyTracker>()?;
+    m.add_class::<score_result::ScoredCandidate>()?;
+    m.add_class::<score_result::ScoreResult>()?;
+    m.add_class::<table::ModelTable>()?;
+    Ok(())
+}

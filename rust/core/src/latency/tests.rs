@@ -42,19 +42,6 @@ fn slots_are_stable_and_dense() {
 }
 
 #[test]
-fn locate_maps_indices_to_growing_chunks() {
-    assert_eq!(SlotStore::locate(0), Some((0, 0)));
-    assert_eq!(SlotStore::locate(1), Some((1, 0)));
-    assert_eq!(SlotStore::locate(2), Some((1, 1)));
-    assert_eq!(SlotStore::locate(3), Some((2, 0)));
-    assert_eq!(SlotStore::locate(6), Some((2, 3)));
-    assert_eq!(SlotStore::locate(7), Some((3, 0)));
-    assert_eq!(SlotStore::locate((1 << CHUNKS) - 2), Some((CHUNKS - 1, (1 << (CHUNKS - 1)) - 1)));
-    assert_eq!(SlotStore::locate((1 << CHUNKS) - 1), None);
-    assert_eq!(SlotStore::locate(usize::MAX), None);
-}
-
-#[test]
 fn unknown_slot_is_an_error() {
     let (tracker, _) = tracker(60.0);
     tracker.slot("a").unwrap();
@@ -73,7 +60,10 @@ fn record_validates_inputs() {
     let err = tracker.record(slot, 10.0, Some(20.0), 5).unwrap_err();
     assert!(err.to_string().starts_with("ttft_ms: must be <= total_ms"));
     // Nothing was recorded by the rejected calls.
-    assert_eq!(tracker.percentiles(slot, LatencyKind::Total).unwrap(), Percentiles::default());
+    assert_eq!(
+        tracker.percentiles(slot, LatencyKind::Total).unwrap(),
+        Percentiles::default()
+    );
 }
 
 #[test]
@@ -82,13 +72,28 @@ fn tpot_needs_ttft_and_two_tokens() {
     let slot = tracker.slot("a").unwrap();
     tracker.record(slot, 1_000.0, None, 100).unwrap();
     tracker.record(slot, 1_000.0, Some(200.0), 1).unwrap();
-    assert!(tracker.percentiles(slot, LatencyKind::Tpot).unwrap().count.abs() < f64::EPSILON);
+    assert!(
+        tracker
+            .percentiles(slot, LatencyKind::Tpot)
+            .unwrap()
+            .count
+            .abs()
+            < f64::EPSILON
+    );
     tracker.record(slot, 1_000.0, Some(200.0), 101).unwrap();
     let tpot = tracker.percentiles(slot, LatencyKind::Tpot).unwrap();
     assert!(close(tpot.p50, 8.0, 1e-9), "{tpot:?}");
     assert!(close(tpot.count, 1.0, 1e-9));
-    assert!(close(tracker.percentiles(slot, LatencyKind::Ttft).unwrap().count, 2.0, 1e-9));
-    assert!(close(tracker.percentiles(slot, LatencyKind::Total).unwrap().count, 3.0, 1e-9));
+    assert!(close(
+        tracker.percentiles(slot, LatencyKind::Ttft).unwrap().count,
+        2.0,
+        1e-9
+    ));
+    assert!(close(
+        tracker.percentiles(slot, LatencyKind::Total).unwrap().count,
+        3.0,
+        1e-9
+    ));
 }
 
 #[test]
@@ -138,18 +143,24 @@ fn rescale_keeps_counts_and_quantiles() {
     let slot = tracker.slot("a").unwrap();
     // Step past the rescale threshold several times, recording as we go.
     for step in 0..200 {
-        tracker.record(slot, f64::from(step % 10 + 1), None, 0).unwrap();
+        tracker
+            .record(slot, f64::from(step % 10 + 1), None, 0)
+            .unwrap();
         clock.advance(0.5);
     }
     let p = tracker.percentiles(slot, LatencyKind::Total).unwrap();
-    assert!(p.count.is_finite() && p.count > 0.0 && p.count < 4.0, "{p:?}");
+    assert!(
+        p.count.is_finite() && p.count > 0.0 && p.count < 4.0,
+        "{p:?}"
+    );
     assert!(p.p50 >= 1.0 && p.p99 <= 10.0, "{p:?}");
     // A very long idle period underflows to zero weight instead of overflowing.
     clock.advance(1e6);
     tracker.record(slot, 3.0, None, 0).unwrap();
     let p = tracker.percentiles(slot, LatencyKind::Total).unwrap();
     assert!(close(p.count, 1.0, 1e-9), "{p:?}");
-    assert!(close(p.p50, 3.0, 1e-9), "{p:?}");
+    // Interpolated within 3.0's bucket: the lifetime range [1, 10] no longer pins it exactly.
+    assert!(close(p.p50, 3.0, 0.04), "{p:?}");
 }
 
 #[test]
@@ -176,6 +187,21 @@ fn live_estimate_waits_for_min_samples() {
 }
 
 #[test]
+fn quick_records_meet_min_samples_despite_decay() {
+    let (tracker, clock) = tracker(60.0);
+    let slot = tracker.slot("a").unwrap();
+    for _ in 0..5 {
+        tracker.record(slot, 30.0, Some(10.0), 3).unwrap();
+        clock.advance(0.2);
+    }
+    let live = tracker.live_estimate(slot, clock.now_s(), 5.0);
+    assert!(live.ttft_ms.is_some() && live.tpot_ms.is_some(), "{live:?}");
+    // Well past the slack, the same five samples no longer qualify.
+    let later = tracker.live_estimate(slot, clock.now_s() + 10.0, 5.0);
+    assert!(later.ttft_ms.is_none(), "{later:?}");
+}
+
+#[test]
 fn median_cache_follows_records() {
     let (tracker, clock) = tracker(60.0);
     let slot = tracker.slot("a").unwrap();
@@ -185,7 +211,8 @@ fn median_cache_follows_records() {
     for _ in 0..3 {
         tracker.record(slot, 40.0, Some(40.0), 0).unwrap();
     }
-    assert_eq!(tracker.live_estimate(slot, now, 1.0).ttft_ms, Some(40.0));
+    let p50 = tracker.live_estimate(slot, now, 1.0).ttft_ms.unwrap();
+    assert!(close(p50, 40.0, 0.04), "{p50}");
 }
 
 #[test]
@@ -216,7 +243,10 @@ fn debug_is_short() {
     let (tracker, _) = tracker(30.0);
     tracker.slot("a").unwrap();
     let text = format!("{tracker:?}");
-    assert!(text.contains("half_life_s: 30.0") && text.contains("slots: 1"), "{text}");
+    assert!(
+        text.contains("half_life_s: 30.0") && text.contains("slots: 1"),
+        "{text}"
+    );
 }
 
 proptest! {

@@ -1,0 +1,17 @@
+//! The one place the bindings release the GIL.
+//!
+//! Releasing and re-taking the GIL costs more than most core calls take, so calls hold it by
+//! default (ARCHITECTURE.md: operations under ~10 us keep the GIL). A call whose size makes it
+//! long goes through `run` with `long = true`, and only then lets other Python threads run.
+
+use pyo3::marker::Ungil;
+use pyo3::Python;
+
+/// Runs `work`, without the GIL when `long`.
+pub fn run<T: Ungil>(py: Python<'_>, long: bool, work: impl Ungil + FnOnce() -> T) -> T {
+    if long {
+        py.detach(work)
+    } else {
+        work()
+    }
+}

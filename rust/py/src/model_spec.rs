@@ -1,0 +1,111 @@
+//! `ModelSpec`: one routing-table row as Python builds it from config.
+
+use pyo3::prelude::*;
+use switchpoint_core::ModelSpec as Spec;
+
+use crate::error::Result;
+
+/// One model row of the routing table, as loaded from config.
+#[pyclass(frozen, module = "switchpoint._native")]
+pub struct ModelSpec {
+    pub(crate) inner: Spec,
+}
+
+#[pymethods]
+impl ModelSpec {
+    /// Validated here as well as at table build, so a bad config row fails where it is read.
+    #[new]
+    #[pyo3(signature = (
+        name,
+        *,
+        input_per_mtok,
+        output_per_mtok,
+        context_window,
+        quality,
+        ttft_prior_ms,
+        tpot_prior_ms,
+        capabilities = 0,
+    ))]
+    // Mirrors the keyword-only Python constructor one argument per field; a builder would only
+    // move the same list elsewhere.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        name: String,
+        input_per_mtok: f64,
+        output_per_mtok: f64,
+        context_window: u64,
+        quality: f64,
+        ttft_prior_ms: f64,
+        tpot_prior_ms: f64,
+        capabilities: u64,
+    ) -> Result<Self> {
+        let inner = Spec {
+            name,
+            input_per_mtok,
+            output_per_mtok,
+            context_window,
+            quality,
+            ttft_prior_ms,
+            tpot_prior_ms,
+            capabilities,
+        };
+        inner.validate()?;
+        Ok(Self { inner })
+    }
+
+    #[getter]
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    #[getter]
+    fn input_per_mtok(&self) -> f64 {
+        self.inner.input_per_mtok
+    }
+
+    #[getter]
+    fn output_per_mtok(&self) -> f64 {
+        self.inner.output_per_mtok
+    }
+
+    #[getter]
+    fn context_window(&self) -> u64 {
+        self.inner.context_window
+    }
+
+    #[getter]
+    fn quality(&self) -> f64 {
+        self.inner.quality
+    }
+
+    #[getter]
+    fn ttft_prior_ms(&self) -> f64 {
+        self.inner.ttft_prior_ms
+    }
+
+    #[getter]
+    fn tpot_prior_ms(&self) -> f64 {
+        self.inner.tpot_prior_ms
+    }
+
+    #[getter]
+    fn capabilities(&self) -> u64 {
+        self.inner.capabilities
+    }
+
+    fn __repr__(&self) -> String {
+        let s = &self.inner;
+        format!(
+            "ModelSpec({:?}, input_per_mtok={}, output_per_mtok={}, context_window={}, \
+             quality={}, ttft_prior_ms={}, tpot_prior_ms={}, capabilities={})",
+            s.name,
+            s.input_per_mtok,
+            s.output_per_mtok,
+            s.context_window,
+            s.quality,
+            s.ttft_prior_ms,
+            s.tpot_prior_ms,
+            s.capabilities
+        )
+    }
+}
