@@ -68,9 +68,7 @@ def resolve_model_path(spec: str) -> Path:
         return path
     module, _, relative = spec.removeprefix(PACKAGE_PREFIX).partition("/")
     if not module or not relative:
-        raise SwitchpointError(
-            f"model '{spec}' is not of the form 'package:MODULE/RELATIVE/PATH'"
-        )
+        raise SwitchpointError(f"model '{spec}' is not of the form 'package:MODULE/RELATIVE/PATH'")
     top_level, *subpackages = module.split(".")
     try:
         found = importlib.util.find_spec(top_level)
@@ -91,26 +89,53 @@ def resolve_model_path(spec: str) -> Path:
     )
 
 
+# Runs first in the child. The child has its own session, so when switchpoint crashes or is
+# SIGKILLed nothing would stop it and it would keep holding the port; on Linux the kernel can send
+# it SIGTERM when its parent dies. The parent pid check closes the race with a parent that died
+# before prctl ran. Argv: -c CODE PARENT_PID MODULE ARGS...
+_PARENT_DEATH_GUARD = """
+import os, runpy, signal, sys
+parent, module = int(sys.argv[1]), sys.argv[2]
+if sys.platform == "linux":
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+if os.getppid() != parent:
+    sys.exit("switchpoint exited before its model server started")
+sys.argv = [module, *sys.argv[3:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def guarded_module_argv(module: str, args: Sequence[str]) -> list[str]:
+    """`python -m MODULE ARGS...` with this interpreter, ended by the kernel if switchpoint dies.
+
+    The guard fires when the thread that spawned the child exits; `ManagedModelServer` spawns from
+    the event loop's thread, which lives as long as the sidecar.
+    """
+    return [sys.executable, "-c", _PARENT_DEATH_GUARD, str(os.getpid()), module, *args]
+
+
 def llama_cpp_command(config: ManagedServerConfig) -> list[str]:
     """The llama.cpp server command for a config, run with this interpreter (its venv has it)."""
     if not llama_cpp_available():
         raise SwitchpointError(f"local model server not installed: {INSTALL_HINT}")
     model = resolve_model_path(config.model)
-    return [
-        sys.executable,
-        "-m",
+    return guarded_module_argv(
         "llama_cpp.server",
-        "--model",
-        str(model),
-        "--host",
-        config.host,
-        "--port",
-        str(config.port),
-        "--n_ctx",
-        str(config.n_ctx),
-        "--n_threads",
-        str(config.threads),
-    ]
+        [
+            "--model",
+            str(model),
+            "--host",
+            config.host,
+            "--port",
+            str(config.port),
+            "--n_ctx",
+            str(config.n_ctx),
+            "--n_threads",
+            str(config.threads),
+        ],
+    )
 
 
 class ManagedModelServer:
@@ -203,7 +228,8 @@ class ManagedModelServer:
         """Spawn one child and wait until it is healthy; on any failure, leave no child behind."""
         self._healthy = False
         self._output_tail.clear()
-        self._logger.info("starting local model server '%s': %s", self._name, " ".join(argv))
+        shown = ["<parent-death guard>" if arg == _PARENT_DEATH_GUARD else arg for arg in argv]
+        self._logger.info("starting local model server '%s': %s", self._name, " ".join(shown))
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
