@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from switchpoint.config import Config, default_config_path, load_config
+from switchpoint.engine import Engine
 from switchpoint.errors import ConfigError, SwitchpointError
+from switchpoint.server import create_server
 
 log = logging.getLogger("switchpoint")
 
@@ -23,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--config", type=Path, default=None, help="YAML config (default: the embedded default)"
     )
-    serve.add_argument("--grpc-address", default=None, help="HOST:PORT, overrides server.grpc_address")
+    serve.add_argument(
+        "--grpc-address", default=None, help="HOST:PORT, overrides server.grpc_address"
+    )
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     config = commands.add_parser("config", help="config tools")
     config_commands = config.add_subparsers(dest="config_command", required=True)
@@ -33,25 +37,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(config: Config, address: str | None) -> None:
-    # Imported here so `config check` works without the gRPC stack being importable.
-    from switchpoint.server import create_server
-
     sidecar, port = await create_server(config, address)
-    await sidecar.start()
-    host = (address or config.server.grpc_address).rsplit(":", 1)[0]
-    models = ", ".join(m.name for m in sidecar.engine.registry.models)
+    try:
+        await sidecar.start()
+        _announce(sidecar.engine, (address or config.server.grpc_address), port)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        await stopping.wait()
+        log.info("stopping: draining in-flight calls for up to %ss", config.server.graceful_stop_s)
+    finally:
+        await sidecar.stop()
+
+
+def _announce(engine: Engine, address: str, port: int) -> None:
+    host = address.rsplit(":", 1)[0]
+    models = ", ".join(m.name for m in engine.registry.models)
     print(f"switchpoint: gRPC on {host}:{port} (switchpoint.v1.Router, grpc.health.v1, reflection)")
     print(f"switchpoint: models enabled: {models}")
-    for name, why in sidecar.engine.registry.disabled.items():
+    for name, why in engine.registry.disabled.items():
         print(f"switchpoint: model {name} disabled: {why}")
     sys.stdout.flush()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    await stopping.wait()
-    log.info("stopping: draining in-flight calls for up to %ss", config.server.graceful_stop_s)
-    await sidecar.stop()
 
 
 def _serve_command(args: argparse.Namespace) -> int:

@@ -42,7 +42,7 @@ class ManagedServerConfig(StrictModel):
     """A local OpenAI-compatible model server that switchpoint starts, watches and stops itself."""
 
     kind: Literal["llama_cpp"] = "llama_cpp"
-    # A GGUF file path, or "package:MODULE/RELATIVE/PATH" for a model shipped inside a Python package.
+    # A GGUF file path, or "package:MODULE/RELATIVE/PATH" for a model shipped inside a package.
     model: str
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8089
@@ -59,7 +59,7 @@ class ProviderConfig(StrictModel):
     base_url: str | None = None
     # Name of the environment variable holding the API key; the key itself never appears in config.
     api_key_env: str | None = None
-    # When the key variable is unset: True drops this provider and its models, False refuses to start.
+    # Key variable unset: True drops this provider and its models, False refuses to start.
     optional: bool = False
     timeout_s: Positive = 60.0
     connect_timeout_s: Positive = 5.0
@@ -178,11 +178,11 @@ def _format_pydantic_error(error: Any) -> str:
     # like the rest of our errors and state the rule.
     kind, ctx = error["type"], error.get("ctx") or {}
     if kind == "greater_than_equal":
-        message = f"must be >= {ctx['ge']}"
+        message = f"must be >= {ctx['ge']:g}"
     elif kind == "greater_than":
-        message = f"must be > {ctx['gt']}"
+        message = f"must be > {ctx['gt']:g}"
     elif kind == "less_than_equal":
-        message = f"must be <= {ctx['le']}"
+        message = f"must be <= {ctx['le']:g}"
     elif kind == "extra_forbidden":
         message = "unknown key"
     elif kind == "missing":
@@ -198,8 +198,7 @@ def _format_pydantic_error(error: Any) -> str:
     return f"{_format_location(loc)}: {message}"
 
 
-def _check_references(config: Config) -> list[str]:
-    """Cross-field rules pydantic cannot express: names that must refer to something that exists."""
+def _check_providers(config: Config) -> list[str]:
     errors: list[str] = []
     for name, provider in config.providers.items():
         if provider.managed is None and not provider.base_url:
@@ -208,28 +207,48 @@ def _check_references(config: Config) -> list[str]:
             errors.append(f"providers.{name}.base_url: must not be set with managed")
         if provider.managed is not None and provider.kind != "openai":
             errors.append(f"providers.{name}.kind: a managed server speaks the openai protocol")
+    return errors
+
+
+def _check_models(config: Config) -> list[str]:
+    errors: list[str] = []
     names = [m.name for m in config.models]
-    known = set(names)
     for i, model in enumerate(config.models):
         if names.index(model.name) != i:
             errors.append(f"models[{i}].name: duplicate model name '{model.name}'")
         if model.provider not in config.providers:
             errors.append(f"models[{i}].provider: unknown provider '{model.provider}'")
+    return errors
+
+
+def _check_routing(config: Config) -> list[str]:
+    errors: list[str] = []
+    known = {m.name for m in config.models}
     routing = config.routing
     if config.strategy_weights(routing.default_strategy) is None:
         errors.append(f"routing.default_strategy: unknown strategy '{routing.default_strategy}'")
     for stage_name, stage in routing.stages.items():
-        for j, model_name in enumerate(stage.models):
-            if model_name not in known:
-                errors.append(f"routing.stages.{stage_name}.models[{j}]: unknown model '{model_name}'")
+        path = f"routing.stages.{stage_name}"
+        errors.extend(
+            f"{path}.models[{j}]: unknown model '{name}'"
+            for j, name in enumerate(stage.models)
+            if name not in known
+        )
         if stage.strategy is not None and config.strategy_weights(stage.strategy) is None:
-            errors.append(f"routing.stages.{stage_name}.strategy: unknown strategy '{stage.strategy}'")
-    for j, model_name in enumerate(routing.fallback_chain):
-        if model_name not in known:
-            errors.append(f"routing.fallback_chain[{j}]: unknown model '{model_name}'")
+            errors.append(f"{path}.strategy: unknown strategy '{stage.strategy}'")
+    errors.extend(
+        f"routing.fallback_chain[{j}]: unknown model '{name}'"
+        for j, name in enumerate(routing.fallback_chain)
+        if name not in known
+    )
     if routing.auto.easy_complexity > routing.auto.hard_complexity:
         errors.append("routing.auto.easy_complexity: must be <= routing.auto.hard_complexity")
     return errors
+
+
+def _check_references(config: Config) -> list[str]:
+    """Cross-field rules pydantic cannot express: names that must refer to something that exists."""
+    return [*_check_providers(config), *_check_models(config), *_check_routing(config)]
 
 
 def parse_config(data: object, source: str = "config") -> Config:

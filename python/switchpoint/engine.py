@@ -258,9 +258,7 @@ class Engine:
     ) -> None:
         attempt_ms = (time.perf_counter() - attempt_started) * 1000.0
         call.attempts.append(
-            AttemptRecord(
-                model.name, model.provider, attempt_ms, exc.error_class.value, str(exc)
-            )
+            AttemptRecord(model.name, model.provider, attempt_ms, exc.error_class.value, str(exc))
         )
         self.stats.record_error(model.name)
         log.warning(

@@ -1,8 +1,8 @@
 """The one exception hierarchy of switchpoint.
 
 Every failure the request path can meet is one of these; `switchpoint.server.status` is the single
-place that maps them to gRPC status codes. The Rust core raises `CoreError` subclasses through its one
-`From<CoreError> for PyErr` conversion, so they arrive here already typed.
+place that maps them to gRPC status codes. The Rust core raises `CoreError` through its one
+`From<CoreError> for PyErr` conversion.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ class SwitchpointError(Exception):
 
 
 class InvalidRequestError(SwitchpointError):
-    """The caller's request is malformed; `field` names the offending field (e.g. `routing.weights`)."""
+    """The caller's request is malformed; `field` names the offending field (`routing.weights`)."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
@@ -28,7 +28,7 @@ class InvalidRequestError(SwitchpointError):
 
 
 class NoEligibleModelError(SwitchpointError):
-    """The request is well formed but no configured model can serve it (context window, caps, cost)."""
+    """The request is well formed but no enabled model can serve it (context, capability, cost)."""
 
 
 class ConfigError(SwitchpointError):

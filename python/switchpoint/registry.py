@@ -98,7 +98,7 @@ class Registry:
         return mask
 
     def required_mask(self, capabilities: tuple[str, ...] | list[str], field: str) -> int:
-        """The bitmask for a request's required capabilities; unknown names are the caller's error."""
+        """The mask of a request's required capabilities; unknown names are the caller's error."""
         for i, capability in enumerate(capabilities):
             if capability not in self._capability_bits:
                 known = ", ".join(sorted(self._capability_bits))

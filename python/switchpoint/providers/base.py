@@ -23,7 +23,7 @@ class ProviderRequest:
     temperature: float | None = None
     top_p: float | None = None
     stop: Sequence[str] = ()
-    # Extra provider-specific body fields from the model's config (e.g. repeat_penalty for llama.cpp).
+    # Provider-specific body fields from the model's config (e.g. repeat_penalty for llama.cpp).
     extra_body: dict[str, object] = field(default_factory=dict)
 
 
@@ -57,7 +57,9 @@ class ProviderAdapter(Protocol):
 
     name: str
 
-    async def complete(self, request: ProviderRequest, *, timeout_s: float | None) -> Completion: ...
+    async def complete(
+        self, request: ProviderRequest, *, timeout_s: float | None
+    ) -> Completion: ...
 
     def stream(
         self, request: ProviderRequest, *, timeout_s: float | None

@@ -1,7 +1,7 @@
 """A cheap heuristic reading of a prompt: its task class and how hard it looks.
 
 It runs on every auto-routed request, so it is a handful of regular expressions over the last user
-turn, not a model. Its output only chooses weights and a capability hint; the Rust scorer still ranks.
+turn, not a model. Its output only picks weights and a capability hint; the Rust scorer still ranks.
 """
 
 from __future__ import annotations

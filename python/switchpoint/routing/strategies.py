@@ -19,7 +19,9 @@ class ResolvedStrategy:
     explicit: bool
 
 
-def resolve_strategy(config: Config, routing: RoutingOptions, fallback_name: str) -> ResolvedStrategy:
+def resolve_strategy(
+    config: Config, routing: RoutingOptions, fallback_name: str
+) -> ResolvedStrategy:
     """Custom weights win, then the request's strategy name, then `fallback_name`."""
     if routing.weights is not None:
         return ResolvedStrategy(CUSTOM, routing.weights, explicit=True)

@@ -16,7 +16,8 @@ from grpc_reflection.v1alpha import reflection
 from switchpoint._native import LatencyTracker
 from switchpoint.config import Config
 from switchpoint.engine import Engine
-from switchpoint.local_model import ManagedModelServer, llama_cpp_available
+from switchpoint.errors import SwitchpointError
+from switchpoint.local_model import ManagedModelServer, llama_cpp_available, resolve_model_path
 from switchpoint.providers import create_adapter
 from switchpoint.providers.base import ProviderAdapter
 from switchpoint.registry import ProviderStatus, Registry, resolve_providers
@@ -34,6 +35,7 @@ class Sidecar:
 
     def __init__(
         self,
+        *,
         config: Config,
         engine: Engine,
         adapters: Mapping[str, ProviderAdapter],
@@ -51,14 +53,20 @@ class Sidecar:
         self._health = health_servicer
 
     async def start(self) -> None:
-        for server in self._managed:
-            await server.start()
-        await self.grpc_server.start()
+        try:
+            for server in self._managed:
+                await server.start()
+            await self.grpc_server.start()
+        except BaseException:
+            # Never leave a child model server running behind a sidecar that failed to start.
+            for server in self._managed:
+                await server.stop()
+            raise
         for service in ("", ROUTER_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Stop accepting calls, let in-flight ones finish within the grace period, then clean up."""
+        """Stop accepting calls, let in-flight ones finish within the grace, then clean up."""
         grace = self.config.server.graceful_stop_s if grace_s is None else grace_s
         await self._health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace)
@@ -72,12 +80,20 @@ class Sidecar:
 
 def _with_managed_availability(statuses: dict[str, ProviderStatus]) -> dict[str, ProviderStatus]:
     """A managed local server that is not installed disables its provider instead of failing."""
-    if llama_cpp_available():
-        return statuses
     out = dict(statuses)
     for name, status in statuses.items():
-        if status.enabled and status.config.managed is not None:
+        managed = status.config.managed
+        if not status.enabled or managed is None:
+            continue
+        reason = ""
+        if not llama_cpp_available():
             reason = "local model server is not installed (run `make local-model`)"
+        else:
+            try:
+                resolve_model_path(managed.model)
+            except SwitchpointError as exc:
+                reason = str(exc)
+        if reason:
             log.warning("provider %s disabled: %s", name, reason)
             out[name] = replace(status, enabled=False, reason=reason)
     return out
@@ -118,7 +134,7 @@ async def create_server(
     registry = Registry(config, statuses, latency)
     adapters = {name: _adapter_for(s) for name, s in statuses.items() if s.enabled}
     managed = [
-        ManagedModelServer(name, s.config.managed, logger=log)
+        ManagedModelServer(name, s.config.managed, logger=log.getChild(f"local.{name}"))
         for name, s in statuses.items()
         if s.enabled and s.config.managed is not None
     ]
@@ -135,5 +151,13 @@ async def create_server(
     port = grpc_server.add_insecure_port(bind)
     if port == 0:
         raise OSError(f"cannot bind gRPC address {bind}")
-    sidecar = Sidecar(config, engine, adapters, managed, grpc_server, health_servicer, port)
+    sidecar = Sidecar(
+        config=config,
+        engine=engine,
+        adapters=adapters,
+        managed=managed,
+        grpc_server=grpc_server,
+        health_servicer=health_servicer,
+        port=port,
+    )
     return sidecar, port

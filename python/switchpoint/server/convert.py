@@ -71,7 +71,7 @@ def decision_message(decision: Decision) -> pb.RouteDecision:
             )
             for c in decision.candidates
         ],
-        level=int(decision.level),
+        level=pb.DecisionLevel.ValueType(decision.level),
         reasons=list(decision.reasons),
         strategy=decision.strategy,
         weights=pb.Weights(cost=cost, latency=latency, quality=quality),

@@ -26,7 +26,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         chat_input = convert.chat_input(request)
         try:
             decision = self._engine().decide(chat_input)
-        except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
+        except Exception as exc:
             await _abort(context, exc, chat_input.request_id)
         return convert.decision_message(decision)
 
@@ -36,7 +36,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         try:
             decision = engine.decide(chat_input)
             result = await engine.chat(chat_input, decision)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             await _abort(context, exc, chat_input.request_id)
         return convert.chat_response(result)
 
@@ -58,7 +58,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     chunk.decision.CopyFrom(convert.decision_message(decision))
                     first = False
                 yield chunk
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             await _abort(context, exc, request_id)
 
     async def GetStats(self, request: pb.StatsRequest, context: ServicerContext) -> pb.Stats:

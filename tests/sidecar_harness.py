@@ -1,0 +1,102 @@
+"""Builds a real sidecar on a free loopback port and a gRPC client for it, for the tests."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from switchpoint.config import parse_config
+from switchpoint.server import Sidecar, create_server
+from switchpoint.v1 import router_pb2 as pb
+from switchpoint.v1 import router_pb2_grpc
+
+if TYPE_CHECKING:
+    from switchpoint.v1.router_pb2_grpc import RouterAsyncStub
+
+
+@dataclass
+class RunningSidecar:
+    sidecar: Sidecar
+    channel: grpc.aio.Channel
+    stub: RouterAsyncStub
+
+
+def routing_config(openai_url: str = "http://127.0.0.1:9/v1") -> dict[str, Any]:
+    """Four models with clear trade-offs: `cheap` is cheapest, `fast` fastest, `strong` best."""
+    model = {
+        "provider": "openai",
+        "context_window": 16000,
+        "capabilities": ["chat"],
+    }
+    return {
+        "providers": {"openai": {"kind": "openai", "base_url": openai_url}},
+        "models": [
+            {
+                **model,
+                "name": "cheap",
+                "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.4},
+                "quality": 0.5,
+                "latency_prior": {"ttft_ms": 500, "tpot_ms": 20},
+            },
+            {
+                **model,
+                "name": "fast",
+                "price": {"input_per_mtok": 1.0, "output_per_mtok": 4.0},
+                "quality": 0.6,
+                "latency_prior": {"ttft_ms": 100, "tpot_ms": 5},
+                "capabilities": ["chat", "code"],
+            },
+            {
+                **model,
+                "name": "strong",
+                "price": {"input_per_mtok": 5.0, "output_per_mtok": 20.0},
+                "quality": 0.95,
+                "latency_prior": {"ttft_ms": 800, "tpot_ms": 25},
+                "context_window": 200000,
+                "capabilities": ["chat", "code"],
+            },
+            {
+                **model,
+                "name": "tiny",
+                "price": {"input_per_mtok": 0.0, "output_per_mtok": 0.0},
+                "quality": 0.1,
+                "latency_prior": {"ttft_ms": 50, "tpot_ms": 10},
+                "context_window": 1024,
+            },
+        ],
+        "routing": {
+            "default_strategy": "balanced",
+            "strategies": {"thrifty": {"cost": 0.6, "latency": 0.2, "quality": 0.2}},
+            "stages": {"architecture": {"models": ["strong", "fast"], "strategy": "quality-first"}},
+            "fallback_chain": ["tiny", "cheap"],
+        },
+    }
+
+
+def with_changes(base: dict[str, Any], **sections: Any) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    out.update(sections)
+    return out
+
+
+@asynccontextmanager
+async def running_sidecar(
+    config: dict[str, Any], environ: Mapping[str, str] | None = None
+) -> AsyncIterator[RunningSidecar]:
+    sidecar, port = await create_server(parse_config(config), "127.0.0.1:0", environ=environ or {})
+    await sidecar.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield RunningSidecar(sidecar, channel, router_pb2_grpc.RouterStub(channel))
+    finally:
+        await channel.close()
+        await sidecar.stop(0)
+
+
+def user(text: str) -> list[pb.Message]:
+    return [pb.Message(role="user", content=text)]

@@ -1,0 +1,165 @@
+"""Smoke tests of the Rust extension through its Python API (`switchpoint._native`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from switchpoint._native import CoreError, LatencyTracker, ModelSpec, ModelTable
+
+COST_FIRST = (1.0, 0.0, 0.0)
+LATENCY_FIRST = (0.0, 1.0, 0.0)
+QUALITY_FIRST = (0.0, 0.0, 1.0)
+
+
+def spec(
+    name: str,
+    price: float,
+    ttft_ms: float,
+    quality: float,
+    *,
+    context_window: int = 100_000,
+    capabilities: int = 0,
+) -> ModelSpec:
+    return ModelSpec(
+        name,
+        input_per_mtok=price,
+        output_per_mtok=price * 4,
+        context_window=context_window,
+        quality=quality,
+        ttft_prior_ms=ttft_ms,
+        tpot_prior_ms=10.0,
+        capabilities=capabilities,
+    )
+
+
+@pytest.fixture
+def table() -> ModelTable:
+    """cheap (slow, weak), fast (pricey, strong), mid."""
+    models = [
+        spec("cheap", 0.1, 900.0, 0.3),
+        spec("fast", 10.0, 100.0, 0.9),
+        spec("mid", 1.0, 400.0, 0.6),
+    ]
+    return ModelTable(models, LatencyTracker(), min_samples=3)
+
+
+@pytest.mark.parametrize(
+    ("weights", "expected"),
+    [(COST_FIRST, [0, 2, 1]), (LATENCY_FIRST, [1, 2, 0]), (QUALITY_FIRST, [1, 2, 0])],
+)
+def test_strategies_rank(
+    table: ModelTable, weights: tuple[float, float, float], expected: list[int]
+) -> None:
+    result = table.score(1_000, 200, weights)
+    assert result.ranked == expected
+    assert result.best() == expected[0]
+    assert len(result) == 3
+    assert result.excluded() == []
+
+
+def test_candidates_carry_estimates(table: ModelTable) -> None:
+    best, *_ = table.score(1_000, 200, COST_FIRST).candidates()
+    assert best.index == 0
+    assert best.score == pytest.approx(1.0)
+    assert best.estimated_cost_usd == pytest.approx(1_000 * 0.1 / 1e6 + 200 * 0.4 / 1e6)
+    assert best.estimated_latency_ms == pytest.approx(900.0 + 200 * 10.0)
+    assert best.norm_cost == 0.0
+    assert not best.latency_observed
+
+
+def test_exclusion_reasons() -> None:
+    models = [
+        spec("small", 0.1, 100.0, 0.5, context_window=500, capabilities=0b11),
+        spec("no_tools", 0.1, 100.0, 0.5, capabilities=0b01),
+        spec("pricey", 100.0, 100.0, 0.5, capabilities=0b11),
+        spec("ok", 0.1, 100.0, 0.5, capabilities=0b11),
+    ]
+    table = ModelTable(models, LatencyTracker())
+    result = table.score(1_000, 200, COST_FIRST, required_capabilities=0b10, max_cost_usd=0.01)
+    assert result.ranked == [3]
+    assert result.excluded() == [(0, "context_window"), (1, "capabilities"), (2, "max_cost")]
+    subset = table.score(1_000, 200, COST_FIRST, candidates=[3, 1, 3])
+    assert subset.ranked == [1, 3]
+    assert subset.excluded() == []
+
+
+def test_observed_latency_replaces_priors_after_min_samples() -> None:
+    tracker = LatencyTracker()
+    table = ModelTable(
+        [spec("a", 1.0, 100.0, 0.5), spec("b", 1.0, 200.0, 0.5)], tracker, min_samples=3
+    )
+    slot = table.slot(0)
+    assert slot == tracker.slot("a")
+    assert table.score(100, 200, LATENCY_FIRST).ranked == [0, 1]
+    for recorded in range(1, 4):
+        # "a" turns out slow: 2 s to the first token, then 50 ms per token.
+        tracker.record(slot, 2_000.0 + 50.0 * 199, ttft_ms=2_000.0, output_tokens=200)
+        result = table.score(100, 200, LATENCY_FIRST)
+        observed = {c.index: c.latency_observed for c in result.candidates()}
+        assert observed[0] is (recorded >= 3)
+    assert result.ranked == [1, 0]
+    slow = result.candidates()[1]
+    assert slow.estimated_latency_ms == pytest.approx(2_000.0 + 200 * 50.0, rel=0.05)
+    p50, p95, p99, count = tracker.percentiles(slot, "tpot")
+    assert p50 == pytest.approx(50.0, rel=0.05)
+    assert p50 <= p95 <= p99
+    assert count == pytest.approx(3.0, rel=1e-3)
+    assert tracker.percentiles(tracker.slot("unused"), "ttft") == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_set_penalty_demotes(table: ModelTable) -> None:
+    table.set_penalty(0, 0.6)
+    assert table.score(1_000, 200, COST_FIRST).ranked == [2, 0, 1]
+    table.set_penalty(0, 0.0)
+    assert table.score(1_000, 200, COST_FIRST).best() == 0
+
+
+@pytest.mark.parametrize(
+    "weights", [(0.0, 0.0, 0.0), (-1.0, 1.0, 1.0), (float("nan"), 1.0, 1.0), (float("inf"), 0, 0)]
+)
+def test_bad_weights_raise(table: ModelTable, weights: tuple[float, float, float]) -> None:
+    with pytest.raises(CoreError, match=r"^weights: must be finite and >= 0, not all zero"):
+        table.score(1_000, 200, weights)
+
+
+def test_bad_indices_raise(table: ModelTable) -> None:
+    with pytest.raises(CoreError, match="candidate index 3 out of range"):
+        table.score(1_000, 200, COST_FIRST, candidates=[0, 3])
+    with pytest.raises(CoreError, match="candidate index -1 out of range"):
+        table.score(1_000, 200, COST_FIRST, candidates=[-1])
+    with pytest.raises(CoreError, match="index 7 out of range"):
+        table.set_penalty(7, 0.5)
+    with pytest.raises(CoreError, match="index -1 out of range"):
+        table.slot(-1)
+    with pytest.raises(CoreError, match="penalty"):
+        table.set_penalty(0, 1.5)
+
+
+def test_bad_arguments_raise() -> None:
+    tracker = LatencyTracker(half_life_s=60.0)
+    with pytest.raises(CoreError, match="unknown"):
+        tracker.record(5, 10.0)
+    with pytest.raises(CoreError, match=r"^kind:"):
+        tracker.percentiles(tracker.slot("a"), "p99")  # type: ignore[arg-type]
+    with pytest.raises(CoreError, match=r"^half_life_s:"):
+        LatencyTracker(half_life_s=0.0)
+    with pytest.raises(CoreError, match=r'^model "m": quality'):
+        spec("m", 1.0, 100.0, 1.5)
+    with pytest.raises(CoreError, match="listed twice"):
+        ModelTable([spec("m", 1.0, 100.0, 0.5), spec("m", 2.0, 100.0, 0.5)], tracker)
+
+
+def test_model_spec_round_trips() -> None:
+    model = spec("m", 2.0, 150.0, 0.75, context_window=32_768, capabilities=0b101)
+    assert (model.name, model.input_per_mtok, model.output_per_mtok) == ("m", 2.0, 8.0)
+    assert (model.context_window, model.quality, model.capabilities) == (32_768, 0.75, 5)
+    assert (model.ttft_prior_ms, model.tpot_prior_ms) == (150.0, 10.0)
+
+
+def test_large_candidate_sets_score_without_the_gil() -> None:
+    # More than 256 candidates takes the path that releases the GIL; the answer must not change.
+    models = [spec(f"m{i}", 1.0 + i, 100.0, 0.5) for i in range(300)]
+    table = ModelTable(models, LatencyTracker())
+    result = table.score(1_000, 200, COST_FIRST)
+    assert result.ranked == list(range(300))
+    assert table.score(1_000, 200, COST_FIRST, candidates=[299, 5]).ranked == [5, 299]
