@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -63,6 +63,6 @@ class ProviderAdapter(Protocol):
 
     def stream(
         self, request: ProviderRequest, *, timeout_s: float | None
-    ) -> AsyncIterator[StreamEvent]: ...
+    ) -> AsyncGenerator[StreamEvent, None]: ...
 
     async def aclose(self) -> None: ...
