@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from switchpoint._native import LatencyTracker
@@ -89,6 +90,25 @@ class _Call:
         return (time.perf_counter() - self.started) * 1000.0
 
 
+@dataclass(slots=True)
+class _StreamAttempt:
+    """What one streaming attempt has produced so far."""
+
+    started: float
+    parts: list[str] = field(default_factory=list)
+    ttft_ms: float = 0.0
+
+    def add(self, text: str) -> None:
+        if not self.parts:
+            self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
+        self.parts.append(text)
+
+    def completion(self, end: StreamEnd) -> Completion:
+        return Completion(
+            "".join(self.parts), end.finish_reason, end.input_tokens, end.output_tokens
+        )
+
+
 class Engine:
     """One config's worth of routing state and provider adapters; built by the server factory."""
 
@@ -141,32 +161,31 @@ class Engine:
         call = _Call(request, decision, request.request_id or uuid.uuid4().hex)
         last_error: ProviderError | None = None
         for model in self._chain(decision):
-            attempt_started = time.perf_counter()
-            parts: list[str] = []
-            ttft_ms = 0.0
+            attempt = _StreamAttempt(time.perf_counter())
+            events = self._adapter(model).stream(
+                self._provider_request(model, request), timeout_s=None
+            )
             try:
-                events = self._adapter(model).stream(
-                    self._provider_request(model, request), timeout_s=None
-                )
-                async for event in events:
-                    if isinstance(event, TextDelta):
-                        if not parts:
-                            ttft_ms = (time.perf_counter() - attempt_started) * 1000.0
-                        parts.append(event.text)
-                        yield StreamDelta(event.text, model.name, model.provider)
-                    elif isinstance(event, StreamEnd):
-                        completion = Completion(
-                            "".join(parts),
-                            event.finish_reason,
-                            event.input_tokens,
-                            event.output_tokens,
-                        )
-                        yield self._settle(call, model, completion, attempt_started, ttft_ms)
-                        return
+                # aclosing: a client that goes away mid-stream closes the upstream response now,
+                # not whenever the generator happens to be collected.
+                async with aclosing(events):
+                    async for event in events:
+                        if isinstance(event, TextDelta):
+                            attempt.add(event.text)
+                            yield StreamDelta(event.text, model.name, model.provider)
+                        else:
+                            yield self._settle(
+                                call,
+                                model,
+                                attempt.completion(event),
+                                attempt.started,
+                                attempt.ttft_ms,
+                            )
+                            return
             except ProviderError as exc:
                 last_error = exc
-                self._record_failure(call, model, exc, attempt_started)
-                if parts or exc.error_class in _NOT_WORTH_ANOTHER_MODEL:
+                self._record_failure(call, model, exc, attempt.started)
+                if attempt.parts or exc.error_class in _NOT_WORTH_ANOTHER_MODEL:
                     # Tokens already reached the client: switching models silently would splice
                     # two answers together.
                     raise
