@@ -253,3 +253,26 @@ async def test_get_stats_counts_and_percentiles(
         await sidecar.stub.GetStats(pb.StatsRequest(models=["nope"]))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "models[0]" in (caught.value.details() or "")
+
+
+async def test_live_latency_replaces_the_prior_after_enough_streams(
+    openai_server: OpenAIServer, anthropic_server: AnthropicServer
+) -> None:
+    config = _config(openai_server, anthropic_server)
+    config["routing"]["min_latency_samples"] = 2
+    # A prior far from anything loopback can produce, so the switch to live figures shows.
+    config["models"][0]["latency_prior"] = {"ttft_ms": 90000, "tpot_ms": 9000}
+    async with running_sidecar(config, KEYS) as sidecar:
+        route = pb.RouteRequest(
+            messages=user("hi"),
+            routing=pb.RoutingOptions(models=["gpt-small"]),
+            params=pb.GenerationParams(max_tokens=10),
+        )
+        before = (await sidecar.stub.Route(route)).candidates[0]
+        for _ in range(2):
+            await _stream(sidecar, _chat("a few words to stream back", "gpt-small"))
+        after = (await sidecar.stub.Route(route)).candidates[0]
+    assert not before.latency_observed
+    assert before.estimated_latency_ms == pytest.approx(90000 + 10 * 9000)
+    assert after.latency_observed
+    assert after.estimated_latency_ms < 5000
