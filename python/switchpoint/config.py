@@ -100,6 +100,11 @@ class ModelConfig(StrictModel):
     system_prompt: str | None = None
     # Extra fields merged into the provider request body (e.g. repeat_penalty for llama.cpp).
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    # How routing counts this model's prompt tokens (switchpoint.tokens): gpt-4o/o-series ->
+    # o200k_base, gpt-4/gpt-3.5 -> cl100k_base. Other vendors' tokenizers (Anthropic, Llama, ...)
+    # are not available offline: "estimate" (~4 chars/token). cl100k is deliberately not used as
+    # a proxy for Claude, whose tokenizer is reported to need 20-30% more tokens than OpenAI's.
+    tokenizer: Literal["cl100k_base", "o200k_base", "estimate"] = "estimate"
 
     @property
     def wire_model(self) -> str:

@@ -30,6 +30,7 @@ from switchpoint.registry import Registry
 from switchpoint.request import ChatInput, validate
 from switchpoint.routing import Decision, Router
 from switchpoint.stats import StatsBook
+from switchpoint.tokens import TokenCounter
 
 log = logging.getLogger("switchpoint.engine")
 
@@ -125,7 +126,8 @@ class Engine:
         self.latency = latency
         self.stats = stats
         self._adapters = adapters
-        self._router = Router(config, registry)
+        self.tokens = TokenCounter()
+        self._router = Router(config, registry, self.tokens)
 
     # -- decide -------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from switchpoint.request import ChatInput
 from switchpoint.routing.classifier import classify
 from switchpoint.routing.decision import Decision, Level, ScoredModel
 from switchpoint.routing.strategies import ResolvedStrategy, resolve_strategy
-from switchpoint.tokens import estimate_prompt_tokens
+from switchpoint.tokens import TokenCounter
 
 _EXCLUSION_TEXT = {
     "context_window": "context window {window} < {needed} estimated tokens",
@@ -30,13 +30,20 @@ _EXCLUSION_TEXT = {
 class Router:
     """Decides which models may serve a request and in what order. Pure and fast: no I/O."""
 
-    def __init__(self, config: Config, registry: Registry) -> None:
+    def __init__(self, config: Config, registry: Registry, tokens: TokenCounter) -> None:
         self._config = config
         self._registry = registry
+        self._tokens = tokens
+        # The Rust scorer takes one input-token count for every candidate, so the prompt is counted
+        # once per distinct tokenizer among the enabled models (usually one or two) and the largest
+        # count is used: no model is then judged to fit a context window it would overflow.
+        self._encodings = tuple(dict.fromkeys(m.tokenizer for m in registry.models))
 
     def decide(self, request: ChatInput) -> Decision:
         routing = request.routing
-        input_tokens = estimate_prompt_tokens(request.messages)
+        input_tokens = max(
+            self._tokens.count_messages(request.messages, encoding) for encoding in self._encodings
+        )
         output_tokens = request.params.max_tokens or self._config.routing.default_output_tokens
         required = self._registry.required_mask(tuple(routing.capabilities), "routing.capabilities")
         context = _Context(input_tokens, output_tokens, required, routing.max_cost_usd)
