@@ -4,6 +4,8 @@ from typing import Literal, final
 
 __all__ = [
     "CoreError",
+    "Gate",
+    "GateDenied",
     "LatencyTracker",
     "ModelSpec",
     "ModelTable",
@@ -13,6 +15,34 @@ __all__ = [
 
 class CoreError(Exception):
     """Raised by the Rust core; message says what was wrong."""
+
+class GateDenied(CoreError):
+    """Raised by Gate.reserve when a rate limit or budget refuses the call.
+
+    `args` is `(kind, name, retry_after_s)`, also readable as the properties below; `str()` is a
+    sentence for logs. Catch it before `CoreError`, which it subclasses:
+
+        try:
+            reservation = gate.reserve(limits, budgets, tokens, cost_usd, time.time())
+        except GateDenied as denied:
+            wait = denied.retry_after_s  # denied.kind, denied.name say which rule
+    """
+
+    @property
+    def kind(self) -> Literal["rpm", "tpm", "concurrency", "budget"]:
+        """Which limit refused: requests or tokens per minute, concurrency, or a budget."""
+    @property
+    def name(self) -> str:
+        """The refusing rate limit's or budget's name."""
+    @property
+    def retry_after_s(self) -> float:
+        """Seconds until the call could pass at the earliest.
+
+        Bucket refill time for rpm/tpm; the window's end for a budget whose settled spend alone
+        blocks it (inf for a "total" budget); 0.05 when only calls in flight (concurrency, a
+        budget's reservations) or a budget lease stand in the way, since those can clear at any
+        moment.
+        """
 
 @final
 class ModelSpec:
@@ -109,3 +139,81 @@ class ModelTable:
 
         `weights` is (cost, latency, quality): finite, >= 0, not all zero; normalised to sum 1.
         """
+
+@final
+class Gate:
+    """The token gate: rate limits and budgets, reserved before a call and settled after.
+
+    Thread-safe; every call takes well under a microsecond and holds the GIL. `now` is Unix epoch
+    seconds (`time.time()`): budgets turn at UTC hour, day and month boundaries. Rule ids are the
+    ints `add_rate_limit` and `add_budget` return; a call names at most 16 rules in all.
+
+    Rules of the accounting:
+    - `reserve` takes one request, the estimated tokens and a concurrency slot from every listed
+      rate limit and the estimated cost from every listed budget, or takes nothing and raises
+      `GateDenied` naming the first refusing rule (limits in list order, then budgets).
+    - A budget admits a reservation iff spent + reserved + cost <= capacity, where capacity is the
+      limit, or min(limit, lease) while a lease is set.
+    - `settle` charges the actual tokens and cost, more or less than reserved, to the window in
+      which the call finished; reservations are carried across a rollover. `release` gives back
+      the tokens, budget reservation and concurrency slot, but the request stays counted against
+      RPM (the provider may have seen it).
+    - Each reservation id is settled or released once; reusing one raises `CoreError` and changes
+      nothing.
+    - Spend can pass a budget only through calls that cost more than they reserved: at most the
+      sum of (actual - estimate) over the calls in flight at the last admission.
+    - A lease belongs to its window: at a rollover it becomes 0 until set again.
+    """
+
+    def __new__(cls) -> Gate: ...
+    def add_rate_limit(
+        self,
+        name: str,
+        *,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        concurrency: int | None = None,
+    ) -> int:
+        """Adds a rate-limit rule and returns its id; each limit is optional."""
+    def add_budget(
+        self, name: str, *, limit_usd: float, window: Literal["hour", "day", "month", "total"]
+    ) -> int:
+        """Adds a budget and returns its id."""
+    def limit_count(self) -> int: ...
+    def budget_count(self) -> int: ...
+    def check(
+        self, limits: list[int], budgets: list[int], tokens: int, cost_usd: float, now: float
+    ) -> tuple[Literal["rpm", "tpm", "concurrency", "budget"], str, float] | None:
+        """`(kind, name, retry_after_s)` of the first rule that would refuse the call, or `None`.
+
+        Changes nothing.
+        """
+    def reserve(
+        self, limits: list[int], budgets: list[int], tokens: int, cost_usd: float, now: float
+    ) -> int:
+        """Reserves the call against every listed rule, or nothing; raises `GateDenied` on refusal.
+
+        Returns the reservation id to settle or release.
+        """
+    def settle(self, reservation: int, tokens: int, cost_usd: float, now: float) -> None:
+        """The call finished having used `tokens` and cost `cost_usd`."""
+    def release(self, reservation: int, now: float) -> None:
+        """The call was abandoned at no cost; the request stays counted against RPM."""
+    def budget_state(self, budget: int, now: float) -> tuple[float, float, float, float, float]:
+        """`(limit_usd, spent_usd, reserved_usd, window_start, window_end)` as of `now`.
+
+        Window bounds are epoch seconds; a "total" budget's window is (0, inf).
+        """
+    def set_budget_limit(self, budget: int, limit_usd: float) -> None: ...
+    def set_leased(self, budget: int, leased_usd: float | None, now: float) -> None:
+        """This replica's lease for the window holding `now`; `None` leaves allowance mode."""
+    def take_unreported_spend(self, budget: int) -> float:
+        """Settled spend since the previous call, for the shared store."""
+    def limit_state(self, limit: int, now: float) -> tuple[float | None, float | None, int]:
+        """`(requests_available, tokens_available, in_flight)` as of `now`.
+
+        A bucket the rule does not have is None; a bucket may be negative after a call used more
+        tokens than it reserved.
+        """
+    def outstanding(self) -> int:
+        """Reservations neither settled nor released."""

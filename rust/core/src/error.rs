@@ -1,8 +1,65 @@
 //! The one error type of the core. The binding crate turns every variant into `_native.CoreError`
 //! through a single `From` impl, so the messages here are what Python callers (and, through the
 //! servicer, gRPC clients) read: each one names the field or model it is about.
+//!
+//! A gate denial travels as a variant too (`Denied`), so that the bindings keep exactly one
+//! conversion to Python: it becomes `_native.GateDenied`, a subclass of `_native.CoreError`.
+
+use std::fmt;
+use std::sync::Arc;
 
 use thiserror::Error;
+
+/// Retry hint when the gate cannot know how long a denial will last: a concurrency slot frees
+/// when some call finishes, a budget's in-flight reservations when they settle, a lease when the
+/// lease manager tops it up. Short, so an admission queue re-checks soon rather than giving up.
+pub const UNKNOWN_RETRY_AFTER_S: f64 = 0.05;
+
+/// Which rule of the token gate refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenialKind {
+    Rpm,
+    Tpm,
+    Concurrency,
+    Budget,
+}
+
+impl DenialKind {
+    /// The kind as Python and the wire spell it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Rpm => "rpm",
+            Self::Tpm => "tpm",
+            Self::Concurrency => "concurrency",
+            Self::Budget => "budget",
+        }
+    }
+}
+
+/// A refusal by the token gate: which rule, and how long until the call could pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Denial {
+    pub kind: DenialKind,
+    /// The rate limit's or budget's configured name. Shared with the rule, so denying allocates
+    /// nothing even when a busy tenant is being denied thousands of times a second.
+    pub name: Arc<str>,
+    /// Seconds until the call could pass at the earliest: bucket refill time for RPM and TPM, the
+    /// window's end for a budget whose settled spend alone blocks it (infinite for a "total"
+    /// budget), and `UNKNOWN_RETRY_AFTER_S` when only in-flight work or a lease stands in the way.
+    pub retry_after_s: f64,
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} limit {:?} denies the call; retry after {} s",
+            self.kind.as_str(),
+            &*self.name,
+            self.retry_after_s
+        )
+    }
+}
 
 /// Everything the core can reject. No variant is ever produced by a panic path: invalid input from
 /// Python is checked and reported here instead.
@@ -39,6 +96,24 @@ pub enum CoreError {
     /// A latency-tracker slot that was never handed out by `LatencyTracker::slot`.
     #[error("latency slot {slot} is unknown (tracker has {len} slots)")]
     UnknownSlot { slot: i128, len: usize },
+
+    /// A rate-limit or budget id the gate never handed out. Signed for the same reason as
+    /// `IndexOutOfRange`.
+    #[error("{what} {index} is unknown (gate has {len})")]
+    UnknownRule {
+        what: &'static str,
+        index: i128,
+        len: usize,
+    },
+
+    /// A reservation id that is not outstanding: never issued, already settled or released, or
+    /// from a slot that has since been reused. Nothing was changed.
+    #[error("reservation {id} is unknown or already settled or released")]
+    UnknownReservation { id: i128 },
+
+    /// The token gate refused a reservation. Not a fault: the caller routes elsewhere or waits.
+    #[error("{0}")]
+    Denied(Denial),
 
     /// Any other argument outside its domain; `field` is the argument's name as callers spell it.
     #[error("{field}: {reason}")]
@@ -98,6 +173,27 @@ mod tests {
             err.to_string(),
             "candidate index -1 out of range (table has 3 models)"
         );
+    }
+
+    #[test]
+    fn gate_messages_name_the_rule() {
+        let err = CoreError::UnknownRule {
+            what: "budget",
+            index: -2,
+            len: 1,
+        };
+        assert_eq!(err.to_string(), "budget -2 is unknown (gate has 1)");
+        let err = CoreError::Denied(Denial {
+            kind: DenialKind::Budget,
+            name: "team-a".into(),
+            retry_after_s: 12.5,
+        });
+        assert_eq!(
+            err.to_string(),
+            "budget limit \"team-a\" denies the call; retry after 12.5 s"
+        );
+        let err = CoreError::UnknownReservation { id: 7 };
+        assert!(err.to_string().starts_with("reservation 7 is unknown"));
     }
 
     #[test]

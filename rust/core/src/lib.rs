@@ -1,18 +1,32 @@
-//! switchpoint's hot path in pure Rust: the routing table, per-request scoring and the latency
-//! tracker. No Python here; `rust/py` wraps these types for `switchpoint._native`.
+//! switchpoint's hot path in pure Rust: the routing table, per-request scoring, the latency
+//! tracker and the token gate (rate limits and budgets). No Python here; `rust/py` wraps these
+//! types for `switchpoint._native`.
 //!
 //! Flow: build a [`ModelTable`] once per config load over a shared [`LatencyTracker`]; per request
-//! call [`ModelTable::score`] with a [`Request`]; after each call, [`LatencyTracker::record`] the
-//! observed latency under the model's slot so later requests use live percentiles.
+//! call [`ModelTable::score`] with a [`Request`]; [`Gate::reserve`] the chosen call's estimated
+//! tokens and cost against its rate limits and budgets, and [`Gate::settle`] (or
+//! [`Gate::release`]) it afterwards; [`LatencyTracker::record`] the observed latency under the
+//! model's slot so later requests use live percentiles.
 
+mod append;
+mod budget;
 mod error;
+mod gate;
 mod histogram;
 mod latency;
+mod limits;
+mod reservations;
 mod scoring;
 mod slot;
 mod table;
+mod window;
 
-pub use error::{CoreError, Result};
+pub use budget::BudgetState;
+pub use error::{CoreError, Denial, DenialKind, Result, UNKNOWN_RETRY_AFTER_S};
+pub use gate::Gate;
 pub use latency::{Clock, LatencyKind, LatencyTracker, ManualClock, MonotonicClock, Percentiles};
+pub use limits::LimitState;
+pub use reservations::{ReservationId, MAX_RULES};
 pub use scoring::{Candidate, Exclusion, Ranking, Request, Weights};
 pub use table::{ModelSpec, ModelTable, MAX_PRICE_OR_PRIOR};
+pub use window::{Window, MAX_NOW_S};

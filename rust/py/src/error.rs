@@ -4,10 +4,16 @@
 //! `From<CoreError> for PyErr` directly; `Error` is the newtype that carries it. Every binding
 //! method returns `Result<_, Error>` and `PyO3` converts through the impl below, so there is exactly
 //! one place that decides how a core failure looks from Python.
+//!
+//! A gate denial becomes `GateDenied`, a subclass of `CoreError` whose `args` are
+//! `(kind, name, retry_after_s)`. Under the stable ABI a `#[pyclass]` cannot extend an exception
+//! type, so rather than per-instance attributes (which would need the exception built eagerly on
+//! every denial), `register` gives the class three read-only properties over `args` and a
+//! `__str__` that reads as a sentence; raising stays as cheap as for any other error.
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
-use pyo3::PyErr;
+use pyo3::prelude::*;
 use switchpoint_core::CoreError as RustError;
 
 create_exception!(
@@ -16,6 +22,78 @@ create_exception!(
     PyException,
     "Raised by the Rust core; message says what was wrong."
 );
+
+create_exception!(
+    switchpoint._native,
+    GateDenied,
+    CoreError,
+    "Raised by Gate.reserve when a rate limit or budget refuses the call; args are \
+     (kind, name, retry_after_s)."
+);
+
+/// Adds both exception types to the module and gives `GateDenied` its accessors.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("CoreError", py.get_type::<CoreError>())?;
+    let denied = py.get_type::<GateDenied>();
+    let property = py.import("builtins")?.getattr("property")?;
+    denied.setattr(
+        "kind",
+        property.call1((wrap_pyfunction!(denial_kind, m)?,))?,
+    )?;
+    denied.setattr(
+        "name",
+        property.call1((wrap_pyfunction!(denial_name, m)?,))?,
+    )?;
+    denied.setattr(
+        "retry_after_s",
+        property.call1((wrap_pyfunction!(denial_retry_after_s, m)?,))?,
+    )?;
+    // A builtin function is not a descriptor, so on its own it would not receive the instance;
+    // `partialmethod` binds it the way a Python `def` in the class body would be.
+    let method = py.import("functools")?.getattr("partialmethod")?;
+    denied.setattr(
+        "__str__",
+        method.call1((wrap_pyfunction!(denial_message, m)?,))?,
+    )?;
+    m.add("GateDenied", denied)
+}
+
+/// `GateDenied.kind`: "rpm", "tpm", "concurrency" or "budget".
+#[pyfunction]
+fn denial_kind<'py>(error: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    error.getattr("args")?.get_item(0)
+}
+
+/// `GateDenied.name`: the refusing rate limit's or budget's name.
+#[pyfunction]
+fn denial_name<'py>(error: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    error.getattr("args")?.get_item(1)
+}
+
+/// `GateDenied.retry_after_s`: seconds until the call could pass at the earliest.
+#[pyfunction]
+fn denial_retry_after_s<'py>(error: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    error.getattr("args")?.get_item(2)
+}
+
+/// `str(GateDenied)`: the core's message for the denial, rebuilt from `args`. A `GateDenied`
+/// raised from Python with other args (a test double, say) reads as any exception would.
+#[pyfunction]
+fn denial_message(error: &Bound<'_, PyAny>) -> PyResult<String> {
+    let args = error.getattr("args")?;
+    if let Ok((kind, name, retry_after_s)) = args.extract::<(String, String, f64)>() {
+        return Ok(format!(
+            "{kind} limit {name:?} denies the call; retry after {retry_after_s} s"
+        ));
+    }
+    let shown = if args.len()? == 1 {
+        args.get_item(0)?
+    } else {
+        args
+    };
+    Ok(shown.str()?.to_string())
+}
 
 /// A core error on its way to Python.
 #[derive(Debug)]
@@ -29,7 +107,14 @@ impl From<RustError> for Error {
 
 impl From<Error> for PyErr {
     fn from(error: Error) -> Self {
-        CoreError::new_err(error.0.to_string())
+        match error.0 {
+            RustError::Denied(denial) => GateDenied::new_err((
+                denial.kind.as_str(),
+                denial.name.to_string(),
+                denial.retry_after_s,
+            )),
+            other => CoreError::new_err(other.to_string()),
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! Rust core"); the one exception, scoring a large candidate set, releases it through `gil.rs`.
 
 mod error;
+mod gate;
 mod gil;
 mod latency;
 mod model_spec;
@@ -15,11 +16,12 @@ use pyo3::prelude::*;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("CoreError", m.py().get_type::<error::CoreError>())?;
+    error::register(m)?;
     m.add_class::<model_spec::ModelSpec>()?;
     m.add_class::<latency::LatencyTracker>()?;
     m.add_class::<score_result::ScoredCandidate>()?;
     m.add_class::<score_result::ScoreResult>()?;
     m.add_class::<table::ModelTable>()?;
+    m.add_class::<gate::Gate>()?;
     Ok(())
 }

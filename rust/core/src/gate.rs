@@ -1,0 +1,341 @@
+//! The token gate: a call's rate limits and budgets checked, reserved and settled together.
+//!
+//! Before a call, `reserve` takes one request, the estimated tokens and a concurrency slot from
+//! every listed rate limit, and the estimated cost from every listed budget, or takes nothing.
+//! After it, `settle` charges the real usage, or `release` abandons the call; either consumes the
+//! reservation id, so nothing is ever refunded twice, and `outstanding_reservations` lets tests
+//! (and health checks) see that nothing leaked.
+//!
+//! Locking: each rule has its own mutex and the gate never holds two locks at once. `reserve`
+//! goes through the listed rules one at a time and, if one refuses, gives back what the earlier
+//! ones took; the reservation table's shard lock is taken only after every rule lock has been
+//! released. With no lock ever held while waiting for another, deadlock is impossible, and
+//! callers on disjoint rules never meet. The price is that all-or-nothing holds in effect but
+//! not instantaneously: for the microsecond between a refusal and its rollback, capacity taken by
+//! the failing call is visible, and a concurrent call may be refused for it.
+//!
+//! Time is passed in by the caller. Budgets turn at UTC calendar boundaries, so when a gate has
+//! budgets `now` must be Unix epoch seconds; rate limits only use differences between times.
+//! See `budget.rs` for the rollover rule and the overshoot bound, `limits.rs` for the buckets.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::append::AppendOnly;
+use crate::budget::{check_usd, BudgetLedger, BudgetState};
+use crate::error::{CoreError, Denial, Result};
+use crate::limits::{LimitState, RateLimiter};
+use crate::reservations::{Held, ReservationId, Reservations, MAX_RULES};
+use crate::window::{check_now, Window};
+
+/// The token gate. Every method takes `&self` and may be called from any thread.
+pub struct Gate {
+    limits: AppendOnly<Mutex<RateLimiter>>,
+    budgets: AppendOnly<Mutex<BudgetLedger>>,
+    reservations: Reservations,
+}
+
+impl std::fmt::Debug for Gate {
+    // Counts only: rule state changes under other threads' feet and is read through the
+    // `*_state` methods.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("limits", &self.limits.len())
+            .field("budgets", &self.budgets.len())
+            .field("outstanding", &self.reservations.len())
+            .finish()
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Nothing inside a rule's mutex is left half-updated by a panic, so a poisoned lock is used as is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Checks that every id names a rule and none is listed twice (which would take twice from it).
+/// Lists are a handful of ids, so the quadratic scan beats anything that would allocate.
+fn check_ids(what: &'static str, field: &'static str, ids: &[usize], len: usize) -> Result<()> {
+    for (position, &id) in ids.iter().enumerate() {
+        if id >= len {
+            return Err(CoreError::UnknownRule {
+                what,
+                index: id as i128,
+                len,
+            });
+        }
+        if ids[..position].contains(&id) {
+            return Err(CoreError::invalid(
+                field,
+                format!("lists {what} {id} twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Gate {
+    pub fn new() -> Self {
+        Self {
+            limits: AppendOnly::new(),
+            budgets: AppendOnly::new(),
+            reservations: Reservations::default(),
+        }
+    }
+
+    /// Adds a rate-limit rule and returns its id. Each limit is optional; a rule with none admits
+    /// everything (and still counts calls in flight).
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an empty name, a per-minute limit that is not finite and > 0, or a
+    /// concurrency of 0.
+    pub fn add_rate_limit(
+        &self,
+        name: &str,
+        rpm: Option<f64>,
+        tpm: Option<f64>,
+        concurrency: Option<u32>,
+    ) -> Result<usize> {
+        let limiter = RateLimiter::new(name, rpm, tpm, concurrency)?;
+        self.limits
+            .push(Mutex::new(limiter))
+            .ok_or_else(|| CoreError::invalid("name", "the gate is out of rate-limit ids"))
+    }
+
+    /// Adds a budget and returns its id.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an empty name or a limit that is not finite and >= 0.
+    pub fn add_budget(&self, name: &str, limit_usd: f64, window: Window) -> Result<usize> {
+        let ledger = BudgetLedger::new(name, limit_usd, window)?;
+        self.budgets
+            .push(Mutex::new(ledger))
+            .ok_or_else(|| CoreError::invalid("name", "the gate is out of budget ids"))
+    }
+
+    pub fn limit_count(&self) -> usize {
+        self.limits.len()
+    }
+
+    pub fn budget_count(&self) -> usize {
+        self.budgets.len()
+    }
+
+    fn limit(&self, id: usize) -> Result<MutexGuard<'_, RateLimiter>> {
+        self.limits
+            .get(id)
+            .map(lock)
+            .ok_or_else(|| CoreError::UnknownRule {
+                what: "rate limit",
+                index: id as i128,
+                len: self.limits.len(),
+            })
+    }
+
+    fn budget(&self, id: usize) -> Result<MutexGuard<'_, BudgetLedger>> {
+        self.budgets
+            .get(id)
+            .map(lock)
+            .ok_or_else(|| CoreError::UnknownRule {
+                what: "budget",
+                index: id as i128,
+                len: self.budgets.len(),
+            })
+    }
+
+    fn check_call(
+        &self,
+        limit_ids: &[usize],
+        budget_ids: &[usize],
+        cost: f64,
+        now: f64,
+    ) -> Result<()> {
+        check_now(now)?;
+        check_usd("cost_usd", cost)?;
+        let rules = limit_ids.len() + budget_ids.len();
+        if rules > MAX_RULES {
+            return Err(CoreError::invalid(
+                "limits",
+                format!("a call may name at most {MAX_RULES} rate limits and budgets, got {rules}"),
+            ));
+        }
+        check_ids("rate limit", "limits", limit_ids, self.limits.len())?;
+        check_ids("budget", "budgets", budget_ids, self.budgets.len())
+    }
+
+    /// Why reserving would be refused now, if it would: the first refusing rule, rate limits in
+    /// the order listed and then budgets. Changes nothing; for routing eligibility and dry runs.
+    ///
+    /// # Errors
+    /// `UnknownRule`, or `InvalidArgument` for a duplicate id, too many rules, a bad cost or time.
+    pub fn check(
+        &self,
+        limit_ids: &[usize],
+        budget_ids: &[usize],
+        tokens: u64,
+        cost_usd: f64,
+        now_s: f64,
+    ) -> Result<Option<Denial>> {
+        self.check_call(limit_ids, budget_ids, cost_usd, now_s)?;
+        for &id in limit_ids {
+            if let Some(denial) = self.limit(id)?.check(tokens, now_s) {
+                return Ok(Some(denial));
+            }
+        }
+        for &id in budget_ids {
+            if let Some(denial) = self.budget(id)?.check(cost_usd, now_s) {
+                return Ok(Some(denial));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reserves `tokens` and `cost_usd` against every listed rule, or nothing.
+    ///
+    /// # Errors
+    /// `Denied` with the first refusing rule (as `check` orders them), after everything already
+    /// taken has been given back; otherwise the errors of `check`.
+    pub fn reserve(
+        &self,
+        limit_ids: &[usize],
+        budget_ids: &[usize],
+        tokens: u64,
+        cost_usd: f64,
+        now_s: f64,
+    ) -> Result<ReservationId> {
+        self.check_call(limit_ids, budget_ids, cost_usd, now_s)?;
+        for (taken, &id) in limit_ids.iter().enumerate() {
+            // The guard is dropped at the end of the statement: one lock at a time.
+            let outcome = self.limit(id)?.reserve(tokens, now_s);
+            if let Err(denial) = outcome {
+                self.undo(&limit_ids[..taken], &[], tokens, cost_usd);
+                return Err(CoreError::Denied(denial));
+            }
+        }
+        for (taken, &id) in budget_ids.iter().enumerate() {
+            let outcome = self.budget(id)?.reserve(cost_usd, now_s);
+            if let Err(denial) = outcome {
+                self.undo(limit_ids, &budget_ids[..taken], tokens, cost_usd);
+                return Err(CoreError::Denied(denial));
+            }
+        }
+        let held = Held::new(limit_ids, budget_ids, tokens, cost_usd);
+        self.reservations
+            .insert(held)
+            .inspect_err(|_| self.undo(limit_ids, budget_ids, tokens, cost_usd))
+    }
+
+    /// Gives back what a refused `reserve` had already taken. The ids were checked by
+    /// `check_call` and rules are never removed, so every lookup succeeds.
+    fn undo(&self, limit_ids: &[usize], budget_ids: &[usize], tokens: u64, cost_usd: f64) {
+        for &id in limit_ids {
+            if let Some(limiter) = self.limits.get(id) {
+                lock(limiter).undo(tokens);
+            }
+        }
+        for &id in budget_ids {
+            if let Some(ledger) = self.budgets.get(id) {
+                lock(ledger).undo(cost_usd);
+            }
+        }
+    }
+
+    /// The reserved call finished, using `actual_tokens` and costing `actual_cost_usd`, which
+    /// may be more or less than reserved; see `budget.rs` for the window it is charged to.
+    ///
+    /// # Errors
+    /// `UnknownReservation` unless `id` is outstanding (a second settle or release of the same id
+    /// is refused and changes nothing); `InvalidArgument` for a bad cost or time, which also
+    /// changes nothing, leaving the reservation outstanding.
+    pub fn settle(
+        &self,
+        id: ReservationId,
+        actual_tokens: u64,
+        actual_cost_usd: f64,
+        now_s: f64,
+    ) -> Result<()> {
+        check_now(now_s)?;
+        check_usd("cost_usd", actual_cost_usd)?;
+        let held = self.reservations.take(id)?;
+        for limit in held.limits().filter_map(|id| self.limits.get(id)) {
+            lock(limit).settle(held.tokens, actual_tokens, now_s);
+        }
+        for ledger in held.budgets().filter_map(|id| self.budgets.get(id)) {
+            lock(ledger).settle(held.cost_usd, actual_cost_usd, now_s);
+        }
+        Ok(())
+    }
+
+    /// The reserved call is abandoned at no cost (it failed before the provider billed it, or was
+    /// cancelled): concurrency, tokens and budget reservations come back, but the request stays
+    /// counted against RPM, since the provider may have seen it.
+    ///
+    /// # Errors
+    /// As `settle`.
+    pub fn release(&self, id: ReservationId, now_s: f64) -> Result<()> {
+        check_now(now_s)?;
+        let held = self.reservations.take(id)?;
+        for limit in held.limits().filter_map(|id| self.limits.get(id)) {
+            lock(limit).release(held.tokens, now_s);
+        }
+        for ledger in held.budgets().filter_map(|id| self.budgets.get(id)) {
+            lock(ledger).release(held.cost_usd, now_s);
+        }
+        Ok(())
+    }
+
+    /// Budget `id` as of `now_s` (the window holding it). Changes nothing.
+    ///
+    /// # Errors
+    /// `UnknownRule`; `InvalidArgument` for a bad time.
+    pub fn budget_state(&self, id: usize, now_s: f64) -> Result<BudgetState> {
+        check_now(now_s)?;
+        Ok(self.budget(id)?.state(now_s))
+    }
+
+    /// # Errors
+    /// `UnknownRule`; `InvalidArgument` unless `limit_usd` is finite and >= 0.
+    pub fn set_budget_limit(&self, id: usize, limit_usd: f64) -> Result<()> {
+        self.budget(id)?.set_limit(limit_usd)
+    }
+
+    /// Sets (or with `None` clears) budget `id`'s lease for the window holding `now_s`.
+    ///
+    /// # Errors
+    /// `UnknownRule`; `InvalidArgument` for a lease that is not finite and >= 0, or a bad time.
+    pub fn set_leased(&self, id: usize, leased_usd: Option<f64>, now_s: f64) -> Result<()> {
+        check_now(now_s)?;
+        self.budget(id)?.set_leased(leased_usd, now_s)
+    }
+
+    /// Returns budget `id`'s settled spend since the previous call, and starts counting afresh.
+    ///
+    /// # Errors
+    /// `UnknownRule`.
+    pub fn take_unreported_spend(&self, id: usize) -> Result<f64> {
+        Ok(self.budget(id)?.take_unreported())
+    }
+
+    /// Rate limit `id` as of `now_s`. Changes nothing.
+    ///
+    /// # Errors
+    /// `UnknownRule`; `InvalidArgument` for a bad time.
+    pub fn limit_state(&self, id: usize, now_s: f64) -> Result<LimitState> {
+        check_now(now_s)?;
+        Ok(self.limit(id)?.state(now_s))
+    }
+
+    /// Reservations neither settled nor released.
+    pub fn outstanding_reservations(&self) -> usize {
+        self.reservations.len()
+    }
+}
+
+#[cfg(test)]
+mod model_tests;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,211 @@
+//! `Gate`: the token gate. Python reserves a call's estimated tokens and cost against its rate
+//! limits and budgets before the call, and settles or releases the reservation after it.
+//!
+//! Every method holds the GIL: the core takes well under a microsecond per call (criterion,
+//! rust/core/benches/gate.rs), much less than releasing and re-taking the GIL would cost.
+
+use pyo3::prelude::*;
+use switchpoint_core::{CoreError as RustError, Denial, Gate as Core, ReservationId};
+
+use crate::error::{tokens, Result};
+
+/// A denial as `check` returns it: `(kind, name, retry_after_s)`.
+type DenialTuple = (&'static str, String, f64);
+
+fn denial_tuple(denial: &Denial) -> DenialTuple {
+    (
+        denial.kind.as_str(),
+        denial.name.to_string(),
+        denial.retry_after_s,
+    )
+}
+
+/// Python rule ids are signed; a negative one is reported as itself, the way the core reports
+/// an id past the end.
+fn rule_id(what: &'static str, id: i64, len: usize) -> std::result::Result<usize, RustError> {
+    usize::try_from(id).map_err(|_| RustError::UnknownRule {
+        what,
+        index: i128::from(id),
+        len,
+    })
+}
+
+fn rule_ids(
+    what: &'static str,
+    ids: Vec<i64>,
+    len: usize,
+) -> std::result::Result<Vec<usize>, RustError> {
+    // i64 and usize have the same layout, so this collects in place without allocating.
+    ids.into_iter().map(|id| rule_id(what, id, len)).collect()
+}
+
+fn reservation(id: i64) -> std::result::Result<ReservationId, RustError> {
+    u64::try_from(id)
+        .map(ReservationId::from_raw)
+        .map_err(|_| RustError::UnknownReservation { id: i128::from(id) })
+}
+
+/// The token gate: rate limits (RPM, TPM, concurrency) and budgets (USD per UTC window), with
+/// reservations settled or released after each call.
+#[pyclass(frozen, module = "switchpoint._native")]
+pub struct Gate {
+    inner: Core,
+}
+
+impl Gate {
+    fn limit(&self, id: i64) -> std::result::Result<usize, RustError> {
+        rule_id("rate limit", id, self.inner.limit_count())
+    }
+
+    fn budget(&self, id: i64) -> std::result::Result<usize, RustError> {
+        rule_id("budget", id, self.inner.budget_count())
+    }
+
+    fn call(
+        &self,
+        limits: Vec<i64>,
+        budgets: Vec<i64>,
+        tokens: i64,
+    ) -> std::result::Result<(Vec<usize>, Vec<usize>, u64), RustError> {
+        Ok((
+            rule_ids("rate limit", limits, self.inner.limit_count())?,
+            rule_ids("budget", budgets, self.inner.budget_count())?,
+            self::tokens("tokens", tokens)?,
+        ))
+    }
+}
+
+#[pymethods]
+impl Gate {
+    #[new]
+    fn new() -> Self {
+        Self { inner: Core::new() }
+    }
+
+    /// Adds a rate-limit rule and returns its id; each limit is optional.
+    #[pyo3(signature = (name, *, rpm = None, tpm = None, concurrency = None))]
+    fn add_rate_limit(
+        &self,
+        name: &str,
+        rpm: Option<f64>,
+        tpm: Option<f64>,
+        concurrency: Option<i64>,
+    ) -> Result<usize> {
+        let concurrency = concurrency
+            .map(|value| {
+                u32::try_from(value).map_err(|_| {
+                    RustError::invalid("concurrency", format!("must be >= 1, got {value}"))
+                })
+            })
+            .transpose()?;
+        Ok(self.inner.add_rate_limit(name, rpm, tpm, concurrency)?)
+    }
+
+    /// Adds a budget and returns its id.
+    #[pyo3(signature = (name, *, limit_usd, window))]
+    fn add_budget(&self, name: &str, limit_usd: f64, window: &str) -> Result<usize> {
+        Ok(self.inner.add_budget(name, limit_usd, window.parse()?)?)
+    }
+
+    fn limit_count(&self) -> usize {
+        self.inner.limit_count()
+    }
+
+    fn budget_count(&self) -> usize {
+        self.inner.budget_count()
+    }
+
+    /// `(kind, name, retry_after_s)` of the first rule that would refuse the call, or `None`.
+    /// Changes nothing.
+    fn check(
+        &self,
+        limits: Vec<i64>,
+        budgets: Vec<i64>,
+        tokens: i64,
+        cost_usd: f64,
+        now: f64,
+    ) -> Result<Option<DenialTuple>> {
+        let (limits, budgets, tokens) = self.call(limits, budgets, tokens)?;
+        let denial = self.inner.check(&limits, &budgets, tokens, cost_usd, now)?;
+        Ok(denial.as_ref().map(denial_tuple))
+    }
+
+    /// Reserves the call against every listed rule, or nothing; raises `GateDenied` on refusal.
+    fn reserve(
+        &self,
+        limits: Vec<i64>,
+        budgets: Vec<i64>,
+        tokens: i64,
+        cost_usd: f64,
+        now: f64,
+    ) -> Result<u64> {
+        let (limits, budgets, tokens) = self.call(limits, budgets, tokens)?;
+        let id = self
+            .inner
+            .reserve(&limits, &budgets, tokens, cost_usd, now)?;
+        Ok(id.get())
+    }
+
+    /// The call finished having used `tokens` and cost `cost_usd`.
+    fn settle(&self, reservation: i64, tokens: i64, cost_usd: f64, now: f64) -> Result<()> {
+        let tokens = self::tokens("tokens", tokens)?;
+        Ok(self
+            .inner
+            .settle(self::reservation(reservation)?, tokens, cost_usd, now)?)
+    }
+
+    /// The call was abandoned at no cost; the request stays counted against RPM.
+    fn release(&self, reservation: i64, now: f64) -> Result<()> {
+        Ok(self.inner.release(self::reservation(reservation)?, now)?)
+    }
+
+    /// `(limit_usd, spent_usd, reserved_usd, window_start, window_end)` as of `now`.
+    fn budget_state(&self, budget: i64, now: f64) -> Result<(f64, f64, f64, f64, f64)> {
+        let s = self.inner.budget_state(self.budget(budget)?, now)?;
+        Ok((
+            s.limit_usd,
+            s.spent_usd,
+            s.reserved_usd,
+            s.window_start_s,
+            s.window_end_s,
+        ))
+    }
+
+    fn set_budget_limit(&self, budget: i64, limit_usd: f64) -> Result<()> {
+        Ok(self
+            .inner
+            .set_budget_limit(self.budget(budget)?, limit_usd)?)
+    }
+
+    /// This replica's lease for the window holding `now`; `None` leaves allowance mode.
+    fn set_leased(&self, budget: i64, leased_usd: Option<f64>, now: f64) -> Result<()> {
+        Ok(self
+            .inner
+            .set_leased(self.budget(budget)?, leased_usd, now)?)
+    }
+
+    /// Settled spend since the previous call, for the shared store.
+    fn take_unreported_spend(&self, budget: i64) -> Result<f64> {
+        Ok(self.inner.take_unreported_spend(self.budget(budget)?)?)
+    }
+
+    /// `(requests_available, tokens_available, in_flight)` as of `now`.
+    fn limit_state(&self, limit: i64, now: f64) -> Result<(Option<f64>, Option<f64>, u32)> {
+        let s = self.inner.limit_state(self.limit(limit)?, now)?;
+        Ok((s.requests_available, s.tokens_available, s.in_flight))
+    }
+
+    /// Reservations neither settled nor released.
+    fn outstanding(&self) -> usize {
+        self.inner.outstanding_reservations()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Gate(limits={}, budgets={}, outstanding={})",
+            self.inner.limit_count(),
+            self.inner.budget_count(),
+            self.inner.outstanding_reservations()
+        )
+    }
+}
