@@ -7,6 +7,7 @@ default. `load_config` is the one entry point; it returns a fully cross-checked 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -152,11 +153,57 @@ class RoutingConfig(StrictModel):
     latency_half_life_s: Positive = 300.0
 
 
+ScopeKey = Literal["tenant", "stage", "model", "provider"]
+
+
+class LimitConfig(StrictModel):
+    """A rate limit. `match` scopes it: a value applies it to that value only, "*" gives each
+    distinct value its own limit, an absent key means the limit is shared across all values."""
+
+    name: Annotated[str, Field(min_length=1)]
+    match: dict[ScopeKey, str] = Field(default_factory=dict)
+    rpm: Positive | None = None
+    tpm: Positive | None = None
+    concurrency: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _sets_something(self) -> LimitConfig:
+        if self.rpm is None and self.tpm is None and self.concurrency is None:
+            raise ValueError("set at least one of rpm, tpm, concurrency")
+        return self
+
+
+class BudgetPressure(StrictModel):
+    """Past `at_share` of the budget, requests using one of `applies_to` use `strategy` instead."""
+
+    at_share: Annotated[float, Field(gt=0, le=1)]
+    strategy: str = "cost-first"
+    applies_to: list[str] = Field(default_factory=lambda: ["balanced"])
+
+
+class BudgetConfig(StrictModel):
+    """USD per window (UTC boundaries), scoped by `match` like a rate limit."""
+
+    name: Annotated[str, Field(min_length=1)]
+    match: dict[ScopeKey, str] = Field(default_factory=dict)
+    window: Literal["hour", "day", "month", "total"]
+    limit_usd: NonNegative
+    pressure: BudgetPressure | None = None
+
+
+class AdminConfig(StrictModel):
+    # The variable holding the bearer token for the Admin service; unset -> Admin refuses calls.
+    token_env: str = "SWITCHPOINT_ADMIN_TOKEN"
+
+
 class Config(StrictModel):
     server: ServerConfig = Field(default_factory=ServerConfig)
     providers: Annotated[dict[str, ProviderConfig], Field(min_length=1)]
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    limits: list[LimitConfig] = Field(default_factory=list)
+    budgets: list[BudgetConfig] = Field(default_factory=list)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
 
     def strategy_weights(self, name: str) -> tuple[float, float, float] | None:
         """Weights of a built-in or configured strategy; None when the name is unknown."""
@@ -251,9 +298,43 @@ def _check_routing(config: Config) -> list[str]:
     return errors
 
 
+def _check_rules(
+    config: Config, kind: str, rules: Sequence[LimitConfig | BudgetConfig]
+) -> list[str]:
+    errors: list[str] = []
+    names = [r.name for r in rules]
+    for i, rule in enumerate(rules):
+        if names.index(rule.name) != i:
+            errors.append(f"{kind}[{i}].name: duplicate name '{rule.name}'")
+        model = rule.match.get("model")
+        if model not in (None, "*") and config.model_named(str(model)) is None:
+            errors.append(f"{kind}[{i}].match.model: unknown model '{model}'")
+        provider = rule.match.get("provider")
+        if provider not in (None, "*") and provider not in config.providers:
+            errors.append(f"{kind}[{i}].match.provider: unknown provider '{provider}'")
+    return errors
+
+
+def _check_gate(config: Config) -> list[str]:
+    errors = [
+        *_check_rules(config, "limits", config.limits),
+        *_check_rules(config, "budgets", config.budgets),
+    ]
+    for i, budget in enumerate(config.budgets):
+        pressure = budget.pressure
+        if pressure is not None and config.strategy_weights(pressure.strategy) is None:
+            errors.append(f"budgets[{i}].pressure.strategy: unknown strategy '{pressure.strategy}'")
+    return errors
+
+
 def _check_references(config: Config) -> list[str]:
     """Cross-field rules pydantic cannot express: names that must refer to something that exists."""
-    return [*_check_providers(config), *_check_models(config), *_check_routing(config)]
+    return [
+        *_check_providers(config),
+        *_check_models(config),
+        *_check_routing(config),
+        *_check_gate(config),
+    ]
 
 
 def parse_config(data: object, source: str = "config") -> Config:

@@ -11,13 +11,20 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from switchpoint._native import LatencyTracker
 from switchpoint.config import Config, ModelConfig
-from switchpoint.errors import AllAttemptsFailedError, ErrorClass, ProviderError
+from switchpoint.errors import (
+    AllAttemptsFailedError,
+    ErrorClass,
+    ProviderError,
+    QuotaExceededError,
+    SwitchpointError,
+)
+from switchpoint.gate import RequestScope, Reservation, TokenGate
 from switchpoint.providers.base import (
     ChatMessage,
     Completion,
@@ -33,6 +40,11 @@ from switchpoint.stats import StatsBook
 from switchpoint.tokens import TokenCounter
 
 log = logging.getLogger("switchpoint.engine")
+
+
+def _scope(request: ChatInput) -> RequestScope:
+    return RequestScope(request.routing.tenant, request.routing.stage)
+
 
 # Errors that are the caller's own fault: another model would refuse the request just the same.
 _NOT_WORTH_ANOTHER_MODEL = frozenset({ErrorClass.INVALID_REQUEST})
@@ -86,6 +98,8 @@ class _Call:
     request_id: str
     started: float = field(default_factory=time.perf_counter)
     attempts: list[AttemptRecord] = field(default_factory=list)
+    refusals: list[QuotaExceededError] = field(default_factory=list)
+    last_provider_error: ProviderError | None = None
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0
@@ -120,81 +134,108 @@ class Engine:
         adapters: Mapping[str, ProviderAdapter],
         latency: LatencyTracker,
         stats: StatsBook,
+        *,
+        gate: TokenGate | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.latency = latency
         self.stats = stats
+        self.gate = gate or TokenGate(config)
         self._adapters = adapters
         self.tokens = TokenCounter()
         self._router = Router(config, registry, self.tokens)
 
+    # Replaced by the Redis lease manager when shared_state is configured.
+    shares_budgets = False
+
+    def shared_state_problem(self) -> str:
+        """Why shared quota state is degraded; empty when healthy or not configured."""
+        return ""
+
     # -- decide -------------------------------------------------------------------------------
 
     def decide(self, request: ChatInput) -> Decision:
-        """Validate and route. Raises InvalidRequestError or NoEligibleModelError."""
+        """Validate, route, and drop the candidates the gate refuses right now.
+
+        Raises InvalidRequestError, NoEligibleModelError, PolicyDeniedError or QuotaExceededError.
+        """
         validate(request)
-        return self._router.decide(request)
+        scope = _scope(request)
+        decision = self._router.decide(request, self.gate.pressure(scope))
+        return self.gate.admissible(decision, scope, self.registry)
 
     # -- call with fallback -------------------------------------------------------------------
 
     async def chat(self, request: ChatInput, decision: Decision) -> ChatResult:
         call = _Call(request, decision, request.request_id or uuid.uuid4().hex)
-        last_error: ProviderError | None = None
         for model in self._chain(decision):
-            attempt_started = time.perf_counter()
-            try:
-                completion = await self._adapter(model).complete(
-                    self._provider_request(model, request), timeout_s=None
-                )
-            except ProviderError as exc:
-                last_error = exc
-                self._record_failure(call, model, exc, attempt_started)
-                if exc.error_class in _NOT_WORTH_ANOTHER_MODEL:
-                    raise
+            hold = self._reserve(call, model)
+            if hold is None:
                 continue
-            return self._settle(call, model, completion, attempt_started, ttft_ms=0.0)
-        raise self._exhausted(call, last_error)
+            with hold:
+                attempt_started = time.perf_counter()
+                try:
+                    completion = await self._adapter(model).complete(
+                        self._provider_request(model, request), timeout_s=None
+                    )
+                except ProviderError as exc:
+                    self._record_failure(call, model, exc, attempt_started)
+                    if exc.error_class in _NOT_WORTH_ANOTHER_MODEL:
+                        raise
+                    continue
+                return self._settle(
+                    call, model, completion, attempt_started, ttft_ms=0.0, hold=hold
+                )
+        raise self._exhausted(call)
 
     async def stream(
         self, request: ChatInput, decision: Decision
-    ) -> AsyncIterator[StreamDelta | ChatResult]:
+    ) -> AsyncGenerator[StreamDelta | ChatResult, None]:
         """Relay the provider's stream; fails over to the next model while nothing was sent yet."""
         call = _Call(request, decision, request.request_id or uuid.uuid4().hex)
-        last_error: ProviderError | None = None
         for model in self._chain(decision):
-            attempt = _StreamAttempt(time.perf_counter())
-            events = self._adapter(model).stream(
-                self._provider_request(model, request), timeout_s=None
-            )
-            try:
-                # aclosing: a client that goes away mid-stream closes the upstream response now,
-                # not whenever the generator happens to be collected.
-                async with aclosing(events):
-                    async for event in events:
-                        if isinstance(event, TextDelta):
-                            attempt.add(event.text)
-                            yield StreamDelta(event.text, model.name, model.provider)
-                        else:
-                            yield self._settle(
-                                call,
-                                model,
-                                attempt.completion(event),
-                                attempt.started,
-                                attempt.ttft_ms,
-                            )
-                            return
-            except ProviderError as exc:
-                last_error = exc
-                self._record_failure(call, model, exc, attempt.started)
-                if attempt.parts or exc.error_class in _NOT_WORTH_ANOTHER_MODEL:
-                    # Tokens already reached the client: switching models silently would splice
-                    # two answers together.
-                    raise
+            hold = self._reserve(call, model)
+            if hold is None:
                 continue
+            with hold:
+                attempt = _StreamAttempt(time.perf_counter())
+                events = self._adapter(model).stream(
+                    self._provider_request(model, request), timeout_s=None
+                )
+                try:
+                    # aclosing: a client that goes away mid-stream closes the upstream response
+                    # now, not whenever the generator happens to be collected.
+                    async with aclosing(events):
+                        async for event in events:
+                            if isinstance(event, TextDelta):
+                                attempt.add(event.text)
+                                yield StreamDelta(event.text, model.name, model.provider)
+                            else:
+                                completion = attempt.completion(event)
+                                yield self._settle(
+                                    call,
+                                    model,
+                                    completion,
+                                    attempt.started,
+                                    ttft_ms=attempt.ttft_ms,
+                                    hold=hold,
+                                )
+                                return
+                except ProviderError as exc:
+                    self._record_failure(call, model, exc, attempt.started)
+                    if attempt.parts:
+                        # The provider produced tokens before dying: they are spent, so they are
+                        # charged (estimated, since no usage arrived), and switching models
+                        # silently would splice two answers together.
+                        self._charge_partial(call, model, len(attempt.parts), hold)
+                        raise
+                    if exc.error_class in _NOT_WORTH_ANOTHER_MODEL:
+                        raise
+                    continue
             # A stream that ends without StreamEnd is an adapter bug, never a success.
             raise ProviderError(model.provider, ErrorClass.BAD_RESPONSE, "stream ended early")
-        raise self._exhausted(call, last_error)
+        raise self._exhausted(call)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -226,9 +267,29 @@ class Engine:
             extra_body=dict(model.extra_body),
         )
 
-    def cost_usd(self, model: ModelConfig, input_tokens: int, output_tokens: int) -> float:
-        price = model.price
-        return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6
+    def _reserve(self, call: _Call, model: ModelConfig) -> Reservation | None:
+        """Hold quota for an attempt on `model`; None (and the refusal noted) when refused."""
+        decision = call.decision
+        estimate = self.registry.cost_usd(model, decision.input_tokens, decision.output_tokens)
+        try:
+            return self.gate.reserve(
+                _scope(call.request),
+                model,
+                decision.input_tokens + decision.output_tokens,
+                estimate,
+            )
+        except QuotaExceededError as exc:
+            call.refusals.append(exc)
+            call.attempts.append(AttemptRecord(model.name, model.provider, 0.0, "quota", str(exc)))
+            return None
+
+    def _charge_partial(
+        self, call: _Call, model: ModelConfig, output_tokens: int, hold: Reservation
+    ) -> None:
+        input_tokens = call.decision.input_tokens
+        cost = self.registry.cost_usd(model, input_tokens, output_tokens)
+        hold.settle(input_tokens + output_tokens, cost)
+        self.stats.record_tokens(model.name, input_tokens, output_tokens, cost)
 
     def _settle(
         self,
@@ -236,10 +297,13 @@ class Engine:
         model: ModelConfig,
         completion: Completion,
         attempt_started: float,
+        *,
         ttft_ms: float,
+        hold: Reservation,
     ) -> ChatResult:
         attempt_ms = (time.perf_counter() - attempt_started) * 1000.0
-        cost = self.cost_usd(model, completion.input_tokens, completion.output_tokens)
+        cost = self.registry.cost_usd(model, completion.input_tokens, completion.output_tokens)
+        hold.settle(completion.input_tokens + completion.output_tokens, cost)
         call.attempts.append(
             AttemptRecord(
                 model.name,
@@ -277,6 +341,7 @@ class Engine:
     def _record_failure(
         self, call: _Call, model: ModelConfig, exc: ProviderError, attempt_started: float
     ) -> None:
+        call.last_provider_error = exc
         attempt_ms = (time.perf_counter() - attempt_started) * 1000.0
         call.attempts.append(
             AttemptRecord(model.name, model.provider, attempt_ms, exc.error_class.value, str(exc))
@@ -287,8 +352,12 @@ class Engine:
             extra={"request_id": call.request_id, "model": model.name, "error": str(exc)},
         )
 
-    def _exhausted(self, call: _Call, last: ProviderError | None) -> AllAttemptsFailedError:
-        if last is None:
-            # Every model in the chain was skipped (disabled since the decision); say so plainly.
-            last = ProviderError("(none)", ErrorClass.NOT_FOUND, "no model left to try")
+    def _exhausted(self, call: _Call) -> SwitchpointError:
+        provider_errors = [a for a in call.attempts if a.error_class not in ("", "quota")]
+        if not provider_errors and call.refusals:
+            # Nothing was even tried: every model was over a limit. Say which clears first.
+            return min(call.refusals, key=lambda r: r.retry_after_s)
+        last = call.last_provider_error or ProviderError(
+            "(none)", ErrorClass.NOT_FOUND, "no model left to try"
+        )
         return AllAttemptsFailedError(last, call.attempts)

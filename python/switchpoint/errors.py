@@ -31,6 +31,22 @@ class NoEligibleModelError(SwitchpointError):
     """The request is well formed but no enabled model can serve it (context, capability, cost)."""
 
 
+class PolicyDeniedError(SwitchpointError):
+    """Configured policy forbids the request (e.g. a model outside its stage's whitelist)."""
+
+
+class QuotaExceededError(SwitchpointError):
+    """A rate limit or budget refuses the call; `retry_after_s` says when it may pass."""
+
+    def __init__(self, kind: str, name: str, retry_after_s: float) -> None:
+        what = "budget" if kind == "budget" else f"rate limit ({kind})"
+        wait = f"retry after {retry_after_s:.3g}s" if retry_after_s < float("inf") else "no retry"
+        super().__init__(f"{what} '{name}' is exhausted; {wait}")
+        self.kind = kind
+        self.name = name
+        self.retry_after_s = retry_after_s
+
+
 class ConfigError(SwitchpointError):
     """A config file is invalid; `errors` lists every problem as `path: message`."""
 
@@ -102,6 +118,8 @@ __all__ = [
     "ErrorClass",
     "InvalidRequestError",
     "NoEligibleModelError",
+    "PolicyDeniedError",
     "ProviderError",
+    "QuotaExceededError",
     "SwitchpointError",
 ]

@@ -85,6 +85,12 @@ class Registry:
     def _disabled_summary(self) -> str:
         return "; ".join(f"{name}: {why}" for name, why in self.disabled.items())
 
+    @staticmethod
+    def cost_usd(model: ModelConfig, input_tokens: int, output_tokens: int) -> float:
+        """What a call costs at the model's configured prices."""
+        price = model.price
+        return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6
+
     def index_of(self, name: str) -> int | None:
         return self._index.get(name)
 

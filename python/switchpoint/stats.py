@@ -49,6 +49,15 @@ class StatsBook:
         counters.output_tokens += output_tokens
         counters.cost_usd += cost_usd
 
+    def record_tokens(
+        self, model: str, input_tokens: int, output_tokens: int, cost_usd: float
+    ) -> None:
+        """Tokens a failed attempt consumed anyway (a stream that died after producing some)."""
+        counters = self._counters(model)
+        counters.input_tokens += input_tokens
+        counters.output_tokens += output_tokens
+        counters.cost_usd += cost_usd
+
     def get(self, model: str) -> ModelCounters:
         return self._models.get(model) or ModelCounters()
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from switchpoint._native import ScoreResult
-from switchpoint.config import Config
-from switchpoint.errors import InvalidRequestError, NoEligibleModelError
+from switchpoint.config import Config, StageConfig
+from switchpoint.errors import InvalidRequestError, NoEligibleModelError, PolicyDeniedError
 from switchpoint.registry import Registry
 from switchpoint.request import ChatInput
 from switchpoint.routing.classifier import classify
 from switchpoint.routing.decision import Decision, Level, ScoredModel
-from switchpoint.routing.strategies import ResolvedStrategy, resolve_strategy
+from switchpoint.routing.strategies import ResolvedStrategy, StrategyShift, resolve_strategy
 from switchpoint.tokens import TokenCounter
 
 _EXCLUSION_TEXT = {
@@ -39,14 +39,14 @@ class Router:
         # count is used: no model is then judged to fit a context window it would overflow.
         self._encodings = tuple(dict.fromkeys(m.tokenizer for m in registry.models))
 
-    def decide(self, request: ChatInput) -> Decision:
+    def decide(self, request: ChatInput, shift: StrategyShift | None = None) -> Decision:
         routing = request.routing
         input_tokens = max(
             self._tokens.count_messages(request.messages, encoding) for encoding in self._encodings
         )
         output_tokens = request.params.max_tokens or self._config.routing.default_output_tokens
         required = self._registry.required_mask(tuple(routing.capabilities), "routing.capabilities")
-        context = _Context(input_tokens, output_tokens, required, routing.max_cost_usd)
+        context = _Context(input_tokens, output_tokens, required, routing.max_cost_usd, shift)
         if routing.models:
             return self._override(request, context)
         if routing.stage:
@@ -64,45 +64,65 @@ class Router:
     # -- levels -----------------------------------------------------------------------------
 
     def _override(self, request: ChatInput, ctx: _Context) -> Decision:
+        # A stage is a whitelist: naming models does not get a request out of its stage.
+        allowed = (
+            self._stage_config(request.routing.stage).models if request.routing.stage else None
+        )
         indices: list[int] = []
         for i, name in enumerate(request.routing.models):
-            index = self._registry.resolve_model(name, f"routing.models[{i}]")
+            field = f"routing.models[{i}]"
+            if allowed is not None and name not in allowed:
+                raise PolicyDeniedError(
+                    f"{field}: model '{name}' is not allowed in stage '{request.routing.stage}' "
+                    f"(allowed: {', '.join(allowed)})"
+                )
+            index = self._registry.resolve_model(name, field)
             if index not in indices:
                 indices.append(index)
-        strategy = resolve_strategy(self._config, request.routing, self._default_strategy())
+        strategy = resolve_strategy(
+            self._config, request.routing, self._default_strategy(), ctx.shift
+        )
         names = ", ".join(self._registry.models[i].name for i in indices)
         reasons = [f"override: the request named {names}"]
         return self._ranked(Level.OVERRIDE, indices, strategy, ctx, reasons)
 
-    def _stage(self, request: ChatInput, ctx: _Context) -> Decision:
-        stage_name = request.routing.stage
+    def _stage_config(self, stage_name: str) -> StageConfig:
         stage = self._config.routing.stages.get(stage_name)
         if stage is None:
             known = ", ".join(sorted(self._config.routing.stages)) or "none configured"
             raise InvalidRequestError(
                 "routing.stage", f"unknown stage '{stage_name}' (known: {known})"
             )
+        return stage
+
+    def _stage(self, request: ChatInput, ctx: _Context) -> Decision:
+        stage_name = request.routing.stage
+        stage = self._stage_config(stage_name)
         reasons = [f"stage '{stage_name}' allows {', '.join(stage.models)}"]
         indices = self._enabled_indices(stage.models, reasons)
         strategy = resolve_strategy(
-            self._config, request.routing, stage.strategy or self._default_strategy()
+            self._config, request.routing, stage.strategy or self._default_strategy(), ctx.shift
         )
         return self._ranked(Level.STAGE, indices, strategy, ctx, reasons)
 
     def _auto(self, request: ChatInput, ctx: _Context, reasons: list[str]) -> Decision | None:
         auto = self._config.routing.auto
         reading = classify(request.messages)
-        strategy = resolve_strategy(self._config, request.routing, self._default_strategy())
+        strategy = resolve_strategy(
+            self._config, request.routing, self._default_strategy(), ctx.shift
+        )
         detail = f" ({'; '.join(reading.signals)})" if reading.signals else ""
         reasons.append(
             f"auto: task class {reading.task_class}, complexity {reading.complexity:.2f}{detail}"
         )
         if not strategy.explicit:
             if reading.complexity >= auto.hard_complexity:
-                strategy = resolve_strategy(self._config, request.routing, "quality-first")
+                strategy = resolve_strategy(
+                    self._config, request.routing, "quality-first", ctx.shift
+                )
                 reasons.append(f"complexity >= {auto.hard_complexity}: quality-first")
             elif reading.complexity <= auto.easy_complexity:
-                strategy = resolve_strategy(self._config, request.routing, "cost-first")
+                strategy = resolve_strategy(self._config, request.routing, "cost-first", ctx.shift)
                 reasons.append(f"complexity <= {auto.easy_complexity}: cost-first")
         every_model = list(range(len(self._registry.models)))
         result: ScoreResult | None = None
@@ -141,12 +161,16 @@ class Router:
             )
         reasons.append(f"fallback chain: {', '.join(chain)}")
         indices = self._enabled_indices(chain, reasons)
-        strategy = resolve_strategy(self._config, request.routing, self._default_strategy())
+        strategy = resolve_strategy(
+            self._config, request.routing, self._default_strategy(), ctx.shift
+        )
         result = self._score(indices, strategy, ctx)
         scored = {c.index: c for c in self._scored_models(result)}
         # The chain is an order the operator chose; keep it rather than the score order.
         ordered = tuple(scored[i] for i in indices if i in scored)
         reasons.extend(self._exclusion_reasons(result, ctx))
+        if strategy.shifted:
+            reasons.append(strategy.shifted)
         if not ordered:
             raise NoEligibleModelError("no model can serve this request: " + "; ".join(reasons))
         reasons.append(f"chose {ordered[0].name}: first eligible model of the fallback chain")
@@ -212,6 +236,8 @@ class Router:
     ) -> Decision:
         candidates = tuple(self._scored_models(result))
         reasons.extend(self._exclusion_reasons(result, ctx))
+        if strategy.shifted:
+            reasons.append(strategy.shifted)
         best = candidates[0]
         reasons.append(
             f"chose {best.name}: score {best.score:.3f} under {strategy.name} "
@@ -268,19 +294,29 @@ class Router:
 
 
 class _Context:
-    """The per-request features the Rust scorer needs."""
+    """The per-request features the Rust scorer needs, and any budget-pressure shift."""
 
-    __slots__ = ("input_tokens", "max_cost_usd", "output_tokens", "required")
+    __slots__ = ("input_tokens", "max_cost_usd", "output_tokens", "required", "shift")
 
     def __init__(
-        self, input_tokens: int, output_tokens: int, required: int, max_cost_usd: float | None
+        self,
+        input_tokens: int,
+        output_tokens: int,
+        required: int,
+        max_cost_usd: float | None,
+        shift: StrategyShift | None,
     ) -> None:
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
         self.required = required
         self.max_cost_usd = max_cost_usd
+        self.shift = shift
 
     def requiring(self, extra_mask: int) -> _Context:
         return _Context(
-            self.input_tokens, self.output_tokens, self.required | extra_mask, self.max_cost_usd
+            self.input_tokens,
+            self.output_tokens,
+            self.required | extra_mask,
+            self.max_cost_usd,
+            self.shift,
         )

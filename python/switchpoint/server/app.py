@@ -21,13 +21,15 @@ from switchpoint.local_model import ManagedModelServer, llama_cpp_available, res
 from switchpoint.providers import create_adapter
 from switchpoint.providers.base import ProviderAdapter
 from switchpoint.registry import ProviderStatus, Registry, resolve_providers
+from switchpoint.server.admin_servicer import AdminServicer
 from switchpoint.server.router_servicer import RouterServicer
 from switchpoint.stats import StatsBook
-from switchpoint.v1 import router_pb2, router_pb2_grpc
+from switchpoint.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 
 log = logging.getLogger("switchpoint.server")
 
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
 class Sidecar:
@@ -142,10 +144,15 @@ async def create_server(
 
     grpc_server = grpc.aio.server()
     router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(lambda: engine), grpc_server)
+    admin_token = (os.environ if environ is None else environ).get(config.admin.token_env)
+    admin_pb2_grpc.add_AdminServicer_to_server(
+        AdminServicer(lambda: engine, admin_token or None), grpc_server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(
-        (ROUTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
+        (ROUTER_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        grpc_server,
     )
     bind = address or config.server.grpc_address
     port = grpc_server.add_insecure_port(bind)

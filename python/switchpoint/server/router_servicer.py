@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from typing import NoReturn
 
 import grpc
 
 from switchpoint.engine import ChatResult, Engine
 from switchpoint.server import convert
-from switchpoint.server.status import status_for
+from switchpoint.server.status import failure_for
 from switchpoint.v1 import router_pb2 as pb
 from switchpoint.v1 import router_pb2_grpc
 
@@ -49,15 +51,18 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         try:
             decision = engine.decide(chat_input)
             first = True
-            async for item in engine.stream(chat_input, decision):
-                if isinstance(item, ChatResult):
-                    chunk = convert.final_chunk(item)
-                else:
-                    chunk = convert.delta_chunk(item, request_id)
-                if first:
-                    chunk.decision.CopyFrom(convert.decision_message(decision))
-                    first = False
-                yield chunk
+            # aclosing: a cancelled client call closes the engine's stream at once, which releases
+            # its gate reservation and the upstream response.
+            async with aclosing(engine.stream(chat_input, decision)) as stream:
+                async for item in stream:
+                    if isinstance(item, ChatResult):
+                        chunk = convert.final_chunk(item)
+                    else:
+                        chunk = convert.delta_chunk(item, request_id)
+                    if first:
+                        chunk.decision.CopyFrom(convert.decision_message(decision))
+                        first = False
+                    yield chunk
         except Exception as exc:
             await _abort(context, exc, request_id)
 
@@ -100,6 +105,6 @@ def _model_stats(engine: Engine, model: str) -> pb.ModelStats:
     )
 
 
-async def _abort(context: ServicerContext, exc: Exception, request_id: str) -> None:
-    code, message = status_for(exc, request_id)
-    await context.abort(code, message)
+async def _abort(context: ServicerContext, exc: Exception, request_id: str) -> NoReturn:
+    failure = failure_for(exc, request_id)
+    await context.abort(failure.code, failure.message, failure.trailing_metadata)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 
 import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from switchpoint.errors import (
     AllAttemptsFailedError,
@@ -12,7 +16,9 @@ from switchpoint.errors import (
     ErrorClass,
     InvalidRequestError,
     NoEligibleModelError,
+    PolicyDeniedError,
     ProviderError,
+    QuotaExceededError,
 )
 
 log = logging.getLogger("switchpoint.server")
@@ -26,12 +32,57 @@ _PROVIDER_STATUS: dict[ErrorClass, grpc.StatusCode] = {
 }
 
 
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+# Trailing metadata key carrying the seconds until a refused call may pass, for clients that do
+# not parse google.rpc.RetryInfo from the status details.
+RETRY_AFTER_KEY = "retry-after"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    code: grpc.StatusCode
+    message: str
+    trailing_metadata: Metadata = ()
+
+
+def failure_for(exc: BaseException, request_id: str = "") -> Failure:
+    """What a client sees for `exc`: status, message and, for quota refusals, the retry delay."""
+    if isinstance(exc, QuotaExceededError):
+        return _quota_failure(exc)
+    code, message = status_for(exc, request_id)
+    return Failure(code, message)
+
+
+def _quota_failure(exc: QuotaExceededError) -> Failure:
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    message = str(exc)
+    if not math.isfinite(exc.retry_after_s):
+        return Failure(code, message)
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(exc.retry_after_s * 1e9))
+    detail = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message)
+    detail.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return Failure(
+        code,
+        message,
+        (
+            ("grpc-status-details-bin", detail.SerializeToString()),
+            (RETRY_AFTER_KEY, f"{exc.retry_after_s:.3f}"),
+        ),
+    )
+
+
 def status_for(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCode, str]:
     """The status code and message a client sees for `exc`. Unknown errors never leak details."""
     if isinstance(exc, InvalidRequestError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, NoEligibleModelError):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, PolicyDeniedError):
+        return grpc.StatusCode.PERMISSION_DENIED, str(exc)
+    if isinstance(exc, QuotaExceededError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, AllAttemptsFailedError):
         code = _PROVIDER_STATUS.get(exc.last.error_class, grpc.StatusCode.UNAVAILABLE)
         return code, str(exc)

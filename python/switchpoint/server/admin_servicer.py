@@ -1,0 +1,87 @@
+"""The switchpoint.v1.Admin servicer: budget state and run-time budget changes, behind a bearer
+token. Without a configured token the service refuses every call."""
+
+from __future__ import annotations
+
+import hmac
+import math
+from collections.abc import Callable
+
+import grpc
+
+from switchpoint.engine import Engine
+from switchpoint.v1 import admin_pb2 as pb
+from switchpoint.v1 import admin_pb2_grpc
+
+ServicerContext = grpc.aio.ServicerContext[object, object]
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    def __init__(self, engine: Callable[[], Engine], token: str | None) -> None:
+        self._engine = engine
+        self._token = token
+
+    async def _authorize(self, context: ServicerContext) -> None:
+        if not self._token:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "admin is disabled: set admin.token_env to a variable holding a token",
+            )
+        metadata = dict(context.invocation_metadata() or ())
+        header = str(metadata.get("authorization", ""))
+        if not header.startswith("Bearer "):
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "missing 'authorization: Bearer <token>' metadata"
+            )
+        # Constant-time comparison: the token must not leak through response timing.
+        if not hmac.compare_digest(header.removeprefix("Bearer ").encode(), self._token.encode()):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "wrong admin token")
+
+    async def GetBudgets(
+        self, request: pb.GetBudgetsRequest, context: ServicerContext
+    ) -> pb.Budgets:
+        await self._authorize(context)
+        return self._budgets(request.name, request.tenant)
+
+    async def SetBudget(self, request: pb.SetBudgetRequest, context: ServicerContext) -> pb.Budgets:
+        await self._authorize(context)
+        engine = self._engine()
+        if not math.isfinite(request.limit_usd) or request.limit_usd < 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "limit_usd: must be a finite number >= 0"
+            )
+        if request.name not in {b.name for b in engine.config.budgets}:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"name: no budget named '{request.name}' in the config"
+            )
+        engine.gate.set_budget_limit(request.name, request.limit_usd, sorted(request.scope.items()))
+        return self._budgets(request.name, "")
+
+    def _budgets(self, name: str, tenant: str) -> pb.Budgets:
+        engine = self._engine()
+        gate = engine.gate
+        out = pb.Budgets(degraded_reason=engine.shared_state_problem())
+        for instance in gate.budget_instances():
+            scope: dict[str, str] = dict(instance.scope)
+            if name and instance.rule.name != name:
+                continue
+            if tenant and scope.get("tenant") != tenant:
+                continue
+            limit, spent, reserved, start, end = gate.gate.budget_state(
+                instance.gate_id, gate.now()
+            )
+            out.budgets.append(
+                pb.BudgetState(
+                    name=instance.rule.name,
+                    scope=scope,
+                    window=instance.rule.window,
+                    limit_usd=limit,
+                    spent_usd=spent,
+                    reserved_usd=reserved,
+                    remaining_usd=max(limit - spent - reserved, 0.0),
+                    window_start=start,
+                    window_end=end,
+                    shared=engine.shares_budgets,
+                )
+            )
+        return out
