@@ -9,7 +9,7 @@ LOCAL_MODEL_STAMP := $(VENV)/.local-model-stamp
 # llama.cpp's optional multimodal part is not needed and doubles the build time.
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF
 
-.PHONY: env native run test lint fmt cargo-test pytest test-local local-model protos bench clean
+.PHONY: env native run test lint fmt cargo-test pytest test-local local-model protos bench clean redis
 
 ## env: a venv with the dev tools and the Rust extension built in release mode
 env: $(VENV)/.native-stamp
@@ -62,7 +62,11 @@ protos: env
 cargo-test:
 	cargo test --workspace --quiet
 
-pytest: env
+## redis: the shared-state tests start private real Redis servers; install the binary if missing
+redis:
+	bash scripts/ensure_redis.sh
+
+pytest: env redis
 	$(VENV)/bin/pytest -m "not local_model"
 
 ## test: lint, then the Rust and Python suites

@@ -146,12 +146,14 @@ class Engine:
         self.tokens = TokenCounter()
         self._router = Router(config, registry, self.tokens)
 
-    # Replaced by the Redis lease manager when shared_state is configured.
-    shares_budgets = False
+    @property
+    def shares_budgets(self) -> bool:
+        return self.gate.shared is not None
 
     def shared_state_problem(self) -> str:
         """Why shared quota state is degraded; empty when healthy or not configured."""
-        return ""
+        shared = self.gate.shared
+        return shared.degraded_reason if shared is not None and shared.degraded else ""
 
     # -- decide -------------------------------------------------------------------------------
 
@@ -170,7 +172,7 @@ class Engine:
     async def chat(self, request: ChatInput, decision: Decision) -> ChatResult:
         call = _Call(request, decision, request.request_id or uuid.uuid4().hex)
         for model in self._chain(decision):
-            hold = self._reserve(call, model)
+            hold = await self._reserve(call, model)
             if hold is None:
                 continue
             with hold:
@@ -195,7 +197,7 @@ class Engine:
         """Relay the provider's stream; fails over to the next model while nothing was sent yet."""
         call = _Call(request, decision, request.request_id or uuid.uuid4().hex)
         for model in self._chain(decision):
-            hold = self._reserve(call, model)
+            hold = await self._reserve(call, model)
             if hold is None:
                 continue
             with hold:
@@ -267,12 +269,12 @@ class Engine:
             extra_body=dict(model.extra_body),
         )
 
-    def _reserve(self, call: _Call, model: ModelConfig) -> Reservation | None:
+    async def _reserve(self, call: _Call, model: ModelConfig) -> Reservation | None:
         """Hold quota for an attempt on `model`; None (and the refusal noted) when refused."""
         decision = call.decision
         estimate = self.registry.cost_usd(model, decision.input_tokens, decision.output_tokens)
         try:
-            return self.gate.reserve(
+            return await self.gate.reserve(
                 _scope(call.request),
                 model,
                 decision.input_tokens + decision.output_tokens,

@@ -19,6 +19,7 @@ from switchpoint.errors import QuotaExceededError
 from switchpoint.registry import Registry
 from switchpoint.routing import Decision
 from switchpoint.routing.strategies import StrategyShift
+from switchpoint.shared import SharedQuota
 
 Scope = tuple[tuple[ScopeKey, str], ...]
 
@@ -96,7 +97,12 @@ class TokenGate:
     """Maps requests to rule instances and asks the Rust gate; one per config load."""
 
     def __init__(
-        self, config: Config, gate: Gate | None = None, clock: Callable[[], float] = time.time
+        self,
+        config: Config,
+        gate: Gate | None = None,
+        *,
+        shared: SharedQuota | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.gate = gate or Gate()
         self._clock = clock
@@ -107,7 +113,7 @@ class TokenGate:
         # (tenant, stage, model) -> ids; the rule walk runs once per distinct key.
         self._ids: dict[tuple[str, str, str], tuple[list[int], list[int]]] = {}
         self._limit_overrides: dict[str, float] = {}
-        self.on_budget_created: Callable[[BudgetInstance], None] | None = None
+        self.shared = shared
 
     @property
     def enabled(self) -> bool:
@@ -140,8 +146,8 @@ class TokenGate:
             gate_id = self.gate.add_budget(name, limit_usd=limit, window=rule.window)
             found = BudgetInstance(rule, scope, gate_id)
             self._budget_instances[key] = found
-            if self.on_budget_created is not None:
-                self.on_budget_created(found)
+            if self.shared is not None:
+                self.shared.register_budget(gate_id, name=name, window=rule.window)
         return found
 
     def ids_for(self, scope: RequestScope, model: ModelConfig) -> tuple[list[int], list[int]]:
@@ -172,8 +178,27 @@ class TokenGate:
         limit_ids, budget_ids = self.ids_for(scope, model)
         if not limit_ids and not budget_ids:
             return None
-        denied = self.gate.check(limit_ids, budget_ids, tokens, cost_usd, self._clock())
-        return None if denied is None else QuotaExceededError(*denied)
+        now = self._clock()
+        denied = self.gate.check(limit_ids, budget_ids, tokens, cost_usd, now)
+        if denied is None:
+            return None
+        kind, name, retry_after_s = denied
+        if (
+            kind == "budget"
+            and self.shared is not None
+            and self._within_limits(budget_ids, cost_usd)
+        ):
+            # Only this replica's lease is short; reserve() tops it up from Redis first.
+            return None
+        return QuotaExceededError(kind, name, retry_after_s)
+
+    def _within_limits(self, budget_ids: list[int], cost_usd: float) -> bool:
+        now = self._clock()
+        for budget_id in budget_ids:
+            limit, spent, reserved, _, _ = self.gate.budget_state(budget_id, now)
+            if spent + reserved + cost_usd > limit:
+                return False
+        return True
 
     def admissible(self, decision: Decision, scope: RequestScope, registry: Registry) -> Decision:
         """The decision without the candidates a limit or budget refuses right now, with reasons.
@@ -198,7 +223,7 @@ class TokenGate:
             raise min(refusals, key=lambda d: d.retry_after_s)
         return replace(decision, candidates=tuple(kept), reasons=(*decision.reasons, *reasons))
 
-    def reserve(
+    async def reserve(
         self, scope: RequestScope, model: ModelConfig, tokens: int, cost_usd: float
     ) -> Reservation:
         """Hold quota for one attempt. Raises QuotaExceededError when a rule refuses."""
@@ -208,8 +233,22 @@ class TokenGate:
         try:
             reservation = self.gate.reserve(limit_ids, budget_ids, tokens, cost_usd, self._clock())
         except GateDenied as denied:
-            raise QuotaExceededError(denied.kind, denied.name, denied.retry_after_s) from None
+            if not (denied.kind == "budget" and await self._topped_up(budget_ids, cost_usd)):
+                raise QuotaExceededError(denied.kind, denied.name, denied.retry_after_s) from None
+            try:
+                reservation = self.gate.reserve(
+                    limit_ids, budget_ids, tokens, cost_usd, self._clock()
+                )
+            except GateDenied as again:
+                raise QuotaExceededError(again.kind, again.name, again.retry_after_s) from None
         return Reservation(self.gate, reservation, self._clock)
+
+    async def _topped_up(self, budget_ids: list[int], cost_usd: float) -> bool:
+        """Lease more shared budget for a call the local lease could not cover."""
+        if self.shared is None:
+            return False
+        results = [await self.shared.top_up(budget_id, cost_usd) for budget_id in budget_ids]
+        return any(results)
 
     def pressure(self, scope: RequestScope) -> StrategyShift | None:
         """The strategy shift of the first budget of this tenant/stage past its pressure share."""

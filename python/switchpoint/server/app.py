@@ -13,16 +13,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from switchpoint._native import LatencyTracker
+from switchpoint._native import Gate, LatencyTracker
 from switchpoint.config import Config
 from switchpoint.engine import Engine
 from switchpoint.errors import SwitchpointError
+from switchpoint.gate import TokenGate
 from switchpoint.local_model import ManagedModelServer, llama_cpp_available, resolve_model_path
 from switchpoint.providers import create_adapter
 from switchpoint.providers.base import ProviderAdapter
 from switchpoint.registry import ProviderStatus, Registry, resolve_providers
 from switchpoint.server.admin_servicer import AdminServicer
 from switchpoint.server.router_servicer import RouterServicer
+from switchpoint.shared import SharedQuota
 from switchpoint.stats import StatsBook
 from switchpoint.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 
@@ -30,6 +32,10 @@ log = logging.getLogger("switchpoint.server")
 
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
+# A health entry of its own, so a probe on "" stays SERVING (the replica still serves) while
+# monitoring can see that shared budgets run on local leases only.
+SHARED_STATE_SERVICE = "switchpoint.v1.SharedState"
+SHARED_STATE_POLL_S = 1.0
 
 
 class Sidecar:
@@ -53,11 +59,16 @@ class Sidecar:
         self._adapters = adapters
         self._managed = managed
         self._health = health_servicer
+        self._shared = engine.gate.shared
+        self._shared_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         try:
             for server in self._managed:
                 await server.start()
+            if self._shared is not None:
+                await self._shared.start()
+                self._shared_watch = asyncio.create_task(self._watch_shared_state())
             await self.grpc_server.start()
         except BaseException:
             # Never leave a child model server running behind a sidecar that failed to start.
@@ -72,9 +83,24 @@ class Sidecar:
         grace = self.config.server.graceful_stop_s if grace_s is None else grace_s
         await self._health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace)
+        if self._shared_watch is not None:
+            self._shared_watch.cancel()
+            self._shared_watch = None
+        if self._shared is not None:
+            # After the drain: the last settled spend is reported, unspent leases go back.
+            await self._shared.stop()
         await asyncio.gather(*(adapter.aclose() for adapter in self._adapters.values()))
         for server in self._managed:
             await server.stop()
+
+    async def _watch_shared_state(self) -> None:
+        assert self._shared is not None
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        while True:
+            status = not_serving if self._shared.degraded else serving
+            await self._health.set(SHARED_STATE_SERVICE, status)
+            await asyncio.sleep(SHARED_STATE_POLL_S)
 
     async def wait(self) -> None:
         await self.grpc_server.wait_for_termination()
@@ -140,7 +166,20 @@ async def create_server(
         for name, s in statuses.items()
         if s.enabled and s.config.managed is not None
     ]
-    engine = Engine(config, registry, adapters, latency, stats or StatsBook())
+    gate = Gate()
+    shared = (
+        SharedQuota(config.shared_state, gate)
+        if config.shared_state.redis_url is not None
+        else None
+    )
+    engine = Engine(
+        config,
+        registry,
+        adapters,
+        latency,
+        stats or StatsBook(),
+        gate=TokenGate(config, gate, shared=shared),
+    )
 
     grpc_server = grpc.aio.server()
     router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(lambda: engine), grpc_server)

@@ -78,7 +78,15 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return pb.Stats(
             models=[_model_stats(engine, model) for model in names if model in wanted],
             uptime_s=engine.stats.uptime_s(),
+            shared_state=_shared_state(engine),
         )
+
+
+def _shared_state(engine: Engine) -> str:
+    if not engine.shares_budgets:
+        return ""
+    problem = engine.shared_state_problem()
+    return f"degraded: {problem}" if problem else "ok"
 
 
 def _model_stats(engine: Engine, model: str) -> pb.ModelStats:

@@ -1,0 +1,391 @@
+"""SharedQuota: one budget shared by several replicas, through slices leased from Redis.
+
+Each replica spends locally in the Rust ledger, which never lets spent + reserved pass the lease
+this class sets on it. The lease comes from a pool in Redis that never hands out more than
+`limit - committed - leased`, so the replicas together cannot be granted more than the limit;
+spend is reported back (moving it from the replica's outstanding lease to the committed total)
+and what a replica did not spend is given back when it stops.
+
+The loop: every `sync_interval_s`, for each budget, take the ledger's unreported spend and queue
+it as reports, send the queue, then lease more if less than half a slice is left; `top_up` does
+the same at once for one budget when a reservation was refused only for want of lease.
+
+Redis unreachable: the replica goes on serving (see `SharedStateConfig.policy`), keeps taking
+spend into its queue, and tries again every interval; the first round in which every budget gets
+through reports the queue (idempotently), renews the leases and clears `degraded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from switchpoint.config import Policy, SharedStateConfig
+from switchpoint.shared.ledger import BudgetLease, BudgetLedgerPort, LocalState
+from switchpoint.shared.store import (
+    NANOS_PER_USD,
+    QuotaStore,
+    expire_at,
+    nanos_to_usd,
+)
+
+_log = logging.getLogger(__name__)
+
+# What "Redis is unreachable" looks like: refused or reset connections, timeouts, and a Redis
+# that answers with an error (loading, read-only replica after a failover, out of memory).
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLeaseStatus:
+    name: str
+    window_start_s: float | None
+    # The ledger's lease cap (spend allowed in the window); None while uncapped (fail-open).
+    leased_usd: float | None
+    outstanding_usd: float
+    # Settled spend not yet acknowledged by Redis.
+    pending_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class SharedQuotaStatus:
+    replica_id: str
+    policy: Policy
+    degraded: bool
+    degraded_reason: str
+    degraded_since: float | None
+    # How many times the replica has lost Redis since it started.
+    degraded_episodes: int
+    last_sync_ok_at: float | None
+    budgets: tuple[BudgetLeaseStatus, ...]
+
+
+class SharedQuota:
+    """The lease manager of one replica. Create one per server; `start` it, `stop` it."""
+
+    def __init__(
+        self,
+        config: SharedStateConfig,
+        ledger: BudgetLedgerPort,
+        *,
+        store: QuotaStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if store is None:
+            if config.redis_url is None:
+                raise ValueError("shared_state.redis_url: required for shared quotas")
+            store = QuotaStore.from_url(
+                config.redis_url, key_prefix=config.key_prefix, timeout_s=config.timeout_s
+            )
+        self._config = config
+        self._ledger = ledger
+        self._store = store
+        self._clock = clock
+        self.replica_id = config.resolved_replica_id()
+        # Reports are applied once per (reporter, seq). A reporter name per instance lets a
+        # restarted replica that keeps its replica id count its seqs from 1 again.
+        self._reporter = f"{self.replica_id}/{uuid.uuid4().hex[:12]}"
+        self._seq = 0
+        self._budgets: dict[int, BudgetLease] = {}
+        self._task: asyncio.Task[None] | None = None
+        # Set by stop(). The loop is stopped by this rather than by cancelling its task: redis-py
+        # can swallow a cancellation that lands inside a command, leaving the task running.
+        self._stopping = asyncio.Event()
+        self._degraded_reason = ""
+        self._degraded_since: float | None = None
+        self._degraded_episodes = 0
+        self._last_attempt = -math.inf
+        self._last_ok: float | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return self._degraded_since is not None
+
+    @property
+    def degraded_reason(self) -> str:
+        return self._degraded_reason
+
+    @property
+    def pending_usd(self) -> float:
+        return sum(lease.pending_usd for lease in self._budgets.values())
+
+    def register_budget(self, budget_id: int, *, name: str, window: str) -> None:
+        """Shares gate budget `budget_id` (named `name`, window "hour"/"day"/"month"/"total").
+
+        Its ledger is capped at once: at nothing, until the first sync leases a slice (or, if
+        Redis is already known to be down under fail-open, at the full limit).
+        """
+        if budget_id in self._budgets:
+            raise ValueError(f"budget {budget_id} ({name!r}) is already registered")
+        lease = BudgetLease(budget_id, name, window)
+        self._budgets[budget_id] = lease
+        self._set_leased(lease, None if self._uncapped() else 0.0)
+
+    async def start(self) -> None:
+        """Leases the first slices (or notes that Redis is down), then syncs periodically."""
+        if self._task is not None:
+            raise RuntimeError("SharedQuota already started")
+        await self.sync()
+        self._task = asyncio.create_task(self._run(), name=f"shared-quota-{self.replica_id}")
+
+    async def stop(self) -> None:
+        """Reports the last spend, gives unspent leases back and closes the Redis client.
+
+        Call it after in-flight calls have drained: it caps every ledger at nothing first, and
+        spend settled after that would not reach Redis.
+        """
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self._task is not None:
+            await self._task  # at most one round, which Redis timeouts bound
+            self._task = None
+        try:
+            for lease in self._budgets.values():
+                self._set_leased(lease, 0.0)
+            for lease in self._budgets.values():
+                async with lease.lock:
+                    self._collect(lease)
+                    await self._flush(lease)
+                    if lease.window_start_s is not None:
+                        await self._store.give_back(self._key(lease), replica=self.replica_id)
+                        lease.outstanding_nanos = 0
+        except REDIS_ERRORS as exc:
+            _log.error(
+                "shared state: Redis unreachable at stop (%s): $%.6f of settled spend was not "
+                "reported and is missing from the shared budgets",
+                _describe(exc),
+                self.pending_usd,
+            )
+        finally:
+            await self._store.aclose()
+
+    async def sync(self) -> bool:
+        """One round over every budget; True if all of them got through to Redis."""
+        self._last_attempt = self._clock()
+        leases = list(self._budgets.values())
+        # Take spend from every ledger first, so it is queued even if Redis fails mid-round.
+        for lease in leases:
+            async with lease.lock:
+                self._collect(lease)
+        for lease in leases:
+            try:
+                async with lease.lock:
+                    await self._sync_budget(lease, need_usd=0.0)
+            except REDIS_ERRORS as exc:
+                _raise_if_cancelled(exc)
+                self._degrade(exc)
+                return False
+        self._recover()
+        return True
+
+    async def top_up(self, budget_id: int, need_usd: float = 0.0) -> bool:
+        """Leases more for `budget_id` now, if that can help a call estimated at `need_usd`.
+
+        For the gate, after a reservation naming this budget was refused: True means the
+        budget's ledger now has room for `need_usd`, so reserving again may pass (another rule
+        may still refuse). False when the limit itself is reached, the shared pool is empty, or
+        Redis is unreachable (and then, at most once per sync interval, Redis is tried again).
+        """
+        lease = self._budgets.get(budget_id)
+        if lease is None:
+            raise ValueError(f"budget {budget_id} is not registered for sharing")
+        async with lease.lock:
+            if self._fits(lease, need_usd):
+                return True  # a concurrent top-up or sync made room while this one waited
+            now = self._clock()
+            recent = self._config.sync_interval_s
+            if self.degraded and now - self._last_attempt < recent:
+                return False
+            if lease.exhausted_at is not None and now - lease.exhausted_at < recent:
+                return False
+            if not self._within_limit(lease, need_usd):
+                return False
+            try:
+                self._collect(lease)
+                await self._sync_budget(lease, need_usd=need_usd)
+            except REDIS_ERRORS as exc:
+                _raise_if_cancelled(exc)
+                self._last_attempt = now
+                self._degrade(exc)
+            return self._fits(lease, need_usd)
+
+    def status(self) -> SharedQuotaStatus:
+        budgets = tuple(
+            BudgetLeaseStatus(
+                name=lease.name,
+                window_start_s=lease.window_start_s,
+                leased_usd=lease.leased_usd,
+                outstanding_usd=nanos_to_usd(lease.outstanding_nanos),
+                pending_usd=lease.pending_usd,
+            )
+            for lease in self._budgets.values()
+        )
+        return SharedQuotaStatus(
+            replica_id=self.replica_id,
+            policy=self._config.policy,
+            degraded=self.degraded,
+            degraded_reason=self._degraded_reason,
+            degraded_since=self._degraded_since,
+            degraded_episodes=self._degraded_episodes,
+            last_sync_ok_at=self._last_ok,
+            budgets=budgets,
+        )
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._config.sync_interval_s):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                return
+            try:
+                await self.sync()
+            except Exception:
+                # A bug in one round must not end the loop: leases would silently stop renewing.
+                _log.exception("shared state: sync round failed")
+
+    def _collect(self, lease: BudgetLease) -> None:
+        """Queues the ledger's unreported spend; local only, so it cannot fail on Redis."""
+        state = self._state(lease)
+        taken = self._ledger.take_unreported_spend(lease.budget_id)
+        if lease.collect(state, taken) and lease.leased_usd is not None:
+            lease.leased_usd = 0.0  # the ledger drops a lease when its window ends
+
+    async def _sync_budget(self, lease: BudgetLease, *, need_usd: float) -> None:
+        await self._flush(lease)
+        state = self._state(lease)
+        if state.window_start_s != lease.window_start_s:
+            return  # the window turned meanwhile: the next round collects and leases afresh
+        want = self._want(lease, state, need_usd)
+        reply = await self._store.lease(
+            self._key(lease),
+            replica=self.replica_id,
+            want=want,
+            limit=round(state.limit_usd * NANOS_PER_USD),
+            expire=expire_at(lease.window_end_s),
+            known=lease.reported_nanos,
+        )
+        if reply.restored:
+            _log.warning(
+                "shared state: Redis had lost $%.6f of this replica's spend on budget %r "
+                "(restarted or failed over without it); reported it again",
+                nanos_to_usd(reply.restored),
+                lease.name,
+            )
+        lease.outstanding_nanos = reply.outstanding
+        lease.exhausted_at = self._clock() if reply.granted < want else None
+        self._apply_lease(lease)
+
+    async def _flush(self, lease: BudgetLease) -> None:
+        """Sends the queued reports in order; stops at the first failure, keeping the rest."""
+        for report in list(lease.reports):
+            if report.seq is None:
+                self._seq += 1
+                report.seq = self._seq
+            reply = await self._store.report(
+                self._store.budget_key(lease.name, lease.window, report.window_start_s),
+                replica=self.replica_id,
+                reporter=self._reporter,
+                seq=report.seq,
+                spent=report.nanos,
+                expire=expire_at(report.window_end_s),
+            )
+            lease.acknowledged(report, outstanding=reply.outstanding)
+
+    def _want(self, lease: BudgetLease, state: LocalState, need_usd: float) -> int:
+        """Nano-USD to ask for: enough for a full slice (or `need_usd`) unspent, once less than
+        half a slice (or less than `need_usd`) is left; 0 just refreshes what Redis holds."""
+        slice_usd = self._config.slice_usd
+        remaining = lease.remaining_usd(state)
+        if remaining >= max(slice_usd / 2, need_usd):
+            return 0
+        return math.ceil((max(slice_usd, need_usd) - max(remaining, 0.0)) * NANOS_PER_USD)
+
+    def _apply_lease(self, lease: BudgetLease) -> None:
+        usd = lease.leasable_usd
+        now = self._clock()
+        if self._state(lease, now).window_start_s != lease.window_start_s:
+            return
+        self._ledger.set_leased(lease.budget_id, usd, now)
+        lease.leased_usd = usd
+        # The ledger applies a lease to whichever window it is in; if it rolled between the
+        # check and the set, this lease belongs to the old window: take it away again.
+        if self._state(lease).window_start_s != lease.window_start_s:
+            self._set_leased(lease, 0.0)
+
+    def _set_leased(self, lease: BudgetLease, usd: float | None) -> None:
+        self._ledger.set_leased(lease.budget_id, usd, self._clock())
+        lease.leased_usd = usd
+
+    def _state(self, lease: BudgetLease, now: float | None = None) -> LocalState:
+        return LocalState.read(self._ledger, lease.budget_id, self._clock() if now is None else now)
+
+    def _fits(self, lease: BudgetLease, need_usd: float) -> bool:
+        state = self._state(lease)
+        cap = state.limit_usd
+        if lease.leased_usd is not None:
+            if state.window_start_s != lease.window_start_s:
+                return False  # rolled: the ledger has no lease in the new window yet
+            cap = min(cap, lease.leased_usd)
+        return state.spent_usd + state.reserved_usd + need_usd <= cap
+
+    def _within_limit(self, lease: BudgetLease, need_usd: float) -> bool:
+        state = self._state(lease)
+        return state.spent_usd + state.reserved_usd + need_usd <= state.limit_usd
+
+    def _uncapped(self) -> bool:
+        return self.degraded and self._config.policy == "fail-open"
+
+    def _key(self, lease: BudgetLease) -> str:
+        assert lease.window_start_s is not None  # set by the first collect
+        return self._store.budget_key(lease.name, lease.window, lease.window_start_s)
+
+    def _degrade(self, exc: BaseException) -> None:
+        self._degraded_reason = _describe(exc)
+        if self._degraded_since is not None:
+            return
+        self._degraded_since = self._clock()
+        self._degraded_episodes += 1
+        _log.warning(
+            "shared state: Redis unreachable (%s); until it returns, budgets are %s",
+            self._degraded_reason,
+            "capped by their limits only (fail-open)"
+            if self._uncapped()
+            else "capped by the leases already held (fail-closed)",
+        )
+        if self._uncapped():
+            for lease in self._budgets.values():
+                self._set_leased(lease, None)
+
+    def _recover(self) -> None:
+        self._last_ok = self._clock()
+        if self._degraded_since is None:
+            return
+        _log.warning(
+            "shared state: Redis reachable again after %.1f s; pending spend reported, leases "
+            "renewed",
+            self._last_ok - self._degraded_since,
+        )
+        self._degraded_since = None
+        self._degraded_reason = ""
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _raise_if_cancelled(exc: BaseException) -> None:
+    """A cancelled caller (a client gone, a timeout) must not be taken for Redis being down:
+    redis-py can turn a cancellation inside a command into a connection or timeout error."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc

@@ -1,0 +1,204 @@
+"""The Redis side of quota leases: the key layout and the three atomic Lua scripts.
+
+One hash per budget and window holds everything about that window, so every script touches a
+single key (atomic by construction, and valid on Redis Cluster):
+
+    {prefix}:budget:{name}:{window}:{window_start}     e.g. switchpoint:budget:team-a:day:1709251200
+      committed       spend reported by every replica in the window
+      leased          sum of the out:* fields (kept so a lease need not scan them)
+      out:{replica}   what the replica was granted and has not yet reported as spent
+      spent:{replica} what the replica has reported as spent
+      seq:{reporter}  last report sequence number applied from one replica incarnation
+
+Amounts are integer nano-USD: Lua numbers are doubles, exact for integers up to 2^53, so sums
+never drift the way repeated float additions would (limits up to ~$9M per window stay exact).
+The window start in the key makes windows roll over without any reset step, and each write moves
+the key's expiry to a grace period past the window's end, so old windows clean themselves up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+NANOS_PER_USD = 1_000_000_000
+# Keys outlive their window by this much, so a replica that was cut off from Redis when the window
+# ended can still report that window's spend into the same key when it reconnects.
+KEY_GRACE_S = 86_400
+
+# HINCRBY refuses "1e+14", which is how Lua 5.1 prints large numbers: format integers explicitly.
+_COMMON = """
+local function int(field)
+  return tonumber(redis.call('HGET', KEYS[1], field) or '0')
+end
+local function str(n)
+  return string.format('%d', n)
+end
+local function expire(at)
+  if tonumber(at) > 0 then redis.call('EXPIREAT', KEYS[1], at) end
+end
+"""
+
+# ARGV: replica, want, limit, expire_at, known. Grants what the pool still has, up to `want`.
+# `known` is what the replica knows it has reported in the window; Redis holding less means it
+# lost data (restarted without persistence, failed over to a lagging replica, evicted the key),
+# and the lost spend is committed again first, so the pool does not hand it out a second time.
+_LEASE = (
+    _COMMON
+    + """
+local replica, want, limit, known = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
+local restored = known - int('spent:' .. replica)
+if restored > 0 then
+  redis.call('HINCRBY', KEYS[1], 'committed', str(restored))
+  redis.call('HSET', KEYS[1], 'spent:' .. replica, ARGV[5])
+else
+  restored = 0
+end
+local committed = int('committed')
+local grant = math.min(want, limit - committed - int('leased'))
+if grant > 0 then
+  redis.call('HINCRBY', KEYS[1], 'out:' .. replica, str(grant))
+  redis.call('HINCRBY', KEYS[1], 'leased', str(grant))
+else
+  grant = 0
+end
+expire(ARGV[4])
+return {grant, int('out:' .. replica), int('spent:' .. replica), committed, restored}
+"""
+)
+
+# ARGV: replica, reporter, seq, spent, expire_at. Applies each (reporter, seq) at most once: a
+# report retried after its reply was lost must not be counted twice.
+_REPORT = (
+    _COMMON
+    + """
+local replica, seq, spent = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
+local seq_field = 'seq:' .. ARGV[2]
+local applied = 0
+if seq > int(seq_field) then
+  local out = int('out:' .. replica)
+  -- Spend beyond the lease (calls that cost more than estimated, or fail-open spending) is
+  -- committed in full but can only use up what was leased.
+  local used = math.min(out, spent)
+  redis.call('HSET', KEYS[1], 'out:' .. replica, str(out - used), seq_field, ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'leased', str(-used))
+  redis.call('HINCRBY', KEYS[1], 'committed', str(spent))
+  redis.call('HINCRBY', KEYS[1], 'spent:' .. replica, str(spent))
+  applied = 1
+end
+expire(ARGV[5])
+return {applied, int('out:' .. replica), int('spent:' .. replica), int('committed')}
+"""
+)
+
+# ARGV: replica. Gives the unspent lease back to the pool; returns how much that was.
+_GIVE_BACK = (
+    _COMMON
+    + """
+local out = int('out:' .. ARGV[1])
+if out > 0 then
+  redis.call('HDEL', KEYS[1], 'out:' .. ARGV[1])
+  redis.call('HINCRBY', KEYS[1], 'leased', str(-out))
+end
+return out
+"""
+)
+
+
+def usd_to_nanos(usd: float) -> int:
+    """Rounds down, so a spend converted here is never reported as more than it was."""
+    return math.floor(usd * NANOS_PER_USD)
+
+
+def nanos_to_usd(nanos: int) -> float:
+    return nanos / NANOS_PER_USD
+
+
+def expire_at(window_end_s: float) -> int:
+    """The key's expiry for a window ending at `window_end_s`; 0 (never) for a "total" budget."""
+    if math.isinf(window_end_s):
+        return 0
+    return int(window_end_s) + KEY_GRACE_S
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseReply:
+    granted: int
+    # This replica's outstanding lease and reported spend, and everyone's, after the call.
+    outstanding: int
+    reported: int
+    committed: int
+    # Spend Redis had lost and was given again from `known`.
+    restored: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReportReply:
+    # False: this (reporter, seq) had been applied before; its earlier reply was lost.
+    applied: bool
+    outstanding: int
+    reported: int
+    committed: int
+
+
+class QuotaStore:
+    """The three lease scripts over one Redis client. Owns the client: `aclose` closes it."""
+
+    def __init__(self, client: Redis, *, key_prefix: str) -> None:
+        self._client = client
+        self._prefix = key_prefix
+        # register_script sends EVALSHA and loads the script on NOSCRIPT (a restarted or
+        # failed-over Redis has an empty script cache), so scripts are sent in full only then.
+        self._lease = client.register_script(_LEASE)
+        self._report = client.register_script(_REPORT)
+        self._give_back = client.register_script(_GIVE_BACK)
+
+    @classmethod
+    def from_url(cls, url: str, *, key_prefix: str, timeout_s: float) -> QuotaStore:
+        # No client-side retries: the sync loop is the retry, and a client that backs off for
+        # seconds on its own would delay noticing that Redis is gone.
+        client = Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        return cls(client, key_prefix=key_prefix)
+
+    @property
+    def client(self) -> Redis:
+        return self._client
+
+    def budget_key(self, name: str, window: str, window_start_s: float) -> str:
+        return f"{self._prefix}:budget:{name}:{window}:{int(window_start_s)}"
+
+    async def lease(
+        self, key: str, *, replica: str, want: int, limit: int, expire: int, known: int = 0
+    ) -> LeaseReply:
+        reply = await self._lease(keys=[key], args=[replica, want, limit, expire, known])
+        return LeaseReply(*_ints(reply, 5))
+
+    async def report(
+        self, key: str, *, replica: str, reporter: str, seq: int, spent: int, expire: int
+    ) -> ReportReply:
+        reply = await self._report(keys=[key], args=[replica, reporter, seq, spent, expire])
+        applied, outstanding, reported, committed = _ints(reply, 4)
+        return ReportReply(applied == 1, outstanding, reported, committed)
+
+    async def give_back(self, key: str, *, replica: str) -> int:
+        return int(await self._give_back(keys=[key], args=[replica]))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _ints(reply: Any, count: int) -> list[int]:
+    values = [int(v) for v in reply]
+    if len(values) != count:
+        raise ValueError(f"lease script returned {values!r}, expected {count} integers")
+    return values
