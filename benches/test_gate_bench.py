@@ -1,0 +1,258 @@
+"""Micro-benchmarks of the gate and the scorer across the PyO3 boundary.
+
+The machine is shared and noisy, so nothing here asserts a time: every figure is printed as a ratio
+against a baseline measured in the same test (an empty call, a dict lookup, a pure-Python scorer),
+timed by the same loop. pytest-benchmark records the main operation of each test as well.
+Run with `make bench` or `.venv/bin/pytest benches --benchmark-only -p no:cacheprovider -q -s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from switchpoint._native import Gate, LatencyTracker, ModelSpec, ModelTable
+from switchpoint.config import parse_config
+from switchpoint.gate import RequestScope, TokenGate
+from tests.sidecar_harness import routing_config, with_changes
+
+# Noon UTC on a fixed day, so the `now` steps below never cross a day boundary.
+NOON = 1_767_268_800.0 + 12 * 3600.0
+STEP_S = 1e-6
+BIG = 1e12
+WEIGHTS = (0.4, 0.3, 0.3)
+INPUT_TOKENS, OUTPUT_TOKENS = 1000, 200
+
+# `benchmark` is pytest-benchmark's fixture; typed loosely to keep the benches independent of its
+# internal classes.
+Benchmark = Any
+
+
+def _per_op_ns(op: Callable[[], object], iterations: int, repeats: int = 5) -> float:
+    """Best-of-`repeats` mean nanoseconds per call of `op` over `iterations` calls."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter_ns()
+        for _ in range(iterations):
+            op()
+        best = min(best, (time.perf_counter_ns() - start) / iterations)
+    return best
+
+
+async def _per_op_ns_async(
+    op: Callable[[], Awaitable[object]], iterations: int, repeats: int = 5
+) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter_ns()
+        for _ in range(iterations):
+            await op()
+        best = min(best, (time.perf_counter_ns() - start) / iterations)
+    return best
+
+
+def _empty() -> None:
+    return None
+
+
+def _baselines(iterations: int) -> tuple[float, float]:
+    """(empty Python call, dict lookup through a call) in ns per op."""
+    table = {f"key{i}": i for i in range(64)}
+
+    def lookup() -> int:
+        return table["key17"]
+
+    return _per_op_ns(_empty, iterations), _per_op_ns(lookup, iterations)
+
+
+def _report(title: str, target_ns: float, baselines: dict[str, float]) -> None:
+    print(f"\n[{title}] {target_ns / 1000:.3f} us/op")
+    for name, ns in baselines.items():
+        print(f"  vs {name:<22} {ns / 1000:.3f} us/op   ratio {target_ns / ns:.1f}x")
+
+
+def _big_gate() -> tuple[Gate, list[int], list[int]]:
+    gate = Gate()
+    limits = [
+        gate.add_rate_limit("rpm", rpm=BIG),
+        gate.add_rate_limit("tpm", tpm=BIG),
+        gate.add_rate_limit("all", rpm=BIG, tpm=BIG, concurrency=1_000_000),
+    ]
+    budgets = [
+        gate.add_budget("day", limit_usd=BIG, window="day"),
+        gate.add_budget("total", limit_usd=BIG, window="total"),
+    ]
+    return gate, limits, budgets
+
+
+# -- (a) Gate through PyO3, (c) baselines ----------------------------------------------------------
+
+
+def test_gate_check_reserve_settle(benchmark: Benchmark) -> None:
+    gate, limits, budgets = _big_gate()
+    clock = [NOON]
+
+    def op() -> None:
+        now = clock[0] = clock[0] + STEP_S
+        gate.check(limits, budgets, 300, 0.001, now)
+        reservation = gate.reserve(limits, budgets, 300, 0.001, now)
+        gate.settle(reservation, 280, 0.0009, now)
+
+    benchmark(op)
+    iterations = 20_000
+    target = _per_op_ns(op, iterations)
+    empty, lookup = _baselines(iterations)
+    _report(
+        "Gate check+reserve+settle, 3 limits 2 budgets",
+        target,
+        {"empty Python call": empty, "dict lookup (in a call)": lookup},
+    )
+    assert gate.outstanding() == 0
+
+
+# -- (b) TokenGate ---------------------------------------------------------------------------------
+
+
+def _token_gate() -> tuple[TokenGate, RequestScope, Any]:
+    limits = [
+        {"name": "r1", "match": {"tenant": "*"}, "rpm": BIG},
+        {"name": "r2", "match": {"tenant": "*"}, "tpm": BIG},
+        {"name": "r3", "match": {"tenant": "*"}, "rpm": BIG, "tpm": BIG, "concurrency": 1_000_000},
+    ]
+    budgets = [
+        {"name": "b1", "match": {"tenant": "*"}, "window": "day", "limit_usd": BIG},
+        {"name": "b2", "match": {"tenant": "*"}, "window": "total", "limit_usd": BIG},
+    ]
+    config = parse_config(with_changes(routing_config(), limits=limits, budgets=budgets))
+    token_gate = TokenGate(config)
+    return token_gate, RequestScope("acme", ""), config.models[0]
+
+
+def test_token_gate_sync_path(benchmark: Benchmark) -> None:
+    """ids_for + Gate.reserve + settle: what TokenGate.reserve does when nothing is refused."""
+    token_gate, scope, model = _token_gate()
+    gate = token_gate.gate
+
+    def op() -> None:
+        limit_ids, budget_ids = token_gate.ids_for(scope, model)
+        reservation = gate.reserve(limit_ids, budget_ids, 300, 0.001, time.time())
+        gate.settle(reservation, 280, 0.0009, time.time())
+
+    benchmark(op)
+    iterations = 20_000
+    target = _per_op_ns(op, iterations)
+    empty, lookup = _baselines(iterations)
+    _report(
+        "TokenGate ids_for + reserve + settle (sync)",
+        target,
+        {"empty Python call": empty, "dict lookup (in a call)": lookup},
+    )
+    assert gate.outstanding() == 0
+
+
+def test_token_gate_async_reserve(benchmark: Benchmark) -> None:
+    """TokenGate.reserve (async) + Reservation.settle, timed in one event loop."""
+    token_gate, scope, model = _token_gate()
+    iterations = 20_000
+
+    async def reserve_settle() -> None:
+        reservation = await token_gate.reserve(scope, model, 300, 0.001)
+        reservation.settle(280, 0.0009)
+
+    async def noop() -> None:
+        return None
+
+    async def measure() -> tuple[float, float]:
+        target = await _per_op_ns_async(reserve_settle, iterations)
+        baseline = await _per_op_ns_async(noop, iterations)
+        return target, baseline
+
+    # One round: the whole async measurement, so pytest-benchmark has a row for it too.
+    target, await_noop = benchmark.pedantic(lambda: asyncio.run(measure()), rounds=1, iterations=1)
+    empty, lookup = _baselines(iterations)
+    _report(
+        "await TokenGate.reserve + settle",
+        target,
+        {
+            "await empty coroutine": await_noop,
+            "empty Python call": empty,
+            "dict lookup (in a call)": lookup,
+        },
+    )
+    assert token_gate.gate.outstanding() == 0
+
+
+# -- (d) scoring -----------------------------------------------------------------------------------
+
+
+def _specs(n: int) -> list[ModelSpec]:
+    return [
+        ModelSpec(
+            f"m{i}",
+            input_per_mtok=0.1 + (i * 37 % 101) / 10.0,
+            output_per_mtok=0.4 + (i * 53 % 97) / 5.0,
+            context_window=8192 if i % 7 else 1024,  # every 7th is too small for the request
+            quality=(i * 29 % 89) / 89.0,
+            ttft_prior_ms=50.0 + (i * 41 % 83) * 10.0,
+            tpot_prior_ms=5.0 + (i * 17 % 31),
+        )
+        for i in range(n)
+    ]
+
+
+def _python_score(
+    specs: list[ModelSpec], input_tokens: int, output_tokens: int, weights: tuple[float, ...]
+) -> list[int]:
+    """The scorer in plain Python: filter by context window, estimate cost and latency from
+    priors, min-max normalise over the eligible set, weighted sum, sort best first."""
+    total = sum(weights)
+    w_cost, w_lat, w_quality = (w / total for w in weights)
+    needed = input_tokens + output_tokens
+    rows: list[tuple[int, float, float, float]] = []
+    for index, spec in enumerate(specs):
+        if needed > spec.context_window:
+            continue
+        cost = input_tokens * spec.input_per_mtok / 1e6 + output_tokens * spec.output_per_mtok / 1e6
+        latency = spec.ttft_prior_ms + output_tokens * spec.tpot_prior_ms
+        rows.append((index, cost, latency, spec.quality))
+    if not rows:
+        return []
+    costs = [r[1] for r in rows]
+    latencies = [r[2] for r in rows]
+    cost_min, lat_min = min(costs), min(latencies)
+    cost_range, lat_range = max(costs) - cost_min, max(latencies) - lat_min
+    scored = []
+    for index, cost, latency, quality in rows:
+        norm_cost = (cost - cost_min) / cost_range if cost_range > 0 else 0.0
+        norm_lat = (latency - lat_min) / lat_range if lat_range > 0 else 0.0
+        score = w_lat * (1 - norm_lat) + w_cost * (1 - norm_cost) + w_quality * quality
+        scored.append((-score, cost, -quality, index))
+    scored.sort()
+    return [s[3] for s in scored]
+
+
+@pytest.mark.parametrize("n", [10, 100, 1000])
+def test_score_rust_vs_python(benchmark: Benchmark, n: int) -> None:
+    specs = _specs(n)
+    table = ModelTable(specs, LatencyTracker())
+
+    def rust() -> list[int]:
+        return table.score(INPUT_TOKENS, OUTPUT_TOKENS, WEIGHTS).ranked
+
+    def python() -> list[int]:
+        return _python_score(specs, INPUT_TOKENS, OUTPUT_TOKENS, WEIGHTS)
+
+    # Same ranking, or the comparison means nothing.
+    assert rust() == python()
+    benchmark(rust)
+    iterations = max(20, 20_000 // n)
+    rust_ns = _per_op_ns(rust, iterations)
+    python_ns = _per_op_ns(python, iterations)
+    print(
+        f"\n[score {n:>4} candidates] ModelTable.score {rust_ns / 1000:.2f} us   "
+        f"pure Python {python_ns / 1000:.2f} us   speedup {python_ns / rust_ns:.1f}x"
+    )
