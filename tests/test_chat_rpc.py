@@ -24,8 +24,19 @@ def _config(openai: OpenAIServer, anthropic: AnthropicServer) -> dict[str, Any]:
     common = {"context_window": 100000, "latency_prior": {"ttft_ms": 100, "tpot_ms": 10}}
     return {
         "providers": {
-            "oai": {"kind": "openai", "base_url": openai.base_url, "api_key_env": "T_OAI"},
-            "ant": {"kind": "anthropic", "base_url": anthropic.base_url, "api_key_env": "T_ANT"},
+            # No retries: these tests are about one attempt per model (see test_resilience_rpc).
+            "oai": {
+                "kind": "openai",
+                "base_url": openai.base_url,
+                "api_key_env": "T_OAI",
+                "retry": {"max_retries": 0},
+            },
+            "ant": {
+                "kind": "anthropic",
+                "base_url": anthropic.base_url,
+                "api_key_env": "T_ANT",
+                "retry": {"max_retries": 0},
+            },
         },
         "models": [
             {
@@ -45,7 +56,7 @@ def _config(openai: OpenAIServer, anthropic: AnthropicServer) -> dict[str, Any]:
                 "quality": 0.7,
             },
         ],
-        "routing": {"fallback_chain": ["gpt-small", "claude-small"]},
+        "routing": {"fallback_chain": ["gpt-small", "claude-small"], "stream_continuation": False},
     }
 
 

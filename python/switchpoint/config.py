@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from switchpoint.errors import ConfigError
+from switchpoint.errors import ConfigError, ErrorClass
 
 NonNegative = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
@@ -56,6 +56,50 @@ class ManagedServerConfig(StrictModel):
     max_restarts: Annotated[int, Field(ge=0)] = 5
 
 
+class RetryConfig(StrictModel):
+    """How failures of this provider's calls are handled (see switchpoint.resilience)."""
+
+    # Retries on the same deployment after the first try, for the classes in retry_on.
+    max_retries: Annotated[int, Field(ge=0)] = 2
+    base_delay_s: NonNegative = 0.2
+    max_delay_s: NonNegative = 8.0
+    retry_on: list[ErrorClass] = Field(
+        default_factory=lambda: [
+            ErrorClass.RATE_LIMITED,
+            ErrorClass.OVERLOADED,
+            ErrorClass.SERVER_ERROR,
+            ErrorClass.CONNECT,
+            ErrorClass.TIMEOUT,
+        ]
+    )
+    # Move to the next model at once. context_window always moves, and only to larger windows;
+    # any class in neither list (invalid_request, and content_policy unless listed) fails the call.
+    next_model_on: list[ErrorClass] = Field(
+        default_factory=lambda: [
+            ErrorClass.AUTH,
+            ErrorClass.NOT_FOUND,
+            ErrorClass.BAD_RESPONSE,
+            ErrorClass.RATE_LIMITED,
+            ErrorClass.OVERLOADED,
+            ErrorClass.SERVER_ERROR,
+            ErrorClass.CONNECT,
+            ErrorClass.TIMEOUT,
+        ]
+    )
+
+
+class BreakerConfig(StrictModel):
+    """The circuit breaker of each deployment (model) of this provider."""
+
+    consecutive_failures: Annotated[int, Field(ge=1)] = 5
+    failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
+    # The failure rate is taken over the last `window` calls, once there are `min_calls`.
+    window: Annotated[int, Field(ge=1)] = 20
+    min_calls: Annotated[int, Field(ge=1)] = 10
+    open_s: Positive = 30.0
+    half_open_trials: Annotated[int, Field(ge=1)] = 1
+
+
 class ProviderConfig(StrictModel):
     kind: Literal["openai", "anthropic"]
     # Required unless `managed` is set, in which case it is the managed server's address.
@@ -71,6 +115,8 @@ class ProviderConfig(StrictModel):
     # Anthropic requires max_tokens; used when the request does not set it.
     default_max_tokens: Annotated[int, Field(ge=1)] = 1024
     managed: ManagedServerConfig | None = None
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
 
     @property
     def endpoint(self) -> str:
@@ -103,6 +149,8 @@ class ModelConfig(StrictModel):
     system_prompt: str | None = None
     # Extra fields merged into the provider request body (e.g. repeat_penalty for llama.cpp).
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    # Calls in flight to this deployment; more wait in the priority admission queue.
+    max_concurrency: Annotated[int, Field(ge=1)] | None = None
     # How routing counts this model's prompt tokens (switchpoint.tokens): gpt-4o/o-series ->
     # o200k_base, gpt-4/gpt-3.5 -> cl100k_base. Other vendors' tokenizers (Anthropic, Llama, ...)
     # are not available offline: "estimate" (~4 chars/token). cl100k is deliberately not used as
@@ -152,6 +200,11 @@ class RoutingConfig(StrictModel):
     min_latency_samples: Annotated[int, Field(ge=1)] = 20
     # The output-token estimate for requests that set no max_tokens.
     default_output_tokens: Annotated[int, Field(ge=1)] = 512
+    # A stream that dies after tokens reached the client continues on the next model (asked to
+    # carry on from the partial answer); false fails the stream instead.
+    stream_continuation: bool = True
+    # Priority admission: a waiter older than this is served before any newer one (no starvation).
+    queue_max_age_s: Positive = 5.0
     latency_half_life_s: Positive = 300.0
 
 

@@ -38,10 +38,14 @@ class PolicyDeniedError(SwitchpointError):
 class QuotaExceededError(SwitchpointError):
     """A rate limit or budget refuses the call; `retry_after_s` says when it may pass."""
 
-    def __init__(self, kind: str, name: str, retry_after_s: float) -> None:
-        what = "budget" if kind == "budget" else f"rate limit ({kind})"
+    def __init__(self, kind: str, name: str, retry_after_s: float, detail: str = "") -> None:
         wait = f"retry after {retry_after_s:.3g}s" if retry_after_s < float("inf") else "no retry"
-        super().__init__(f"{what} '{name}' is exhausted; {wait}")
+        if kind == "queue":
+            message = f"admission queue of '{name}' refused the call ({detail}); {wait}"
+        else:
+            what = "budget" if kind == "budget" else f"rate limit ({kind})"
+            message = f"{what} '{name}' is exhausted; {wait}"
+        super().__init__(message)
         self.kind = kind
         self.name = name
         self.retry_after_s = retry_after_s
@@ -102,13 +106,19 @@ class AttemptSummary(Protocol):
 
 
 class AllAttemptsFailedError(SwitchpointError):
-    """Every model in the chain failed; carries the attempts and the last provider error."""
+    """Every model in the chain failed or was skipped; carries the attempts and the last provider
+    error (None when no provider was even called, e.g. every circuit breaker was open)."""
 
-    def __init__(self, last: ProviderError, attempts: Sequence[AttemptSummary]) -> None:
+    def __init__(self, last: ProviderError | None, attempts: Sequence[AttemptSummary]) -> None:
         tried = ", ".join(f"{a.model} ({a.error_class})" for a in attempts) or "none"
-        super().__init__(f"all {len(attempts)} attempt(s) failed [{tried}]; last: {last}")
+        detail = f"; last: {last}" if last is not None else ""
+        super().__init__(f"all {len(attempts)} attempt(s) failed [{tried}]{detail}")
         self.last = last
         self.attempts = tuple(attempts)
+
+
+class DeadlineExceededError(SwitchpointError):
+    """The caller's deadline passed before any attempt succeeded."""
 
 
 __all__ = [

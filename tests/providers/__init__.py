@@ -115,6 +115,9 @@ class LoopbackServer:
         self._log = RequestLog()
         self._connections: Connections = {}  # touched only on the server thread
         self._stopping = threading.Event()
+        # Requests whose client went away while the server was still holding them (a cancelled
+        # or timed-out upstream call): the evidence that cancellation reaches the provider.
+        self.disconnects = 0
         self._socket: socket.socket | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -357,7 +360,10 @@ class LoopbackServer:
         """Sleep up to `seconds`; False if the client disconnected or the server is stopping."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if self._stopping.is_set() or await request.is_disconnected():
+            if self._stopping.is_set():
+                return False
+            if await request.is_disconnected():
+                self.disconnects += 1
                 return False
             await asyncio.sleep(min(0.02, max(deadline - time.monotonic(), 0)))
         return True

@@ -114,7 +114,11 @@ def chat_response(result: ChatResult) -> pb.ChatResponse:
 
 def delta_chunk(delta: StreamDelta, request_id: str) -> pb.ChatChunk:
     return pb.ChatChunk(
-        request_id=request_id, delta=delta.text, model=delta.model, provider=delta.provider
+        request_id=request_id,
+        delta=delta.text,
+        model=delta.model,
+        provider=delta.provider,
+        continued_from=delta.continued_from,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import NoReturn
@@ -37,7 +38,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         chat_input = convert.chat_input(request)
         try:
             decision = engine.decide(chat_input)
-            result = await engine.chat(chat_input, decision)
+            result = await engine.chat(chat_input, decision, deadline=_deadline(context))
         except Exception as exc:
             await _abort(context, exc, chat_input.request_id)
         return convert.chat_response(result)
@@ -53,7 +54,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             first = True
             # aclosing: a cancelled client call closes the engine's stream at once, which releases
             # its gate reservation and the upstream response.
-            async with aclosing(engine.stream(chat_input, decision)) as stream:
+            stream_deltas = engine.stream(chat_input, decision, deadline=_deadline(context))
+            async with aclosing(stream_deltas) as stream:
                 async for item in stream:
                     if isinstance(item, ChatResult):
                         chunk = convert.final_chunk(item)
@@ -82,6 +84,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         )
 
 
+def _deadline(context: ServicerContext) -> float | None:
+    """The client's gRPC deadline as a time.monotonic() instant; None when it set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
 def _shared_state(engine: Engine) -> str:
     if not engine.shares_budgets:
         return ""
@@ -99,6 +107,8 @@ def _model_stats(engine: Engine, model: str) -> pb.ModelStats:
         p50, p95, p99, samples = engine.latency.percentiles(slot, kind)  # type: ignore[arg-type]
         return pb.LatencySummary(p50_ms=p50, p95_ms=p95, p99_ms=p99, samples=samples)
 
+    breaker = engine.breakers.get(model)
+    queue = engine.scheduler.queue(model).snapshot()
     return pb.ModelStats(
         model=model,
         provider=provider,
@@ -110,6 +120,17 @@ def _model_stats(engine: Engine, model: str) -> pb.ModelStats:
         latency=summary("total"),
         ttft=summary("ttft"),
         tpot=summary("tpot"),
+        breaker_state=breaker.state,
+        breaker_opens=breaker.opens,
+        queue_depth=queue.depth,
+        in_flight=queue.in_flight,
+        queue_wait=pb.LatencySummary(
+            p50_ms=queue.wait_p50_s * 1000.0,
+            p95_ms=queue.wait_p95_s * 1000.0,
+            p99_ms=queue.wait_p99_s * 1000.0,
+            samples=queue.wait_samples,
+        ),
+        queue_rejected=queue.rejected_total,
     )
 
 

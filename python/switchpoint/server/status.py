@@ -13,6 +13,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from switchpoint.errors import (
     AllAttemptsFailedError,
     CoreError,
+    DeadlineExceededError,
     ErrorClass,
     InvalidRequestError,
     NoEligibleModelError,
@@ -84,8 +85,12 @@ def status_for(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCod
     if isinstance(exc, QuotaExceededError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, AllAttemptsFailedError):
+        if exc.last is None:
+            return grpc.StatusCode.UNAVAILABLE, str(exc)
         code = _PROVIDER_STATUS.get(exc.last.error_class, grpc.StatusCode.UNAVAILABLE)
         return code, str(exc)
+    if isinstance(exc, DeadlineExceededError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
     if isinstance(exc, ProviderError):
         return _PROVIDER_STATUS.get(exc.error_class, grpc.StatusCode.UNAVAILABLE), str(exc)
     if isinstance(exc, CoreError):

@@ -513,6 +513,7 @@ class ChatChunk(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
+    CONTINUED_FROM_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     delta: _builtins.str
     """Text since the previous chunk."""
@@ -525,6 +526,10 @@ class ChatChunk(_message.Message):
     ttft_ms: _builtins.float
     finish_reason: _builtins.str
     provider: _builtins.str
+    continued_from: _builtins.str
+    """Set on the first chunk after a mid-stream switch: the model whose stream died. The text
+    before this chunk came from it; this chunk's model carries on from there.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     @_builtins.property
@@ -548,10 +553,11 @@ class ChatChunk(_message.Message):
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
         decision: Global___RouteDecision | None = ...,
         provider: _builtins.str = ...,
+        continued_from: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cost_usd", b"cost_usd", "decision", b"decision", "delta", b"delta", "done", b"done", "finish_reason", b"finish_reason", "latency_ms", b"latency_ms", "model", b"model", "provider", b"provider", "request_id", b"request_id", "ttft_ms", b"ttft_ms", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "continued_from", b"continued_from", "cost_usd", b"cost_usd", "decision", b"decision", "delta", b"delta", "done", b"done", "finish_reason", b"finish_reason", "latency_ms", b"latency_ms", "model", b"model", "provider", b"provider", "request_id", b"request_id", "ttft_ms", b"ttft_ms", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -622,6 +628,12 @@ class ModelStats(_message.Message):
     LATENCY_FIELD_NUMBER: _builtins.int
     TTFT_FIELD_NUMBER: _builtins.int
     TPOT_FIELD_NUMBER: _builtins.int
+    BREAKER_STATE_FIELD_NUMBER: _builtins.int
+    BREAKER_OPENS_FIELD_NUMBER: _builtins.int
+    QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    QUEUE_WAIT_FIELD_NUMBER: _builtins.int
+    QUEUE_REJECTED_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     provider: _builtins.str
     requests: _builtins.int
@@ -629,6 +641,13 @@ class ModelStats(_message.Message):
     input_tokens: _builtins.int
     output_tokens: _builtins.int
     cost_usd: _builtins.float
+    breaker_state: _builtins.str
+    """Circuit breaker: "closed", "open" or "half_open", and how often it has opened."""
+    breaker_opens: _builtins.int
+    queue_depth: _builtins.int
+    """Priority admission queue of this deployment."""
+    in_flight: _builtins.int
+    queue_rejected: _builtins.int
     @_builtins.property
     def latency(self) -> Global___LatencySummary:
         """Whole-call latency, time to first token and time per output token."""
@@ -637,6 +656,8 @@ class ModelStats(_message.Message):
     def ttft(self) -> Global___LatencySummary: ...
     @_builtins.property
     def tpot(self) -> Global___LatencySummary: ...
+    @_builtins.property
+    def queue_wait(self) -> Global___LatencySummary: ...
     def __init__(
         self,
         *,
@@ -650,10 +671,16 @@ class ModelStats(_message.Message):
         latency: Global___LatencySummary | None = ...,
         ttft: Global___LatencySummary | None = ...,
         tpot: Global___LatencySummary | None = ...,
+        breaker_state: _builtins.str = ...,
+        breaker_opens: _builtins.int = ...,
+        queue_depth: _builtins.int = ...,
+        in_flight: _builtins.int = ...,
+        queue_wait: Global___LatencySummary | None = ...,
+        queue_rejected: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency", "tpot", b"tpot", "ttft", b"ttft"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency", "queue_wait", b"queue_wait", "tpot", b"tpot", "ttft", b"ttft"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_usd", b"cost_usd", "errors", b"errors", "input_tokens", b"input_tokens", "latency", b"latency", "model", b"model", "output_tokens", b"output_tokens", "provider", b"provider", "requests", b"requests", "tpot", b"tpot", "ttft", b"ttft"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_opens", b"breaker_opens", "breaker_state", b"breaker_state", "cost_usd", b"cost_usd", "errors", b"errors", "in_flight", b"in_flight", "input_tokens", b"input_tokens", "latency", b"latency", "model", b"model", "output_tokens", b"output_tokens", "provider", b"provider", "queue_depth", b"queue_depth", "queue_rejected", b"queue_rejected", "queue_wait", b"queue_wait", "requests", b"requests", "tpot", b"tpot", "ttft", b"ttft"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
