@@ -11,7 +11,7 @@ from switchpoint.request import ChatInput
 from switchpoint.routing import Decision
 
 # Attempt outcomes that never reached a provider: the model was skipped, not tried.
-SKIPPED = frozenset({"quota", "circuit_open", "queue", "context_window_too_small"})
+SKIPPED = frozenset({"quota", "circuit_open", "queue", "context_window_too_small", "hedge_lost"})
 
 
 @dataclass(frozen=True, slots=True)

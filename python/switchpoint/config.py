@@ -180,6 +180,8 @@ class WeightsConfig(StrictModel):
 class StageConfig(StrictModel):
     models: Annotated[list[str], Field(min_length=1)]
     strategy: str | None = None
+    # Hedge every Chat of this stage (see RoutingOptions.hedge).
+    hedge: bool = False
 
 
 class AutoRoutingConfig(StrictModel):

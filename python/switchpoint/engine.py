@@ -155,11 +155,56 @@ class Engine:
         """Serve the call on the decision's models in order, retrying each as its provider's policy
         says. `deadline` (time.monotonic()) bounds every attempt and backoff together."""
         call = CallState(request, decision, request.request_id or uuid.uuid4().hex, deadline)
-        for model in self._chain(call):
+        models = self._chain(call)
+        if self._hedges(request):
+            result = await self._hedged(call, models)
+            if result is not None:
+                return result
+        for model in models:
             outcome = await self._complete_on(call, model)
             if outcome.result is not None:
                 return outcome.result
         raise self._exhausted(call)
+
+    def _hedges(self, request: ChatInput) -> bool:
+        stage = self.config.routing.stages.get(request.routing.stage)
+        return request.routing.hedge or (stage is not None and stage.hedge)
+
+    async def _hedged(self, call: CallState, models: Iterator[ModelConfig]) -> ChatResult | None:
+        """Race the first model against the second once the first is slower than its usual p95;
+        the first answer wins and the other call is cancelled (releasing its quota)."""
+        primary = next(models, None)
+        if primary is None:
+            return None
+        racers = {asyncio.create_task(self._complete_on(call, primary)): primary}
+        done, _ = await asyncio.wait(racers, timeout=self._hedge_delay_s(primary, call))
+        if not done:
+            second = next(models, None)
+            if second is not None:
+                racers[asyncio.create_task(self._complete_on(call, second))] = second
+        winner: ChatResult | None = None
+        try:
+            while racers and winner is None:
+                done, _ = await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    del racers[task]
+                    winner = winner or task.result().result
+        finally:
+            for task, model in racers.items():
+                task.cancel()
+                call.skip(
+                    model.name, model.provider, "hedge_lost", "another attempt answered first"
+                )
+            await asyncio.gather(*racers, return_exceptions=True)
+        # The loser is listed too: every attempt appears in the answer.
+        return None if winner is None else replace(winner, attempts=tuple(call.attempts))
+
+    def _hedge_delay_s(self, model: ModelConfig, call: CallState) -> float:
+        """The model's observed p95 whole-call latency, or its prior before enough samples."""
+        p95_ms, samples = self.latency.percentiles(self.latency.slot(model.name), "total")[1::2]
+        if samples < self.config.routing.min_latency_samples:
+            p95_ms = self._prior_ms(model, call)
+        return p95_ms / 1000.0
 
     async def stream(
         self, request: ChatInput, decision: Decision, *, deadline: float | None = None

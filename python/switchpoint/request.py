@@ -33,6 +33,7 @@ class RoutingOptions:
     priority: int = Priority.UNSPECIFIED
     capabilities: Sequence[str] = ()
     max_cost_usd: float | None = None
+    hedge: bool = False
 
 
 @dataclass(frozen=True, slots=True)

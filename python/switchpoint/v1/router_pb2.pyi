@@ -128,6 +128,7 @@ class RoutingOptions(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     MAX_COST_USD_FIELD_NUMBER: _builtins.int
+    HEDGE_FIELD_NUMBER: _builtins.int
     stage: _builtins.str
     """A stage named in the config's routing.stages."""
     strategy: _builtins.str
@@ -136,6 +137,11 @@ class RoutingOptions(_message.Message):
     priority: Global___Priority.ValueType
     max_cost_usd: _builtins.float
     """Candidates whose estimated cost exceeds this are not eligible."""
+    hedge: _builtins.bool
+    """Hedge (Chat): if the first model has not answered by its observed p95 latency, start the next
+    candidate too and take whichever answers first, cancelling the other. A stage can turn it on
+    for all its requests (routing.stages.NAME.hedge).
+    """
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Override: one model, or an ordered list the router must choose from."""
@@ -159,10 +165,11 @@ class RoutingOptions(_message.Message):
         priority: Global___Priority.ValueType = ...,
         capabilities: _abc.Iterable[_builtins.str] | None = ...,
         max_cost_usd: _builtins.float | None = ...,
+        hedge: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "max_cost_usd", b"max_cost_usd", "weights", b"weights"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "capabilities", b"capabilities", "max_cost_usd", b"max_cost_usd", "models", b"models", "priority", b"priority", "stage", b"stage", "strategy", b"strategy", "tenant", b"tenant", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "capabilities", b"capabilities", "hedge", b"hedge", "max_cost_usd", b"max_cost_usd", "models", b"models", "priority", b"priority", "stage", b"stage", "strategy", b"strategy", "tenant", b"tenant", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_cost_usd: _TypeAlias = _typing.Literal["max_cost_usd"]  # noqa: Y015
     _WhichOneofArgType__max_cost_usd: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd"]  # noqa: Y015
