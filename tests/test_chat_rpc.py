@@ -287,3 +287,27 @@ async def test_live_latency_replaces_the_prior_after_enough_streams(
     assert before.estimated_latency_ms == pytest.approx(90000 + 10 * 9000)
     assert after.latency_observed
     assert after.estimated_latency_ms < 5000
+
+
+async def test_get_stats_filters_by_tenant_and_stage(
+    openai_server: OpenAIServer, anthropic_server: AnthropicServer
+) -> None:
+    config = _config(openai_server, anthropic_server)
+    config["routing"]["stages"] = {"ui": {"models": ["gpt-small"]}}
+    async with running_sidecar(config, KEYS) as sidecar:
+        for tenant, stage in (("acme", "ui"), ("acme", ""), ("globex", "ui")):
+            request = _chat("count me", "gpt-small")
+            request.routing.tenant = tenant
+            request.routing.stage = stage
+            await sidecar.stub.Chat(request)
+        acme = await sidecar.stub.GetStats(pb.StatsRequest(models=["gpt-small"], tenant="acme"))
+        ui = await sidecar.stub.GetStats(pb.StatsRequest(models=["gpt-small"], stage="ui"))
+        both = await sidecar.stub.GetStats(
+            pb.StatsRequest(models=["gpt-small"], tenant="acme", stage="ui")
+        )
+        nobody = await sidecar.stub.GetStats(pb.StatsRequest(models=["gpt-small"], tenant="x"))
+    assert acme.models[0].requests == 2
+    assert ui.models[0].requests == 2
+    assert both.models[0].requests == 1
+    assert both.models[0].cost_usd == pytest.approx(acme.models[0].cost_usd / 2)
+    assert nobody.models[0].requests == 0

@@ -47,7 +47,7 @@ from switchpoint.request import ChatInput, Priority, validate
 from switchpoint.resilience import Action, Breakers, CircuitBreaker, action_for, backoff_s
 from switchpoint.routing import Decision, Router
 from switchpoint.scheduler import AdmissionRejected, Scheduler
-from switchpoint.stats import StatsBook
+from switchpoint.stats import StatsBook, UsageKey
 from switchpoint.tokens import TokenCounter
 
 log = logging.getLogger("switchpoint.engine")
@@ -63,6 +63,11 @@ __all__ = ["CONTINUE_PROMPT", "AttemptRecord", "ChatResult", "Engine", "StreamDe
 
 def _scope(request: ChatInput) -> RequestScope:
     return RequestScope(request.routing.tenant, request.routing.stage)
+
+
+def _usage_key(call: CallState, model: ModelConfig) -> UsageKey:
+    routing = call.request.routing
+    return UsageKey(routing.tenant, routing.stage, model.name)
 
 
 @dataclass(slots=True)
@@ -450,7 +455,7 @@ class Engine:
         input_tokens = call.decision.input_tokens
         cost = self.registry.cost_usd(model, input_tokens, output_tokens)
         hold.settle(input_tokens + output_tokens, cost)
-        self.stats.record_tokens(model.name, input_tokens, output_tokens, cost)
+        self.stats.record_tokens(_usage_key(call, model), input_tokens, output_tokens, cost)
         call.partial_usage = (input_tokens, output_tokens, cost)
 
     def _settle(
@@ -483,7 +488,7 @@ class Engine:
             completion.output_tokens,
         )
         self.stats.record_success(
-            model.name, completion.input_tokens, completion.output_tokens, cost
+            _usage_key(call, model), completion.input_tokens, completion.output_tokens, cost
         )
         input_tokens, output_tokens, total_cost = call.totals()
         return ChatResult(
@@ -520,7 +525,7 @@ class Engine:
                 cost,
             )
         )
-        self.stats.record_error(model.name)
+        self.stats.record_error(_usage_key(call, model))
         log.warning(
             "attempt failed",
             extra={"request_id": call.request_id, "model": model.name, "error": str(exc)},

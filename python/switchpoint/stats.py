@@ -1,9 +1,11 @@
-"""Per-model counters for GetStats. Latency percentiles live in the Rust tracker; this keeps the
-plain counts, which are cheap enough in Python and need no lock under a single event loop."""
+"""Usage counters for GetStats and the cost telemetry: requests, errors, tokens and USD per
+(tenant, stage, model). Latency percentiles live in the Rust tracker; these plain counts are cheap
+in Python and need no lock under a single event loop."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -15,51 +17,75 @@ class ModelCounters:
     output_tokens: int = 0
     cost_usd: float = 0.0
 
+    def add(self, other: ModelCounters) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cost_usd += other.cost_usd
+
+
+@dataclass(frozen=True, slots=True)
+class UsageKey:
+    tenant: str
+    stage: str
+    model: str
+
 
 class StatsBook:
-    """Counters keyed by model name, so they survive config reloads like the latency history."""
+    """Counters keyed by tenant, stage and model name, so they survive config reloads like the
+    latency history does."""
 
     def __init__(self) -> None:
         self.started = time.monotonic()
-        self._models: dict[str, ModelCounters] = {}
+        self._counters: dict[UsageKey, ModelCounters] = {}
 
-    def _counters(self, model: str) -> ModelCounters:
-        counters = self._models.get(model)
+    def _at(self, key: UsageKey) -> ModelCounters:
+        counters = self._counters.get(key)
         if counters is None:
-            counters = self._models[model] = ModelCounters()
+            counters = self._counters[key] = ModelCounters()
         return counters
 
     def record_success(
-        self, model: str, input_tokens: int, output_tokens: int, cost_usd: float
+        self, key: UsageKey, input_tokens: int, output_tokens: int, cost_usd: float
     ) -> None:
-        counters = self._counters(model)
+        counters = self._at(key)
         counters.requests += 1
         counters.input_tokens += input_tokens
         counters.output_tokens += output_tokens
         counters.cost_usd += cost_usd
 
-    def record_error(
-        self, model: str, input_tokens: int = 0, output_tokens: int = 0, cost_usd: float = 0.0
-    ) -> None:
-        # A failed attempt can still have consumed tokens (a stream that died mid-answer).
-        counters = self._counters(model)
+    def record_error(self, key: UsageKey) -> None:
+        counters = self._at(key)
         counters.requests += 1
         counters.errors += 1
-        counters.input_tokens += input_tokens
-        counters.output_tokens += output_tokens
-        counters.cost_usd += cost_usd
 
     def record_tokens(
-        self, model: str, input_tokens: int, output_tokens: int, cost_usd: float
+        self, key: UsageKey, input_tokens: int, output_tokens: int, cost_usd: float
     ) -> None:
         """Tokens a failed attempt consumed anyway (a stream that died after producing some)."""
-        counters = self._counters(model)
+        counters = self._at(key)
         counters.input_tokens += input_tokens
         counters.output_tokens += output_tokens
         counters.cost_usd += cost_usd
 
-    def get(self, model: str) -> ModelCounters:
-        return self._models.get(model) or ModelCounters()
+    def total(
+        self, model: str, *, tenant: str | None = None, stage: str | None = None
+    ) -> ModelCounters:
+        """The counters of `model`, summed over the tenants and stages that match the filters."""
+        total = ModelCounters()
+        for key, counters in self._counters.items():
+            if key.model != model:
+                continue
+            if tenant is not None and key.tenant != tenant:
+                continue
+            if stage is not None and key.stage != stage:
+                continue
+            total.add(counters)
+        return total
+
+    def items(self) -> Iterable[tuple[UsageKey, ModelCounters]]:
+        return list(self._counters.items())
 
     def uptime_s(self) -> float:
         return time.monotonic() - self.started

@@ -78,7 +78,16 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 )
         wanted = set(request.models) or set(names)
         return pb.Stats(
-            models=[_model_stats(engine, model) for model in names if model in wanted],
+            models=[
+                _model_stats(
+                    engine,
+                    model,
+                    request.tenant if request.HasField("tenant") else None,
+                    request.stage if request.HasField("stage") else None,
+                )
+                for model in names
+                if model in wanted
+            ],
             uptime_s=engine.stats.uptime_s(),
             shared_state=_shared_state(engine),
         )
@@ -97,8 +106,10 @@ def _shared_state(engine: Engine) -> str:
     return f"degraded: {problem}" if problem else "ok"
 
 
-def _model_stats(engine: Engine, model: str) -> pb.ModelStats:
-    counters = engine.stats.get(model)
+def _model_stats(
+    engine: Engine, model: str, tenant: str | None, stage: str | None
+) -> pb.ModelStats:
+    counters = engine.stats.total(model, tenant=tenant, stage=stage)
     slot = engine.latency.slot(model)
     index = engine.registry.index_of(model)
     provider = engine.registry.models[index].provider if index is not None else ""
