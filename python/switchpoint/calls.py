@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
 from switchpoint.errors import DeadlineExceededError, ProviderError, QuotaExceededError
 from switchpoint.providers.base import Completion, StreamEnd
 from switchpoint.request import ChatInput
@@ -77,6 +80,12 @@ class CallState:
     first_token_ms: float = 0.0
     # Estimated usage of a stream that died after producing tokens, for its attempt record.
     partial_usage: tuple[int, int, float] = (0, 0, 0.0)
+    # Time spent waiting on providers, backoffs and the admission queue: what is not overhead.
+    provider_s: float = 0.0
+    waited_s: float = 0.0
+    # The caller's span (switchpoint.request) and context: attempts are its children.
+    trace_context: otel_context.Context = field(default_factory=otel_context.get_current)
+    root_span: trace.Span = field(default_factory=trace.get_current_span)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,6 +25,8 @@ class ProviderRequest:
     stop: Sequence[str] = ()
     # Provider-specific body fields from the model's config (e.g. repeat_penalty for llama.cpp).
     extra_body: dict[str, object] = field(default_factory=dict)
+    # Extra HTTP headers for this call: the W3C trace context of its attempt span.
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,7 +88,10 @@ class OpenAICompatAdapter:
         content = self._failures.encode_json(self._body(request, stream=False))
         with self._failures.translating_transport_errors():
             response = await self._client.post(
-                _PATH, content=content, headers=self._headers(), timeout=self._timeout(timeout_s)
+                _PATH,
+                content=content,
+                headers=self._headers(request),
+                timeout=self._timeout(timeout_s),
             )
         await self._failures.raise_for_status(response)
         return self._completion(request, self._failures.json_object(response.content))
@@ -102,7 +105,7 @@ class OpenAICompatAdapter:
         connection is released at once rather than when the generator is collected.
         """
         content = self._failures.encode_json(self._body(request, stream=True))
-        headers = self._headers() | {"accept": "text/event-stream"}
+        headers = self._headers(request) | {"accept": "text/event-stream"}
         state = _StreamState()
         with self._failures.translating_transport_errors():
             async with self._client.stream(
@@ -132,12 +135,13 @@ class OpenAICompatAdapter:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    def _headers(self) -> dict[str, str]:
+    def _headers(self, request: ProviderRequest) -> dict[str, str]:
         # The body is encoded by FailureClassifier.encode_json, so httpx does not label it.
         headers = {"content-type": "application/json"}
         if self._api_key:
             headers["authorization"] = f"Bearer {self._api_key}"
-        return headers
+        # Trace context (traceparent) first, so nothing it carries can replace our own headers.
+        return {**request.headers, **headers}
 
     def _timeout(self, timeout_s: float | None) -> httpx.Timeout:
         """The client's timeouts with the read timeout replaced by this call's, when given.

@@ -1,0 +1,91 @@
+"""What the request path reports while it runs: the metrics it records (a Protocol that
+`switchpoint.telemetry.Metrics` implements, with a no-op default) and the span attributes it sets,
+named as in ARCHITECTURE.md and the OpenTelemetry GenAI semantic conventions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from opentelemetry.context import Context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from switchpoint.config import ModelConfig, ProviderConfig
+
+# Stateless: one instance serves every sidecar in the process.
+_W3C = TraceContextTextMapPropagator()
+
+
+class MetricsSink(Protocol):
+    def request(self, *, model: str, outcome: str, tenant: str, stage: str) -> None: ...
+
+    def tokens(
+        self, *, model: str, input_tokens: int, output_tokens: int, tenant: str, stage: str
+    ) -> None: ...
+
+    def cost(self, *, model: str, usd: float, tenant: str, stage: str) -> None: ...
+
+    def cache(self, *, hit: bool, kind: str) -> None: ...
+
+    def provider_latency(
+        self, *, model: str, provider: str, seconds: float, outcome: str
+    ) -> None: ...
+
+    def ttft(self, *, model: str, seconds: float) -> None: ...
+
+    def routing_overhead(self, *, rpc: str, seconds: float) -> None: ...
+
+
+class NullMetrics:
+    """Records nothing: for engines built without telemetry (unit tests, benches)."""
+
+    def request(self, *, model: str, outcome: str, tenant: str, stage: str) -> None:
+        return None
+
+    def tokens(
+        self, *, model: str, input_tokens: int, output_tokens: int, tenant: str, stage: str
+    ) -> None:
+        return None
+
+    def cost(self, *, model: str, usd: float, tenant: str, stage: str) -> None:
+        return None
+
+    def cache(self, *, hit: bool, kind: str) -> None:
+        return None
+
+    def provider_latency(self, *, model: str, provider: str, seconds: float, outcome: str) -> None:
+        return None
+
+    def ttft(self, *, model: str, seconds: float) -> None:
+        return None
+
+    def routing_overhead(self, *, rpc: str, seconds: float) -> None:
+        return None
+
+
+def trace_headers(context: Context) -> dict[str, str]:
+    """The W3C trace context (traceparent) of `context`, for an outgoing provider request."""
+    headers: dict[str, str] = {}
+    _W3C.inject(headers, context=context)
+    return headers
+
+
+def extract_context(metadata: Mapping[str, str]) -> Context:
+    """The caller's trace context from gRPC metadata (W3C traceparent/tracestate)."""
+    return _W3C.extract(metadata)
+
+
+def attempt_attributes(
+    model: ModelConfig, provider: ProviderConfig, attempt: int, max_tokens: int | None
+) -> dict[str, str | int]:
+    attributes: dict[str, str | int] = {
+        "gen_ai.system": provider.kind,
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": model.wire_model,
+        "switchpoint.model": model.name,
+        "switchpoint.provider": model.provider,
+        "switchpoint.attempt": attempt,
+    }
+    if max_tokens is not None:
+        attributes["gen_ai.request.max_tokens"] = max_tokens
+    return attributes
