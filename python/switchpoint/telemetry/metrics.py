@@ -1,0 +1,156 @@
+"""Metric instruments: typed recording calls over one MeterProvider's `switchpoint.*` instruments.
+
+OTel names and units are chosen for the Prometheus exposition they turn into: unit "s" adds
+`_seconds`, counters get `_total`, and annotation units such as "{request}" add nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+# Provider latency spans fast local models to slow long generations; the routing overhead is
+# meant to be tens of microseconds, so its buckets start at 10 us to make regressions visible.
+PROVIDER_LATENCY_BUCKETS: Final = (
+    *(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+    *(1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0),
+)
+OVERHEAD_BUCKETS: Final = (
+    *(0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005),
+    *(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+
+# Breaker states as exported by switchpoint.breaker.state.
+BREAKER_CLOSED: Final = 0
+BREAKER_HALF_OPEN: Final = 1
+BREAKER_OPEN: Final = 2
+
+QueueSource = Callable[[], Mapping[str, int]]
+BudgetSource = Callable[[], Iterable[tuple[Mapping[str, str], float]]]
+BreakerSource = Callable[[], Iterable[tuple[str, int]]]
+
+
+class Metrics:
+    """Typed recording calls over the OTel instruments, one set per `Telemetry`."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._requests = meter.create_counter(
+            "switchpoint.requests", unit="{request}", description="Requests served, by outcome."
+        )
+        self._tokens = meter.create_counter(
+            "switchpoint.tokens",
+            unit="{token}",
+            description="Tokens sent to and received from models.",
+        )
+        self._cost = meter.create_counter(
+            # Lower-case "usd" so Prometheus shows switchpoint_cost_usd_total, not _USD_total.
+            "switchpoint.cost",
+            unit="usd",
+            description="Provider cost in US dollars.",
+        )
+        self._cache_hits = meter.create_counter(
+            "switchpoint.cache.hits", unit="{lookup}", description="Response cache hits."
+        )
+        self._cache_misses = meter.create_counter(
+            "switchpoint.cache.misses", unit="{lookup}", description="Response cache misses."
+        )
+        self._provider_latency = meter.create_histogram(
+            "switchpoint.provider.latency",
+            unit="s",
+            description="Duration of one provider attempt.",
+            explicit_bucket_boundaries_advisory=PROVIDER_LATENCY_BUCKETS,
+        )
+        self._ttft = meter.create_histogram(
+            "switchpoint.provider.ttft",
+            unit="s",
+            description="Time to the first streamed token of a provider attempt.",
+            explicit_bucket_boundaries_advisory=PROVIDER_LATENCY_BUCKETS,
+        )
+        self._overhead = meter.create_histogram(
+            "switchpoint.routing.overhead",
+            unit="s",
+            description="Time spent inside switchpoint per RPC, excluding provider time.",
+            explicit_bucket_boundaries_advisory=OVERHEAD_BUCKETS,
+        )
+        # The gauges exist from the start and read whatever sources `observe` installed at scrape
+        # time, so observe() can be called late, or again, without re-registering instruments.
+        self._queues: QueueSource | None = None
+        self._budgets: BudgetSource | None = None
+        self._breakers: BreakerSource | None = None
+        meter.create_observable_gauge(
+            "switchpoint.queue.depth",
+            callbacks=[self._observe_queues],
+            unit="{request}",
+            description="Requests waiting for a model's concurrency slot.",
+        )
+        meter.create_observable_gauge(
+            "switchpoint.budget.remaining_usd",
+            callbacks=[self._observe_budgets],
+            unit="usd",
+            description="US dollars left in a budget window.",
+        )
+        meter.create_observable_gauge(
+            "switchpoint.breaker.state",
+            callbacks=[self._observe_breakers],
+            unit="{state}",
+            description="Circuit breaker per model: 0 closed, 1 half-open, 2 open.",
+        )
+
+    def request(self, *, model: str, outcome: str, tenant: str, stage: str) -> None:
+        attributes = {"model": model, "outcome": outcome, "tenant": tenant, "stage": stage}
+        self._requests.add(1, attributes)
+
+    def tokens(
+        self, *, model: str, input_tokens: int, output_tokens: int, tenant: str, stage: str
+    ) -> None:
+        base = {"model": model, "tenant": tenant, "stage": stage}
+        self._tokens.add(input_tokens, {**base, "direction": "input"})
+        self._tokens.add(output_tokens, {**base, "direction": "output"})
+
+    def cost(self, *, model: str, usd: float, tenant: str, stage: str) -> None:
+        self._cost.add(usd, {"model": model, "tenant": tenant, "stage": stage})
+
+    def cache(self, *, hit: bool, kind: str) -> None:
+        (self._cache_hits if hit else self._cache_misses).add(1, {"kind": kind})
+
+    def provider_latency(self, *, model: str, provider: str, seconds: float, outcome: str) -> None:
+        attributes = {"model": model, "provider": provider, "outcome": outcome}
+        self._provider_latency.record(seconds, attributes)
+
+    def ttft(self, *, model: str, seconds: float) -> None:
+        self._ttft.record(seconds, {"model": model})
+
+    def routing_overhead(self, *, rpc: str, seconds: float) -> None:
+        self._overhead.record(seconds, {"rpc": rpc})
+
+    def observe(
+        self,
+        *,
+        queues: QueueSource | None = None,
+        budgets_remaining: BudgetSource | None = None,
+        breakers: BreakerSource | None = None,
+    ) -> None:
+        """Install the gauge sources; a None argument leaves that source as it was."""
+        if queues is not None:
+            self._queues = queues
+        if budgets_remaining is not None:
+            self._budgets = budgets_remaining
+        if breakers is not None:
+            self._breakers = breakers
+
+    def _observe_queues(self, _options: CallbackOptions) -> Iterable[Observation]:
+        if self._queues is None:
+            return []
+        return [Observation(depth, {"model": model}) for model, depth in self._queues().items()]
+
+    def _observe_budgets(self, _options: CallbackOptions) -> Iterable[Observation]:
+        if self._budgets is None:
+            return []
+        return [Observation(usd, dict(labels)) for labels, usd in self._budgets()]
+
+    def _observe_breakers(self, _options: CallbackOptions) -> Iterable[Observation]:
+        if self._breakers is None:
+            return []
+        return [Observation(state, {"model": model}) for model, state in self._breakers()]
