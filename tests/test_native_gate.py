@@ -205,3 +205,28 @@ def test_bad_arguments_raise_core_error() -> None:
         gate.set_budget_limit(budget, -1.0)
     assert (gate.limit_count(), gate.budget_count(), gate.outstanding()) == (1, 1, 0)
     assert repr(gate) == "Gate(limits=1, budgets=1, outstanding=0)"
+
+
+def test_rate_leases_cap_a_minute_and_hand_over_usage_once() -> None:
+    gate = Gate()
+    limit = gate.add_rate_limit("shared", rpm=600, tpm=60_000)
+    assert gate.limit_usage(limit, FEB) == (FEB, 0, 0, 0, 0, None, None)
+    gate.set_limit_leased(limit, 2, 1_000, FEB)
+    first = gate.reserve([limit], [], 600, 0.0, FEB)
+    with pytest.raises(GateDenied) as denied:
+        gate.reserve([limit], [], 500, 0.0, FEB)
+    assert denied.value.args == ("tpm-lease", "shared", UNKNOWN_WAIT_S)
+    second = gate.reserve([limit], [], 400, 0.0, FEB)
+    assert gate.check([limit], [], 0, 0.0, FEB) == ("rpm-lease", "shared", UNKNOWN_WAIT_S)
+    gate.settle(first, 700, 0.0, FEB + 1)
+    gate.release(second, FEB + 1)
+    assert gate.limit_usage(limit, FEB + 1) == (FEB, 2, 700, 0, 0, 2.0, 1_000.0)
+    assert gate.take_unreported_usage(limit) == (2, 700)
+    assert gate.take_unreported_usage(limit) == (0, 0)
+    # The next minute starts with nothing leased.
+    assert gate.limit_usage(limit, FEB + 60)[5:] == (0.0, 0.0)
+    with pytest.raises(CoreError, match="tokens: must be finite and >= 0"):
+        gate.set_limit_leased(limit, None, -1.0, FEB)
+    rpm_only = gate.add_rate_limit("r", rpm=1)
+    with pytest.raises(CoreError, match='tokens: rate limit "r" has no tpm to lease'):
+        gate.set_limit_leased(rpm_only, None, 1.0, FEB)

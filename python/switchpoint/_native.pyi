@@ -1,6 +1,6 @@
 """Type stubs for the Rust extension (rust/py). Checked against the binary by mypy.stubtest."""
 
-from typing import Literal, final
+from typing import Literal, TypeAlias, final
 
 __all__ = [
     "CoreError",
@@ -12,6 +12,10 @@ __all__ = [
     "ScoreResult",
     "ScoredCandidate",
 ]
+
+# Which rule refused: a requests- or tokens-per-minute bucket, concurrency, a budget, or (shared
+# state) this replica's lease of a rate limit's per-minute pool.
+_DenialKind: TypeAlias = Literal["rpm", "tpm", "concurrency", "budget", "rpm-lease", "tpm-lease"]
 
 class CoreError(Exception):
     """Raised by the Rust core; message says what was wrong."""
@@ -29,8 +33,9 @@ class GateDenied(CoreError):
     """
 
     @property
-    def kind(self) -> Literal["rpm", "tpm", "concurrency", "budget"]:
-        """Which limit refused: requests or tokens per minute, concurrency, or a budget."""
+    def kind(self) -> _DenialKind:
+        """Which limit refused: requests or tokens per minute, concurrency, a budget, or this
+        replica's lease of a shared rate limit ("rpm-lease", "tpm-lease": more lease may help)."""
     @property
     def name(self) -> str:
         """The refusing rate limit's or budget's name."""
@@ -39,9 +44,9 @@ class GateDenied(CoreError):
         """Seconds until the call could pass at the earliest.
 
         Bucket refill time for rpm/tpm; the window's end for a budget whose settled spend alone
-        blocks it (inf for a "total" budget); 0.05 when only calls in flight (concurrency, a
-        budget's reservations) or a budget lease stand in the way, since those can clear at any
-        moment.
+        blocks it (inf for a "total" budget), or the minute's end for a rate lease this replica's
+        own usage has filled the whole limit of; 0.05 when only calls in flight (concurrency, a
+        budget's reservations) or a lease stand in the way, since those can clear at any moment.
         """
 
 @final
@@ -163,6 +168,13 @@ class Gate:
     - Spend can pass a budget only through calls that cost more than they reserved: at most the
       sum of (actual - estimate) over the calls in flight at the last admission.
     - A lease belongs to its window: at a rollover it becomes 0 until set again.
+    - Rate-limit leases (shared state): a limit's RPM/TPM may also be capped by allowances for the
+      fixed UTC minute holding `now`. A minute's usage is the calls finished in it (a request
+      each, actual tokens; released calls no tokens) plus the calls in flight (a request each,
+      estimated tokens; carried into the next minute). A reserve that would take usage past an
+      allowance is refused with kind "rpm-lease" or "tpm-lease". The lease is checked after the
+      rule's buckets and concurrency, so such a denial means only more lease is missing. At a
+      minute boundary an allowance becomes 0 until set again.
     """
 
     def __new__(cls) -> Gate: ...
@@ -183,7 +195,7 @@ class Gate:
     def budget_count(self) -> int: ...
     def check(
         self, limits: list[int], budgets: list[int], tokens: int, cost_usd: float, now: float
-    ) -> tuple[Literal["rpm", "tpm", "concurrency", "budget"], str, float] | None:
+    ) -> tuple[_DenialKind, str, float] | None:
         """`(kind, name, retry_after_s)` of the first rule that would refuse the call, or `None`.
 
         Changes nothing.
@@ -209,6 +221,22 @@ class Gate:
         """This replica's lease for the window holding `now`; `None` leaves allowance mode."""
     def take_unreported_spend(self, budget: int) -> float:
         """Settled spend since the previous call, for the shared store."""
+    def set_limit_leased(
+        self, limit: int, requests: float | None, tokens: float | None, now: float
+    ) -> None:
+        """This replica's allowances for the UTC minute holding `now`; `None` uncaps.
+
+        Raises `CoreError` for an allowance that is negative or not finite, or for a limit (rpm,
+        tpm) the rule does not have.
+        """
+    def take_unreported_usage(self, limit: int) -> tuple[int, int]:
+        """`(requests, tokens)` of calls finished since the previous call, for the shared pool."""
+    def limit_usage(
+        self, limit: int, now: float
+    ) -> tuple[float, int, int, int, int, float | None, float | None]:
+        """The UTC minute holding `now` as the lease cap counts it: `(minute_start,
+        requests_done, tokens_done, requests_reserved, tokens_reserved, requests_leased,
+        tokens_leased)`; an allowance is None while uncapped."""
     def limit_state(self, limit: int, now: float) -> tuple[float | None, float | None, int]:
         """`(requests_available, tokens_available, in_flight)` as of `now`.
 

@@ -5,6 +5,12 @@ the rule to that value only; "*" gives every distinct value its own instance ("t
 budget per tenant). Instances are created in Rust the first time a request needs them and keep their
 accounting for the life of the process. Every call reserves before it goes out and settles or
 releases after; `Reservation` makes the release unconditional (errors, timeouts, cancellation).
+
+With shared state (`shared`), each budget instance and each rate-limit instance with rpm or tpm
+is registered with the lease manager as it is created. A refusal only for want of this replica's
+lease ("budget" with the limit not reached, "rpm-lease", "tpm-lease") tops the lease up from Redis
+and reserves again, once per kind; routing treats such a model as admissible. Concurrency limits
+stay per replica.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from switchpoint.errors import QuotaExceededError
 from switchpoint.registry import Registry
 from switchpoint.routing import Decision
 from switchpoint.routing.strategies import StrategyShift
-from switchpoint.shared import SharedQuota
+from switchpoint.shared import LEASE_KINDS, SharedQuota
 
 Scope = tuple[tuple[ScopeKey, str], ...]
 
@@ -109,6 +115,7 @@ class TokenGate:
         self._limits = config.limits
         self._budgets = config.budgets
         self._limit_ids: dict[tuple[int, Scope], int] = {}
+        self._limit_names: dict[int, str] = {}
         self._budget_instances: dict[tuple[int, Scope], BudgetInstance] = {}
         # (tenant, stage, model) -> ids; the rule walk runs once per distinct key.
         self._ids: dict[tuple[str, str, str], tuple[list[int], list[int]]] = {}
@@ -133,6 +140,9 @@ class TokenGate:
                 name, rpm=rule.rpm, tpm=rule.tpm, concurrency=rule.concurrency
             )
             self._limit_ids[key] = found
+            self._limit_names[found] = name
+            if self.shared is not None and (rule.rpm is not None or rule.tpm is not None):
+                self.shared.register_rate_limit(found, name=name, rpm=rule.rpm, tpm=rule.tpm)
         return found
 
     def _budget(self, index: int, rule: BudgetConfig, scope: Scope) -> BudgetInstance:
@@ -183,14 +193,33 @@ class TokenGate:
         if denied is None:
             return None
         kind, name, retry_after_s = denied
-        if (
-            kind == "budget"
-            and self.shared is not None
-            and self._within_limits(budget_ids, cost_usd)
-        ):
+        if self.shared is not None:
             # Only this replica's lease is short; reserve() tops it up from Redis first.
-            return None
-        return QuotaExceededError(kind, name, retry_after_s)
+            if kind == "budget" and self._within_limits(budget_ids, cost_usd):
+                return None
+            if kind in LEASE_KINDS and self._rates_within_limits(limit_ids, tokens):
+                return None
+        return self._refusal(kind, name, retry_after_s, limit_ids)
+
+    def _refusal(
+        self, kind: str, name: str, retry_after_s: float, limit_ids: list[int]
+    ) -> QuotaExceededError:
+        """The error for a denial. A lease denial is reported as the RPM or TPM limit it is
+        (clients need not know about leases), waiting for the next minute if the shared pool is
+        known to be spent for this one."""
+        unit = LEASE_KINDS.get(kind)
+        if unit is None or self.shared is None:
+            return QuotaExceededError(kind, name, retry_after_s)
+        for limit_id in limit_ids:
+            if self._limit_names.get(limit_id) == name:
+                pool_wait = self.shared.rate_retry_after_s(limit_id)
+                if pool_wait is not None:
+                    retry_after_s = max(retry_after_s, pool_wait)
+        return QuotaExceededError(unit, name, retry_after_s)
+
+    def _rates_within_limits(self, limit_ids: list[int], tokens: int) -> bool:
+        assert self.shared is not None
+        return all(self.shared.rate_within_limit(limit_id, tokens) for limit_id in limit_ids)
 
     def _within_limits(self, budget_ids: list[int], cost_usd: float) -> bool:
         now = self._clock()
@@ -230,25 +259,45 @@ class TokenGate:
         limit_ids, budget_ids = self.ids_for(scope, model)
         if not limit_ids and not budget_ids:
             return Reservation(None, None, self._clock)
-        try:
-            reservation = self.gate.reserve(limit_ids, budget_ids, tokens, cost_usd, self._clock())
-        except GateDenied as denied:
-            if not (denied.kind == "budget" and await self._topped_up(budget_ids, cost_usd)):
-                raise QuotaExceededError(denied.kind, denied.name, denied.retry_after_s) from None
+        # Each kind of lease (budget, rpm, tpm) is topped up at most once: the reserve after a
+        # top-up may be refused by another rule's lease, but never loops on the same one.
+        topped_up: set[str] = set()
+        while True:
             try:
                 reservation = self.gate.reserve(
                     limit_ids, budget_ids, tokens, cost_usd, self._clock()
                 )
-            except GateDenied as again:
-                raise QuotaExceededError(again.kind, again.name, again.retry_after_s) from None
-        return Reservation(self.gate, reservation, self._clock)
+            except GateDenied as denied:
+                kind, name = denied.kind, denied.name
+                if kind in topped_up or not await self._topped_up(
+                    denied, limit_ids, budget_ids, tokens=tokens, cost_usd=cost_usd
+                ):
+                    raise self._refusal(kind, name, denied.retry_after_s, limit_ids) from None
+                topped_up.add(kind)
+                continue
+            return Reservation(self.gate, reservation, self._clock)
 
-    async def _topped_up(self, budget_ids: list[int], cost_usd: float) -> bool:
-        """Lease more shared budget for a call the local lease could not cover."""
+    async def _topped_up(
+        self,
+        denied: GateDenied,
+        limit_ids: list[int],
+        budget_ids: list[int],
+        *,
+        tokens: int,
+        cost_usd: float,
+    ) -> bool:
+        """Lease more for a call the local lease could not cover; False if that cannot help."""
+        kind, name = denied.kind, denied.name
         if self.shared is None:
             return False
-        results = [await self.shared.top_up(budget_id, cost_usd) for budget_id in budget_ids]
-        return any(results)
+        if kind == "budget":
+            results = [await self.shared.top_up(budget_id, cost_usd) for budget_id in budget_ids]
+            return any(results)
+        if kind in LEASE_KINDS:
+            for limit_id in limit_ids:
+                if self._limit_names.get(limit_id) == name:
+                    return await self.shared.top_up_rate(limit_id, tokens)
+        return False
 
     def pressure(self, scope: RequestScope) -> StrategyShift | None:
         """The strategy shift of the first budget of this tenant/stage past its pressure share."""
@@ -295,3 +344,52 @@ class TokenGate:
                 self.gate.set_budget_limit(instance.gate_id, limit_usd)
                 changed += 1
         return changed
+
+    # -- config reload ------------------------------------------------------------------------
+
+    def carry_over(self, previous: TokenGate) -> None:
+        """Adopt `previous`'s rule instances whose rule is unchanged, after a config reload (this
+        gate built over the same Rust gate): their spend, reservations in flight and rate state
+        survive the reload; every other instance starts fresh when a request first needs it.
+
+        A budget instance is kept when a budget of the same name and window still selects its
+        scope; its limit becomes the new config's, unless an admin override (kept too) set it.
+        A rate-limit instance is kept when a limit of the same name with the same rpm, tpm and
+        concurrency still selects its scope. Call it before this gate serves any request.
+        """
+        if previous.gate is not self.gate:
+            raise ValueError("carry_over: both gates must share one Rust Gate")
+        budgets = {rule.name: (i, rule) for i, rule in enumerate(self._budgets)}
+        # An override is keyed "name" or "name[scope]"; it outlives the reload with its budget.
+        self._limit_overrides = {
+            key: limit
+            for key, limit in previous._limit_overrides.items()
+            if key.split("[", 1)[0] in budgets
+        }
+        limits = {rule.name: (i, rule) for i, rule in enumerate(self._limits)}
+        for (old_index, scope), limit_id in previous._limit_ids.items():
+            old = previous._limits[old_index]
+            found = limits.get(old.name)
+            if found is None:
+                continue
+            index, rule = found
+            same = (rule.rpm, rule.tpm, rule.concurrency) == (old.rpm, old.tpm, old.concurrency)
+            if same and _instance_scope(dict(rule.match), dict(scope)) == scope:
+                self._limit_ids[(index, scope)] = limit_id
+                self._limit_names[limit_id] = previous._limit_names[limit_id]
+        now = self._clock()
+        for (_, scope), instance in previous._budget_instances.items():
+            found_budget = budgets.get(instance.rule.name)
+            if found_budget is None:
+                continue
+            index, budget = found_budget
+            if budget.window != instance.rule.window:
+                continue
+            if _instance_scope(dict(budget.match), dict(scope)) != scope:
+                continue
+            self._budget_instances[(index, scope)] = BudgetInstance(budget, scope, instance.gate_id)
+            limit = self._limit_overrides.get(self._override_key(budget.name, scope))
+            if limit is None:
+                limit = self._limit_overrides.get(budget.name, budget.limit_usd)
+            if self.gate.budget_state(instance.gate_id, now)[0] != limit:
+                self.gate.set_budget_limit(instance.gate_id, limit)

@@ -52,7 +52,8 @@ class LocalState:
 class PendingReport:
     window_start_s: float
     window_end_s: float
-    nanos: int
+    # In the pool's integer unit: nano-USD for a budget, requests or tokens for a rate limit.
+    amount: int
     # None until first sent. Once sent the report is frozen: it may have been applied even if
     # the reply never came, so it is retried exactly as it was, with the same seq.
     seq: int | None = None
@@ -87,7 +88,7 @@ class BudgetLease:
 
     @property
     def pending_usd(self) -> float:
-        return nanos_to_usd(sum(r.nanos for r in self.reports)) + self.carry_usd
+        return nanos_to_usd(sum(r.amount for r in self.reports)) + self.carry_usd
 
     def collect(self, state: LocalState, taken_usd: float) -> bool:
         """Queues `taken_usd`, just taken from the ledger, as reports; True if the window rolled.
@@ -121,7 +122,7 @@ class BudgetLease:
             return
         last = self.reports[-1] if self.reports else None
         if last is not None and last.seq is None and last.window_start_s == window_start_s:
-            last.nanos += nanos
+            last.amount += nanos
         else:
             self.reports.append(PendingReport(window_start_s, window_end_s, nanos))
 
@@ -130,7 +131,7 @@ class BudgetLease:
         if self.reports and self.reports[0] is report:
             self.reports.popleft()
         if report.window_start_s == self.window_start_s:
-            self.reported_nanos += report.nanos
+            self.reported_nanos += report.amount
             self.outstanding_nanos = outstanding
 
     def remaining_usd(self, state: LocalState) -> float:

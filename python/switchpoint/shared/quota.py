@@ -1,4 +1,4 @@
-"""SharedQuota: one budget shared by several replicas, through slices leased from Redis.
+"""SharedQuota: budgets and rate limits shared by several replicas, via slices leased from Redis.
 
 Each replica spends locally in the Rust ledger, which never lets spent + reserved pass the lease
 this class sets on it. The lease comes from a pool in Redis that never hands out more than
@@ -10,9 +10,14 @@ The loop: every `sync_interval_s`, for each budget, take the ledger's unreported
 it as reports, send the queue, then lease more if less than half a slice is left; `top_up` does
 the same at once for one budget when a reservation was refused only for want of lease.
 
+Rate limits (RPM, TPM) are shared the same way, through a pool per UTC minute: see rate.py for
+their rules and bound. Each round syncs the budgets and then the rate limits, and `top_up_rate`
+is the rate limits' `top_up`.
+
 Redis unreachable: the replica goes on serving (see `SharedStateConfig.policy`), keeps taking
-spend into its queue, and tries again every interval; the first round in which every budget gets
-through reports the queue (idempotently), renews the leases and clears `degraded`.
+spend and usage into its queues, and tries again every interval; the first round in which every
+budget and rate limit gets through reports the queues (idempotently), renews the leases and
+clears `degraded`.
 """
 
 from __future__ import annotations
@@ -24,12 +29,18 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from switchpoint.config import Policy, SharedStateConfig
-from switchpoint.shared.ledger import BudgetLease, BudgetLedgerPort, LocalState
+from switchpoint.config import SharedStateConfig
+from switchpoint.shared.ledger import BudgetLease, LocalState
+from switchpoint.shared.rate import RateLease, RateLeaser
+from switchpoint.shared.status import (
+    BudgetLeaseStatus,
+    GatePort,
+    RateLeaseStatus,
+    SharedQuotaStatus,
+)
 from switchpoint.shared.store import (
     NANOS_PER_USD,
     QuotaStore,
@@ -44,37 +55,13 @@ _log = logging.getLogger(__name__)
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 
 
-@dataclass(frozen=True, slots=True)
-class BudgetLeaseStatus:
-    name: str
-    window_start_s: float | None
-    # The ledger's lease cap (spend allowed in the window); None while uncapped (fail-open).
-    leased_usd: float | None
-    outstanding_usd: float
-    # Settled spend not yet acknowledged by Redis.
-    pending_usd: float
-
-
-@dataclass(frozen=True, slots=True)
-class SharedQuotaStatus:
-    replica_id: str
-    policy: Policy
-    degraded: bool
-    degraded_reason: str
-    degraded_since: float | None
-    # How many times the replica has lost Redis since it started.
-    degraded_episodes: int
-    last_sync_ok_at: float | None
-    budgets: tuple[BudgetLeaseStatus, ...]
-
-
 class SharedQuota:
     """The lease manager of one replica. Create one per server; `start` it, `stop` it."""
 
     def __init__(
         self,
         config: SharedStateConfig,
-        ledger: BudgetLedgerPort,
+        ledger: GatePort,
         *,
         store: QuotaStore | None = None,
         clock: Callable[[], float] = time.time,
@@ -95,6 +82,15 @@ class SharedQuota:
         self._reporter = f"{self.replica_id}/{uuid.uuid4().hex[:12]}"
         self._seq = 0
         self._budgets: dict[int, BudgetLease] = {}
+        self._rates: dict[int, RateLease] = {}
+        self._rate_leaser = RateLeaser(
+            store,
+            ledger,
+            clock=clock,
+            replica=self.replica_id,
+            reporter=self._reporter,
+            next_seq=self._next_seq,
+        )
         self._task: asyncio.Task[None] | None = None
         # Set by stop(). The loop is stopped by this rather than by cancelling its task: redis-py
         # can swallow a cancellation that lands inside a command, leaving the task running.
@@ -129,6 +125,22 @@ class SharedQuota:
         self._budgets[budget_id] = lease
         self._set_leased(lease, None if self._uncapped() else 0.0)
 
+    def register_rate_limit(
+        self, limit_id: int, *, name: str, rpm: float | None, tpm: float | None
+    ) -> None:
+        """Shares gate rate limit `limit_id`'s RPM and TPM (at least one); concurrency stays per
+        replica. Capped at once, like a budget: at nothing until a call tops it up."""
+        if limit_id in self._rates:
+            raise ValueError(f"rate limit {limit_id} ({name!r}) is already registered")
+        if rpm is None and tpm is None:
+            raise ValueError(f"rate limit {name!r}: only rpm and tpm can be shared")
+        lease = RateLease(limit_id, name, rpm, tpm)
+        self._rates[limit_id] = lease
+        self._rate_leaser.cap(lease, None if self._uncapped() else 0)
+
+    def shares_rate_limit(self, limit_id: int) -> bool:
+        return limit_id in self._rates
+
     async def start(self) -> None:
         """Leases the first slices (or notes that Redis is down), then syncs periodically."""
         if self._task is not None:
@@ -151,6 +163,8 @@ class SharedQuota:
         try:
             for lease in self._budgets.values():
                 self._set_leased(lease, 0.0)
+            for rate in self._rates.values():
+                self._rate_leaser.cap(rate, 0)
             for lease in self._budgets.values():
                 async with lease.lock:
                     self._collect(lease)
@@ -158,32 +172,46 @@ class SharedQuota:
                     if lease.window_start_s is not None:
                         await self._store.give_back(self._key(lease), replica=self.replica_id)
                         lease.outstanding_nanos = 0
+            for rate in self._rates.values():
+                async with rate.lock:
+                    self._rate_leaser.collect(rate)
+                    await self._rate_leaser.flush(rate)
+                    await self._rate_leaser.give_back(rate)
         except REDIS_ERRORS as exc:
             _log.error(
                 "shared state: Redis unreachable at stop (%s): $%.6f of settled spend was not "
-                "reported and is missing from the shared budgets",
+                "reported and is missing from the shared budgets (and %d requests, %d tokens "
+                "from the shared rate limits)",
                 _describe(exc),
                 self.pending_usd,
+                *self._rate_leaser.pending(self._rates.values()),
             )
         finally:
             await self._store.aclose()
 
     async def sync(self) -> bool:
-        """One round over every budget; True if all of them got through to Redis."""
+        """One round over every budget and rate limit; True if all got through to Redis."""
         self._last_attempt = self._clock()
         leases = list(self._budgets.values())
-        # Take spend from every ledger first, so it is queued even if Redis fails mid-round.
+        rates = list(self._rates.values())
+        # Take usage from every ledger first, so it is queued even if Redis fails mid-round.
         for lease in leases:
             async with lease.lock:
                 self._collect(lease)
-        for lease in leases:
-            try:
+        for rate in rates:
+            async with rate.lock:
+                self._rate_leaser.collect(rate)
+        try:
+            for lease in leases:
                 async with lease.lock:
                     await self._sync_budget(lease, need_usd=0.0)
-            except REDIS_ERRORS as exc:
-                _raise_if_cancelled(exc)
-                self._degrade(exc)
-                return False
+            for rate in rates:
+                async with rate.lock:
+                    await self._rate_leaser.sync(rate)
+        except REDIS_ERRORS as exc:
+            _raise_if_cancelled(exc)
+            self._degrade(exc)
+            return False
         self._recover()
         return True
 
@@ -218,6 +246,45 @@ class SharedQuota:
                 self._degrade(exc)
             return self._fits(lease, need_usd)
 
+    async def top_up_rate(self, limit_id: int, tokens: int) -> bool:
+        """Leases more of rate limit `limit_id`'s current minute now, if that can help a call of
+        `tokens`: `top_up` for rate limits, after a reservation was refused for want of lease.
+        False when this replica alone has used the minute's limit, the pool came back short
+        within the sync interval, or Redis is unreachable (tried at most once an interval)."""
+        lease = self._rates.get(limit_id)
+        if lease is None:
+            raise ValueError(f"rate limit {limit_id} is not registered for sharing")
+        leaser = self._rate_leaser
+        async with lease.lock:
+            if leaser.fits(lease, tokens):
+                return True  # a concurrent top-up or sync made room while this one waited
+            now = self._clock()
+            recent = self._config.sync_interval_s
+            if self.degraded and now - self._last_attempt < recent:
+                return False
+            leaser.collect(lease)  # first, so a new minute forgets the last one's exhaustion
+            if not leaser.within_limit(lease, tokens) or leaser.exhausted(lease, tokens, recent):
+                return False
+            try:
+                await leaser.sync(lease, tokens=tokens)
+            except REDIS_ERRORS as exc:
+                _raise_if_cancelled(exc)
+                self._last_attempt = now
+                self._degrade(exc)
+            return leaser.fits(lease, tokens)
+
+    def rate_within_limit(self, limit_id: int, tokens: int) -> bool:
+        """False if this replica's own usage fills rate limit `limit_id` for the minute, so no
+        lease can admit a call of `tokens` before the next one."""
+        lease = self._rates.get(limit_id)
+        return lease is None or self._rate_leaser.within_limit(lease, tokens)
+
+    def rate_retry_after_s(self, limit_id: int) -> float | None:
+        """Seconds to the minute's end when rate limit `limit_id`'s shared pool is known to be
+        spent for it; None when more lease may come sooner."""
+        lease = self._rates.get(limit_id)
+        return None if lease is None else self._rate_leaser.retry_after_s(lease)
+
     def status(self) -> SharedQuotaStatus:
         budgets = tuple(
             BudgetLeaseStatus(
@@ -238,6 +305,18 @@ class SharedQuota:
             degraded_episodes=self._degraded_episodes,
             last_sync_ok_at=self._last_ok,
             budgets=budgets,
+            rate_limits=tuple(
+                RateLeaseStatus(
+                    name=rate.name,
+                    unit=pool.unit,
+                    minute_start_s=rate.minute_start_s,
+                    leased=pool.leased,
+                    outstanding=pool.outstanding,
+                    pending=pool.pending,
+                )
+                for rate in self._rates.values()
+                for pool in rate.pools.values()
+            ),
         )
 
     async def _run(self) -> None:
@@ -289,17 +368,20 @@ class SharedQuota:
         """Sends the queued reports in order; stops at the first failure, keeping the rest."""
         for report in list(lease.reports):
             if report.seq is None:
-                self._seq += 1
-                report.seq = self._seq
+                report.seq = self._next_seq()
             reply = await self._store.report(
                 self._store.budget_key(lease.name, lease.window, report.window_start_s),
                 replica=self.replica_id,
                 reporter=self._reporter,
                 seq=report.seq,
-                spent=report.nanos,
+                spent=report.amount,
                 expire=expire_at(report.window_end_s),
             )
             lease.acknowledged(report, outstanding=reply.outstanding)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
 
     def _want(self, lease: BudgetLease, state: LocalState, need_usd: float) -> int:
         """Nano-USD to ask for: enough for a full slice (or `need_usd`) unspent, once less than
@@ -356,15 +438,18 @@ class SharedQuota:
         self._degraded_since = self._clock()
         self._degraded_episodes += 1
         _log.warning(
-            "shared state: Redis unreachable (%s); until it returns, budgets are %s",
+            "shared state: Redis unreachable (%s); until it returns, budgets and rate limits "
+            "are %s",
             self._degraded_reason,
-            "capped by their limits only (fail-open)"
+            "capped by their own limits only (fail-open)"
             if self._uncapped()
             else "capped by the leases already held (fail-closed)",
         )
         if self._uncapped():
             for lease in self._budgets.values():
                 self._set_leased(lease, None)
+            for rate in self._rates.values():
+                self._rate_leaser.cap(rate, None)
 
     def _recover(self) -> None:
         self._last_ok = self._clock()

@@ -1,17 +1,20 @@
 """The Redis side of quota leases: the key layout and the three atomic Lua scripts.
 
-One hash per budget and window holds everything about that window, so every script touches a
-single key (atomic by construction, and valid on Redis Cluster):
+One hash per pool holds everything about it, so every script touches a single key (atomic by
+construction, and valid on Redis Cluster). A budget has a pool per window; a shared rate limit
+has one per UTC minute for each of its RPM and TPM (switchpoint.shared.rate):
 
     {prefix}:budget:{name}:{window}:{window_start}     e.g. switchpoint:budget:team-a:day:1709251200
-      committed       spend reported by every replica in the window
+    {prefix}:rate:{name}:{rpm|tpm}:{minute_start}      e.g. switchpoint:rate:acme:rpm:1709251260
+      committed       usage reported by every replica in the window
       leased          sum of the out:* fields (kept so a lease need not scan them)
       out:{replica}   what the replica was granted and has not yet reported as spent
       spent:{replica} what the replica has reported as spent
       seq:{reporter}  last report sequence number applied from one replica incarnation
 
-Amounts are integer nano-USD: Lua numbers are doubles, exact for integers up to 2^53, so sums
-never drift the way repeated float additions would (limits up to ~$9M per window stay exact).
+Amounts are integers: nano-USD for budgets, whole requests or tokens for rate limits. Lua numbers
+are doubles, exact for integers up to 2^53, so sums never drift the way repeated float additions
+would (budget limits up to ~$9M per window stay exact).
 The window start in the key makes windows roll over without any reset step, and each write moves
 the key's expiry to a grace period past the window's end, so old windows clean themselves up.
 """
@@ -176,6 +179,9 @@ class QuotaStore:
 
     def budget_key(self, name: str, window: str, window_start_s: float) -> str:
         return f"{self._prefix}:budget:{name}:{window}:{int(window_start_s)}"
+
+    def rate_key(self, name: str, unit: str, minute_start_s: float) -> str:
+        return f"{self._prefix}:rate:{name}:{unit}:{int(minute_start_s)}"
 
     async def lease(
         self, key: str, *, replica: str, want: int, limit: int, expire: int, known: int = 0

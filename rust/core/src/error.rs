@@ -11,17 +11,24 @@ use std::sync::Arc;
 use thiserror::Error;
 
 /// Retry hint when the gate cannot know how long a denial will last: a concurrency slot frees
-/// when some call finishes, a budget's in-flight reservations when they settle, a lease when the
-/// lease manager tops it up. Short, so an admission queue re-checks soon rather than giving up.
+/// when some call finishes, a budget's in-flight reservations when they settle, a lease (budget
+/// or rate limit) when the lease manager tops it up. Short, so an admission queue re-checks soon rather than giving up.
 pub const UNKNOWN_RETRY_AFTER_S: f64 = 0.05;
 
 /// Which rule of the token gate refused a call.
+///
+/// `RpmLease` and `TpmLease` are kinds of their own, rather than `Rpm` and `Tpm` again, because
+/// the caller must react differently: a bucket refusal is final until it refills, while a lease
+/// refusal (in shared mode, this replica's share of the per-minute pool is used up) may clear as
+/// soon as the lease manager leases more from the shared pool, so the caller tops up and retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenialKind {
     Rpm,
     Tpm,
     Concurrency,
     Budget,
+    RpmLease,
+    TpmLease,
 }
 
 impl DenialKind {
@@ -32,6 +39,8 @@ impl DenialKind {
             Self::Tpm => "tpm",
             Self::Concurrency => "concurrency",
             Self::Budget => "budget",
+            Self::RpmLease => "rpm-lease",
+            Self::TpmLease => "tpm-lease",
         }
     }
 }
@@ -45,7 +54,8 @@ pub struct Denial {
     pub name: Arc<str>,
     /// Seconds until the call could pass at the earliest: bucket refill time for RPM and TPM, the
     /// window's end for a budget whose settled spend alone blocks it (infinite for a "total"
-    /// budget), and `UNKNOWN_RETRY_AFTER_S` when only in-flight work or a lease stands in the way.
+    /// budget) or for a rate lease whose minute this replica alone has used up, and
+    /// `UNKNOWN_RETRY_AFTER_S` when only in-flight work or a lease stands in the way.
     pub retry_after_s: f64,
 }
 

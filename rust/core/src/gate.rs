@@ -14,9 +14,10 @@
 //! not instantaneously: for the microsecond between a refusal and its rollback, capacity taken by
 //! the failing call is visible, and a concurrent call may be refused for it.
 //!
-//! Time is passed in by the caller. Budgets turn at UTC calendar boundaries, so when a gate has
-//! budgets `now` must be Unix epoch seconds; rate limits only use differences between times.
-//! See `budget.rs` for the rollover rule and the overshoot bound, `limits.rs` for the buckets.
+//! Time is passed in by the caller. Budgets turn at UTC calendar boundaries, and rate-limit
+//! leases at UTC minutes, so when a gate has budgets or leases `now` must be Unix epoch seconds;
+//! the buckets only use differences between times. See `budget.rs` for the rollover rule and the
+//! overshoot bound, `limits.rs` for the buckets, `lease.rs` for the rate limits' lease cap.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -318,6 +319,32 @@ impl Gate {
     /// `UnknownRule`.
     pub fn take_unreported_spend(&self, id: usize) -> Result<f64> {
         Ok(self.budget(id)?.take_unreported())
+    }
+
+    /// Sets (or with `None` clears) rate limit `id`'s allowances of requests and tokens for the
+    /// UTC minute holding `now_s`.
+    ///
+    /// # Errors
+    /// `UnknownRule`; `InvalidArgument` for an allowance that is not finite and >= 0 or for a
+    /// limit (RPM, TPM) the rule does not have, or a bad time.
+    pub fn set_limit_leased(
+        &self,
+        id: usize,
+        requests: Option<f64>,
+        tokens: Option<f64>,
+        now_s: f64,
+    ) -> Result<()> {
+        check_now(now_s)?;
+        self.limit(id)?.set_leased(requests, tokens, now_s)
+    }
+
+    /// Returns the requests and tokens consumed under rate limit `id` by calls that finished
+    /// since the previous call, and starts counting afresh.
+    ///
+    /// # Errors
+    /// `UnknownRule`.
+    pub fn take_unreported_usage(&self, id: usize) -> Result<(u64, u64)> {
+        Ok(self.limit(id)?.take_unreported())
     }
 
     /// Rate limit `id` as of `now_s`. Changes nothing.

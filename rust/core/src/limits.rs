@@ -5,10 +5,14 @@
 //! is plain single-threaded state and every decision is a function of the calls made and the
 //! times given (tests need no sleeping). A bucket may go below zero: a call that used more
 //! tokens than it reserved is charged in full at settle, and the debt only delays the refill.
+//!
+//! With shared state a limiter also has a lease cap (`lease.rs`): this replica's allowance of the
+//! replicas' common per-minute pool, checked after the buckets and concurrency.
 
 use std::sync::Arc;
 
 use crate::error::{CoreError, Denial, DenialKind, Result, UNKNOWN_RETRY_AFTER_S};
+use crate::lease::{LeaseCap, MinuteUsage};
 
 /// Refill arithmetic rounds, so waiting exactly the `retry_after_s` a denial gave could leave a
 /// bucket a few ulps short; this much shortfall still passes.
@@ -70,12 +74,13 @@ impl Bucket {
 }
 
 /// What a limiter reports for stats: tokens left in each bucket (`None` where the rule has no
-/// such limit) and calls in flight.
+/// such limit), calls in flight, and the current minute as the lease cap counts it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LimitState {
     pub requests_available: Option<f64>,
     pub tokens_available: Option<f64>,
     pub in_flight: u32,
+    pub minute: MinuteUsage,
 }
 
 /// One rate-limit rule. A reserved call takes one request and its estimated tokens and occupies a
@@ -87,6 +92,7 @@ pub(crate) struct RateLimiter {
     tokens: Option<Bucket>,
     concurrency: Option<u32>,
     in_flight: u32,
+    lease: LeaseCap,
 }
 
 impl RateLimiter {
@@ -119,6 +125,7 @@ impl RateLimiter {
             tokens: tpm.map(Bucket::per_minute),
             concurrency,
             in_flight: 0,
+            lease: LeaseCap::new(),
         })
     }
 
@@ -131,7 +138,9 @@ impl RateLimiter {
     }
 
     /// Why a call of `tokens` would be refused at `now_s`, if it would; the first of RPM, TPM,
-    /// concurrency that refuses. Changes nothing.
+    /// concurrency and the lease cap that refuses. Changes nothing. The lease comes last, so that
+    /// a lease denial means everything else about this rule would pass and more lease is all the
+    /// call needs from it.
     pub(crate) fn check(&self, tokens: u64, now_s: f64) -> Option<Denial> {
         if let Some(wait) = self.requests.and_then(|b| b.wait_s(1.0, now_s)) {
             return Some(self.denial(DenialKind::Rpm, wait));
@@ -142,7 +151,17 @@ impl RateLimiter {
         if self.concurrency.is_some_and(|cap| self.in_flight >= cap) {
             return Some(self.denial(DenialKind::Concurrency, UNKNOWN_RETRY_AFTER_S));
         }
-        None
+        let (rpm, tpm) = self.capacities();
+        self.lease
+            .check(tokens, rpm, tpm, now_s)
+            .map(|(kind, wait)| self.denial(kind, wait))
+    }
+
+    fn capacities(&self) -> (Option<f64>, Option<f64>) {
+        (
+            self.requests.map(|b| b.capacity),
+            self.tokens.map(|b| b.capacity),
+        )
     }
 
     /// Takes one request, `tokens` tokens and a concurrency slot, or nothing if any is short.
@@ -157,6 +176,7 @@ impl RateLimiter {
             bucket.adjust(-(tokens as f64), now_s);
         }
         self.in_flight += 1;
+        self.lease.reserve(tokens, now_s);
         Ok(())
     }
 
@@ -170,6 +190,7 @@ impl RateLimiter {
         if let Some(bucket) = &mut self.tokens {
             bucket.add(tokens as f64);
         }
+        self.lease.undo(tokens);
         self.finish();
     }
 
@@ -179,6 +200,7 @@ impl RateLimiter {
         if let Some(bucket) = &mut self.tokens {
             bucket.adjust(estimated as f64 - actual as f64, now_s);
         }
+        self.lease.finish(estimated, actual, now_s);
         self.finish();
     }
 
@@ -189,6 +211,7 @@ impl RateLimiter {
         if let Some(bucket) = &mut self.tokens {
             bucket.adjust(estimated as f64, now_s);
         }
+        self.lease.finish(estimated, 0, now_s);
         self.finish();
     }
 
@@ -208,7 +231,29 @@ impl RateLimiter {
             requests_available: self.requests.map(|b| b.level_at(now_s)),
             tokens_available: self.tokens.map(|b| b.level_at(now_s)),
             in_flight: self.in_flight,
+            minute: self.lease.state(now_s),
         }
+    }
+
+    /// The lease manager's allowances for the minute holding `now_s` (`None` uncaps).
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an allowance that is not finite and >= 0, or for a limit (RPM or
+    /// TPM) this rule does not have.
+    pub(crate) fn set_leased(
+        &mut self,
+        requests: Option<f64>,
+        tokens: Option<f64>,
+        now_s: f64,
+    ) -> Result<()> {
+        let limited = (self.requests.is_some(), self.tokens.is_some());
+        self.lease
+            .set_leased((requests, tokens), limited, &self.name, now_s)
+    }
+
+    /// Requests and tokens of the calls finished since the previous take, for the shared pool.
+    pub(crate) fn take_unreported(&mut self) -> (u64, u64) {
+        self.lease.take_unreported()
     }
 }
 

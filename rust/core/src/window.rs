@@ -11,6 +11,7 @@ use std::str::FromStr;
 
 use crate::error::{CoreError, Result};
 
+const SECONDS_PER_MINUTE: i64 = 60;
 const SECONDS_PER_HOUR: i64 = 3_600;
 const SECONDS_PER_DAY: i64 = 86_400;
 
@@ -91,6 +92,16 @@ impl FromStr for Window {
                 format!("must be \"hour\", \"day\", \"month\" or \"total\", got {other:?}"),
             )),
         }
+    }
+}
+
+/// The fixed UTC minute holding `now_s` (checked with `check_now`): the window a rate limit's
+/// lease is granted for (see `lease.rs`). Not a budget window, so not a `Window` variant.
+pub(crate) fn minute_at(now_s: f64) -> Span {
+    let start = (now_s.floor() as i64).div_euclid(SECONDS_PER_MINUTE) * SECONDS_PER_MINUTE;
+    Span {
+        start_s: start as f64,
+        end_s: (start + SECONDS_PER_MINUTE) as f64,
     }
 }
 
@@ -221,6 +232,9 @@ mod tests {
             (hour.start_s, hour.end_s),
             (midnight + 18_000.0, midnight + 21_600.0)
         );
+        let minute = minute_at(midnight + 59.999);
+        assert_eq!((minute.start_s, minute.end_s), (midnight, midnight + 60.0));
+        assert_eq!(minute_at(midnight + 60.0).start_s, midnight + 60.0);
         let total = Window::Total.span_at(midnight);
         assert_eq!((total.start_s, total.end_s), (0.0, f64::INFINITY));
     }

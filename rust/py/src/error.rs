@@ -59,7 +59,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("GateDenied", denied)
 }
 
-/// `GateDenied.kind`: "rpm", "tpm", "concurrency" or "budget".
+/// `GateDenied.kind`: "rpm", "tpm", "concurrency", "budget", "rpm-lease" or "tpm-lease".
 #[pyfunction]
 fn denial_kind<'py>(error: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     error.getattr("args")?.get_item(0)

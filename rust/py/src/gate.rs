@@ -12,6 +12,9 @@ use crate::error::{tokens, Result};
 /// A denial as `check` returns it: `(kind, name, retry_after_s)`.
 type DenialTuple = (&'static str, String, f64);
 
+/// A rate limit's minute as `limit_usage` returns it.
+type LimitUsage = (f64, u64, u64, u64, u64, Option<f64>, Option<f64>);
+
 fn denial_tuple(denial: &Denial) -> DenialTuple {
     (
         denial.kind.as_str(),
@@ -45,8 +48,8 @@ fn reservation(id: i64) -> std::result::Result<ReservationId, RustError> {
         .map_err(|_| RustError::UnknownReservation { id: i128::from(id) })
 }
 
-/// The token gate: rate limits (RPM, TPM, concurrency) and budgets (USD per UTC window), with
-/// reservations settled or released after each call.
+/// The token gate: rate limits (RPM, TPM, concurrency; leased per UTC minute when shared) and
+/// budgets (USD per UTC window), with reservations settled or released after each call.
 #[pyclass(frozen, module = "switchpoint._native")]
 pub struct Gate {
     inner: Core,
@@ -187,6 +190,41 @@ impl Gate {
     /// Settled spend since the previous call, for the shared store.
     fn take_unreported_spend(&self, budget: i64) -> Result<f64> {
         Ok(self.inner.take_unreported_spend(self.budget(budget)?)?)
+    }
+
+    /// This replica's allowances of requests and tokens for the UTC minute holding `now`;
+    /// `None` uncaps (both `None`: no lease cap at all).
+    #[pyo3(signature = (limit, requests, tokens, now))]
+    fn set_limit_leased(
+        &self,
+        limit: i64,
+        requests: Option<f64>,
+        tokens: Option<f64>,
+        now: f64,
+    ) -> Result<()> {
+        Ok(self
+            .inner
+            .set_limit_leased(self.limit(limit)?, requests, tokens, now)?)
+    }
+
+    /// `(requests, tokens)` of the calls finished since the previous call, for the shared pools.
+    fn take_unreported_usage(&self, limit: i64) -> Result<(u64, u64)> {
+        Ok(self.inner.take_unreported_usage(self.limit(limit)?)?)
+    }
+
+    /// `(minute_start, requests_done, tokens_done, requests_reserved, tokens_reserved,
+    /// requests_leased, tokens_leased)`: the UTC minute holding `now` as the lease cap counts it.
+    fn limit_usage(&self, limit: i64, now: f64) -> Result<LimitUsage> {
+        let m = self.inner.limit_state(self.limit(limit)?, now)?.minute;
+        Ok((
+            m.start_s,
+            m.requests_done,
+            m.tokens_done,
+            m.requests_reserved,
+            m.tokens_reserved,
+            m.requests_leased,
+            m.tokens_leased,
+        ))
     }
 
     /// `(requests_available, tokens_available, in_flight)` as of `now`.

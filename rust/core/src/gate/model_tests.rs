@@ -10,6 +10,14 @@
 //! estimate)` over the settles since the last admission; (e) windows start where the model's
 //! independent calendar says; (f) a stale settle or release is refused and changes nothing.
 //! `check` agrees with `reserve` and a refusal leaves no trace (all or nothing).
+//!
+//! Rate-limit leases (the lease cap of `lease.rs`), with allowances set and cleared at random and
+//! minutes turning: (g) a reservation passes a lease cap only if the call fits the allowance, so
+//! at a successful reserve a minute's usage is within its allowance (tokens: except for the part
+//! of an oversized call beyond the per-minute limit); (h) usage per minute and the allowances
+//! match the model, an allowance turning to 0 when its minute ends; (i) what
+//! `take_unreported_usage` hands over sums to what finished calls consumed (a request each, and
+//! the actual tokens of settled calls), nothing lost and nothing twice.
 
 // Exact equality is the point (see above).
 #![allow(clippy::float_cmp)]
@@ -62,6 +70,15 @@ enum Op {
     Advance {
         seconds: u16,
     },
+    /// Set rate limit `limit`'s allowances (only for the limits it has; `None` uncaps).
+    Lease {
+        limit: usize,
+        requests: Option<u8>,
+        tokens: Option<u16>,
+    },
+    Take {
+        limit: usize,
+    },
 }
 
 fn usd(units: u8) -> f64 {
@@ -79,6 +96,9 @@ fn arb_op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(|pick| Op::Release { pick }),
         1 => (any::<usize>(), any::<bool>()).prop_map(|(pick, settle)| Op::Stale { pick, settle }),
         1 => (0u16..900).prop_map(|seconds| Op::Advance { seconds }),
+        2 => (0usize..3, prop::option::weighted(0.8, 0u8..8), prop::option::weighted(0.8, 0u16..6_000))
+            .prop_map(|(limit, requests, tokens)| Op::Lease { limit, requests, tokens }),
+        1 => (0usize..3).prop_map(|limit| Op::Take { limit }),
     ]
 }
 
@@ -125,16 +145,56 @@ impl BudgetModel {
     }
 }
 
+/// A rate limit's lease cap as the model sees it: the current minute's usage and allowances, and
+/// what was consumed and taken over the whole run.
+#[derive(Debug, Default)]
+struct LeaseModel {
+    minute: i64,
+    requests_done: u64,
+    tokens_done: u64,
+    tokens_reserved: u64,
+    requests_leased: Option<u64>,
+    tokens_leased: Option<u64>,
+    unreported: (u64, u64),
+    consumed: (u64, u64),
+    taken: (u64, u64),
+}
+
+impl LeaseModel {
+    fn roll(&mut self, now: f64) {
+        let minute = (now / 60.0).floor() as i64;
+        if minute != self.minute {
+            (self.minute, self.requests_done, self.tokens_done) = (minute, 0, 0);
+            self.requests_leased = self.requests_leased.map(|_| 0);
+            self.tokens_leased = self.tokens_leased.map(|_| 0);
+        }
+    }
+
+    /// (requests fit, tokens fit) for a call of `tokens` on rule `l`, in flight `in_flight`.
+    fn fits(&self, l: usize, in_flight: u32, tokens: u64) -> (bool, bool) {
+        let requests = self
+            .requests_leased
+            .is_none_or(|allowed| self.requests_done + u64::from(in_flight) < allowed);
+        let needed = LIMITS[l].2.map_or(tokens, |tpm| tokens.min(tpm as u64));
+        let tokens = self
+            .tokens_leased
+            .is_none_or(|allowed| self.tokens_done + self.tokens_reserved + needed <= allowed);
+        (requests, tokens)
+    }
+}
+
 struct Held {
     id: ReservationId,
     limits: Vec<usize>,
     budgets: Vec<usize>,
+    tokens: u64,
     cost: f64,
 }
 
 struct Model {
     budgets: Vec<BudgetModel>,
     in_flight: [u32; 3],
+    leases: [LeaseModel; 3],
     held: Vec<Held>,
     finished: Vec<ReservationId>,
 }
@@ -155,16 +215,30 @@ impl Model {
         Self {
             budgets,
             in_flight: [0; 3],
+            leases: std::array::from_fn(|_| LeaseModel {
+                minute: (now / 60.0).floor() as i64,
+                ..LeaseModel::default()
+            }),
             held: Vec::new(),
             finished: Vec::new(),
         }
     }
 
-    fn finish(&mut self, pick: usize, actual: Option<f64>, now: f64) -> ReservationId {
+    /// Ends a held call: settled with (tokens, cost), or released with `None`.
+    fn finish(&mut self, pick: usize, actual: Option<(u64, f64)>, now: f64) -> ReservationId {
         let held = self.held.swap_remove(pick % self.held.len());
+        let tokens = actual.map_or(0, |(tokens, _)| tokens);
         for &l in &held.limits {
             self.in_flight[l] -= 1;
+            let lease = &mut self.leases[l];
+            lease.roll(now);
+            lease.tokens_reserved -= held.tokens;
+            lease.requests_done += 1;
+            lease.tokens_done += tokens;
+            lease.unreported = (lease.unreported.0 + 1, lease.unreported.1 + tokens);
+            lease.consumed = (lease.consumed.0 + 1, lease.consumed.1 + tokens);
         }
+        let actual = actual.map(|(_, cost)| cost);
         for &b in &held.budgets {
             let budget = &mut self.budgets[b];
             budget.roll(now);
@@ -204,8 +278,24 @@ fn check_against(
             budget
         );
     }
-    for (id, &in_flight) in model.in_flight.iter().enumerate() {
-        prop_assert_eq!(gate.limit_state(id, now).unwrap().in_flight, in_flight);
+    for (id, lease) in model.leases.iter_mut().enumerate() {
+        lease.roll(now);
+        let state = gate.limit_state(id, now).unwrap();
+        prop_assert_eq!(state.in_flight, model.in_flight[id]);
+        // (h) the minute, its usage and its allowances.
+        let minute = state.minute;
+        prop_assert_eq!(minute.start_s, lease.minute as f64 * 60.0);
+        prop_assert_eq!(
+            (minute.requests_done, minute.tokens_done),
+            (lease.requests_done, lease.tokens_done)
+        );
+        prop_assert_eq!(minute.requests_reserved, u64::from(model.in_flight[id]));
+        prop_assert_eq!(minute.tokens_reserved, lease.tokens_reserved);
+        prop_assert_eq!(
+            minute.requests_leased,
+            lease.requests_leased.map(|a| a as f64)
+        );
+        prop_assert_eq!(minute.tokens_leased, lease.tokens_leased.map(|a| a as f64));
     }
     Ok(())
 }
@@ -225,11 +315,30 @@ fn run_reserve(
         let m = &model.budgets[b];
         m.spent + m.reserved + cost <= m.limit
     });
+    for &l in &limits {
+        model.leases[l].roll(now);
+    }
+    let lease_fits: [(bool, bool); 3] =
+        std::array::from_fn(|l| model.leases[l].fits(l, model.in_flight[l], tokens));
     match (gate.reserve(&limits, &budgets, tokens, cost, now), expected) {
         (Ok(id), None) => {
             for &l in &limits {
                 prop_assert!(LIMITS[l].3.is_none_or(|cap| model.in_flight[l] < cap));
+                // (g) admitted only within the allowance.
+                prop_assert_eq!(lease_fits[l], (true, true));
                 model.in_flight[l] += 1;
+                let lease = &mut model.leases[l];
+                lease.tokens_reserved += tokens;
+                let minute = gate.limit_state(l, now).unwrap().minute;
+                let oversize = LIMITS[l]
+                    .2
+                    .map_or(0, |tpm| tokens.saturating_sub(tpm as u64));
+                if let Some(allowed) = lease.requests_leased {
+                    prop_assert!(minute.requests_done + minute.requests_reserved <= allowed);
+                }
+                if let Some(allowed) = lease.tokens_leased {
+                    prop_assert!(minute.tokens_done + minute.tokens_reserved <= allowed + oversize);
+                }
             }
             for &b in &budgets {
                 // (a) admitted only if it fits, and then within the limit.
@@ -243,6 +352,7 @@ fn run_reserve(
                 id,
                 limits,
                 budgets,
+                tokens,
                 cost,
             });
         }
@@ -259,6 +369,17 @@ fn run_reserve(
                 DenialKind::Concurrency => {
                     let l = LIMITS.iter().position(|rule| named(rule.0)).unwrap();
                     prop_assert!(model.in_flight[l] >= LIMITS[l].3.unwrap());
+                }
+                DenialKind::RpmLease | DenialKind::TpmLease => {
+                    let l = LIMITS.iter().position(|rule| named(rule.0)).unwrap();
+                    let (requests, tokens) = lease_fits[l];
+                    let requests_short = denial.kind == DenialKind::RpmLease;
+                    let short = if requests_short {
+                        !requests
+                    } else {
+                        requests && !tokens
+                    };
+                    prop_assert!(short, "{:?} but the model has {:?}", denial, lease_fits[l]);
                 }
                 DenialKind::Rpm | DenialKind::Tpm => {}
             }
@@ -289,7 +410,7 @@ proptest! {
                     run_reserve(&gate, &mut model, call, now)?;
                 }
                 Op::Settle { pick, tokens, cost } if !model.held.is_empty() => {
-                    let id = model.finish(pick, Some(usd(cost)), now);
+                    let id = model.finish(pick, Some((tokens, usd(cost))), now);
                     gate.settle(id, tokens, usd(cost), now).unwrap();
                 }
                 Op::Release { pick } if !model.held.is_empty() => {
@@ -305,13 +426,29 @@ proptest! {
                     prop_assert_eq!(snapshot(&gate, now), before);
                 }
                 Op::Advance { seconds } => now += f64::from(seconds),
+                Op::Lease { limit, requests, tokens } => {
+                    let (_, rpm, tpm, _) = LIMITS[limit];
+                    let requests = requests.filter(|_| rpm.is_some()).map(u64::from);
+                    let tokens = tokens.filter(|_| tpm.is_some()).map(u64::from);
+                    gate.set_limit_leased(limit, requests.map(|a| a as f64), tokens.map(|a| a as f64), now).unwrap();
+                    let lease = &mut model.leases[limit];
+                    lease.roll(now);
+                    (lease.requests_leased, lease.tokens_leased) = (requests, tokens);
+                }
+                Op::Take { limit } => {
+                    // (i) hands over exactly what finished since the last take.
+                    let lease = &mut model.leases[limit];
+                    prop_assert_eq!(gate.take_unreported_usage(limit).unwrap(), lease.unreported);
+                    lease.taken = (lease.taken.0 + lease.unreported.0, lease.taken.1 + lease.unreported.1);
+                    lease.unreported = (0, 0);
+                }
                 Op::Settle { .. } | Op::Release { .. } | Op::Stale { .. } => {}
             }
             check_against(&gate, &mut model, now)?;
         }
         // (c) once every call has ended, nothing is held anywhere.
         for pick in 0..model.held.len() {
-            let id = model.finish(0, (pick % 2 == 0).then_some(0.5), now);
+            let id = model.finish(0, (pick % 2 == 0).then_some((10, 0.5)), now);
             let result = if pick % 2 == 0 { gate.settle(id, 10, 0.5, now) } else { gate.release(id, now) };
             result.unwrap();
         }
@@ -322,6 +459,10 @@ proptest! {
         }
         for id in 0..LIMITS.len() {
             prop_assert_eq!(gate.limit_state(id, now).unwrap().in_flight, 0);
+            // (i) everything consumed was handed over, once.
+            let lease = &model.leases[id];
+            let (requests, tokens) = gate.take_unreported_usage(id).unwrap();
+            prop_assert_eq!((lease.taken.0 + requests, lease.taken.1 + tokens), lease.consumed);
         }
     }
 }

@@ -266,6 +266,55 @@ fn leases_cap_the_budget_and_spend_is_reported_once() {
 }
 
 #[test]
+fn rate_leases_cap_the_limit_and_usage_is_reported_once() {
+    let gate = Gate::new();
+    let limit = gate
+        .add_rate_limit("shared", Some(600.0), Some(60_000.0), None)
+        .unwrap();
+    let budget = gate.add_budget("b", 1.0, Window::Day).unwrap();
+    gate.set_limit_leased(limit, Some(2.0), Some(1_000.0), FEB)
+        .unwrap();
+    let first = gate.reserve(&[limit], &[budget], 600, 0.0, FEB).unwrap();
+    // The lease refuses after the buckets (which have plenty) and leaves the budget untouched.
+    let denial = denied(gate.reserve(&[limit], &[budget], 500, 0.0, FEB));
+    assert_eq!(
+        (denial.kind, &*denial.name),
+        (DenialKind::TpmLease, "shared")
+    );
+    assert_eq!(denial.retry_after_s, UNKNOWN_RETRY_AFTER_S);
+    assert_eq!(
+        denial.to_string(),
+        "tpm-lease limit \"shared\" denies the call; retry after 0.05 s"
+    );
+    let second = gate.reserve(&[limit], &[budget], 400, 0.0, FEB).unwrap();
+    let denial = denied(gate.reserve(&[limit], &[], 0, 0.0, FEB));
+    assert_eq!(denial.kind, DenialKind::RpmLease);
+    gate.settle(first, 700, 0.0, FEB + 1.0).unwrap();
+    gate.release(second, FEB + 1.0).unwrap();
+    let minute = gate.limit_state(limit, FEB + 1.0).unwrap().minute;
+    assert_eq!((minute.requests_done, minute.tokens_done), (2, 700));
+    assert_eq!(gate.take_unreported_usage(limit).unwrap(), (2, 700));
+    assert_eq!(gate.take_unreported_usage(limit).unwrap(), (0, 0));
+    // The next minute has no lease until one is set; `None` uncaps.
+    assert!(gate
+        .check(&[limit], &[], 0, 0.0, FEB + 60.0)
+        .unwrap()
+        .is_some());
+    gate.set_limit_leased(limit, None, None, FEB + 60.0)
+        .unwrap();
+    assert!(gate
+        .check(&[limit], &[], 0, 0.0, FEB + 60.0)
+        .unwrap()
+        .is_none());
+    let rpm_only = gate.add_rate_limit("r", Some(1.0), None, None).unwrap();
+    assert!(gate
+        .set_limit_leased(rpm_only, None, Some(1.0), FEB)
+        .is_err());
+    assert!(gate.set_limit_leased(9, None, None, FEB).is_err());
+    assert!(gate.take_unreported_usage(9).is_err());
+}
+
+#[test]
 fn threads_never_push_a_budget_past_its_limit() {
     // Actual cost equals the estimate, so `spent + reserved <= limit` must hold at every moment
     // anyone can observe, and the budget ends exactly full.
