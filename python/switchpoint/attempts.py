@@ -33,6 +33,7 @@ from switchpoint.request import Priority
 from switchpoint.resilience import Action, Breakers, CircuitBreaker, action_for, backoff_s
 from switchpoint.scheduler import AdmissionRejected, Scheduler
 from switchpoint.stats import StatsBook, UsageKey
+from switchpoint.telemetry import EVENT_BREAKER, EVENT_FALLBACK, SPAN_PROVIDER_CALL
 
 log = logging.getLogger("switchpoint.engine")
 
@@ -101,6 +102,7 @@ class Attempts:
             try:
                 with hold:
                     async with self._admitted(call, model):
+                        call.waited_s += time.perf_counter() - started  # the admission queue
                         started = time.perf_counter()
                         completion = await self._adapters[model.provider].complete(
                             self._provider_request(model, call, span),
@@ -142,6 +144,7 @@ class Attempts:
             try:
                 with hold:
                     async with self._admitted(call, model):
+                        call.waited_s += time.perf_counter() - attempt.started  # the queue
                         attempt.started = time.perf_counter()
                         relay = self._relay(
                             call, model, hold=hold, attempt=attempt, outcome=outcome, span=span
@@ -250,7 +253,7 @@ class Attempts:
         if action is Action.LARGER_CONTEXT:
             call.min_context_window = max(call.min_context_window, model.context_window + 1)
         call.root_span.add_event(
-            "switchpoint.fallback",
+            EVENT_FALLBACK,
             {"switchpoint.from_model": model.name, "error.type": exc.error_class.value},
         )
         return False
@@ -262,7 +265,7 @@ class Attempts:
         breaker.record(error)
         if breaker.state != before:
             call.root_span.add_event(
-                "switchpoint.breaker",
+                EVENT_BREAKER,
                 {"switchpoint.model": model.name, "from": before, "to": breaker.state},
             )
 
@@ -272,7 +275,7 @@ class Attempts:
         provider = self._config.providers[model.provider]
         attributes = attempt_attributes(model, provider, retry, call.request.params.max_tokens)
         return self._tracer.start_span(
-            "switchpoint.provider.call",
+            SPAN_PROVIDER_CALL,
             context=call.trace_context,
             kind=trace.SpanKind.CLIENT,
             attributes=attributes,
@@ -430,6 +433,8 @@ class Attempts:
             attempts=tuple(call.attempts),
             decision=call.decision,
             ttft_ms=call.first_token_ms,
+            # This attempt's own time is not in provider_s yet: its span ends after settling.
+            waited_s=call.provider_s + call.waited_s + attempt_s,
         )
 
     def _record_failure(

@@ -50,6 +50,8 @@ class ChatResult:
     attempts: tuple[AttemptRecord, ...]
     decision: Decision
     ttft_ms: float = 0.0
+    # Time spent waiting on providers, backoffs and queues, for the overhead metric.
+    waited_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

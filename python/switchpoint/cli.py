@@ -27,10 +27,9 @@ from google.protobuf.message import Message
 
 from switchpoint.cli_format import render_route, render_stats
 from switchpoint.config import Config, default_config_path, load_config
-from switchpoint.engine import Engine
 from switchpoint.errors import ConfigError, SwitchpointError
 from switchpoint.logs import configure_logging
-from switchpoint.server import create_server
+from switchpoint.server import Sidecar, create_server
 from switchpoint.v1 import router_pb2 as pb
 from switchpoint.v1 import router_pb2_grpc
 
@@ -293,25 +292,35 @@ def _route_command(args: argparse.Namespace) -> int:
     return _client(args, route)
 
 
-async def _serve(config: Config, address: str | None) -> None:
-    sidecar, port = await create_server(config, address)
+async def _serve(config: Config, address: str | None, config_path: Path | None) -> None:
+    sidecar, port = await create_server(config, address, config_path=config_path)
     try:
         await sidecar.start()
-        _announce(sidecar.engine, (address or config.server.grpc_address), port)
+        _announce(sidecar, (address or config.server.grpc_address), port)
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
+        sidecar.install_reload_signal(loop)
         await stopping.wait()
-        log.info("stopping: draining in-flight calls for up to %ss", config.server.graceful_stop_s)
+        log.info(
+            "stopping: draining in-flight calls for up to %ss",
+            sidecar.config.server.graceful_stop_s,
+        )
     finally:
         await sidecar.stop()
 
 
-def _announce(engine: Engine, address: str, port: int) -> None:
+def _announce(sidecar: Sidecar, address: str, port: int) -> None:
+    engine = sidecar.engine
     host = address.rsplit(":", 1)[0]
     models = ", ".join(m.name for m in engine.registry.models)
     print(f"switchpoint: gRPC on {host}:{port} (switchpoint.v1.Router, grpc.health.v1, reflection)")
+    if sidecar.metrics_port is not None:
+        metrics_host = (engine.config.telemetry.metrics_address or "").rsplit(":", 1)[0]
+        print(
+            f"switchpoint: Prometheus metrics on http://{metrics_host}:{sidecar.metrics_port}/metrics"
+        )
     print(f"switchpoint: models enabled: {models}")
     for name, why in engine.registry.disabled.items():
         print(f"switchpoint: model {name} disabled: {why}")
@@ -325,7 +334,7 @@ def _serve_command(args: argparse.Namespace) -> int:
     configure_logging(
         args.log_level, json=args.log_format == "json", secrets=config_secrets(config, os.environ)
     )
-    asyncio.run(_serve(config, args.grpc_address))
+    asyncio.run(_serve(config, args.grpc_address, args.config))
     return 0
 
 

@@ -15,9 +15,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from switchpoint.errors import ConfigError, ErrorClass
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """Split "host:port" / "[v6]:port" into its parts, refusing anything else."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"expected host:port, got {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port_text)
+
 
 NonNegative = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
@@ -39,6 +50,9 @@ class ServerConfig(StrictModel):
     grpc_address: str = "127.0.0.1:50051"
     # In-flight calls get this long to finish on SIGTERM before they are cancelled.
     graceful_stop_s: NonNegative = 10.0
+    # How often the config file the sidecar was started from is checked for changes (mtime, size
+    # and content hash); a change reloads it. None: no watching (SIGHUP and Admin still reload).
+    reload_poll_s: Positive | None = 2.0
 
 
 class ManagedServerConfig(StrictModel):
@@ -279,6 +293,26 @@ class SharedStateConfig(StrictModel):
         return self.replica_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
+class TelemetryConfig(StrictModel):
+    """Traces, metrics and the request log (switchpoint.telemetry, switchpoint.logs)."""
+
+    # "host:port" ("[::1]:9464" for IPv6) for the Prometheus /metrics listener; None serves none.
+    # Port 0 binds any free port (tests); `Telemetry.metrics_port` tells which.
+    metrics_address: str | None = None
+    # Head sampling for root spans; a sampled incoming parent is always followed (ParentBased).
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    service_name: str = "switchpoint"
+    # Read by the logging module: prompts and completions are kept out of logs unless asked.
+    log_prompts: bool = False
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _check_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_address(value)
+        return value
+
+
 class Config(StrictModel):
     server: ServerConfig = Field(default_factory=ServerConfig)
     providers: Annotated[dict[str, ProviderConfig], Field(min_length=1)]
@@ -288,6 +322,7 @@ class Config(StrictModel):
     budgets: list[BudgetConfig] = Field(default_factory=list)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     shared_state: SharedStateConfig = Field(default_factory=SharedStateConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 
     def strategy_weights(self, name: str) -> tuple[float, float, float] | None:
         """Weights of a built-in or configured strategy; None when the name is unknown."""

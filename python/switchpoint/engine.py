@@ -33,6 +33,7 @@ from switchpoint.resilience import Breakers
 from switchpoint.routing import Decision, Router
 from switchpoint.scheduler import Scheduler
 from switchpoint.stats import StatsBook
+from switchpoint.telemetry import SPAN_GATE, SPAN_ROUTE
 from switchpoint.tokens import TokenCounter
 
 __all__ = ["CONTINUE_PROMPT", "AttemptRecord", "ChatResult", "Engine", "StreamDelta"]
@@ -112,11 +113,11 @@ class Engine:
         """
         validate(request)
         scope = _scope(request)
-        with self.tracer.start_as_current_span("switchpoint.route") as span:
+        with self.tracer.start_as_current_span(SPAN_ROUTE) as span:
             decision = self._router.decide(request, self.gate.pressure(scope))
             span.set_attribute("switchpoint.level", decision.level.name.lower())
             span.set_attribute("switchpoint.strategy", decision.strategy)
-        with self.tracer.start_as_current_span("switchpoint.gate") as span:
+        with self.tracer.start_as_current_span(SPAN_GATE) as span:
             decision = self._without_open_breakers(
                 self.gate.admissible(decision, scope, self.registry)
             )

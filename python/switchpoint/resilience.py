@@ -8,7 +8,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from enum import Enum
 
 from switchpoint.config import BreakerConfig, RetryConfig
@@ -88,6 +88,10 @@ class CircuitBreaker:
         self._recent: deque[bool] = deque(maxlen=policy.window)
         self._trials = 0
         self.opens = 0
+
+    @property
+    def policy(self) -> BreakerConfig:
+        return self._policy
 
     @property
     def state(self) -> str:
@@ -190,3 +194,13 @@ class Breakers:
             )
             self._breakers[model] = breaker
         return breaker
+
+    def carry_over(self, previous: Breakers, models: Collection[str]) -> None:
+        """After a config reload: keep the breakers of `models` (those still served by the same
+        provider) whose policy is unchanged, state and failure counts included, so a reload
+        neither re-admits a failing deployment nor forgets its recent failures. A deployment
+        whose policy changed starts closed under the new one. The transition history is kept."""
+        self.transitions = previous.transitions
+        for name, breaker in previous._breakers.items():
+            if name in models and breaker.policy == self._policy_of(name):
+                self._breakers[name] = breaker

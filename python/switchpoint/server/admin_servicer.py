@@ -1,15 +1,16 @@
-"""The switchpoint.v1.Admin servicer: budget state and run-time budget changes, behind a bearer
-token. Without a configured token the service refuses every call."""
+"""The switchpoint.v1.Admin servicer: budget state, run-time budget changes and config reloads,
+behind a bearer token. Without a configured token the service refuses every call."""
 
 from __future__ import annotations
 
 import hmac
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
 from switchpoint.engine import Engine
+from switchpoint.reload import ReloadResult
 from switchpoint.v1 import admin_pb2 as pb
 from switchpoint.v1 import admin_pb2_grpc
 
@@ -17,9 +18,15 @@ ServicerContext = grpc.aio.ServicerContext[object, object]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, engine: Callable[[], Engine], token: str | None) -> None:
+    def __init__(
+        self,
+        engine: Callable[[], Engine],
+        token: str | None,
+        reload: Callable[[], Awaitable[ReloadResult]] | None = None,
+    ) -> None:
         self._engine = engine
         self._token = token
+        self._reload = reload
 
     async def _authorize(self, context: ServicerContext) -> None:
         if not self._token:
@@ -56,6 +63,20 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             )
         engine.gate.set_budget_limit(request.name, request.limit_usd, sorted(request.scope.items()))
         return self._budgets(request.name, "")
+
+    async def ReloadConfig(
+        self, request: pb.ReloadConfigRequest, context: ServicerContext
+    ) -> pb.ReloadConfigResponse:
+        await self._authorize(context)
+        if self._reload is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server cannot reload")
+        result = await self._reload()
+        return pb.ReloadConfigResponse(
+            ok=result.ok,
+            errors=result.errors,
+            version=result.version,
+            warnings=result.warnings,
+        )
 
     def _budgets(self, name: str, tenant: str) -> pb.Budgets:
         engine = self._engine()

@@ -1,66 +1,140 @@
 """The server factory: builds one sidecar (engine, adapters, managed local servers, gRPC server with
-health and reflection) from a config. No module-level state, so tests can build many per process."""
+health and reflection) from a config, and runs its life: start, config reloads, graceful stop.
+No module-level state, so tests can build many per process."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import replace
+import signal
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from switchpoint._native import Gate, LatencyTracker
-from switchpoint.config import Config
+from switchpoint._native import LatencyTracker
+from switchpoint.config import Config, load_config
 from switchpoint.engine import Engine
-from switchpoint.errors import SwitchpointError
-from switchpoint.gate import TokenGate
-from switchpoint.local_model import ManagedModelServer, llama_cpp_available, resolve_model_path
-from switchpoint.providers import create_adapter
+from switchpoint.errors import ConfigError
+from switchpoint.local_model import ManagedModelServer
 from switchpoint.providers.base import ProviderAdapter
-from switchpoint.registry import ProviderStatus, Registry, resolve_providers
+from switchpoint.reload import (
+    EngineBuild,
+    FileStamp,
+    LiveEngine,
+    ReloadResult,
+    applies_after_restart,
+    build_engine,
+    file_stamp,
+)
 from switchpoint.server.admin_servicer import AdminServicer
+from switchpoint.server.observe import RequestObserver
 from switchpoint.server.router_servicer import RouterServicer
-from switchpoint.shared import SharedQuota
 from switchpoint.stats import StatsBook
+from switchpoint.telemetry import BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN, Telemetry
 from switchpoint.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 
 log = logging.getLogger("switchpoint.server")
 
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
-# A health entry of its own, so a probe on "" stays SERVING (the replica still serves) while
-# monitoring can see that shared budgets run on local leases only.
+# Health entries of their own, so a probe on "" stays SERVING (the replica still serves) while
+# monitoring can see that shared budgets run on local leases only, or that the last config
+# reload was refused (the replica runs an older config than its file).
 SHARED_STATE_SERVICE = "switchpoint.v1.SharedState"
+CONFIG_SERVICE = "switchpoint.v1.Config"
 SHARED_STATE_POLL_S = 1.0
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Flushable(Protocol):
+    """Something that buffers output and must flush it on stop (the telemetry exporters)."""
+
+    async def stop(self) -> None: ...
 
 
 class Sidecar:
-    """One running switchpoint: call `start()`, then `stop()`; `port` is the bound gRPC port."""
+    """One running switchpoint: call `start()`, then `stop()`; `port` is the bound gRPC port.
+    `reload()` swaps in a new config; `engine` and `config` are always the current ones."""
 
     def __init__(
         self,
         *,
-        config: Config,
-        engine: Engine,
-        adapters: Mapping[str, ProviderAdapter],
+        live: LiveEngine,
         managed: list[ManagedModelServer],
         grpc_server: grpc.aio.Server,
         health_servicer: health.aio.HealthServicer,
         port: int,
+        environ: Mapping[str, str],
+        config_path: Path | None = None,
+        telemetry: Telemetry,
     ) -> None:
-        self.config = config
-        self.engine = engine
         self.port = port
         self.grpc_server = grpc_server
-        self._adapters = adapters
+        self._live = live
         self._managed = managed
         self._health = health_servicer
-        self._shared = engine.gate.shared
+        self._environ = environ
+        self._config_path = config_path
+        self._telemetry = telemetry
+        self._shared = live.engine.gate.shared
         self._shared_watch: asyncio.Task[None] | None = None
+        # Reloads run one at a time, whether from the watcher, SIGHUP or Admin.
+        self._reload_lock = asyncio.Lock()
+        self._stamp: FileStamp | None = None if config_path is None else file_stamp(config_path)
+        self._config_watch: asyncio.Task[None] | None = None
+        self._signal_loop: asyncio.AbstractEventLoop | None = None
+        self._reloads: set[asyncio.Task[ReloadResult]] = set()
+        # Every adapter not closed yet, by identity: the current engine's and those a reload
+        # retired whose old engine has not drained.
+        self._open_adapters = {id(a): a for a in live.build.adapters.values()}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def engine(self) -> Engine:
+        return self._live.engine
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self._telemetry.metrics_port
+
+    # Gauge sources: read at scrape time, always from the current engine (reloads swap it).
+
+    def _queue_depths(self) -> dict[str, int]:
+        return {name: q.depth for name, q in self.engine.scheduler.snapshot().items()}
+
+    def _budgets_remaining(self) -> list[tuple[dict[str, str], float]]:
+        gate = self.engine.gate
+        now = gate.now()
+        out: list[tuple[dict[str, str], float]] = []
+        for instance in gate.budget_instances():
+            limit, spent, reserved, _, _ = gate.gate.budget_state(instance.gate_id, now)
+            labels: dict[str, str] = {"budget": instance.rule.name}
+            labels.update(instance.scope)
+            out.append((labels, max(limit - spent - reserved, 0.0)))
+        return out
+
+    def _breaker_states(self) -> list[tuple[str, int]]:
+        codes = {"closed": BREAKER_CLOSED, "half_open": BREAKER_HALF_OPEN, "open": BREAKER_OPEN}
+        breakers = self.engine.breakers
+        return [(m.name, codes[breakers.get(m.name).state]) for m in self.engine.registry.models]
+
+    @property
+    def config(self) -> Config:
+        return self._live.engine.config
+
+    @property
+    def config_version(self) -> int:
+        return self._live.version
+
+    @property
+    def config_error(self) -> str:
+        return self._live.error
 
     async def start(self) -> None:
         try:
@@ -69,77 +143,158 @@ class Sidecar:
             if self._shared is not None:
                 await self._shared.start()
                 self._shared_watch = asyncio.create_task(self._watch_shared_state())
+            self._telemetry.observe(
+                queues=self._queue_depths,
+                budgets_remaining=self._budgets_remaining,
+                breakers=self._breaker_states,
+            )
+            await self._telemetry.start()
             await self.grpc_server.start()
         except BaseException:
             # Never leave a child model server running behind a sidecar that failed to start.
             for server in self._managed:
                 await server.stop()
             raise
-        for service in ("", ROUTER_SERVICE):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        for service in ("", ROUTER_SERVICE, CONFIG_SERVICE):
+            await self._health.set(service, SERVING)
+        self._watch_config_if_set()
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Stop accepting calls, let in-flight ones finish within the grace, then clean up."""
+        """Stop accepting calls, let in-flight ones finish within the grace, then clean up.
+
+        grpc.aio's stop(grace) refuses new calls at once (UNAVAILABLE) and waits for the calls in
+        flight, streams included, cancelling those still running when the grace is over."""
         grace = self.config.server.graceful_stop_s if grace_s is None else grace_s
+        await self._stop_reloading()
         await self._health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace)
-        if self._shared_watch is not None:
-            self._shared_watch.cancel()
-            self._shared_watch = None
+        await _cancelled(self._shared_watch)
+        self._shared_watch = None
         if self._shared is not None:
             # After the drain: the last settled spend is reported, unspent leases go back.
             await self._shared.stop()
-        await asyncio.gather(*(adapter.aclose() for adapter in self._adapters.values()))
+        await self._close_adapters(list(self._open_adapters.values()))
+        await asyncio.gather(*self._closing)
         for server in self._managed:
             await server.stop()
-
-    async def _watch_shared_state(self) -> None:
-        assert self._shared is not None
-        serving = health_pb2.HealthCheckResponse.SERVING
-        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-        while True:
-            status = not_serving if self._shared.degraded else serving
-            await self._health.set(SHARED_STATE_SERVICE, status)
-            await asyncio.sleep(SHARED_STATE_POLL_S)
+        # -- telemetry flush: last, so the spans and metrics of the drained calls are exported.
+        if self._telemetry is not None:
+            await self._telemetry.stop()
 
     async def wait(self) -> None:
         await self.grpc_server.wait_for_termination()
 
+    # -- config reload ------------------------------------------------------------------------
 
-def _with_managed_availability(statuses: dict[str, ProviderStatus]) -> dict[str, ProviderStatus]:
-    """A managed local server that is not installed disables its provider instead of failing."""
-    out = dict(statuses)
-    for name, status in statuses.items():
-        managed = status.config.managed
-        if not status.enabled or managed is None:
-            continue
-        reason = ""
-        if not llama_cpp_available():
-            reason = "local model server is not installed (run `make local-model`)"
-        else:
+    async def reload(self, source: Path | None = None) -> ReloadResult:
+        """Load `source` (default: the file the sidecar was started from), validate it fully and
+        swap it in: calls in flight finish on the config they started with, new calls get the new
+        one. A config that cannot run is refused: the running one stays, the error is logged and
+        shown by GetStats and by the "switchpoint.v1.Config" health entry until a reload works."""
+        async with self._reload_lock:
+            path = source or self._config_path
+            if path is None:
+                return await self._refused(
+                    ["(file): the sidecar was started without a config file"], "reload"
+                )
+            if path == self._config_path:
+                # Taken before reading, so a change made while loading is seen on the next poll.
+                self._stamp = file_stamp(path)
             try:
-                resolve_model_path(managed.model)
-            except SwitchpointError as exc:
-                reason = str(exc)
-        if reason:
-            log.warning("provider %s disabled: %s", name, reason)
-            out[name] = replace(status, enabled=False, reason=reason)
-    return out
+                config = load_config(path)
+                build = build_engine(config, environ=self._environ, previous=self._live.build)
+            except ConfigError as exc:
+                return await self._refused(exc.errors, str(path))
+            except Exception as exc:  # anything else that refuses the config (e.g. the Rust table)
+                return await self._refused([str(exc)], str(path))
+            warnings = applies_after_restart(self.config, config)
+            self._swap(build)
+            for warning in warnings:
+                log.warning("config reload: %s", warning)
+            log.info("config %s reloaded: version %d", path, self._live.version)
+            await self._health.set(CONFIG_SERVICE, SERVING)
+            self._watch_config_if_set()
+            return ReloadResult(True, self._live.version, warnings=tuple(warnings))
+
+    def install_reload_signal(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Reload the config file on SIGHUP (Unix only). `stop` removes the handler."""
+        loop = loop or asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self._reload_in_background)
+        self._signal_loop = loop
+
+    def _reload_in_background(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _refused(self, errors: list[str], source: str) -> ReloadResult:
+        self._live.error = f"reload of {source} refused: {'; '.join(errors)}"
+        log.error("%s (still running config version %d)", self._live.error, self._live.version)
+        await self._health.set(CONFIG_SERVICE, NOT_SERVING)
+        return ReloadResult(False, self._live.version, tuple(errors))
+
+    def _swap(self, build: EngineBuild) -> None:
+        for adapter in build.adapters.values():
+            self._open_adapters.setdefault(id(adapter), adapter)
+        retired = build.retired
+        self._live.swap(build, lambda: self._close_later(retired))
+
+    def _close_later(self, adapters: Iterable[ProviderAdapter]) -> None:
+        """Called when the engine that used `adapters` has no call left in flight."""
+        adapters = list(adapters)
+        if adapters:
+            task = asyncio.get_running_loop().create_task(self._close_adapters(adapters))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _close_adapters(self, adapters: list[ProviderAdapter]) -> None:
+        # Popped before awaiting, so stop() and a drained engine never close one adapter twice.
+        still_open = [
+            self._open_adapters.pop(id(a)) for a in adapters if id(a) in self._open_adapters
+        ]
+        results = await asyncio.gather(
+            *(adapter.aclose() for adapter in still_open), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, Exception):
+                log.warning("closing a provider adapter failed: %s", result)
+
+    def _watch_config_if_set(self) -> None:
+        if self._config_path is None or self.config.server.reload_poll_s is None:
+            return
+        if self._config_watch is None or self._config_watch.done():
+            self._config_watch = asyncio.create_task(self._watch_config(self._config_path))
+
+    async def _watch_config(self, path: Path) -> None:
+        # The interval is read each round: a reload may change it, or turn watching off.
+        while (poll_s := self.config.server.reload_poll_s) is not None:
+            await asyncio.sleep(poll_s)
+            stamp = file_stamp(path)
+            if stamp is not None and stamp != self._stamp:
+                log.info("config file %s changed: reloading", path)
+                await self.reload()
+
+    async def _stop_reloading(self) -> None:
+        if self._signal_loop is not None:
+            self._signal_loop.remove_signal_handler(signal.SIGHUP)
+            self._signal_loop = None
+        await _cancelled(self._config_watch, *self._reloads)
+        self._config_watch = None
+
+    async def _watch_shared_state(self) -> None:
+        assert self._shared is not None
+        while True:
+            status = NOT_SERVING if self._shared.degraded else SERVING
+            await self._health.set(SHARED_STATE_SERVICE, status)
+            await asyncio.sleep(SHARED_STATE_POLL_S)
 
 
-def _adapter_for(status: ProviderStatus) -> ProviderAdapter:
-    provider = status.config
-    return create_adapter(
-        status.name,
-        provider.kind,
-        provider.endpoint,
-        status.api_key,
-        timeout_s=provider.timeout_s,
-        connect_timeout_s=provider.connect_timeout_s,
-        max_connections=provider.max_connections,
-        headers=provider.headers,
-        anthropic_default_max_tokens=provider.default_max_tokens,
-    )
+async def _cancelled(*tasks: asyncio.Task[object] | None) -> None:
+    """Cancel the tasks and wait until they have ended."""
+    live = [task for task in tasks if task is not None]
+    for task in live:
+        task.cancel()
+    await asyncio.gather(*live, return_exceptions=True)
 
 
 async def create_server(
@@ -149,61 +304,57 @@ async def create_server(
     environ: Mapping[str, str] | None = None,
     latency: LatencyTracker | None = None,
     stats: StatsBook | None = None,
+    config_path: Path | None = None,
+    telemetry: Telemetry | None = None,
 ) -> tuple[Sidecar, int]:
     """Build a sidecar bound to `address` (config's server.grpc_address when None; port 0 picks a
-    free port). Must run inside the event loop that will serve it. Nothing is started yet."""
-    statuses = _with_managed_availability(
-        resolve_providers(config, os.environ if environ is None else environ)
+    free port). Must run inside the event loop that will serve it. Nothing is started yet.
+
+    `config_path` is the file `config` was loaded from: reloads read it, and it is watched for
+    changes every server.reload_poll_s. `telemetry` (built from config.telemetry when None; tests
+    pass one with an in-memory span exporter) is flushed last when the sidecar stops."""
+    environ = os.environ if environ is None else environ
+    telemetry = telemetry or Telemetry(config.telemetry, environ=environ)
+    build = build_engine(
+        config,
+        environ=environ,
+        latency=latency,
+        stats=stats,
+        tracer=telemetry.tracer,
+        metrics=telemetry.metrics,
     )
-    for name, status in statuses.items():
-        if not status.enabled:
-            log.info("provider %s disabled: %s", name, status.reason)
-    latency = latency or LatencyTracker(config.routing.latency_half_life_s)
-    registry = Registry(config, statuses, latency)
-    adapters = {name: _adapter_for(s) for name, s in statuses.items() if s.enabled}
     managed = [
         ManagedModelServer(name, s.config.managed, logger=log.getChild(f"local.{name}"))
-        for name, s in statuses.items()
+        for name, s in build.engine.registry.providers.items()
         if s.enabled and s.config.managed is not None
     ]
-    gate = Gate()
-    shared = (
-        SharedQuota(config.shared_state, gate)
-        if config.shared_state.redis_url is not None
-        else None
-    )
-    engine = Engine(
-        config,
-        registry,
-        adapters,
-        latency,
-        stats or StatsBook(),
-        gate=TokenGate(config, gate, shared=shared),
-    )
-
+    live = LiveEngine(build)
     grpc_server = grpc.aio.server()
-    router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(lambda: engine), grpc_server)
-    admin_token = (os.environ if environ is None else environ).get(config.admin.token_env)
-    admin_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(lambda: engine, admin_token or None), grpc_server
-    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    reflection.enable_server_reflection(
-        (ROUTER_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
-        grpc_server,
-    )
     bind = address or config.server.grpc_address
     port = grpc_server.add_insecure_port(bind)
     if port == 0:
+        await asyncio.gather(*(adapter.aclose() for adapter in build.adapters.values()))
         raise OSError(f"cannot bind gRPC address {bind}")
     sidecar = Sidecar(
-        config=config,
-        engine=engine,
-        adapters=adapters,
+        live=live,
         managed=managed,
         grpc_server=grpc_server,
         health_servicer=health_servicer,
         port=port,
+        environ=environ,
+        config_path=config_path,
+        telemetry=telemetry,
+    )
+    observer = RequestObserver(telemetry, log_prompts=config.telemetry.log_prompts)
+    router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(live, observer), grpc_server)
+    admin_token = environ.get(config.admin.token_env)
+    admin_pb2_grpc.add_AdminServicer_to_server(
+        AdminServicer(live, admin_token or None, sidecar.reload), grpc_server
+    )
+    reflection.enable_server_reflection(
+        (ROUTER_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        grpc_server,
     )
     return sidecar, port

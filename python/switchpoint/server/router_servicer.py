@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import NoReturn
 
 import grpc
 
 from switchpoint.engine import ChatResult, Engine
+from switchpoint.reload import LiveEngine
+from switchpoint.request import ChatInput
 from switchpoint.server import convert
+from switchpoint.server.observe import Observation, RequestObserver
 from switchpoint.server.status import failure_for
 from switchpoint.v1 import router_pb2 as pb
 from switchpoint.v1 import router_pb2_grpc
@@ -19,38 +22,56 @@ ServicerContext = grpc.aio.ServicerContext[object, object]
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
-    """Holds a getter rather than the engine itself so a config reload can swap engines between
-    calls while each call keeps the engine it started with."""
+    """Holds the live engine rather than an engine so a config reload can swap engines between
+    calls while each call keeps the engine it started with; calls that reach providers hold it
+    (`hold`), so what a reload retires is closed only after they end."""
 
-    def __init__(self, engine: Callable[[], Engine]) -> None:
+    def __init__(self, engine: LiveEngine, observer: RequestObserver) -> None:
         self._engine = engine
+        self._observer = observer
 
     async def Route(self, request: pb.RouteRequest, context: ServicerContext) -> pb.RouteDecision:
         chat_input = convert.chat_input(request)
-        try:
-            decision = self._engine().decide(chat_input)
-        except Exception as exc:
-            await _abort(context, exc, chat_input.request_id)
-        return convert.decision_message(decision)
+        with self._observer.observe("Route", context, chat_input) as seen:
+            try:
+                seen.decision = self._engine().decide(chat_input)
+            except Exception as exc:
+                await _abort(context, exc, chat_input.request_id, seen)
+            return convert.decision_message(seen.decision)
 
     async def Chat(self, request: pb.ChatRequest, context: ServicerContext) -> pb.ChatResponse:
-        engine = self._engine()
         chat_input = convert.chat_input(request)
-        try:
-            decision = engine.decide(chat_input)
-            result = await engine.chat(chat_input, decision, deadline=_deadline(context))
-        except Exception as exc:
-            await _abort(context, exc, chat_input.request_id)
-        return convert.chat_response(result)
+        with (
+            self._engine.hold() as engine,
+            self._observer.observe("Chat", context, chat_input) as seen,
+        ):
+            try:
+                seen.decision = engine.decide(chat_input)
+                seen.result = await engine.chat(
+                    chat_input, seen.decision, deadline=_deadline(context)
+                )
+            except Exception as exc:
+                await _abort(context, exc, chat_input.request_id, seen)
+            return convert.chat_response(seen.result)
 
     async def ChatStream(
         self, request: pb.ChatRequest, context: ServicerContext
     ) -> AsyncIterator[pb.ChatChunk]:
-        engine = self._engine()
         chat_input = convert.chat_input(request)
+        with (
+            self._engine.hold() as engine,
+            self._observer.observe("ChatStream", context, chat_input) as seen,
+        ):
+            async with aclosing(self._stream(engine, chat_input, context, seen)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+
+    async def _stream(
+        self, engine: Engine, chat_input: ChatInput, context: ServicerContext, seen: Observation
+    ) -> AsyncGenerator[pb.ChatChunk, None]:
         request_id = chat_input.request_id
         try:
-            decision = engine.decide(chat_input)
+            decision = seen.decision = engine.decide(chat_input)
             first = True
             # aclosing: a cancelled client call closes the engine's stream at once, which releases
             # its gate reservation and the upstream response.
@@ -58,6 +79,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             async with aclosing(stream_deltas) as stream:
                 async for item in stream:
                     if isinstance(item, ChatResult):
+                        seen.result = item
                         chunk = convert.final_chunk(item)
                     else:
                         chunk = convert.delta_chunk(item, request_id)
@@ -66,7 +88,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                         first = False
                     yield chunk
         except Exception as exc:
-            await _abort(context, exc, request_id)
+            await _abort(context, exc, request_id, seen)
 
     async def GetStats(self, request: pb.StatsRequest, context: ServicerContext) -> pb.Stats:
         engine = self._engine()
@@ -90,6 +112,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             ],
             uptime_s=engine.stats.uptime_s(),
             shared_state=_shared_state(engine),
+            config_error=self._engine.error,
+            config_version=self._engine.version,
         )
 
 
@@ -145,6 +169,9 @@ def _model_stats(
     )
 
 
-async def _abort(context: ServicerContext, exc: Exception, request_id: str) -> NoReturn:
+async def _abort(
+    context: ServicerContext, exc: Exception, request_id: str, seen: Observation
+) -> NoReturn:
     failure = failure_for(exc, request_id)
+    seen.failed(failure.code, failure.message)
     await context.abort(failure.code, failure.message, failure.trailing_metadata)

@@ -30,9 +30,9 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from switchpoint.telemetry.export import MetricsServer, span_exporters_from_env, split_address
+from switchpoint.config import TelemetryConfig
+from switchpoint.telemetry.export import MetricsServer, span_exporters_from_env
 from switchpoint.telemetry.metrics import (
     BREAKER_CLOSED,
     BREAKER_HALF_OPEN,
@@ -76,26 +76,6 @@ SPAN_PROVIDER_CALL: Final = "switchpoint.provider.call"
 # span that caused it.
 EVENT_FALLBACK: Final = "switchpoint.fallback"
 EVENT_BREAKER: Final = "switchpoint.breaker.change"
-
-
-class TelemetryConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # "host:port" ("[::1]:9464" for IPv6) for the Prometheus /metrics listener; None serves none.
-    # Port 0 binds any free port (tests); `Telemetry.metrics_port` tells which.
-    metrics_address: str | None = None
-    # Head sampling for root spans; a sampled incoming parent is always followed (ParentBased).
-    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
-    service_name: str = "switchpoint"
-    # Read by the logging module: prompts and completions are kept out of logs unless asked.
-    log_prompts: bool = False
-
-    @field_validator("metrics_address")
-    @classmethod
-    def _check_address(cls, value: str | None) -> str | None:
-        if value is not None:
-            split_address(value)
-        return value
 
 
 class Telemetry:

@@ -11,6 +11,8 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from switchpoint.config import split_address
+
 _HTTP_READ_TIMEOUT_S: Final = 10.0
 _OTLP_ENDPOINT_VARS: Final = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
@@ -64,16 +66,6 @@ def _otlp_exporter(environ: Mapping[str, str]) -> SpanExporter:
             traces_endpoint = base_endpoint.rstrip("/") + "/v1/traces"
         return HttpExporter(endpoint=traces_endpoint)
     raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL: unsupported protocol {protocol!r}")
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """Split "host:port" / "[v6]:port" into its parts, refusing anything else."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"expected host:port, got {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port_text)
 
 
 class MetricsServer:

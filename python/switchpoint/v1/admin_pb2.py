@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aswitchpoint/v1/admin.proto\x12\x0eswitchpoint.v1\"1\n\x11GetBudgetsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\x9d\x02\n\x0b\x42udgetState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x35\n\x05scope\x18\x02 \x03(\x0b\x32&.switchpoint.v1.BudgetState.ScopeEntry\x12\x0e\n\x06window\x18\x03 \x01(\t\x12\x11\n\tlimit_usd\x18\x04 \x01(\x01\x12\x11\n\tspent_usd\x18\x05 \x01(\x01\x12\x14\n\x0creserved_usd\x18\x06 \x01(\x01\x12\x15\n\rremaining_usd\x18\x07 \x01(\x01\x12\x14\n\x0cwindow_start\x18\x08 \x01(\x01\x12\x12\n\nwindow_end\x18\t \x01(\x01\x12\x0e\n\x06shared\x18\n \x01(\x08\x1a,\n\nScopeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x07\x42udgets\x12,\n\x07\x62udgets\x18\x01 \x03(\x0b\x32\x1b.switchpoint.v1.BudgetState\x12\x17\n\x0f\x64\x65graded_reason\x18\x02 \x01(\t\"\x9d\x01\n\x10SetBudgetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tlimit_usd\x18\x02 \x01(\x01\x12:\n\x05scope\x18\x03 \x03(\x0b\x32+.switchpoint.v1.SetBudgetRequest.ScopeEntry\x1a,\n\nScopeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x99\x01\n\x05\x41\x64min\x12H\n\nGetBudgets\x12!.switchpoint.v1.GetBudgetsRequest\x1a\x17.switchpoint.v1.Budgets\x12\x46\n\tSetBudget\x12 .switchpoint.v1.SetBudgetRequest\x1a\x17.switchpoint.v1.Budgetsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aswitchpoint/v1/admin.proto\x12\x0eswitchpoint.v1\"1\n\x11GetBudgetsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\x9d\x02\n\x0b\x42udgetState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x35\n\x05scope\x18\x02 \x03(\x0b\x32&.switchpoint.v1.BudgetState.ScopeEntry\x12\x0e\n\x06window\x18\x03 \x01(\t\x12\x11\n\tlimit_usd\x18\x04 \x01(\x01\x12\x11\n\tspent_usd\x18\x05 \x01(\x01\x12\x14\n\x0creserved_usd\x18\x06 \x01(\x01\x12\x15\n\rremaining_usd\x18\x07 \x01(\x01\x12\x14\n\x0cwindow_start\x18\x08 \x01(\x01\x12\x12\n\nwindow_end\x18\t \x01(\x01\x12\x0e\n\x06shared\x18\n \x01(\x08\x1a,\n\nScopeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x07\x42udgets\x12,\n\x07\x62udgets\x18\x01 \x03(\x0b\x32\x1b.switchpoint.v1.BudgetState\x12\x17\n\x0f\x64\x65graded_reason\x18\x02 \x01(\t\"\x9d\x01\n\x10SetBudgetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tlimit_usd\x18\x02 \x01(\x01\x12:\n\x05scope\x18\x03 \x03(\x0b\x32+.switchpoint.v1.SetBudgetRequest.ScopeEntry\x1a,\n\nScopeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x15\n\x13ReloadConfigRequest\"U\n\x14ReloadConfigResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06\x65rrors\x18\x02 \x03(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x10\n\x08warnings\x18\x04 \x03(\t2\xf4\x01\n\x05\x41\x64min\x12H\n\nGetBudgets\x12!.switchpoint.v1.GetBudgetsRequest\x1a\x17.switchpoint.v1.Budgets\x12\x46\n\tSetBudget\x12 .switchpoint.v1.SetBudgetRequest\x1a\x17.switchpoint.v1.Budgets\x12Y\n\x0cReloadConfig\x12#.switchpoint.v1.ReloadConfigRequest\x1a$.switchpoint.v1.ReloadConfigResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,6 +47,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETBUDGETREQUEST']._serialized_end=625
   _globals['_SETBUDGETREQUEST_SCOPEENTRY']._serialized_start=339
   _globals['_SETBUDGETREQUEST_SCOPEENTRY']._serialized_end=383
-  _globals['_ADMIN']._serialized_start=628
-  _globals['_ADMIN']._serialized_end=781
+  _globals['_RELOADCONFIGREQUEST']._serialized_start=627
+  _globals['_RELOADCONFIGREQUEST']._serialized_end=648
+  _globals['_RELOADCONFIGRESPONSE']._serialized_start=650
+  _globals['_RELOADCONFIGRESPONSE']._serialized_end=735
+  _globals['_ADMIN']._serialized_start=738
+  _globals['_ADMIN']._serialized_end=982
 # @@protoc_insertion_point(module_scope)

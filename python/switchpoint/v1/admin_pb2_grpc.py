@@ -44,6 +44,11 @@ class AdminStub:
                 request_serializer=switchpoint_dot_v1_dot_admin__pb2.SetBudgetRequest.SerializeToString,
                 response_deserializer=switchpoint_dot_v1_dot_admin__pb2.Budgets.FromString,
                 _registered_method=True)
+        self.ReloadConfig = channel.unary_unary(
+                '/switchpoint.v1.Admin/ReloadConfig',
+                request_serializer=switchpoint_dot_v1_dot_admin__pb2.ReloadConfigRequest.SerializeToString,
+                response_deserializer=switchpoint_dot_v1_dot_admin__pb2.ReloadConfigResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -63,6 +68,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadConfig(self, request, context):
+        """Re-read the config file the sidecar was started from. A valid config is swapped in (calls in
+        flight finish on the old one); an invalid one is refused and the running config stays.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +88,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.SetBudget,
                     request_deserializer=switchpoint_dot_v1_dot_admin__pb2.SetBudgetRequest.FromString,
                     response_serializer=switchpoint_dot_v1_dot_admin__pb2.Budgets.SerializeToString,
+            ),
+            'ReloadConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadConfig,
+                    request_deserializer=switchpoint_dot_v1_dot_admin__pb2.ReloadConfigRequest.FromString,
+                    response_serializer=switchpoint_dot_v1_dot_admin__pb2.ReloadConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +149,33 @@ class Admin:
             '/switchpoint.v1.Admin/SetBudget',
             switchpoint_dot_v1_dot_admin__pb2.SetBudgetRequest.SerializeToString,
             switchpoint_dot_v1_dot_admin__pb2.Budgets.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchpoint.v1.Admin/ReloadConfig',
+            switchpoint_dot_v1_dot_admin__pb2.ReloadConfigRequest.SerializeToString,
+            switchpoint_dot_v1_dot_admin__pb2.ReloadConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,10 @@ class AdminStub:
     """Budget state: every budget instance the sidecar has seen, with spend in the current window."""
     SetBudget: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetBudgetRequest, _admin_pb2.Budgets]
     """Change a budget's limit at run time (all its instances, or one scope)."""
+    ReloadConfig: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReloadConfigRequest, _admin_pb2.ReloadConfigResponse]
+    """Re-read the config file the sidecar was started from. A valid config is swapped in (calls in
+    flight finish on the old one); an invalid one is refused and the running config stays.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -46,6 +50,10 @@ class AdminAsyncStub(AdminStub):
     """Budget state: every budget instance the sidecar has seen, with spend in the current window."""
     SetBudget: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetBudgetRequest, _admin_pb2.Budgets]  # type: ignore[assignment]
     """Change a budget's limit at run time (all its instances, or one scope)."""
+    ReloadConfig: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReloadConfigRequest, _admin_pb2.ReloadConfigResponse]  # type: ignore[assignment]
+    """Re-read the config file the sidecar was started from. A valid config is swapped in (calls in
+    flight finish on the old one); an invalid one is refused and the running config stays.
+    """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -63,5 +71,15 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.Budgets, _abc.Awaitable[_admin_pb2.Budgets]]:
         """Change a budget's limit at run time (all its instances, or one scope)."""
+
+    @_abc_1.abstractmethod
+    def ReloadConfig(
+        self,
+        request: _admin_pb2.ReloadConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ReloadConfigResponse, _abc.Awaitable[_admin_pb2.ReloadConfigResponse]]:
+        """Re-read the config file the sidecar was started from. A valid config is swapped in (calls in
+        flight finish on the old one); an invalid one is refused and the running config stays.
+        """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

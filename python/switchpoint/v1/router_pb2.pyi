@@ -714,9 +714,15 @@ class Stats(_message.Message):
     MODELS_FIELD_NUMBER: _builtins.int
     UPTIME_S_FIELD_NUMBER: _builtins.int
     SHARED_STATE_FIELD_NUMBER: _builtins.int
+    CONFIG_ERROR_FIELD_NUMBER: _builtins.int
+    CONFIG_VERSION_FIELD_NUMBER: _builtins.int
     uptime_s: _builtins.float
     shared_state: _builtins.str
     """Budgets shared through Redis: "" when not configured, "ok", or "degraded: <why>"."""
+    config_error: _builtins.str
+    """Why the last config reload was refused (the running config stays); "" after a success."""
+    config_version: _builtins.int
+    """The running config's version: 1 at start, +1 per successful reload."""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelStats]: ...
     def __init__(
@@ -725,10 +731,12 @@ class Stats(_message.Message):
         models: _abc.Iterable[Global___ModelStats] | None = ...,
         uptime_s: _builtins.float = ...,
         shared_state: _builtins.str = ...,
+        config_error: _builtins.str = ...,
+        config_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models", "shared_state", b"shared_state", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_error", b"config_error", "config_version", b"config_version", "models", b"models", "shared_state", b"shared_state", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

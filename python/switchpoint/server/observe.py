@@ -1,0 +1,110 @@
+"""What every RPC leaves behind: the root span (continuing the caller's W3C trace context), the
+request and overhead metrics, and the one structured log line. The servicers wrap each call in
+`RequestObserver.observe` and report the result or the failure on the observation."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode, Tracer
+
+from switchpoint.calls import ChatResult
+from switchpoint.instruments import MetricsSink, NullMetrics
+from switchpoint.logs import request_log
+from switchpoint.request import ChatInput
+from switchpoint.routing import Decision
+from switchpoint.telemetry import SPAN_REQUEST, Telemetry
+
+log = logging.getLogger("switchpoint.request")
+
+
+@dataclass(slots=True)
+class Observation:
+    """Filled in by the RPC handler as the call goes."""
+
+    span: Span
+    decision: Decision | None = None
+    result: ChatResult | None = None
+    outcome: str = "ok"
+    # Time the call spent waiting on providers, backoffs and queues: not switchpoint's overhead.
+    waited_s: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def failed(self, code: grpc.StatusCode, message: str) -> None:
+        self.outcome = code.name.lower()
+        self.span.set_status(Status(StatusCode.ERROR, message[:200]))
+        self.span.set_attribute("rpc.grpc.status_code", code.value[0])
+
+
+class RequestObserver:
+    def __init__(self, telemetry: Telemetry | None, *, log_prompts: bool = False) -> None:
+        self._telemetry = telemetry
+        self._tracer: Tracer = telemetry.tracer if telemetry else trace.NoOpTracer()
+        self._metrics: MetricsSink = telemetry.metrics if telemetry else NullMetrics()
+        self._log_prompts = log_prompts
+
+    @contextmanager
+    def observe(
+        self, rpc: str, context: grpc.aio.ServicerContext[object, object], request: ChatInput
+    ) -> Iterator[Observation]:
+        parent = (
+            self._telemetry.extract(context.invocation_metadata() or ())
+            if self._telemetry
+            else otel_context.get_current()
+        )
+        # Attached (not only passed as the parent) so incoming baggage follows outgoing calls.
+        token = otel_context.attach(parent)
+        try:
+            with self._tracer.start_as_current_span(
+                SPAN_REQUEST,
+                kind=trace.SpanKind.SERVER,
+                attributes={
+                    "rpc.system": "grpc",
+                    "rpc.service": "switchpoint.v1.Router",
+                    "rpc.method": rpc,
+                    "switchpoint.request_id": request.request_id,
+                    "switchpoint.tenant": request.routing.tenant,
+                    "switchpoint.stage": request.routing.stage,
+                },
+                record_exception=False,
+                set_status_on_exception=False,
+            ) as span:
+                observation = Observation(span)
+                try:
+                    yield observation
+                finally:
+                    self._finish(rpc, request, observation)
+        finally:
+            otel_context.detach(token)
+
+    def _finish(self, rpc: str, request: ChatInput, observation: Observation) -> None:
+        elapsed_s = time.perf_counter() - observation.started
+        result, decision = observation.result, observation.decision
+        model = result.model if result else decision.chosen.name if decision else ""
+        waited_s = result.waited_s if result else observation.waited_s
+        self._metrics.routing_overhead(rpc=rpc, seconds=max(elapsed_s - waited_s, 0.0))
+        routing = request.routing
+        self._metrics.request(
+            model=model, outcome=observation.outcome, tenant=routing.tenant, stage=routing.stage
+        )
+        request_log(
+            log,
+            request_id=request.request_id,
+            rpc=rpc,
+            tenant=routing.tenant,
+            stage=routing.stage,
+            model=model,
+            outcome=observation.outcome,
+            latency_ms=elapsed_s * 1000.0,
+            cost_usd=result.cost_usd if result else 0.0,
+            attempts=len(result.attempts) if result else 0,
+            prompt=[(m.role, m.content) for m in request.messages],
+            log_prompts=self._log_prompts,
+        )
