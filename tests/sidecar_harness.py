@@ -12,6 +12,7 @@ import grpc
 
 from switchpoint.config import parse_config
 from switchpoint.server import Sidecar, create_server
+from switchpoint.telemetry import Telemetry
 from switchpoint.v1 import router_pb2 as pb
 from switchpoint.v1 import router_pb2_grpc
 
@@ -86,9 +87,14 @@ def with_changes(base: dict[str, Any], **sections: Any) -> dict[str, Any]:
 
 @asynccontextmanager
 async def running_sidecar(
-    config: dict[str, Any], environ: Mapping[str, str] | None = None
+    config: dict[str, Any],
+    environ: Mapping[str, str] | None = None,
+    *,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[RunningSidecar]:
-    sidecar, port = await create_server(parse_config(config), "127.0.0.1:0", environ=environ or {})
+    sidecar, port = await create_server(
+        parse_config(config), "127.0.0.1:0", environ=environ or {}, telemetry=telemetry
+    )
     await sidecar.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
