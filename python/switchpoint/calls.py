@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from switchpoint.cache.records import CacheHit
 from switchpoint.errors import DeadlineExceededError, ProviderError, QuotaExceededError
 from switchpoint.providers.base import Completion, StreamEnd
 from switchpoint.request import ChatInput
@@ -52,6 +53,8 @@ class ChatResult:
     ttft_ms: float = 0.0
     # Time spent waiting on providers, backoffs and queues, for the overhead metric.
     waited_s: float = 0.0
+    # Set when the answer came from the response cache (no provider was called).
+    cache: CacheHit | None = None
 
 
 @dataclass(frozen=True, slots=True)

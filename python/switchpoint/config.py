@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from switchpoint.cache.config import CacheConfig
 from switchpoint.errors import ConfigError, ErrorClass
 
 
@@ -323,6 +324,7 @@ class Config(StrictModel):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     shared_state: SharedStateConfig = Field(default_factory=SharedStateConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
 
     def strategy_weights(self, name: str) -> tuple[float, float, float] | None:
         """Weights of a built-in or configured strategy; None when the name is unknown."""

@@ -21,9 +21,11 @@ from opentelemetry.trace import Tracer
 
 from switchpoint._native import LatencyTracker
 from switchpoint.attempts import CONTINUE_PROMPT, Attempts, Outcome, prior_latency_ms
+from switchpoint.cache.serving import CacheFront
+from switchpoint.cache.store import ResponseCache
 from switchpoint.calls import SKIPPED, AttemptRecord, CallState, ChatResult, StreamDelta
 from switchpoint.config import BreakerConfig, Config, ModelConfig
-from switchpoint.errors import AllAttemptsFailedError, SwitchpointError
+from switchpoint.errors import AllAttemptsFailedError, QuotaExceededError, SwitchpointError
 from switchpoint.gate import RequestScope, TokenGate
 from switchpoint.instruments import MetricsSink, NullMetrics
 from switchpoint.providers.base import ProviderAdapter
@@ -59,6 +61,7 @@ class Engine:
         scheduler: Scheduler | None = None,
         tracer: Tracer | None = None,
         metrics: MetricsSink | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -73,6 +76,9 @@ class Engine:
         self.tracer = tracer or trace.NoOpTracer()
         self.metrics = metrics or NullMetrics()
         self.adapters = adapters
+        self.cache = (
+            CacheFront(cache, registry, self.tracer, self.metrics) if cache is not None else None
+        )
         self.tokens = TokenCounter()
         self._router = Router(config, registry, self.tokens)
         self._attempts = Attempts(
@@ -106,10 +112,12 @@ class Engine:
 
     # -- decide -------------------------------------------------------------------------------
 
-    def decide(self, request: ChatInput) -> Decision:
+    def decide(self, request: ChatInput, *, for_call: bool = False) -> Decision:
         """Validate, route, and drop the candidates the gate or an open breaker refuses now.
 
         Raises InvalidRequestError, NoEligibleModelError, PolicyDeniedError or QuotaExceededError.
+        With `for_call` and a cache, a gate refusal is carried in the decision instead: a cached
+        answer costs nothing, so the call may still be served from the cache.
         """
         validate(request)
         scope = _scope(request)
@@ -118,9 +126,13 @@ class Engine:
             span.set_attribute("switchpoint.level", decision.level.name.lower())
             span.set_attribute("switchpoint.strategy", decision.strategy)
         with self.tracer.start_as_current_span(SPAN_GATE) as span:
-            decision = self._without_open_breakers(
-                self.gate.admissible(decision, scope, self.registry)
-            )
+            try:
+                admitted = self.gate.admissible(decision, scope, self.registry)
+            except QuotaExceededError as refusal:
+                if not (for_call and self.cache is not None):
+                    raise
+                return replace(decision, refusal=refusal)
+            decision = self._without_open_breakers(admitted)
             span.set_attribute("switchpoint.model", decision.chosen.name)
             span.set_attribute("switchpoint.candidates", len(decision.candidates))
         return decision
@@ -154,16 +166,26 @@ class Engine:
         """Serve the call on the decision's models in order, retrying each as its provider's policy
         says. `deadline` (time.monotonic()) bounds every attempt and backoff together."""
         call = CallState(request, decision, request.request_id or uuid.uuid4().hex, deadline)
+        if self.cache is not None:
+            hit = await self.cache.lookup(call)
+            if hit is not None:
+                # A hit costs nothing: no reservation, no provider, no budget.
+                return self._finish(call, self.cache.result(call, hit))
+        if decision.refusal is not None:
+            raise decision.refusal
         models = self._chain(call)
+        result: ChatResult | None = None
         if self._hedges(request):
             result = await self._hedged(call, models)
+        for model in models if result is None else ():
+            result = (await self._attempts.complete_on(call, model)).result
             if result is not None:
-                return self._finish(call, result)
-        for model in models:
-            outcome = await self._attempts.complete_on(call, model)
-            if outcome.result is not None:
-                return self._finish(call, outcome.result)
-        raise self._exhausted(call)
+                break
+        if result is None:
+            raise self._exhausted(call)
+        if self.cache is not None:
+            await self.cache.remember(call, result)
+        return self._finish(call, result)
 
     async def stream(
         self, request: ChatInput, decision: Decision, *, deadline: float | None = None
@@ -171,12 +193,24 @@ class Engine:
         """Relay the provider's stream. Before the first token a failure is invisible to the client;
         after it, the answer continues on the next attempt (unless continuation is off)."""
         call = CallState(request, decision, request.request_id or uuid.uuid4().hex, deadline)
+        hit = await self.cache.lookup(call) if self.cache is not None else None
+        if hit is not None and self.cache is not None:
+            # Replayed like a provider's stream, at no cost.
+            cached = self.cache.result(call, hit)
+            for piece in self.cache.pieces(hit):
+                yield StreamDelta(piece, cached.model, cached.provider)
+            yield self._finish(call, cached)
+            return
+        if decision.refusal is not None:
+            raise decision.refusal
         for model in self._chain(call):
             outcome = Outcome()
             async with aclosing(self._attempts.stream_on(call, model, outcome)) as deltas:
                 async for delta in deltas:
                     yield delta
             if outcome.result is not None:
+                if self.cache is not None:
+                    await self.cache.remember(call, outcome.result)
                 yield self._finish(call, outcome.result)
                 return
         raise self._exhausted(call)

@@ -31,6 +31,7 @@ from pathlib import Path
 from opentelemetry.trace import Tracer
 
 from switchpoint._native import Gate, LatencyTracker
+from switchpoint.cache.store import ResponseCache
 from switchpoint.config import Config
 from switchpoint.engine import Engine
 from switchpoint.errors import ConfigError, SwitchpointError
@@ -84,6 +85,8 @@ def restart_only_changes(running: Config, new: Config) -> list[str]:
         errors.append("shared_state: changing it needs a restart")
     if new.admin.token_env != running.admin.token_env:
         errors.append("admin.token_env: changing it needs a restart")
+    if new.cache != running.cache:
+        errors.append("cache: changing it needs a restart")
     return errors
 
 
@@ -169,6 +172,7 @@ def build_engine(
     stats: StatsBook | None = None,
     tracer: Tracer | None = None,
     metrics: MetricsSink | None = None,
+    cache: ResponseCache | None = None,
 ) -> EngineBuild:
     """The engine for `config`; with `previous`, a reload of it (see the module docstring).
 
@@ -214,6 +218,7 @@ def build_engine(
         scheduler=old.scheduler if old is not None else None,
         tracer=old.tracer if old is not None else tracer,
         metrics=old.metrics if old is not None else metrics,
+        cache=old.cache.cache if old is not None and old.cache is not None else cache,
     )
     if previous is None:
         return EngineBuild(engine, adapters)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from switchpoint.cache.records import CacheControls
 from switchpoint.errors import InvalidRequestError
 from switchpoint.providers.base import ChatMessage
 
@@ -50,6 +51,7 @@ class ChatInput:
     routing: RoutingOptions = field(default_factory=RoutingOptions)
     params: GenerationParams = field(default_factory=GenerationParams)
     request_id: str = ""
+    cache: CacheControls = field(default_factory=CacheControls)
 
 
 def _check_finite_range(
@@ -114,5 +116,6 @@ def validate(request: ChatInput) -> None:
     _validate_messages(request.messages)
     _validate_routing(request.routing)
     _validate_params(request.params)
+    _check_finite_range("cache.threshold", request.cache.threshold, 0.0, 1.0, low_open=True)
     if len(request.request_id) > MAX_ID_LENGTH:
         raise InvalidRequestError("request_id", f"must be at most {MAX_ID_LENGTH} characters")

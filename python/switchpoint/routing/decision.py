@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+from switchpoint.errors import QuotaExceededError
+
 
 class Level(IntEnum):
     """Values match switchpoint.v1.DecisionLevel."""
@@ -43,6 +45,8 @@ class Decision:
     complexity: float = 0.0
     # Models to try after the candidates when every candidate fails (not scored, in chain order).
     fallback: tuple[str, ...] = ()
+    # A Chat the gate refuses may still be answered from the cache; without a hit this is raised.
+    refusal: QuotaExceededError | None = None
 
     @property
     def chosen(self) -> ScoredModel:

@@ -78,6 +78,16 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             warnings=result.warnings,
         )
 
+    async def DeleteCacheEntries(
+        self, request: pb.DeleteCacheEntriesRequest, context: ServicerContext
+    ) -> pb.DeleteCacheEntriesResponse:
+        await self._authorize(context)
+        front = self._engine().cache
+        if front is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the cache is not enabled")
+        deleted = await front.cache.delete_tenant(request.tenant)
+        return pb.DeleteCacheEntriesResponse(deleted=deleted)
+
     def _budgets(self, name: str, tenant: str) -> pb.Budgets:
         engine = self._engine()
         gate = engine.gate

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from switchpoint._native import LatencyTracker
+from switchpoint.cache.build import CacheService, build_cache
 from switchpoint.config import Config, load_config
 from switchpoint.engine import Engine
 from switchpoint.errors import ConfigError
@@ -73,8 +74,10 @@ class Sidecar:
         environ: Mapping[str, str],
         config_path: Path | None = None,
         telemetry: Telemetry,
+        cache: CacheService | None = None,
     ) -> None:
         self.port = port
+        self._cache = cache
         self.grpc_server = grpc_server
         self._live = live
         self._managed = managed
@@ -149,6 +152,8 @@ class Sidecar:
                 breakers=self._breaker_states,
             )
             await self._telemetry.start()
+            if self._cache is not None:
+                await self._cache.start()
             await self.grpc_server.start()
         except BaseException:
             # Never leave a child model server running behind a sidecar that failed to start.
@@ -173,6 +178,9 @@ class Sidecar:
         if self._shared is not None:
             # After the drain: the last settled spend is reported, unspent leases go back.
             await self._shared.stop()
+        if self._cache is not None:
+            # After the drain, so the snapshot holds the answers of the last calls too.
+            await self._cache.close()
         await self._close_adapters(list(self._open_adapters.values()))
         await asyncio.gather(*self._closing)
         for server in self._managed:
@@ -315,6 +323,7 @@ async def create_server(
     pass one with an in-memory span exporter) is flushed last when the sidecar stops."""
     environ = os.environ if environ is None else environ
     telemetry = telemetry or Telemetry(config.telemetry, environ=environ)
+    cache = build_cache(config, environ)
     build = build_engine(
         config,
         environ=environ,
@@ -322,6 +331,7 @@ async def create_server(
         stats=stats,
         tracer=telemetry.tracer,
         metrics=telemetry.metrics,
+        cache=cache.cache if cache is not None else None,
     )
     managed = [
         ManagedModelServer(name, s.config.managed, logger=log.getChild(f"local.{name}"))
@@ -346,6 +356,7 @@ async def create_server(
         environ=environ,
         config_path=config_path,
         telemetry=telemetry,
+        cache=cache,
     )
     observer = RequestObserver(telemetry, log_prompts=config.telemetry.log_prompts)
     router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(live, observer), grpc_server)

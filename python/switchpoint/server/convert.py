@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 
+from switchpoint.cache.records import CacheControls
 from switchpoint.engine import AttemptRecord, ChatResult, StreamDelta
 from switchpoint.providers.base import ChatMessage
 from switchpoint.request import ChatInput, GenerationParams, RoutingOptions
@@ -42,8 +43,20 @@ def _params(params: pb.GenerationParams) -> GenerationParams:
     )
 
 
+def _cache_controls(request: pb.ChatRequest | pb.RouteRequest) -> CacheControls:
+    if not isinstance(request, pb.ChatRequest):
+        return CacheControls()
+    cache = request.cache
+    return CacheControls(
+        bypass=cache.bypass,
+        no_semantic=cache.no_semantic,
+        threshold=cache.threshold if cache.HasField("threshold") else None,
+    )
+
+
 def chat_input(request: pb.ChatRequest | pb.RouteRequest) -> ChatInput:
     return ChatInput(
+        cache=_cache_controls(request),
         messages=tuple(ChatMessage(m.role, m.content) for m in request.messages),
         routing=_routing(request.routing),
         params=_params(request.params),
@@ -110,6 +123,7 @@ def chat_response(result: ChatResult) -> pb.ChatResponse:
         finish_reason=result.finish_reason,
         attempts=[_attempt(a) for a in result.attempts],
         decision=decision_message(result.decision),
+        cache=_cache_hit(result),
     )
 
 
@@ -135,4 +149,18 @@ def final_chunk(result: ChatResult) -> pb.ChatChunk:
         ttft_ms=result.ttft_ms,
         finish_reason=result.finish_reason,
         attempts=[_attempt(a) for a in result.attempts],
+        cache=_cache_hit(result),
+    )
+
+
+def _cache_hit(result: ChatResult) -> pb.CacheHit | None:
+    hit = result.cache
+    if hit is None:
+        return None
+    return pb.CacheHit(
+        hit=True,
+        kind=hit.kind,
+        similarity=hit.similarity,
+        age_s=hit.age_s,
+        saved_cost_usd=hit.cost_saved_usd,
     )

@@ -46,7 +46,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             self._observer.observe("Chat", context, chat_input) as seen,
         ):
             try:
-                seen.decision = engine.decide(chat_input)
+                seen.decision = engine.decide(chat_input, for_call=True)
                 seen.result = await engine.chat(
                     chat_input, seen.decision, deadline=_deadline(context)
                 )
@@ -71,7 +71,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     ) -> AsyncGenerator[pb.ChatChunk, None]:
         request_id = chat_input.request_id
         try:
-            decision = seen.decision = engine.decide(chat_input)
+            decision = seen.decision = engine.decide(chat_input, for_call=True)
             first = True
             # aclosing: a cancelled client call closes the engine's stream at once, which releases
             # its gate reservation and the upstream response.
@@ -114,7 +114,28 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             shared_state=_shared_state(engine),
             config_error=self._engine.error,
             config_version=self._engine.version,
+            cache=_cache_stats(engine),
         )
+
+
+def _cache_stats(engine: Engine) -> pb.CacheStats:
+    if engine.cache is None:
+        return pb.CacheStats(enabled=False)
+    stats = engine.cache.cache.stats()
+    lookups = stats.hits + stats.misses
+    return pb.CacheStats(
+        enabled=True,
+        entries=stats.entries,
+        hits=stats.hits,
+        misses=stats.misses,
+        exact_hits=stats.hits_by_kind.get("exact", 0),
+        semantic_hits=stats.hits_by_kind.get("semantic", 0),
+        hit_rate=stats.hits / lookups if lookups else 0.0,
+        guard_rejections=stats.guard_rejections,
+        evictions=stats.evictions,
+        expired=stats.expired,
+        last_snapshot_error=stats.last_snapshot_error or "",
+    )
 
 
 def _deadline(context: ServicerContext) -> float | None:

@@ -34,6 +34,11 @@ class AdminStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.DeleteCacheEntries = channel.unary_unary(
+                '/switchpoint.v1.Admin/DeleteCacheEntries',
+                request_serializer=switchpoint_dot_v1_dot_admin__pb2.DeleteCacheEntriesRequest.SerializeToString,
+                response_deserializer=switchpoint_dot_v1_dot_admin__pb2.DeleteCacheEntriesResponse.FromString,
+                _registered_method=True)
         self.GetBudgets = channel.unary_unary(
                 '/switchpoint.v1.Admin/GetBudgets',
                 request_serializer=switchpoint_dot_v1_dot_admin__pb2.GetBudgetsRequest.SerializeToString,
@@ -53,6 +58,13 @@ class AdminStub:
 
 class AdminServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def DeleteCacheEntries(self, request, context):
+        """Delete every cached answer of a tenant (local entries and the shared Redis layer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def GetBudgets(self, request, context):
         """Budget state: every budget instance the sidecar has seen, with spend in the current window.
@@ -79,6 +91,11 @@ class AdminServicer:
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'DeleteCacheEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCacheEntries,
+                    request_deserializer=switchpoint_dot_v1_dot_admin__pb2.DeleteCacheEntriesRequest.FromString,
+                    response_serializer=switchpoint_dot_v1_dot_admin__pb2.DeleteCacheEntriesResponse.SerializeToString,
+            ),
             'GetBudgets': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBudgets,
                     request_deserializer=switchpoint_dot_v1_dot_admin__pb2.GetBudgetsRequest.FromString,
@@ -104,6 +121,33 @@ def add_AdminServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Admin:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def DeleteCacheEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchpoint.v1.Admin/DeleteCacheEntries',
+            switchpoint_dot_v1_dot_admin__pb2.DeleteCacheEntriesRequest.SerializeToString,
+            switchpoint_dot_v1_dot_admin__pb2.DeleteCacheEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def GetBudgets(request,

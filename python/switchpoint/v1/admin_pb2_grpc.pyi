@@ -34,6 +34,8 @@ class AdminStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminAsyncStub: ...
+    DeleteCacheEntries: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteCacheEntriesRequest, _admin_pb2.DeleteCacheEntriesResponse]
+    """Delete every cached answer of a tenant (local entries and the shared Redis layer)."""
     GetBudgets: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetBudgetsRequest, _admin_pb2.Budgets]
     """Budget state: every budget instance the sidecar has seen, with spend in the current window."""
     SetBudget: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetBudgetRequest, _admin_pb2.Budgets]
@@ -46,6 +48,8 @@ class AdminStub:
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
+    DeleteCacheEntries: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteCacheEntriesRequest, _admin_pb2.DeleteCacheEntriesResponse]  # type: ignore[assignment]
+    """Delete every cached answer of a tenant (local entries and the shared Redis layer)."""
     GetBudgets: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetBudgetsRequest, _admin_pb2.Budgets]  # type: ignore[assignment]
     """Budget state: every budget instance the sidecar has seen, with spend in the current window."""
     SetBudget: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetBudgetRequest, _admin_pb2.Budgets]  # type: ignore[assignment]
@@ -56,6 +60,14 @@ class AdminAsyncStub(AdminStub):
     """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def DeleteCacheEntries(
+        self,
+        request: _admin_pb2.DeleteCacheEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteCacheEntriesResponse, _abc.Awaitable[_admin_pb2.DeleteCacheEntriesResponse]]:
+        """Delete every cached answer of a tenant (local entries and the shared Redis layer)."""
+
     @_abc_1.abstractmethod
     def GetBudgets(
         self,

@@ -363,6 +363,7 @@ class ChatRequest(_message.Message):
     ROUTING_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Echoed in the response and logs; generated when empty."""
     @_builtins.property
@@ -371,6 +372,8 @@ class ChatRequest(_message.Message):
     def routing(self) -> Global___RoutingOptions: ...
     @_builtins.property
     def params(self) -> Global___GenerationParams: ...
+    @_builtins.property
+    def cache(self) -> Global___CacheControl: ...
     def __init__(
         self,
         *,
@@ -378,14 +381,83 @@ class ChatRequest(_message.Message):
         routing: Global___RoutingOptions | None = ...,
         params: Global___GenerationParams | None = ...,
         request_id: _builtins.str = ...,
+        cache: Global___CacheControl | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "routing", b"routing"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "params", b"params", "routing", b"routing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "params", b"params", "request_id", b"request_id", "routing", b"routing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "messages", b"messages", "params", b"params", "request_id", b"request_id", "routing", b"routing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatRequest: _TypeAlias = ChatRequest  # noqa: Y015
+
+@_typing.final
+class CacheControl(_message.Message):
+    """Per-request control of the response cache (when the config enables it)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BYPASS_FIELD_NUMBER: _builtins.int
+    NO_SEMANTIC_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    bypass: _builtins.bool
+    """Neither read nor write the cache."""
+    no_semantic: _builtins.bool
+    """Accept exact hits only, no semantic (similar-question) hits."""
+    threshold: _builtins.float
+    """This request's own similarity threshold for semantic hits, in (0, 1]."""
+    def __init__(
+        self,
+        *,
+        bypass: _builtins.bool = ...,
+        no_semantic: _builtins.bool = ...,
+        threshold: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "threshold", b"threshold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "bypass", b"bypass", "no_semantic", b"no_semantic", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
+    _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold) -> _WhichOneofReturnType__threshold | None: ...
+
+Global___CacheControl: _TypeAlias = CacheControl  # noqa: Y015
+
+@_typing.final
+class CacheHit(_message.Message):
+    """Set when the answer came from the cache instead of a provider."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HIT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SIMILARITY_FIELD_NUMBER: _builtins.int
+    AGE_S_FIELD_NUMBER: _builtins.int
+    SAVED_COST_USD_FIELD_NUMBER: _builtins.int
+    hit: _builtins.bool
+    kind: _builtins.str
+    """"exact" or "semantic"."""
+    similarity: _builtins.float
+    """Cosine similarity of the cached question (1 for exact hits)."""
+    age_s: _builtins.float
+    saved_cost_usd: _builtins.float
+    """What the provider call would have cost."""
+    def __init__(
+        self,
+        *,
+        hit: _builtins.bool = ...,
+        kind: _builtins.str = ...,
+        similarity: _builtins.float = ...,
+        age_s: _builtins.float = ...,
+        saved_cost_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_s", b"age_s", "hit", b"hit", "kind", b"kind", "saved_cost_usd", b"saved_cost_usd", "similarity", b"similarity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheHit: _TypeAlias = CacheHit  # noqa: Y015
 
 @_typing.final
 class Usage(_message.Message):
@@ -468,6 +540,7 @@ class ChatResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     content: _builtins.str
     model: _builtins.str
@@ -482,6 +555,8 @@ class ChatResponse(_message.Message):
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]: ...
     @_builtins.property
     def decision(self) -> Global___RouteDecision: ...
+    @_builtins.property
+    def cache(self) -> Global___CacheHit: ...
     def __init__(
         self,
         *,
@@ -495,10 +570,11 @@ class ChatResponse(_message.Message):
         finish_reason: _builtins.str = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
         decision: Global___RouteDecision | None = ...,
+        cache: Global___CacheHit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "decision", b"decision", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "content", b"content", "cost_usd", b"cost_usd", "decision", b"decision", "finish_reason", b"finish_reason", "latency_ms", b"latency_ms", "model", b"model", "provider", b"provider", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache", b"cache", "content", b"content", "cost_usd", b"cost_usd", "decision", b"decision", "finish_reason", b"finish_reason", "latency_ms", b"latency_ms", "model", b"model", "provider", b"provider", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -521,6 +597,7 @@ class ChatChunk(_message.Message):
     DECISION_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     CONTINUED_FROM_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     delta: _builtins.str
     """Text since the previous chunk."""
@@ -545,6 +622,10 @@ class ChatChunk(_message.Message):
     def decision(self) -> Global___RouteDecision:
         """Sent on the first chunk only."""
 
+    @_builtins.property
+    def cache(self) -> Global___CacheHit:
+        """On the last chunk: set when the answer came from the cache."""
+
     def __init__(
         self,
         *,
@@ -561,10 +642,11 @@ class ChatChunk(_message.Message):
         decision: Global___RouteDecision | None = ...,
         provider: _builtins.str = ...,
         continued_from: _builtins.str = ...,
+        cache: Global___CacheHit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "decision", b"decision", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "continued_from", b"continued_from", "cost_usd", b"cost_usd", "decision", b"decision", "delta", b"delta", "done", b"done", "finish_reason", b"finish_reason", "latency_ms", b"latency_ms", "model", b"model", "provider", b"provider", "request_id", b"request_id", "ttft_ms", b"ttft_ms", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache", b"cache", "continued_from", b"continued_from", "cost_usd", b"cost_usd", "decision", b"decision", "delta", b"delta", "done", b"done", "finish_reason", b"finish_reason", "latency_ms", b"latency_ms", "model", b"model", "provider", b"provider", "request_id", b"request_id", "ttft_ms", b"ttft_ms", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -708,6 +790,56 @@ class ModelStats(_message.Message):
 Global___ModelStats: _TypeAlias = ModelStats  # noqa: Y015
 
 @_typing.final
+class CacheStats(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    HITS_FIELD_NUMBER: _builtins.int
+    MISSES_FIELD_NUMBER: _builtins.int
+    EXACT_HITS_FIELD_NUMBER: _builtins.int
+    SEMANTIC_HITS_FIELD_NUMBER: _builtins.int
+    HIT_RATE_FIELD_NUMBER: _builtins.int
+    GUARD_REJECTIONS_FIELD_NUMBER: _builtins.int
+    EVICTIONS_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
+    LAST_SNAPSHOT_ERROR_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    entries: _builtins.int
+    hits: _builtins.int
+    misses: _builtins.int
+    exact_hits: _builtins.int
+    semantic_hits: _builtins.int
+    hit_rate: _builtins.float
+    """hits / (hits + misses); 0 before any lookup."""
+    guard_rejections: _builtins.int
+    evictions: _builtins.int
+    expired: _builtins.int
+    last_snapshot_error: _builtins.str
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        entries: _builtins.int = ...,
+        hits: _builtins.int = ...,
+        misses: _builtins.int = ...,
+        exact_hits: _builtins.int = ...,
+        semantic_hits: _builtins.int = ...,
+        hit_rate: _builtins.float = ...,
+        guard_rejections: _builtins.int = ...,
+        evictions: _builtins.int = ...,
+        expired: _builtins.int = ...,
+        last_snapshot_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "entries", b"entries", "evictions", b"evictions", "exact_hits", b"exact_hits", "expired", b"expired", "guard_rejections", b"guard_rejections", "hit_rate", b"hit_rate", "hits", b"hits", "last_snapshot_error", b"last_snapshot_error", "misses", b"misses", "semantic_hits", b"semantic_hits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheStats: _TypeAlias = CacheStats  # noqa: Y015
+
+@_typing.final
 class Stats(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -716,6 +848,7 @@ class Stats(_message.Message):
     SHARED_STATE_FIELD_NUMBER: _builtins.int
     CONFIG_ERROR_FIELD_NUMBER: _builtins.int
     CONFIG_VERSION_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     uptime_s: _builtins.float
     shared_state: _builtins.str
     """Budgets shared through Redis: "" when not configured, "ok", or "degraded: <why>"."""
@@ -725,6 +858,8 @@ class Stats(_message.Message):
     """The running config's version: 1 at start, +1 per successful reload."""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelStats]: ...
+    @_builtins.property
+    def cache(self) -> Global___CacheStats: ...
     def __init__(
         self,
         *,
@@ -733,10 +868,11 @@ class Stats(_message.Message):
         shared_state: _builtins.str = ...,
         config_error: _builtins.str = ...,
         config_version: _builtins.int = ...,
+        cache: Global___CacheStats | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_error", b"config_error", "config_version", b"config_version", "models", b"models", "shared_state", b"shared_state", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "config_error", b"config_error", "config_version", b"config_version", "models", b"models", "shared_state", b"shared_state", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

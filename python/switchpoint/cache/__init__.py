@@ -1,0 +1,1 @@
+"""The response cache: exact and semantic (FAISS) lookup, embedders, the hit guard, persistence."""
