@@ -245,3 +245,24 @@ def test_route_table_renders_observed_latency_marker() -> None:
     text = render_route(decision, max_width=80)
     assert "* latency from live samples" in text
     assert all(len(line) <= 80 for line in text.splitlines())
+
+
+async def test_stats_shows_cache_and_budgets_left(capsys: pytest.CaptureFixture[str]) -> None:
+    config = routing_config()
+    config["cache"] = {"enabled": True}
+    config["budgets"] = [
+        {"name": "tenant-day", "match": {"tenant": "*"}, "window": "day", "limit_usd": 12.5}
+    ]
+    async with running_sidecar(config) as sidecar:
+        # Routing a tenant's request creates its budget instance.
+        await sidecar.stub.Route(
+            pb.RouteRequest(
+                messages=[pb.Message(role="user", content="hi")],
+                routing=pb.RoutingOptions(tenant="acme"),
+            )
+        )
+        code = await _cli("stats", "--address", _address(sidecar))
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "cache: 0 entries, hit rate 0% (0 exact, 0 semantic, 0 misses)" in out
+    assert "budget tenant-day[tenant=acme] (day): $12.5 left of $12.5" in out

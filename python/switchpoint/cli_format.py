@@ -149,7 +149,27 @@ def render_stats(stats: pb.Stats, *, address: str, max_width: int) -> str:
         return f"{head}\n(no models)"
     table = render_table(STATS_COLUMNS, [stats_row(m) for m in stats.models], max_width)
     legend = "latency in ms (whole call; ttft50 = time to first token p50); queue = waiting/running"
-    return f"{head}\n\n{table}\n\n{truncate(legend, max_width)}"
+    lines = [head, "", table, ""]
+    if stats.config_error:
+        lines.append(truncate(f"config reload refused: {stats.config_error}", max_width))
+    if stats.cache.enabled:
+        cache = stats.cache
+        lines.append(
+            f"cache: {cache.entries} entries, hit rate {cache.hit_rate:.0%} "
+            f"({cache.exact_hits} exact, {cache.semantic_hits} semantic, {cache.misses} misses)"
+        )
+    for budget in stats.budgets:
+        scope = ",".join(f"{k}={v}" for k, v in sorted(budget.scope.items()))
+        name = f"{budget.name}[{scope}]" if scope else budget.name
+        lines.append(
+            truncate(
+                f"budget {name} ({budget.window}): ${budget.remaining_usd:.4g} left "
+                f"of ${budget.limit_usd:.4g}",
+                max_width,
+            )
+        )
+    lines.append(truncate(legend, max_width))
+    return "\n".join(lines)
 
 
 ROUTE_COLUMNS = (

@@ -115,7 +115,29 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             config_error=self._engine.error,
             config_version=self._engine.version,
             cache=_cache_stats(engine),
+            budgets=_budgets_left(engine, request.tenant if request.HasField("tenant") else None),
         )
+
+
+def _budgets_left(engine: Engine, tenant: str | None) -> list[pb.BudgetLeft]:
+    gate = engine.gate
+    now = gate.now()
+    out = []
+    for instance in gate.budget_instances():
+        scope: dict[str, str] = dict(instance.scope)
+        if tenant is not None and scope.get("tenant", tenant) != tenant:
+            continue
+        limit, spent, reserved, _, _ = gate.gate.budget_state(instance.gate_id, now)
+        out.append(
+            pb.BudgetLeft(
+                name=instance.rule.name,
+                scope=scope,
+                window=instance.rule.window,
+                limit_usd=limit,
+                remaining_usd=max(limit - spent - reserved, 0.0),
+            )
+        )
+    return out
 
 
 def _cache_stats(engine: Engine) -> pb.CacheStats:

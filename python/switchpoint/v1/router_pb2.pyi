@@ -849,6 +849,7 @@ class Stats(_message.Message):
     CONFIG_ERROR_FIELD_NUMBER: _builtins.int
     CONFIG_VERSION_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
+    BUDGETS_FIELD_NUMBER: _builtins.int
     uptime_s: _builtins.float
     shared_state: _builtins.str
     """Budgets shared through Redis: "" when not configured, "ok", or "degraded: <why>"."""
@@ -860,6 +861,10 @@ class Stats(_message.Message):
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelStats]: ...
     @_builtins.property
     def cache(self) -> Global___CacheStats: ...
+    @_builtins.property
+    def budgets(self) -> _containers.RepeatedCompositeFieldContainer[Global___BudgetLeft]:
+        """Every budget instance seen so far and what is left of it in its current window."""
+
     def __init__(
         self,
         *,
@@ -869,11 +874,66 @@ class Stats(_message.Message):
         config_error: _builtins.str = ...,
         config_version: _builtins.int = ...,
         cache: Global___CacheStats | None = ...,
+        budgets: _abc.Iterable[Global___BudgetLeft] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "config_error", b"config_error", "config_version", b"config_version", "models", b"models", "shared_state", b"shared_state", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "cache", b"cache", "config_error", b"config_error", "config_version", b"config_version", "models", b"models", "shared_state", b"shared_state", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Stats: _TypeAlias = Stats  # noqa: Y015
+
+@_typing.final
+class BudgetLeft(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ScopeEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    LIMIT_USD_FIELD_NUMBER: _builtins.int
+    REMAINING_USD_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    window: _builtins.str
+    limit_usd: _builtins.float
+    remaining_usd: _builtins.float
+    @_builtins.property
+    def scope(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """e.g. {"tenant": "acme"}; empty for a global budget."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        window: _builtins.str = ...,
+        limit_usd: _builtins.float = ...,
+        remaining_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit_usd", b"limit_usd", "name", b"name", "remaining_usd", b"remaining_usd", "scope", b"scope", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BudgetLeft: _TypeAlias = BudgetLeft  # noqa: Y015
