@@ -1,0 +1,315 @@
+"""Shared pieces of the multi-process overhead benches (`rpc_floor`, `proxy_overhead`).
+
+- CPU pinning: the load generator (this process) on one core, the servers on another, where the
+  machine has two or more; `python -m benches.loadgen pin CORE MODULE ARGS...` runs a module with
+  its affinity set before it starts any thread, so every thread it makes inherits the mask.
+- Server processes: the real sidecar (`python -m switchpoint.cli serve`) from a config dict, and
+  any helper that announces its port on a line of its own output; output goes to a file, never a
+  pipe, so a chatty process cannot block on a full pipe.
+- Open-loop and closed-loop load: latency of an open-loop call runs from its *scheduled* send
+  time, so queueing anywhere on the path is not hidden.
+- Per-process CPU time from /proc/PID/stat, and a description of the machine.
+
+Percentiles are nearest-rank, as in `benches/route_load.py` (whose helper this reuses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import re
+import runpy
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from benches.route_load import _percentile
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_SIDECAR_ANNOUNCE = re.compile(r"gRPC on [\d.]+:(\d+)")
+# Open-loop sends sleep until this long before their time, then spin yielding to the loop.
+SPIN_S = 0.002
+PORT_ANNOUNCE = re.compile(r"^port (\d+)$", re.MULTILINE)
+
+
+# -- pinning -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cores:
+    """Where the load generator and the servers run; None: not pinned (fewer than two cores)."""
+
+    available: tuple[int, ...]
+    loadgen: int | None
+    servers: int | None
+
+    @property
+    def pinned(self) -> bool:
+        return self.loadgen is not None
+
+
+def plan_cores() -> Cores:
+    available = tuple(sorted(os.sched_getaffinity(0)))
+    if len(available) < 2:
+        return Cores(available, None, None)
+    return Cores(available, available[0], available[-1])
+
+
+@contextmanager
+def pinned_self(core: int | None) -> Iterator[None]:
+    """Pin this process's calling thread to `core` for the block, then restore its mask."""
+    if core is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _pinned_argv(core: int | None, module: str, args: Sequence[str]) -> list[str]:
+    if core is None:
+        return [sys.executable, "-m", module, *args]
+    return [sys.executable, "-m", "benches.loadgen", "pin", str(core), module, *args]
+
+
+# -- server processes ----------------------------------------------------------------------------
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def cpu_s(self) -> float:
+        return process_cpu_s(self.process.pid)
+
+
+def _wait_for_port(
+    process: subprocess.Popen[bytes], log_path: Path, pattern: re.Pattern[str], name: str
+) -> int:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        text = log_path.read_text(errors="replace")
+        found = pattern.search(text)
+        if found:
+            return int(found.group(1))
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{text[-2000:]}")
+        time.sleep(0.02)
+    raise RuntimeError(f"{name} did not announce its port within {START_TIMEOUT_S} s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT_S)
+
+
+@contextmanager
+def server_process(
+    name: str,
+    module: str,
+    args: Sequence[str],
+    *,
+    core: int | None,
+    pattern: re.Pattern[str] = PORT_ANNOUNCE,
+    env: dict[str, str] | None = None,
+) -> Iterator[ServerProcess]:
+    """Run `python -m module args` (pinned to `core`) until the block ends; SIGTERM stops it."""
+    with tempfile.TemporaryDirectory(prefix=f"switchpoint-bench-{name}-") as tmp:
+        log_path = Path(tmp) / "out.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                _pinned_argv(core, module, args),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            )
+            try:
+                port = _wait_for_port(process, log_path, pattern, name)
+                yield ServerProcess(name, process, port, log_path)
+            finally:
+                _stop(process)
+
+
+@contextmanager
+def sidecar_process(
+    config: dict[str, Any], *, core: int | None, env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """The real sidecar, `switchpoint serve`, on a free loopback port with `config` (a dict)."""
+    with tempfile.TemporaryDirectory(prefix="switchpoint-bench-config-") as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(json.dumps(config))  # JSON is YAML
+        args = [
+            "serve",
+            "--config",
+            str(path),
+            "--grpc-address",
+            "127.0.0.1:0",
+            "--log-level",
+            "WARNING",
+        ]
+        with server_process(
+            "sidecar", "switchpoint.cli", args, core=core, pattern=_SIDECAR_ANNOUNCE, env=env
+        ) as sidecar:
+            yield sidecar
+
+
+async def wait_ready(channel: grpc.aio.Channel, timeout_s: float = START_TIMEOUT_S) -> None:
+    await asyncio.wait_for(channel.channel_ready(), timeout_s)
+
+
+# -- CPU time and the machine --------------------------------------------------------------------
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads), seconds, from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the name may hold spaces; skip past it
+    # fields[0] is field 3 (state): utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = plan_cores()
+    return {
+        "nproc": os.cpu_count(),
+        "cpus_available": list(cores.available),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "grpcio": grpc.__version__,
+        "loadavg_at_start": list(os.getloadavg()),
+    }
+
+
+# -- load ----------------------------------------------------------------------------------------
+
+
+Call = Callable[[], Awaitable[object]]
+
+
+@dataclass
+class OpenLoop:
+    latencies_ms: list[float]  # from the scheduled send time, successful calls
+    errors: int
+    max_send_lag_ms: float
+    wall_s: float
+
+
+async def open_loop(call: Call, rate: float, n: int) -> OpenLoop:
+    """`n` calls sent on a fixed schedule at `rate`/s, each as its own task; waits for all."""
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(scheduled: float) -> None:
+        nonlocal errors
+        try:
+            await call()
+        except Exception:
+            errors += 1
+            return
+        latencies.append((time.perf_counter() - scheduled) * 1000.0)
+
+    started = time.perf_counter()
+    start = started + 0.005
+    tasks: list[asyncio.Task[None]] = []
+    max_lag = 0.0
+    for i in range(n):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter() - SPIN_S
+        if delay > 0:
+            await asyncio.sleep(delay)
+        # The loop's timers are ms-coarse (epoll rounds up): spin the rest, yielding to the loop.
+        while time.perf_counter() < scheduled:  # noqa: ASYNC110 - a deadline, not an event
+            await asyncio.sleep(0)
+        max_lag = max(max_lag, time.perf_counter() - scheduled)
+        tasks.append(asyncio.create_task(one(scheduled)))
+    await asyncio.gather(*tasks)
+    return OpenLoop(latencies, errors, max_lag * 1000.0, time.perf_counter() - started)
+
+
+async def sequential(call: Call, n: int) -> list[float]:
+    """`n` calls one after another (concurrency 1); latencies in microseconds."""
+    out: list[float] = []
+    for _ in range(n):
+        start = time.perf_counter_ns()
+        await call()
+        out.append((time.perf_counter_ns() - start) / 1000.0)
+    return out
+
+
+async def closed_loop(call: Call, concurrency: int, duration_s: float) -> tuple[int, float]:
+    """`concurrency` workers calling back to back for `duration_s`: (calls completed, seconds)."""
+    done = 0
+    started = time.perf_counter()
+    deadline = started + duration_s
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await call()
+            done += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done, time.perf_counter() - started
+
+
+def percentiles(values: list[float], qs: Sequence[float] = (50, 95, 99)) -> dict[str, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return {}
+    out = {f"p{q:g}": _percentile(ordered, q) for q in qs}
+    out["max"] = ordered[-1]
+    return out
+
+
+def _pin_main(argv: list[str]) -> None:
+    """`pin CORE MODULE ARGS...`: set this process's affinity, then run MODULE as __main__."""
+    if len(argv) < 3 or argv[0] != "pin":
+        raise SystemExit("usage: python -m benches.loadgen pin CORE MODULE [ARGS...]")
+    os.sched_setaffinity(0, {int(argv[1])})
+    sys.argv = [argv[2], *argv[3:]]
+    runpy.run_module(argv[2], run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    _pin_main(sys.argv[1:])

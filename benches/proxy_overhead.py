@@ -1,0 +1,387 @@
+"""Chat proxy overhead: Chat through the sidecar to a loopback provider, minus the provider direct.
+
+A loopback OpenAI provider (`tests.providers.OpenAIServer`, every answer after a fixed 20 ms,
+`hang(0.02)`) runs in its own process; the real sidecar, `switchpoint serve`, runs in another,
+configured with one model on it (no retries). This process is the load generator: open loop at
+each rate (default 50, 100, 200, 400 req/s), latency from each call's scheduled send time, in
+alternating segments of
+
+- sidecar: the gRPC Chat RPC (grpc.aio client);
+- direct: the same request as the sidecar sends, POSTed by httpx to the provider's
+  /v1/chat/completions (one AsyncClient, keep-alive).
+
+Overhead at a percentile is the difference of the two distributions' percentiles at that rate
+(sidecar p99 minus direct p99; the calls are not paired). It includes the difference between the
+two client stacks in this process (grpc.aio vs httpx), not only the sidecar. CPU time per request
+is the sidecar process's utime+stime over its segments divided by its calls.
+
+Pinning, where the machine has two or more CPUs: the sidecar alone on one; this process and the
+provider on another (the provider is "the outside world" in both modes).
+
+Run directly (`.venv/bin/python -m benches.proxy_overhead`) or through
+`benches/test_proxy_overhead_bench.py` under `make bench`; `python -m benches.proxy_overhead
+provider` runs the provider alone (it prints `port N`). Writes
+`benches/results/proxy_overhead.json` and `benches/results/overhead.png`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+
+from benches.loadgen import (
+    machine,
+    open_loop,
+    percentiles,
+    pinned_self,
+    plan_cores,
+    process_cpu_s,
+    server_process,
+    sidecar_process,
+    wait_ready,
+)
+from switchpoint.v1 import router_pb2 as pb
+from switchpoint.v1 import router_pb2_grpc
+from tests.providers.fixtures import OPENAI_TEST_KEY
+from tests.sidecar_harness import user
+
+RESULTS_DIR = Path(__file__).parent / "results"
+RESULT_FILE = RESULTS_DIR / "proxy_overhead.json"
+PLOT_FILE = RESULTS_DIR / "overhead.png"
+MODEL = "loop-20ms"
+PROVIDER_LATENCY_S = 0.02
+PROMPT = "say hello in five words"
+MAX_TOKENS = 16
+RATES = (50.0, 100.0, 200.0, 400.0)
+MODES = ("sidecar", "direct")
+CALL_TIMEOUT_S = 10.0
+P99_OVERHEAD_HELD_MS = 5.0
+ENV = {"T_OAI": OPENAI_TEST_KEY}
+
+
+# -- the provider (its own process) --------------------------------------------------------------
+
+
+def _serve_provider() -> None:
+    from tests.providers.openai_server import OpenAIServer
+    from tests.providers.script import hang
+
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    with OpenAIServer(api_key=OPENAI_TEST_KEY) as server:
+        server.script.default = hang(PROVIDER_LATENCY_S)
+        print(f"port {server.port}", flush=True)
+        while not stopping:
+            time.sleep(0.1)
+
+
+# -- config and requests -------------------------------------------------------------------------
+
+
+def config(provider_url: str) -> dict[str, Any]:
+    return {
+        "providers": {
+            "loop": {
+                "kind": "openai",
+                "base_url": provider_url,
+                "api_key_env": "T_OAI",
+                "timeout_s": 5.0,
+                "retry": {"max_retries": 0},
+            }
+        },
+        "models": [
+            {
+                "name": MODEL,
+                "provider": "loop",
+                "upstream_model": MODEL,
+                "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.1},
+                "context_window": 16000,
+                "quality": 0.5,
+                "latency_prior": {"ttft_ms": 20, "tpot_ms": 1},
+            }
+        ],
+        "routing": {"fallback_chain": [MODEL]},
+    }
+
+
+def chat_request() -> pb.ChatRequest:
+    return pb.ChatRequest(messages=user(PROMPT), params=pb.GenerationParams(max_tokens=MAX_TOKENS))
+
+
+def direct_body() -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": MAX_TOKENS,
+    }
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModeAtRate:
+    calls: int
+    errors: int
+    latency_ms: dict[str, float]  # p50/p95/p99/max from the scheduled send
+    max_send_lag_ms: float
+    loadgen_cpu_us_per_call: float  # this process, over the mode's segments
+
+
+@dataclass(frozen=True)
+class RateResult:
+    rate_per_s: float
+    seconds_per_mode: float
+    sidecar: ModeAtRate
+    direct: ModeAtRate
+    overhead_ms: dict[str, float]  # sidecar percentile minus direct percentile
+    sidecar_cpu_us_per_call: float
+    provider_cpu_us_per_call_sidecar: float
+    provider_cpu_us_per_call_direct: float
+
+
+@dataclass(frozen=True)
+class ProxyOverheadResult:
+    provider_latency_ms: float
+    warmup: int
+    segment_s: float
+    rates: list[RateResult]
+    highest_rate_p99_overhead_under_5ms: float | None
+    pinning: dict[str, Any]
+    machine: dict[str, Any]
+    wall_s: float
+    targets: dict[str, float]
+
+
+async def _run(
+    sidecar_port: int,
+    provider_port: int,
+    pids: dict[str, int],
+    *,
+    rates: tuple[float, ...],
+    seconds: float,
+    segment_s: float,
+    warmup: int,
+) -> list[RateResult]:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar_port}")
+    client = httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{provider_port}/v1",
+        headers={"authorization": f"Bearer {OPENAI_TEST_KEY}"},
+        timeout=CALL_TIMEOUT_S,
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=200),
+    )
+    request, body = chat_request(), direct_body()
+    out: list[RateResult] = []
+    try:
+        await wait_ready(channel)
+        stub = router_pb2_grpc.RouterStub(channel)
+
+        async def via_sidecar() -> object:
+            reply = await stub.Chat(request, timeout=CALL_TIMEOUT_S)
+            if reply.model != MODEL:
+                raise RuntimeError(f"unexpected model {reply.model!r}")
+            return reply
+
+        async def direct() -> object:
+            response = await client.post("/chat/completions", json=body)
+            response.raise_for_status()
+            return response.json()
+
+        callers = {"sidecar": via_sidecar, "direct": direct}
+        for mode in MODES:  # untimed: connections and pools warm on both paths
+            await open_loop(callers[mode], 50.0, warmup)
+        for rate in rates:
+            segments = max(1, round(seconds / segment_s))
+            per_segment = round(rate * segment_s)
+            lat: dict[str, list[float]] = {mode: [] for mode in MODES}
+            errors = dict.fromkeys(MODES, 0)
+            lag = dict.fromkeys(MODES, 0.0)
+            own_cpu = dict.fromkeys(MODES, 0.0)
+            sidecar_cpu = 0.0
+            provider_cpu = dict.fromkeys(MODES, 0.0)
+            for index in range(segments):
+                for mode in MODES if index % 2 == 0 else MODES[::-1]:
+                    s0, p0, c0 = (
+                        process_cpu_s(pids["sidecar"]),
+                        process_cpu_s(pids["provider"]),
+                        time.process_time(),
+                    )
+                    result = await open_loop(callers[mode], rate, per_segment)
+                    own_cpu[mode] += time.process_time() - c0
+                    provider_cpu[mode] += process_cpu_s(pids["provider"]) - p0
+                    if mode == "sidecar":
+                        sidecar_cpu += process_cpu_s(pids["sidecar"]) - s0
+                    lat[mode].extend(result.latencies_ms)
+                    errors[mode] += result.errors
+                    lag[mode] = max(lag[mode], result.max_send_lag_ms)
+            calls = segments * per_segment
+            sides = {
+                mode: ModeAtRate(
+                    calls=calls,
+                    errors=errors[mode],
+                    latency_ms=percentiles(lat[mode]),
+                    max_send_lag_ms=lag[mode],
+                    loadgen_cpu_us_per_call=own_cpu[mode] / calls * 1e6,
+                )
+                for mode in MODES
+            }
+            s, d = sides["sidecar"].latency_ms, sides["direct"].latency_ms
+            out.append(
+                RateResult(
+                    rate_per_s=rate,
+                    seconds_per_mode=segments * segment_s,
+                    sidecar=sides["sidecar"],
+                    direct=sides["direct"],
+                    overhead_ms={
+                        k: s[k] - d[k] for k in ("p50", "p95", "p99") if k in s and k in d
+                    },
+                    sidecar_cpu_us_per_call=sidecar_cpu / calls * 1e6,
+                    provider_cpu_us_per_call_sidecar=provider_cpu["sidecar"] / calls * 1e6,
+                    provider_cpu_us_per_call_direct=provider_cpu["direct"] / calls * 1e6,
+                )
+            )
+    finally:
+        await channel.close()
+        await client.aclose()
+    return out
+
+
+def highest_rate_held(
+    rates: list[RateResult], limit_ms: float = P99_OVERHEAD_HELD_MS
+) -> float | None:
+    """The highest rate such that it and every lower rate kept p99 overhead under `limit_ms`
+    without errors."""
+    held: float | None = None
+    for r in sorted(rates, key=lambda r: r.rate_per_s):
+        p99 = r.overhead_ms.get("p99")
+        if p99 is None or p99 >= limit_ms or r.sidecar.errors or r.direct.errors:
+            break
+        held = r.rate_per_s
+    return held
+
+
+def measure(
+    *,
+    rates: tuple[float, ...] = RATES,
+    seconds: float = 4.0,
+    segment_s: float = 1.0,
+    warmup: int = 50,
+) -> ProxyOverheadResult:
+    started = time.perf_counter()
+    cores = plan_cores()
+    described = machine()
+    with (
+        server_process(
+            "provider", "benches.proxy_overhead", ["provider"], core=cores.loadgen
+        ) as provider,
+        sidecar_process(
+            config(f"http://127.0.0.1:{provider.port}/v1"), core=cores.servers, env=ENV
+        ) as sidecar,
+        pinned_self(cores.loadgen),
+    ):
+        results = asyncio.run(
+            _run(
+                sidecar.port,
+                provider.port,
+                {"sidecar": sidecar.pid, "provider": provider.pid},
+                rates=rates,
+                seconds=seconds,
+                segment_s=segment_s,
+                warmup=warmup,
+            )
+        )
+    return ProxyOverheadResult(
+        provider_latency_ms=PROVIDER_LATENCY_S * 1000.0,
+        warmup=warmup,
+        segment_s=segment_s,
+        rates=results,
+        highest_rate_p99_overhead_under_5ms=highest_rate_held(results),
+        pinning={
+            "pinned": cores.pinned,
+            "loadgen_and_provider_core": cores.loadgen,
+            "sidecar_core": cores.servers,
+        },
+        machine=described,
+        wall_s=time.perf_counter() - started,
+        targets={"p50_overhead_ms_at_200": 1.0, "p99_overhead_ms_at_200": 3.0},
+    )
+
+
+def table(result: ProxyOverheadResult) -> str:
+    pin, m = result.pinning, result.machine
+    where = (
+        f"sidecar on CPU {pin['sidecar_core']}, load generator and provider on CPU "
+        f"{pin['loadgen_and_provider_core']}"
+        if pin["pinned"]
+        else "not pinned (fewer than two CPUs)"
+    )
+    rows = [
+        f"Chat via sidecar vs direct to a loopback provider ({result.provider_latency_ms:g} ms "
+        f"fixed latency), open loop, alternating {result.segment_s:g} s segments; {where}",
+        f"machine: {m['nproc']} CPUs, {m['cpu_model']}, Python {m['python']}, grpcio {m['grpcio']}",
+        "latency ms from the scheduled send; overhead = sidecar percentile - direct percentile",
+        f"{'rate/s':>7} {'mode':8} {'calls':>6} {'err':>4} {'p50':>7} {'p95':>7} {'p99':>7} "
+        f"{'max':>7} {'lag':>6} {'client CPU us':>13}",
+    ]
+    for r in result.rates:
+        for name, side in (("sidecar", r.sidecar), ("direct", r.direct)):
+            lat = side.latency_ms
+            rows.append(
+                f"{r.rate_per_s:7g} {name:8} {side.calls:6d} {side.errors:4d} "
+                f"{lat.get('p50', float('nan')):7.2f} {lat.get('p95', float('nan')):7.2f} "
+                f"{lat.get('p99', float('nan')):7.2f} {lat.get('max', float('nan')):7.2f} "
+                f"{side.max_send_lag_ms:6.2f} {side.loadgen_cpu_us_per_call:13.0f}"
+            )
+        o = r.overhead_ms
+        rows.append(
+            f"{r.rate_per_s:7g} {'overhead':8} {'':>6} {'':>4} {o.get('p50', float('nan')):7.2f} "
+            f"{o.get('p95', float('nan')):7.2f} {o.get('p99', float('nan')):7.2f}   "
+            f"sidecar CPU {r.sidecar_cpu_us_per_call:.0f} us/req; provider CPU "
+            f"{r.provider_cpu_us_per_call_sidecar:.0f} (via sidecar) / "
+            f"{r.provider_cpu_us_per_call_direct:.0f} (direct) us/req"
+        )
+    held = result.highest_rate_p99_overhead_under_5ms
+    rows.append(
+        f"highest rate with p99 overhead < {P99_OVERHEAD_HELD_MS:g} ms (this and all lower rates, "
+        f"no errors): {f'{held:g}/s' if held is not None else 'none of the rates tried'}"
+    )
+    rows.append("targets at 200/s: p50 overhead < 1 ms, p99 overhead < 3 ms (not asserted)")
+    return "\n".join(rows)
+
+
+def write_json(result: ProxyOverheadResult, path: Path = RESULT_FILE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": "proxy_overhead", "unit": "milliseconds", **asdict(result)}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def main() -> None:
+    if sys.argv[1:] == ["provider"]:
+        _serve_provider()
+        return
+    from benches.plot import plot_overhead
+
+    result = measure()
+    print(table(result))
+    print(f"wrote {write_json(result)}")
+    print(f"wrote {plot_overhead(result, PLOT_FILE)}")
+
+
+if __name__ == "__main__":
+    main()
