@@ -16,8 +16,7 @@ sidecar or the providers is not hidden. The modes take turns in segments (2 s by
 noise on the shared machine lands on both alike; each segment drains before the next starts. The
 load generator, both sidecars and both providers share this one process (the providers on their
 own threads), as in the test harness, so absolute milliseconds include that contention; the
-resilient/bare ratios are the figures to read. The providers set TCP_NODELAY on their connections
-(NoDelayOpenAIServer): as the tests run them, every answer would wait ~40 ms on a delayed ACK.
+resilient/bare ratios are the figures to read.
 
 Run directly (`.venv/bin/python -m benches.failure_load`) or through
 `benches/test_failure_bench.py` under `make bench`.
@@ -30,7 +29,6 @@ import json
 import logging
 import random
 import re
-import socket
 import statistics
 import threading
 import time
@@ -42,8 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from starlette.requests import Request
-from starlette.responses import Response
 
 from switchpoint.v1 import router_pb2 as pb
 from tests.providers.fixtures import OPENAI_TEST_KEY
@@ -103,23 +99,6 @@ class FlakyScript(Script):
         return self._failure if fail else self._ok_step
 
 
-class NoDelayOpenAIServer(OpenAIServer):
-    """OpenAIServer whose connections send without Nagle's delay (TCP_NODELAY).
-
-    The base class binds its listener with `socket.socket(AF_INET, SOCK_STREAM)`, whose `proto` is
-    0, and asyncio only sets TCP_NODELAY on sockets whose proto is IPPROTO_TCP. uvicorn writes a
-    response's headers and body separately, so without it the body waits for the client's delayed
-    ACK: about 40 ms on every response after a connection's first, far more than A's 20 ms.
-    """
-
-    async def handle(self, request: Request) -> Response:
-        client = request.client
-        transport = self._connections.get((client.host, client.port)) if client else None
-        if transport is not None:
-            transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return await super().handle(request)
-
-
 @dataclass(frozen=True)
 class Call:
     ok: bool
@@ -167,7 +146,6 @@ class FailureLoadResult:
     failure_rate: float
     a_latency_ms: float
     seed: int
-    provider_tcp_nodelay: bool
     a_failures_drawn: int
     a_successes_drawn: int
     resilient: Mode
@@ -303,10 +281,9 @@ def _summary(mode: str, calls: list[Call], upstream: tuple[int, int], max_lag_s:
 
 @contextmanager
 def _providers(
-    seed: int, failure_rate: float, nodelay: bool
+    seed: int, failure_rate: float
 ) -> Iterator[tuple[OpenAIServer, OpenAIServer, FlakyScript]]:
-    server = NoDelayOpenAIServer if nodelay else OpenAIServer
-    with server(api_key=OPENAI_TEST_KEY) as a, server(api_key=OPENAI_TEST_KEY) as b:
+    with OpenAIServer(api_key=OPENAI_TEST_KEY) as a, OpenAIServer(api_key=OPENAI_TEST_KEY) as b:
         flaky = FlakyScript(failure_rate, hang(A_LATENCY_S), status=FAILURE_STATUS, seed=seed)
         a.script = flaky
         b.script.default = ok()
@@ -321,16 +298,12 @@ async def measure(
     warmup: int = 20,
     seed: int = SEED,
     failure_rate: float = FAILURE_RATE,
-    nodelay: bool = True,
 ) -> FailureLoadResult:
-    """`rate` calls/s for `duration_s` per mode, the modes alternating in `segment_s` segments.
-
-    `nodelay=False` keeps the loopback providers as the tests run them, ~40 ms slower per answer
-    (see NoDelayOpenAIServer)."""
+    """`rate` calls/s for `duration_s` per mode, the modes alternating in `segment_s` segments."""
     per_segment = round(rate * segment_s)
     segments = max(1, round(duration_s / segment_s))
     started = time.perf_counter()
-    with _providers(seed, failure_rate, nodelay) as (a, b, flaky):
+    with _providers(seed, failure_rate) as (a, b, flaky):
         async with (
             running_sidecar(config("resilient", a.base_url, b.base_url), ENV) as resilient,
             running_sidecar(config("bare", a.base_url, b.base_url), ENV) as bare,
@@ -369,7 +342,6 @@ async def measure(
         failure_rate=failure_rate,
         a_latency_ms=A_LATENCY_S * 1000.0,
         seed=seed,
-        provider_tcp_nodelay=nodelay,
         a_failures_drawn=flaky.failures,
         a_successes_drawn=flaky.successes,
         resilient=res,

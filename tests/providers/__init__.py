@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from tests.support.threaded_uvicorn import ThreadedUvicorn
 
 from .script import (
     Error,
@@ -45,7 +46,6 @@ from .script import (
 )
 
 Connections = dict[tuple[str, int], asyncio.Transport]
-_START_TIMEOUT_S = 10.0
 # Before aborting mid-stream, let the client read what was already sent, so a test sees exactly
 # the chunks before the cut.
 _FLUSH_BEFORE_ABORT_S = 0.05
@@ -118,9 +118,7 @@ class LoopbackServer:
         # Requests whose client went away while the server was still holding them (a cancelled
         # or timed-out upstream call): the evidence that cancellation reaches the provider.
         self.disconnects = 0
-        self._socket: socket.socket | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._runner: ThreadedUvicorn | None = None
 
     # Subclass hooks: the provider's wire format.
 
@@ -163,61 +161,30 @@ class LoopbackServer:
 
     @property
     def port(self) -> int:
-        if self._socket is None:
+        if self._runner is None:
             raise RuntimeError("server is not running")
-        port: int = self._socket.getsockname()[1]
-        return port
+        return self._runner.port
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}{self.api_prefix}"
 
     def start(self) -> Self:
-        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
-        # and without it every answer waits ~40 ms on the client's delayed ACK.
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(128)
-        config = uvicorn.Config(
+        self._runner = ThreadedUvicorn(
             Starlette(routes=self.routes()),
+            name=type(self).__name__,
             http=_tracking_protocol(self._connections),
-            loop="asyncio",
-            ws="none",
-            lifespan="off",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
             # A backstop only: steps that wait also stop waiting when the server stops.
             timeout_graceful_shutdown=2,
         )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run,
-            kwargs={"sockets": [listener]},
-            name=f"{type(self).__name__}:{listener.getsockname()[1]}",
-            daemon=True,
-        )
-        self._socket, self._server, self._thread = listener, server, thread
-        thread.start()
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{type(self).__name__} did not start")
-            time.sleep(0.005)
+        self._runner.start()
         return self
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=_START_TIMEOUT_S)
-            if self._thread.is_alive():
-                raise RuntimeError(f"{type(self).__name__} did not stop")
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = None
+        if self._runner is not None:
+            self._runner.stop()
+            self._runner = None
 
     def __enter__(self) -> Self:
         return self.start()

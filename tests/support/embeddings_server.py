@@ -10,17 +10,15 @@ next requests answer with an error status and body instead.
 from __future__ import annotations
 
 import hashlib
-import socket
-import threading
-import time
 from types import TracebackType
 from typing import Self
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.support.threaded_uvicorn import ThreadedUvicorn
 
 _START_TIMEOUT_S = 10.0
 
@@ -39,15 +37,13 @@ class EmbeddingsServer:
         self.api_key = api_key
         self.requests: list[dict[str, object]] = []  # JSON bodies, in arrival order
         self.error: tuple[int, object] | None = None  # (status, JSON body) to answer with
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
+        self._runner: ThreadedUvicorn | None = None
 
     @property
     def base_url(self) -> str:
-        if self._socket is None:
+        if self._runner is None:
             raise RuntimeError("server not started")
-        return f"http://127.0.0.1:{self._socket.getsockname()[1]}/v1"
+        return f"http://127.0.0.1:{self._runner.port}/v1"
 
     def fail_with(self, status: int, body: object) -> None:
         self.error = (status, body)
@@ -84,33 +80,15 @@ class EmbeddingsServer:
         )
 
     def start(self) -> Self:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", 0))
         app = Starlette(routes=[Route("/v1/embeddings", self.handle, methods=["POST"])])
-        config = uvicorn.Config(app, log_level="warning", lifespan="off")
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [listener]}, name="embeddings", daemon=True
-        )
-        self._socket, self._server, self._thread = listener, server, thread
-        thread.start()
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("embeddings server did not start")
-            time.sleep(0.005)
+        self._runner = ThreadedUvicorn(app, name="embeddings")
+        self._runner.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=_START_TIMEOUT_S)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = None
+        if self._runner is not None:
+            self._runner.stop()
+            self._runner = None
 
     def __enter__(self) -> Self:
         return self.start()
