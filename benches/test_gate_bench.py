@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from switchpoint._native import Gate, LatencyTracker, ModelSpec, ModelTable
+from switchpoint._native import Gate, LatencyTracker, ModelTable
+from switchpoint.bench import python_score, synthetic_specs
 from switchpoint.config import parse_config
 from switchpoint.gate import RequestScope, TokenGate
 from tests.sidecar_harness import routing_config, with_changes
@@ -189,62 +190,16 @@ def test_token_gate_async_reserve(benchmark: Benchmark) -> None:
 # -- (d) scoring -----------------------------------------------------------------------------------
 
 
-def _specs(n: int) -> list[ModelSpec]:
-    return [
-        ModelSpec(
-            f"m{i}",
-            input_per_mtok=0.1 + (i * 37 % 101) / 10.0,
-            output_per_mtok=0.4 + (i * 53 % 97) / 5.0,
-            context_window=8192 if i % 7 else 1024,  # every 7th is too small for the request
-            quality=(i * 29 % 89) / 89.0,
-            ttft_prior_ms=50.0 + (i * 41 % 83) * 10.0,
-            tpot_prior_ms=5.0 + (i * 17 % 31),
-        )
-        for i in range(n)
-    ]
-
-
-def _python_score(
-    specs: list[ModelSpec], input_tokens: int, output_tokens: int, weights: tuple[float, ...]
-) -> list[int]:
-    """The scorer in plain Python: filter by context window, estimate cost and latency from
-    priors, min-max normalise over the eligible set, weighted sum, sort best first."""
-    total = sum(weights)
-    w_cost, w_lat, w_quality = (w / total for w in weights)
-    needed = input_tokens + output_tokens
-    rows: list[tuple[int, float, float, float]] = []
-    for index, spec in enumerate(specs):
-        if needed > spec.context_window:
-            continue
-        cost = input_tokens * spec.input_per_mtok / 1e6 + output_tokens * spec.output_per_mtok / 1e6
-        latency = spec.ttft_prior_ms + output_tokens * spec.tpot_prior_ms
-        rows.append((index, cost, latency, spec.quality))
-    if not rows:
-        return []
-    costs = [r[1] for r in rows]
-    latencies = [r[2] for r in rows]
-    cost_min, lat_min = min(costs), min(latencies)
-    cost_range, lat_range = max(costs) - cost_min, max(latencies) - lat_min
-    scored = []
-    for index, cost, latency, quality in rows:
-        norm_cost = (cost - cost_min) / cost_range if cost_range > 0 else 0.0
-        norm_lat = (latency - lat_min) / lat_range if lat_range > 0 else 0.0
-        score = w_lat * (1 - norm_lat) + w_cost * (1 - norm_cost) + w_quality * quality
-        scored.append((-score, cost, -quality, index))
-    scored.sort()
-    return [s[3] for s in scored]
-
-
 @pytest.mark.parametrize("n", [10, 100, 1000])
 def test_score_rust_vs_python(benchmark: Benchmark, n: int) -> None:
-    specs = _specs(n)
+    specs = synthetic_specs(n)
     table = ModelTable(specs, LatencyTracker())
 
     def rust() -> list[int]:
         return table.score(INPUT_TOKENS, OUTPUT_TOKENS, WEIGHTS).ranked
 
     def python() -> list[int]:
-        return _python_score(specs, INPUT_TOKENS, OUTPUT_TOKENS, WEIGHTS)
+        return python_score(specs, INPUT_TOKENS, OUTPUT_TOKENS, WEIGHTS)
 
     # Same ranking, or the comparison means nothing.
     assert rust() == python()

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from switchpoint import cli
+from switchpoint import bench, cli
+from switchpoint._native import LatencyTracker, ModelTable
+from switchpoint.bench import python_score, synthetic_specs
 from switchpoint.cli import main, watch_loop
 from switchpoint.cli_format import Column, render_route, render_table, truncate
 from switchpoint.v1 import router_pb2 as pb
@@ -266,3 +268,27 @@ async def test_stats_shows_cache_and_budgets_left(capsys: pytest.CaptureFixture[
     assert code == 0
     assert "cache: 0 entries, hit rate 0% (0 exact, 0 semantic, 0 misses)" in out
     assert "budget tenant-day[tenant=acme] (day): $12.5 left of $12.5" in out
+
+
+async def test_bench_quick_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code = await _cli("bench", "--quick", "--json")
+    figures = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert [f["name"] for f in figures] == [
+        "score 10 candidates",
+        "score 100 candidates",
+        "score 1000 candidates",
+        "gate reserve + settle",
+        "Route RPC p50",
+        "Route RPC p99",
+    ]
+    assert all(f["value_us"] > 0 and f["baseline_us"] > 0 and f["ratio"] > 0 for f in figures)
+
+
+def test_bench_baseline_scores_like_the_rust_core() -> None:
+    # The speedup compares like with like only if both rank the same candidates the same way.
+    for n in (10, 100, 1000):
+        specs = synthetic_specs(n)
+        table = ModelTable(specs, LatencyTracker())
+        ranked = table.score(bench.INPUT_TOKENS, bench.OUTPUT_TOKENS, bench.WEIGHTS).ranked
+        assert ranked == python_score(specs, bench.INPUT_TOKENS, bench.OUTPUT_TOKENS, bench.WEIGHTS)

@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_stats_parser(commands)
     _add_route_parser(commands)
+    bench = commands.add_parser(
+        "bench", help="measure switchpoint's own overhead against baselines run alongside"
+    )
+    bench.add_argument("--quick", action="store_true", help="a tenth of the iterations")
+    bench.add_argument("--json", action="store_true", help="print the figures as JSON")
     config = commands.add_parser("config", help="config tools")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = config_commands.add_parser(
@@ -358,6 +363,21 @@ def config_secrets(config: Config, environ: Mapping[str, str]) -> list[str]:
     return [environ[name] for name in names if environ.get(name)]
 
 
+def _bench_command(args: argparse.Namespace) -> int:
+    # Imported here: the bench pulls in the server stack only for this command.
+    from switchpoint import bench  # noqa: PLC0415
+
+    # One log line per benchmarked call would drown the figures.
+    logging.getLogger("switchpoint").setLevel(logging.WARNING)
+    figures = bench.run(quick=args.quick, progress=None if args.json else sys.stderr)
+    if args.json:
+        print(json.dumps(bench.as_dicts(figures), indent=2))
+    else:
+        print(bench.render(figures))
+        print("\nfull suites (open-loop load, pinned processes, plots): make bench")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
@@ -377,6 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _stats_command(args)
         if args.command == "route":
             return _route_command(args)
+        if args.command == "bench":
+            return _bench_command(args)
         return _config_check(args)
     except SwitchpointError as exc:
         print(f"switchpoint: {exc}", file=sys.stderr)

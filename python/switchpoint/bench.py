@@ -1,0 +1,272 @@
+"""`switchpoint bench`: the overhead figures a user can reproduce on their own machine in a minute.
+
+Each figure is a ratio against a baseline measured in the same run, because absolute numbers on a
+shared machine mean little: Rust scoring against the same scoring in plain Python, and the Route RPC
+against an empty unary call served by the same kind of grpc.aio server. The full suites (open-loop
+load, pinned processes, plots) live in benches/ and run with `make bench`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import TextIO
+
+import grpc
+
+from switchpoint._native import Gate, LatencyTracker, ModelSpec, ModelTable
+from switchpoint.config import TelemetryConfig, parse_config
+from switchpoint.server import create_server
+from switchpoint.telemetry import Telemetry
+from switchpoint.v1 import router_pb2 as pb
+from switchpoint.v1 import router_pb2_grpc
+
+INPUT_TOKENS = 800
+OUTPUT_TOKENS = 400
+WEIGHTS = (0.3, 0.3, 0.4)
+_EMPTY_METHOD = "/switchpoint.bench.Empty/Call"
+
+
+def synthetic_specs(n: int) -> list[ModelSpec]:
+    """`n` models with varied prices, windows, qualities and latency priors (deterministic)."""
+    return [
+        ModelSpec(
+            f"m{i}",
+            input_per_mtok=0.1 + (i * 37 % 101) / 10.0,
+            output_per_mtok=0.4 + (i * 53 % 97) / 5.0,
+            context_window=8192 if i % 7 else 1024,  # every 7th is too small for the request
+            quality=(i * 29 % 89) / 89.0,
+            ttft_prior_ms=50.0 + (i * 41 % 83) * 10.0,
+            tpot_prior_ms=5.0 + (i * 17 % 31),
+        )
+        for i in range(n)
+    ]
+
+
+def python_score(
+    specs: list[ModelSpec], input_tokens: int, output_tokens: int, weights: tuple[float, ...]
+) -> list[int]:
+    """The scorer in plain Python, the baseline: filter by context window, estimate cost and
+    latency from priors, min-max normalise over the eligible set, weighted sum, sort best first."""
+    total = sum(weights)
+    w_cost, w_lat, w_quality = (w / total for w in weights)
+    needed = input_tokens + output_tokens
+    rows: list[tuple[int, float, float, float]] = []
+    for index, spec in enumerate(specs):
+        if needed > spec.context_window:
+            continue
+        cost = input_tokens * spec.input_per_mtok / 1e6 + output_tokens * spec.output_per_mtok / 1e6
+        latency = spec.ttft_prior_ms + output_tokens * spec.tpot_prior_ms
+        rows.append((index, cost, latency, spec.quality))
+    if not rows:
+        return []
+    costs = [r[1] for r in rows]
+    latencies = [r[2] for r in rows]
+    cost_min, lat_min = min(costs), min(latencies)
+    cost_range, lat_range = max(costs) - cost_min, max(latencies) - lat_min
+    scored = []
+    for index, cost, latency, quality in rows:
+        norm_cost = (cost - cost_min) / cost_range if cost_range > 0 else 0.0
+        norm_lat = (latency - lat_min) / lat_range if lat_range > 0 else 0.0
+        score = w_lat * (1 - norm_lat) + w_cost * (1 - norm_cost) + w_quality * quality
+        scored.append((-score, cost, -quality, index))
+    scored.sort()
+    return [s[3] for s in scored]
+
+
+def per_op_ns(op: Callable[[], object], iterations: int, repeats: int = 5) -> float:
+    """Best-of-`repeats` mean nanoseconds per call of `op` over `iterations` calls."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter_ns()
+        for _ in range(iterations):
+            op()
+        best = min(best, (time.perf_counter_ns() - start) / iterations)
+    return best
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    name: str
+    value_us: float
+    baseline_name: str
+    baseline_us: float
+    # True when switchpoint should beat the baseline (scoring vs Python): the ratio is a speedup.
+    speedup: bool = False
+
+    @property
+    def ratio(self) -> float:
+        """baseline / switchpoint for a speedup, switchpoint / baseline otherwise."""
+        over, under = (
+            (self.baseline_us, self.value_us) if self.speedup else (self.value_us, self.baseline_us)
+        )
+        return over / under if under else float("inf")
+
+
+def scoring_figure(n: int, iterations: int) -> Figure:
+    specs = synthetic_specs(n)
+    table = ModelTable(specs, LatencyTracker())
+    rust = per_op_ns(lambda: table.score(INPUT_TOKENS, OUTPUT_TOKENS, WEIGHTS).ranked, iterations)
+    python = per_op_ns(
+        lambda: python_score(specs, INPUT_TOKENS, OUTPUT_TOKENS, WEIGHTS), iterations
+    )
+    return Figure(f"score {n} candidates", rust / 1000, "pure Python", python / 1000, speedup=True)
+
+
+def gate_figure(iterations: int) -> Figure:
+    gate = Gate()
+    limits = [gate.add_rate_limit(f"l{i}", rpm=1e12, tpm=1e15, concurrency=10**9) for i in range(3)]
+    budgets = [gate.add_budget(f"b{i}", limit_usd=1e12, window="day") for i in range(2)]
+    now = time.time()
+
+    def reserve_settle() -> None:
+        reservation = gate.reserve(limits, budgets, 1200, 0.01, now)
+        gate.settle(reservation, 1100, 0.009, now)
+
+    def empty() -> None:
+        return None
+
+    return Figure(
+        "gate reserve + settle",
+        per_op_ns(reserve_settle, iterations) / 1000,
+        "empty Python call",
+        per_op_ns(empty, iterations) / 1000,
+    )
+
+
+def _route_config() -> dict[str, object]:
+    model = {
+        "provider": "p",
+        "context_window": 16000,
+        "latency_prior": {"ttft_ms": 100, "tpot_ms": 10},
+    }
+    return {
+        "providers": {"p": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+        "models": [
+            {
+                **model,
+                "name": f"m{i}",
+                "quality": q,
+                "price": {"input_per_mtok": p, "output_per_mtok": p},
+            }
+            for i, (q, p) in enumerate([(0.5, 0.1), (0.6, 1.0), (0.95, 5.0), (0.1, 0.0)])
+        ],
+    }
+
+
+async def _empty_call(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    return b""
+
+
+async def _latencies(call: Callable[[], Awaitable[object]], calls: int) -> list[float]:
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - start) * 1e6)
+    return samples
+
+
+async def route_figures(calls: int) -> tuple[Figure, Figure]:
+    """Route vs an empty unary call (p50 and p99 in microseconds), both servers in this process."""
+    telemetry = Telemetry(TelemetryConfig(), environ={})
+    sidecar, port = await create_server(
+        parse_config(_route_config()), "127.0.0.1:0", environ={}, telemetry=telemetry
+    )
+    empty_server = grpc.aio.server()
+    handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(_empty_call)
+    empty_server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("switchpoint.bench.Empty", {"Call": handler}),)
+    )
+    empty_port = empty_server.add_insecure_port("127.0.0.1:0")
+    await sidecar.start()
+    await empty_server.start()
+    try:
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as route_channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{empty_port}") as empty_channel,
+        ):
+            stub = router_pb2_grpc.RouterStub(route_channel)
+            request = pb.RouteRequest(messages=[pb.Message(role="user", content="hello there")])
+            empty: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = empty_channel.unary_unary(
+                _EMPTY_METHOD
+            )
+            route_samples: list[float] = []
+            empty_samples: list[float] = []
+            # Alternating blocks, so noise on the shared machine lands on both alike.
+            block = max(calls // 10, 1)
+            for _ in range(max(calls // block, 1)):
+                route_samples += await _latencies(lambda: stub.Route(request), block)
+                empty_samples += await _latencies(lambda: empty(b""), block)
+    finally:
+        await sidecar.stop(0)
+        await empty_server.stop(0)
+    return (
+        Figure(
+            "Route RPC p50",
+            _percentile(route_samples, 50),
+            "empty RPC p50",
+            _percentile(empty_samples, 50),
+        ),
+        Figure(
+            "Route RPC p99",
+            _percentile(route_samples, 99),
+            "empty RPC p99",
+            _percentile(empty_samples, 99),
+        ),
+    )
+
+
+def _percentile(samples: list[float], q: int) -> float:
+    return statistics.quantiles(sorted(samples), n=100)[q - 1] if q < 100 else max(samples)
+
+
+def _progress(out: TextIO, done: int, total: int, label: str) -> None:
+    width = 24
+    filled = round(width * done / total)
+    out.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<28}")
+    out.flush()
+
+
+def run(*, quick: bool = False, progress: TextIO | None = sys.stderr) -> list[Figure]:
+    scale = 0.1 if quick else 1.0
+    steps: list[tuple[str, Callable[[], list[Figure]]]] = [
+        *(
+            (f"scoring {n}", lambda n=n: [scoring_figure(n, max(20, int(20_000 * scale) // n))])
+            for n in (10, 100, 1000)
+        ),
+        ("gate", lambda: [gate_figure(max(1000, int(50_000 * scale)))]),
+        (
+            "Route vs empty RPC",
+            lambda: list(asyncio.run(route_figures(max(200, int(2000 * scale))))),
+        ),
+    ]
+    figures: list[Figure] = []
+    for done, (label, step) in enumerate(steps):
+        if progress is not None:
+            _progress(progress, done, len(steps), label)
+        figures += step()
+    if progress is not None:
+        _progress(progress, len(steps), len(steps), "done")
+        progress.write("\n")
+    return figures
+
+
+def render(figures: list[Figure]) -> str:
+    rows = [
+        f"{'measure':<24} {'switchpoint':>12}  {'baseline (same run)':<22} {'value':>10}  ratio"
+    ]
+    for f in figures:
+        rows.append(
+            f"{f.name:<24} {f.value_us:>10.2f}us  {f.baseline_name:<22} "
+            f"{f.baseline_us:>8.2f}us  {f.ratio:.2f}x{' faster' if f.speedup else ''}"
+        )
+    return "\n".join(rows)
+
+
+def as_dicts(figures: list[Figure]) -> list[dict[str, object]]:
+    return [{**asdict(f), "ratio": f.ratio} for f in figures]
