@@ -368,8 +368,13 @@ def _bench_command(args: argparse.Namespace) -> int:
     from switchpoint import bench  # noqa: PLC0415
 
     # One log line per benchmarked call would drown the figures.
-    logging.getLogger("switchpoint").setLevel(logging.WARNING)
-    figures = bench.run(quick=args.quick, progress=None if args.json else sys.stderr)
+    quiet = logging.getLogger("switchpoint")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        figures = bench.run(quick=args.quick, progress=None if args.json else sys.stderr)
+    finally:
+        quiet.setLevel(level)
     if args.json:
         print(json.dumps(bench.as_dicts(figures), indent=2))
     else:
