@@ -79,7 +79,8 @@ async def _fallback_call(
                 models=["gpt", "claude"], weights=pb.Weights(cost=1), tenant="acme"
             ),
         )
-        reply = await sidecar.stub.Chat(request, metadata=(("traceparent", TRACEPARENT),))
+        metadata = (("traceparent", TRACEPARENT), ("baggage", "team=checkout"))
+        reply = await sidecar.stub.Chat(request, metadata=metadata)
         port = sidecar.sidecar.metrics_port
         assert port is not None
         async with httpx.AsyncClient() as client:
@@ -121,9 +122,10 @@ async def test_fallback_once_span_tree_and_trace_context(
 
     # Outgoing calls carry the trace: each provider saw a traceparent of this trace.
     for server, span in ((openai_server, failed), (anthropic_server, served)):
-        sent = server.requests[-1].headers["traceparent"]
+        headers = server.requests[-1].headers
         assert span.context is not None
-        assert sent == f"00-{TRACE_ID}-{span.context.span_id:016x}-01"
+        assert headers["traceparent"] == f"00-{TRACE_ID}-{span.context.span_id:016x}-01"
+        assert headers["baggage"] == "team=checkout"
 
 
 async def test_fallback_once_metrics_scraped_over_http(

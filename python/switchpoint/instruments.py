@@ -4,16 +4,18 @@ named as in ARCHITECTURE.md and the OpenTelemetry GenAI semantic conventions."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Protocol
 
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from switchpoint.config import ModelConfig, ProviderConfig
 
-# Stateless: one instance serves every sidecar in the process.
-_W3C = TraceContextTextMapPropagator()
+# W3C trace context and baggage, in from gRPC metadata and out to providers. Stateless: one
+# instance serves every sidecar in the process.
+PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
 
 
 class MetricsSink(Protocol):
@@ -64,15 +66,10 @@ class NullMetrics:
 
 
 def trace_headers(context: Context) -> dict[str, str]:
-    """The W3C trace context (traceparent) of `context`, for an outgoing provider request."""
+    """The trace context (traceparent, baggage) of `context`, for an outgoing provider request."""
     headers: dict[str, str] = {}
-    _W3C.inject(headers, context=context)
+    PROPAGATOR.inject(headers, context=context)
     return headers
-
-
-def extract_context(metadata: Mapping[str, str]) -> Context:
-    """The caller's trace context from gRPC metadata (W3C traceparent/tracestate)."""
-    return _W3C.extract(metadata)
 
 
 def attempt_attributes(

@@ -173,6 +173,8 @@ def request_log(
 ) -> None:
     """The one info line a request leaves behind. The prompt is the caller's data, not ours: it
     is logged only when the operator opted in; otherwise only its size is."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
     fields: dict[str, Any] = {
         "request_id": request_id,
         "rpc": rpc,

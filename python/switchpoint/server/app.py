@@ -10,7 +10,6 @@ import os
 import signal
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -51,12 +50,6 @@ CONFIG_SERVICE = "switchpoint.v1.Config"
 SHARED_STATE_POLL_S = 1.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-class Flushable(Protocol):
-    """Something that buffers output and must flush it on stop (the telemetry exporters)."""
-
-    async def stop(self) -> None: ...
 
 
 class Sidecar:

@@ -51,7 +51,7 @@ def failure_for(exc: BaseException, request_id: str = "") -> Failure:
     """What a client sees for `exc`: status, message and, for quota refusals, the retry delay."""
     if isinstance(exc, QuotaExceededError):
         return _quota_failure(exc)
-    code, message = status_for(exc, request_id)
+    code, message = _status_for(exc, request_id)
     return Failure(code, message)
 
 
@@ -74,21 +74,20 @@ def _quota_failure(exc: QuotaExceededError) -> Failure:
     )
 
 
-def status_for(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCode, str]:
-    """The status code and message a client sees for `exc`. Unknown errors never leak details."""
+def _status_for(exc: BaseException, request_id: str) -> tuple[grpc.StatusCode, str]:
+    """The status code and message of every error but quota refusals. Unknown errors never
+    leak details."""
     if isinstance(exc, InvalidRequestError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, NoEligibleModelError):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     if isinstance(exc, PolicyDeniedError):
         return grpc.StatusCode.PERMISSION_DENIED, str(exc)
-    if isinstance(exc, QuotaExceededError):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, AllAttemptsFailedError):
+        # No provider error at all (every model skipped): the service is unavailable.
         if exc.last is None:
             return grpc.StatusCode.UNAVAILABLE, str(exc)
-        code = _PROVIDER_STATUS.get(exc.last.error_class, grpc.StatusCode.UNAVAILABLE)
-        return code, str(exc)
+        return _PROVIDER_STATUS.get(exc.last.error_class, grpc.StatusCode.UNAVAILABLE), str(exc)
     if isinstance(exc, DeadlineExceededError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
     if isinstance(exc, ProviderError):

@@ -138,9 +138,6 @@ class SharedQuota:
         self._rates[limit_id] = lease
         self._rate_leaser.cap(lease, None if self._uncapped() else 0)
 
-    def shares_rate_limit(self, limit_id: int) -> bool:
-        return limit_id in self._rates
-
     async def start(self) -> None:
         """Leases the first slices (or notes that Redis is down), then syncs periodically."""
         if self._task is not None:

@@ -19,20 +19,18 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Final
 
 from opentelemetry import trace
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Tracer
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
 
 from switchpoint.config import TelemetryConfig
+from switchpoint.instruments import PROPAGATOR
 from switchpoint.telemetry.export import MetricsServer, span_exporters_from_env
 from switchpoint.telemetry.metrics import (
     BREAKER_CLOSED,
@@ -125,9 +123,7 @@ class Telemetry:
             metric_readers=[reader], resource=resource, shutdown_on_exit=False
         )
         self.metrics = Metrics(self._meter_provider.get_meter("switchpoint"))
-        self.propagator = CompositePropagator(
-            [TraceContextTextMapPropagator(), W3CBaggagePropagator()]
-        )
+        self.propagator = PROPAGATOR
         self.metrics_port: int | None = None
         self._server = MetricsServer(self._registry)
         self._started = False
