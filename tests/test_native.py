@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from switchpoint._native import CoreError, LatencyTracker, ModelSpec, ModelTable
+from switchpoint._native import CoreError, LatencyTracker, ModelSpec, ModelTable, classify
 
 COST_FIRST = (1.0, 0.0, 0.0)
 LATENCY_FIRST = (0.0, 1.0, 0.0)
@@ -163,3 +163,57 @@ def test_large_candidate_sets_score_without_the_gil() -> None:
     result = table.score(1_000, 200, COST_FIRST)
     assert result.ranked == list(range(300))
     assert table.score(1_000, 200, COST_FIRST, candidates=[299, 5]).ranked == [5, 299]
+
+
+def test_rows_are_the_candidates_as_tuples(table: ModelTable) -> None:
+    result = table.score(1_000, 200, (0.3, 0.3, 0.4))
+    fields = (
+        "index",
+        "score",
+        "norm_cost",
+        "norm_latency",
+        "quality",
+        "estimated_cost_usd",
+        "estimated_latency_ms",
+        "latency_observed",
+    )
+    expected = [tuple(getattr(c, f) for f in fields) for c in result.candidates()]
+    assert result.rows() == expected
+    assert [row[0] for row in result.rows()] == result.ranked
+
+
+@pytest.mark.parametrize(
+    ("text", "task_class"),
+    [
+        ("please refactor this python function", "code"),
+        ("solve for x: 3 * x = 12", "math"),
+        ("summarise the key points of the memo", "summarize"),
+        ("write a haiku about rain", "creative"),
+        ("where do otters live", "chat"),
+        # Priority order: code is checked before summarize.
+        ("summarize this stack trace", "code"),
+    ],
+)
+def test_classify_reads_the_task_class(text: str, task_class: str) -> None:
+    assert classify(text, len(text))[0] == task_class
+
+
+def test_classify_explains_complexity() -> None:
+    easy_class, easy, easy_signals = classify("hello, who is the mayor?", 24)
+    assert easy_class == "chat"
+    assert easy_signals == ["short, simple question"]
+    text = "Compare the trade-offs step by step and DESIGN a distributed cache"
+    _, hard, hard_signals = classify(text, len(text))
+    assert hard_signals == ["asks to compare, design, distributed, step by step, trade-offs"]
+    assert hard > easy
+    assert 0.0 <= easy <= hard <= 1.0
+
+
+def test_classify_long_prompts_like_short_ones() -> None:
+    # Past 64 KiB the classifier runs without the GIL; the reading must not change.
+    text = "lorem ipsum " * 8_000 + "now derive the integral"
+    task_class, complexity, signals = classify(text, len(text))
+    assert task_class == "math"
+    assert signals[0] == f"{len(text)} characters"
+    assert "asks to derive" in signals
+    assert complexity == pytest.approx(0.3 + 0.35 + 0.15 + 0.1)

@@ -193,6 +193,29 @@ async def test_metrics_endpoint_exposes_recorded_values(served: Telemetry) -> No
     assert _value(samples, "target_info", service_name="switchpoint") == 1
 
 
+async def test_histogram_buckets_are_inclusive_and_cumulative(served: Telemetry) -> None:
+    m = served.metrics
+    # On a bound (le is inclusive), between bounds, and past the last bound.
+    for seconds in (0.0001, 0.00011, 0.00011, 5.0):
+        m.routing_overhead(rpc="Route", seconds=seconds)
+    samples = await _scrape(served)
+    bucket = "switchpoint_routing_overhead_seconds_bucket"
+    assert _value(samples, bucket, rpc="Route", le="5e-05") == 0
+    assert _value(samples, bucket, rpc="Route", le="0.0001") == 1
+    assert _value(samples, bucket, rpc="Route", le="0.00025") == 3
+    assert _value(samples, bucket, rpc="Route", le="0.1") == 3
+    assert _value(samples, bucket, rpc="Route", le="+Inf") == 4
+    assert _value(samples, "switchpoint_routing_overhead_seconds_count", rpc="Route") == 4
+    total = _value(samples, "switchpoint_routing_overhead_seconds_sum", rpc="Route")
+    assert total == pytest.approx(5.00032)
+    # A later scrape sees later records: the totals are read at scrape time, not copied once.
+    m.routing_overhead(rpc="Route", seconds=0.0001)
+    m.request(model="a", outcome="ok", tenant="", stage="")
+    samples = await _scrape(served)
+    assert _value(samples, bucket, rpc="Route", le="0.0001") == 2
+    assert _value(samples, "switchpoint_requests_total", model="a") == 1
+
+
 async def test_gauges_read_their_sources_at_each_scrape(served: Telemetry) -> None:
     depth = {"m": 1}
     served.observe(queues=lambda: dict(depth))

@@ -11,6 +11,7 @@ __all__ = [
     "ModelTable",
     "ScoreResult",
     "ScoredCandidate",
+    "classify",
 ]
 
 # Which rule refused: a requests- or tokens-per-minute bucket, concurrency, a budget, or (shared
@@ -116,6 +117,10 @@ class ScoreResult:
         """Index of the best candidate, or None when none is eligible."""
     def candidates(self) -> list[ScoredCandidate]:
         """Every eligible candidate, best first."""
+    def rows(self) -> list[tuple[int, float, float, float, float, float, float, bool]]:
+        """Every eligible candidate, best first, as tuples in ScoredCandidate's field order
+        (index, score, norm_cost, norm_latency, quality, estimated_cost_usd,
+        estimated_latency_ms, latency_observed)."""
     def excluded(self) -> list[tuple[int, Literal["context_window", "capabilities", "max_cost"]]]:
         """Models that were candidates but not eligible, with the reason."""
 
@@ -245,3 +250,7 @@ class Gate:
         """
     def outstanding(self) -> int:
         """Reservations neither settled nor released."""
+
+def classify(last_user: str, total_chars: int) -> tuple[str, float, list[str]]:
+    """Task class ("code", "math", "summarize", "creative" or "chat"), complexity in [0, 1] and the
+    signals behind it, for the last user message of a conversation of `total_chars` characters."""

@@ -11,7 +11,6 @@ Route stops after decide; Chat and ChatStream run the whole path. What a failure
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import replace
@@ -27,10 +26,10 @@ from switchpoint.calls import SKIPPED, AttemptRecord, CallState, ChatResult, Str
 from switchpoint.config import BreakerConfig, Config, ModelConfig
 from switchpoint.errors import AllAttemptsFailedError, QuotaExceededError, SwitchpointError
 from switchpoint.gate import RequestScope, TokenGate
-from switchpoint.instruments import MetricsSink, NullMetrics
+from switchpoint.instruments import MetricsSink, NullMetrics, current_span
 from switchpoint.providers.base import ProviderAdapter
 from switchpoint.registry import Registry
-from switchpoint.request import ChatInput, validate
+from switchpoint.request import ChatInput, new_request_id, validate
 from switchpoint.resilience import Breakers
 from switchpoint.routing import Decision, Router
 from switchpoint.scheduler import Scheduler
@@ -121,20 +120,22 @@ class Engine:
         """
         validate(request)
         scope = _scope(request)
-        with self.tracer.start_as_current_span(SPAN_ROUTE) as span:
+        with current_span(self.tracer, SPAN_ROUTE) as span:
             decision = self._router.decide(request, self.gate.pressure(scope))
-            span.set_attribute("switchpoint.level", decision.level.name.lower())
-            span.set_attribute("switchpoint.strategy", decision.strategy)
-        with self.tracer.start_as_current_span(SPAN_GATE) as span:
+            if span.is_recording():
+                span.set_attribute("switchpoint.level", decision.level.name.lower())
+                span.set_attribute("switchpoint.strategy", decision.strategy)
+        with current_span(self.tracer, SPAN_GATE) as span:
             try:
                 admitted = self.gate.admissible(decision, scope, self.registry)
             except QuotaExceededError as refusal:
                 if not (for_call and self.cache is not None):
                     raise
-                return replace(decision, refusal=refusal)
+                return decision._replace(refusal=refusal)
             decision = self._without_open_breakers(admitted)
-            span.set_attribute("switchpoint.model", decision.chosen.name)
-            span.set_attribute("switchpoint.candidates", len(decision.candidates))
+            if span.is_recording():
+                span.set_attribute("switchpoint.model", decision.chosen.name)
+                span.set_attribute("switchpoint.candidates", len(decision.candidates))
         return decision
 
     def _without_open_breakers(self, decision: Decision) -> Decision:
@@ -152,8 +153,7 @@ class Engine:
             return decision
         # With every ranked candidate open the decision stands (the call skips them and tries
         # the fallback chain), but it says why the chosen model may not be the one that answers.
-        return replace(
-            decision,
+        return decision._replace(
             candidates=tuple(kept) or decision.candidates,
             reasons=(*decision.reasons, *reasons),
         )
@@ -165,7 +165,7 @@ class Engine:
     ) -> ChatResult:
         """Serve the call on the decision's models in order, retrying each as its provider's policy
         says. `deadline` (time.monotonic()) bounds every attempt and backoff together."""
-        call = CallState(request, decision, request.request_id or uuid.uuid4().hex, deadline)
+        call = CallState(request, decision, request.request_id or new_request_id(), deadline)
         if self.cache is not None:
             hit = await self.cache.lookup(call)
             if hit is not None:
@@ -192,7 +192,7 @@ class Engine:
     ) -> AsyncGenerator[StreamDelta | ChatResult, None]:
         """Relay the provider's stream. Before the first token a failure is invisible to the client;
         after it, the answer continues on the next attempt (unless continuation is off)."""
-        call = CallState(request, decision, request.request_id or uuid.uuid4().hex, deadline)
+        call = CallState(request, decision, request.request_id or new_request_id(), deadline)
         hit = await self.cache.lookup(call) if self.cache is not None else None
         if hit is not None and self.cache is not None:
             # Replayed like a provider's stream, at no cost.

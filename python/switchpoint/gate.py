@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from switchpoint._native import Gate, GateDenied
 from switchpoint.config import BudgetConfig, Config, LimitConfig, ModelConfig, ScopeKey
@@ -239,7 +239,7 @@ class TokenGate:
         refusals: list[QuotaExceededError] = []
         reasons: list[str] = []
         for candidate in decision.candidates:
-            model = registry.models[candidate.index]
+            model = registry.models[candidate.table_index]
             denial = self.denial(scope, model, tokens, candidate.estimated_cost_usd)
             if denial is None:
                 kept.append(candidate)
@@ -250,7 +250,7 @@ class TokenGate:
             return decision
         if not kept:
             raise min(refusals, key=lambda d: d.retry_after_s)
-        return replace(decision, candidates=tuple(kept), reasons=(*decision.reasons, *reasons))
+        return decision._replace(candidates=tuple(kept), reasons=(*decision.reasons, *reasons))
 
     async def reserve(
         self, scope: RequestScope, model: ModelConfig, tokens: int, cost_usd: float

@@ -4,11 +4,14 @@ named as in ARCHITECTURE.md and the OpenTelemetry GenAI semantic conventions."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
+from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.trace import Span, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from switchpoint.config import ModelConfig, ProviderConfig
@@ -16,6 +19,23 @@ from switchpoint.config import ModelConfig, ProviderConfig
 # W3C trace context and baggage, in from gRPC metadata and out to providers. Stateless: one
 # instance serves every sidecar in the process.
 PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+
+_NO_SPAN: AbstractContextManager[Span] = nullcontext(trace.INVALID_SPAN)
+
+
+def records_spans(tracer: Tracer) -> bool:
+    """False for the no-op tracer a telemetry without span exporters hands out."""
+    return not isinstance(tracer, trace.NoOpTracer)
+
+
+def current_span(tracer: Tracer, name: str) -> AbstractContextManager[Span]:
+    """`tracer.start_as_current_span(name)`, or a shared no-op context when nothing records spans.
+    The API's no-op tracer still builds a span and swaps the current context twice, a few
+    microseconds per span on every request; skipping it changes nothing a provider call sees,
+    because a no-op span carries its parent's trace context unchanged."""
+    if isinstance(tracer, trace.NoOpTracer):
+        return _NO_SPAN
+    return tracer.start_as_current_span(name)
 
 
 class MetricsSink(Protocol):

@@ -4,9 +4,10 @@ validation: every rule about what a caller may send is decided here, once, namin
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import NamedTuple
 
 from switchpoint.cache.records import CacheControls
 from switchpoint.errors import InvalidRequestError
@@ -23,8 +24,10 @@ class Priority(IntEnum):
     BATCH = 3
 
 
-@dataclass(frozen=True, slots=True)
-class RoutingOptions:
+PRIORITIES = frozenset(Priority)
+
+
+class RoutingOptions(NamedTuple):
     models: Sequence[str] = ()
     stage: str = ""
     strategy: str = ""
@@ -37,21 +40,26 @@ class RoutingOptions:
     hedge: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class GenerationParams:
+class GenerationParams(NamedTuple):
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     stop: Sequence[str] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class ChatInput:
+class ChatInput(NamedTuple):
     messages: Sequence[ChatMessage]
-    routing: RoutingOptions = field(default_factory=RoutingOptions)
-    params: GenerationParams = field(default_factory=GenerationParams)
+    routing: RoutingOptions = RoutingOptions()
+    params: GenerationParams = GenerationParams()
     request_id: str = ""
-    cache: CacheControls = field(default_factory=CacheControls)
+    cache: CacheControls = CacheControls()
+
+
+def new_request_id() -> str:
+    """32 hex digits, the shape of uuid4().hex. Drawn from `random` (seeded from the OS at start)
+    rather than os.urandom: an id needs to be unique, not unguessable, and the syscall was a
+    measurable part of a Route call."""
+    return f"{random.getrandbits(128):032x}"
 
 
 def _check_finite_range(
@@ -91,7 +99,7 @@ def _validate_routing(routing: RoutingOptions) -> None:
             _check_finite_range(f"routing.weights.{part}", value, 0.0, math.inf)
         if sum(routing.weights) <= 0:
             raise InvalidRequestError("routing.weights", "must not all be zero")
-    if routing.priority not in tuple(Priority):
+    if routing.priority not in PRIORITIES:
         raise InvalidRequestError("routing.priority", f"unknown priority {routing.priority}")
     _check_finite_range("routing.max_cost_usd", routing.max_cost_usd, 0.0, math.inf)
     if len(routing.tenant) > MAX_ID_LENGTH:

@@ -7,7 +7,7 @@ never imports engine code, so it can be tested and benchmarked on its own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from switchpoint.cache.keys import CacheScope
 
@@ -30,8 +30,7 @@ class CacheParams:
     response_format: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class CacheControls:
+class CacheControls(NamedTuple):
     """Per-request control of the cache."""
 
     # Neither read nor write the cache for this request.

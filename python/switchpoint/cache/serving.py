@@ -10,7 +10,7 @@ from opentelemetry.trace import Tracer
 from switchpoint.cache.records import CachedAnswer, CacheHit, CacheParams, CacheQuery
 from switchpoint.cache.store import ResponseCache
 from switchpoint.calls import CallState, ChatResult
-from switchpoint.instruments import MetricsSink
+from switchpoint.instruments import MetricsSink, current_span
 from switchpoint.registry import Registry
 from switchpoint.telemetry import SPAN_CACHE
 
@@ -45,7 +45,7 @@ class CacheFront:
         )
 
     async def lookup(self, call: CallState) -> CacheHit | None:
-        with self._tracer.start_as_current_span(SPAN_CACHE) as span:
+        with current_span(self._tracer, SPAN_CACHE) as span:
             hit = await self.cache.lookup(self._query(call))
             span.set_attribute("switchpoint.cache.hit", hit is not None)
             if hit is not None:

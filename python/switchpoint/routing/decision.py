@@ -3,8 +3,8 @@ that decided and the reasons."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from switchpoint.errors import QuotaExceededError
 
@@ -18,9 +18,8 @@ class Level(IntEnum):
     FALLBACK = 4
 
 
-@dataclass(frozen=True, slots=True)
-class ScoredModel:
-    index: int
+class ScoredModel(NamedTuple):
+    table_index: int  # the model's index in the registry and the scoring table
     name: str
     provider: str
     score: float
@@ -32,8 +31,7 @@ class ScoredModel:
     latency_observed: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     candidates: tuple[ScoredModel, ...]
     level: Level
     reasons: tuple[str, ...]

@@ -38,6 +38,11 @@ class Router:
         # once per distinct tokenizer among the enabled models (usually one or two) and the largest
         # count is used: no model is then judged to fit a context window it would overflow.
         self._encodings = tuple(dict.fromkeys(m.tokenizer for m in registry.models))
+        self._names = tuple(m.name for m in registry.models)
+        self._providers = tuple(m.provider for m in registry.models)
+        self._enabled_fallback = tuple(
+            name for name in config.routing.fallback_chain if registry.index_of(name) is not None
+        )
 
     def decide(self, request: ChatInput, shift: StrategyShift | None = None) -> Decision:
         routing = request.routing
@@ -165,7 +170,7 @@ class Router:
             self._config, request.routing, self._default_strategy(), ctx.shift
         )
         result = self._score(indices, strategy, ctx)
-        scored = {c.index: c for c in self._scored_models(result)}
+        scored = {c.table_index: c for c in self._scored_models(result)}
         # The chain is an order the operator chose; keep it rather than the score order.
         ordered = tuple(scored[i] for i in indices if i in scored)
         reasons.extend(self._exclusion_reasons(result, ctx))
@@ -245,11 +250,7 @@ class Router:
             f"quality {strategy.weights[2]:.2f}) among {len(candidates)} eligible"
         )
         chosen = {c.name for c in candidates}
-        fallback = tuple(
-            name
-            for name in self._config.routing.fallback_chain
-            if name not in chosen and self._registry.index_of(name) is not None
-        )
+        fallback = tuple(name for name in self._enabled_fallback if name not in chosen)
         return Decision(
             candidates=candidates,
             level=level,
@@ -265,21 +266,10 @@ class Router:
         )
 
     def _scored_models(self, result: ScoreResult) -> list[ScoredModel]:
-        models = self._registry.models
+        names, providers = self._names, self._providers
         return [
-            ScoredModel(
-                index=c.index,
-                name=models[c.index].name,
-                provider=models[c.index].provider,
-                score=c.score,
-                norm_cost=c.norm_cost,
-                norm_latency=c.norm_latency,
-                quality=c.quality,
-                estimated_cost_usd=c.estimated_cost_usd,
-                estimated_latency_ms=c.estimated_latency_ms,
-                latency_observed=c.latency_observed,
-            )
-            for c in result.candidates()
+            ScoredModel(i, names[i], providers[i], score, cost, latency, quality, usd, ms, observed)
+            for i, score, cost, latency, quality, usd, ms, observed in result.rows()
         ]
 
     def _exclusion_reasons(self, result: ScoreResult, ctx: _Context) -> list[str]:

@@ -16,7 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from switchpoint.calls import ChatResult
-from switchpoint.instruments import MetricsSink, NullMetrics
+from switchpoint.instruments import MetricsSink, NullMetrics, records_spans
 from switchpoint.logs import request_log
 from switchpoint.request import ChatInput
 from switchpoint.routing import Decision
@@ -47,13 +47,28 @@ class RequestObserver:
     def __init__(self, telemetry: Telemetry | None, *, log_prompts: bool = False) -> None:
         self._telemetry = telemetry
         self._tracer: Tracer = telemetry.tracer if telemetry else trace.NoOpTracer()
+        self._records_spans = records_spans(self._tracer)
         self._metrics: MetricsSink = telemetry.metrics if telemetry else NullMetrics()
         self._log_prompts = log_prompts
 
     @contextmanager
     def observe(
-        self, rpc: str, context: grpc.aio.ServicerContext[object, object], request: ChatInput
+        self,
+        rpc: str,
+        context: grpc.aio.ServicerContext[object, object],
+        request: ChatInput,
+        *,
+        calls_providers: bool = True,
     ) -> Iterator[Observation]:
+        if not (self._records_spans or calls_providers):
+            # Nothing would read the caller's trace context: no span is recorded and no provider
+            # request carries it on. Extracting and attaching it cost a Route call ~5 us.
+            observation = Observation(trace.INVALID_SPAN)
+            try:
+                yield observation
+            finally:
+                self._finish(rpc, request, observation)
+            return
         parent = (
             self._telemetry.extract(context.invocation_metadata() or ())
             if self._telemetry

@@ -32,7 +32,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def Route(self, request: pb.RouteRequest, context: ServicerContext) -> pb.RouteDecision:
         chat_input = convert.chat_input(request)
-        with self._observer.observe("Route", context, chat_input) as seen:
+        with self._observer.observe("Route", context, chat_input, calls_providers=False) as seen:
             try:
                 seen.decision = self._engine().decide(chat_input)
             except Exception as exc:

@@ -122,7 +122,7 @@ class Telemetry:
         self._meter_provider = MeterProvider(
             metric_readers=[reader], resource=resource, shutdown_on_exit=False
         )
-        self.metrics = Metrics(self._meter_provider.get_meter("switchpoint"))
+        self.metrics = Metrics(self._meter_provider.get_meter("switchpoint"), self._registry)
         self.propagator = PROPAGATOR
         self.metrics_port: int | None = None
         self._server = MetricsServer(self._registry)

@@ -10,6 +10,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from prometheus_client import CollectorRegistry
+
+from switchpoint.telemetry.tally import BucketHistogram, Tally
 
 # Provider latency spans fast local models to slow long generations; the routing overhead is
 # meant to be tens of microseconds, so its buckets start at 10 us to make regressions visible.
@@ -35,45 +38,50 @@ BreakerSource = Callable[[], Iterable[tuple[str, int]]]
 class Metrics:
     """Typed recording calls over the OTel instruments, one set per `Telemetry`."""
 
-    def __init__(self, meter: Meter) -> None:
-        self._requests = meter.create_counter(
-            "switchpoint.requests", unit="{request}", description="Requests served, by outcome."
-        )
-        self._tokens = meter.create_counter(
-            "switchpoint.tokens",
-            unit="{token}",
-            description="Tokens sent to and received from models.",
-        )
-        self._cost = meter.create_counter(
+    def __init__(self, meter: Meter, registry: CollectorRegistry) -> None:
+        # Counters and histograms recorded per request or per attempt aggregate in `tally` and
+        # are read at scrape time (see there for why); the gauges below read their sources then.
+        self._requests = Tally(("model", "outcome", "tenant", "stage"))
+        self._tokens = Tally(("model", "tenant", "stage", "direction"))
+        self._cost = Tally(("model", "tenant", "stage"))
+        self._cache_hits = Tally(("kind",))
+        self._cache_misses = Tally(("kind",))
+        for name, unit, description, tally in (
+            ("switchpoint.requests", "{request}", "Requests served, by outcome.", self._requests),
+            (
+                "switchpoint.tokens",
+                "{token}",
+                "Tokens sent to and received from models.",
+                self._tokens,
+            ),
             # Lower-case "usd" so Prometheus shows switchpoint_cost_usd_total, not _USD_total.
-            "switchpoint.cost",
-            unit="usd",
-            description="Provider cost in US dollars.",
+            ("switchpoint.cost", "usd", "Provider cost in US dollars.", self._cost),
+            ("switchpoint.cache.hits", "{lookup}", "Response cache hits.", self._cache_hits),
+            ("switchpoint.cache.misses", "{lookup}", "Response cache misses.", self._cache_misses),
+        ):
+            meter.create_observable_counter(
+                name, callbacks=[tally.observe], unit=unit, description=description
+            )
+        self._provider_latency = BucketHistogram(
+            "switchpoint_provider_latency_seconds",
+            "Duration of one provider attempt.",
+            ("model", "provider", "outcome"),
+            PROVIDER_LATENCY_BUCKETS,
         )
-        self._cache_hits = meter.create_counter(
-            "switchpoint.cache.hits", unit="{lookup}", description="Response cache hits."
+        self._ttft = BucketHistogram(
+            "switchpoint_provider_ttft_seconds",
+            "Time to the first streamed token of a provider attempt.",
+            ("model",),
+            PROVIDER_LATENCY_BUCKETS,
         )
-        self._cache_misses = meter.create_counter(
-            "switchpoint.cache.misses", unit="{lookup}", description="Response cache misses."
+        self._overhead = BucketHistogram(
+            "switchpoint_routing_overhead_seconds",
+            "Time spent inside switchpoint per RPC, excluding provider time.",
+            ("rpc",),
+            OVERHEAD_BUCKETS,
         )
-        self._provider_latency = meter.create_histogram(
-            "switchpoint.provider.latency",
-            unit="s",
-            description="Duration of one provider attempt.",
-            explicit_bucket_boundaries_advisory=PROVIDER_LATENCY_BUCKETS,
-        )
-        self._ttft = meter.create_histogram(
-            "switchpoint.provider.ttft",
-            unit="s",
-            description="Time to the first streamed token of a provider attempt.",
-            explicit_bucket_boundaries_advisory=PROVIDER_LATENCY_BUCKETS,
-        )
-        self._overhead = meter.create_histogram(
-            "switchpoint.routing.overhead",
-            unit="s",
-            description="Time spent inside switchpoint per RPC, excluding provider time.",
-            explicit_bucket_boundaries_advisory=OVERHEAD_BUCKETS,
-        )
+        for histogram in (self._provider_latency, self._ttft, self._overhead):
+            registry.register(histogram)
         # The gauges exist from the start and read whatever sources `observe` installed at scrape
         # time, so observe() can be called late, or again, without re-registering instruments.
         self._queues: QueueSource | None = None
@@ -99,31 +107,28 @@ class Metrics:
         )
 
     def request(self, *, model: str, outcome: str, tenant: str, stage: str) -> None:
-        attributes = {"model": model, "outcome": outcome, "tenant": tenant, "stage": stage}
-        self._requests.add(1, attributes)
+        self._requests.add(1, (model, outcome, tenant, stage))
 
     def tokens(
         self, *, model: str, input_tokens: int, output_tokens: int, tenant: str, stage: str
     ) -> None:
-        base = {"model": model, "tenant": tenant, "stage": stage}
-        self._tokens.add(input_tokens, {**base, "direction": "input"})
-        self._tokens.add(output_tokens, {**base, "direction": "output"})
+        self._tokens.add(input_tokens, (model, tenant, stage, "input"))
+        self._tokens.add(output_tokens, (model, tenant, stage, "output"))
 
     def cost(self, *, model: str, usd: float, tenant: str, stage: str) -> None:
-        self._cost.add(usd, {"model": model, "tenant": tenant, "stage": stage})
+        self._cost.add(usd, (model, tenant, stage))
 
     def cache(self, *, hit: bool, kind: str) -> None:
-        (self._cache_hits if hit else self._cache_misses).add(1, {"kind": kind})
+        (self._cache_hits if hit else self._cache_misses).add(1, (kind,))
 
     def provider_latency(self, *, model: str, provider: str, seconds: float, outcome: str) -> None:
-        attributes = {"model": model, "provider": provider, "outcome": outcome}
-        self._provider_latency.record(seconds, attributes)
+        self._provider_latency.record(seconds, (model, provider, outcome))
 
     def ttft(self, *, model: str, seconds: float) -> None:
-        self._ttft.record(seconds, {"model": model})
+        self._ttft.record(seconds, (model,))
 
     def routing_overhead(self, *, rpc: str, seconds: float) -> None:
-        self._overhead.record(seconds, {"rpc": rpc})
+        self._overhead.record(seconds, (rpc,))
 
     def observe(
         self,

@@ -10,6 +10,7 @@
 
 mod append;
 mod budget;
+mod classify;
 mod error;
 mod gate;
 mod histogram;
@@ -23,6 +24,7 @@ mod table;
 mod window;
 
 pub use budget::BudgetState;
+pub use classify::{classify, Classification, DEFAULT_TASK_CLASS, TASK_CLASSES};
 pub use error::{CoreError, Denial, DenialKind, Result, UNKNOWN_RETRY_AFTER_S};
 pub use gate::Gate;
 pub use latency::{Clock, LatencyKind, LatencyTracker, ManualClock, MonotonicClock, Percentiles};

@@ -159,9 +159,15 @@ fn rank_order(a: &Candidate, b: &Candidate) -> Ordering {
 
 /// Position of `value` in `[min, min + range]` as a [0, 1] fraction; 0 when every value is equal,
 /// which is what keeps a single candidate or identical candidates from producing NaN.
-fn normalise(value: f64, min: f64, range: f64) -> f64 {
+fn normalise(value: f64, min: f64, inverse_range: f64) -> f64 {
+    ((value - min) * inverse_range).clamp(0.0, 1.0)
+}
+
+/// 1 / range, or 0 when every value is equal: `normalise` then gives 0 (no NaN) and multiplies
+/// instead of dividing twice per candidate.
+fn inverse(range: f64) -> f64 {
     if range > 0.0 {
-        ((value - min) / range).clamp(0.0, 1.0)
+        1.0 / range
     } else {
         0.0
     }
@@ -260,10 +266,12 @@ impl ModelTable {
             lat_min = lat_min.min(candidate.estimated_latency_ms);
             lat_max = lat_max.max(candidate.estimated_latency_ms);
         }
-        let (cost_range, lat_range) = (cost_max - cost_min, lat_max - lat_min);
+        let (inverse_cost, inverse_lat) =
+            (inverse(cost_max - cost_min), inverse(lat_max - lat_min));
         for candidate in ranked.iter_mut() {
-            candidate.norm_cost = normalise(candidate.estimated_cost_usd, cost_min, cost_range);
-            candidate.norm_latency = normalise(candidate.estimated_latency_ms, lat_min, lat_range);
+            candidate.norm_cost = normalise(candidate.estimated_cost_usd, cost_min, inverse_cost);
+            candidate.norm_latency =
+                normalise(candidate.estimated_latency_ms, lat_min, inverse_lat);
             let merit = weights.latency * (1.0 - candidate.norm_latency)
                 + weights.cost * (1.0 - candidate.norm_cost)
                 + weights.quality * candidate.quality;

@@ -48,6 +48,13 @@ struct Snapshot {
 impl Snapshot {
     /// `None` when a median the estimate needs has not been computed yet.
     fn estimate(&self, now_s: f64, lambda: f64, min_samples: f64) -> Option<LiveEstimate> {
+        // A model never measured (most of a large table) skips the exp below.
+        if self.forward_totals == [0.0, 0.0] {
+            return Some(LiveEstimate {
+                ttft_ms: None,
+                tpot_ms: None,
+            });
+        }
         let decay = (-lambda * (now_s - self.landmark_s)).exp();
         let mut live = [None; 2];
         for (k, out) in live.iter_mut().enumerate() {

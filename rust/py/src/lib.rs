@@ -4,6 +4,7 @@
 //! delegation to the core. Calls hold the GIL (they take microseconds, see ARCHITECTURE.md, "The
 //! Rust core"); the one exception, scoring a large candidate set, releases it through `gil.rs`.
 
+mod classify;
 mod error;
 mod gate;
 mod gil;
@@ -23,5 +24,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<score_result::ScoreResult>()?;
     m.add_class::<table::ModelTable>()?;
     m.add_class::<gate::Gate>()?;
+    m.add_function(wrap_pyfunction!(classify::classify, m)?)?;
     Ok(())
 }

@@ -1,0 +1,177 @@
+//! The prompt classifier behind auto routing: a task class and a complexity in [0, 1], read from
+//! the last user turn with a handful of regular expressions, and the reasons for both.
+//!
+//! It runs on every auto-routed request. In Python the same expressions were a fifth of a Route
+//! call; here the four task patterns are one `RegexSet` pass and the whole reading takes about a
+//! microsecond for a short prompt. The output only picks weights and a capability hint: the
+//! scorer still ranks.
+
+use std::sync::LazyLock;
+
+use regex::{Regex, RegexSet};
+
+/// Task classes in priority order: the first whose pattern matches wins; `chat` otherwise.
+pub const TASK_CLASSES: [&str; 4] = ["code", "math", "summarize", "creative"];
+pub const DEFAULT_TASK_CLASS: &str = "chat";
+
+const TASK_PATTERNS: [&str; 4] = [
+    concat!(
+        r"(?i)```|\b(def|class|function|return|import|SELECT|const|let|var|fn|impl|struct)\b",
+        r"|\b(python|javascript|typescript|rust|golang|java|sql|regex|bash|compile|",
+        r"stack trace|traceback|bug|refactor|unit test)\b",
+    ),
+    concat!(
+        r"(?i)\b(integral|derivative|equation|prove|theorem|lemma|probability|matrix|solve for)\b",
+        r"|[0-9]\s*[-+*/^=]\s*[0-9]",
+    ),
+    r"(?i)\b(summari[sz]e|tl;?dr|extract|list the|key points)\b",
+    r"(?i)\b(poem|story|haiku|lyrics|slogan|write a (song|tale))\b",
+];
+
+const HARD_MARKERS: &str = concat!(
+    r"(?i)\b(step[- ]by[- ]step|prove|derive|analy[sz]e|design|architect\w*|trade-?offs?|",
+    r"optimi[sz]e|compare|evaluate|explain why|justify|rigorous|edge cases?|concurren\w+|",
+    r"distributed)\b",
+);
+const EASY_MARKERS: &str =
+    r"(?i)^\s*(hi|hello|hey|thanks|thank you|what is|who is|when did|define|translate)\b";
+
+/// Characters of prompt at which length alone makes a request look fully hard.
+const LONG_PROMPT_CHARS: f64 = 6000.0;
+/// Below this many characters an easy-looking question counts as easy.
+const SHORT_PROMPT_CHARS: usize = 400;
+
+static TASKS: LazyLock<RegexSet> =
+    LazyLock::new(|| RegexSet::new(TASK_PATTERNS).expect("task patterns compile"));
+static HARD: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(HARD_MARKERS).expect("hard markers compile"));
+static EASY: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(EASY_MARKERS).expect("easy markers compile"));
+
+/// What the classifier read, with the signals that explain the complexity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classification {
+    pub task_class: &'static str,
+    pub complexity: f64,
+    pub signals: Vec<String>,
+}
+
+/// Classifies a conversation by its last user message (`last_user`), with length over the whole
+/// of it (`total_chars`, in characters).
+pub fn classify(last_user: &str, total_chars: usize) -> Classification {
+    let task_class = TASKS
+        .matches(last_user)
+        .iter()
+        .next()
+        .map_or(DEFAULT_TASK_CLASS, |i| TASK_CLASSES[i]);
+    let mut signals = Vec::new();
+    let mut complexity = 0.3;
+    // Precision loss only past 2^52 characters.
+    #[allow(clippy::cast_precision_loss)]
+    let length_part = (total_chars as f64 / LONG_PROMPT_CHARS).min(1.0) * 0.35;
+    if length_part >= 0.05 {
+        signals.push(format!("{total_chars} characters"));
+    }
+    complexity += length_part;
+    let mut hard_hits: Vec<String> = HARD
+        .find_iter(last_user)
+        .map(|m| m.as_str().to_lowercase())
+        .collect();
+    hard_hits.sort_unstable();
+    hard_hits.dedup();
+    if !hard_hits.is_empty() {
+        // A handful of distinct words at most, so the cast cannot lose anything.
+        #[allow(clippy::cast_precision_loss)]
+        let hits = hard_hits.len() as f64;
+        complexity += (0.15 * hits).min(0.45);
+        signals.push(format!("asks to {}", hard_hits.join(", ")));
+    }
+    if task_class == "code" || task_class == "math" {
+        complexity += 0.1;
+        signals.push(format!("{task_class} task"));
+    }
+    if hard_hits.is_empty() && total_chars < SHORT_PROMPT_CHARS && EASY.is_match(last_user) {
+        complexity -= 0.2;
+        signals.push("short, simple question".to_owned());
+    }
+    Classification {
+        task_class,
+        complexity: f64::clamp(complexity, 0.0, 1.0),
+        signals,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The base complexity plus the length part for `total_chars` characters.
+    fn base(total_chars: usize) -> f64 {
+        0.3 + (total_chars as f64 / LONG_PROMPT_CHARS).min(1.0) * 0.35
+    }
+
+    #[test]
+    fn plain_chat_is_chat_at_the_base_complexity() {
+        let reading = classify("tell me about otters", 20);
+        assert_eq!(reading.task_class, "chat");
+        assert!((reading.complexity - base(20)).abs() < 1e-12);
+        assert!(reading.signals.is_empty());
+    }
+
+    #[test]
+    fn the_first_matching_task_class_wins() {
+        // Both code ("python") and summarize ("summarize") match: code comes first.
+        assert_eq!(
+            classify("summarize this python file", 30).task_class,
+            "code"
+        );
+        assert_eq!(
+            classify("summarize this article", 30).task_class,
+            "summarize"
+        );
+        assert_eq!(classify("what is 2 + 2", 13).task_class, "math");
+        assert_eq!(classify("write a haiku", 13).task_class, "creative");
+        assert_eq!(classify("```\nx\n```", 9).task_class, "code");
+    }
+
+    #[test]
+    fn hard_markers_are_counted_once_each_sorted_and_capped() {
+        let reading = classify(
+            "Compare and EVALUATE, then compare again, step by step, and design it",
+            60,
+        );
+        assert_eq!(
+            reading.signals,
+            vec!["asks to compare, design, evaluate, step by step".to_owned()]
+        );
+        // Four distinct markers, capped at three's worth.
+        assert!((reading.complexity - (base(60) + 0.45)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn short_easy_questions_are_easier_unless_they_ask_for_hard_work() {
+        let easy = classify("hello, what's up?", 17);
+        assert!((easy.complexity - (base(17) - 0.2)).abs() < 1e-12);
+        assert_eq!(easy.signals, vec!["short, simple question".to_owned()]);
+        let hard = classify("what is the best design here?", 29);
+        assert!(hard.complexity > base(29));
+        let long = classify("hello", 1000);
+        assert!(!long.signals.contains(&"short, simple question".to_owned()));
+    }
+
+    #[test]
+    fn length_adds_up_to_a_third_and_says_so() {
+        let reading = classify("tell me", 12_000);
+        assert_eq!(reading.signals, vec!["12000 characters".to_owned()]);
+        assert!((reading.complexity - 0.65).abs() < 1e-12);
+        assert!(classify("tell me", 800).signals.is_empty());
+    }
+
+    #[test]
+    fn complexity_stays_in_the_unit_interval() {
+        let text = "prove the theorem step by step, derive, analyse, design, optimise ```";
+        let reading = classify(text, 100_000);
+        assert!((reading.complexity - 1.0).abs() < 1e-12);
+        assert!(classify("", 0).complexity >= 0.0);
+    }
+}
