@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import httpx
+import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
@@ -157,3 +159,41 @@ async def test_fallback_once_metrics_scraped_over_http(
     assert value("switchpoint_routing_overhead_seconds_count", rpc="Chat") == 1
     assert value("switchpoint_breaker_state", model="gpt") == 0
     assert value("switchpoint_queue_depth", model="claude") == 0
+
+
+async def test_route_without_span_export_still_counts_and_times_every_call(
+    openai_server: OpenAIServer, anthropic_server: AnthropicServer
+) -> None:
+    # No span exporter: Route takes the path that skips trace context entirely (nothing reads
+    # it); the request counter and the overhead histogram must still see every call, failures
+    # included.
+    telemetry = Telemetry(TelemetryConfig(metrics_address="127.0.0.1:0"), environ={})
+    env = {"T_OAI": OPENAI_TEST_KEY, "T_ANT": ANTHROPIC_TEST_KEY}
+    async with running_sidecar(
+        _config(openai_server, anthropic_server), env, telemetry=telemetry
+    ) as sidecar:
+        metadata = (("traceparent", TRACEPARENT),)
+        for _ in range(3):
+            decision = await sidecar.stub.Route(
+                pb.RouteRequest(messages=user("route me"), routing=pb.RoutingOptions(tenant="t")),
+                metadata=metadata,
+            )
+            assert decision.model
+        with pytest.raises(grpc.aio.AioRpcError) as rejected:
+            await sidecar.stub.Route(pb.RouteRequest(), metadata=metadata)
+        assert rejected.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        port = sidecar.sidecar.metrics_port
+        assert port is not None
+        async with httpx.AsyncClient() as client:
+            scraped = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    samples = [s for f in text_string_to_metric_families(scraped) for s in f.samples]
+
+    def value(name: str, **labels: str) -> float:
+        return sum(
+            s.value for s in samples if s.name == name and labels.items() <= s.labels.items()
+        )
+
+    assert value("switchpoint_requests_total", outcome="ok", tenant="t") == 3
+    assert value("switchpoint_requests_total", outcome="invalid_argument") == 1
+    assert value("switchpoint_routing_overhead_seconds_count", rpc="Route") == 4
+    assert value("switchpoint_routing_overhead_seconds_sum", rpc="Route") > 0

@@ -224,6 +224,29 @@ async def test_environment_proxies_are_not_used_for_loopback_providers(
     assert completion.content == ANSWER
 
 
+async def test_remote_providers_go_through_the_environment_proxy(
+    openai_server: OpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loopback server plays the proxy for a host that does not resolve: the request can only
+    # reach it through the proxy setting, and it answers the absolute-form target it does not
+    # route ("POST http://provider.invalid/v1/...") with its 404. Directly, the call could not
+    # even connect.
+    for variable in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(variable, f"http://127.0.0.1:{openai_server.port}")
+    monkeypatch.setenv("NO_PROXY", "exempt.invalid")
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxied = create_adapter("remote", "openai", "http://provider.invalid/v1", OPENAI_TEST_KEY)
+    exempt = create_adapter("exempt", "openai", "http://exempt.invalid/v1", OPENAI_TEST_KEY)
+    try:
+        through_proxy = await expect_failure(proxied, REQUEST)
+        direct = await expect_failure(exempt, REQUEST)
+    finally:
+        await proxied.aclose()
+        await exempt.aclose()
+    assert through_proxy.error_class is ErrorClass.NOT_FOUND
+    assert direct.error_class is ErrorClass.CONNECT  # NO_PROXY: resolved directly, and fails
+
+
 async def test_refused_connection_is_connect() -> None:
     base_url = f"http://127.0.0.1:{closed_port()}/v1"
     adapter = create_adapter("gone", "openai", base_url, OPENAI_TEST_KEY)

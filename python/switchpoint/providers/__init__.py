@@ -1,4 +1,4 @@
-"""Provider adapters: one per wire protocol, each over its own pooled HTTP/1.1 client.
+"""Provider adapters: one per wire protocol, each over its own HTTP/1.1 connection pool.
 
 `create_adapter` is how the rest of switchpoint gets one; every adapter raises only
 `switchpoint.errors.ProviderError` (classified in `http_errors`), and `aclose()` closes its client.
@@ -14,6 +14,7 @@ import httpx
 
 from switchpoint.providers.anthropic import AnthropicAdapter
 from switchpoint.providers.base import ProviderAdapter
+from switchpoint.providers.http import ProviderHTTP
 from switchpoint.providers.openai_compat import OpenAICompatAdapter
 
 ProviderKind = Literal["openai", "anthropic"]
@@ -49,27 +50,19 @@ def create_adapter(
         raise ValueError(f"base_url is not a valid URL: {exc}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"base_url must be an absolute http(s) URL, got {base_url!r}")
-    client = httpx.AsyncClient(
-        base_url=url,
+    http = ProviderHTTP(
+        url,
         headers=dict(headers or {}),
         timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-        # httpx keeps only 20 idle connections by default; under more concurrency than that,
-        # every burst would open (and TLS-handshake) fresh connections to the same provider.
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        ),
-        http1=True,
-        http2=False,
-        # A redirect from a provider API is a misconfigured base_url, never something to follow
-        # with the API key attached.
-        follow_redirects=False,
-        # Environment proxies (HTTP_PROXY, ...) are for reaching remote hosts; httpx does not
-        # exempt loopback by itself, and a local model server is never behind a proxy.
+        max_connections=max_connections,
+        # Environment proxies (HTTP_PROXY, ...) are for reaching remote hosts; a local model
+        # server is never behind one. Redirects are never followed (see ProviderHTTP): one from a
+        # provider API is a misconfigured base_url, not something to follow with the API key.
         trust_env=not _is_loopback(url.host),
     )
     if kind == "openai":
-        return OpenAICompatAdapter(name, client, api_key)
-    return AnthropicAdapter(name, client, api_key, default_max_tokens=anthropic_default_max_tokens)
+        return OpenAICompatAdapter(name, http, api_key)
+    return AnthropicAdapter(name, http, api_key, default_max_tokens=anthropic_default_max_tokens)
 
 
 def _is_loopback(host: str) -> bool:

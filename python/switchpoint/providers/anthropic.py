@@ -13,8 +13,6 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from types import MappingProxyType
 
-import httpx
-
 from switchpoint.errors import ErrorClass
 from switchpoint.providers.base import (
     Completion,
@@ -23,6 +21,7 @@ from switchpoint.providers.base import (
     StreamEvent,
     TextDelta,
 )
+from switchpoint.providers.http import ProviderHTTP
 from switchpoint.providers.http_errors import FailureClassifier, secrets_to_scrub
 from switchpoint.providers.sse import drain, iter_events
 
@@ -65,9 +64,9 @@ class _StreamState:
 
 
 class AnthropicAdapter:
-    """Messages API over one pooled httpx client, which the adapter owns and closes.
+    """Messages API over one provider connection pool, which the adapter owns and closes.
 
-    `client` must have `base_url` set to the API host ("https://api.anthropic.com"). `api_key`
+    `http` must have its base URL set to the API host ("https://api.anthropic.com"). `api_key`
     is sent as `x-api-key` when set. `default_max_tokens` is sent when neither the request nor
     the model's extra_body sets `max_tokens`, because Anthropic rejects requests without it.
     """
@@ -75,7 +74,7 @@ class AnthropicAdapter:
     def __init__(
         self,
         name: str,
-        client: httpx.AsyncClient,
+        http: ProviderHTTP,
         api_key: str | None,
         *,
         default_max_tokens: int = 1024,
@@ -83,20 +82,18 @@ class AnthropicAdapter:
         if default_max_tokens < 1:
             raise ValueError(f"default_max_tokens must be at least 1, got {default_max_tokens}")
         self.name = name
-        self._client = client
+        self._http = http
         self._api_key = api_key
         self._default_max_tokens = default_max_tokens
-        self._failures = FailureClassifier(name, secrets_to_scrub(api_key, client.headers))
+        self._failures = FailureClassifier(name, secrets_to_scrub(api_key, http.headers))
 
     async def complete(self, request: ProviderRequest, *, timeout_s: float | None) -> Completion:
         content = self._failures.encode_json(self._body(request, stream=False))
+        outgoing = self._http.request(
+            _PATH, content=content, headers=self._headers(request), timeout_s=timeout_s
+        )
         with self._failures.translating_transport_errors():
-            response = await self._client.post(
-                _PATH,
-                content=content,
-                headers=self._headers(request),
-                timeout=self._timeout(timeout_s),
-            )
+            response = await self._http.send(outgoing)
         await self._failures.raise_for_status(response)
         return self._completion(self._failures.json_object(response.content))
 
@@ -111,10 +108,9 @@ class AnthropicAdapter:
         content = self._failures.encode_json(self._body(request, stream=True))
         headers = self._headers(request) | {"accept": "text/event-stream"}
         state = _StreamState()
+        outgoing = self._http.request(_PATH, content=content, headers=headers, timeout_s=timeout_s)
         with self._failures.translating_transport_errors():
-            async with self._client.stream(
-                "POST", _PATH, content=content, headers=headers, timeout=self._timeout(timeout_s)
-            ) as response:
+            async with self._http.stream(outgoing) as response:
                 await self._failures.raise_unless_event_stream(response)
                 async with aclosing(iter_events(response.aiter_lines())) as events:
                     async for event in events:
@@ -140,7 +136,7 @@ class AnthropicAdapter:
         yield self._stream_end(state)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._http.aclose()
 
     def _headers(self, request: ProviderRequest) -> dict[str, str]:
         # The body is encoded by FailureClassifier.encode_json, so httpx does not label it.
@@ -149,19 +145,6 @@ class AnthropicAdapter:
             headers["x-api-key"] = self._api_key
         # Trace context (traceparent) first, so nothing it carries can replace our own headers.
         return {**request.headers, **headers}
-
-    def _timeout(self, timeout_s: float | None) -> httpx.Timeout:
-        """The client's timeouts with the read timeout replaced by this call's, when given.
-
-        For a non-streamed call the read timeout bounds the wait for the answer; for a stream it
-        bounds the wait for the first event and every silence between events (pings included).
-        """
-        default = self._client.timeout
-        if timeout_s is None:
-            return default
-        return httpx.Timeout(
-            connect=default.connect, read=timeout_s, write=default.write, pool=default.pool
-        )
 
     def _body(self, request: ProviderRequest, *, stream: bool) -> dict[str, object]:
         # extra_body first, so the request's own parameters win over the model's config, and a

@@ -12,8 +12,6 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
-import httpx
-
 from switchpoint.errors import ErrorClass
 from switchpoint.providers.base import (
     ChatMessage,
@@ -23,6 +21,7 @@ from switchpoint.providers.base import (
     StreamEvent,
     TextDelta,
 )
+from switchpoint.providers.http import ProviderHTTP
 from switchpoint.providers.http_errors import FailureClassifier, secrets_to_scrub
 from switchpoint.providers.sse import drain, iter_events
 
@@ -72,27 +71,25 @@ class _StreamState:
 
 
 class OpenAICompatAdapter:
-    """Chat completions over one pooled httpx client, which the adapter owns and closes.
+    """Chat completions over one provider connection pool, which the adapter owns and closes.
 
-    `client` must have `base_url` set to the API root ("…/v1"); `api_key`, when set, is sent as
+    `http` must have its base URL set to the API root ("…/v1"); `api_key`, when set, is sent as
     `Authorization: Bearer …` (local servers run without one).
     """
 
-    def __init__(self, name: str, client: httpx.AsyncClient, api_key: str | None) -> None:
+    def __init__(self, name: str, http: ProviderHTTP, api_key: str | None) -> None:
         self.name = name
-        self._client = client
+        self._http = http
         self._api_key = api_key
-        self._failures = FailureClassifier(name, secrets_to_scrub(api_key, client.headers))
+        self._failures = FailureClassifier(name, secrets_to_scrub(api_key, http.headers))
 
     async def complete(self, request: ProviderRequest, *, timeout_s: float | None) -> Completion:
         content = self._failures.encode_json(self._body(request, stream=False))
+        outgoing = self._http.request(
+            _PATH, content=content, headers=self._headers(request), timeout_s=timeout_s
+        )
         with self._failures.translating_transport_errors():
-            response = await self._client.post(
-                _PATH,
-                content=content,
-                headers=self._headers(request),
-                timeout=self._timeout(timeout_s),
-            )
+            response = await self._http.send(outgoing)
         await self._failures.raise_for_status(response)
         return self._completion(request, self._failures.json_object(response.content))
 
@@ -107,10 +104,9 @@ class OpenAICompatAdapter:
         content = self._failures.encode_json(self._body(request, stream=True))
         headers = self._headers(request) | {"accept": "text/event-stream"}
         state = _StreamState()
+        outgoing = self._http.request(_PATH, content=content, headers=headers, timeout_s=timeout_s)
         with self._failures.translating_transport_errors():
-            async with self._client.stream(
-                "POST", _PATH, content=content, headers=headers, timeout=self._timeout(timeout_s)
-            ) as response:
+            async with self._http.stream(outgoing) as response:
                 await self._failures.raise_unless_event_stream(response)
                 async with aclosing(iter_events(response.aiter_lines())) as events:
                     async for event in events:
@@ -133,7 +129,7 @@ class OpenAICompatAdapter:
         yield state.end(request)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._http.aclose()
 
     def _headers(self, request: ProviderRequest) -> dict[str, str]:
         # The body is encoded by FailureClassifier.encode_json, so httpx does not label it.
@@ -142,19 +138,6 @@ class OpenAICompatAdapter:
             headers["authorization"] = f"Bearer {self._api_key}"
         # Trace context (traceparent) first, so nothing it carries can replace our own headers.
         return {**request.headers, **headers}
-
-    def _timeout(self, timeout_s: float | None) -> httpx.Timeout:
-        """The client's timeouts with the read timeout replaced by this call's, when given.
-
-        For a non-streamed call the read timeout bounds the wait for the answer; for a stream it
-        bounds the wait for the first chunk and every silence between chunks.
-        """
-        default = self._client.timeout
-        if timeout_s is None:
-            return default
-        return httpx.Timeout(
-            connect=default.connect, read=timeout_s, write=default.write, pool=default.pool
-        )
 
     def _body(self, request: ProviderRequest, *, stream: bool) -> dict[str, object]:
         # The model's extra_body goes in first, so the request's own parameters win over it and
