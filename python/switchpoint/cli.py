@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -301,6 +302,10 @@ async def _serve(config: Config, address: str | None, config_path: Path | None) 
     sidecar, port = await create_server(config, address, config_path=config_path)
     try:
         await sidecar.start()
+        # Everything built so far (config, tokenizer tables, protobuf descriptors, the embedding
+        # model) lives as long as the process: frozen, it is no longer rescanned by every full
+        # garbage collection that request garbage triggers (a few percent of a Route call's CPU).
+        gc.freeze()
         _announce(sidecar, (address or config.server.grpc_address), port)
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -3,8 +3,9 @@ validation: every rule about what a caller may send is decided here, once, namin
 
 from __future__ import annotations
 
+import itertools
 import math
-import random
+import os
 from collections.abc import Sequence
 from enum import IntEnum
 from typing import NamedTuple
@@ -15,6 +16,8 @@ from switchpoint.providers.base import ChatMessage
 
 ROLES = ("system", "user", "assistant")
 MAX_ID_LENGTH = 128
+_ID_PREFIX = os.urandom(8).hex()
+_ID_SEQUENCE = itertools.count()
 
 
 class Priority(IntEnum):
@@ -56,10 +59,10 @@ class ChatInput(NamedTuple):
 
 
 def new_request_id() -> str:
-    """32 hex digits, the shape of uuid4().hex. Drawn from `random` (seeded from the OS at start)
-    rather than os.urandom: an id needs to be unique, not unguessable, and the syscall was a
-    measurable part of a Route call."""
-    return f"{random.getrandbits(128):032x}"
+    """32 hex digits, unique across processes and restarts: a random prefix drawn at start, then
+    a counter. An id has to be unique, not unguessable, and drawing 128 random bits per request
+    was a measurable part of a Route call."""
+    return f"{_ID_PREFIX}{next(_ID_SEQUENCE):016x}"
 
 
 def _check_finite_range(

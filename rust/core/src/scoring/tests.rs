@@ -352,7 +352,7 @@ proptest! {
     #[test]
     fn identical_candidates_never_produce_nan(
         spec in arb_spec(),
-        copies in 1usize..20,
+        copies in 1usize..60, // past SORT_IN_PLACE_UP_TO too: all-tie runs in the keyed sort
         weights in arb_weights(),
         output in 0u64..10_000,
     ) {
