@@ -68,7 +68,7 @@ MODEL = "loop-20ms"
 PROVIDER_LATENCY_S = 0.02
 PROMPT = "say hello in five words"
 MAX_TOKENS = 16
-RATES = (50.0, 100.0, 200.0, 300.0, 400.0)
+RATES = (50.0, 100.0, 200.0, 400.0, 600.0, 800.0)
 MODES = ("sidecar", "direct")
 CALL_TIMEOUT_S = 10.0
 P99_OVERHEAD_HELD_MS = 5.0
@@ -299,7 +299,7 @@ def highest_rate_held(
 def measure(
     *,
     rates: tuple[float, ...] = RATES,
-    seconds: float = 4.0,
+    seconds: float = 6.0,
     segment_s: float = 1.0,
     warmup: int = 50,
 ) -> ProxyOverheadResult:
