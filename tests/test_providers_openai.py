@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -245,6 +246,28 @@ async def test_remote_providers_go_through_the_environment_proxy(
         await exempt.aclose()
     assert through_proxy.error_class is ErrorClass.NOT_FOUND
     assert direct.error_class is ErrorClass.CONNECT  # NO_PROXY: resolved directly, and fails
+
+
+async def test_waiting_for_a_pooled_connection_is_bounded_by_the_call(
+    openai_server: OpenAIServer,
+) -> None:
+    # One connection, held by a call the server keeps waiting: a second call with 0.2 s left
+    # gives up waiting for the pool as a timeout, rather than waiting out the provider's default
+    # timeout and being served when the first call ends.
+    adapter = create_adapter(
+        "one-conn", "openai", openai_server.base_url, OPENAI_TEST_KEY, max_connections=1
+    )
+    openai_server.script.push(hang(1.0))
+    try:
+        first = asyncio.create_task(adapter.complete(REQUEST, timeout_s=5.0))
+        while not openai_server.requests:
+            await asyncio.sleep(0.01)
+        failure = await expect_failure(adapter, REQUEST, timeout_s=0.2)
+        assert (await first).content == ANSWER
+    finally:
+        await adapter.aclose()
+    assert failure.error_class is ErrorClass.TIMEOUT
+    assert len(openai_server.requests) == 1
 
 
 async def test_refused_connection_is_connect() -> None:

@@ -40,6 +40,10 @@ def environment_proxy(url: httpx.URL) -> str | None:
     return proxy
 
 
+def _capped(seconds: float | None, cap: float) -> float:
+    return cap if seconds is None else min(seconds, cap)
+
+
 class ProviderHTTP:
     """Sends requests to one provider API root (`base_url`, e.g. "…/v1") over a pooled transport.
 
@@ -88,12 +92,17 @@ class ProviderHTTP:
         headers: Mapping[str, str],
         timeout_s: float | None,
     ) -> httpx.Request:
-        """A POST of `content` to `path` under the base URL; `timeout_s` replaces the read
-        timeout (for a stream: the wait for the first chunk and every silence between chunks)."""
+        """A POST of `content` to `path` under the base URL. `timeout_s` (the call's time left)
+        replaces the read timeout (for a stream: the wait for the first chunk and every silence
+        between chunks) and caps the others, so no wait for a pooled connection, a connect or a
+        write outlives the call."""
         timeout = self.timeout
         if timeout_s is not None:
             timeout = httpx.Timeout(
-                connect=timeout.connect, read=timeout_s, write=timeout.write, pool=timeout.pool
+                connect=_capped(timeout.connect, timeout_s),
+                read=timeout_s,
+                write=_capped(timeout.write, timeout_s),
+                pool=_capped(timeout.pool, timeout_s),
             )
         url = self._urls.get(path)
         if url is None:
