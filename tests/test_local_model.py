@@ -24,6 +24,7 @@ from switchpoint.local_model import (
     guarded_module_argv,
     resolve_model_path,
 )
+from tests.support.waiting import wait_until
 
 STANDIN = Path(__file__).parent / "support" / "standin_server.py"
 REPO_ROOT = Path(__file__).parent.parent
@@ -40,14 +41,6 @@ def process_gone(pid: int) -> bool:
         return True
     state = stat.rsplit(")", 1)[1].split()[0]
     return state in {"Z", "X"}
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout_s}s")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from tests.providers.openai_server import (
     openai_error,
 )
 from tests.providers.script import error, garbage, hang, reset, stream_cut, stream_error
+from tests.support.waiting import wait_until
 
 __all__ = ["openai_adapter", "openai_server"]  # fixtures, imported for pytest to find
 
@@ -260,8 +261,7 @@ async def test_waiting_for_a_pooled_connection_is_bounded_by_the_call(
     openai_server.script.push(hang(1.0))
     try:
         first = asyncio.create_task(adapter.complete(REQUEST, timeout_s=5.0))
-        while not openai_server.requests:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: openai_server.requests)
         failure = await expect_failure(adapter, REQUEST, timeout_s=0.2)
         assert (await first).content == ANSWER
     finally:
