@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
 from switchpoint.providers.connections import PooledHTTP1Transport
 
@@ -60,8 +63,8 @@ class RawServer:
             self.open_now -= 1
             writer.close()
 
-    def url(self, path: str = "/v1/x") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    def url(self, path: str = "/v1/x", *, scheme: str = "http", host: str = "127.0.0.1") -> str:
+        return f"{scheme}://{host}:{self.port}{path}"
 
 
 def send(data: bytes, *, keep_open: bool = True) -> Reply:
@@ -93,9 +96,11 @@ def stall(seconds: float, then: Reply) -> Reply:
 
 
 @asynccontextmanager
-async def raw_server(*replies: Reply) -> AsyncIterator[RawServer]:
+async def raw_server(
+    *replies: Reply, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[RawServer]:
     server = RawServer(list(replies))
-    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0, ssl=tls)
     server.port = listener.sockets[0].getsockname()[1]
     try:
         yield server
@@ -265,3 +270,34 @@ async def test_a_closed_transport_refuses_calls(transport: PooledHTTP1Transport)
     await transport.aclose()
     with pytest.raises(RuntimeError, match="closed"):
         await transport.handle_async_request(post("http://127.0.0.1:9/"))
+
+
+async def test_https_verifies_the_server_against_the_environment_trust_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("localhost")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(server_tls)
+    bundle = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    async with raw_server(echo(), echo(), tls=server_tls) as server:
+        url = server.url(scheme="https", host="localhost")
+        monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+        trusting = PooledHTTP1Transport(max_connections=2, trust_env=True)
+        try:
+            first = await call(trusting, post(url, b"secret"))
+            second = await call(trusting, post(url, b"again"))
+        finally:
+            await trusting.aclose()
+        # Without the CA in its trust store the same server fails the handshake.
+        monkeypatch.delenv("SSL_CERT_FILE")
+        strict = PooledHTTP1Transport(max_connections=2, trust_env=False)
+        try:
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await call(strict, post(url))
+        finally:
+            await strict.aclose()
+    assert (first.content, second.content) == (b"secret", b"again")
+    # Both trusted calls on one TLS connection; a refused handshake never reaches the handler.
+    assert server.connections == 1
