@@ -16,6 +16,8 @@ from switchpoint.providers.base import ChatMessage
 
 ROLES = ("system", "user", "assistant")
 MAX_ID_LENGTH = 128
+# The one piece of module-level state: ids only have to be unique in the process (and, through the
+# random prefix, across processes), so servers sharing a process may share the sequence.
 _ID_PREFIX = os.urandom(8).hex()
 _ID_SEQUENCE = itertools.count()
 
