@@ -129,12 +129,11 @@ class Router:
             elif reading.complexity <= auto.easy_complexity:
                 strategy = resolve_strategy(self._config, request.routing, "cost-first", ctx.shift)
                 reasons.append(f"complexity <= {auto.easy_complexity}: cost-first")
-        every_model = list(range(len(self._registry.models)))
         result: ScoreResult | None = None
         hinted = ctx
         if reading.task_class == "code" and self._registry.has_capability("code"):
             code_ctx = ctx.requiring(self._registry.capability_mask(["code"]))
-            result = self._score(every_model, strategy, code_ctx)
+            result = self._score(None, strategy, code_ctx)
             if len(result) == 0:
                 reasons.append("no code-capable model is eligible; considering all models")
                 result = None
@@ -142,7 +141,7 @@ class Router:
                 hinted = code_ctx
                 reasons.append("code task: preferring models with the 'code' capability")
         if result is None:
-            result = self._score(every_model, strategy, ctx)
+            result = self._score(None, strategy, ctx)
         if len(result) == 0:
             reasons.extend(self._exclusion_reasons(result, hinted))
             reasons.append("auto: no model is eligible; using the fallback chain")
@@ -204,7 +203,10 @@ class Router:
                 indices.append(index)
         return indices
 
-    def _score(self, indices: list[int], strategy: ResolvedStrategy, ctx: _Context) -> ScoreResult:
+    def _score(
+        self, indices: list[int] | None, strategy: ResolvedStrategy, ctx: _Context
+    ) -> ScoreResult:
+        """Score `indices` (every model when None) with the Rust table."""
         return self._registry.table.score(
             ctx.input_tokens,
             ctx.output_tokens,
