@@ -1,4 +1,4 @@
-"""Micro-benchmarks of the gate and the scorer across the PyO3 boundary.
+"""Micro-benchmarks of the gate, the scorer and the latency tracker across the PyO3 boundary.
 
 The machine is shared and noisy, so nothing here asserts a time: every figure is printed as a ratio
 against a baseline measured in the same test (an empty call, a dict lookup, a pure-Python scorer),
@@ -211,3 +211,29 @@ def test_score_rust_vs_python(benchmark: Benchmark, n: int) -> None:
         f"\n[score {n:>4} candidates] ModelTable.score {rust_ns / 1000:.2f} us   "
         f"pure Python {python_ns / 1000:.2f} us   speedup {python_ns / rust_ns:.1f}x"
     )
+
+
+def test_latency_record(benchmark: Benchmark) -> None:
+    """One observed call into a model's decayed TTFT/TPOT/total histograms, and reading the
+    percentiles back, against an empty call and a dict lookup."""
+    tracker = LatencyTracker()
+    slot = tracker.slot("bench-model")
+
+    def record() -> None:
+        tracker.record(slot, 850.0, 120.0, 180)
+
+    def percentiles() -> object:
+        return tracker.percentiles(slot, "total")
+
+    iterations = 100_000
+    empty_ns, lookup_ns = _baselines(iterations)
+    record_ns = _per_op_ns(record, iterations)
+    read_ns = _per_op_ns(percentiles, iterations)
+    baselines = {"empty Python call": empty_ns, "dict lookup": lookup_ns}
+    _report("LatencyTracker.record", record_ns, baselines)
+    _report("LatencyTracker.percentiles (after records)", read_ns, baselines)
+    benchmark(record)
+    p50, _, _, samples = tracker.percentiles(slot, "total")
+    # The records landed where they were aimed.
+    assert samples > 0
+    assert 800.0 <= p50 <= 900.0

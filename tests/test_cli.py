@@ -279,6 +279,7 @@ async def test_bench_quick_json(capsys: pytest.CaptureFixture[str]) -> None:
         "score 100 candidates",
         "score 1000 candidates",
         "gate reserve + settle",
+        "latency record",
         "Route RPC p50",
         "Route RPC p99",
     ]

@@ -138,6 +138,25 @@ def gate_figure(iterations: int) -> Figure:
     )
 
 
+def latency_record_figure(iterations: int) -> Figure:
+    """One observed call (total, TTFT, output tokens) into a model's decayed histograms."""
+    tracker = LatencyTracker()
+    slot = tracker.slot("bench-model")
+
+    def record() -> None:
+        tracker.record(slot, 850.0, 120.0, 180)
+
+    def empty() -> None:
+        return None
+
+    return Figure(
+        "latency record",
+        per_op_ns(record, iterations) / 1000,
+        "empty Python call",
+        per_op_ns(empty, iterations) / 1000,
+    )
+
+
 def _route_config() -> dict[str, object]:
     model = {
         "provider": "p",
@@ -240,6 +259,7 @@ def run(*, quick: bool = False, progress: TextIO | None = sys.stderr) -> list[Fi
             for n in (10, 100, 1000)
         ),
         ("gate", lambda: [gate_figure(max(1000, int(50_000 * scale)))]),
+        ("latency record", lambda: [latency_record_figure(max(1000, int(50_000 * scale)))]),
         (
             "Route vs empty RPC",
             lambda: list(asyncio.run(route_figures(max(200, int(2000 * scale))))),
