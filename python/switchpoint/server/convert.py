@@ -42,8 +42,8 @@ def _params(params: pb.GenerationParams) -> GenerationParams:
 
 
 def _cache_controls(request: pb.ChatRequest | pb.RouteRequest) -> CacheControls:
-    if not isinstance(request, pb.ChatRequest):
-        return CacheControls()
+    if not isinstance(request, pb.ChatRequest) or not request.HasField("cache"):
+        return _NO_CACHE_CONTROLS
     cache = request.cache
     return CacheControls(
         bypass=cache.bypass,
@@ -52,12 +52,18 @@ def _cache_controls(request: pb.ChatRequest | pb.RouteRequest) -> CacheControls:
     )
 
 
+# Shared by every request that leaves a section unset: the values are immutable.
+_NO_ROUTING = RoutingOptions()
+_NO_PARAMS = GenerationParams()
+_NO_CACHE_CONTROLS = CacheControls()
+
+
 def chat_input(request: pb.ChatRequest | pb.RouteRequest) -> ChatInput:
     return ChatInput(
         cache=_cache_controls(request),
         messages=tuple(ChatMessage(m.role, m.content) for m in request.messages),
-        routing=_routing(request.routing),
-        params=_params(request.params),
+        routing=_routing(request.routing) if request.HasField("routing") else _NO_ROUTING,
+        params=_params(request.params) if request.HasField("params") else _NO_PARAMS,
         # Every call gets an id at the door, so logs, chunks and errors can all name it.
         request_id=(request.request_id if isinstance(request, pb.ChatRequest) else "")
         or new_request_id(),

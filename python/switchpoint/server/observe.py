@@ -120,6 +120,6 @@ class RequestObserver:
             latency_ms=elapsed_s * 1000.0,
             cost_usd=result.cost_usd if result else 0.0,
             attempts=len(result.attempts) if result else 0,
-            prompt=[(m.role, m.content) for m in request.messages],
+            prompt=request.messages,  # (role, content) pairs already
             log_prompts=self._log_prompts,
         )
