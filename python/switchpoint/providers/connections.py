@@ -65,7 +65,16 @@ class _OriginPool:
 
     def __init__(self, max_connections: int) -> None:
         self.slots = asyncio.Semaphore(max_connections)
+        # Oldest first: reuse takes from the end, pruning from the front.
         self.idle: list[_Connection] = []
+
+    def put_back(self, connection: _Connection, now: float) -> None:
+        """Keep `connection` for reuse, and close the idle ones that can no longer be reused,
+        so a connection the server closed does not linger half-closed until the next call."""
+        connection.idle_since = now
+        self.idle.append(connection)
+        while self.idle and not self.idle[0].reusable(now):
+            self.idle.pop(0).close()
 
 
 @asynccontextmanager
@@ -268,8 +277,7 @@ class _ResponseBody(httpx.AsyncByteStream):
         parser = connection.h11
         if self._complete and parser.our_state is h11.DONE and parser.their_state is h11.DONE:
             parser.start_next_cycle()
-            connection.idle_since = time.monotonic()
-            self._pool.idle.append(connection)
+            self._pool.put_back(connection, time.monotonic())
         else:
             connection.close()
         self._pool.slots.release()
