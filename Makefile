@@ -77,7 +77,7 @@ test-local: env local-model
 	$(VENV)/bin/pytest -m local_model
 
 bench: env
-	$(VENV)/bin/pytest benches --benchmark-only -p no:cacheprovider
+	$(VENV)/bin/pytest benches --benchmark-only -p no:cacheprovider -s
 
 clean:
 	rm -rf $(VENV) target
