@@ -24,7 +24,6 @@ import asyncio
 import ssl
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Final
 
 import h11
@@ -77,15 +76,6 @@ class _OriginPool:
             self.idle.pop(0).close()
 
 
-@asynccontextmanager
-async def _deadline(seconds: float | None) -> AsyncIterator[None]:
-    if seconds is None:
-        yield
-        return
-    async with asyncio.timeout(seconds):
-        yield
-
-
 class PooledHTTP1Transport(httpx.AsyncBaseTransport):
     """`trust_env` lets SSL_CERT_FILE / SSL_CERT_DIR choose the CAs for https origins."""
 
@@ -112,7 +102,7 @@ class PooledHTTP1Transport(httpx.AsyncBaseTransport):
         if pool is None:
             pool = self._pools[origin] = _OriginPool(self._max_connections)
         try:
-            async with _deadline(timeouts.get("pool")):
+            async with asyncio.timeout(timeouts.get("pool")):
                 await pool.slots.acquire()
         except TimeoutError:
             raise httpx.PoolTimeout("no connection free in the pool", request=request) from None
@@ -153,7 +143,7 @@ class PooledHTTP1Transport(httpx.AsyncBaseTransport):
         if secure and self._ssl_context is None:
             self._ssl_context = httpx.create_ssl_context(trust_env=self._trust_env)
         try:
-            async with _deadline(within_s):
+            async with asyncio.timeout(within_s):
                 reader, writer = await asyncio.open_connection(
                     host,
                     port,
@@ -192,7 +182,7 @@ async def _send(connection: _Connection, request: httpx.Request, within_s: float
         raise httpx.LocalProtocolError(str(exc), request=request) from exc
     try:
         connection.writer.write(data)
-        async with _deadline(within_s):
+        async with asyncio.timeout(within_s):
             await connection.writer.drain()
     except TimeoutError:
         raise httpx.WriteTimeout("write timed out", request=request) from None
@@ -210,7 +200,7 @@ async def _next_event(
             event = parser.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            async with _deadline(within_s):
+            async with asyncio.timeout(within_s):
                 data = await connection.reader.read(READ_SIZE)
             if not data and parser.their_state is h11.SEND_RESPONSE:
                 raise httpx.RemoteProtocolError(
