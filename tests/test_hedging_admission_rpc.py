@@ -13,8 +13,9 @@ from switchpoint.v1 import router_pb2 as pb
 from tests.providers.anthropic_server import AnthropicServer
 from tests.providers.fixtures import ANTHROPIC_TEST_KEY, OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
-from tests.providers.script import hang
+from tests.providers.script import echo_answer, hang
 from tests.sidecar_harness import running_sidecar, user
+from tests.support.waiting import wait_until
 
 ENV = {"T_OAI": OPENAI_TEST_KEY, "T_ANT": ANTHROPIC_TEST_KEY}
 
@@ -74,6 +75,41 @@ async def test_hedge_takes_the_first_answer_and_cancels_the_other(
     ]
     assert elapsed < 1.5, "the hedge did not answer before the slow model would have"
     assert openai_server.disconnects == 1, "the losing upstream call was not cancelled"
+
+
+async def test_stream_hedge_takes_the_first_token_and_cancels_the_other(
+    openai_server: OpenAIServer, anthropic_server: AnthropicServer
+) -> None:
+    # gpt stays silent past its 100 ms prior time to first token: claude's stream is started too,
+    # gives the first token, and the client gets claude's answer alone.
+    openai_server.script.push(hang(1.5))
+    async with running_sidecar(_config(openai_server, anthropic_server), ENV) as sidecar:
+        chunks = [c async for c in sidecar.stub.ChatStream(_chat("gpt", "claude", hedge=True))]
+        await wait_until(lambda: openai_server.disconnects == 1)
+        # gpt runs one call at a time (max_concurrency 1): the lost race gave its slot back.
+        after = await sidecar.stub.Chat(_chat("gpt"), timeout=5.0)
+    *deltas, final = chunks
+    assert final.done
+    assert final.model == "claude"
+    assert {c.model for c in deltas} == {"claude"}
+    assert "".join(c.delta for c in deltas) == echo_answer("claude", "race us")
+    # In the order things ended: the losing stream was stopped when the race was decided.
+    assert [(a.model, a.error_class or "ok") for a in final.attempts] == [
+        ("gpt", "hedge_lost"),
+        ("claude", "ok"),
+    ]
+    assert after.model == "gpt"
+
+
+async def test_stream_hedge_is_not_started_while_the_first_model_is_on_time(
+    openai_server: OpenAIServer, anthropic_server: AnthropicServer
+) -> None:
+    async with running_sidecar(_config(openai_server, anthropic_server), ENV) as sidecar:
+        chunks = [c async for c in sidecar.stub.ChatStream(_chat("gpt", "claude", hedge=True))]
+    final = chunks[-1]
+    assert final.model == "gpt"
+    assert [(a.model, a.error_class or "ok") for a in final.attempts] == [("gpt", "ok")]
+    assert anthropic_server.requests == []
 
 
 async def test_stage_hedging_and_no_hedge_without_it(

@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import replace
+from typing import Literal
 
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
@@ -203,17 +204,23 @@ class Engine:
             return
         if decision.refusal is not None:
             raise decision.refusal
-        for model in self._chain(call):
-            outcome = Outcome()
+        models = self._chain(call)
+        outcome = Outcome()
+        if self._hedges(request):
+            async with aclosing(self._hedged_stream(call, models, outcome)) as deltas:
+                async for delta in deltas:
+                    yield delta
+        for model in models if outcome.result is None else ():
             async with aclosing(self._attempts.stream_on(call, model, outcome)) as deltas:
                 async for delta in deltas:
                     yield delta
             if outcome.result is not None:
-                if self.cache is not None:
-                    await self.cache.remember(call, outcome.result)
-                yield self._finish(call, outcome.result)
-                return
-        raise self._exhausted(call)
+                break
+        if outcome.result is None:
+            raise self._exhausted(call)
+        if self.cache is not None:
+            await self.cache.remember(call, outcome.result)
+        yield self._finish(call, outcome.result)
 
     def _finish(self, call: CallState, result: ChatResult) -> ChatResult:
         span = call.root_span
@@ -259,11 +266,82 @@ class Engine:
         # The loser is listed too: every attempt appears in the answer.
         return None if winner is None else replace(winner, attempts=tuple(call.attempts))
 
-    def _hedge_delay_s(self, model: ModelConfig, call: CallState) -> float:
-        """The model's observed p95 whole-call latency, or its prior before enough samples."""
-        p95_ms, samples = self.latency.percentiles(self.latency.slot(model.name), "total")[1::2]
+    async def _hedged_stream(
+        self, call: CallState, models: Iterator[ModelConfig], outcome: Outcome
+    ) -> AsyncGenerator[StreamDelta, None]:
+        """Streams race to their first token (see `_first_token_race`); the other stream is
+        cancelled (releasing its quota) and the rest of the answer comes from the winner. If no
+        racer gives a token, nothing is yielded and the caller goes on down the chain."""
+        racers: list[_StreamRacer] = []
+        sent_before = list(call.sent)
+        try:
+            winner, first = await self._first_token_race(call, models, racers)
+            if winner is None:
+                return
+            # Whatever a losing stream relayed in the same loop turn is not what the client got.
+            call.sent[:] = [*sent_before, first.text] if first is not None else sent_before
+            for racer in racers:
+                if racer is not winner:
+                    await racer.cancel()
+                    call.skip(
+                        racer.model.name,
+                        racer.model.provider,
+                        "hedge_lost",
+                        "another stream gave its first token first",
+                    )
+            if first is not None:
+                yield first
+                async for delta in winner.stream:
+                    yield delta
+            outcome.result = winner.outcome.result
+        finally:
+            for racer in racers:
+                await racer.cancel()
+
+    async def _first_token_race(
+        self, call: CallState, models: Iterator[ModelConfig], racers: list[_StreamRacer]
+    ) -> tuple[_StreamRacer | None, StreamDelta | None]:
+        """The first model's stream alone until it is slower than its usual p95 time to first
+        token, then the second model's too; the winner is the first to give a token (or a whole,
+        empty answer), with that token. A racer that fails before its first token drops out.
+        Every racer started is appended to `racers`, for the caller to stop."""
+        primary = next(models, None)
+        if primary is None:
+            return None, None
+        racers.append(_StreamRacer(self._attempts, call, primary))
+        pending = {racers[0].next_delta(): racers[0]}
+        hedge_after: float | None = self._hedge_delay_s(primary, call, kind="ttft")
+        while pending:
+            done, _ = await asyncio.wait(
+                pending, timeout=hedge_after, return_when=asyncio.FIRST_COMPLETED
+            )
+            hedge_after = None
+            if not done:
+                second = next(models, None) if len(racers) == 1 else None
+                if second is not None:
+                    racers.append(_StreamRacer(self._attempts, call, second))
+                    pending[racers[-1].next_delta()] = racers[-1]
+                continue
+            # In chain order, so two first tokens in one loop turn go to the earlier model.
+            for task in sorted(done, key=lambda t: racers.index(pending[t])):
+                racer = pending.pop(task)
+                delta = task.result()  # None: the stream ended without a token
+                if delta is not None or racer.outcome.result is not None:
+                    return racer, delta
+        return None, None
+
+    def _hedge_delay_s(
+        self, model: ModelConfig, call: CallState, *, kind: Literal["total", "ttft"] = "total"
+    ) -> float:
+        """The model's observed p95 whole-call latency (or time to first token), or its prior
+        before enough samples."""
+        p95_ms, samples = self.latency.percentiles(self.latency.slot(model.name), kind)[1::2]
         if samples < self.config.routing.min_latency_samples:
-            p95_ms = prior_latency_ms(model, call.decision.output_tokens)
+            p95_ms = (
+                prior_latency_ms(model, call.decision.output_tokens)
+                if kind == "total"
+                else model.latency_prior.ttft_ms
+            )
         return p95_ms / 1000.0
 
     # -- the chain ----------------------------------------------------------------------------
@@ -294,3 +372,28 @@ class Engine:
             # No provider was even called: every model was over a limit. Say which clears first.
             return min(call.refusals, key=lambda r: r.retry_after_s)
         return AllAttemptsFailedError(call.last_provider_error, call.attempts)
+
+
+class _StreamRacer:
+    """One model's stream in a hedged race, advanced a delta at a time in a task of its own."""
+
+    def __init__(self, attempts: Attempts, call: CallState, model: ModelConfig) -> None:
+        self.model = model
+        self.outcome = Outcome()
+        self.stream = attempts.stream_on(call, model, self.outcome)
+        self._task: asyncio.Task[StreamDelta | None] | None = None
+
+    def next_delta(self) -> asyncio.Task[StreamDelta | None]:
+        self._task = asyncio.create_task(self._next())
+        return self._task
+
+    async def _next(self) -> StreamDelta | None:
+        return await anext(self.stream, None)
+
+    async def cancel(self) -> None:
+        """Stop the stream wherever it is; its attempt releases its reservation as it unwinds."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()  # a no-op once done; gathering also collects what it raised
+            await asyncio.gather(task, return_exceptions=True)
+        await self.stream.aclose()
