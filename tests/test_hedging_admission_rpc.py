@@ -112,6 +112,21 @@ async def test_stream_hedge_is_not_started_while_the_first_model_is_on_time(
     assert anthropic_server.requests == []
 
 
+async def test_a_client_gone_mid_race_cancels_both_streams(
+    openai_server: OpenAIServer, anthropic_server: AnthropicServer
+) -> None:
+    openai_server.script.push(hang(3.0))
+    anthropic_server.script.push(hang(3.0))
+    async with running_sidecar(_config(openai_server, anthropic_server), ENV) as sidecar:
+        call = sidecar.stub.ChatStream(_chat("gpt", "claude", hedge=True))
+        await wait_until(lambda: len(anthropic_server.requests) == 1)  # both streams are racing
+        call.cancel()
+        await wait_until(lambda: openai_server.disconnects == anthropic_server.disconnects == 1)
+        # gpt's one concurrency slot came back with its cancelled stream.
+        after = await sidecar.stub.Chat(_chat("gpt"), timeout=5.0)
+    assert after.model == "gpt"
+
+
 async def test_stage_hedging_and_no_hedge_without_it(
     openai_server: OpenAIServer, anthropic_server: AnthropicServer
 ) -> None:
