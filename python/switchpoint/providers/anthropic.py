@@ -9,7 +9,6 @@ events (message_start, content_block_delta, message_delta, message_stop, ping, e
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
-from contextlib import aclosing
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -23,7 +22,7 @@ from switchpoint.providers.base import (
 )
 from switchpoint.providers.http import ProviderHTTP
 from switchpoint.providers.http_errors import FailureClassifier, secrets_to_scrub
-from switchpoint.providers.sse import drain, iter_events
+from switchpoint.providers.sse import drain
 
 _PATH = "v1/messages"
 API_VERSION = "2023-06-01"
@@ -88,14 +87,14 @@ class AnthropicAdapter:
         self._failures = FailureClassifier(name, secrets_to_scrub(api_key, http.headers))
 
     async def complete(self, request: ProviderRequest, *, timeout_s: float | None) -> Completion:
-        content = self._failures.encode_json(self._body(request, stream=False))
-        outgoing = self._http.request(
-            _PATH, content=content, headers=self._headers(request), timeout_s=timeout_s
+        payload = await self._http.post_json(
+            _PATH,
+            self._body(request, stream=False),
+            headers=self._headers(request),
+            timeout_s=timeout_s,
+            failures=self._failures,
         )
-        with self._failures.translating_transport_errors():
-            response = await self._http.send(outgoing)
-        await self._failures.raise_for_status(response)
-        return self._completion(self._failures.json_object(response.content))
+        return self._completion(payload)
 
     async def stream(
         self, request: ProviderRequest, *, timeout_s: float | None
@@ -105,27 +104,26 @@ class AnthropicAdapter:
         A consumer that stops early should close the iterator (`contextlib.aclosing`) so the
         connection is released at once rather than when the generator is collected.
         """
-        content = self._failures.encode_json(self._body(request, stream=True))
-        headers = self._headers(request) | {"accept": "text/event-stream"}
         state = _StreamState()
-        outgoing = self._http.request(_PATH, content=content, headers=headers, timeout_s=timeout_s)
-        with self._failures.translating_transport_errors():
-            async with self._http.stream(outgoing) as response:
-                await self._failures.raise_unless_event_stream(response)
-                async with aclosing(iter_events(response.aiter_lines())) as events:
-                    async for event in events:
-                        # An `error` event's payload ({"type": "error", "error": {...}}) is
-                        # raised here, classified by its error type (overloaded_error, ...).
-                        what = f"{event.event} event"
-                        payload = self._failures.json_object(event.data, what=what)
-                        kind = payload.get("type", event.event)
-                        if kind == "message_stop":
-                            await drain(events)
-                            state.stopped = True
-                            break
-                        text = self._fold_event(kind, payload, state)
-                        if text:
-                            yield TextDelta(text)
+        async with self._http.post_for_events(
+            _PATH,
+            self._body(request, stream=True),
+            headers=self._headers(request),
+            timeout_s=timeout_s,
+            failures=self._failures,
+        ) as events:
+            async for event in events:
+                # An `error` event's payload ({"type": "error", "error": {...}}) is raised here,
+                # classified by its error type (overloaded_error, ...).
+                payload = self._failures.json_object(event.data, what=f"{event.event} event")
+                kind = payload.get("type", event.event)
+                if kind == "message_stop":
+                    await drain(events)
+                    state.stopped = True
+                    break
+                text = self._fold_event(kind, payload, state)
+                if text:
+                    yield TextDelta(text)
         if not state.stopped:
             raise self._failures.error(
                 ErrorClass.CONNECT,

@@ -13,13 +13,15 @@ URL, default headers, default timeouts, and proxies from the environment.
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing, asynccontextmanager
 from importlib.metadata import version
 
 import httpx
 
 from switchpoint.providers.connections import PooledHTTP1Transport
+from switchpoint.providers.http_errors import FailureClassifier
+from switchpoint.providers.sse import ServerSentEvent, iter_events
 
 USER_AGENT = f"switchpoint/{version('switchpoint')}"
 _DEFAULT_HEADERS = {
@@ -115,6 +117,50 @@ class ProviderHTTP:
             content=content,
             extensions={"timeout": timeout.as_dict()},
         )
+
+    async def post_json(
+        self,
+        path: str,
+        body: Mapping[str, object],
+        *,
+        headers: Mapping[str, str],
+        timeout_s: float | None,
+        failures: FailureClassifier,
+    ) -> dict[str, object]:
+        """POST `body` as JSON; the answer's JSON object. Every failure leaves classified."""
+        request = self.request(
+            path, content=failures.encode_json(body), headers=headers, timeout_s=timeout_s
+        )
+        with failures.translating_transport_errors():
+            response = await self.send(request)
+        await failures.raise_for_status(response)
+        return failures.json_object(response.content)
+
+    @asynccontextmanager
+    async def post_for_events(
+        self,
+        path: str,
+        body: Mapping[str, object],
+        *,
+        headers: Mapping[str, str],
+        timeout_s: float | None,
+        failures: FailureClassifier,
+    ) -> AsyncIterator[AsyncGenerator[ServerSentEvent, None]]:
+        """POST `body` as JSON asking for an event stream; the block reads its events. An error
+        answer (or JSON where events were asked for) is raised before the block sees any, a
+        transport failure while reading leaves classified, and leaving the block closes the
+        response however it ends."""
+        request = self.request(
+            path,
+            content=failures.encode_json(body),
+            headers={**headers, "accept": "text/event-stream"},
+            timeout_s=timeout_s,
+        )
+        with failures.translating_transport_errors():
+            async with self.stream(request) as response:
+                await failures.raise_unless_event_stream(response)
+                async with aclosing(iter_events(response.aiter_lines())) as events:
+                    yield events
 
     async def send(self, request: httpx.Request) -> httpx.Response:
         """The response, body read and connection returned to the pool."""

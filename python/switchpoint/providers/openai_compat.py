@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncGenerator, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass
 
 from switchpoint.errors import ErrorClass
@@ -23,7 +22,7 @@ from switchpoint.providers.base import (
 )
 from switchpoint.providers.http import ProviderHTTP
 from switchpoint.providers.http_errors import FailureClassifier, secrets_to_scrub
-from switchpoint.providers.sse import drain, iter_events
+from switchpoint.providers.sse import drain
 
 _PATH = "chat/completions"
 _DONE = "[DONE]"
@@ -84,14 +83,14 @@ class OpenAICompatAdapter:
         self._failures = FailureClassifier(name, secrets_to_scrub(api_key, http.headers))
 
     async def complete(self, request: ProviderRequest, *, timeout_s: float | None) -> Completion:
-        content = self._failures.encode_json(self._body(request, stream=False))
-        outgoing = self._http.request(
-            _PATH, content=content, headers=self._headers(request), timeout_s=timeout_s
+        payload = await self._http.post_json(
+            _PATH,
+            self._body(request, stream=False),
+            headers=self._headers(request),
+            timeout_s=timeout_s,
+            failures=self._failures,
         )
-        with self._failures.translating_transport_errors():
-            response = await self._http.send(outgoing)
-        await self._failures.raise_for_status(response)
-        return self._completion(request, self._failures.json_object(response.content))
+        return self._completion(request, payload)
 
     async def stream(
         self, request: ProviderRequest, *, timeout_s: float | None
@@ -101,22 +100,22 @@ class OpenAICompatAdapter:
         A consumer that stops early should close the iterator (`contextlib.aclosing`) so the
         connection is released at once rather than when the generator is collected.
         """
-        content = self._failures.encode_json(self._body(request, stream=True))
-        headers = self._headers(request) | {"accept": "text/event-stream"}
         state = _StreamState()
-        outgoing = self._http.request(_PATH, content=content, headers=headers, timeout_s=timeout_s)
-        with self._failures.translating_transport_errors():
-            async with self._http.stream(outgoing) as response:
-                await self._failures.raise_unless_event_stream(response)
-                async with aclosing(iter_events(response.aiter_lines())) as events:
-                    async for event in events:
-                        if event.data == _DONE:
-                            await drain(events)
-                            state.done = True
-                            break
-                        text = self._read_chunk(event.data, state)
-                        if text:
-                            yield TextDelta(text)
+        async with self._http.post_for_events(
+            _PATH,
+            self._body(request, stream=True),
+            headers=self._headers(request),
+            timeout_s=timeout_s,
+            failures=self._failures,
+        ) as events:
+            async for event in events:
+                if event.data == _DONE:
+                    await drain(events)
+                    state.done = True
+                    break
+                text = self._read_chunk(event.data, state)
+                if text:
+                    yield TextDelta(text)
         # Some compatible servers never send [DONE]; once a finish_reason has arrived the model
         # has finished, so the answer is complete (usage may be estimated).
         if not state.done and state.finish_reason is None:
