@@ -52,13 +52,13 @@ from benches.loadgen import (
     wait_ready,
 )
 from benches.route_load import _percentile
+from switchpoint.bench_floor import EMPTY_METHOD, empty_rpc_server
 from switchpoint.v1 import router_pb2 as pb
 from switchpoint.v1 import router_pb2_grpc
 from tests.sidecar_harness import routing_config, user
 
 RESULTS_DIR = Path(__file__).parent / "results"
 RESULT_FILE = RESULTS_DIR / "rpc_floor.json"
-EMPTY_METHOD = "/switchpoint.bench.Empty/Call"
 SIDES = ("route", "empty")
 CALL_TIMEOUT_S = 10.0
 
@@ -66,18 +66,8 @@ CALL_TIMEOUT_S = 10.0
 # -- the floor server (its own process) ----------------------------------------------------------
 
 
-async def _empty_unary(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-    return b""
-
-
 async def _serve_empty() -> None:
-    server = grpc.aio.server()
-    handler = grpc.method_handlers_generic_handler(
-        "switchpoint.bench.Empty",
-        {"Call": grpc.unary_unary_rpc_method_handler(_empty_unary)},  # identity (de)serializers
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
+    server, port = empty_rpc_server()
     await server.start()
     print(f"port {port}", flush=True)
     stopping = asyncio.Event()

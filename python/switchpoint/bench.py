@@ -19,6 +19,7 @@ from typing import TextIO
 import grpc
 
 from switchpoint._native import Gate, LatencyTracker, ModelSpec, ModelTable
+from switchpoint.bench_floor import EMPTY_METHOD, empty_rpc_server
 from switchpoint.config import TelemetryConfig, parse_config
 from switchpoint.server import create_server
 from switchpoint.telemetry import Telemetry
@@ -28,7 +29,6 @@ from switchpoint.v1 import router_pb2_grpc
 INPUT_TOKENS = 800
 OUTPUT_TOKENS = 400
 WEIGHTS = (0.3, 0.3, 0.4)
-_EMPTY_METHOD = "/switchpoint.bench.Empty/Call"
 
 
 def synthetic_specs(n: int) -> list[ModelSpec]:
@@ -117,6 +117,10 @@ def scoring_figure(n: int, iterations: int) -> Figure:
     return Figure(f"score {n} candidates", rust / 1000, "pure Python", python / 1000, speedup=True)
 
 
+def _do_nothing() -> None:
+    """The baseline of the per-call figures: a Python call that does nothing."""
+
+
 def gate_figure(iterations: int) -> Figure:
     gate = Gate()
     limits = [gate.add_rate_limit(f"l{i}", rpm=1e12, tpm=1e15, concurrency=10**9) for i in range(3)]
@@ -127,14 +131,11 @@ def gate_figure(iterations: int) -> Figure:
         reservation = gate.reserve(limits, budgets, 1200, 0.01, now)
         gate.settle(reservation, 1100, 0.009, now)
 
-    def empty() -> None:
-        return None
-
     return Figure(
         "gate reserve + settle",
         per_op_ns(reserve_settle, iterations) / 1000,
         "empty Python call",
-        per_op_ns(empty, iterations) / 1000,
+        per_op_ns(_do_nothing, iterations) / 1000,
     )
 
 
@@ -146,14 +147,11 @@ def latency_record_figure(iterations: int) -> Figure:
     def record() -> None:
         tracker.record(slot, 850.0, 120.0, 180)
 
-    def empty() -> None:
-        return None
-
     return Figure(
         "latency record",
         per_op_ns(record, iterations) / 1000,
         "empty Python call",
-        per_op_ns(empty, iterations) / 1000,
+        per_op_ns(_do_nothing, iterations) / 1000,
     )
 
 
@@ -177,10 +175,6 @@ def _route_config() -> dict[str, object]:
     }
 
 
-async def _empty_call(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-    return b""
-
-
 async def _latencies(call: Callable[[], Awaitable[object]], calls: int) -> list[float]:
     samples = []
     for _ in range(calls):
@@ -196,12 +190,7 @@ async def route_figures(calls: int) -> tuple[Figure, Figure]:
     sidecar, port = await create_server(
         parse_config(_route_config()), "127.0.0.1:0", environ={}, telemetry=telemetry
     )
-    empty_server = grpc.aio.server()
-    handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(_empty_call)
-    empty_server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("switchpoint.bench.Empty", {"Call": handler}),)
-    )
-    empty_port = empty_server.add_insecure_port("127.0.0.1:0")
+    empty_server, empty_port = empty_rpc_server()
     await sidecar.start()
     await empty_server.start()
     try:
@@ -212,7 +201,7 @@ async def route_figures(calls: int) -> tuple[Figure, Figure]:
             stub = router_pb2_grpc.RouterStub(route_channel)
             request = pb.RouteRequest(messages=[pb.Message(role="user", content="hello there")])
             empty: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = empty_channel.unary_unary(
-                _EMPTY_METHOD
+                EMPTY_METHOD
             )
             route_samples: list[float] = []
             empty_samples: list[float] = []

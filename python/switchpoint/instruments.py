@@ -33,7 +33,7 @@ def current_span(tracer: Tracer, name: str) -> AbstractContextManager[Span]:
     The API's no-op tracer still builds a span and swaps the current context twice, a few
     microseconds per span on every request; skipping it changes nothing a provider call sees,
     because a no-op span carries its parent's trace context unchanged."""
-    if isinstance(tracer, trace.NoOpTracer):
+    if not records_spans(tracer):
         return _NO_SPAN
     return tracer.start_as_current_span(name)
 
