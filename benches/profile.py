@@ -8,7 +8,9 @@ microseconds per call.
 
 - `route`: Route on the 4-model `routing_config()`, 8 concurrent callers back to back;
 - `chat`: Chat to a loopback OpenAI provider answering after 20 ms, open loop at 200/s (the
-  proxy-overhead bench's setup).
+  proxy-overhead bench's setup);
+- `empty`: the RPC floor's server (an empty unary call, `benches.rpc_floor`) under Route's load,
+  to tell what any grpc.aio call costs from what Route adds.
 
     .venv/bin/python -m benches.profile route [--seconds 8] [--top 25]
 
@@ -25,7 +27,7 @@ import re
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ from benches.loadgen import (
     sidecar_process,
     wait_ready,
 )
+from switchpoint.bench_floor import EMPTY_METHOD
 from switchpoint.v1 import router_pb2 as pb
 from switchpoint.v1 import router_pb2_grpc
 from tests.sidecar_harness import routing_config, user
@@ -84,6 +87,12 @@ def read_samples(path: Path) -> tuple[int, Counter[str], Counter[str]]:
 def _sidecar_for(rpc: str, core: int | None) -> Iterator[tuple[int, int, object]]:
     """(port, pid, request) of a sidecar set up for `rpc`, with its provider when it needs one."""
     with ExitStack() as stack:
+        if rpc == "empty":
+            floor = stack.enter_context(
+                server_process("floor", "benches.rpc_floor", ["empty-server"], core=core)
+            )
+            yield floor.port, floor.pid, b""
+            return
         if rpc == "route":
             sidecar = stack.enter_context(sidecar_process(routing_config(), core=core))
             request: object = pb.RouteRequest(
@@ -110,13 +119,18 @@ async def _load(rpc: str, port: int, pid: int, request: object, seconds: float) 
     try:
         await wait_ready(channel)
         stub = router_pb2_grpc.RouterStub(channel)
-        method = stub.Route if rpc == "route" else stub.Chat
+        methods: dict[str, Callable[..., Awaitable[object]]] = {
+            "route": stub.Route,
+            "chat": stub.Chat,
+            "empty": channel.unary_unary(EMPTY_METHOD),
+        }
+        method = methods[rpc]
 
         async def call() -> object:
-            return await method(request, timeout=10.0)  # type: ignore[arg-type]
+            return await method(request, timeout=10.0)
 
         async def run(duration: float) -> int:
-            if rpc == "route":
+            if rpc in ("route", "empty"):
                 calls, _ = await closed_loop(call, ROUTE_CALLERS, duration)
                 return calls
             result = await open_loop(call, CHAT_RATE_PER_S, round(CHAT_RATE_PER_S * duration))
@@ -172,7 +186,7 @@ def table(profile: Profile, top: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("rpc", choices=("route", "chat"))
+    parser.add_argument("rpc", choices=("route", "chat", "empty"))
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()

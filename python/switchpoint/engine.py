@@ -27,7 +27,7 @@ from switchpoint.calls import SKIPPED, AttemptRecord, CallState, ChatResult, Str
 from switchpoint.config import BreakerConfig, Config, ModelConfig
 from switchpoint.errors import AllAttemptsFailedError, QuotaExceededError, SwitchpointError
 from switchpoint.gate import RequestScope, TokenGate
-from switchpoint.instruments import MetricsSink, NullMetrics, current_span
+from switchpoint.instruments import MetricsSink, NullMetrics, records_spans
 from switchpoint.providers.base import ProviderAdapter
 from switchpoint.registry import Registry
 from switchpoint.request import ChatInput, new_request_id, validate
@@ -39,10 +39,6 @@ from switchpoint.telemetry import SPAN_GATE, SPAN_ROUTE
 from switchpoint.tokens import TokenCounter
 
 __all__ = ["CONTINUE_PROMPT", "AttemptRecord", "ChatResult", "Engine", "StreamDelta"]
-
-
-def _scope(request: ChatInput) -> RequestScope:
-    return RequestScope(request.routing.tenant, request.routing.stage)
 
 
 class Engine:
@@ -74,6 +70,8 @@ class Engine:
             max_age_s=config.routing.queue_max_age_s,
         )
         self.tracer = tracer or trace.NoOpTracer()
+        # Spans the no-op tracer would hand out cost a few microseconds each and record nothing.
+        self._records_spans = records_spans(self.tracer)
         self.metrics = metrics or NullMetrics()
         self.adapters = adapters
         self.cache = (
@@ -120,24 +118,31 @@ class Engine:
         answer costs nothing, so the call may still be served from the cache.
         """
         validate(request)
-        scope = _scope(request)
-        with current_span(self.tracer, SPAN_ROUTE) as span:
+        scope = RequestScope(request.routing.tenant, request.routing.stage)
+        if not self._records_spans:
+            return self._admit(
+                self._router.decide(request, self.gate.pressure(scope)), scope, for_call
+            )
+        with self.tracer.start_as_current_span(SPAN_ROUTE) as span:
             decision = self._router.decide(request, self.gate.pressure(scope))
-            if span.is_recording():
-                span.set_attribute("switchpoint.level", decision.level.name.lower())
-                span.set_attribute("switchpoint.strategy", decision.strategy)
-        with current_span(self.tracer, SPAN_GATE) as span:
-            try:
-                admitted = self.gate.admissible(decision, scope, self.registry)
-            except QuotaExceededError as refusal:
-                if not (for_call and self.cache is not None):
-                    raise
-                return decision._replace(refusal=refusal)
-            decision = self._without_open_breakers(admitted)
-            if span.is_recording():
+            span.set_attribute("switchpoint.level", decision.level.name.lower())
+            span.set_attribute("switchpoint.strategy", decision.strategy)
+        with self.tracer.start_as_current_span(SPAN_GATE) as span:
+            decision = self._admit(decision, scope, for_call)
+            if decision.refusal is None:
                 span.set_attribute("switchpoint.model", decision.chosen.name)
                 span.set_attribute("switchpoint.candidates", len(decision.candidates))
         return decision
+
+    def _admit(self, decision: Decision, scope: RequestScope, for_call: bool) -> Decision:
+        """The decision without the candidates the gate or an open breaker refuses now."""
+        try:
+            admitted = self.gate.admissible(decision, scope, self.registry)
+        except QuotaExceededError as refusal:
+            if not (for_call and self.cache is not None):
+                raise
+            return decision._replace(refusal=refusal)
+        return admitted if self.breakers.all_closed() else self._without_open_breakers(admitted)
 
     def _without_open_breakers(self, decision: Decision) -> Decision:
         kept, reasons = [], []

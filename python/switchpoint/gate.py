@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from switchpoint._native import Gate, GateDenied
 from switchpoint.config import BudgetConfig, Config, LimitConfig, ModelConfig, ScopeKey
@@ -30,8 +31,7 @@ from switchpoint.shared import LEASE_KINDS, SharedQuota
 Scope = tuple[tuple[ScopeKey, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class RequestScope:
+class RequestScope(NamedTuple):
     """The request attributes rules can match on, besides the model and provider."""
 
     tenant: str
@@ -114,6 +114,11 @@ class TokenGate:
         self._clock = clock
         self._limits = config.limits
         self._budgets = config.budgets
+        self._enabled = bool(config.limits or config.budgets)
+        # The budgets that shift strategies under pressure, looked at on every request.
+        self._pressured = [
+            (i, b, b.pressure) for i, b in enumerate(config.budgets) if b.pressure is not None
+        ]
         self._limit_ids: dict[tuple[int, Scope], int] = {}
         self._limit_names: dict[int, str] = {}
         self._budget_instances: dict[tuple[int, Scope], BudgetInstance] = {}
@@ -124,7 +129,7 @@ class TokenGate:
 
     @property
     def enabled(self) -> bool:
-        return bool(self._limits or self._budgets)
+        return self._enabled
 
     def now(self) -> float:
         return self._clock()
@@ -301,11 +306,10 @@ class TokenGate:
 
     def pressure(self, scope: RequestScope) -> StrategyShift | None:
         """The strategy shift of the first budget of this tenant/stage past its pressure share."""
+        if not self._pressured:
+            return None
         values = scope.values(None)
-        for i, budget in enumerate(self._budgets):
-            pressure = budget.pressure
-            if pressure is None:
-                continue
+        for i, budget, pressure in self._pressured:
             rule_scope = _instance_scope(dict(budget.match), values)
             if rule_scope is None:
                 continue

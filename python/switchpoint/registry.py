@@ -3,7 +3,7 @@ Rust routing table built from them once per config load."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from switchpoint._native import LatencyTracker, ModelSpec, ModelTable
@@ -97,13 +97,13 @@ class Registry:
     def has_capability(self, capability: str) -> bool:
         return capability in self._capability_bits
 
-    def capability_mask(self, capabilities: list[str] | tuple[str, ...]) -> int:
+    def capability_mask(self, capabilities: Sequence[str]) -> int:
         mask = 0
         for capability in capabilities:
             mask |= self._capability_bits.get(capability, 0)
         return mask
 
-    def required_mask(self, capabilities: tuple[str, ...] | list[str], field: str) -> int:
+    def required_mask(self, capabilities: Sequence[str], field: str) -> int:
         """The mask of a request's required capabilities; unknown names are the caller's error."""
         for i, capability in enumerate(capabilities):
             if capability not in self._capability_bits:

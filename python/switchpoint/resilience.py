@@ -89,6 +89,10 @@ class CircuitBreaker:
         self._trials = 0
         self.opens = 0
 
+    def rebind(self, on_change: Callable[[str, str, str], None]) -> None:
+        """Report transitions to `on_change` from now on (a reload's new Breakers keeps this)."""
+        self._on_change = on_change
+
     @property
     def policy(self) -> BreakerConfig:
         return self._policy
@@ -182,6 +186,19 @@ class Breakers:
         self._clock = clock
         self._breakers: dict[str, CircuitBreaker] = {}
         self.transitions: deque[tuple[str, str, str]] = deque(maxlen=256)
+        # Deployments whose breaker has left "closed" and not come back: every decision asks
+        # whether any is, and with none (the usual case) looks at no breaker at all.
+        self._not_closed: set[str] = set()
+
+    def all_closed(self) -> bool:
+        return not self._not_closed
+
+    def _changed(self, name: str, state: str, why: str) -> None:
+        self.transitions.append((name, state, why))
+        if state == "closed":
+            self._not_closed.discard(name)
+        else:
+            self._not_closed.add(name)
 
     def get(self, model: str) -> CircuitBreaker:
         breaker = self._breakers.get(model)
@@ -190,7 +207,7 @@ class Breakers:
                 model,
                 self._policy_of(model),
                 clock=self._clock,
-                on_change=lambda *change: self.transitions.append(change),
+                on_change=self._changed,
             )
             self._breakers[model] = breaker
         return breaker
@@ -204,3 +221,6 @@ class Breakers:
         for name, breaker in previous._breakers.items():
             if name in models and breaker.policy == self._policy_of(name):
                 self._breakers[name] = breaker
+                breaker.rebind(self._changed)
+                if breaker.state != "closed":
+                    self._not_closed.add(name)

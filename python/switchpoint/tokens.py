@@ -94,12 +94,14 @@ class TokenCounter:
     # -- loading ----------------------------------------------------------------------------
 
     def _encoding(self, name: str) -> tiktoken.Encoding | None:
+        # "estimate" is asked for on every request that routes over such a model: answered before
+        # the cache, whose miss would raise and catch a KeyError each time.
+        if name not in TIKTOKEN_ENCODINGS:
+            return None
         try:
             return self._loaded[name]
         except KeyError:
             pass
-        if name not in TIKTOKEN_ENCODINGS:
-            return None
         with self._lock:
             if name not in self._loaded:
                 self._loaded[name] = self._load_or_none(name)

@@ -17,7 +17,7 @@ from switchpoint.registry import Registry
 from switchpoint.request import ChatInput
 from switchpoint.routing.classifier import classify
 from switchpoint.routing.decision import Decision, Level, ScoredModel
-from switchpoint.routing.strategies import ResolvedStrategy, StrategyShift, resolve_strategy
+from switchpoint.routing.strategies import ResolvedStrategy, Strategies, StrategyShift
 from switchpoint.tokens import TokenCounter
 
 _EXCLUSION_TEXT = {
@@ -34,23 +34,28 @@ class Router:
         self._config = config
         self._registry = registry
         self._tokens = tokens
+        self._strategies = Strategies(config)
         # The Rust scorer takes one input-token count for every candidate, so the prompt is counted
         # once per distinct tokenizer among the enabled models (usually one or two) and the largest
         # count is used: no model is then judged to fit a context window it would overflow.
         self._encodings = tuple(dict.fromkeys(m.tokenizer for m in registry.models))
         self._names = tuple(m.name for m in registry.models)
         self._providers = tuple(m.provider for m in registry.models)
+        self._default_output_tokens = config.routing.default_output_tokens
         self._enabled_fallback = tuple(
             name for name in config.routing.fallback_chain if registry.index_of(name) is not None
         )
 
     def decide(self, request: ChatInput, shift: StrategyShift | None = None) -> Decision:
         routing = request.routing
-        input_tokens = max(
-            self._tokens.count_messages(request.messages, encoding) for encoding in self._encodings
+        count, messages = self._tokens.count_messages, request.messages
+        input_tokens = max([count(messages, encoding) for encoding in self._encodings])
+        output_tokens = request.params.max_tokens or self._default_output_tokens
+        required = (
+            self._registry.required_mask(routing.capabilities, "routing.capabilities")
+            if routing.capabilities
+            else 0
         )
-        output_tokens = request.params.max_tokens or self._config.routing.default_output_tokens
-        required = self._registry.required_mask(tuple(routing.capabilities), "routing.capabilities")
         context = _Context(input_tokens, output_tokens, required, routing.max_cost_usd, shift)
         if routing.models:
             return self._override(request, context)
@@ -84,9 +89,7 @@ class Router:
             index = self._registry.resolve_model(name, field)
             if index not in indices:
                 indices.append(index)
-        strategy = resolve_strategy(
-            self._config, request.routing, self._default_strategy(), ctx.shift
-        )
+        strategy = self._strategies.resolve(request.routing, self._default_strategy(), ctx.shift)
         names = ", ".join(self._registry.models[i].name for i in indices)
         reasons = [f"override: the request named {names}"]
         return self._ranked(Level.OVERRIDE, indices, strategy, ctx, reasons)
@@ -105,29 +108,25 @@ class Router:
         stage = self._stage_config(stage_name)
         reasons = [f"stage '{stage_name}' allows {', '.join(stage.models)}"]
         indices = self._enabled_indices(stage.models, reasons)
-        strategy = resolve_strategy(
-            self._config, request.routing, stage.strategy or self._default_strategy(), ctx.shift
+        strategy = self._strategies.resolve(
+            request.routing, stage.strategy or self._default_strategy(), ctx.shift
         )
         return self._ranked(Level.STAGE, indices, strategy, ctx, reasons)
 
     def _auto(self, request: ChatInput, ctx: _Context, reasons: list[str]) -> Decision | None:
         auto = self._config.routing.auto
         reading = classify(request.messages)
-        strategy = resolve_strategy(
-            self._config, request.routing, self._default_strategy(), ctx.shift
-        )
+        strategy = self._strategies.resolve(request.routing, self._default_strategy(), ctx.shift)
         detail = f" ({'; '.join(reading.signals)})" if reading.signals else ""
         reasons.append(
             f"auto: task class {reading.task_class}, complexity {reading.complexity:.2f}{detail}"
         )
         if not strategy.explicit:
             if reading.complexity >= auto.hard_complexity:
-                strategy = resolve_strategy(
-                    self._config, request.routing, "quality-first", ctx.shift
-                )
+                strategy = self._strategies.resolve(request.routing, "quality-first", ctx.shift)
                 reasons.append(f"complexity >= {auto.hard_complexity}: quality-first")
             elif reading.complexity <= auto.easy_complexity:
-                strategy = resolve_strategy(self._config, request.routing, "cost-first", ctx.shift)
+                strategy = self._strategies.resolve(request.routing, "cost-first", ctx.shift)
                 reasons.append(f"complexity <= {auto.easy_complexity}: cost-first")
         result: ScoreResult | None = None
         hinted = ctx
@@ -165,9 +164,7 @@ class Router:
             )
         reasons.append(f"fallback chain: {', '.join(chain)}")
         indices = self._enabled_indices(chain, reasons)
-        strategy = resolve_strategy(
-            self._config, request.routing, self._default_strategy(), ctx.shift
-        )
+        strategy = self._strategies.resolve(request.routing, self._default_strategy(), ctx.shift)
         result = self._score(indices, strategy, ctx)
         scored = {c.table_index: c for c in self._scored_models(result)}
         # The chain is an order the operator chose; keep it rather than the score order.
@@ -251,8 +248,11 @@ class Router:
             f"(cost {strategy.weights[0]:.2f}, latency {strategy.weights[1]:.2f}, "
             f"quality {strategy.weights[2]:.2f}) among {len(candidates)} eligible"
         )
-        chosen = {c.name for c in candidates}
-        fallback = tuple(name for name in self._enabled_fallback if name not in chosen)
+        fallback: tuple[str, ...] = ()
+        # An override or a stage is a whitelist: never leave it for the global chain.
+        if self._enabled_fallback and level in (Level.AUTO, Level.FALLBACK):
+            chosen = {c.name for c in candidates}
+            fallback = tuple(name for name in self._enabled_fallback if name not in chosen)
         return Decision(
             candidates=candidates,
             level=level,
@@ -263,8 +263,7 @@ class Router:
             output_tokens=ctx.output_tokens,
             task_class=task_class,
             complexity=complexity,
-            # An override or a stage is a whitelist: never leave it for the global chain.
-            fallback=fallback if level in (Level.AUTO, Level.FALLBACK) else (),
+            fallback=fallback,
         )
 
     def _scored_models(self, result: ScoreResult) -> list[ScoredModel]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from switchpoint.config import BUILTIN_STRATEGIES, Config
 from switchpoint.errors import InvalidRequestError
@@ -11,8 +11,7 @@ from switchpoint.request import RoutingOptions
 CUSTOM = "custom"
 
 
-@dataclass(frozen=True, slots=True)
-class ResolvedStrategy:
+class ResolvedStrategy(NamedTuple):
     name: str
     weights: tuple[float, float, float]
     # True when the caller chose (weights or a strategy name); auto routing then leaves it alone.
@@ -21,8 +20,7 @@ class ResolvedStrategy:
     shifted: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class StrategyShift:
+class StrategyShift(NamedTuple):
     """Budget pressure: requests that would use one of `applies_to` use `strategy` instead."""
 
     applies_to: tuple[str, ...]
@@ -30,35 +28,42 @@ class StrategyShift:
     reason: str
 
 
-def resolve_strategy(
-    config: Config,
-    routing: RoutingOptions,
-    fallback_name: str,
-    shift: StrategyShift | None = None,
-) -> ResolvedStrategy:
-    """Custom weights win, then the request's strategy name, then `fallback_name`; a named
-    strategy under budget pressure becomes the pressure's strategy."""
-    resolved = _resolve(config, routing, fallback_name)
-    if shift is None or resolved.name not in shift.applies_to:
-        return resolved
-    weights = config.strategy_weights(shift.strategy)
-    # Config validation guarantees a pressure strategy resolves.
-    assert weights is not None
-    return ResolvedStrategy(shift.strategy, weights, resolved.explicit, shift.reason)
+class Strategies:
+    """Every strategy name one config knows (built-in and configured), resolved once at load:
+    a request that names no strategy then costs a dict lookup, not a config walk."""
 
+    def __init__(self, config: Config) -> None:
+        configured = {name: s.as_tuple() for name, s in config.routing.strategies.items()}
+        weights = {**BUILTIN_STRATEGIES, **configured}
+        self._chosen = {
+            name: ResolvedStrategy(name, w, explicit=True) for name, w in weights.items()
+        }
+        self._implied = {
+            name: ResolvedStrategy(name, w, explicit=False) for name, w in weights.items()
+        }
 
-def _resolve(config: Config, routing: RoutingOptions, fallback_name: str) -> ResolvedStrategy:
-    if routing.weights is not None:
-        return ResolvedStrategy(CUSTOM, routing.weights, explicit=True)
-    if routing.strategy:
-        weights = config.strategy_weights(routing.strategy)
-        if weights is None:
-            known = ", ".join(sorted({*BUILTIN_STRATEGIES, *config.routing.strategies}))
-            raise InvalidRequestError(
-                "routing.strategy", f"unknown strategy '{routing.strategy}' (known: {known})"
-            )
-        return ResolvedStrategy(routing.strategy, weights, explicit=True)
-    weights = config.strategy_weights(fallback_name)
-    # Config validation guarantees every configured strategy name resolves.
-    assert weights is not None
-    return ResolvedStrategy(fallback_name, weights, explicit=False)
+    def resolve(
+        self, routing: RoutingOptions, fallback_name: str, shift: StrategyShift | None = None
+    ) -> ResolvedStrategy:
+        """Custom weights win, then the request's strategy name, then `fallback_name`; a named
+        strategy under budget pressure becomes the pressure's strategy."""
+        resolved = self._resolve(routing, fallback_name)
+        if shift is None or resolved.name not in shift.applies_to:
+            return resolved
+        # Config validation guarantees a pressure strategy resolves.
+        weights = self._implied[shift.strategy].weights
+        return ResolvedStrategy(shift.strategy, weights, resolved.explicit, shift.reason)
+
+    def _resolve(self, routing: RoutingOptions, fallback_name: str) -> ResolvedStrategy:
+        if routing.weights is not None:
+            return ResolvedStrategy(CUSTOM, routing.weights, explicit=True)
+        if routing.strategy:
+            chosen = self._chosen.get(routing.strategy)
+            if chosen is None:
+                known = ", ".join(sorted(self._chosen))
+                raise InvalidRequestError(
+                    "routing.strategy", f"unknown strategy '{routing.strategy}' (known: {known})"
+                )
+            return chosen
+        # Config validation guarantees every configured strategy name resolves.
+        return self._implied[fallback_name]

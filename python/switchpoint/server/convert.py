@@ -41,10 +41,7 @@ def _params(params: pb.GenerationParams) -> GenerationParams:
     )
 
 
-def _cache_controls(request: pb.ChatRequest | pb.RouteRequest) -> CacheControls:
-    if not isinstance(request, pb.ChatRequest) or not request.HasField("cache"):
-        return _NO_CACHE_CONTROLS
-    cache = request.cache
+def _cache_controls(cache: pb.CacheControl) -> CacheControls:
     return CacheControls(
         bypass=cache.bypass,
         no_semantic=cache.no_semantic,
@@ -59,14 +56,18 @@ _NO_CACHE_CONTROLS = CacheControls()
 
 
 def chat_input(request: pb.ChatRequest | pb.RouteRequest) -> ChatInput:
+    if isinstance(request, pb.ChatRequest):
+        cache = _cache_controls(request.cache) if request.HasField("cache") else _NO_CACHE_CONTROLS
+        request_id = request.request_id
+    else:
+        cache, request_id = _NO_CACHE_CONTROLS, ""
     return ChatInput(
-        cache=_cache_controls(request),
-        messages=tuple(ChatMessage(m.role, m.content) for m in request.messages),
+        cache=cache,
+        messages=tuple([ChatMessage(m.role, m.content) for m in request.messages]),
         routing=_routing(request.routing) if request.HasField("routing") else _NO_ROUTING,
         params=_params(request.params) if request.HasField("params") else _NO_PARAMS,
         # Every call gets an id at the door, so logs, chunks and errors can all name it.
-        request_id=(request.request_id if isinstance(request, pb.ChatRequest) else "")
-        or new_request_id(),
+        request_id=request_id or new_request_id(),
     )
 
 

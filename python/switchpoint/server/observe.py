@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 import grpc
@@ -51,7 +51,6 @@ class RequestObserver:
         self._metrics: MetricsSink = telemetry.metrics if telemetry else NullMetrics()
         self._log_prompts = log_prompts
 
-    @contextmanager
     def observe(
         self,
         rpc: str,
@@ -59,16 +58,17 @@ class RequestObserver:
         request: ChatInput,
         *,
         calls_providers: bool = True,
-    ) -> Iterator[Observation]:
+    ) -> AbstractContextManager[Observation]:
         if not (self._records_spans or calls_providers):
             # Nothing would read the caller's trace context: no span is recorded and no provider
             # request carries it on. Extracting and attaching it cost a Route call ~5 us.
-            observation = Observation(trace.INVALID_SPAN)
-            try:
-                yield observation
-            finally:
-                self._finish(rpc, request, observation)
-            return
+            return _Unspanned(self, rpc, request)
+        return self._spanned(rpc, context, request)
+
+    @contextmanager
+    def _spanned(
+        self, rpc: str, context: grpc.aio.ServicerContext[object, object], request: ChatInput
+    ) -> Iterator[Observation]:
         parent = (
             self._telemetry.extract(context.invocation_metadata() or ())
             if self._telemetry
@@ -123,3 +123,22 @@ class RequestObserver:
             prompt=request.messages,  # (role, content) pairs already
             log_prompts=self._log_prompts,
         )
+
+
+class _Unspanned:
+    """`observe` without a span, as a plain context manager: a generator-based one costs a
+    Route call a few microseconds more."""
+
+    __slots__ = ("_observation", "_observer", "_request", "_rpc")
+
+    def __init__(self, observer: RequestObserver, rpc: str, request: ChatInput) -> None:
+        self._observer = observer
+        self._rpc = rpc
+        self._request = request
+        self._observation = Observation(trace.INVALID_SPAN)
+
+    def __enter__(self) -> Observation:
+        return self._observation
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._observer._finish(self._rpc, self._request, self._observation)
