@@ -1,8 +1,10 @@
 """Type stubs for the Rust extension (rust/py). Checked against the binary by mypy.stubtest."""
 
-from typing import Literal, TypeAlias, final
+from typing import Any, Literal, TypeAlias, final
 
 __all__ = [
+    "CANDIDATE_FIELDS",
+    "DECISION_FIELDS",
     "CoreError",
     "Gate",
     "GateDenied",
@@ -12,6 +14,7 @@ __all__ = [
     "ScoreResult",
     "ScoredCandidate",
     "classify",
+    "encode_route_decision",
 ]
 
 # Which rule refused: a requests- or tokens-per-minute bucket, concurrency, a budget, or (shared
@@ -254,3 +257,10 @@ class Gate:
 def classify(last_user: str, total_chars: int) -> tuple[str, float, list[str]]:
     """Task class ("code", "math", "summarize", "creative" or "chat"), complexity in [0, 1] and the
     signals behind it, for the last user message of a conversation of `total_chars` characters."""
+
+# The positions `encode_route_decision` reads from a Decision and from each of its candidates.
+DECISION_FIELDS: list[str]
+CANDIDATE_FIELDS: list[str]
+
+def encode_route_decision(decision: tuple[Any, ...]) -> bytes:
+    """`decision` (a switchpoint.routing.Decision) as serialized switchpoint.v1.RouteDecision."""

@@ -5,6 +5,7 @@ No rules live here: validation is `switchpoint.request.validate`, routing is `sw
 
 from __future__ import annotations
 
+from switchpoint._native import encode_route_decision
 from switchpoint.cache.records import CacheControls
 from switchpoint.engine import AttemptRecord, ChatResult, StreamDelta
 from switchpoint.providers.base import ChatMessage
@@ -72,37 +73,7 @@ def chat_input(request: pb.ChatRequest | pb.RouteRequest) -> ChatInput:
 
 
 def decision_message(decision: Decision) -> pb.RouteDecision:
-    chosen = decision.chosen
-    cost, latency, quality = decision.weights
-    message = pb.RouteDecision(
-        model=chosen.name,
-        level=pb.DecisionLevel.ValueType(decision.level),
-        reasons=decision.reasons,
-        strategy=decision.strategy,
-        weights=pb.Weights(cost=cost, latency=latency, quality=quality),
-        estimated_cost_usd=chosen.estimated_cost_usd,
-        estimated_latency_ms=chosen.estimated_latency_ms,
-        estimated_input_tokens=decision.input_tokens,
-        estimated_output_tokens=decision.output_tokens,
-        task_class=decision.task_class,
-        complexity=decision.complexity,
-    )
-    # add() builds each candidate in place; a list passed to the constructor is built and then
-    # copied in, which took half again as long.
-    add = message.candidates.add
-    for c in decision.candidates:
-        add(
-            model=c.name,
-            provider=c.provider,
-            score=c.score,
-            norm_cost=c.norm_cost,
-            norm_latency=c.norm_latency,
-            quality=c.quality,
-            estimated_cost_usd=c.estimated_cost_usd,
-            estimated_latency_ms=c.estimated_latency_ms,
-            latency_observed=c.latency_observed,
-        )
-    return message
+    return pb.RouteDecision.FromString(encode_route_decision(decision))
 
 
 def _attempt(record: AttemptRecord) -> pb.Attempt:

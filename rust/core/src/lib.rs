@@ -22,6 +22,7 @@ mod scoring;
 mod slot;
 mod table;
 mod window;
+mod wire;
 
 pub use budget::BudgetState;
 pub use classify::{classify, Classification, DEFAULT_TASK_CLASS, TASK_CLASSES};
@@ -34,3 +35,4 @@ pub use reservations::{ReservationId, MAX_RULES};
 pub use scoring::{Candidate, Exclusion, Ranking, Request, Weights};
 pub use table::{ModelSpec, ModelTable, MAX_PRICE_OR_PRIOR};
 pub use window::{Window, MAX_NOW_S};
+pub use wire::{CandidateWire, DecisionWire};

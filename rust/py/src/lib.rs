@@ -12,6 +12,7 @@ mod latency;
 mod model_spec;
 mod score_result;
 mod table;
+mod wire;
 
 use pyo3::prelude::*;
 
@@ -25,5 +26,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<table::ModelTable>()?;
     m.add_class::<gate::Gate>()?;
     m.add_function(wrap_pyfunction!(classify::classify, m)?)?;
+    m.add_function(wrap_pyfunction!(wire::encode_route_decision, m)?)?;
+    m.add("DECISION_FIELDS", wire::DECISION_FIELDS)?;
+    m.add("CANDIDATE_FIELDS", wire::CANDIDATE_FIELDS)?;
     Ok(())
 }
