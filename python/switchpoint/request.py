@@ -52,12 +52,18 @@ class GenerationParams(NamedTuple):
     stop: Sequence[str] = ()
 
 
+# What a request that leaves a section unset carries: one shared, immutable, valid value each.
+NO_ROUTING = RoutingOptions()
+NO_PARAMS = GenerationParams()
+NO_CACHE_CONTROLS = CacheControls()
+
+
 class ChatInput(NamedTuple):
     messages: Sequence[ChatMessage]
-    routing: RoutingOptions = RoutingOptions()
-    params: GenerationParams = GenerationParams()
+    routing: RoutingOptions = NO_ROUTING
+    params: GenerationParams = NO_PARAMS
     request_id: str = ""
-    cache: CacheControls = CacheControls()
+    cache: CacheControls = NO_CACHE_CONTROLS
 
 
 def new_request_id() -> str:
@@ -127,8 +133,12 @@ def _validate_params(params: GenerationParams) -> None:
 def validate(request: ChatInput) -> None:
     """Raise `InvalidRequestError` for the first thing wrong with `request`, naming its field."""
     _validate_messages(request.messages)
-    _validate_routing(request.routing)
-    _validate_params(request.params)
-    _check_finite_range("cache.threshold", request.cache.threshold, 0.0, 1.0, low_open=True)
+    # The shared defaults are valid by construction; most requests leave some section unset.
+    if request.routing is not NO_ROUTING:
+        _validate_routing(request.routing)
+    if request.params is not NO_PARAMS:
+        _validate_params(request.params)
+    if request.cache is not NO_CACHE_CONTROLS:
+        _check_finite_range("cache.threshold", request.cache.threshold, 0.0, 1.0, low_open=True)
     if len(request.request_id) > MAX_ID_LENGTH:
         raise InvalidRequestError("request_id", f"must be at most {MAX_ID_LENGTH} characters")

@@ -42,6 +42,9 @@ class Router:
         self._names = tuple(m.name for m in registry.models)
         self._providers = tuple(m.provider for m in registry.models)
         self._default_output_tokens = config.routing.default_output_tokens
+        auto = config.routing.auto
+        self._hard_reason = f"complexity >= {auto.hard_complexity}: quality-first"
+        self._easy_reason = f"complexity <= {auto.easy_complexity}: cost-first"
         self._enabled_fallback = tuple(
             name for name in config.routing.fallback_chain if registry.index_of(name) is not None
         )
@@ -124,10 +127,10 @@ class Router:
         if not strategy.explicit:
             if reading.complexity >= auto.hard_complexity:
                 strategy = self._strategies.resolve(request.routing, "quality-first", ctx.shift)
-                reasons.append(f"complexity >= {auto.hard_complexity}: quality-first")
+                reasons.append(self._hard_reason)
             elif reading.complexity <= auto.easy_complexity:
                 strategy = self._strategies.resolve(request.routing, "cost-first", ctx.shift)
-                reasons.append(f"complexity <= {auto.easy_complexity}: cost-first")
+                reasons.append(self._easy_reason)
         result: ScoreResult | None = None
         hinted = ctx
         if reading.task_class == "code" and self._registry.has_capability("code"):

@@ -9,7 +9,15 @@ from switchpoint._native import encode_route_decision
 from switchpoint.cache.records import CacheControls
 from switchpoint.engine import AttemptRecord, ChatResult, StreamDelta
 from switchpoint.providers.base import ChatMessage
-from switchpoint.request import ChatInput, GenerationParams, RoutingOptions, new_request_id
+from switchpoint.request import (
+    NO_CACHE_CONTROLS,
+    NO_PARAMS,
+    NO_ROUTING,
+    ChatInput,
+    GenerationParams,
+    RoutingOptions,
+    new_request_id,
+)
 from switchpoint.routing import Decision
 from switchpoint.v1 import router_pb2 as pb
 
@@ -50,23 +58,17 @@ def _cache_controls(cache: pb.CacheControl) -> CacheControls:
     )
 
 
-# Shared by every request that leaves a section unset: the values are immutable.
-_NO_ROUTING = RoutingOptions()
-_NO_PARAMS = GenerationParams()
-_NO_CACHE_CONTROLS = CacheControls()
-
-
 def chat_input(request: pb.ChatRequest | pb.RouteRequest) -> ChatInput:
     if isinstance(request, pb.ChatRequest):
-        cache = _cache_controls(request.cache) if request.HasField("cache") else _NO_CACHE_CONTROLS
+        cache = _cache_controls(request.cache) if request.HasField("cache") else NO_CACHE_CONTROLS
         request_id = request.request_id
     else:
-        cache, request_id = _NO_CACHE_CONTROLS, ""
+        cache, request_id = NO_CACHE_CONTROLS, ""
     return ChatInput(
         cache=cache,
         messages=tuple([ChatMessage(m.role, m.content) for m in request.messages]),
-        routing=_routing(request.routing) if request.HasField("routing") else _NO_ROUTING,
-        params=_params(request.params) if request.HasField("params") else _NO_PARAMS,
+        routing=_routing(request.routing) if request.HasField("routing") else NO_ROUTING,
+        params=_params(request.params) if request.HasField("params") else NO_PARAMS,
         # Every call gets an id at the door, so logs, chunks and errors can all name it.
         request_id=request_id or new_request_id(),
     )
