@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
 
 from switchpoint.cli import config_secrets
 from switchpoint.config import parse_config
-from switchpoint.logs import configure_logging, request_log, unconfigure_logging
-from tests.sidecar_harness import routing_config
+from switchpoint.logs import MAX_PENDING, RequestLog, configure_logging, unconfigure_logging
+from switchpoint.v1 import router_pb2 as pb
+from tests.sidecar_harness import routing_config, running_sidecar, user
+from tests.support.waiting import wait_until
 
 SECRET = "sk-test-0123456789abcdef"
 ADMIN = "admin-token-xyz"
@@ -37,7 +42,8 @@ def _lines(stream: io.StringIO) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
-def _request(logger: logging.Logger, **overrides: Any) -> None:
+def _request(logger: logging.Logger, *, log_prompts: bool = False, **overrides: Any) -> None:
+    """One request line, outside an event loop: written at once."""
     fields: dict[str, Any] = {
         "request_id": "r-1",
         "rpc": "Chat",
@@ -51,7 +57,7 @@ def _request(logger: logging.Logger, **overrides: Any) -> None:
         "prompt": [("system", "be brief"), ("user", "my secret plan")],
     }
     fields.update(overrides)
-    request_log(logger, **fields)
+    RequestLog(logger, log_prompts=log_prompts).add(**fields)
 
 
 def test_lines_are_json_with_the_fixed_fields_and_extras(stream: io.StringIO) -> None:
@@ -163,3 +169,90 @@ def test_secrets_come_from_the_configured_variables() -> None:
     config = parse_config(data)
     environ = {"OPENAI_KEY": SECRET, "ADMIN_TOKEN": ADMIN, "UNSET_KEY": "", "OTHER": "x"}
     assert sorted(config_secrets(config, environ)) == sorted([SECRET, ADMIN])
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def request_records() -> Iterator[_Records]:
+    logger = logging.getLogger("switchpoint.request")
+    handler, level = _Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+async def test_request_lines_wait_for_the_flush_and_keep_their_end_time(
+    request_records: _Records,
+) -> None:
+    log = RequestLog(logging.getLogger("switchpoint.request"), flush_after_s=60.0)
+    logger = logging.getLogger("switchpoint.request")
+    before = time.time()
+    for i in range(3):
+        log.add(
+            request_id=f"r-{i}", rpc="Route", tenant="", stage="", model="m", outcome="ok",
+            latency_ms=0.5, cost_usd=0.0, attempts=0, prompt=[("user", "hi")],
+        )  # fmt: skip
+    after = time.time()
+    assert request_records.records == []
+    await asyncio.sleep(0.05)
+    assert request_records.records == []
+    log.flush()
+    assert [r.request_id for r in request_records.records] == ["r-0", "r-1", "r-2"]  # type: ignore[attr-defined]
+    for record in request_records.records:
+        assert before <= record.created <= after
+        assert record.getMessage() == "Route ok m 0.5ms"
+        assert record.prompt_chars == 2  # type: ignore[attr-defined]
+        assert record.name == logger.name
+    log.flush()
+    assert len(request_records.records) == 3
+
+
+async def test_request_lines_reach_the_handlers_by_themselves(request_records: _Records) -> None:
+    log = RequestLog(logging.getLogger("switchpoint.request"), flush_after_s=0.01)
+    log.add(
+        request_id="r", rpc="Chat", tenant="t", stage="", model="m", outcome="ok",
+        latency_ms=1.0, cost_usd=0.1, attempts=1,
+    )  # fmt: skip
+    await wait_until(lambda: len(request_records.records) == 1, timeout_s=5)
+    for i in range(MAX_PENDING):
+        log.add(
+            request_id=f"b-{i}", rpc="Chat", tenant="t", stage="", model="m", outcome="ok",
+            latency_ms=1.0, cost_usd=0.1, attempts=1,
+        )  # fmt: skip
+    # A full queue is written at once, without waiting for the timer.
+    assert len(request_records.records) == 1 + MAX_PENDING
+
+
+async def test_nothing_is_queued_when_info_is_off(request_records: _Records) -> None:
+    logger = logging.getLogger("switchpoint.request")
+    logger.setLevel(logging.WARNING)
+    log = RequestLog(logger, flush_after_s=60.0)
+    log.add(
+        request_id="r", rpc="Chat", tenant="t", stage="", model="m", outcome="ok",
+        latency_ms=1.0, cost_usd=0.1, attempts=1,
+    )  # fmt: skip
+    logger.setLevel(logging.INFO)
+    log.flush()
+    assert request_records.records == []
+
+
+async def test_a_stopping_sidecar_writes_the_lines_still_waiting(request_records: _Records) -> None:
+    config = routing_config()
+    config["telemetry"] = {"request_log_flush_ms": 10_000}
+    async with running_sidecar(config) as running:
+        await running.stub.Route(pb.RouteRequest(messages=user("hello")))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await running.stub.Route(pb.RouteRequest(messages=[]))  # refused: still logged
+        assert request_records.records == []
+    outcomes = [(r.rpc, r.outcome) for r in request_records.records]  # type: ignore[attr-defined]
+    assert outcomes == [("Route", "ok"), ("Route", "invalid_argument")]

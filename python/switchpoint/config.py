@@ -305,6 +305,9 @@ class TelemetryConfig(StrictModel):
     service_name: str = "switchpoint"
     # Read by the logging module: prompts and completions are kept out of logs unless asked.
     log_prompts: bool = False
+    # Request log lines are handed to the log handlers in batches, at most this long after their
+    # request ended (`ts` stays the end time); 0 writes each line as its request ends.
+    request_log_flush_ms: int = Field(default=100, ge=0, le=10_000)
 
     @field_validator("metrics_address")
     @classmethod

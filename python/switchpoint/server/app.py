@@ -21,6 +21,7 @@ from switchpoint.config import Config, load_config
 from switchpoint.engine import Engine
 from switchpoint.errors import ConfigError
 from switchpoint.local_model import ManagedModelServer
+from switchpoint.logs import RequestLog
 from switchpoint.providers.base import ProviderAdapter
 from switchpoint.reload import (
     EngineBuild,
@@ -67,9 +68,11 @@ class Sidecar:
         environ: Mapping[str, str],
         config_path: Path | None = None,
         telemetry: Telemetry,
+        request_log: RequestLog,
         cache: CacheService | None = None,
     ) -> None:
         self.port = port
+        self._request_log = request_log
         self._cache = cache
         self.grpc_server = grpc_server
         self._live = live
@@ -178,6 +181,8 @@ class Sidecar:
         await asyncio.gather(*self._closing)
         for server in self._managed:
             await server.stop()
+        # The drained calls' request lines, before the process can exit.
+        self._request_log.flush()
         # -- telemetry flush: last, so the spans and metrics of the drained calls are exported.
         if self._telemetry is not None:
             await self._telemetry.stop()
@@ -340,7 +345,13 @@ async def create_server(
     if port == 0:
         await asyncio.gather(*(adapter.aclose() for adapter in build.adapters.values()))
         raise OSError(f"cannot bind gRPC address {bind}")
+    request_log = RequestLog(
+        logging.getLogger("switchpoint.request"),
+        log_prompts=config.telemetry.log_prompts,
+        flush_after_s=config.telemetry.request_log_flush_ms / 1000.0,
+    )
     sidecar = Sidecar(
+        request_log=request_log,
         live=live,
         managed=managed,
         grpc_server=grpc_server,
@@ -351,7 +362,7 @@ async def create_server(
         telemetry=telemetry,
         cache=cache,
     )
-    observer = RequestObserver(telemetry, log_prompts=config.telemetry.log_prompts)
+    observer = RequestObserver(telemetry, request_log)
     router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(live, observer), grpc_server)
     admin_token = environ.get(config.admin.token_env)
     admin_pb2_grpc.add_AdminServicer_to_server(

@@ -4,7 +4,6 @@ request and overhead metrics, and the one structured log line. The servicers wra
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -17,12 +16,10 @@ from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from switchpoint.calls import ChatResult
 from switchpoint.instruments import MetricsSink, NullMetrics, records_spans
-from switchpoint.logs import request_log
+from switchpoint.logs import RequestLog
 from switchpoint.request import ChatInput
 from switchpoint.routing import Decision
 from switchpoint.telemetry import SPAN_REQUEST, Telemetry
-
-log = logging.getLogger("switchpoint.request")
 
 
 @dataclass(slots=True)
@@ -44,12 +41,12 @@ class Observation:
 
 
 class RequestObserver:
-    def __init__(self, telemetry: Telemetry | None, *, log_prompts: bool = False) -> None:
+    def __init__(self, telemetry: Telemetry | None, request_log: RequestLog) -> None:
         self._telemetry = telemetry
         self._tracer: Tracer = telemetry.tracer if telemetry else trace.NoOpTracer()
         self._records_spans = records_spans(self._tracer)
         self._metrics: MetricsSink = telemetry.metrics if telemetry else NullMetrics()
-        self._log_prompts = log_prompts
+        self._request_log = request_log
 
     def observe(
         self,
@@ -109,8 +106,7 @@ class RequestObserver:
         self._metrics.request(
             model=model, outcome=observation.outcome, tenant=routing.tenant, stage=routing.stage
         )
-        request_log(
-            log,
+        self._request_log.add(
             request_id=request.request_id,
             rpc=rpc,
             tenant=routing.tenant,
@@ -121,7 +117,6 @@ class RequestObserver:
             cost_usd=result.cost_usd if result else 0.0,
             attempts=len(result.attempts) if result else 0,
             prompt=request.messages,  # (role, content) pairs already
-            log_prompts=self._log_prompts,
         )
 
 
