@@ -5,6 +5,7 @@ history, admin overrides and breakers survive a reload."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -429,6 +430,53 @@ async def test_admin_reload_needs_the_token_and_reports_errors(
             "routing.queue_max_age_s: the new value applies after a restart"
         ]
         assert (await running.route()).model == "strong"
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_the_request_log_follows_a_reload_and_telemetry_says_what_waits(
+    openai_server: OpenAIServer, tmp_path: Path
+) -> None:
+    logger = logging.getLogger("switchpoint.request")
+    records, level = _Records(), logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
+    try:
+        path = tmp_path / "switchpoint.yaml"
+        config = _config(openai_server, poll_s=None)
+        config["telemetry"] = {"request_log_flush_ms": 10_000}
+        async with _running(path, config) as running:
+            await running.route()
+            assert records.records == []  # waiting for its batch
+            config["telemetry"] = {
+                "log_prompts": True,
+                "request_log_flush_ms": 10_000,
+                "sample_ratio": 0.5,
+            }
+            _write(path, config)
+            done = await running.admin.ReloadConfig(admin_pb2.ReloadConfigRequest(), metadata=AUTH)
+            assert done.ok
+            assert list(done.warnings) == [
+                "telemetry.sample_ratio: the new value applies after a restart"
+            ]
+            # The line from before the reload was written under the settings it ran with.
+            (before,) = records.records
+            assert before.prompt_chars == 2  # type: ignore[attr-defined]
+            assert not hasattr(before, "prompt")
+            await running.route()
+            assert len(records.records) == 1
+        after = records.records[1]
+        assert after.prompt == [{"role": "user", "content": "hi"}]  # type: ignore[attr-defined]
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
 
 
 async def test_sighup_reloads_the_file(openai_server: OpenAIServer, tmp_path: Path) -> None:

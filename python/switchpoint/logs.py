@@ -217,6 +217,13 @@ class RequestLog:
         self._pending: list[_Line] = []
         self._timer: asyncio.TimerHandle | None = None
 
+    def configure(self, *, log_prompts: bool, flush_after_s: float) -> None:
+        """New settings from a config reload. The lines already waiting are written first, under
+        the settings their requests ran with."""
+        self.flush()
+        self._log_prompts = log_prompts
+        self._flush_after_s = flush_after_s
+
     def add(
         self,
         *,

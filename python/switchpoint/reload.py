@@ -98,6 +98,11 @@ def applies_after_restart(running: Config, new: Config) -> list[str]:
         notes.append("routing.latency_half_life_s: the new value applies after a restart")
     if new.routing.queue_max_age_s != running.routing.queue_max_age_s:
         notes.append("routing.queue_max_age_s: the new value applies after a restart")
+    # The tracer, meter and /metrics listener are built once per process; the request log's own
+    # settings (log_prompts, request_log_flush_ms) do follow a reload.
+    for name in ("metrics_address", "sample_ratio", "service_name"):
+        if getattr(new.telemetry, name) != getattr(running.telemetry, name):
+            notes.append(f"telemetry.{name}: the new value applies after a restart")
     return notes
 
 

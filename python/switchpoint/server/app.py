@@ -215,6 +215,10 @@ class Sidecar:
                 return await self._refused([str(exc)], str(path))
             warnings = applies_after_restart(self.config, config)
             self._swap(build)
+            self._request_log.configure(
+                log_prompts=config.telemetry.log_prompts,
+                flush_after_s=config.telemetry.request_log_flush_ms / 1000.0,
+            )
             for warning in warnings:
                 log.warning("config reload: %s", warning)
             log.info("config %s reloaded: version %d", path, self._live.version)
