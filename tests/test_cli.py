@@ -282,8 +282,20 @@ async def test_bench_quick_json(capsys: pytest.CaptureFixture[str]) -> None:
         "latency record",
         "Route RPC p50",
         "Route RPC p99",
+        "Chat via sidecar p50",
+        "Chat via sidecar p99",
+        "cache lookup (200 entries) p50",
     ]
     assert all(f["value_us"] > 0 and f["baseline_us"] > 0 and f["ratio"] > 0 for f in figures)
+    # Both Chat paths really waited for the provider: neither is a short-circuit.
+    provider_us = bench.CHAT_PROVIDER_DELAY_S * 1e6
+    for chat in figures[7:9]:
+        assert chat["value_us"] >= provider_us
+        assert chat["baseline_us"] >= provider_us
+    # A lookup embeds the question and then searches: never cheaper than the embedding alone
+    # by more than noise.
+    lookup = figures[9]
+    assert lookup["value_us"] > 0.5 * lookup["baseline_us"]
 
 
 def test_bench_baseline_scores_like_the_rust_core() -> None:

@@ -20,12 +20,23 @@ import grpc
 
 from switchpoint._native import Gate, LatencyTracker, ModelSpec, ModelTable
 from switchpoint.bench_floor import EMPTY_METHOD, empty_rpc_server
+from switchpoint.bench_provider import FixedLatencyProvider, sidecar_process
+from switchpoint.cache.config import CacheConfig
+from switchpoint.cache.embedders import LocalSentenceEncoder
+from switchpoint.cache.records import CachedAnswer, CacheQuery
+from switchpoint.cache.store import ResponseCache
 from switchpoint.config import TelemetryConfig, parse_config
+from switchpoint.providers import create_adapter
+from switchpoint.providers.base import ChatMessage, ProviderRequest
 from switchpoint.server import create_server
 from switchpoint.telemetry import Telemetry
 from switchpoint.v1 import router_pb2 as pb
 from switchpoint.v1 import router_pb2_grpc
 
+# The loopback provider's answer time in the Chat figures: short, so a run stays quick; the
+# sidecar's overhead does not depend on it.
+CHAT_PROVIDER_DELAY_S = 0.005
+CHAT_PROMPT = "hello there, answer briefly"
 INPUT_TOKENS = 800
 OUTPUT_TOKENS = 400
 WEIGHTS = (0.3, 0.3, 0.4)
@@ -97,6 +108,9 @@ class Figure:
     baseline_us: float
     # True when switchpoint should beat the baseline (scoring vs Python): the ratio is a speedup.
     speedup: bool = False
+    # True when what switchpoint adds is the figure to read (Chat over a provider call): the
+    # table shows the difference next to the ratio.
+    added: bool = False
 
     @property
     def ratio(self) -> float:
@@ -229,6 +243,129 @@ async def route_figures(calls: int) -> tuple[Figure, Figure]:
     )
 
 
+def _chat_config(provider_port: int) -> dict[str, object]:
+    return {
+        "providers": {"p": {"kind": "openai", "base_url": f"http://127.0.0.1:{provider_port}/v1"}},
+        "models": [
+            {
+                "name": "m0",
+                "provider": "p",
+                "context_window": 16000,
+                "quality": 0.8,
+                "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0},
+                "latency_prior": {"ttft_ms": 100, "tpot_ms": 10},
+            }
+        ],
+    }
+
+
+async def chat_figures(calls: int) -> tuple[Figure, Figure]:
+    """Chat through the sidecar (`switchpoint serve`, a process of its own, as it runs beside an
+    application) against the same completion sent straight to the provider through the same
+    adapter code, from this process, one call at a time in alternating blocks. The provider runs
+    in this process and answers after `CHAT_PROVIDER_DELAY_S`: both paths pay for it alike."""
+    provider = FixedLatencyProvider(CHAT_PROVIDER_DELAY_S)
+    provider_port = await provider.start()
+    adapter = create_adapter("p", "openai", f"http://127.0.0.1:{provider_port}/v1", None)
+    direct_request = ProviderRequest(
+        upstream_model="m0", messages=(ChatMessage("user", CHAT_PROMPT),), max_tokens=16
+    )
+    request = pb.ChatRequest(
+        messages=[pb.Message(role="user", content=CHAT_PROMPT)],
+        params=pb.GenerationParams(max_tokens=16),
+    )
+    via: list[float] = []
+    direct: list[float] = []
+    try:
+        async with (
+            sidecar_process(_chat_config(provider_port)) as port,
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
+            stub = router_pb2_grpc.RouterStub(channel)
+            block = max(calls // 10, 1)
+            for _ in range(max(calls // block, 1)):
+                via += await _latencies(lambda: stub.Chat(request), block)
+                direct += await _latencies(
+                    lambda: adapter.complete(direct_request, timeout_s=10.0), block
+                )
+    finally:
+        await adapter.aclose()
+        await provider.close()
+    return (
+        Figure(
+            "Chat via sidecar p50",
+            _percentile(via, 50),
+            "provider direct p50",
+            _percentile(direct, 50),
+            added=True,
+        ),
+        Figure(
+            "Chat via sidecar p99",
+            _percentile(via, 99),
+            "provider direct p99",
+            _percentile(direct, 99),
+            added=True,
+        ),
+    )
+
+
+def _question(i: int) -> str:
+    """Distinct, plausible questions (deterministic), so each embeds to its own vector."""
+    subjects = ("a list", "a string", "a date", "a file", "a JSON object", "a CSV table", "a URL")
+    tasks = ("sort", "reverse", "parse", "validate", "compress", "split", "merge", "format")
+    tools = ("Python", "Rust", "Go", "SQL", "bash", "TypeScript", "Java", "Kotlin", "C#")
+    return (
+        f"How do I {tasks[i % len(tasks)]} {subjects[i // len(tasks) % len(subjects)]} in "
+        f"{tools[i // (len(tasks) * len(subjects)) % len(tools)]}? (case {i})"
+    )
+
+
+async def cache_figure(entries: int, lookups: int) -> Figure:
+    """A semantic-cache lookup (exact miss, embedding the question with the local model, the FAISS
+    search, the guard) against embedding the question alone, with `entries` answers stored."""
+    config = CacheConfig(enabled=True)
+    # No text LRU: every lookup and every baseline call embeds, as a new question would.
+    embedder = LocalSentenceEncoder(lru_size=0)
+    cache = ResponseCache(config, embedder)
+    try:
+        answer = CachedAnswer("cached", "m0", 0.8, "stop", 12, 1, 0.0)
+        for i in range(entries):
+            await cache.store(_cache_query(_question(i)), answer)
+        await cache.wait_for_rebuilds()
+        # Half ask again what is stored (in other words), half ask something new.
+        asked = [
+            f"Could you tell me: {_question(i)}" if i % 2 else _question(entries + i)
+            for i in range(lookups)
+        ]
+        looked_up = await _latencies_each(lambda text: cache.lookup(_cache_query(text)), asked)
+        # The same questions, so the baseline embeds texts of the same lengths.
+        embedded = await _latencies_each(lambda text: embedder.embed([text]), asked)
+    finally:
+        await cache.close()
+        embedder.close()
+    return Figure(
+        f"cache lookup ({entries} entries) p50",
+        _percentile(looked_up, 50),
+        "embedding the question p50",
+        _percentile(embedded, 50),
+    )
+
+
+def _cache_query(text: str) -> CacheQuery:
+    return CacheQuery(tenant="bench", model="m0", quality=0.8, messages=(("user", text),))
+
+
+async def _latencies_each(
+    call: Callable[[str], Awaitable[object]], texts: list[str]
+) -> list[float]:
+    samples = []
+    for text in texts:
+        start = time.perf_counter()
+        await call(text)
+        samples.append((time.perf_counter() - start) * 1e6)
+    return samples
+
+
 def _percentile(samples: list[float], q: int) -> float:
     return statistics.quantiles(sorted(samples), n=100)[q - 1] if q < 100 else max(samples)
 
@@ -253,6 +390,13 @@ def run(*, quick: bool = False, progress: TextIO | None = sys.stderr) -> list[Fi
             "Route vs empty RPC",
             lambda: list(asyncio.run(route_figures(max(200, int(2000 * scale))))),
         ),
+        ("Chat vs direct", lambda: list(asyncio.run(chat_figures(max(50, int(500 * scale)))))),
+        (
+            "cache lookup",
+            lambda: [
+                asyncio.run(cache_figure(max(200, int(2000 * scale)), max(50, int(300 * scale))))
+            ],
+        ),
     ]
     figures: list[Figure] = []
     for done, (label, step) in enumerate(steps):
@@ -266,13 +410,17 @@ def run(*, quick: bool = False, progress: TextIO | None = sys.stderr) -> list[Fi
 
 
 def render(figures: list[Figure]) -> str:
+    name_width = max([len("measure"), *(len(f.name) for f in figures)])
+    base_width = max([len("baseline (same run)"), *(len(f.baseline_name) for f in figures)])
     rows = [
-        f"{'measure':<24} {'switchpoint':>12}  {'baseline (same run)':<22} {'value':>10}  ratio"
+        f"{'measure':<{name_width}} {'switchpoint':>12}  {'baseline (same run)':<{base_width}} "
+        f"{'value':>10}  ratio"
     ]
     for f in figures:
         rows.append(
-            f"{f.name:<24} {f.value_us:>10.2f}us  {f.baseline_name:<22} "
+            f"{f.name:<{name_width}} {f.value_us:>10.2f}us  {f.baseline_name:<{base_width}} "
             f"{f.baseline_us:>8.2f}us  {f.ratio:.2f}x{' faster' if f.speedup else ''}"
+            + (f" (+{f.value_us - f.baseline_us:.0f}us)" if f.added else "")
         )
     return "\n".join(rows)
 
