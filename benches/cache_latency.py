@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import gzip
 import json
 import time
 from collections.abc import Sequence
@@ -37,10 +36,9 @@ import numpy as np
 
 from switchpoint.cache.embedders import LocalSentenceEncoder, Vectors
 from switchpoint.cache.store import ResponseCache
-from tests.support.cache_support import answer, ask, cache_config
+from tests.support.cache_support import answer, ask, cache_config, qqp_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "semantic-cache" / "qqp_similar_pairs.json.gz"
 RESULTS = ROOT / "benches" / "results"
 SIZES = (1_000, 10_000, 100_000)
 REAL_ENTRIES = 1_000
@@ -90,17 +88,6 @@ def _rss_mib() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def qqp_pairs(count: int) -> list[tuple[str, str]]:
-    with gzip.open(DATA, "rt", encoding="utf-8") as file:
-        pairs = json.load(file)
-    unique: dict[str, str] = {}
-    for pair in pairs:
-        unique.setdefault(pair["origin"], pair["similar"])
-        if len(unique) == count:
-            break
-    return list(unique.items())
 
 
 async def measure(size: int, encoder: LocalSentenceEncoder, seed: int = 7) -> SizeResult:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from switchpoint._native import Gate, LatencyTracker, ModelTable
-from switchpoint.bench import python_score, synthetic_specs
+from switchpoint.bench import per_op_ns, python_score, synthetic_specs
 from switchpoint.config import parse_config
 from switchpoint.gate import RequestScope, TokenGate
 from tests.sidecar_harness import routing_config, with_changes
@@ -31,17 +31,6 @@ INPUT_TOKENS, OUTPUT_TOKENS = 1000, 200
 # `benchmark` is pytest-benchmark's fixture; typed loosely to keep the benches independent of its
 # internal classes.
 Benchmark = Any
-
-
-def _per_op_ns(op: Callable[[], object], iterations: int, repeats: int = 5) -> float:
-    """Best-of-`repeats` mean nanoseconds per call of `op` over `iterations` calls."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter_ns()
-        for _ in range(iterations):
-            op()
-        best = min(best, (time.perf_counter_ns() - start) / iterations)
-    return best
 
 
 async def _per_op_ns_async(
@@ -67,7 +56,7 @@ def _baselines(iterations: int) -> tuple[float, float]:
     def lookup() -> int:
         return table["key17"]
 
-    return _per_op_ns(_empty, iterations), _per_op_ns(lookup, iterations)
+    return per_op_ns(_empty, iterations), per_op_ns(lookup, iterations)
 
 
 def _report(title: str, target_ns: float, baselines: dict[str, float]) -> None:
@@ -105,7 +94,7 @@ def test_gate_check_reserve_settle(benchmark: Benchmark) -> None:
 
     benchmark(op)
     iterations = 20_000
-    target = _per_op_ns(op, iterations)
+    target = per_op_ns(op, iterations)
     empty, lookup = _baselines(iterations)
     _report(
         "Gate check+reserve+settle, 3 limits 2 budgets",
@@ -145,7 +134,7 @@ def test_token_gate_sync_path(benchmark: Benchmark) -> None:
 
     benchmark(op)
     iterations = 20_000
-    target = _per_op_ns(op, iterations)
+    target = per_op_ns(op, iterations)
     empty, lookup = _baselines(iterations)
     _report(
         "TokenGate ids_for + reserve + settle (sync)",
@@ -205,8 +194,8 @@ def test_score_rust_vs_python(benchmark: Benchmark, n: int) -> None:
     assert rust() == python()
     benchmark(rust)
     iterations = max(20, 20_000 // n)
-    rust_ns = _per_op_ns(rust, iterations)
-    python_ns = _per_op_ns(python, iterations)
+    rust_ns = per_op_ns(rust, iterations)
+    python_ns = per_op_ns(python, iterations)
     print(
         f"\n[score {n:>4} candidates] ModelTable.score {rust_ns / 1000:.2f} us   "
         f"pure Python {python_ns / 1000:.2f} us   speedup {python_ns / rust_ns:.1f}x"
@@ -227,8 +216,8 @@ def test_latency_record(benchmark: Benchmark) -> None:
 
     iterations = 100_000
     empty_ns, lookup_ns = _baselines(iterations)
-    record_ns = _per_op_ns(record, iterations)
-    read_ns = _per_op_ns(percentiles, iterations)
+    record_ns = per_op_ns(record, iterations)
+    read_ns = per_op_ns(percentiles, iterations)
     baselines = {"empty Python call": empty_ns, "dict lookup": lookup_ns}
     _report("LatencyTracker.record", record_ns, baselines)
     _report("LatencyTracker.percentiles (after records)", read_ns, baselines)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -25,9 +22,8 @@ from tests.support.cache_support import (
     answer,
     ask,
     cache_config,
+    qqp_pairs,
 )
-
-QQP = Path(__file__).resolve().parents[2] / "shared/data/semantic-cache/qqp_similar_pairs.json.gz"
 
 PYTHON_Q = "How do I reverse a list in Python?"
 PYTHON_PARAPHRASE = "How can I reverse a Python list?"  # cosine 0.97 with PYTHON_Q
@@ -298,17 +294,6 @@ async def test_delete_tenant(cache: ResponseCache) -> None:
     assert await cache.lookup(ask(PYTHON_Q, tenant="b")) is not None
     stats = cache.stats()
     assert (stats.entries, stats.vectors, stats.partitions) == (1, 1, 1)
-
-
-def qqp_pairs(count: int) -> list[tuple[str, str]]:
-    with gzip.open(QQP, "rt", encoding="utf-8") as file:
-        pairs = json.load(file)
-    unique: dict[str, str] = {}
-    for pair in pairs:
-        unique.setdefault(pair["origin"], pair["similar"])
-        if len(unique) == count:
-            break
-    return list(unique.items())
 
 
 async def test_hnsw_migration_still_finds_neighbours(embedder: LocalSentenceEncoder) -> None:

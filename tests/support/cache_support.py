@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from switchpoint.cache.config import CacheConfig, SemanticConfig
 from switchpoint.cache.records import CacheControls, CachedAnswer, CacheParams, CacheQuery
+
+# The QQP paraphrase pairs (origin question, a similar one) the cache tests and benches read.
+QQP_PAIRS = (
+    Path(__file__).resolve().parents[3] / "shared/data/semantic-cache/qqp_similar_pairs.json.gz"
+)
 
 # Fixed here rather than taken from the default, which moves with measurement: the tests pin the
 # behaviour around a threshold, not the threshold itself.
@@ -65,3 +73,15 @@ def answer(
         output_tokens=34,
         cost_usd=0.0021,
     )
+
+
+def qqp_pairs(count: int) -> list[tuple[str, str]]:
+    """The first `count` distinct origins of the QQP set, each with its first paraphrase."""
+    with gzip.open(QQP_PAIRS, "rt", encoding="utf-8") as file:
+        pairs = json.load(file)
+    unique: dict[str, str] = {}
+    for pair in pairs:
+        unique.setdefault(pair["origin"], pair["similar"])
+        if len(unique) == count:
+            break
+    return list(unique.items())
