@@ -18,6 +18,7 @@ from switchpoint.config import parse_config
 from switchpoint.logs import MAX_PENDING, RequestLog, configure_logging, unconfigure_logging
 from switchpoint.v1 import router_pb2 as pb
 from tests.sidecar_harness import routing_config, running_sidecar, user
+from tests.support.log_records import RecordedLogs, recorded
 from tests.support.waiting import wait_until
 
 SECRET = "sk-test-0123456789abcdef"
@@ -171,28 +172,14 @@ def test_secrets_come_from_the_configured_variables() -> None:
     assert sorted(config_secrets(config, environ)) == sorted([SECRET, ADMIN])
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
-def request_records() -> Iterator[_Records]:
-    logger = logging.getLogger("switchpoint.request")
-    handler, level = _Records(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+def request_records() -> Iterator[RecordedLogs]:
+    with recorded("switchpoint.request") as handler:
+        yield handler
 
 
 async def test_request_lines_wait_for_the_flush_and_keep_their_end_time(
-    request_records: _Records,
+    request_records: RecordedLogs,
 ) -> None:
     log = RequestLog(logging.getLogger("switchpoint.request"), flush_after_s=60.0)
     logger = logging.getLogger("switchpoint.request")
@@ -217,7 +204,9 @@ async def test_request_lines_wait_for_the_flush_and_keep_their_end_time(
     assert len(request_records.records) == 3
 
 
-async def test_request_lines_reach_the_handlers_by_themselves(request_records: _Records) -> None:
+async def test_request_lines_reach_the_handlers_by_themselves(
+    request_records: RecordedLogs,
+) -> None:
     log = RequestLog(logging.getLogger("switchpoint.request"), flush_after_s=0.01)
     log.add(
         request_id="r", rpc="Chat", tenant="t", stage="", model="m", outcome="ok",
@@ -233,7 +222,7 @@ async def test_request_lines_reach_the_handlers_by_themselves(request_records: _
     assert len(request_records.records) == 1 + MAX_PENDING
 
 
-async def test_nothing_is_queued_when_info_is_off(request_records: _Records) -> None:
+async def test_nothing_is_queued_when_info_is_off(request_records: RecordedLogs) -> None:
     logger = logging.getLogger("switchpoint.request")
     logger.setLevel(logging.WARNING)
     log = RequestLog(logger, flush_after_s=60.0)
@@ -246,7 +235,9 @@ async def test_nothing_is_queued_when_info_is_off(request_records: _Records) -> 
     assert request_records.records == []
 
 
-async def test_a_stopping_sidecar_writes_the_lines_still_waiting(request_records: _Records) -> None:
+async def test_a_stopping_sidecar_writes_the_lines_still_waiting(
+    request_records: RecordedLogs,
+) -> None:
     config = routing_config()
     config["telemetry"] = {"request_log_flush_ms": 10_000}
     async with running_sidecar(config) as running:

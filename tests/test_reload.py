@@ -5,7 +5,6 @@ history, admin overrides and breakers survive a reload."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import time
@@ -32,6 +31,7 @@ from tests.providers.fixtures import OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
 from tests.providers.script import hang
 from tests.sidecar_harness import user
+from tests.support.log_records import recorded
 
 ADMIN_TOKEN = "reload-admin-token"
 AUTH = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
@@ -432,23 +432,10 @@ async def test_admin_reload_needs_the_token_and_reports_errors(
         assert (await running.route()).model == "strong"
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 async def test_the_request_log_follows_a_reload_and_telemetry_says_what_waits(
     openai_server: OpenAIServer, tmp_path: Path
 ) -> None:
-    logger = logging.getLogger("switchpoint.request")
-    records, level = _Records(), logger.level
-    logger.addHandler(records)
-    logger.setLevel(logging.INFO)
-    try:
+    with recorded("switchpoint.request") as records:
         path = tmp_path / "switchpoint.yaml"
         config = _config(openai_server, poll_s=None)
         config["telemetry"] = {"request_log_flush_ms": 10_000}
@@ -474,9 +461,6 @@ async def test_the_request_log_follows_a_reload_and_telemetry_says_what_waits(
             assert len(records.records) == 1
         after = records.records[1]
         assert after.prompt == [{"role": "user", "content": "hi"}]  # type: ignore[attr-defined]
-    finally:
-        logger.removeHandler(records)
-        logger.setLevel(level)
 
 
 async def test_sighup_reloads_the_file(openai_server: OpenAIServer, tmp_path: Path) -> None:
