@@ -27,6 +27,33 @@ class RunningSidecar:
     stub: RouterAsyncStub
 
 
+def one_model_config(
+    base_url: str,
+    *,
+    api_key_env: str | None = None,
+    per_mtok: float = 1000.0,
+    quality: float = 0.5,
+) -> dict[str, Any]:
+    """Provider "oai" at `base_url` serving one model, "gpt" (100k context, the same price per
+    million tokens in and out): the base of the limit, budget, shared-state and cache tests."""
+    provider: dict[str, Any] = {"kind": "openai", "base_url": base_url}
+    if api_key_env is not None:
+        provider["api_key_env"] = api_key_env
+    return {
+        "providers": {"oai": provider},
+        "models": [
+            {
+                "name": "gpt",
+                "provider": "oai",
+                "price": {"input_per_mtok": per_mtok, "output_per_mtok": per_mtok},
+                "context_window": 100000,
+                "quality": quality,
+                "latency_prior": {"ttft_ms": 100, "tpot_ms": 10},
+            }
+        ],
+    }
+
+
 def routing_config(openai_url: str = "http://127.0.0.1:9/v1") -> dict[str, Any]:
     """Four models with clear trade-offs: `cheap` is cheapest, `fast` fastest, `strong` best."""
     model = {

@@ -14,7 +14,7 @@ from switchpoint.v1 import router_pb2 as pb
 from tests.providers.anthropic_server import AnthropicServer
 from tests.providers.fixtures import OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
-from tests.sidecar_harness import RunningSidecar, running_sidecar, user
+from tests.sidecar_harness import RunningSidecar, one_model_config, running_sidecar, user
 
 ENV = {"T_OAI": OPENAI_TEST_KEY, "SWITCHPOINT_ADMIN_TOKEN": "tok"}
 QUESTION = "What is the capital of France?"
@@ -22,19 +22,7 @@ QUESTION = "What is the capital of France?"
 
 def _config(openai: OpenAIServer, directory: Path | None = None, **extra: Any) -> dict[str, Any]:
     return {
-        "providers": {
-            "oai": {"kind": "openai", "base_url": openai.base_url, "api_key_env": "T_OAI"}
-        },
-        "models": [
-            {
-                "name": "gpt",
-                "provider": "oai",
-                "price": {"input_per_mtok": 1000.0, "output_per_mtok": 1000.0},
-                "context_window": 100000,
-                "quality": 0.7,
-                "latency_prior": {"ttft_ms": 100, "tpot_ms": 10},
-            }
-        ],
+        **one_model_config(openai.base_url, api_key_env="T_OAI", quality=0.7),
         "cache": {"enabled": True, "directory": str(directory) if directory else None},
         **extra,
     }

@@ -17,7 +17,7 @@ from tests.providers.fixtures import OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
 from tests.providers.script import hang
 from tests.redis_server import RedisServer
-from tests.sidecar_harness import RunningSidecar, running_sidecar, user
+from tests.sidecar_harness import RunningSidecar, one_model_config, running_sidecar, user
 
 LIMIT_USD = 2.0
 SLICE_USD = 0.25
@@ -25,17 +25,7 @@ SLICE_USD = 0.25
 
 def _config(openai: OpenAIServer, redis_url: str, replica: str) -> dict[str, Any]:
     return {
-        "providers": {"oai": {"kind": "openai", "base_url": openai.base_url, "api_key_env": "K"}},
-        "models": [
-            {
-                "name": "gpt",
-                "provider": "oai",
-                "price": {"input_per_mtok": 1000.0, "output_per_mtok": 1000.0},
-                "context_window": 100000,
-                "quality": 0.5,
-                "latency_prior": {"ttft_ms": 100, "tpot_ms": 10},
-            }
-        ],
+        **one_model_config(openai.base_url, api_key_env="K"),
         "budgets": [{"name": "shared-day", "window": "day", "limit_usd": LIMIT_USD}],
         "shared_state": {
             "redis_url": redis_url,

@@ -19,7 +19,7 @@ from tests.providers.anthropic_server import AnthropicServer
 from tests.providers.openai_server import OpenAIServer
 from tests.providers.script import hang
 from tests.redis_server import RedisServer
-from tests.sidecar_harness import user
+from tests.sidecar_harness import one_model_config, user
 from tests.support.serve_process import ServeProcess, free_port, serving, write_config
 
 LIMIT_USD = 1.5
@@ -29,19 +29,7 @@ SLICE_USD = 0.2
 def _config(openai: OpenAIServer, redis_url: str, port: int, replica: str) -> dict[str, Any]:
     return {
         "server": {"grpc_address": f"127.0.0.1:{port}", "reload_poll_s": None},
-        "providers": {
-            "oai": {"kind": "openai", "base_url": openai.base_url, "api_key_env": "T_OAI"}
-        },
-        "models": [
-            {
-                "name": "gpt",
-                "provider": "oai",
-                "price": {"input_per_mtok": 1000.0, "output_per_mtok": 1000.0},
-                "context_window": 100000,
-                "quality": 0.5,
-                "latency_prior": {"ttft_ms": 100, "tpot_ms": 10},
-            }
-        ],
+        **one_model_config(openai.base_url, api_key_env="T_OAI"),
         "budgets": [{"name": "shared-day", "window": "day", "limit_usd": LIMIT_USD}],
         "shared_state": {
             "redis_url": redis_url,

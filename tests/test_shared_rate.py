@@ -27,6 +27,7 @@ from switchpoint.gate import RequestScope, TokenGate
 from switchpoint.shared import SharedQuota
 from switchpoint.shared.rate import RATE_KEY_GRACE_S, pool_size, slice_size
 from tests.redis_server import RedisServer
+from tests.sidecar_harness import one_model_config
 
 RPM = 30
 SLICE = 3  # a tenth of the pool
@@ -61,17 +62,7 @@ class Replica:
     ) -> None:
         config = parse_config(
             {
-                "providers": {"oai": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-                "models": [
-                    {
-                        "name": "gpt",
-                        "provider": "oai",
-                        "price": {"input_per_mtok": 1.0, "output_per_mtok": 1.0},
-                        "context_window": 100000,
-                        "quality": 0.5,
-                        "latency_prior": {"ttft_ms": 100, "tpot_ms": 10},
-                    }
-                ],
+                **one_model_config("http://127.0.0.1:9/v1", per_mtok=1.0),
                 "limits": [limit or {"name": "r", "rpm": RPM}],
                 "shared_state": {
                     "redis_url": url,
