@@ -12,9 +12,9 @@ import asyncio
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 import grpc
 
@@ -40,6 +40,8 @@ CHAT_PROMPT = "hello there, answer briefly"
 INPUT_TOKENS = 800
 OUTPUT_TOKENS = 400
 WEIGHTS = (0.3, 0.3, 0.4)
+
+T = TypeVar("T")
 
 
 def synthetic_specs(n: int) -> list[ModelSpec]:
@@ -189,13 +191,18 @@ def _route_config() -> dict[str, object]:
     }
 
 
-async def _latencies(call: Callable[[], Awaitable[object]], calls: int) -> list[float]:
+async def _latencies_each(call: Callable[[T], Awaitable[object]], args: Iterable[T]) -> list[float]:
+    """Microseconds of each `await call(arg)`, one at a time."""
     samples = []
-    for _ in range(calls):
+    for arg in args:
         start = time.perf_counter()
-        await call()
+        await call(arg)
         samples.append((time.perf_counter() - start) * 1e6)
     return samples
+
+
+async def _latencies(call: Callable[[], Awaitable[object]], calls: int) -> list[float]:
+    return await _latencies_each(lambda _: call(), range(calls))
 
 
 async def route_figures(calls: int) -> tuple[Figure, Figure]:
@@ -353,17 +360,6 @@ async def cache_figure(entries: int, lookups: int) -> Figure:
 
 def _cache_query(text: str) -> CacheQuery:
     return CacheQuery(tenant="bench", model="m0", quality=0.8, messages=(("user", text),))
-
-
-async def _latencies_each(
-    call: Callable[[str], Awaitable[object]], texts: list[str]
-) -> list[float]:
-    samples = []
-    for text in texts:
-        start = time.perf_counter()
-        await call(text)
-        samples.append((time.perf_counter() - start) * 1e6)
-    return samples
 
 
 def _percentile(samples: list[float], q: int) -> float:

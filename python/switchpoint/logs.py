@@ -258,17 +258,15 @@ class RequestLog:
                 prompt,
             )
         )
-        if self._timer is not None and len(pending) < MAX_PENDING:
-            return
-        if self._flush_after_s > 0 and len(pending) < MAX_PENDING:
+        if len(pending) >= MAX_PENDING or self._flush_after_s <= 0:
+            self.flush()
+        elif self._timer is None:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                pass
+                self.flush()
             else:
                 self._timer = loop.call_later(self._flush_after_s, self.flush)
-                return
-        self.flush()
 
     def flush(self) -> None:
         """Hand every waiting line to the handlers, oldest first."""
