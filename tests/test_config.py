@@ -36,6 +36,12 @@ def test_negative_price_is_reported_with_its_path() -> None:
     assert _errors(data) == ["models[2].price.input_per_mtok: must be >= 0"]
 
 
+def test_an_output_estimate_the_decision_cannot_carry_is_refused() -> None:
+    data = routing_config()
+    data["routing"] = {"default_output_tokens": 2**32}
+    assert _errors(data) == ["routing.default_output_tokens: must be <= 4294967295"]
+
+
 def test_every_error_is_listed_not_just_the_first() -> None:
     data = routing_config()
     data["models"][0]["quality"] = 1.5

@@ -215,8 +215,9 @@ class RoutingConfig(StrictModel):
     auto: AutoRoutingConfig = Field(default_factory=AutoRoutingConfig)
     # Live latency replaces the config prior once a model has this many (decayed) samples.
     min_latency_samples: Annotated[int, Field(ge=1)] = 20
-    # The output-token estimate for requests that set no max_tokens.
-    default_output_tokens: Annotated[int, Field(ge=1)] = 512
+    # The output-token estimate for requests that set no max_tokens; a decision carries it as a
+    # uint32 (as requests carry max_tokens).
+    default_output_tokens: Annotated[int, Field(ge=1, le=2**32 - 1)] = 512
     # A stream that dies after tokens reached the client continues on the next model (asked to
     # carry on from the partial answer); false fails the stream instead.
     stream_continuation: bool = True
@@ -349,16 +350,21 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
     return out or "(root)"
 
 
+def _bound(value: float) -> str:
+    """A limit as written: integers whole (4294967295, not 4.29497e+09), floats short."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def _format_pydantic_error(error: Any) -> str:
     # Pydantic's own messages ("Input should be greater than or equal to 0") are wordy; these read
     # like the rest of our errors and state the rule.
     kind, ctx = error["type"], error.get("ctx") or {}
     if kind == "greater_than_equal":
-        message = f"must be >= {ctx['ge']:g}"
+        message = f"must be >= {_bound(ctx['ge'])}"
     elif kind == "greater_than":
-        message = f"must be > {ctx['gt']:g}"
+        message = f"must be > {_bound(ctx['gt'])}"
     elif kind == "less_than_equal":
-        message = f"must be <= {ctx['le']:g}"
+        message = f"must be <= {_bound(ctx['le'])}"
     elif kind == "extra_forbidden":
         message = "unknown key"
     elif kind == "missing":
