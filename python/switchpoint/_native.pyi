@@ -1,19 +1,29 @@
 """Type stubs for the Rust extension (rust/py). Checked against the binary by mypy.stubtest."""
 
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeAlias, final
 
 __all__ = [
+    "CACHE_THRESHOLD_POSITION",
     "CANDIDATE_FIELDS",
+    "CHAT_INPUT_FIELDS",
     "DECISION_FIELDS",
+    "PARAMS_FIELDS",
+    "ROUTING_FIELDS",
+    "BpeEncoding",
     "CoreError",
     "Gate",
     "GateDenied",
     "LatencyTracker",
     "ModelSpec",
     "ModelTable",
+    "RouteTally",
+    "Router",
     "ScoreResult",
     "ScoredCandidate",
     "classify",
+    "count_prompt_tokens",
+    "count_text_tokens",
     "encode_route_decision",
 ]
 
@@ -264,3 +274,72 @@ CANDIDATE_FIELDS: list[str]
 
 def encode_route_decision(decision: tuple[Any, ...]) -> bytes:
     """`decision` (a switchpoint.routing.Decision) as serialized switchpoint.v1.RouteDecision."""
+
+@final
+class BpeEncoding:
+    """A BPE encoding as tiktoken builds one: mergeable ranks and the pre-tokenizing pattern."""
+
+    def __new__(cls, ranks: dict[bytes, int], pattern: str) -> BpeEncoding: ...
+
+def count_text_tokens(text: str, encoding: BpeEncoding | None = None) -> int:
+    """Tokens of `text` (special-token text counted as ordinary text); the ~4 characters per token
+    estimate when `encoding` is None."""
+
+def count_prompt_tokens(
+    messages: Sequence[tuple[str, str]], encoding: BpeEncoding | None = None
+) -> int:
+    """Tokens of a prompt of (role, content) pairs, chat framing included."""
+
+# The positions `Router.decide` reads from a ChatInput, its RoutingOptions and GenerationParams,
+# and (the threshold) its CacheControls.
+CHAT_INPUT_FIELDS: list[str]
+ROUTING_FIELDS: list[str]
+PARAMS_FIELDS: list[str]
+CACHE_THRESHOLD_POSITION: int
+
+@final
+class Router:
+    """The router of one config load: validation, the four decision levels, scoring."""
+
+    def __new__(
+        cls,
+        table: ModelTable,
+        *,
+        providers: list[str],
+        capabilities: list[str],
+        disabled: list[tuple[str, str]],
+        strategies: list[tuple[str, tuple[float, float, float]]],
+        default_strategy: str,
+        stages: list[tuple[str, list[str], str | None]],
+        fallback_chain: list[str],
+        auto: tuple[bool, float, float, str, str],
+        default_output_tokens: int,
+        encodings: list[BpeEncoding | None],
+        decision_type: Any,
+        candidate_type: Any,
+        levels: list[Any],
+    ) -> Router: ...
+    def decide(
+        self,
+        request: tuple[Any, ...],
+        pressure: Callable[[str, str], tuple[Sequence[str], str, str] | None] | None = None,
+    ) -> Any:
+        """Validate and decide a ChatInput; a Decision (raises InvalidRequestError,
+        NoEligibleModelError or PolicyDeniedError). `pressure(tenant, stage)` is asked, once the
+        request is valid, for budget pressure's strategy shift."""
+    def route_wire(
+        self, request: bytes, tally: RouteTally | None = None
+    ) -> tuple[bytes, str, str, str, int]:
+        """Decide switchpoint.v1.RouteRequest bytes: (RouteDecision bytes, chosen model, tenant,
+        stage, prompt characters), counted and timed in `tally`. Raises like `decide`;
+        InvalidRequestError on field "request" for bytes that are not a RouteRequest."""
+
+@final
+class RouteTally:
+    """Route calls answered by `Router.route_wire`, for the metrics."""
+
+    def __new__(cls, bounds: Sequence[float]) -> RouteTally: ...
+    def requests(self) -> list[tuple[str, str, str, int]]:
+        """(model, tenant, stage, calls) for every combination seen."""
+    def overhead(self) -> tuple[list[int], float]:
+        """Calls per bucket (not cumulative; the last is above every bound) and their sum (s)."""

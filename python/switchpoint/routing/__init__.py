@@ -1,6 +1,6 @@
-"""Routing: the four decision levels, the prompt classifier and the strategy weights."""
+"""Routing: the decision types, and the router the Rust core runs (see `router.py`)."""
 
-from switchpoint.routing.decision import Decision, Level, ScoredModel
-from switchpoint.routing.levels import Router
+from switchpoint.routing.decision import Decision, Level, ScoredModel, StrategyShift
+from switchpoint.routing.router import build_router
 
-__all__ = ["Decision", "Level", "Router", "ScoredModel"]
+__all__ = ["Decision", "Level", "ScoredModel", "StrategyShift", "build_router"]

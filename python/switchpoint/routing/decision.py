@@ -1,5 +1,5 @@
 """What a routing decision carries: the choice, the ranked candidates with their scores, the level
-that decided and the reasons."""
+that decided and the reasons; and what budget pressure asks of the next one."""
 
 from __future__ import annotations
 
@@ -29,6 +29,14 @@ class ScoredModel(NamedTuple):
     estimated_cost_usd: float
     estimated_latency_ms: float
     latency_observed: bool
+
+
+class StrategyShift(NamedTuple):
+    """Budget pressure: requests that would use one of `applies_to` use `strategy` instead."""
+
+    applies_to: tuple[str, ...]
+    strategy: str
+    reason: str
 
 
 class Decision(NamedTuple):

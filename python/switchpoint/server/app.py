@@ -34,14 +34,14 @@ from switchpoint.reload import (
 )
 from switchpoint.server.admin_servicer import AdminServicer
 from switchpoint.server.observe import RequestObserver
-from switchpoint.server.router_servicer import RouterServicer
+from switchpoint.server.router_servicer import SERVICE as ROUTER_SERVICE
+from switchpoint.server.router_servicer import RouterServicer, add_router_to_server
 from switchpoint.stats import StatsBook
 from switchpoint.telemetry import BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN, Telemetry
-from switchpoint.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
+from switchpoint.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger("switchpoint.server")
 
-ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 # Health entries of their own, so a probe on "" stays SERVING (the replica still serves) while
 # monitoring can see that shared budgets run on local leases only, or that the last config
@@ -367,7 +367,7 @@ async def create_server(
         cache=cache,
     )
     observer = RequestObserver(telemetry, request_log)
-    router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(live, observer), grpc_server)
+    add_router_to_server(RouterServicer(live, observer), grpc_server)
     admin_token = environ.get(config.admin.token_env)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(live, admin_token or None, sidecar.reload), grpc_server

@@ -1,6 +1,6 @@
 """Translation between the switchpoint.v1 protobuf messages and the engine's own types.
 
-No rules live here: validation is `switchpoint.request.validate`, routing is `switchpoint.routing`.
+No rules live here: validation and routing are the router's (`switchpoint.routing`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from opentelemetry.trace import Span, Status, StatusCode, Tracer
 from switchpoint.calls import ChatResult
 from switchpoint.instruments import MetricsSink, NullMetrics, records_spans
 from switchpoint.logs import RequestLog
-from switchpoint.request import ChatInput
+from switchpoint.request import ChatInput, new_request_id
 from switchpoint.routing import Decision
 from switchpoint.telemetry import SPAN_REQUEST, Telemetry
 
@@ -46,6 +46,8 @@ class RequestObserver:
         self._tracer: Tracer = telemetry.tracer if telemetry else trace.NoOpTracer()
         self._records_spans = records_spans(self._tracer)
         self._metrics: MetricsSink = telemetry.metrics if telemetry else NullMetrics()
+        # Where the Rust router counts and times the Route calls it answers alone (`routed`).
+        self.route_tally = telemetry.metrics.route_tally if telemetry else None
         self._request_log = request_log
 
     def observe(
@@ -95,6 +97,33 @@ class RequestObserver:
                     self._finish(rpc, request, observation)
         finally:
             otel_context.detach(token)
+
+    @property
+    def light(self) -> bool:
+        """Nothing is recorded of a request but its tenant, stage, model and prompt size: no span,
+        no prompt in the log. A Route call can then be observed without its `ChatInput`: its
+        metrics by the Rust router (`route_tally`), its log line by `routed`."""
+        return not self._records_spans and not self._request_log.logs_prompts
+
+    @property
+    def logs_requests(self) -> bool:
+        return self._request_log.enabled
+
+    def routed(self, model: str, tenant: str, stage: str, prompt_chars: int) -> None:
+        """The log line of a Route call answered from its bytes (see `light`). Its latency is
+        in the metrics (`route_tally`); the line reports none."""
+        self._request_log.add(
+            request_id=new_request_id(),
+            rpc="Route",
+            tenant=tenant,
+            stage=stage,
+            model=model,
+            outcome="ok",
+            latency_ms=0.0,
+            cost_usd=0.0,
+            attempts=0,
+            prompt=prompt_chars,
+        )
 
     def _finish(self, rpc: str, request: ChatInput, observation: Observation) -> None:
         elapsed_s = time.perf_counter() - observation.started

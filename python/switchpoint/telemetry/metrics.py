@@ -12,6 +12,7 @@ from typing import Final
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from prometheus_client import CollectorRegistry
 
+from switchpoint._native import RouteTally
 from switchpoint.telemetry.tally import BucketHistogram, Tally
 
 # Provider latency spans fast local models to slow long generations; the routing overhead is
@@ -41,7 +42,9 @@ class Metrics:
     def __init__(self, meter: Meter, registry: CollectorRegistry) -> None:
         # Counters and histograms recorded per request or per attempt aggregate in `tally` and
         # are read at scrape time (see there for why); the gauges below read their sources then.
-        self._requests = Tally(("model", "outcome", "tenant", "stage"))
+        # Route calls the Rust router answers alone are counted and timed in `route_tally`.
+        self.route_tally = RouteTally(OVERHEAD_BUCKETS)
+        self._requests = Tally(("model", "outcome", "tenant", "stage"), self._routed_requests)
         self._tokens = Tally(("model", "tenant", "stage", "direction"))
         self._cost = Tally(("model", "tenant", "stage"))
         self._cache_hits = Tally(("kind",))
@@ -79,6 +82,7 @@ class Metrics:
             "Time spent inside switchpoint per RPC, excluding provider time.",
             ("rpc",),
             OVERHEAD_BUCKETS,
+            self._routed_overhead,
         )
         for histogram in (self._provider_latency, self._ttft, self._overhead):
             registry.register(histogram)
@@ -105,6 +109,16 @@ class Metrics:
             unit="{state}",
             description="Circuit breaker per model: 0 closed, 1 half-open, 2 open.",
         )
+
+    def _routed_requests(self) -> list[tuple[tuple[str, ...], float]]:
+        return [
+            ((model, "ok", tenant, stage), float(calls))
+            for model, tenant, stage, calls in self.route_tally.requests()
+        ]
+
+    def _routed_overhead(self) -> list[tuple[tuple[str, ...], list[int], float]]:
+        counts, total = self.route_tally.overhead()
+        return [(("Route",), counts, total)] if any(counts) else []
 
     def request(self, *, model: str, outcome: str, tenant: str, stage: str) -> None:
         self._requests.add(1, (model, outcome, tenant, stage))

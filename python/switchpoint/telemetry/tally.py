@@ -28,12 +28,18 @@ LabelValues = tuple[str, ...]
 _le: Callable[[float], str] = floatToGoString
 
 
+# More of the same series kept elsewhere (the Rust router's `RouteTally`), added at scrape time.
+ExtraTotals = Callable[[], Iterable[tuple[LabelValues, float]]]
+ExtraSeries = Callable[[], Iterable[tuple[LabelValues, Sequence[int], float]]]
+
+
 class Tally:
     """Running totals by label values, read by an OTel observable counter's callback."""
 
-    def __init__(self, label_names: Sequence[str]) -> None:
+    def __init__(self, label_names: Sequence[str], extra: ExtraTotals | None = None) -> None:
         self._names = tuple(label_names)
         self._totals: dict[LabelValues, float] = {}
+        self._extra = extra
 
     def add(self, amount: float, labels: LabelValues) -> None:
         totals = self._totals
@@ -42,9 +48,12 @@ class Tally:
     def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
         names = self._names
         # A copy: a scrape on the metrics thread must not iterate while the loop inserts.
+        totals = dict(self._totals)
+        for labels, amount in self._extra() if self._extra else ():
+            totals[labels] = totals.get(labels, 0.0) + amount
         return [
             Observation(total, dict(zip(names, labels, strict=True)))
-            for labels, total in list(self._totals.items())
+            for labels, total in totals.items()
         ]
 
 
@@ -60,13 +69,19 @@ class BucketHistogram(Collector):
     """A Prometheus histogram with fixed upper bounds (inclusive, as Prometheus reads `le`)."""
 
     def __init__(
-        self, name: str, documentation: str, label_names: Sequence[str], bounds: Sequence[float]
+        self,
+        name: str,
+        documentation: str,
+        label_names: Sequence[str],
+        bounds: Sequence[float],
+        extra: ExtraSeries | None = None,
     ) -> None:
         self._name = name
         self._documentation = documentation
         self._label_names = list(label_names)
         self._bounds = tuple(bounds)
         self._series: dict[LabelValues, _Buckets] = {}
+        self._extra = extra
 
     def record(self, value: float, labels: LabelValues) -> None:
         series = self._series.get(labels)
@@ -81,8 +96,14 @@ class BucketHistogram(Collector):
             self._name, self._documentation, labels=self._label_names, unit=""
         )
         edges = [*(_le(b) for b in self._bounds), _le(math.inf)]
-        for labels, series in list(self._series.items()):
-            counts, total = list(series.counts), series.sum
+        merged = {labels: (list(s.counts), s.sum) for labels, s in list(self._series.items())}
+        for labels, extra_counts, extra_sum in self._extra() if self._extra else ():
+            counts, total = merged.get(labels, ([0] * len(edges), 0.0))
+            merged[labels] = (
+                [a + b for a, b in zip(counts, extra_counts, strict=True)],
+                total + extra_sum,
+            )
+        for labels, (counts, total) in merged.items():
             cumulative, buckets = 0, []
             for edge, count in zip(edges, counts, strict=True):
                 cumulative += count

@@ -128,6 +128,47 @@ pub enum CoreError {
     /// Any other argument outside its domain; `field` is the argument's name as callers spell it.
     #[error("{field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
+
+    /// The router refused a request: the caller's to fix or the config's to allow. Not a fault.
+    #[error("{0}")]
+    Refused(Refusal),
+}
+
+/// Why the router will not decide a request; each kind is its own gRPC status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request is malformed; `field` names the offending field (`routing.weights`).
+    InvalidRequest { field: String, message: String },
+    /// The request is well formed but no enabled model can serve it.
+    NoEligibleModel(String),
+    /// Configured policy forbids it (a model outside its stage's whitelist).
+    PolicyDenied(String),
+}
+
+impl Refusal {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> CoreError {
+        CoreError::Refused(Self::InvalidRequest {
+            field: field.into(),
+            message: message.into(),
+        })
+    }
+
+    pub fn no_eligible_model(message: impl Into<String>) -> CoreError {
+        CoreError::Refused(Self::NoEligibleModel(message.into()))
+    }
+
+    pub fn policy_denied(message: impl Into<String>) -> CoreError {
+        CoreError::Refused(Self::PolicyDenied(message.into()))
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidRequest { field, message } => write!(f, "{field}: {message}"),
+            Self::NoEligibleModel(message) | Self::PolicyDenied(message) => f.write_str(message),
+        }
+    }
 }
 
 impl CoreError {

@@ -18,21 +18,28 @@ mod latency;
 mod lease;
 mod limits;
 mod reservations;
+mod route;
 mod scoring;
 mod slot;
 mod table;
+mod tally;
 mod window;
 mod wire;
 
 pub use budget::BudgetState;
 pub use classify::{classify, Classification, DEFAULT_TASK_CLASS, TASK_CLASSES};
-pub use error::{CoreError, Denial, DenialKind, Result, UNKNOWN_RETRY_AFTER_S};
+pub use error::{CoreError, Denial, DenialKind, Refusal, Result, UNKNOWN_RETRY_AFTER_S};
 pub use gate::Gate;
 pub use latency::{Clock, LatencyKind, LatencyTracker, ManualClock, MonotonicClock, Percentiles};
 pub use lease::MinuteUsage;
 pub use limits::LimitState;
 pub use reservations::{ReservationId, MAX_RULES};
+pub use route::{
+    route_request, AutoRouting, Bpe, Decision, Level, Message, Params, RouteInput, Router,
+    RouterConfig, RoutingOptions, Shift, Stage, Tokenizer, CUSTOM_STRATEGY, MAX_ID_LENGTH, ROLES,
+};
 pub use scoring::{Candidate, Exclusion, Ranking, Request, Weights};
 pub use table::{ModelSpec, ModelTable, MAX_PRICE_OR_PRIOR};
+pub use tally::{RequestCount, RouteTally};
 pub use window::{Window, MAX_NOW_S};
 pub use wire::{CandidateWire, DecisionWire};

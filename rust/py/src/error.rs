@@ -14,7 +14,7 @@
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use switchpoint_core::CoreError as RustError;
+use switchpoint_core::{CoreError as RustError, Refusal};
 
 create_exception!(
     switchpoint._native,
@@ -113,9 +113,36 @@ impl From<Error> for PyErr {
                 denial.name.to_string(),
                 denial.retry_after_s,
             )),
+            RustError::Refused(refusal) => refused(refusal),
             other => CoreError::new_err(other.to_string()),
         }
     }
+}
+
+/// A router refusal as the engine's own exception (`switchpoint.errors`), so the servicer maps it
+/// to its gRPC status like any other.
+fn refused(refusal: Refusal) -> PyErr {
+    Python::attach(|py| {
+        let errors = match py.import("switchpoint.errors") {
+            Ok(errors) => errors,
+            Err(err) => return err,
+        };
+        let raised = match refusal {
+            Refusal::InvalidRequest { field, message } => errors
+                .getattr("InvalidRequestError")
+                .and_then(|class| class.call1((field, message))),
+            Refusal::NoEligibleModel(message) => errors
+                .getattr("NoEligibleModelError")
+                .and_then(|class| class.call1((message,))),
+            Refusal::PolicyDenied(message) => errors
+                .getattr("PolicyDeniedError")
+                .and_then(|class| class.call1((message,))),
+        };
+        match raised {
+            Ok(exception) => PyErr::from_value(exception),
+            Err(err) => err,
+        }
+    })
 }
 
 /// Result of every fallible binding method.

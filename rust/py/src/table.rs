@@ -1,5 +1,7 @@
 //! `ModelTable`: the routing table Python builds once per config load and scores per request.
 
+use std::sync::Arc;
+
 use pyo3::prelude::*;
 use switchpoint_core::{ModelTable as Table, Request, Weights};
 
@@ -16,7 +18,8 @@ const DETACH_ABOVE_CANDIDATES: usize = 256;
 /// The routing table: built once per config load, scored per request.
 #[pyclass(frozen, module = "switchpoint._native")]
 pub struct ModelTable {
-    inner: Table,
+    /// Shared with the `Router` built over it.
+    pub(crate) inner: Arc<Table>,
 }
 
 #[pymethods]
@@ -31,7 +34,7 @@ impl ModelTable {
         let specs = models.into_iter().map(|m| m.get().inner.clone()).collect();
         let tracker = latency.get().inner.clone();
         Ok(Self {
-            inner: Table::new(specs, tracker, min_samples)?,
+            inner: Arc::new(Table::new(specs, tracker, min_samples)?),
         })
     }
 

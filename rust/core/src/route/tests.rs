@@ -1,0 +1,224 @@
+use super::*;
+use crate::latency::LatencyTracker;
+use crate::table::tests::spec;
+
+/// Three models: `cheap` (chat), `coder` (chat, code), `big` (chat, code, large window);
+/// `gone` is configured but disabled.
+fn router(fallback: &[&str]) -> Router {
+    let mut cheap = spec("cheap");
+    cheap.input_per_mtok = 0.1;
+    cheap.capabilities = 0b01;
+    let mut coder = spec("coder");
+    coder.capabilities = 0b11;
+    let mut big = spec("big");
+    big.context_window = 1_000_000;
+    big.quality = 0.95;
+    big.input_per_mtok = 10.0;
+    big.capabilities = 0b11;
+    let tracker = Arc::new(LatencyTracker::new(60.0).unwrap());
+    let table = Arc::new(ModelTable::new(vec![cheap, coder, big], tracker, 20).unwrap());
+    let strategies = [
+        ("balanced", [1.0, 1.0, 1.0]),
+        ("cost-first", [0.7, 0.15, 0.15]),
+        ("quality-first", [0.1, 0.1, 0.8]),
+    ];
+    Router::new(
+        table,
+        RouterConfig {
+            providers: vec!["p".into(); 3],
+            capabilities: vec!["chat".into(), "code".into()],
+            disabled: vec![("gone".into(), "provider 'x' is disabled".into())],
+            strategies: strategies.iter().map(|(n, w)| ((*n).into(), *w)).collect(),
+            default_strategy: "balanced".into(),
+            stages: vec![Stage {
+                name: "review".into(),
+                models: vec!["big".into(), "gone".into()],
+                strategy: Some("quality-first".into()),
+            }],
+            fallback_chain: fallback.iter().map(|s| (*s).into()).collect(),
+            auto: AutoRouting {
+                enabled: true,
+                hard_complexity: 0.6,
+                easy_complexity: 0.1,
+                hard_reason: "hard".into(),
+                easy_reason: "easy".into(),
+            },
+            default_output_tokens: 100,
+            encodings: vec![Tokenizer::Estimate],
+        },
+    )
+    .unwrap()
+}
+
+fn ask(text: &str) -> RouteInput<'_> {
+    RouteInput {
+        messages: vec![Message {
+            role: "user",
+            content: text,
+        }],
+        ..RouteInput::default()
+    }
+}
+
+/// Spoils one field of a valid request.
+type Spoil = fn(&mut RouteInput<'_>);
+
+fn refusal(result: Result<Decision>) -> Refusal {
+    match result {
+        Err(CoreError::Refused(refusal)) => refusal,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn override_keeps_to_the_named_models() {
+    let router = router(&["cheap"]);
+    let mut input = ask("hello");
+    input.routing.models = vec!["big", "coder", "big"];
+    let decision = router.decide(&input, None).unwrap();
+    assert_eq!(decision.level, Level::Override);
+    let mut chosen: Vec<usize> = decision.candidates.iter().map(|c| c.index).collect();
+    chosen.sort_unstable();
+    assert_eq!(chosen, [1, 2]);
+    assert!(
+        decision.fallback.is_empty(),
+        "an override never leaves its list"
+    );
+    assert_eq!(
+        decision.reasons[0],
+        "override: the request named big, coder"
+    );
+}
+
+#[test]
+fn unknown_and_disabled_models_are_told_apart() {
+    let router = router(&[]);
+    let mut input = ask("hello");
+    input.routing.models = vec!["nope"];
+    assert_eq!(
+        refusal(router.decide(&input, None)),
+        Refusal::InvalidRequest {
+            field: "routing.models[0]".into(),
+            message: "unknown model 'nope'".into()
+        }
+    );
+    input.routing.models = vec!["gone"];
+    assert!(matches!(
+        refusal(router.decide(&input, None)),
+        Refusal::NoEligibleModel(m) if m.contains("provider 'x' is disabled")
+    ));
+}
+
+#[test]
+fn a_stage_is_a_whitelist_with_its_own_strategy() {
+    let router = router(&[]);
+    let mut input = ask("hello");
+    input.routing.stage = "review";
+    let decision = router.decide(&input, None).unwrap();
+    assert_eq!(decision.level, Level::Stage);
+    assert_eq!(decision.strategy, "quality-first");
+    assert_eq!(decision.candidates.len(), 1);
+    assert!(decision
+        .reasons
+        .iter()
+        .any(|r| r.starts_with("gone excluded")));
+    input.routing.models = vec!["cheap"];
+    assert!(matches!(
+        refusal(router.decide(&input, None)),
+        Refusal::PolicyDenied(m) if m.contains("not allowed in stage 'review' (allowed: big, gone)")
+    ));
+    input.routing.stage = "nope";
+    assert!(matches!(
+        refusal(router.decide(&input, None)),
+        Refusal::InvalidRequest { field, .. } if field == "routing.stage"
+    ));
+}
+
+#[test]
+fn auto_prefers_code_capable_models_for_code() {
+    let router = router(&["cheap"]);
+    let decision = router
+        .decide(&ask("fix this python traceback in my function"), None)
+        .unwrap();
+    assert_eq!(decision.level, Level::Auto);
+    assert_eq!(decision.task_class, "code");
+    assert!(decision.candidates.iter().all(|c| c.index != 0));
+    assert_eq!(
+        decision.fallback,
+        [0],
+        "the chain follows, without the candidates"
+    );
+}
+
+#[test]
+fn fallback_keeps_the_chain_order_when_nothing_else_fits() {
+    let router = router(&["big", "cheap"]);
+    let mut input = ask("hello");
+    // Only `big` has the window for this many output tokens; auto finds it too, so turn it off.
+    input.params.max_tokens = Some(500_000);
+    let decision = router.decide(&input, None).unwrap();
+    assert_eq!(decision.level, Level::Auto);
+    let mut no_auto = router;
+    no_auto.config.auto.enabled = false;
+    let decision = no_auto.decide(&input, None).unwrap();
+    assert_eq!(decision.level, Level::Fallback);
+    assert_eq!(decision.candidates[0].index, 2);
+    assert!(decision
+        .reasons
+        .iter()
+        .any(|r| r == "cheap excluded: context window 8192 < 500009 estimated tokens"));
+}
+
+#[test]
+fn budget_pressure_shifts_the_named_strategy() {
+    let router = router(&[]);
+    let shift = Shift {
+        applies_to: vec!["balanced".into()],
+        strategy: "cost-first".into(),
+        reason: "budget 'b' is 90% used".into(),
+    };
+    let mut input = ask("a question of medium difficulty about the weather today");
+    input.routing.strategy = "balanced";
+    let decision = router.decide(&input, Some(&shift)).unwrap();
+    assert_eq!(decision.strategy, "cost-first");
+    assert!(decision
+        .reasons
+        .contains(&"budget 'b' is 90% used".to_owned()));
+}
+
+#[test]
+fn invalid_requests_name_the_field() {
+    let router = router(&[]);
+    let cases: [(Spoil, &str); 6] = [
+        (|i| i.messages.clear(), "messages"),
+        (|i| i.messages[0].role = "robot", "messages[0].role"),
+        (|i| i.routing.weights = Some([0.0; 3]), "routing.weights"),
+        (
+            |i| i.routing.weights = Some([f64::MAX; 3]),
+            "routing.weights",
+        ),
+        (|i| i.routing.strategy = "nope", "routing.strategy"),
+        (
+            |i| i.routing.capabilities = vec!["vision"],
+            "routing.capabilities[0]",
+        ),
+    ];
+    for (spoil, expected) in cases {
+        let mut input = ask("hello");
+        spoil(&mut input);
+        match refusal(router.decide(&input, None)) {
+            Refusal::InvalidRequest { field, .. } => assert_eq!(field, expected),
+            other => panic!("{expected}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_decision_encodes_with_the_chosen_model_first() {
+    let router = router(&[]);
+    let decision = router.decide(&ask("hello"), None).unwrap();
+    let bytes = router.encode(&decision);
+    let name = router.name(decision.candidates[0].index);
+    assert_eq!(bytes[0], 0x0A);
+    assert_eq!(&bytes[2..2 + name.len()], name.as_bytes());
+}

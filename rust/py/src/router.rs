@@ -1,0 +1,407 @@
+//! `Router` and `BpeEncoding`: the router of one config load (see `switchpoint_core::Router`),
+//! deciding from the engine's `ChatInput` or straight from `RouteRequest` bytes.
+//!
+//! `ChatInput` and its parts are `NamedTuple`s read by position (`*_FIELDS` name the positions,
+//! and the Python tests check them against the tuples' `_fields`). The decision goes back as the
+//! `Decision` and `ScoredModel` classes Python hands the constructor.
+
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+use rustc_hash::{FxBuildHasher, FxHashMap};
+use std::sync::Arc;
+use std::time::Instant;
+use switchpoint_core::{
+    route_request, AutoRouting, Bpe, Decision, Message, Params, RequestCount, RouteInput,
+    RouteTally as Tally, Router as Core, RouterConfig, RoutingOptions, Shift, Stage, Tokenizer,
+};
+
+use crate::error::{Error, Result};
+use crate::gil;
+use crate::table::ModelTable;
+
+pub const CHAT_INPUT_FIELDS: [&str; 5] = ["messages", "routing", "params", "request_id", "cache"];
+pub const ROUTING_FIELDS: [&str; 9] = [
+    "models",
+    "stage",
+    "strategy",
+    "weights",
+    "tenant",
+    "priority",
+    "capabilities",
+    "max_cost_usd",
+    "hedge",
+];
+pub const PARAMS_FIELDS: [&str; 4] = ["max_tokens", "temperature", "top_p", "stop"];
+/// `CacheControls`: only the threshold is the router's to check.
+pub const CACHE_THRESHOLD_POSITION: usize = 2;
+
+/// Past this many bytes of prompt (~50 us of counting and classifying) the GIL is released.
+const DETACH_ABOVE_BYTES: usize = 64 * 1024;
+
+/// A BPE encoding's ranks and pattern, as tiktoken builds one (`switchpoint.tokens` loads them).
+#[pyclass(frozen, module = "switchpoint._native")]
+pub struct BpeEncoding {
+    inner: Arc<Bpe>,
+}
+
+#[pymethods]
+impl BpeEncoding {
+    #[new]
+    fn new(ranks: &Bound<'_, PyDict>, pattern: &str) -> PyResult<Self> {
+        let mut map = FxHashMap::with_capacity_and_hasher(ranks.len(), FxBuildHasher);
+        for (token, rank) in ranks.iter() {
+            map.insert(token.extract::<Vec<u8>>()?, rank.extract::<u32>()?);
+        }
+        Ok(Self {
+            inner: Arc::new(Bpe::new(map, pattern).map_err(crate::error::Error::from)?),
+        })
+    }
+}
+
+fn tokenizer(encoding: Option<&Bound<'_, BpeEncoding>>) -> Tokenizer {
+    encoding.map_or(Tokenizer::Estimate, |e| {
+        Tokenizer::Bpe(e.get().inner.clone())
+    })
+}
+
+/// Tokens of `text` under `encoding` (the ~4 characters per token estimate when None).
+#[pyfunction]
+#[pyo3(signature = (text, encoding = None))]
+pub fn count_text_tokens(text: &str, encoding: Option<&Bound<'_, BpeEncoding>>) -> u64 {
+    tokenizer(encoding).count_text(text)
+}
+
+/// Tokens of a prompt of `(role, content)` pairs under `encoding`, chat framing included.
+#[pyfunction]
+#[pyo3(signature = (messages, encoding = None))]
+// PyO3 extracts the list by value; the counts borrow its strings.
+#[allow(clippy::needless_pass_by_value)]
+pub fn count_prompt_tokens(
+    messages: Vec<(PyBackedStr, PyBackedStr)>,
+    encoding: Option<&Bound<'_, BpeEncoding>>,
+) -> u64 {
+    let messages: Vec<Message<'_>> = messages
+        .iter()
+        .map(|(role, content)| Message { role, content })
+        .collect();
+    tokenizer(encoding).count_messages(&messages)
+}
+
+/// Route calls answered by `Router.route_wire`: counts and times for the metrics.
+#[pyclass(frozen, module = "switchpoint._native")]
+pub struct RouteTally {
+    inner: Tally,
+}
+
+#[pymethods]
+impl RouteTally {
+    #[new]
+    fn new(bounds: Vec<f64>) -> Result<Self> {
+        Ok(Self {
+            inner: Tally::new(bounds)?,
+        })
+    }
+
+    /// (model, tenant, stage, calls) for every combination seen.
+    fn requests(&self) -> Vec<RequestCount> {
+        self.inner.requests()
+    }
+
+    /// Calls per histogram bucket (not cumulative, the last above every bound) and their sum
+    /// in seconds.
+    fn overhead(&self) -> (Vec<u64>, f64) {
+        self.inner.overhead()
+    }
+}
+
+/// The strings of a `ChatInput`, held while a `RouteInput` borrows them.
+struct Held {
+    messages: Vec<(PyBackedStr, PyBackedStr)>,
+    models: Vec<PyBackedStr>,
+    stage: PyBackedStr,
+    strategy: PyBackedStr,
+    tenant: PyBackedStr,
+    capabilities: Vec<PyBackedStr>,
+    stop: Vec<PyBackedStr>,
+    request_id: PyBackedStr,
+    weights: Option<(f64, f64, f64)>,
+    priority: i64,
+    max_cost_usd: Option<f64>,
+    hedge: bool,
+    max_tokens: Option<i64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    cache_threshold: Option<f64>,
+}
+
+impl Held {
+    fn read(request: &Bound<'_, PyTuple>) -> PyResult<Self> {
+        let routing = request.get_item(1)?;
+        let routing = routing.cast::<PyTuple>()?;
+        let params = request.get_item(2)?;
+        let params = params.cast::<PyTuple>()?;
+        Ok(Self {
+            messages: request.get_item(0)?.extract()?,
+            models: routing.get_item(0)?.extract()?,
+            stage: routing.get_item(1)?.extract()?,
+            strategy: routing.get_item(2)?.extract()?,
+            weights: routing.get_item(3)?.extract()?,
+            tenant: routing.get_item(4)?.extract()?,
+            priority: routing.get_item(5)?.extract()?,
+            capabilities: routing.get_item(6)?.extract()?,
+            max_cost_usd: routing.get_item(7)?.extract()?,
+            hedge: routing.get_item(8)?.extract()?,
+            max_tokens: params.get_item(0)?.extract()?,
+            temperature: params.get_item(1)?.extract()?,
+            top_p: params.get_item(2)?.extract()?,
+            stop: params.get_item(3)?.extract()?,
+            request_id: request.get_item(3)?.extract()?,
+            cache_threshold: request
+                .get_item(4)?
+                .get_item(CACHE_THRESHOLD_POSITION)?
+                .extract()?,
+        })
+    }
+
+    fn input(&self) -> RouteInput<'_> {
+        RouteInput {
+            messages: self
+                .messages
+                .iter()
+                .map(|(role, content)| Message { role, content })
+                .collect(),
+            routing: RoutingOptions {
+                models: strs(&self.models),
+                stage: &self.stage,
+                strategy: &self.strategy,
+                weights: self.weights.map(|(c, l, q)| [c, l, q]),
+                tenant: &self.tenant,
+                priority: self.priority,
+                capabilities: strs(&self.capabilities),
+                max_cost_usd: self.max_cost_usd,
+                hedge: self.hedge,
+            },
+            params: Params {
+                max_tokens: self.max_tokens,
+                temperature: self.temperature,
+                top_p: self.top_p,
+                stop: strs(&self.stop),
+            },
+            request_id: &self.request_id,
+            cache_threshold: self.cache_threshold,
+        }
+    }
+}
+
+fn strs(list: &[PyBackedStr]) -> Vec<&str> {
+    list.iter().map(|s| &**s).collect()
+}
+
+/// The router of one config load.
+#[pyclass(frozen, module = "switchpoint._native")]
+pub struct Router {
+    inner: Core,
+    decision_type: Py<PyAny>,
+    candidate_type: Py<PyAny>,
+    /// The `Level` members, in `switchpoint.v1.DecisionLevel` order from 1.
+    levels: Vec<Py<PyAny>>,
+}
+
+fn prompt_bytes(input: &RouteInput<'_>) -> usize {
+    input.messages.iter().map(|m| m.content.len()).sum()
+}
+
+#[pymethods]
+impl Router {
+    #[new]
+    #[pyo3(signature = (
+        table,
+        *,
+        providers,
+        capabilities,
+        disabled,
+        strategies,
+        default_strategy,
+        stages,
+        fallback_chain,
+        auto,
+        default_output_tokens,
+        encodings,
+        decision_type,
+        candidate_type,
+        levels,
+    ))]
+    // One argument per keyword of the Python signature.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        table: &Bound<'_, ModelTable>,
+        providers: Vec<String>,
+        capabilities: Vec<String>,
+        disabled: Vec<(String, String)>,
+        strategies: Vec<(String, (f64, f64, f64))>,
+        default_strategy: String,
+        stages: Vec<(String, Vec<String>, Option<String>)>,
+        fallback_chain: Vec<String>,
+        auto: (bool, f64, f64, String, String),
+        default_output_tokens: u64,
+        encodings: Vec<Option<Bound<'_, BpeEncoding>>>,
+        decision_type: Py<PyAny>,
+        candidate_type: Py<PyAny>,
+        levels: Vec<Py<PyAny>>,
+    ) -> Result<Self> {
+        let (enabled, hard_complexity, easy_complexity, hard_reason, easy_reason) = auto;
+        let config = RouterConfig {
+            providers,
+            capabilities,
+            disabled,
+            strategies: strategies
+                .into_iter()
+                .map(|(name, (c, l, q))| (name, [c, l, q]))
+                .collect(),
+            default_strategy,
+            stages: stages
+                .into_iter()
+                .map(|(name, models, strategy)| Stage {
+                    name,
+                    models,
+                    strategy,
+                })
+                .collect(),
+            fallback_chain,
+            auto: AutoRouting {
+                enabled,
+                hard_complexity,
+                easy_complexity,
+                hard_reason,
+                easy_reason,
+            },
+            default_output_tokens,
+            encodings: encodings
+                .into_iter()
+                .map(|e| tokenizer(e.as_ref()))
+                .collect(),
+        };
+        Ok(Self {
+            inner: Core::new(table.get().inner.clone(), config)?,
+            decision_type,
+            candidate_type,
+            levels,
+        })
+    }
+
+    /// Validate and decide a `ChatInput`. `pressure(tenant, stage)`, when given, is asked once
+    /// the request is valid for budget pressure's `StrategyShift` (or None).
+    #[pyo3(signature = (request, pressure = None))]
+    fn decide<'py>(
+        &self,
+        py: Python<'py>,
+        request: &Bound<'py, PyTuple>,
+        pressure: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let held = Held::read(request)?;
+        let input = held.input();
+        input.validate().map_err(Error::from)?;
+        let shift = match pressure {
+            Some(pressure) => pressure
+                .call1((input.routing.tenant, input.routing.stage))?
+                .extract::<Option<(Vec<String>, String, String)>>()?
+                .map(|(applies_to, strategy, reason)| Shift {
+                    applies_to,
+                    strategy,
+                    reason,
+                }),
+            None => None,
+        };
+        let long = prompt_bytes(&input) > DETACH_ABOVE_BYTES;
+        let decision = gil::run(py, long, || self.inner.decide_valid(&input, shift.as_ref()))
+            .map_err(Error::from)?;
+        self.to_python(py, &decision)
+    }
+
+    /// Route straight from `switchpoint.v1.RouteRequest` bytes: the `RouteDecision` bytes, the
+    /// chosen model, the request's tenant and stage, and its prompt's length in characters (what
+    /// its log line needs). The call is counted, and timed, in `tally`.
+    #[pyo3(signature = (request, tally = None))]
+    fn route_wire<'py>(
+        &self,
+        py: Python<'py>,
+        request: &[u8],
+        tally: Option<&Bound<'py, RouteTally>>,
+    ) -> Result<(Bound<'py, PyBytes>, &str, String, String, usize)> {
+        let started = Instant::now();
+        let input = route_request(request)?;
+        let long = prompt_bytes(&input) > DETACH_ABOVE_BYTES;
+        let (answer, decision) = gil::run(py, long, || {
+            let decision = self.inner.decide(&input, None)?;
+            Ok::<_, switchpoint_core::CoreError>((self.inner.encode(&decision), decision))
+        })?;
+        let answer = PyBytes::new(py, &answer);
+        let model = self.inner.name(decision.candidates[0].index);
+        if let Some(tally) = tally {
+            let seconds = started.elapsed().as_secs_f64();
+            let routing = &input.routing;
+            tally
+                .get()
+                .inner
+                .record(model, routing.tenant, routing.stage, seconds);
+        }
+        Ok((
+            answer,
+            model,
+            input.routing.tenant.to_owned(),
+            input.routing.stage.to_owned(),
+            input
+                .messages
+                .iter()
+                .map(|m| m.content.chars().count())
+                .sum(),
+        ))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Router(models={})", self.inner.table().len())
+    }
+}
+
+impl Router {
+    fn to_python<'py>(&self, py: Python<'py>, decision: &Decision) -> PyResult<Bound<'py, PyAny>> {
+        let candidate_type = self.candidate_type.bind(py);
+        let candidates = decision
+            .candidates
+            .iter()
+            .map(|c| {
+                candidate_type.call1((
+                    c.index,
+                    self.inner.name(c.index),
+                    self.inner.provider(c.index),
+                    c.score,
+                    c.norm_cost,
+                    c.norm_latency,
+                    c.quality,
+                    c.estimated_cost_usd,
+                    c.estimated_latency_ms,
+                    c.latency_observed,
+                ))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let fallback: Vec<&str> = decision
+            .fallback
+            .iter()
+            .map(|&i| self.inner.name(i))
+            .collect();
+        let [cost, latency, quality] = decision.weights;
+        self.decision_type.bind(py).call1((
+            PyTuple::new(py, candidates)?,
+            self.levels[decision.level as usize - 1].bind(py),
+            PyTuple::new(py, &decision.reasons)?,
+            &decision.strategy,
+            (cost, latency, quality),
+            decision.input_tokens,
+            decision.output_tokens,
+            decision.task_class,
+            decision.complexity,
+            PyTuple::new(py, fallback)?,
+        ))
+    }
+}

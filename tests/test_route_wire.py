@@ -1,0 +1,176 @@
+"""Route from the request's bytes (`Router.route_wire`) decides exactly as the engine's path does
+(`Engine.decide` on the parsed request), refuses what it cannot read, and counts what it answers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from switchpoint import _native
+from switchpoint.cache.records import CacheControls
+from switchpoint.config import parse_config
+from switchpoint.engine import Engine
+from switchpoint.errors import ErrorClass, InvalidRequestError
+from switchpoint.reload import build_engine
+from switchpoint.request import ChatInput, GenerationParams, RoutingOptions
+from switchpoint.server import convert
+from switchpoint.v1 import router_pb2 as pb
+from tests.sidecar_harness import routing_config, running_sidecar, user, with_changes
+
+MODEL_NAMES = ("cheap", "fast", "strong", "tiny", "nope", "")
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return build_engine(parse_config(routing_config()), environ={}).engine
+
+
+def test_the_positions_rust_reads_are_the_tuples_fields() -> None:
+    assert tuple(_native.CHAT_INPUT_FIELDS) == ChatInput._fields
+    assert tuple(_native.ROUTING_FIELDS) == RoutingOptions._fields
+    assert tuple(_native.PARAMS_FIELDS) == GenerationParams._fields
+    assert CacheControls._fields[_native.CACHE_THRESHOLD_POSITION] == "threshold"
+
+
+numbers = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, 0.5, 1.0, -1.0])
+texts = st.text(max_size=40) | st.sampled_from(
+    ["hello", "  ", "fix this python bug", "prove the theorem step by step", "write a poem"]
+)
+
+
+@st.composite
+def route_requests(draw: st.DrawFn) -> pb.RouteRequest:
+    messages = draw(
+        st.lists(
+            st.builds(
+                pb.Message,
+                role=st.sampled_from(["system", "user", "assistant", "robot", ""]),
+                content=texts,
+            ),
+            max_size=4,
+        )
+    )
+    request = pb.RouteRequest(messages=messages)
+    if draw(st.booleans()):
+        routing = request.routing
+        routing.models.extend(draw(st.lists(st.sampled_from(MODEL_NAMES), max_size=3)))
+        routing.stage = draw(st.sampled_from(["", "", "architecture", "nope"]))
+        routing.strategy = draw(st.sampled_from(["", "", "balanced", "thrifty", "nope"]))
+        if draw(st.booleans()):
+            routing.weights.CopyFrom(
+                pb.Weights(cost=draw(numbers), latency=draw(numbers), quality=draw(numbers))
+            )
+        routing.tenant = draw(st.sampled_from(["", "acme", "x" * 129]))
+        routing.priority = draw(st.integers(-1, 5))  # type: ignore[assignment]
+        routing.capabilities.extend(
+            draw(st.lists(st.sampled_from(["code", "chat", "vision", " "]), max_size=2))
+        )
+        if draw(st.booleans()):
+            routing.max_cost_usd = draw(numbers)
+    if draw(st.booleans()):
+        params = request.params
+        if draw(st.booleans()):
+            params.max_tokens = draw(st.integers(0, 2**32 - 1))
+        if draw(st.booleans()):
+            params.temperature = draw(numbers)
+        if draw(st.booleans()):
+            params.top_p = draw(numbers)
+        params.stop.extend(draw(st.lists(st.sampled_from(["", "END"]), max_size=2)))
+    return request
+
+
+def _outcome(decide: Any) -> tuple[str, Any]:
+    try:
+        return "ok", decide()
+    except Exception as exc:  # compared below: same type, same message
+        return type(exc).__name__, str(exc)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request=route_requests())
+def test_wire_and_engine_paths_give_the_same_answer(
+    engine: Engine, request: pb.RouteRequest
+) -> None:
+    wire = _outcome(lambda: engine.router.route_wire(request.SerializeToString())[0])
+    full = _outcome(
+        lambda: _native.encode_route_decision(engine.decide(convert.chat_input(request)))
+    )
+    assert wire == full
+
+
+def test_what_the_wire_path_reports_beside_the_answer(engine: Engine) -> None:
+    request = pb.RouteRequest(
+        messages=user("héllo"), routing=pb.RoutingOptions(tenant="acme", stage="architecture")
+    )
+    answer, model, tenant, stage, chars = engine.router.route_wire(request.SerializeToString())
+    assert pb.RouteDecision.FromString(answer).model == model == "strong"
+    assert (tenant, stage, chars) == ("acme", "architecture", 5)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x0a\x05ab",  # a message field cut short
+        b"\x0a\x04\x0a\x02\xff\xfe",  # a role that is not UTF-8
+        b"\x08",  # a tag without its value
+        b"\x0b",  # a group: not in proto3
+    ],
+)
+def test_bytes_that_are_no_route_request_are_refused_naming_the_request(
+    engine: Engine, garbage: bytes
+) -> None:
+    with pytest.raises(InvalidRequestError) as refused:
+        engine.router.route_wire(garbage)
+    assert refused.value.field == "request"
+    assert "switchpoint.v1.RouteRequest" in refused.value.message
+
+
+async def test_undecodable_route_is_invalid_argument_over_grpc() -> None:
+    async with running_sidecar(routing_config()) as sidecar:
+        raw: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = sidecar.channel.unary_unary(
+            "/switchpoint.v1.Router/Route"
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await raw(b"\x0a\x05ab")
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert (refused.value.details() or "").startswith("request: is not a valid")
+        # The sidecar is none the worse for it.
+        decision = await sidecar.stub.Route(pb.RouteRequest(messages=user("hello")))
+        assert decision.model
+
+
+def test_route_tally_counts_and_times_each_answer(engine: Engine) -> None:
+    tally = _native.RouteTally([0.001, 1.0])
+    request = pb.RouteRequest(messages=user("hi"), routing=pb.RoutingOptions(tenant="t"))
+    for _ in range(3):
+        engine.router.route_wire(request.SerializeToString(), tally)
+    with pytest.raises(InvalidRequestError):
+        engine.router.route_wire(pb.RouteRequest().SerializeToString(), tally)
+    [(model, tenant, stage, calls)] = tally.requests()
+    assert (tenant, stage, calls) == ("t", "", 3)
+    assert model in {"cheap", "fast", "strong", "tiny"}
+    counts, total = tally.overhead()
+    assert sum(counts) == 3
+    assert len(counts) == 3
+    assert 0 < total < math.inf
+
+
+def test_engine_says_when_the_router_alone_decides() -> None:
+    alone = build_engine(parse_config(routing_config()), environ={}).engine
+    assert alone.routes_alone()
+    budgeted = with_changes(
+        routing_config(), budgets=[{"name": "all", "limit_usd": 1.0, "window": "day"}]
+    )
+    gated = build_engine(parse_config(budgeted), environ={}).engine
+    assert not gated.routes_alone()
+    breaker = alone.breakers.get("cheap")
+    for _ in range(5):
+        assert breaker.begin()
+        breaker.record(ErrorClass.SERVER_ERROR)
+    assert breaker.state == "open"
+    assert not alone.routes_alone()
