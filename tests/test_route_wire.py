@@ -84,6 +84,11 @@ def route_requests(draw: st.DrawFn) -> pb.RouteRequest:
     return request
 
 
+def _answer(engine: Engine, request: bytes, **options: Any) -> bytes | None:
+    routed = engine.router.route_wire(request, **options)
+    return None if routed is None else routed[0]
+
+
 def _outcome(decide: Any) -> tuple[str, Any]:
     try:
         return "ok", decide()
@@ -96,7 +101,7 @@ def _outcome(decide: Any) -> tuple[str, Any]:
 def test_wire_and_engine_paths_give_the_same_answer(
     engine: Engine, request: pb.RouteRequest
 ) -> None:
-    wire = _outcome(lambda: engine.router.route_wire(request.SerializeToString())[0])
+    wire = _outcome(lambda: _answer(engine, request.SerializeToString()))
     full = _outcome(
         lambda: _native.encode_route_decision(engine.decide(convert.chat_input(request)))
     )
@@ -107,7 +112,9 @@ def test_what_the_wire_path_reports_beside_the_answer(engine: Engine) -> None:
     request = pb.RouteRequest(
         messages=user("héllo"), routing=pb.RoutingOptions(tenant="acme", stage="architecture")
     )
-    answer, model, tenant, stage, chars = engine.router.route_wire(request.SerializeToString())
+    routed = engine.router.route_wire(request.SerializeToString())
+    assert routed is not None
+    answer, model, tenant, stage, chars = routed
     assert pb.RouteDecision.FromString(answer).model == model == "strong"
     assert (tenant, stage, chars) == ("acme", "architecture", 5)
 
@@ -160,14 +167,45 @@ def test_route_tally_counts_and_times_each_answer(engine: Engine) -> None:
     assert 0 < total < math.inf
 
 
+def _budgeted(limit_usd: float, **budget: Any) -> Engine:
+    config = with_changes(
+        routing_config(),
+        budgets=[{"name": "b", "match": {"tenant": "*"}, "limit_usd": limit_usd, **budget}],
+    )
+    return build_engine(parse_config(config), environ={}).engine
+
+
+def test_the_router_answers_under_a_budget_once_the_gate_taught_it_the_scope() -> None:
+    engine = _budgeted(1.0, window="day")
+    request = pb.RouteRequest(messages=user("hello"), routing=pb.RoutingOptions(tenant="t"))
+    raw = request.SerializeToString()
+    admission = engine.gate.admission
+    # A tenant the gate has not seen: no rule instance exists yet, so the engine's path decides
+    # (and creates them).
+    assert _answer(engine, raw, admission=admission) is None
+    expected = _native.encode_route_decision(engine.decide(convert.chat_input(request)))
+    assert _answer(engine, raw, admission=admission) == expected
+    other = pb.RouteRequest(messages=user("hello"), routing=pb.RoutingOptions(tenant="u"))
+    assert _answer(engine, other.SerializeToString(), admission=admission) is None
+
+
+def test_a_budget_that_refuses_sends_route_the_engines_way() -> None:
+    engine = _budgeted(0.0, window="total")
+    request = pb.RouteRequest(messages=user("hello"), routing=pb.RoutingOptions(tenant="t"))
+    # Every model but the free one is over the budget: the engine's path drops them, with reasons.
+    decision = engine.decide(convert.chat_input(request))
+    assert [c.name for c in decision.candidates] == ["tiny"]
+    assert any("excluded: budget 'b" in reason for reason in decision.reasons)
+    # The rules are known now, and they refuse: the router does not answer on its own.
+    assert _answer(engine, request.SerializeToString(), admission=engine.gate.admission) is None
+
+
 def test_engine_says_when_the_router_alone_decides() -> None:
     alone = build_engine(parse_config(routing_config()), environ={}).engine
     assert alone.routes_alone()
-    budgeted = with_changes(
-        routing_config(), budgets=[{"name": "all", "limit_usd": 1.0, "window": "day"}]
-    )
-    gated = build_engine(parse_config(budgeted), environ={}).engine
-    assert not gated.routes_alone()
+    assert _budgeted(1.0, window="day").routes_alone()
+    pressured = _budgeted(1.0, window="day", pressure={"at_share": 0.5})
+    assert not pressured.routes_alone()
     breaker = alone.breakers.get("cheap")
     for _ in range(5):
         assert breaker.begin()

@@ -10,6 +10,7 @@ __all__ = [
     "DECISION_FIELDS",
     "PARAMS_FIELDS",
     "ROUTING_FIELDS",
+    "Admission",
     "BpeEncoding",
     "CoreError",
     "Gate",
@@ -328,11 +329,24 @@ class Router:
         NoEligibleModelError or PolicyDeniedError). `pressure(tenant, stage)` is asked, once the
         request is valid, for budget pressure's strategy shift."""
     def route_wire(
-        self, request: bytes, tally: RouteTally | None = None
-    ) -> tuple[bytes, str, str, str, int]:
+        self,
+        request: bytes,
+        tally: RouteTally | None = None,
+        admission: Admission | None = None,
+    ) -> tuple[bytes, str, str, str, int] | None:
         """Decide switchpoint.v1.RouteRequest bytes: (RouteDecision bytes, chosen model, tenant,
-        stage, prompt characters), counted and timed in `tally`. Raises like `decide`;
-        InvalidRequestError on field "request" for bytes that are not a RouteRequest."""
+        stage, prompt characters), counted and timed in `tally`; None when `admission` does not
+        admit every candidate now. Raises like `decide`; InvalidRequestError on field "request"
+        for bytes that are not a RouteRequest."""
+
+@final
+class Admission:
+    """The token gate's rule instances per (tenant, stage, model), as `TokenGate` creates them."""
+
+    def __new__(cls, gate: Gate) -> Admission: ...
+    def learn(
+        self, tenant: str, stage: str, model: str, limits: list[int], budgets: list[int]
+    ) -> None: ...
 
 @final
 class RouteTally:

@@ -111,10 +111,10 @@ class Engine:
     # -- decide -------------------------------------------------------------------------------
 
     def routes_alone(self) -> bool:
-        """Whether the router alone has a say in a decision now: no limit or budget, no open
-        breaker, no span to record. A Route call is then answered from its bytes
-        (`Router.route_wire`) with the same decision `decide` would make."""
-        return not (self.gate.enabled or self._records_spans) and self.breakers.all_closed()
+        """Whether the Rust router can answer a Route call from its bytes (`Router.route_wire`)
+        with the decision `decide` would make: no open breaker, no span to record, and a gate it
+        can check itself (`TokenGate.admits_in_rust`)."""
+        return not self._records_spans and self.gate.admits_in_rust and self.breakers.all_closed()
 
     def decide(self, request: ChatInput, *, for_call: bool = False) -> Decision:
         """Validate, route, and drop the candidates the gate or an open breaker refuses now.

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from switchpoint._native import Gate, GateDenied
+from switchpoint._native import Admission, Gate, GateDenied
 from switchpoint.config import BudgetConfig, Config, LimitConfig, ModelConfig, ScopeKey
 from switchpoint.errors import QuotaExceededError
 from switchpoint.registry import Registry
@@ -111,6 +111,8 @@ class TokenGate:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.gate = gate or Gate()
+        # The instances `ids_for` finds, taught to the Rust router's Route calls (see there).
+        self.admission = Admission(self.gate)
         self._clock = clock
         self._limits = config.limits
         self._budgets = config.budgets
@@ -130,6 +132,12 @@ class TokenGate:
     @property
     def enabled(self) -> bool:
         return self._enabled
+
+    @property
+    def admits_in_rust(self) -> bool:
+        """A Route call's admission can be checked by the Rust router (`admission`): no budget
+        shifts strategies and the gate runs on wall-clock time, as the router reads it."""
+        return not self._pressured and self._clock is time.time
 
     def now(self) -> float:
         return self._clock()
@@ -182,6 +190,7 @@ class TokenGate:
             if rule_scope is not None:
                 budget_ids.append(self._budget(i, budget, rule_scope).gate_id)
         self._ids[key] = (limit_ids, budget_ids)
+        self.admission.learn(scope.tenant, scope.stage, model.name, limit_ids, budget_ids)
         return limit_ids, budget_ids
 
     # -- the request path ---------------------------------------------------------------------

@@ -61,19 +61,23 @@ class RouterServicer:
         self._observer = observer
 
     async def Route(self, request: bytes, context: ServicerContext) -> bytes:
-        """Served from the request's bytes (see `add_router_to_server`). When only the router has a
-        say and nothing but sizes is observed, one call into Rust decodes, validates, decides and
-        encodes; otherwise the request takes the path Chat takes, to the same decision."""
+        """Served from the request's bytes (see `add_router_to_server`). When the Rust router can
+        decide alone (`Engine.routes_alone`) and nothing but sizes is observed, one call into Rust
+        decodes, validates, decides, checks the gate and encodes; otherwise (and for whatever that
+        call does not answer: a failure, a gate refusal, a scope the gate has not seen) the request
+        takes the path Chat takes, to the same decision."""
         engine = self._engine()
         observer = self._observer
         if observer.light and engine.routes_alone():
+            gate = engine.gate
             try:
-                answer, model, tenant, stage, chars = engine.router.route_wire(
-                    request, observer.route_tally
+                routed = engine.router.route_wire(
+                    request, observer.route_tally, gate.admission if gate.enabled else None
                 )
             except Exception:
-                pass  # decided again below, where the failure is reported with its request
-            else:
+                routed = None  # decided again below, where the failure is reported
+            if routed is not None:
+                answer, model, tenant, stage, chars = routed
                 if observer.logs_requests:
                     observer.routed(model, tenant, stage, chars)
                 return answer

@@ -10,6 +10,7 @@
 //! gate's admission stay in Python (they need the rule instances and shared state); a strategy
 //! shift arrives here as a `Shift`.
 
+mod admission;
 mod decode;
 mod request;
 mod tokens;
@@ -18,6 +19,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+pub use admission::{Admission, Admitted};
 pub use decode::route_request;
 pub use request::{Message, Params, RouteInput, RoutingOptions, MAX_ID_LENGTH, ROLES};
 pub use tokens::{Bpe, Tokenizer};

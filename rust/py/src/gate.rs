@@ -4,6 +4,8 @@
 //! Every method holds the GIL: the core takes well under a microsecond per call (criterion,
 //! rust/core/benches/gate.rs), much less than releasing and re-taking the GIL would cost.
 
+use std::sync::Arc;
+
 use pyo3::prelude::*;
 use switchpoint_core::{CoreError as RustError, Denial, Gate as Core, ReservationId};
 
@@ -52,7 +54,8 @@ fn reservation(id: i64) -> std::result::Result<ReservationId, RustError> {
 /// budgets (USD per UTC window), with reservations settled or released after each call.
 #[pyclass(frozen, module = "switchpoint._native")]
 pub struct Gate {
-    inner: Core,
+    /// Shared with the `Admission` of the router's Route calls.
+    pub(crate) inner: Arc<Core>,
 }
 
 impl Gate {
@@ -82,7 +85,9 @@ impl Gate {
 impl Gate {
     #[new]
     fn new() -> Self {
-        Self { inner: Core::new() }
+        Self {
+            inner: Arc::new(Core::new()),
+        }
     }
 
     /// Adds a rate-limit rule and returns its id; each limit is optional.

@@ -10,13 +10,15 @@ use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use rustc_hash::{FxBuildHasher, FxHashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use switchpoint_core::{
-    route_request, AutoRouting, Bpe, Decision, Message, Params, RequestCount, RouteInput,
-    RouteTally as Tally, Router as Core, RouterConfig, RoutingOptions, Shift, Stage, Tokenizer,
+    route_request, Admission as CoreAdmission, Admitted, AutoRouting, Bpe, Decision, Message,
+    Params, RequestCount, RouteInput, RouteTally as Tally, Router as Core, RouterConfig,
+    RoutingOptions, Shift, Stage, Tokenizer,
 };
 
 use crate::error::{Error, Result};
+use crate::gate::Gate;
 use crate::gil;
 use crate::table::ModelTable;
 
@@ -86,6 +88,34 @@ pub fn count_prompt_tokens(
         .map(|(role, content)| Message { role, content })
         .collect();
     tokenizer(encoding).count_messages(&messages)
+}
+
+/// What the token gate lets through, for `Router.route_wire` (see `switchpoint_core::Admission`).
+#[pyclass(frozen, module = "switchpoint._native")]
+pub struct Admission {
+    inner: CoreAdmission,
+}
+
+#[pymethods]
+impl Admission {
+    #[new]
+    fn new(gate: &Bound<'_, Gate>) -> Self {
+        Self {
+            inner: CoreAdmission::new(gate.get().inner.clone()),
+        }
+    }
+
+    /// The rate-limit and budget ids of `gate` that apply to `model` for `tenant` and `stage`.
+    fn learn(
+        &self,
+        tenant: &str,
+        stage: &str,
+        model: &str,
+        limits: Vec<usize>,
+        budgets: Vec<usize>,
+    ) {
+        self.inner.learn(tenant, stage, model, limits, budgets);
+    }
 }
 
 /// Route calls answered by `Router.route_wire`: counts and times for the metrics.
@@ -197,6 +227,16 @@ impl Held {
 fn strs(list: &[PyBackedStr]) -> Vec<&str> {
     list.iter().map(|s| &**s).collect()
 }
+
+/// Seconds since the Unix epoch, as Python's `time.time()` reads them.
+fn wall_clock_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
+}
+
+/// What `route_wire` answers: the decision's bytes, the model, tenant, stage, prompt characters.
+type Routed<'r, 'py> = (Bound<'py, PyBytes>, &'r str, String, String, usize);
 
 /// The router of one config load.
 #[pyclass(frozen, module = "switchpoint._native")]
@@ -322,21 +362,41 @@ impl Router {
     /// Route straight from `switchpoint.v1.RouteRequest` bytes: the `RouteDecision` bytes, the
     /// chosen model, the request's tenant and stage, and its prompt's length in characters (what
     /// its log line needs). The call is counted, and timed, in `tally`.
-    #[pyo3(signature = (request, tally = None))]
+    ///
+    /// With `admission` (the gate has rules), None unless it admits every candidate now (wall-clock
+    /// time, the `TokenGate`'s clock): the engine's path then decides, learns the rules or
+    /// reports the refusal.
+    #[pyo3(signature = (request, tally = None, admission = None))]
     fn route_wire<'py>(
         &self,
         py: Python<'py>,
         request: &[u8],
         tally: Option<&Bound<'py, RouteTally>>,
-    ) -> Result<(Bound<'py, PyBytes>, &str, String, String, usize)> {
+        admission: Option<&Bound<'py, Admission>>,
+    ) -> Result<Option<Routed<'_, 'py>>> {
         let started = Instant::now();
         let input = route_request(request)?;
         let long = prompt_bytes(&input) > DETACH_ABOVE_BYTES;
-        let (answer, decision) = gil::run(py, long, || {
-            let decision = self.inner.decide(&input, None)?;
-            Ok::<_, switchpoint_core::CoreError>((self.inner.encode(&decision), decision))
-        })?;
-        let answer = PyBytes::new(py, &answer);
+        let decision = gil::run(py, long, || self.inner.decide(&input, None))?;
+        if let Some(admission) = admission {
+            let candidates = decision
+                .candidates
+                .iter()
+                .map(|c| (self.inner.name(c.index), c.estimated_cost_usd));
+            let tokens = decision.input_tokens.saturating_add(decision.output_tokens);
+            let routing = &input.routing;
+            let admitted = admission.get().inner.admits(
+                routing.tenant,
+                routing.stage,
+                candidates,
+                tokens,
+                wall_clock_s(),
+            )?;
+            if admitted != Admitted::All {
+                return Ok(None);
+            }
+        }
+        let answer = PyBytes::new(py, &self.inner.encode(&decision));
         let model = self.inner.name(decision.candidates[0].index);
         if let Some(tally) = tally {
             let seconds = started.elapsed().as_secs_f64();
@@ -346,7 +406,7 @@ impl Router {
                 .inner
                 .record(model, routing.tenant, routing.stage, seconds);
         }
-        Ok((
+        Ok(Some((
             answer,
             model,
             input.routing.tenant.to_owned(),
@@ -356,7 +416,7 @@ impl Router {
                 .iter()
                 .map(|m| m.content.chars().count())
                 .sum(),
-        ))
+        )))
     }
 
     fn __repr__(&self) -> String {
