@@ -247,3 +247,22 @@ async def test_a_stopping_sidecar_writes_the_lines_still_waiting(
         assert request_records.records == []
     outcomes = [(r.rpc, r.outcome) for r in request_records.records]  # type: ignore[attr-defined]
     assert outcomes == [("Route", "ok"), ("Route", "invalid_argument")]
+
+
+async def test_a_route_the_router_answers_alone_logs_like_any_other(
+    request_records: RecordedLogs,
+) -> None:
+    config = routing_config()
+    config["telemetry"] = {"request_log_flush_ms": 0}
+    async with running_sidecar(config) as running:
+        await running.stub.Route(
+            pb.RouteRequest(messages=user("héllo"), routing=pb.RoutingOptions(tenant="acme"))
+        )
+    [record] = request_records.records
+    fields = record.__dict__
+    assert (fields["rpc"], fields["outcome"], fields["tenant"]) == ("Route", "ok", "acme")
+    assert fields["model"] in {"cheap", "fast", "strong", "tiny"}
+    assert fields["prompt_chars"] == 5
+    assert "prompt" not in fields
+    assert fields["latency_ms"] > 0
+    assert len(fields["request_id"]) == 32

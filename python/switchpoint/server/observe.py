@@ -109,9 +109,11 @@ class RequestObserver:
     def logs_requests(self) -> bool:
         return self._request_log.enabled
 
-    def routed(self, model: str, tenant: str, stage: str, prompt_chars: int) -> None:
-        """The log line of a Route call answered from its bytes (see `light`). Its latency is
-        in the metrics (`route_tally`); the line reports none."""
+    def routed(
+        self, model: str, tenant: str, stage: str, prompt_chars: int, elapsed_s: float
+    ) -> None:
+        """The log line of a Route call answered from its bytes (see `light`); its metrics are
+        the router's (`route_tally`)."""
         self._request_log.add(
             request_id=new_request_id(),
             rpc="Route",
@@ -119,7 +121,7 @@ class RequestObserver:
             stage=stage,
             model=model,
             outcome="ok",
-            latency_ms=0.0,
+            latency_ms=elapsed_s * 1000.0,
             cost_usd=0.0,
             attempts=0,
             prompt=prompt_chars,

@@ -70,6 +70,7 @@ class RouterServicer:
         observer = self._observer
         if observer.light and engine.routes_alone():
             gate = engine.gate
+            started = time.perf_counter()
             try:
                 routed = engine.router.route_wire(
                     request, observer.route_tally, gate.admission if gate.enabled else None
@@ -77,10 +78,9 @@ class RouterServicer:
             except Exception:
                 routed = None  # decided again below, where the failure is reported
             if routed is not None:
-                answer, model, tenant, stage, chars = routed
                 if observer.logs_requests:
-                    observer.routed(model, tenant, stage, chars)
-                return answer
+                    observer.routed(*routed[1:], time.perf_counter() - started)
+                return routed[0]
         return await self._route(engine, request, context)
 
     async def _route(self, engine: Engine, request: bytes, context: ServicerContext) -> bytes:
