@@ -1,4 +1,5 @@
 use super::*;
+use crate::error::Refusal;
 use crate::latency::LatencyTracker;
 use crate::table::tests::spec;
 
