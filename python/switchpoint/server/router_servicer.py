@@ -87,14 +87,7 @@ class RouterServicer:
         try:
             chat_input = convert.chat_input(pb.RouteRequest.FromString(request))
         except DecodeError:
-            chat_input = ChatInput(messages=(), request_id=new_request_id())
-            with self._observer.observe(
-                "Route", context, chat_input, calls_providers=False
-            ) as seen:
-                failure = InvalidRequestError(
-                    "request", "is not a valid switchpoint.v1.RouteRequest"
-                )
-                await _abort(context, failure, chat_input.request_id, seen)
+            await self._refuse_undecodable(context)
         with self._observer.observe("Route", context, chat_input, calls_providers=False) as seen:
             try:
                 seen.decision = engine.decide(chat_input)
