@@ -59,7 +59,7 @@ def estimate_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
 class TokenCounter:
     """Loads encodings by name; built once per config load, safe to call from any thread.
 
-    Encodings load on first use (~0.3 s for cl100k, ~0.5 s for o200k) and stay cached here; a
+    Encodings load on first use (~0.2 s for cl100k, ~0.35 s for o200k) and stay cached here; a
     `BpeEncoding` is immutable and shared with the Rust router.
     """
 
