@@ -197,3 +197,29 @@ async def test_route_without_span_export_still_counts_and_times_every_call(
     assert value("switchpoint_requests_total", outcome="invalid_argument") == 1
     assert value("switchpoint_routing_overhead_seconds_count", rpc="Route") == 4
     assert value("switchpoint_routing_overhead_seconds_sum", rpc="Route") > 0
+
+
+async def test_without_a_span_exporter_providers_still_get_the_callers_trace(
+    openai_server: OpenAIServer, anthropic_server: AnthropicServer
+) -> None:
+    # Nothing records spans, so the sidecar makes none: the caller's own trace context (and
+    # baggage) is what each provider request carries on, through the fallback too.
+    telemetry = Telemetry(TelemetryConfig(metrics_address=None), environ={})
+    openai_server.script.push(error(500))
+    env = {"T_OAI": OPENAI_TEST_KEY, "T_ANT": ANTHROPIC_TEST_KEY}
+    async with running_sidecar(
+        _config(openai_server, anthropic_server), env, telemetry=telemetry
+    ) as sidecar:
+        request = pb.ChatRequest(
+            messages=user("trace me please"),
+            routing=pb.RoutingOptions(models=["gpt", "claude"], weights=pb.Weights(cost=1)),
+        )
+        metadata = (("traceparent", TRACEPARENT), ("baggage", "team=checkout"))
+        reply = await sidecar.stub.Chat(request, metadata=metadata)
+        untraced = await sidecar.stub.Chat(request)
+    assert (reply.model, untraced.model) == ("claude", "gpt")
+    traced = [openai_server.requests[0].headers, anthropic_server.requests[0].headers]
+    for headers in traced:
+        assert headers["traceparent"] == TRACEPARENT
+        assert headers["baggage"] == "team=checkout"
+    assert "traceparent" not in openai_server.requests[1].headers

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import Token
 from dataclasses import dataclass, field
 
 import grpc
@@ -58,23 +59,27 @@ class RequestObserver:
         *,
         calls_providers: bool = True,
     ) -> AbstractContextManager[Observation]:
-        if not (self._records_spans or calls_providers):
-            # Nothing would read the caller's trace context: no span is recorded and no provider
-            # request carries it on. Extracting and attaching it cost a Route call ~5 us.
-            return _Unspanned(self, rpc, request)
+        if not self._records_spans:
+            # No span is recorded. A call that reaches providers still carries the caller's trace
+            # context on, so that is attached; a no-op root span would carry it unchanged, and
+            # building one (with its context swaps) cost a Chat ~10 us. Without providers nothing
+            # reads the context: extracting and attaching it cost a Route call ~5 us.
+            parent = self._parent(context) if calls_providers else None
+            return _Unspanned(self, rpc, request, parent)
         return self._spanned(rpc, context, request)
+
+    def _parent(self, context: grpc.aio.ServicerContext[object, object]) -> otel_context.Context:
+        """The caller's trace context (W3C `traceparent`, baggage) from the call's metadata."""
+        if self._telemetry is None:
+            return otel_context.get_current()
+        return self._telemetry.extract(context.invocation_metadata() or ())
 
     @contextmanager
     def _spanned(
         self, rpc: str, context: grpc.aio.ServicerContext[object, object], request: ChatInput
     ) -> Iterator[Observation]:
-        parent = (
-            self._telemetry.extract(context.invocation_metadata() or ())
-            if self._telemetry
-            else otel_context.get_current()
-        )
         # Attached (not only passed as the parent) so incoming baggage follows outgoing calls.
-        token = otel_context.attach(parent)
+        token = otel_context.attach(self._parent(context))
         try:
             with self._tracer.start_as_current_span(
                 SPAN_REQUEST,
@@ -152,19 +157,34 @@ class RequestObserver:
 
 
 class _Unspanned:
-    """`observe` without a span, as a plain context manager: a generator-based one costs a
-    Route call a few microseconds more."""
+    """`observe` without a span, as a plain context manager (a generator-based one costs a call
+    a few microseconds more); with `parent`, that trace context is current inside the block."""
 
-    __slots__ = ("_observation", "_observer", "_request", "_rpc")
+    __slots__ = ("_observation", "_observer", "_parent", "_request", "_rpc", "_token")
 
-    def __init__(self, observer: RequestObserver, rpc: str, request: ChatInput) -> None:
+    def __init__(
+        self,
+        observer: RequestObserver,
+        rpc: str,
+        request: ChatInput,
+        parent: otel_context.Context | None,
+    ) -> None:
         self._observer = observer
         self._rpc = rpc
         self._request = request
+        self._parent = parent
+        self._token: Token[otel_context.Context] | None = None
         self._observation = Observation(trace.INVALID_SPAN)
 
     def __enter__(self) -> Observation:
+        if self._parent is not None:
+            self._token = otel_context.attach(self._parent)
+            self._observation.span = trace.get_current_span()
         return self._observation
 
     def __exit__(self, *exc_info: object) -> None:
-        self._observer._finish(self._rpc, self._request, self._observation)
+        try:
+            self._observer._finish(self._rpc, self._request, self._observation)
+        finally:
+            if self._token is not None:
+                otel_context.detach(self._token)
