@@ -101,11 +101,15 @@ class PooledHTTP1Transport(httpx.AsyncBaseTransport):
         pool = self._pools.get(origin)
         if pool is None:
             pool = self._pools[origin] = _OriginPool(self._max_connections)
-        try:
-            async with asyncio.timeout(timeouts.get("pool")):
-                await pool.slots.acquire()
-        except TimeoutError:
-            raise httpx.PoolTimeout("no connection free in the pool", request=request) from None
+        if pool.slots.locked():
+            try:
+                async with asyncio.timeout(timeouts.get("pool")):
+                    await pool.slots.acquire()
+            except TimeoutError:
+                raise httpx.PoolTimeout("no connection free in the pool", request=request) from None
+        else:
+            # A free slot is taken without waiting: no timer to arm and cancel for it.
+            await pool.slots.acquire()
         connection: _Connection | None = None
         try:
             connection = self._idle_connection(pool) or await self._connect(
@@ -181,9 +185,15 @@ async def _send(connection: _Connection, request: httpx.Request, within_s: float
     except h11.LocalProtocolError as exc:
         raise httpx.LocalProtocolError(str(exc), request=request) from exc
     try:
-        connection.writer.write(data)
-        async with asyncio.timeout(within_s):
-            await connection.writer.drain()
+        writer = connection.writer
+        writer.write(data)
+        if writer.transport.get_write_buffer_size():
+            async with asyncio.timeout(within_s):
+                await writer.drain()
+        else:
+            # All of it went to the socket at once (the usual case): drain only reports a lost
+            # connection, without waiting, so it needs no timer.
+            await writer.drain()
     except TimeoutError:
         raise httpx.WriteTimeout("write timed out", request=request) from None
     except OSError as exc:
