@@ -72,6 +72,8 @@ class Engine:
         self.tracer = tracer or trace.NoOpTracer()
         # Spans the no-op tracer would hand out cost a few microseconds each and record nothing.
         self._records_spans = records_spans(self.tracer)
+        # What of `routes_alone` a config load fixes; only the breakers change between calls.
+        self._router_may_answer = not self._records_spans and self.gate.admits_in_rust
         self.metrics = metrics or NullMetrics()
         self.adapters = adapters
         self.cache = (
@@ -114,7 +116,7 @@ class Engine:
         """Whether the Rust router can answer a Route call from its bytes (`Router.route_wire`)
         with the decision `decide` would make: no open breaker, no span to record, and a gate it
         can check itself (`TokenGate.admits_in_rust`)."""
-        return not self._records_spans and self.gate.admits_in_rust and self.breakers.all_closed()
+        return self._router_may_answer and self.breakers.all_closed()
 
     def decide(self, request: ChatInput, *, for_call: bool = False) -> Decision:
         """Validate, route, and drop the candidates the gate or an open breaker refuses now.

@@ -121,6 +121,9 @@ class TokenGate:
         self._pressured = [
             (i, b, b.pressure) for i, b in enumerate(config.budgets) if b.pressure is not None
         ]
+        # A Route call's admission can be checked by the Rust router (`admission`): no budget
+        # shifts strategies and the gate runs on wall-clock time, as the router reads it.
+        self.admits_in_rust = not self._pressured and clock is time.time
         self._limit_ids: dict[tuple[int, Scope], int] = {}
         self._limit_names: dict[int, str] = {}
         self._budget_instances: dict[tuple[int, Scope], BudgetInstance] = {}
@@ -132,12 +135,6 @@ class TokenGate:
     @property
     def enabled(self) -> bool:
         return self._enabled
-
-    @property
-    def admits_in_rust(self) -> bool:
-        """A Route call's admission can be checked by the Rust router (`admission`): no budget
-        shifts strategies and the gate runs on wall-clock time, as the router reads it."""
-        return not self._pressured and self._clock is time.time
 
     def now(self) -> float:
         return self._clock()

