@@ -211,6 +211,9 @@ async def test_a_reload_that_changes_the_limit_reaches_the_other_replica(
     openai_server: OpenAIServer, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     async with _replicas(openai_server, redis_server, 2.0, 2.0) as (first, second):
+        await first.set_budget(1.5)
+        await second.until_limit(1.5)
+        # The reload is the newer setting: it replaces the Admin one, where it was set too.
         path = tmp_path / "reloaded.yaml"
         path.write_text(
             yaml.safe_dump(_config(openai_server, redis_server.url, "r0", 3.0)), encoding="utf-8"

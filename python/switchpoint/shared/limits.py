@@ -2,7 +2,7 @@
 
 Each window's pool holds the limit its grants are measured against (store.py). A replica offers
 a limit with every lease: the latest one set at run time for the instance, as read from the
-budget's limits hash at the start of each sync round, or else its own config's. The pool takes
+budget's limits hash once each sync round, or else its own config's. The pool takes
 the first offer and afterwards only a later setting, so:
 
 - replicas whose configs disagree follow whichever config created the window, and each logs the
@@ -166,14 +166,6 @@ class SharedLimits:
                 nanos_to_usd(instance.config_nanos),
                 window_start_s,
             )
-
-    def instances_of(self, budget: str, scope: str) -> list[int]:
-        """The budget ids a setting for `scope` ("*": every instance) applies to."""
-        return [
-            budget_id
-            for budget_id, instance in self._instances.items()
-            if instance.budget == budget and scope in (EVERY_INSTANCE, instance.scope)
-        ]
 
     def _remember(self, budget: str, scope: str, offer: LimitOffer) -> None:
         settings = self._settings.setdefault(budget, {})
