@@ -10,7 +10,7 @@ With shared state (`shared`), each budget instance and each rate-limit instance 
 is registered with the lease manager as it is created. A refusal only for want of this replica's
 lease ("budget" with the limit not reached, "rpm-lease", "tpm-lease") tops the lease up from Redis
 and reserves again, once per kind; routing treats such a model as admissible. Concurrency limits
-stay per replica.
+stay per replica. A shared budget's limit is the one Redis holds (switchpoint.shared.limits).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from switchpoint.errors import QuotaExceededError
 from switchpoint.registry import Registry
 from switchpoint.routing import Decision
 from switchpoint.routing.decision import StrategyShift
-from switchpoint.shared import LEASE_KINDS, SharedQuota
+from switchpoint.shared import EVERY_INSTANCE, LEASE_KINDS, SharedQuota
 
 Scope = tuple[tuple[ScopeKey, str], ...]
 
@@ -65,7 +65,7 @@ def _instance_scope(match: dict[ScopeKey, str], values: dict[ScopeKey, str]) -> 
     return tuple(scope)
 
 
-def _describe(scope: Scope) -> str:
+def _describe(scope: Iterable[tuple[str, str]]) -> str:
     return ",".join(f"{k}={v}" for k, v in scope)
 
 
@@ -167,7 +167,14 @@ class TokenGate:
             found = BudgetInstance(rule, scope, gate_id)
             self._budget_instances[key] = found
             if self.shared is not None:
-                self.shared.register_budget(gate_id, name=name, window=rule.window)
+                self.shared.register_budget(
+                    gate_id,
+                    name=name,
+                    window=rule.window,
+                    budget=rule.name,
+                    scope=_describe(scope),
+                    config_limit_usd=rule.limit_usd,
+                )
         return found
 
     def ids_for(self, scope: RequestScope, model: ModelConfig) -> tuple[list[int], list[int]]:
@@ -361,6 +368,20 @@ class TokenGate:
                 changed += 1
         return changed
 
+    async def change_budget_limit(
+        self, name: str, limit_usd: float, scope: Sequence[tuple[str, str]]
+    ) -> int:
+        """Admin SetBudget: `set_budget_limit`, and for a shared budget Redis first (raising
+        REDIS_ERRORS when unreachable, and then nothing changed), then a sync round so that the
+        pools of this replica's instances hold the new limit at once. Other replicas follow at
+        their next round."""
+        if self.shared is None:
+            return self.set_budget_limit(name, limit_usd, scope)
+        await self.shared.set_limit(name, _describe(sorted(scope)) or EVERY_INSTANCE, limit_usd)
+        changed = self.set_budget_limit(name, limit_usd, scope)
+        await self.shared.sync()
+        return changed
+
     # -- config reload ------------------------------------------------------------------------
 
     def carry_over(self, previous: TokenGate) -> None:
@@ -370,17 +391,20 @@ class TokenGate:
 
         A budget instance is kept when a budget of the same name and window still selects its
         scope; its limit becomes the new config's, unless an admin override (kept too) set it.
+        Shared budgets follow Redis instead: a changed config limit is a setting, written to
+        Redis for every instance (replacing earlier overrides) and applied here at once.
         A rate-limit instance is kept when a limit of the same name with the same rpm, tpm and
         concurrency still selects its scope. Call it before this gate serves any request.
         """
         if previous.gate is not self.gate:
             raise ValueError("carry_over: both gates must share one Rust Gate")
         budgets = {rule.name: (i, rule) for i, rule in enumerate(self._budgets)}
+        changed = self._shared_limits_changed(previous)
         # An override is keyed "name" or "name[scope]"; it outlives the reload with its budget.
         self._limit_overrides = {
             key: limit
             for key, limit in previous._limit_overrides.items()
-            if key.split("[", 1)[0] in budgets
+            if key.split("[", 1)[0] in budgets.keys() - changed
         }
         limits = {rule.name: (i, rule) for i, rule in enumerate(self._limits)}
         for (old_index, scope), limit_id in previous._limit_ids.items():
@@ -404,8 +428,24 @@ class TokenGate:
             if _instance_scope(dict(budget.match), dict(scope)) != scope:
                 continue
             self._budget_instances[(index, scope)] = BudgetInstance(budget, scope, instance.gate_id)
+            if self.shared is not None and budget.name not in changed:
+                continue  # its limit is the one Redis holds, which the lease manager follows
             limit = self._limit_overrides.get(self._override_key(budget.name, scope))
             if limit is None:
                 limit = self._limit_overrides.get(budget.name, budget.limit_usd)
             if self.gate.budget_state(instance.gate_id, now)[0] != limit:
                 self.gate.set_budget_limit(instance.gate_id, limit)
+
+    def _shared_limits_changed(self, previous: TokenGate) -> set[str]:
+        """The shared budgets whose configured limit a reload from `previous` changes, each
+        handed to the lease manager to write to Redis."""
+        if self.shared is None:
+            return set()
+        limits = {rule.name: rule.limit_usd for rule in self._budgets}
+        changed = set()
+        for old in previous._budgets:
+            limit = limits.get(old.name)
+            if limit is not None and limit != old.limit_usd:
+                changed.add(old.name)
+                self.shared.config_limit_changed(old.name, limit)
+        return changed

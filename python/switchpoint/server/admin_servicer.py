@@ -11,6 +11,8 @@ import grpc
 
 from switchpoint.engine import Engine
 from switchpoint.reload import ReloadResult
+from switchpoint.shared import MAX_SHARED_LIMIT_USD, REDIS_ERRORS
+from switchpoint.shared.redis_errors import describe, raise_if_cancelled
 from switchpoint.v1 import admin_pb2 as pb
 from switchpoint.v1 import admin_pb2_grpc
 
@@ -61,7 +63,23 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"name: no budget named '{request.name}' in the config"
             )
-        engine.gate.set_budget_limit(request.name, request.limit_usd, sorted(request.scope.items()))
+        if engine.shares_budgets and request.limit_usd > MAX_SHARED_LIMIT_USD:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"limit_usd: must be <= {MAX_SHARED_LIMIT_USD:.2f} for a budget shared through "
+                "Redis",
+            )
+        try:
+            await engine.gate.change_budget_limit(
+                request.name, request.limit_usd, sorted(request.scope.items())
+            )
+        except REDIS_ERRORS as exc:
+            raise_if_cancelled(exc)
+            # Changed on this replica alone, the limit would not hold: nothing is changed.
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"shared_state: Redis is unreachable ({describe(exc)}); the limit was not changed",
+            )
         return self._budgets(request.name, "")
 
     async def ReloadConfig(

@@ -2,13 +2,16 @@
 
 `SharedQuota` (quota.py) is the lease manager a server creates when `shared_state.redis_url` is
 set; store.py is the Redis side (key layout, Lua scripts), ledger.py the budgets' local
-bookkeeping, rate.py the rate limits' (per-minute pools), status.py what it reports.
+bookkeeping, limits.py the budgets' limits held in Redis, rate.py the rate limits' (per-minute
+pools), status.py what it reports.
 """
 
 from switchpoint.config import Policy, SharedStateConfig
 from switchpoint.shared.ledger import BudgetLedgerPort
+from switchpoint.shared.limits import EVERY_INSTANCE, MAX_SHARED_LIMIT_USD
 from switchpoint.shared.quota import SharedQuota
 from switchpoint.shared.rate import LEASE_KINDS, RateLimiterPort
+from switchpoint.shared.redis_errors import REDIS_ERRORS
 from switchpoint.shared.status import (
     BudgetLeaseStatus,
     GatePort,
@@ -18,7 +21,10 @@ from switchpoint.shared.status import (
 from switchpoint.shared.store import QuotaStore
 
 __all__ = [
+    "EVERY_INSTANCE",
     "LEASE_KINDS",
+    "MAX_SHARED_LIMIT_USD",
+    "REDIS_ERRORS",
     "BudgetLeaseStatus",
     "BudgetLedgerPort",
     "GatePort",

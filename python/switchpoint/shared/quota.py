@@ -10,6 +10,8 @@ The loop: every `sync_interval_s`, for each budget, take the ledger's unreported
 it as reports, send the queue, then lease more if less than half a slice is left; `top_up` does
 the same at once for one budget when a reservation was refused only for want of lease.
 
+Each budget's limit is held in Redis too, and the ledger follows it: see limits.py.
+
 Rate limits (RPM, TPM) are shared the same way, through a pool per UTC minute: see rate.py for
 their rules and bound. Each round syncs the budgets and then the rate limits, and `top_up_rate`
 is the rate limits' `top_up`.
@@ -30,11 +32,13 @@ import time
 import uuid
 from collections.abc import Callable
 
-from redis.exceptions import RedisError
-
 from switchpoint.config import SharedStateConfig
 from switchpoint.shared.ledger import BudgetLease, LocalState
+from switchpoint.shared.limits import SharedLimits
 from switchpoint.shared.rate import RateLease, RateLeaser
+from switchpoint.shared.redis_errors import REDIS_ERRORS
+from switchpoint.shared.redis_errors import describe as _describe
+from switchpoint.shared.redis_errors import raise_if_cancelled as _raise_if_cancelled
 from switchpoint.shared.status import (
     BudgetLeaseStatus,
     GatePort,
@@ -49,10 +53,6 @@ from switchpoint.shared.store import (
 )
 
 _log = logging.getLogger(__name__)
-
-# What "Redis is unreachable" looks like: refused or reset connections, timeouts, and a Redis
-# that answers with an error (loading, read-only replica after a failover, out of memory).
-REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 
 
 class SharedQuota:
@@ -82,6 +82,7 @@ class SharedQuota:
         self._reporter = f"{self.replica_id}/{uuid.uuid4().hex[:12]}"
         self._seq = 0
         self._budgets: dict[int, BudgetLease] = {}
+        self._limits = SharedLimits(ledger)
         self._rates: dict[int, RateLease] = {}
         self._rate_leaser = RateLeaser(
             store,
@@ -113,16 +114,32 @@ class SharedQuota:
     def pending_usd(self) -> float:
         return sum(lease.pending_usd for lease in self._budgets.values())
 
-    def register_budget(self, budget_id: int, *, name: str, window: str) -> None:
-        """Shares gate budget `budget_id` (named `name`, window "hour"/"day"/"month"/"total").
+    def register_budget(
+        self,
+        budget_id: int,
+        *,
+        name: str,
+        window: str,
+        budget: str | None = None,
+        scope: str = "",
+        config_limit_usd: float | None = None,
+    ) -> None:
+        """Shares gate budget `budget_id` (named `name`, window "hour"/"day"/"month"/"total"),
+        the instance for `scope` (e.g. "tenant=acme") of config budget `budget` (default `name`),
+        whose configured limit is `config_limit_usd` (default: the ledger's limit now).
 
         Its ledger is capped at once: at nothing, until the first sync leases a slice (or, if
         Redis is already known to be down under fail-open, at the full limit).
         """
         if budget_id in self._budgets:
             raise ValueError(f"budget {budget_id} ({name!r}) is already registered")
+        if config_limit_usd is None:
+            config_limit_usd = self._ledger.budget_state(budget_id, self._clock())[0]
         lease = BudgetLease(budget_id, name, window)
         self._budgets[budget_id] = lease
+        self._limits.register(
+            budget_id, budget=budget or name, scope=scope, name=name, config_usd=config_limit_usd
+        )
         self._set_leased(lease, None if self._uncapped() else 0.0)
 
     def register_rate_limit(
@@ -198,6 +215,7 @@ class SharedQuota:
         for rate in rates:
             async with rate.lock:
                 self._rate_leaser.collect(rate)
+        self._limits.read_next_lease()
         try:
             for lease in leases:
                 async with lease.lock:
@@ -270,6 +288,16 @@ class SharedQuota:
                 self._degrade(exc)
             return leaser.fits(lease, tokens)
 
+    async def set_limit(self, budget: str, scope: str, limit_usd: float) -> None:
+        """Admin SetBudget: writes config budget `budget`'s limit, for every instance (`scope`
+        "*") or one, to Redis. Raises REDIS_ERRORS when Redis is unreachable, and then nothing
+        changed; each replica holding an instance follows it at its next `sync`."""
+        await self._limits.set(self._store, budget, scope, limit_usd)
+
+    def config_limit_changed(self, budget: str, limit_usd: float) -> None:
+        """A config reload changed `budget`'s limit: a setting, written at the next `sync`."""
+        self._limits.config_changed(budget, limit_usd)
+
     def rate_within_limit(self, limit_id: int, tokens: int) -> bool:
         """False if this replica's own usage fills rate limit `limit_id` for the minute, so no
         lease can admit a call of `tokens` before the next one."""
@@ -338,18 +366,22 @@ class SharedQuota:
 
     async def _sync_budget(self, lease: BudgetLease, *, need_usd: float) -> None:
         await self._flush(lease)
+        await self._limits.refresh(self._store)
         state = self._state(lease)
         if state.window_start_s != lease.window_start_s:
             return  # the window turned meanwhile: the next round collects and leases afresh
         want = self._want(lease, state, need_usd)
-        reply = await self._store.lease(
+        offer = self._limits.offer(lease.budget_id)
+        reply = await self._store.lease_budget(
             self._key(lease),
             replica=self.replica_id,
             want=want,
-            limit=round(state.limit_usd * NANOS_PER_USD),
+            limit=offer.nanos,
+            limit_seq=offer.seq,
             expire=expire_at(lease.window_end_s),
             known=lease.reported_nanos,
         )
+        self._limits.follow(lease.budget_id, reply, state.window_start_s, self._clock())
         if reply.restored:
             _log.warning(
                 "shared state: Redis had lost $%.6f of this replica's spend on budget %r "
@@ -459,15 +491,3 @@ class SharedQuota:
         )
         self._degraded_since = None
         self._degraded_reason = ""
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _raise_if_cancelled(exc: BaseException) -> None:
-    """A cancelled caller (a client gone, a timeout) must not be taken for Redis being down:
-    redis-py can turn a cancellation inside a command into a connection or timeout error."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError from exc

@@ -8,10 +8,11 @@ from typing import Protocol
 
 from switchpoint.config import Policy
 from switchpoint.shared.ledger import BudgetLedgerPort
+from switchpoint.shared.limits import LimitPort
 from switchpoint.shared.rate import RateLimiterPort
 
 
-class GatePort(BudgetLedgerPort, RateLimiterPort, Protocol):
+class GatePort(BudgetLedgerPort, LimitPort, RateLimiterPort, Protocol):
     """The part of `switchpoint._native.Gate` that the lease manager uses."""
 
 

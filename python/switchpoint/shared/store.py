@@ -1,4 +1,4 @@
-"""The Redis side of quota leases: the key layout and the three atomic Lua scripts.
+"""The Redis side of quota leases: the key layout and the atomic Lua scripts.
 
 One hash per pool holds everything about it, so every script touches a single key (atomic by
 construction, and valid on Redis Cluster). A budget has a pool per window; a shared rate limit
@@ -11,6 +11,16 @@ has one per UTC minute for each of its RPM and TPM (switchpoint.shared.rate):
       out:{replica}   what the replica was granted and has not yet reported as spent
       spent:{replica} what the replica has reported as spent
       seq:{reporter}  last report sequence number applied from one replica incarnation
+      limit           a budget's limit for the window (nano-USD), and limit_seq where it came
+      limit_seq       from: 0 a replica's config, n > 0 the n-th limit set at run time
+
+A budget's limits set at run time (Admin SetBudget, or a config reload that changed the limit)
+live in one hash per budget, which replicas read every sync round and offer to each window:
+
+    {prefix}:budget-limit:{name}                      e.g. switchpoint:budget-limit:team-a
+      seq             how many limits were set for the budget: the order of the settings
+      limit:*         the limit set for every instance, and seq:* its order
+      limit:{scope}   the limit set for one instance (e.g. limit:tenant=acme), and seq:{scope}
 
 Amounts are integers: nano-USD for budgets, whole requests or tokens for rate limits. Lua numbers
 are doubles, exact for integers up to 2^53, so sums never drift the way repeated float additions
@@ -22,6 +32,7 @@ the key's expiry to a grace period past the window's end, so old windows clean t
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,10 +62,8 @@ end
 # `known` is what the replica knows it has reported in the window; Redis holding less means it
 # lost data (restarted without persistence, failed over to a lagging replica, evicted the key),
 # and the lost spend is committed again first, so the pool does not hand it out a second time.
-_LEASE = (
-    _COMMON
-    + """
-local replica, want, limit, known = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
+_RESTORE = """
+local replica, want, known = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5])
 local restored = known - int('spent:' .. replica)
 if restored > 0 then
   redis.call('HINCRBY', KEYS[1], 'committed', str(restored))
@@ -62,6 +71,8 @@ if restored > 0 then
 else
   restored = 0
 end
+"""
+_GRANT = """
 local committed = int('committed')
 local grant = math.min(want, limit - committed - int('leased'))
 if grant > 0 then
@@ -71,7 +82,51 @@ else
   grant = 0
 end
 expire(ARGV[4])
-return {grant, int('out:' .. replica), int('spent:' .. replica), committed, restored}
+"""
+_LEASE = (
+    _COMMON
+    + _RESTORE
+    + "local limit = tonumber(ARGV[3])"
+    + _GRANT
+    + "return {grant, int('out:' .. replica), int('spent:' .. replica), committed, restored}"
+)
+
+# A budget's lease: ARGV as _LEASE's, `limit` being an offer, plus limit_seq, the offer's order.
+# The pool's own limit is what grants are measured against: the first offer sets it, and only a
+# later setting (a higher limit_seq) replaces it, so replicas whose configs disagree all follow
+# the first. Past a lowered limit, the caller's unspent lease is taken back down to what the
+# limit still leaves (each replica's at its next lease), so no replica can spend it any more.
+_BUDGET_LEASE = (
+    _COMMON
+    + _RESTORE
+    + """
+local offered_seq = tonumber(ARGV[6])
+if not redis.call('HGET', KEYS[1], 'limit') or offered_seq > int('limit_seq') then
+  redis.call('HSET', KEYS[1], 'limit', ARGV[3], 'limit_seq', ARGV[6])
+end
+local limit = int('limit')
+local excess = int('committed') + int('leased') - limit
+local revoke = math.min(excess, int('out:' .. replica))
+if revoke > 0 then
+  redis.call('HINCRBY', KEYS[1], 'out:' .. replica, str(-revoke))
+  redis.call('HINCRBY', KEYS[1], 'leased', str(-revoke))
+end
+"""
+    + _GRANT
+    + """
+return {grant, int('out:' .. replica), int('spent:' .. replica), committed, restored,
+        limit, int('limit_seq')}
+"""
+)
+
+# KEYS[1]: a budget's limits hash. ARGV: scope ("*" for every instance), limit. Returns the
+# setting's order, which makes it replace any limit set before it.
+_SET_LIMIT = (
+    _COMMON
+    + """
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[1], 'limit:' .. ARGV[1], ARGV[2], 'seq:' .. ARGV[1], str(seq))
+return seq
 """
 )
 
@@ -141,6 +196,13 @@ class LeaseReply:
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetLeaseReply(LeaseReply):
+    # The pool's limit after the call, and its limit_seq (0: from a replica's config).
+    limit: int
+    limit_seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class ReportReply:
     # False: this (reporter, seq) had been applied before; its earlier reply was lost.
     applied: bool
@@ -150,7 +212,7 @@ class ReportReply:
 
 
 class QuotaStore:
-    """The three lease scripts over one Redis client. Owns the client: `aclose` closes it."""
+    """The lease scripts over one Redis client. Owns the client: `aclose` closes it."""
 
     def __init__(self, client: Redis, *, key_prefix: str) -> None:
         self._client = client
@@ -160,6 +222,8 @@ class QuotaStore:
         self._lease = client.register_script(_LEASE)
         self._report = client.register_script(_REPORT)
         self._give_back = client.register_script(_GIVE_BACK)
+        self._budget_lease = client.register_script(_BUDGET_LEASE)
+        self._set_limit = client.register_script(_SET_LIMIT)
 
     @classmethod
     def from_url(cls, url: str, *, key_prefix: str, timeout_s: float) -> QuotaStore:
@@ -183,11 +247,46 @@ class QuotaStore:
     def rate_key(self, name: str, unit: str, minute_start_s: float) -> str:
         return f"{self._prefix}:rate:{name}:{unit}:{int(minute_start_s)}"
 
+    def limits_key(self, budget: str) -> str:
+        return f"{self._prefix}:budget-limit:{budget}"
+
     async def lease(
         self, key: str, *, replica: str, want: int, limit: int, expire: int, known: int = 0
     ) -> LeaseReply:
         reply = await self._lease(keys=[key], args=[replica, want, limit, expire, known])
         return LeaseReply(*_ints(reply, 5))
+
+    async def lease_budget(
+        self,
+        key: str,
+        *,
+        replica: str,
+        want: int,
+        limit: int,
+        limit_seq: int,
+        expire: int,
+        known: int = 0,
+    ) -> BudgetLeaseReply:
+        args: list[str | int] = [replica, want, limit, expire, known, limit_seq]
+        reply = await self._budget_lease(keys=[key], args=args)
+        return BudgetLeaseReply(*_ints(reply, 7))
+
+    async def set_limit(self, budget: str, scope: str, limit: int) -> int:
+        """Sets `budget`'s limit for one instance's `scope` ("*": every instance); returns the
+        setting's order."""
+        return int(await self._set_limit(keys=[self.limits_key(budget)], args=[scope, limit]))
+
+    async def read_limits(self, budgets: Iterable[str]) -> dict[str, dict[str, int]]:
+        """Each budget's limits hash (field -> integer), in one round trip."""
+        names = list(budgets)
+        pipe = self._client.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(self.limits_key(name))
+        replies = await pipe.execute()
+        return {
+            name: {_text(field): int(value) for field, value in reply.items()}
+            for name, reply in zip(names, replies, strict=True)
+        }
 
     async def report(
         self, key: str, *, replica: str, reporter: str, seq: int, spent: int, expire: int
@@ -201,6 +300,10 @@ class QuotaStore:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _ints(reply: Any, count: int) -> list[int]:
