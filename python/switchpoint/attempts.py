@@ -16,6 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from switchpoint._native import LatencyTracker
+from switchpoint.admission import AdmissionRejected
 from switchpoint.billing import Billing, Exposure
 from switchpoint.calls import AttemptRecord, CallState, ChatResult, StreamAttempt, StreamDelta
 from switchpoint.config import Config, ModelConfig
@@ -33,7 +34,7 @@ from switchpoint.providers.base import (
 from switchpoint.registry import Registry
 from switchpoint.request import Priority
 from switchpoint.resilience import Action, Breakers, CircuitBreaker, action_for, backoff_s
-from switchpoint.scheduler import AdmissionRejected, Scheduler
+from switchpoint.scheduler import Scheduler
 from switchpoint.stats import StatsBook, UsageKey
 from switchpoint.telemetry import EVENT_BREAKER, EVENT_FALLBACK, SPAN_PROVIDER_CALL
 from switchpoint.tokens import TokenCounter

@@ -68,6 +68,8 @@ class Engine:
         self.scheduler = scheduler or Scheduler(
             {m.name: m.max_concurrency for m in registry.models},
             max_age_s=config.routing.queue_max_age_s,
+            max_depth=config.routing.queue_max_depth,
+            max_wait_s=config.routing.queue_max_wait_s,
         )
         self.tracer = tracer or trace.NoOpTracer()
         # Spans the no-op tracer would hand out cost a few microseconds each and record nothing.
