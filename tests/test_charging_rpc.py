@@ -16,8 +16,10 @@ from tests.providers.anthropic_server import AnthropicServer
 from tests.providers.fixtures import ANTHROPIC_TEST_KEY, OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
 from tests.providers.script import answer_tokens, echo_answer, hang
+from tests.redis_server import RedisServer
 from tests.sidecar_harness import RunningSidecar, running_sidecar, user
 from tests.support.waiting import wait_until
+from tests.test_shared_budget_rpc import _committed_usd
 
 ADMIN_TOKEN = "admin-token-for-charging-tests"
 ENV = {
@@ -242,3 +244,22 @@ async def test_a_stream_hedge_loser_is_charged_its_prompt_and_listed(
     assert final.cost_usd == pytest.approx(winner.cost_usd + loser.cost_usd)
     assert spent == pytest.approx(final.cost_usd)
     assert reserved == 0.0
+
+
+async def test_a_cancelled_stream_is_charged_to_a_shared_budget_too(
+    openai_server: OpenAIServer, anthropic_server: AnthropicServer, redis_server: RedisServer
+) -> None:
+    openai_server.script.push(hang(10.0, after_chunks=1))
+    config = _config(openai_server, anthropic_server)
+    config["shared_state"] = {"redis_url": redis_server.url, "sync_interval_s": 0.1}
+    async with running_sidecar(config, ENV) as sidecar:
+        prompt = await _prompt_tokens(sidecar)
+        call = sidecar.stub.ChatStream(_chat("gpt"))
+        first = await call.read()
+        assert isinstance(first, pb.ChatChunk)
+        call.cancel()
+        await _nothing_held(sidecar)
+    # Stopped: the replica reported its spend to Redis and gave its unused lease back.
+    streamed = TokenCounter().count_text(first.delta, TOKENIZER)
+    charge = (prompt + streamed) * PER_TOKEN_USD
+    assert await _committed_usd(redis_server) == pytest.approx(charge, abs=1e-6)

@@ -141,10 +141,10 @@ class Billing:
 
 
 def _cut_by_switchpoint(cause: BaseException) -> bool:
-    """Whether the attempt was given up on this side (cancelled, or out of time) rather than
-    refused or failed by the provider, which does not bill that."""
+    """Whether the attempt was given up on this side (cancelled, or out of time waiting for the
+    answer) rather than refused or failed by the provider, which does not bill that."""
     if isinstance(cause, ProviderError):
-        return cause.error_class is ErrorClass.TIMEOUT
+        return cause.error_class is ErrorClass.TIMEOUT and cause.status is None
     return True
 
 
