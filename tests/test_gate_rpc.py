@@ -202,7 +202,7 @@ async def gated(servers: tuple[OpenAIServer, AnthropicServer]) -> AsyncIterator[
         yield sidecar
 
 
-async def test_cancelled_stream_releases_its_reservation(
+async def test_a_cancelled_stream_leaves_no_reservation_or_slot(
     gated: RunningSidecar, servers: tuple[OpenAIServer, AnthropicServer]
 ) -> None:
     servers[0].script.default = hang(2.0, after_chunks=1)

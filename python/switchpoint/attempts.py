@@ -17,7 +17,7 @@ from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from switchpoint._native import LatencyTracker
 from switchpoint.admission import AdmissionRejected
-from switchpoint.billing import Billing, Exposure
+from switchpoint.billing import Billing, Exposure, usage_key
 from switchpoint.calls import AttemptRecord, CallState, ChatResult, StreamAttempt, StreamDelta
 from switchpoint.config import Config, ModelConfig
 from switchpoint.errors import ErrorClass, ProviderError, QuotaExceededError
@@ -35,7 +35,7 @@ from switchpoint.registry import Registry
 from switchpoint.request import Priority
 from switchpoint.resilience import Action, Breakers, CircuitBreaker, action_for, backoff_s
 from switchpoint.scheduler import Scheduler
-from switchpoint.stats import StatsBook, UsageKey
+from switchpoint.stats import StatsBook
 from switchpoint.telemetry import EVENT_BREAKER, EVENT_FALLBACK, SPAN_PROVIDER_CALL
 from switchpoint.tokens import TokenCounter
 
@@ -58,11 +58,6 @@ class Outcome:
 def prior_latency_ms(model: ModelConfig, output_tokens: int) -> float:
     prior = model.latency_prior
     return prior.ttft_ms + output_tokens * prior.tpot_ms
-
-
-def _usage_key(call: CallState, model: ModelConfig) -> UsageKey:
-    routing = call.request.routing
-    return UsageKey(routing.tenant, routing.stage, model.name)
 
 
 class Attempts:
@@ -453,7 +448,7 @@ class Attempts:
                 cost,
             )
         )
-        self._stats.record_error(_usage_key(call, model))
+        self._stats.record_error(usage_key(call, model))
         self._metrics.provider_latency(
             model=model.name, provider=model.provider, seconds=attempt_s, outcome="error"
         )

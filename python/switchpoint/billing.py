@@ -45,7 +45,7 @@ class Exposure:
     answered: bool = False
 
 
-def _usage_key(call: CallState, model: ModelConfig) -> UsageKey:
+def usage_key(call: CallState, model: ModelConfig) -> UsageKey:
     routing = call.request.routing
     return UsageKey(routing.tenant, routing.stage, model.name)
 
@@ -80,7 +80,7 @@ class Billing:
         exposure.answered = True
         hold.settle(completion.input_tokens + completion.output_tokens, cost)
         self._stats.record_success(
-            _usage_key(call, model), completion.input_tokens, completion.output_tokens, cost
+            usage_key(call, model), completion.input_tokens, completion.output_tokens, cost
         )
         self._count(call, model, completion.input_tokens, completion.output_tokens, cost)
         return cost
@@ -110,7 +110,7 @@ class Billing:
         input_tokens = self._prompt_tokens(call, model, exposure)
         cost = self._registry.cost_usd(model, input_tokens, output_tokens)
         hold.settle(input_tokens + output_tokens, cost)
-        self._stats.record_tokens(_usage_key(call, model), input_tokens, output_tokens, cost)
+        self._stats.record_tokens(usage_key(call, model), input_tokens, output_tokens, cost)
         self._count(call, model, input_tokens, output_tokens, cost)
         call.unlisted_usage[model.name] = (input_tokens, output_tokens, cost)
 
