@@ -13,8 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
+from switchpoint.admission import AdmissionQueue
 from switchpoint.request import Priority
-from switchpoint.scheduler import AdmissionQueue
 
 ITERATIONS = 50_000
 

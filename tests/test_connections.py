@@ -16,6 +16,7 @@ import httpx
 import pytest
 import trustme
 
+from switchpoint.providers.base import SENT_MARK_EXTENSION, SentMark
 from switchpoint.providers.connections import PooledHTTP1Transport
 
 Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[bool]]
@@ -301,3 +302,36 @@ async def test_https_verifies_the_server_against_the_environment_trust_store(
     assert (first.content, second.content) == (b"secret", b"again")
     # Both trusted calls on one TLS connection; a refused handshake never reaches the handler.
     assert server.connections == 1
+
+
+async def test_a_request_is_marked_sent_when_its_bytes_go_out_and_not_before() -> None:
+    lean = PooledHTTP1Transport(max_connections=1, trust_env=False)
+
+    def marked(url: str, mark: SentMark) -> httpx.Request:
+        request = post(url)
+        request.extensions[SENT_MARK_EXTENSION] = mark
+        return request
+
+    holding, waiting, refused = SentMark(), SentMark(), SentMark()
+    try:
+        async with raw_server(stall(5.0, echo())) as server:
+            held = asyncio.create_task(call(lean, marked(server.url(), holding)))
+            for _ in range(200):
+                if server.requests:
+                    break
+                await asyncio.sleep(0.01)
+            # The pool's one connection is busy: this call waits for it and is cancelled there.
+            queued = asyncio.create_task(call(lean, marked(server.url(), waiting)))
+            await asyncio.sleep(0.05)
+            queued.cancel()
+            held.cancel()
+            await asyncio.gather(held, queued, return_exceptions=True)
+        # Nothing listens here: the connect fails before a byte goes out.
+        async with raw_server() as closed:
+            dead_url = closed.url()
+        with pytest.raises(httpx.ConnectError):
+            await call(lean, marked(dead_url, refused))
+    finally:
+        await lean.aclose()
+    assert len(server.requests) == 1
+    assert (holding.sent, waiting.sent, refused.sent) == (True, False, False)

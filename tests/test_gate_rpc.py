@@ -11,6 +11,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from switchpoint._native import CoreError
+from switchpoint.gate import RequestScope
 from switchpoint.v1 import admin_pb2, admin_pb2_grpc
 from switchpoint.v1 import router_pb2 as pb
 from tests.providers.anthropic_server import AnthropicServer
@@ -200,7 +202,7 @@ async def gated(servers: tuple[OpenAIServer, AnthropicServer]) -> AsyncIterator[
         yield sidecar
 
 
-async def test_cancelled_stream_releases_its_reservation(
+async def test_a_cancelled_stream_leaves_no_reservation_or_slot(
     gated: RunningSidecar, servers: tuple[OpenAIServer, AnthropicServer]
 ) -> None:
     servers[0].script.default = hang(2.0, after_chunks=1)
@@ -218,10 +220,13 @@ async def test_cancelled_stream_releases_its_reservation(
     assert gate.limit_state(0, gated.sidecar.engine.gate.now())[2] == 0
 
 
-async def test_upstream_timeout_releases_its_reservation(
+async def test_upstream_timeout_charges_each_sent_prompt_and_holds_nothing(
     gated: RunningSidecar, servers: tuple[OpenAIServer, AnthropicServer]
 ) -> None:
     servers[0].script.default = hang(3.0)
+    route = await gated.stub.Route(
+        pb.RouteRequest(messages=user("slow"), routing=pb.RoutingOptions(models=["gpt"]))
+    )
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await gated.stub.Chat(_chat("slow", "gpt"))
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -229,7 +234,33 @@ async def test_upstream_timeout_releases_its_reservation(
     assert engine_gate.gate.outstanding() == 0
     instance = next(iter(engine_gate.budget_instances()))
     _, spent, reserved, _, _ = engine_gate.gate.budget_state(instance.gate_id, engine_gate.now())
-    assert (spent, reserved) == (0.0, 0.0)
+    # Every attempt that timed out had reached the provider: its prompt is charged, no more.
+    prompt_cost = route.estimated_input_tokens * PRICE["input_per_mtok"] / 1e6
+    sent = len(servers[0].requests)
+    assert sent >= 1
+    assert spent == pytest.approx(sent * prompt_cost)
+    assert reserved == 0.0
+
+
+@pytest.mark.parametrize("bad_cost", [float("nan"), -0.01])
+async def test_a_settle_the_gate_refuses_releases_the_hold(
+    gated: RunningSidecar, bad_cost: float
+) -> None:
+    engine = gated.sidecar.engine
+    token_gate = engine.gate
+    model = engine.registry.models[0]
+    hold = await token_gate.reserve(RequestScope("acme", ""), model, 100, 0.1)
+    assert token_gate.gate.outstanding() == 1
+    with hold, pytest.raises(CoreError, match="cost_usd"):
+        hold.settle(10, bad_cost)
+    now = token_gate.now()
+    assert token_gate.gate.outstanding() == 0
+    assert token_gate.gate.limit_state(0, now)[2] == 0, "the concurrency slot leaked"
+    instance = next(iter(token_gate.budget_instances()))
+    assert token_gate.gate.budget_state(instance.gate_id, now)[1:3] == (0.0, 0.0)
+    # The gate still serves: the slot and the budget are there for the next call.
+    reply = await gated.stub.Chat(_chat("after", "gpt"))
+    assert reply.model == "gpt"
 
 
 # -- Admin ----------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -13,7 +14,7 @@ import pytest_asyncio
 
 from switchpoint.errors import ErrorClass, ProviderError
 from switchpoint.providers import create_adapter
-from switchpoint.providers.base import ChatMessage, ProviderAdapter, ProviderRequest
+from switchpoint.providers.base import ChatMessage, ProviderAdapter, ProviderRequest, SentMark
 from tests.providers.fixtures import (
     OPENAI_TEST_KEY,
     collect_stream,
@@ -239,14 +240,17 @@ async def test_remote_providers_go_through_the_environment_proxy(
     monkeypatch.delenv("no_proxy", raising=False)
     proxied = create_adapter("remote", "openai", "http://provider.invalid/v1", OPENAI_TEST_KEY)
     exempt = create_adapter("exempt", "openai", "http://exempt.invalid/v1", OPENAI_TEST_KEY)
+    # httpx's transport runs through a proxy: it marks a request sent as its headers go out.
+    proxied_mark, exempt_mark = SentMark(), SentMark()
     try:
-        through_proxy = await expect_failure(proxied, REQUEST)
-        direct = await expect_failure(exempt, REQUEST)
+        through_proxy = await expect_failure(proxied, replace(REQUEST, sent=proxied_mark))
+        direct = await expect_failure(exempt, replace(REQUEST, sent=exempt_mark))
     finally:
         await proxied.aclose()
         await exempt.aclose()
     assert through_proxy.error_class is ErrorClass.NOT_FOUND
     assert direct.error_class is ErrorClass.CONNECT  # NO_PROXY: resolved directly, and fails
+    assert (proxied_mark.sent, exempt_mark.sent) == (True, False)
 
 
 async def test_waiting_for_a_pooled_connection_is_bounded_by_the_call(

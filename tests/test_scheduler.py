@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from switchpoint.admission import Admission, AdmissionQueue, AdmissionRejected
 from switchpoint.errors import SwitchpointError
 from switchpoint.request import Priority
-from switchpoint.scheduler import Admission, AdmissionQueue, AdmissionRejected, Scheduler
+from switchpoint.scheduler import Scheduler
 
 REALTIME, INTERACTIVE, BATCH = Priority.REALTIME, Priority.INTERACTIVE, Priority.BATCH
 

@@ -16,6 +16,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from switchpoint._native import LatencyTracker
+from switchpoint.admission import AdmissionRejected
+from switchpoint.billing import Billing, Exposure, usage_key
 from switchpoint.calls import AttemptRecord, CallState, ChatResult, StreamAttempt, StreamDelta
 from switchpoint.config import Config, ModelConfig
 from switchpoint.errors import ErrorClass, ProviderError, QuotaExceededError
@@ -26,14 +28,16 @@ from switchpoint.providers.base import (
     Completion,
     ProviderAdapter,
     ProviderRequest,
+    SentMark,
     TextDelta,
 )
 from switchpoint.registry import Registry
 from switchpoint.request import Priority
 from switchpoint.resilience import Action, Breakers, CircuitBreaker, action_for, backoff_s
-from switchpoint.scheduler import AdmissionRejected, Scheduler
-from switchpoint.stats import StatsBook, UsageKey
+from switchpoint.scheduler import Scheduler
+from switchpoint.stats import StatsBook
 from switchpoint.telemetry import EVENT_BREAKER, EVENT_FALLBACK, SPAN_PROVIDER_CALL
+from switchpoint.tokens import TokenCounter
 
 log = logging.getLogger("switchpoint.engine")
 
@@ -56,11 +60,6 @@ def prior_latency_ms(model: ModelConfig, output_tokens: int) -> float:
     return prior.ttft_ms + output_tokens * prior.tpot_ms
 
 
-def _usage_key(call: CallState, model: ModelConfig) -> UsageKey:
-    routing = call.request.routing
-    return UsageKey(routing.tenant, routing.stage, model.name)
-
-
 class Attempts:
     """Runs turns. Holds references to the engine's shared state; no state of its own."""
 
@@ -77,6 +76,7 @@ class Attempts:
         stats: StatsBook,
         tracer: Tracer,
         metrics: MetricsSink,
+        tokens: TokenCounter,
     ) -> None:
         self._config = config
         self._registry = registry
@@ -88,6 +88,7 @@ class Attempts:
         self._stats = stats
         self._tracer = tracer
         self._metrics = metrics
+        self._billing = Billing(registry, stats, metrics, tokens, CONTINUE_PROMPT)
 
     # -- a turn, whole --------------------------------------------------------------------------
 
@@ -100,15 +101,17 @@ class Attempts:
             span = self._start_span(call, model, retry)
             started = time.perf_counter()
             try:
-                with hold:
+                with hold, self._billing.unanswered(call, model, hold, Exposure()) as exposure:
                     async with self._admitted(call, model):
                         call.waited_s += time.perf_counter() - started  # the admission queue
                         started = time.perf_counter()
                         completion = await self._adapters[model.provider].complete(
-                            self._provider_request(model, call, span),
+                            self._provider_request(model, call, span, exposure.sent),
                             timeout_s=self._timeout(call, model),
                         )
-                    result = self._settle(call, model, completion, started, ttft_ms=0.0, hold=hold)
+                    result = self._settle(
+                        call, model, completion, started, ttft_ms=0.0, hold=hold, exposure=exposure
+                    )
             except ProviderError as exc:
                 self._end_span(span, call, started, error=exc)
                 self._record_outcome(call, breaker, model, exc.error_class)
@@ -141,13 +144,21 @@ class Attempts:
             breaker, hold = opened
             span = self._start_span(call, model, retry)
             attempt = StreamAttempt(time.perf_counter())
+            # Charged by switchpoint.billing's rule if it ends without an answer.
+            exposure = Exposure("".join(call.sent))
             try:
-                with hold:
+                with hold, self._billing.unanswered(call, model, hold, exposure):
                     async with self._admitted(call, model):
                         call.waited_s += time.perf_counter() - attempt.started  # the queue
                         attempt.started = time.perf_counter()
                         relay = self._relay(
-                            call, model, hold=hold, attempt=attempt, outcome=outcome, span=span
+                            call,
+                            model,
+                            hold=hold,
+                            attempt=attempt,
+                            exposure=exposure,
+                            outcome=outcome,
+                            span=span,
                         )
                         async with aclosing(relay) as deltas:
                             async for delta in deltas:
@@ -155,13 +166,9 @@ class Attempts:
             except ProviderError as exc:
                 self._end_span(span, call, attempt.started, error=exc)
                 self._record_outcome(call, breaker, model, exc.error_class)
-                if attempt.parts:
-                    # The tokens already sent were produced and are charged (estimated: no usage
-                    # arrived), whatever happens next.
-                    self._charge_partial(call, model, len(attempt.parts), hold)
-                    if not self._config.routing.stream_continuation:
-                        self._record_failure(call, model, exc, attempt.started)
-                        raise
+                if exposure.streamed and not self._config.routing.stream_continuation:
+                    self._record_failure(call, model, exc, attempt.started)
+                    raise
                 if await self._after_failure(call, model, exc, attempt.started, retry):
                     continue
                 return
@@ -185,6 +192,7 @@ class Attempts:
         *,
         hold: Reservation,
         attempt: StreamAttempt,
+        exposure: Exposure,
         outcome: Outcome,
         span: Span,
     ) -> AsyncGenerator[StreamDelta, None]:
@@ -192,23 +200,32 @@ class Attempts:
         # The first delta after a switch names the model whose stream died.
         continued_from = call.attempts[-1].model if call.sent else ""
         events = self._adapters[model.provider].stream(
-            self._provider_request(model, call, span), timeout_s=self._timeout(call, model)
+            self._provider_request(model, call, span, exposure.sent),
+            timeout_s=self._timeout(call, model),
         )
+        streamed = exposure.streamed
         async with aclosing(events):
             async for event in events:
                 if not isinstance(event, TextDelta):
-                    completion = attempt.completion(event)
+                    completion = attempt.completion(streamed, event)
                     outcome.result = self._settle(
-                        call, model, completion, attempt.started, ttft_ms=attempt.ttft_ms, hold=hold
+                        call,
+                        model,
+                        completion,
+                        attempt.started,
+                        ttft_ms=attempt.ttft_ms,
+                        hold=hold,
+                        exposure=exposure,
                     )
                     return
-                if not attempt.parts:
+                if not streamed:
+                    attempt.first_token()
                     self._metrics.ttft(
                         model=model.name, seconds=time.perf_counter() - attempt.started
                     )
                 if not call.sent:
                     call.first_token_ms = call.elapsed_ms()
-                attempt.add(event.text)
+                streamed.append(event.text)
                 call.sent.append(event.text)
                 yield StreamDelta(event.text, model.name, model.provider, continued_from)
                 continued_from = ""
@@ -308,7 +325,9 @@ class Attempts:
         remaining = call.remaining_s()
         return timeout if remaining is None else max(min(timeout, remaining), 0.001)
 
-    def _provider_request(self, model: ModelConfig, call: CallState, span: Span) -> ProviderRequest:
+    def _provider_request(
+        self, model: ModelConfig, call: CallState, span: Span, sent: SentMark
+    ) -> ProviderRequest:
         request = call.request
         messages = list(request.messages)
         if model.system_prompt and not any(m.role == "system" for m in messages):
@@ -328,6 +347,7 @@ class Attempts:
             stop=tuple(params.stop),
             extra_body=dict(model.extra_body),
             headers=trace_headers(trace.set_span_in_context(span, call.trace_context)),
+            sent=sent,
         )
 
     def _admitted(self, call: CallState, model: ModelConfig) -> AbstractAsyncContextManager[None]:
@@ -359,29 +379,6 @@ class Attempts:
         call.refusals.append(refusal)
         call.skip(model.name, model.provider, "queue", str(refusal))
 
-    def _charge_partial(
-        self, call: CallState, model: ModelConfig, output_tokens: int, hold: Reservation
-    ) -> None:
-        input_tokens = call.decision.input_tokens
-        cost = self._registry.cost_usd(model, input_tokens, output_tokens)
-        hold.settle(input_tokens + output_tokens, cost)
-        self._stats.record_tokens(_usage_key(call, model), input_tokens, output_tokens, cost)
-        self._count_usage(call, model, input_tokens, output_tokens, cost)
-        call.partial_usage = (input_tokens, output_tokens, cost)
-
-    def _count_usage(
-        self,
-        call: CallState,
-        model: ModelConfig,
-        input_tokens: int,
-        output_tokens: int,
-        cost: float,
-    ) -> None:
-        routing = call.request.routing
-        labels = {"model": model.name, "tenant": routing.tenant, "stage": routing.stage}
-        self._metrics.tokens(input_tokens=input_tokens, output_tokens=output_tokens, **labels)
-        self._metrics.cost(usd=cost, **labels)
-
     def _settle(
         self,
         call: CallState,
@@ -391,11 +388,11 @@ class Attempts:
         *,
         ttft_ms: float,
         hold: Reservation,
+        exposure: Exposure,
     ) -> ChatResult:
         attempt_s = time.perf_counter() - attempt_started
         attempt_ms = attempt_s * 1000.0
-        cost = self._registry.cost_usd(model, completion.input_tokens, completion.output_tokens)
-        hold.settle(completion.input_tokens + completion.output_tokens, cost)
+        cost = self._billing.charge_answer(call, model, hold, exposure, completion)
         call.attempts.append(
             AttemptRecord(
                 model.name,
@@ -412,10 +409,6 @@ class Attempts:
             ttft_ms if ttft_ms > 0 else None,
             completion.output_tokens,
         )
-        self._stats.record_success(
-            _usage_key(call, model), completion.input_tokens, completion.output_tokens, cost
-        )
-        self._count_usage(call, model, completion.input_tokens, completion.output_tokens, cost)
         self._metrics.provider_latency(
             model=model.name, provider=model.provider, seconds=attempt_s, outcome="ok"
         )
@@ -442,8 +435,7 @@ class Attempts:
     ) -> None:
         call.last_provider_error = exc
         attempt_s = time.perf_counter() - attempt_started
-        input_tokens, output_tokens, cost = call.partial_usage
-        call.partial_usage = (0, 0, 0.0)
+        input_tokens, output_tokens, cost = call.unlisted_usage.pop(model.name, (0, 0, 0.0))
         call.attempts.append(
             AttemptRecord(
                 model.name,
@@ -456,7 +448,7 @@ class Attempts:
                 cost,
             )
         )
-        self._stats.record_error(_usage_key(call, model))
+        self._stats.record_error(usage_key(call, model))
         self._metrics.provider_latency(
             model=model.name, provider=model.provider, seconds=attempt_s, outcome="error"
         )

@@ -14,7 +14,7 @@ from switchpoint.providers.base import Completion, StreamEnd
 from switchpoint.request import ChatInput
 from switchpoint.routing import Decision
 
-# Attempt outcomes that never reached a provider: the model was skipped, not tried.
+# Attempt outcomes that are not a provider failure: the model was skipped, or lost a hedge.
 SKIPPED = frozenset({"quota", "circuit_open", "queue", "context_window_too_small", "hedge_lost"})
 
 
@@ -83,8 +83,9 @@ class CallState:
     # Text the client already has (streaming): a continuation must carry on from it.
     sent: list[str] = field(default_factory=list)
     first_token_ms: float = 0.0
-    # Estimated usage of a stream that died after producing tokens, for its attempt record.
-    partial_usage: tuple[int, int, float] = (0, 0, 0.0)
+    # (input tokens, output tokens, USD) charged to attempts that ended without an answer (see
+    # switchpoint.billing), by model, until the attempt record that lists them takes them.
+    unlisted_usage: dict[str, tuple[int, int, float]] = field(default_factory=dict)
     # Time spent waiting on providers, backoffs and the admission queue: what is not overhead.
     provider_s: float = 0.0
     waited_s: float = 0.0
@@ -118,18 +119,13 @@ class CallState:
 
 @dataclass(slots=True)
 class StreamAttempt:
-    """What one streaming attempt has produced so far."""
+    """The timing of one streaming attempt (what it streamed is its `billing.Exposure`)."""
 
     started: float
-    parts: list[str] = field(default_factory=list)
     ttft_ms: float = 0.0
 
-    def add(self, text: str) -> None:
-        if not self.parts:
-            self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
-        self.parts.append(text)
+    def first_token(self) -> None:
+        self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
 
-    def completion(self, end: StreamEnd) -> Completion:
-        return Completion(
-            "".join(self.parts), end.finish_reason, end.input_tokens, end.output_tokens
-        )
+    def completion(self, parts: list[str], end: StreamEnd) -> Completion:
+        return Completion("".join(parts), end.finish_reason, end.input_tokens, end.output_tokens)

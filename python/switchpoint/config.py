@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from switchpoint.admission_config import AdmissionQueueConfig
 from switchpoint.cache.config import CacheConfig
 from switchpoint.errors import ConfigError, ErrorClass
 
@@ -207,7 +208,7 @@ class AutoRoutingConfig(StrictModel):
     easy_complexity: Annotated[float, Field(ge=0, le=1)] = 0.25
 
 
-class RoutingConfig(StrictModel):
+class RoutingConfig(AdmissionQueueConfig):  # the queue_* keys are admission_config's
     default_strategy: str = "balanced"
     strategies: dict[str, WeightsConfig] = Field(default_factory=dict)
     stages: dict[str, StageConfig] = Field(default_factory=dict)
@@ -221,8 +222,6 @@ class RoutingConfig(StrictModel):
     # A stream that dies after tokens reached the client continues on the next model (asked to
     # carry on from the partial answer); false fails the stream instead.
     stream_continuation: bool = True
-    # Priority admission: a waiter older than this is served before any newer one (no starvation).
-    queue_max_age_s: Positive = 5.0
     latency_half_life_s: Positive = 300.0
 
 

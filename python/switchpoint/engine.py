@@ -68,6 +68,8 @@ class Engine:
         self.scheduler = scheduler or Scheduler(
             {m.name: m.max_concurrency for m in registry.models},
             max_age_s=config.routing.queue_max_age_s,
+            max_depth=config.routing.queue_max_depth,
+            max_wait_s=config.routing.queue_max_wait_s,
         )
         self.tracer = tracer or trace.NoOpTracer()
         # Spans the no-op tracer would hand out cost a few microseconds each and record nothing.
@@ -92,6 +94,7 @@ class Engine:
             stats=stats,
             tracer=self.tracer,
             metrics=self.metrics,
+            tokens=self.tokens,
         )
 
     def _breaker_policy(self, model_name: str) -> BreakerConfig:
@@ -250,7 +253,8 @@ class Engine:
 
     async def _hedged(self, call: CallState, models: Iterator[ModelConfig]) -> ChatResult | None:
         """Race the first model against the second once the first is slower than its usual p95;
-        the first answer wins and the other call is cancelled (releasing its quota)."""
+        the first answer wins and the other call is cancelled, charged what reached its provider
+        (`switchpoint.billing`) and listed with the answer's attempts and usage."""
         primary = next(models, None)
         if primary is None:
             return None
@@ -268,21 +272,30 @@ class Engine:
                     del racers[task]
                     winner = winner or task.result().result
         finally:
-            for task, model in racers.items():
+            for task in racers:
                 task.cancel()
-                call.skip(
-                    model.name, model.provider, "hedge_lost", "another attempt answered first"
-                )
             await asyncio.gather(*racers, return_exceptions=True)
-        # The loser is listed too: every attempt appears in the answer.
-        return None if winner is None else replace(winner, attempts=tuple(call.attempts))
+            for model in racers.values():
+                _list_hedge_loser(call, model, "another attempt answered first")
+        if winner is None:
+            return None
+        # The loser is listed and counted too: every attempt and what it cost is in the answer.
+        input_tokens, output_tokens, cost = call.totals()
+        return replace(
+            winner,
+            attempts=tuple(call.attempts),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=cost,
+        )
 
     async def _hedged_stream(
         self, call: CallState, models: Iterator[ModelConfig], outcome: Outcome
     ) -> AsyncGenerator[StreamDelta, None]:
         """Streams race to their first token (see `_first_token_race`); the other stream is
-        cancelled (releasing its quota) and the rest of the answer comes from the winner. If no
-        racer gives a token, nothing is yielded and the caller goes on down the chain."""
+        cancelled (charged what reached its provider, and listed) and the rest of the answer
+        comes from the winner. If no racer gives a token, nothing is yielded and the caller goes
+        on down the chain."""
         racers: list[_StreamRacer] = []
         sent_before = list(call.sent)
         try:
@@ -294,12 +307,8 @@ class Engine:
             for racer in racers:
                 if racer is not winner:
                     await racer.cancel()
-                    call.skip(
-                        racer.model.name,
-                        racer.model.provider,
-                        "hedge_lost",
-                        "another stream gave its first token first",
-                    )
+                    why = "another stream gave its first token first"
+                    _list_hedge_loser(call, racer.model, why)
             if first is not None:
                 yield first
                 async for delta in winner.stream:
@@ -383,6 +392,16 @@ class Engine:
             # No provider was even called: every model was over a limit. Say which clears first.
             return min(call.refusals, key=lambda r: r.retry_after_s)
         return AllAttemptsFailedError(call.last_provider_error, call.attempts)
+
+
+def _list_hedge_loser(call: CallState, model: ModelConfig, why: str) -> None:
+    """The attempt record of a racer stopped because another won, with what it was charged."""
+    input_tokens, output_tokens, cost = call.unlisted_usage.pop(model.name, (0, 0, 0.0))
+    call.attempts.append(
+        AttemptRecord(
+            model.name, model.provider, 0.0, "hedge_lost", why, input_tokens, output_tokens, cost
+        )
+    )
 
 
 class _StreamRacer:

@@ -83,9 +83,15 @@ class Reservation:
         self._clock = clock
 
     def settle(self, tokens: int, cost_usd: float) -> None:
+        """Charge the actual usage. A settle the gate refuses (a cost that is not a finite
+        non-negative number) raises after releasing the hold, so no slot or budget leaks."""
         if self._gate is not None and self._id is not None:
-            reservation, self._id = self._id, None
-            self._gate.settle(reservation, tokens, cost_usd, self._clock())
+            try:
+                self._gate.settle(self._id, tokens, cost_usd, self._clock())
+            except BaseException:
+                self.release()
+                raise
+            self._id = None
 
     def release(self) -> None:
         if self._gate is not None and self._id is not None:

@@ -231,6 +231,7 @@ def build_engine(
     gate.carry_over(old.gate)
     engine.breakers.carry_over(old.breakers, _same_deployments(old.config, config))
     engine.scheduler.update({m.name: m.max_concurrency for m in registry.models})
+    engine.scheduler.set_bounds(config.routing.queue_max_depth, config.routing.queue_max_wait_s)
     kept = {id(adapter) for adapter in adapters.values()}
     retired = tuple(a for a in previous.adapters.values() if id(a) not in kept)
     return EngineBuild(engine, adapters, retired)

@@ -93,6 +93,7 @@ class AnthropicAdapter:
             headers=self._headers(request),
             timeout_s=timeout_s,
             failures=self._failures,
+            sent=request.sent,
         )
         return self._completion(payload)
 
@@ -111,6 +112,7 @@ class AnthropicAdapter:
             headers=self._headers(request),
             timeout_s=timeout_s,
             failures=self._failures,
+            sent=request.sent,
         ) as events:
             async for event in events:
                 # An `error` event's payload ({"type": "error", "error": {...}}) is raised here,

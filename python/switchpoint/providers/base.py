@@ -4,12 +4,37 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
+
+# The httpx request extension under which a call's `SentMark` travels to the transport.
+SENT_MARK_EXTENSION: Final = "switchpoint.sent_mark"
 
 
 class ChatMessage(NamedTuple):
     role: str
     content: str
+
+
+class SentMark:
+    """Whether a provider call's request has gone out: the one definition of "sent" that charging
+    follows (`switchpoint.attempts`). Set the moment the request's bytes are handed to the
+    socket's transport (`connections._send`), or, through a proxy, when httpcore starts writing
+    the request's headers to it. From then on the provider may bill the call however it ends;
+    before (queued for a pooled connection, connecting, the TLS handshake) nothing went out."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    async def on_trace(self, event: str, info: Mapping[str, object]) -> None:
+        """httpcore's `trace` extension (the proxy transport). A tunnel's CONNECT goes to the
+        proxy only: the request itself is the one that is not a CONNECT."""
+        request = info.get("request")
+        if event.endswith("send_request_headers.started") and (
+            getattr(request, "method", b"") != b"CONNECT"
+        ):
+            self.sent = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +51,8 @@ class ProviderRequest:
     extra_body: dict[str, object] = field(default_factory=dict)
     # Extra HTTP headers for this call: the W3C trace context of its attempt span.
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Set by the transport once the request went out (see SentMark); None: nobody asks.
+    sent: SentMark | None = None
 
 
 @dataclass(frozen=True, slots=True)

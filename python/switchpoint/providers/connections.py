@@ -29,6 +29,8 @@ from typing import Final
 import h11
 import httpx
 
+from switchpoint.providers.base import SENT_MARK_EXTENSION, SentMark
+
 READ_SIZE: Final = 65536
 # Idle connections older than this are closed rather than reused (httpcore's default).
 KEEPALIVE_EXPIRY_S: Final = 5.0
@@ -187,6 +189,9 @@ async def _send(connection: _Connection, request: httpx.Request, within_s: float
     try:
         writer = connection.writer
         writer.write(data)
+        mark = request.extensions.get(SENT_MARK_EXTENSION)
+        if isinstance(mark, SentMark):
+            mark.sent = True  # handed to the socket: the provider will see it (see SentMark)
         if writer.transport.get_write_buffer_size():
             async with asyncio.timeout(within_s):
                 await writer.drain()

@@ -19,6 +19,7 @@ from importlib.metadata import version
 
 import httpx
 
+from switchpoint.providers.base import SENT_MARK_EXTENSION, SentMark
 from switchpoint.providers.connections import PooledHTTP1Transport
 from switchpoint.providers.http_errors import FailureClassifier
 from switchpoint.providers.sse import ServerSentEvent, iter_events
@@ -93,11 +94,12 @@ class ProviderHTTP:
         content: bytes,
         headers: Mapping[str, str],
         timeout_s: float | None,
+        sent: SentMark | None = None,
     ) -> httpx.Request:
         """A POST of `content` to `path` under the base URL. `timeout_s` (the call's time left)
         replaces the read timeout (for a stream: the wait for the first chunk and every silence
         between chunks) and caps the others, so no wait for a pooled connection, a connect or a
-        write outlives the call."""
+        write outlives the call. The transport sets `sent` when the request goes out."""
         timeout = self.timeout
         if timeout_s is not None:
             timeout = httpx.Timeout(
@@ -110,12 +112,13 @@ class ProviderHTTP:
         if url is None:
             root = self.base_url.copy_with(query=None, fragment=None)
             url = self._urls[path] = httpx.URL(str(root).rstrip("/") + "/" + path.lstrip("/"))
+        extensions: dict[str, object] = {"timeout": timeout.as_dict()}
+        if sent is not None:
+            extensions[SENT_MARK_EXTENSION] = sent
+            if not isinstance(self._transport, PooledHTTP1Transport):
+                extensions["trace"] = sent.on_trace
         return httpx.Request(
-            "POST",
-            url,
-            headers={**self.headers, **headers},
-            content=content,
-            extensions={"timeout": timeout.as_dict()},
+            "POST", url, headers={**self.headers, **headers}, content=content, extensions=extensions
         )
 
     async def post_json(
@@ -126,10 +129,15 @@ class ProviderHTTP:
         headers: Mapping[str, str],
         timeout_s: float | None,
         failures: FailureClassifier,
+        sent: SentMark | None = None,
     ) -> dict[str, object]:
         """POST `body` as JSON; the answer's JSON object. Every failure leaves classified."""
         request = self.request(
-            path, content=failures.encode_json(body), headers=headers, timeout_s=timeout_s
+            path,
+            content=failures.encode_json(body),
+            headers=headers,
+            timeout_s=timeout_s,
+            sent=sent,
         )
         with failures.translating_transport_errors():
             response = await self.send(request)
@@ -145,6 +153,7 @@ class ProviderHTTP:
         headers: Mapping[str, str],
         timeout_s: float | None,
         failures: FailureClassifier,
+        sent: SentMark | None = None,
     ) -> AsyncIterator[AsyncGenerator[ServerSentEvent, None]]:
         """POST `body` as JSON asking for an event stream; the block reads its events. An error
         answer (or JSON where events were asked for) is raised before the block sees any, a
@@ -155,6 +164,7 @@ class ProviderHTTP:
             content=failures.encode_json(body),
             headers={**headers, "accept": "text/event-stream"},
             timeout_s=timeout_s,
+            sent=sent,
         )
         with failures.translating_transport_errors():
             async with self.stream(request) as response:

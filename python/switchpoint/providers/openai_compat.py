@@ -89,6 +89,7 @@ class OpenAICompatAdapter:
             headers=self._headers(request),
             timeout_s=timeout_s,
             failures=self._failures,
+            sent=request.sent,
         )
         return self._completion(request, payload)
 
@@ -107,6 +108,7 @@ class OpenAICompatAdapter:
             headers=self._headers(request),
             timeout_s=timeout_s,
             failures=self._failures,
+            sent=request.sent,
         ) as events:
             async for event in events:
                 if event.data == _DONE:
