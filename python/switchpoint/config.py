@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from switchpoint.cache.config import CacheConfig
 from switchpoint.errors import ConfigError, ErrorClass
+from switchpoint.security.config import AuthConfig, TlsConfig
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -54,6 +55,7 @@ class ServerConfig(StrictModel):
     # How often the config file the sidecar was started from is checked for changes (mtime, size
     # and content hash); a change reloads it. None: no watching (SIGHUP and Admin still reload).
     reload_poll_s: Positive | None = 2.0
+    tls: TlsConfig | None = None
 
 
 class ManagedServerConfig(StrictModel):
@@ -326,6 +328,7 @@ class Config(StrictModel):
     limits: list[LimitConfig] = Field(default_factory=list)
     budgets: list[BudgetConfig] = Field(default_factory=list)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     shared_state: SharedStateConfig = Field(default_factory=SharedStateConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
