@@ -155,6 +155,29 @@ async def test_naming_another_tenant_is_permission_denied(
     assert "beta" not in _tenants(request_lines)
 
 
+async def test_the_route_bytes_decided_are_those_checked(
+    sidecar: RunningSidecar, request_lines: RecordedLogs
+) -> None:
+    """Protobuf merges a repeated message field and keeps the last tenant; whatever the bytes
+    hold, the tenant the decision is made for is the one that was checked."""
+    route: grpc.aio.UnaryUnaryMultiCallable[bytes, pb.RouteDecision] = sidecar.channel.unary_unary(
+        "/switchpoint.v1.Router/Route",
+        request_serializer=None,
+        response_deserializer=pb.RouteDecision.FromString,
+    )
+    acme_last = (
+        _route(tenant="beta").SerializeToString() + _route(tenant="acme").SerializeToString()
+    )
+    beta_last = (
+        _route(tenant="acme").SerializeToString() + _route(tenant="beta").SerializeToString()
+    )
+    auth = _bearer(ACME_KEY)
+    assert (await route(acme_last, metadata=auth)).model
+    refusal = await _refused(route(beta_last, metadata=auth))
+    assert refusal.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert _tenants(request_lines) == ["acme"]
+
+
 async def test_a_key_limited_to_a_stage_and_model(sidecar: RunningSidecar) -> None:
     auth = _bearer(BETA_KEY)
     no_stage = await _refused(sidecar.stub.Route(_route(), metadata=auth))

@@ -74,25 +74,22 @@ def _check_models(key: TenantKey, field: str, models: Iterable[str]) -> None:
 
 def bind_routing(
     key: TenantKey, routing: pb.RoutingOptions, stages: Mapping[str, StageConfig]
-) -> bool:
+) -> None:
     """Check `routing` against the key and bind it to the key in place: its tenant becomes the
     key's, and a key limited to models makes a request that names none choose among the key's
-    models (within its stage, whose strategy it keeps). True when `routing` was changed."""
+    models (within its stage, whose strategy it keeps)."""
     _check_tenant(key, "routing.tenant", routing.tenant)
     _check_stage(key, "routing.stage", routing.stage)
     _check_models(key, "routing.models", routing.models)
-    changed = False
-    if routing.tenant != key.tenant:
-        routing.tenant = key.tenant
-        changed = True
+    routing.tenant = key.tenant
     if key.models is None or routing.models:
-        return changed
+        return
     stage = stages.get(routing.stage) if routing.stage else None
     if stage is None:
         routing.models.extend(key.models)
-        return True
+        return
     if all(model in key.models for model in stage.models):
-        return changed
+        return
     usable = [model for model in stage.models if model in key.models]
     if not usable:
         raise _deny(
@@ -103,7 +100,6 @@ def bind_routing(
     # otherwise use the default strategy instead of the stage's.
     if stage.strategy and not routing.strategy and not routing.HasField("weights"):
         routing.strategy = stage.strategy
-    return True
 
 
 def bind_stats(key: TenantKey, request: pb.StatsRequest) -> None:

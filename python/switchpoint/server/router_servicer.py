@@ -68,8 +68,8 @@ class RouterServicer:
         call does not answer: a failure, a gate refusal, a scope the gate has not seen) the request
         takes the path Chat takes, to the same decision.
 
-        With tenant API keys the request is decoded here first, checked and bound to the key's
-        tenant, and re-encoded only when binding changed it; without keys nothing is added."""
+        With tenant API keys the request is decoded here first, checked, bound to the key's tenant
+        and re-encoded; without keys nothing is added."""
         build = self._engine.build
         if build.tenant_keys.enabled:
             request = await self._bound_route_request(request, context)
@@ -98,11 +98,13 @@ class RouterServicer:
                 message = pb.RouteRequest.FromString(request)
             except DecodeError:
                 await self._refuse_undecodable(context)
-            if bind_routing(key, message.routing, build.engine.config.routing.stages):
-                return message.SerializeToString()
+            bind_routing(key, message.routing, build.engine.config.routing.stages)
         except AccessDenied as denied:
             await context.abort(denied.code, denied.message)
-        return request
+        # Always re-encoded, even when binding changed nothing: the Rust decoder then reads the
+        # canonical bytes of the message that was checked, never a field (a repeated tenant, an
+        # odd tag encoding) that the two decoders might read differently.
+        return message.SerializeToString()
 
     async def _route(self, engine: Engine, request: bytes, context: ServicerContext) -> bytes:
         try:
