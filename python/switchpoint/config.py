@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from switchpoint.cache.config import CacheConfig
 from switchpoint.errors import ConfigError, ErrorClass
-from switchpoint.security.config import AuthConfig, TlsConfig
+from switchpoint.security.config import AdminConfig, AuthConfig, TlsConfig
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -264,11 +264,6 @@ class BudgetConfig(StrictModel):
     window: Literal["hour", "day", "month", "total"]
     limit_usd: NonNegative
     pressure: BudgetPressure | None = None
-
-
-class AdminConfig(StrictModel):
-    # The variable holding the bearer token for the Admin service; unset -> Admin refuses calls.
-    token_env: str = "SWITCHPOINT_ADMIN_TOKEN"
 
 
 Policy = Literal["fail-open", "fail-closed"]

@@ -1,4 +1,4 @@
-"""The `auth:` section (tenant API keys) and `server.tls`: the config schema only.
+"""The `auth:` section (tenant API keys), `admin:` and `server.tls`: the config schema only.
 
 Keys are never written in the config: only the SHA-256 of each (hex), so a leaked config or a
 config repository grants nothing. Loading the keys (from the config, a file or a variable) and
@@ -16,6 +16,11 @@ Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AdminConfig(_Strict):
+    # The variable holding the bearer token for the Admin service; unset -> Admin refuses calls.
+    token_env: str = "SWITCHPOINT_ADMIN_TOKEN"
 
 
 class TenantKeyConfig(_Strict):

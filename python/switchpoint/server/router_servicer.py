@@ -126,15 +126,15 @@ class RouterServicer:
 
     async def _bind_chat(self, request: pb.ChatRequest, context: ServicerContext) -> None:
         build = self._engine.build
-        if build.tenant_keys.enabled:
-            try:
-                key = authenticate(build.tenant_keys, context.invocation_metadata())
-                bind_routing(key, request.routing, build.engine.config.routing.stages)
-            except AccessDenied as denied:
-                await context.abort(denied.code, denied.message)
+        try:
+            key = authenticate(build.tenant_keys, context.invocation_metadata())
+            bind_routing(key, request.routing, build.engine.config.routing.stages)
+        except AccessDenied as denied:
+            await context.abort(denied.code, denied.message)
 
     async def Chat(self, request: pb.ChatRequest, context: ServicerContext) -> pb.ChatResponse:
-        await self._bind_chat(request, context)
+        if self._engine.build.tenant_keys.enabled:
+            await self._bind_chat(request, context)
         chat_input = convert.chat_input(request)
         with (
             self._engine.hold() as engine,
@@ -152,7 +152,8 @@ class RouterServicer:
     async def ChatStream(
         self, request: pb.ChatRequest, context: ServicerContext
     ) -> AsyncIterator[pb.ChatChunk]:
-        await self._bind_chat(request, context)
+        if self._engine.build.tenant_keys.enabled:
+            await self._bind_chat(request, context)
         chat_input = convert.chat_input(request)
         with (
             self._engine.hold() as engine,
