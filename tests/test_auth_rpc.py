@@ -3,6 +3,7 @@ with which stages and models; trusted callers without keys; keys reloaded with t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tests.sidecar_harness import (
     write_config,
 )
 from tests.support.log_records import RecordedLogs, recorded
+from tests.support.waiting import wait_until
 
 ACME_KEY = "sp-acme-Hq2w8ZkV1"
 BETA_KEY = "sp-beta-Jt5c3RmX9"
@@ -295,3 +297,22 @@ async def test_a_sidecar_with_an_unset_keys_variable_does_not_start() -> None:
     config = parse_config(_config(keys_env="UNSET_VARIABLE"))
     with pytest.raises(ConfigError, match="variable UNSET_VARIABLE is not set"):
         await create_server(config, "127.0.0.1:0", environ=ENV)
+
+
+async def test_an_edited_key_file_is_taken_without_a_signal(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"{key_digest(ACME_KEY)} acme\n", encoding="utf-8")
+    config = _config(keys_file=str(keys_file))
+    config["server"] = {"reload_poll_s": 0.05}
+    async with running_sidecar(config, ENV, config_path=tmp_path / "switchpoint.yaml") as running:
+        await running.stub.Route(_route(), metadata=_bearer(ACME_KEY))
+        staging = tmp_path / "keys.tmp"
+        staging.write_text(f"{key_digest(BETA_KEY)} beta\n", encoding="utf-8")
+        staging.replace(keys_file)
+        await wait_until(lambda: running.sidecar.config_version == 2, timeout_s=5)
+        refusal = await _refused(running.stub.Route(_route(), metadata=_bearer(ACME_KEY)))
+        assert refusal.details() == "unknown API key"
+        await running.stub.Route(_route(), metadata=_bearer(BETA_KEY))
+        # Nothing changed since: no further reload.
+        await asyncio.sleep(0.3)
+        assert running.sidecar.config_version == 2

@@ -17,6 +17,7 @@ from switchpoint.v1 import router_pb2 as pb
 from switchpoint.v1 import router_pb2_grpc
 from tests.sidecar_harness import routing_config, running_sidecar, user, write_config
 from tests.support.log_records import recorded
+from tests.support.waiting import wait_until
 
 HOST = "127.0.0.1"
 
@@ -151,3 +152,17 @@ async def test_plaintext_beyond_loopback_is_warned_about_at_start(tmp_path: Path
     warnings = [r.getMessage() for r in lines.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
     assert warnings[0].startswith("PLAINTEXT gRPC on non-loopback address 0.0.0.0:0")
+
+
+async def test_a_certificate_renewed_in_place_is_taken_without_a_signal(tmp_path: Path) -> None:
+    old_authority, new_authority = trustme.CA(), trustme.CA()
+    config = routing_config()
+    config["server"] = {"tls": _server_files(tmp_path, old_authority), "reload_poll_s": 0.05}
+    path = tmp_path / "switchpoint.yaml"
+    async with running_sidecar(
+        config, config_path=path, credentials=_trusting(old_authority)
+    ) as running:
+        _server_files(tmp_path, new_authority)
+        await wait_until(lambda: running.sidecar.config_version >= 2, timeout_s=5)
+        port = running.sidecar.port
+        assert await _route_over(port, _trusting(new_authority)) == grpc.StatusCode.OK

@@ -92,6 +92,8 @@ class Sidecar:
         # Reloads run one at a time, whether from the watcher, SIGHUP or Admin.
         self._reload_lock = asyncio.Lock()
         self._stamp: FileStamp | None = None if config_path is None else file_stamp(config_path)
+        # The same for the files the config names (keys file, certificates), by name.
+        self._beside_stamps = _stamps(_files_beside(live.engine.config))
         self._config_watch: asyncio.Task[None] | None = None
         self._signal_loop: asyncio.AbstractEventLoop | None = None
         self._reloads: set[asyncio.Task[ReloadResult]] = set()
@@ -255,6 +257,7 @@ class Sidecar:
                 self._stamp = file_stamp(path)
             try:
                 config = load_config(path)
+                self._beside_stamps.update(_stamps(_files_beside(config)))
                 # Published before anything can log about the new config: a provider it adds.
                 SECRETS.publish(self, config_secrets(config, self._environ))
                 certificates = self._read_certificates(config)
@@ -341,6 +344,12 @@ class Sidecar:
             if stamp is not None and stamp != self._stamp:
                 log.info("config file %s changed: reloading", path)
                 await self.reload()
+                continue
+            beside = _stamps(_files_beside(self.config))
+            changed = [name for name, s in beside.items() if s != self._beside_stamps.get(name)]
+            if changed:
+                log.info("%s changed: reloading", ", ".join(changed))
+                await self.reload()
 
     async def _stop_reloading(self) -> None:
         if self._signal_loop is not None:
@@ -355,6 +364,20 @@ class Sidecar:
             status = NOT_SERVING if self._shared.degraded else SERVING
             await self._health.set(SHARED_STATE_SERVICE, status)
             await asyncio.sleep(SHARED_STATE_POLL_S)
+
+
+def _files_beside(config: Config) -> list[str]:
+    """The files a config load reads besides the config: a change to one reloads the config too,
+    so a key file edited or a certificate renewed in place is taken without a signal."""
+    tls = config.server.tls
+    names = [config.auth.keys_file]
+    if tls is not None:
+        names += [tls.cert_file, tls.key_file, tls.client_ca_file]
+    return [name for name in names if name]
+
+
+def _stamps(names: Iterable[str]) -> dict[str, FileStamp | None]:
+    return {name: file_stamp(Path(name)) for name in names}
 
 
 async def _cancelled(*tasks: asyncio.Task[object] | None) -> None:
