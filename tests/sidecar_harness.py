@@ -6,11 +6,13 @@ import copy
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import yaml
 
-from switchpoint.config import parse_config
+from switchpoint.config import load_config, parse_config
 from switchpoint.server import Sidecar, create_server
 from switchpoint.telemetry import Telemetry
 from switchpoint.v1 import router_pb2 as pb
@@ -112,18 +114,39 @@ def with_changes(base: dict[str, Any], **sections: Any) -> dict[str, Any]:
     return out
 
 
+def write_config(path: Path, config: dict[str, Any]) -> None:
+    """Replaced whole, as editors and config managers do: a reader never sees half a file."""
+    staging = path.with_suffix(".tmp")
+    staging.write_text(yaml.safe_dump(config), encoding="utf-8")
+    staging.replace(path)
+
+
 @asynccontextmanager
 async def running_sidecar(
     config: dict[str, Any],
     environ: Mapping[str, str] | None = None,
     *,
     telemetry: Telemetry | None = None,
+    config_path: Path | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> AsyncIterator[RunningSidecar]:
+    """`config_path`: the config is written there and the sidecar reloads from it.
+    `credentials`: the client dials with TLS (the server certificate names 127.0.0.1)."""
+    if config_path is not None:
+        write_config(config_path, config)
+        loaded = load_config(config_path)
+    else:
+        loaded = parse_config(config)
     sidecar, port = await create_server(
-        parse_config(config), "127.0.0.1:0", environ=environ or {}, telemetry=telemetry
+        loaded, "127.0.0.1:0", environ=environ or {}, telemetry=telemetry, config_path=config_path
     )
     await sidecar.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    target = f"127.0.0.1:{port}"
+    channel = (
+        grpc.aio.insecure_channel(target)
+        if credentials is None
+        else grpc.aio.secure_channel(target, credentials)
+    )
     try:
         yield RunningSidecar(sidecar, channel, router_pb2_grpc.RouterStub(channel))
     finally:

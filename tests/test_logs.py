@@ -13,9 +13,9 @@ from typing import Any
 import grpc
 import pytest
 
-from switchpoint.cli import config_secrets
 from switchpoint.config import parse_config
 from switchpoint.logs import MAX_PENDING, RequestLog, configure_logging, unconfigure_logging
+from switchpoint.security.secrets import config_secrets
 from switchpoint.v1 import router_pb2 as pb
 from tests.sidecar_harness import routing_config, running_sidecar, user
 from tests.support.log_records import RecordedLogs, recorded

@@ -1,4 +1,4 @@
-"""`switchpoint serve | stats | route | config check`: the command-line front.
+"""`switchpoint serve | stats | route | config check | keys`: the command-line front.
 
 `stats` and `route` are thin gRPC clients of a running sidecar (a sync channel: one call, print,
 exit). Exit codes: 0 ok, 1 the sidecar or the config said no, 2 the sidecar could not be reached.
@@ -26,10 +26,19 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from switchpoint.cli_auth import (
+    add_client_security_options,
+    add_keys_parser,
+    call_metadata,
+    client_channel,
+    keys_command,
+)
 from switchpoint.cli_format import render_route, render_stats
 from switchpoint.config import Config, default_config_path, load_config
 from switchpoint.errors import ConfigError, SwitchpointError
 from switchpoint.logs import configure_logging
+from switchpoint.security.keys import load_tenant_keys
+from switchpoint.security.secrets import config_secrets
 from switchpoint.server import Sidecar, create_server
 from switchpoint.v1 import router_pb2 as pb
 from switchpoint.v1 import router_pb2_grpc
@@ -76,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="validate a config file: every error with its path, exit code 1"
     )
     check.add_argument("file", type=Path)
+    add_keys_parser(commands)
     return parser
 
 
@@ -97,6 +107,7 @@ def _client_options(parser: argparse.ArgumentParser, helps: Mapping[str, str]) -
     )
     parser.add_argument("--tenant", default=None, metavar="T", help=helps["tenant"])
     parser.add_argument("--stage", default=None, metavar="S", help=helps["stage"])
+    add_client_security_options(parser)
 
 
 def _add_stats_parser(commands: Any) -> None:
@@ -173,7 +184,7 @@ def _call(method: Callable[..., MessageT], request: object, args: argparse.Names
     """One RPC; unreachable -> _Unreachable (exit 2), any other status -> _RpcFailed (exit 1), so
     no grpc traceback ever reaches the operator."""
     try:
-        return method(request, timeout=args.timeout)
+        return method(request, timeout=args.timeout, metadata=call_metadata(args))
     except grpc.RpcError as exc:
         code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
         details = (exc.details() if isinstance(exc, grpc.Call) else "") or code.name
@@ -187,7 +198,7 @@ def _call(method: Callable[..., MessageT], request: object, args: argparse.Names
 
 def _client(args: argparse.Namespace, action: Callable[[RouterStub], int]) -> int:
     try:
-        with grpc.insecure_channel(args.address) as channel:
+        with client_channel(args) as channel:
             return action(router_pb2_grpc.RouterStub(channel))
     except _Unreachable as exc:
         print(exc, file=sys.stderr)
@@ -332,6 +343,8 @@ def _announce(sidecar: Sidecar, address: str, port: int) -> None:
             f"switchpoint: Prometheus metrics on http://{metrics_host}:{sidecar.metrics_port}/metrics"
         )
     print(f"switchpoint: models enabled: {models}")
+    for _, note in sidecar.security_notes():
+        print(f"switchpoint: {note}")
     for name, why in engine.registry.disabled.items():
         print(f"switchpoint: model {name} disabled: {why}")
     sys.stdout.flush()
@@ -351,6 +364,8 @@ def _serve_command(args: argparse.Namespace) -> int:
 def _config_check(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
+        # The key file and variable too: a key line that cannot be read refuses the config.
+        load_tenant_keys(config, os.environ)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
@@ -359,13 +374,6 @@ def _config_check(args: argparse.Namespace) -> int:
         f"{len(config.routing.stages)} stages)"
     )
     return 0
-
-
-def config_secrets(config: Config, environ: Mapping[str, str]) -> list[str]:
-    """The values no log line may show: every provider API key and the admin token that is set."""
-    names = [p.api_key_env for p in config.providers.values() if p.api_key_env]
-    names.append(config.admin.token_env)
-    return [environ[name] for name in names if environ.get(name)]
 
 
 def _bench_command(args: argparse.Namespace) -> int:
@@ -409,6 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _route_command(args)
         if args.command == "bench":
             return _bench_command(args)
+        if args.command == "keys":
+            return keys_command(args)
         return _config_check(args)
     except SwitchpointError as exc:
         print(f"switchpoint: {exc}", file=sys.stderr)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from switchpoint.admission_config import AdmissionQueueConfig
 from switchpoint.cache.config import CacheConfig
 from switchpoint.errors import ConfigError, ErrorClass
+from switchpoint.security.config import AdminConfig, AuthConfig, TlsConfig
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -55,6 +56,7 @@ class ServerConfig(StrictModel):
     # How often the config file the sidecar was started from is checked for changes (mtime, size
     # and content hash); a change reloads it. None: no watching (SIGHUP and Admin still reload).
     reload_poll_s: Positive | None = 2.0
+    tls: TlsConfig | None = None
 
 
 class ManagedServerConfig(StrictModel):
@@ -263,11 +265,6 @@ class BudgetConfig(StrictModel):
     pressure: BudgetPressure | None = None
 
 
-class AdminConfig(StrictModel):
-    # The variable holding the bearer token for the Admin service; unset -> Admin refuses calls.
-    token_env: str = "SWITCHPOINT_ADMIN_TOKEN"
-
-
 Policy = Literal["fail-open", "fail-closed"]
 
 
@@ -325,6 +322,7 @@ class Config(StrictModel):
     limits: list[LimitConfig] = Field(default_factory=list)
     budgets: list[BudgetConfig] = Field(default_factory=list)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     shared_state: SharedStateConfig = Field(default_factory=SharedStateConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -37,22 +38,70 @@ class _SwitchpointHandler(logging.StreamHandler[TextIO]):
     """Marks the handler configure_logging installed, so a second call replaces it."""
 
 
-class RedactingFilter(logging.Filter):
-    """Replaces every configured secret with "[redacted]" in the message, its args, the extra
-    fields and the exception text. It rewrites the record itself, so every handler after it (and
-    anything else that sees the record later) gets the redacted form."""
+class SecretBook:
+    """The secrets every `RedactingFilter` redacts besides its own: each running sidecar publishes
+    those of its config (`switchpoint.security.secrets`) at start and at every reload, so keys of
+    providers a reload added are covered too, and withdraws them when it stops. A value published
+    once stays for the publisher's life: a key a reload rotated out may still appear in the lines
+    of calls that ran with it."""
 
-    def __init__(self, secrets: Iterable[str]) -> None:
+    def __init__(self) -> None:
+        self._by_owner: dict[object, frozenset[str]] = {}
+        # Longest first: a secret containing another must be replaced whole. Replaced, never
+        # mutated, so a filter can tell by identity that it changed.
+        self.values: tuple[str, ...] = ()
+
+    def publish(self, owner: object, secrets: Iterable[str]) -> None:
+        # Empty values would match everywhere, so they are never secrets.
+        added = frozenset(s for s in secrets if s.strip())
+        self._by_owner[owner] = self._by_owner.get(owner, frozenset()) | added
+        self._refresh()
+
+    def withdraw(self, owner: object) -> None:
+        if self._by_owner.pop(owner, None) is not None:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        every = frozenset().union(*self._by_owner.values())
+        self.values = tuple(sorted(every, key=len, reverse=True))
+
+
+# Process-wide, like the root logger whose handler reads it.
+SECRETS = SecretBook()
+
+# A bearer credential (a tenant API key, the admin token) quoted in any text: the sidecar holds
+# only the hashes of tenant keys, so the keys themselves are recognised by their form.
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\",]+")
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces every secret (its own and those of `SECRETS`) and any bearer credential with
+    "[redacted]" in the message, its args, the extra fields and the exception text. It rewrites
+    the record itself, so every handler after it (and anything else that sees the record later)
+    gets the redacted form."""
+
+    def __init__(self, secrets: Iterable[str], book: SecretBook = SECRETS) -> None:
         super().__init__()
-        # Longest first: a secret containing another must be replaced whole. Empty values would
-        # match everywhere, so they are never secrets.
-        self._secrets = sorted({s for s in secrets if s.strip()}, key=len, reverse=True)
+        self._own = frozenset(s for s in secrets if s.strip())
+        self._book = book
+        self._book_seen: tuple[str, ...] | None = None
+        self._secrets: tuple[str, ...] = ()
         self._exc_formatter = logging.Formatter()
 
+    def _current(self) -> tuple[str, ...]:
+        published = self._book.values
+        if published is not self._book_seen:
+            self._book_seen = published
+            merged = self._own.union(published)
+            self._secrets = tuple(sorted(merged, key=len, reverse=True))
+        return self._secrets
+
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
+        for secret in self._current():
             if secret in text:
                 text = text.replace(secret, REDACTED)
+        if "earer" in text or "EARER" in text:
+            text = _BEARER.sub(rf"\g<1>{REDACTED}", text)
         return text
 
     def _redact_value(self, value: Any) -> Any:
@@ -70,7 +119,9 @@ class RedactingFilter(logging.Filter):
         return value if redacted == text else redacted
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
+        # Without a configured secret there is nothing to redact (a bearer credential reaches a
+        # log only where keys or the admin token are configured, which makes secrets).
+        if not self._current():
             return True
         # Render the message with its args first: a secret split across msg and an arg, or hidden
         # in an arg's repr, is only visible in the rendered text.

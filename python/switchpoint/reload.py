@@ -15,8 +15,10 @@ What a reload carries over from the running engine (everything else is built fro
   An adapter the new config no longer uses is closed once the last call that holds the old engine
   has ended (`LiveEngine` counts them), never under a call still streaming through it.
 
-The gRPC address, managed local model servers, the shared-state section and the admin token
-variable belong to the process: a reload that changes them is refused and says a restart is needed.
+Tenant API keys and the TLS certificate are read anew (their files and variable too), so a reload
+rotates them. The gRPC address, managed local model servers, the shared-state section, the admin
+token variable and whether the port speaks TLS (and asks for client certificates) belong to the
+process: a reload that changes them is refused and says a restart is needed.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from switchpoint.local_model import llama_cpp_available, resolve_model_path
 from switchpoint.providers import create_adapter
 from switchpoint.providers.base import ProviderAdapter
 from switchpoint.registry import ProviderStatus, Registry, resolve_providers
+from switchpoint.security.keys import TRUSTED_CALLERS, TenantKeys, load_tenant_keys
 from switchpoint.shared import SharedQuota
 from switchpoint.stats import StatsBook
 
@@ -54,6 +57,8 @@ class EngineBuild:
     engine: Engine
     adapters: Mapping[str, ProviderAdapter]
     retired: tuple[ProviderAdapter, ...] = ()
+    # The tenant API keys of this config load (re-read from their file or variable on reload).
+    tenant_keys: TenantKeys = TRUSTED_CALLERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,16 @@ def restart_only_changes(running: Config, new: Config) -> list[str]:
         errors.append("admin.token_env: changing it needs a restart")
     if new.cache != running.cache:
         errors.append("cache: changing it needs a restart")
+    # New certificate files (or new contents) are taken on reload; what the port speaks is not.
+    tls_before, tls_after = running.server.tls, new.server.tls
+    if (tls_before is None) != (tls_after is None):
+        errors.append("server.tls: turning TLS on or off needs a restart")
+    elif (
+        tls_before is not None
+        and tls_after is not None
+        and (tls_before.client_ca_file is None) != (tls_after.client_ca_file is None)
+    ):
+        errors.append("server.tls.client_ca_file: asking for client certificates needs a restart")
     return errors
 
 
@@ -191,6 +206,7 @@ def build_engine(
         errors = restart_only_changes(old.config, config)
         if errors:
             raise ConfigError(errors, "reload")
+    tenant_keys = load_tenant_keys(config, environ)
     statuses = with_managed_availability(resolve_providers(config, environ))
     for name, status in statuses.items():
         if not status.enabled:
@@ -225,7 +241,7 @@ def build_engine(
         cache=old.cache.cache if old is not None and old.cache is not None else cache,
     )
     if previous is None:
-        return EngineBuild(engine, adapters)
+        return EngineBuild(engine, adapters, tenant_keys=tenant_keys)
     # The commit: from here on the running engine sees the new limits too.
     old = previous.engine
     gate.carry_over(old.gate)
@@ -234,7 +250,7 @@ def build_engine(
     engine.scheduler.set_bounds(config.routing.queue_max_depth, config.routing.queue_max_wait_s)
     kept = {id(adapter) for adapter in adapters.values()}
     retired = tuple(a for a in previous.adapters.values() if id(a) not in kept)
-    return EngineBuild(engine, adapters, retired)
+    return EngineBuild(engine, adapters, retired, tenant_keys)
 
 
 class LiveEngine:

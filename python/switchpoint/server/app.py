@@ -21,7 +21,7 @@ from switchpoint.config import Config, load_config
 from switchpoint.engine import Engine
 from switchpoint.errors import ConfigError
 from switchpoint.local_model import ManagedModelServer
-from switchpoint.logs import RequestLog
+from switchpoint.logs import SECRETS, RequestLog
 from switchpoint.providers.base import ProviderAdapter
 from switchpoint.reload import (
     EngineBuild,
@@ -32,6 +32,8 @@ from switchpoint.reload import (
     build_engine,
     file_stamp,
 )
+from switchpoint.security.secrets import config_secrets
+from switchpoint.security.tls import ServerTls, is_loopback, read_certificates
 from switchpoint.server.admin_servicer import AdminServicer
 from switchpoint.server.observe import RequestObserver
 from switchpoint.server.router_servicer import SERVICE as ROUTER_SERVICE
@@ -70,8 +72,12 @@ class Sidecar:
         telemetry: Telemetry,
         request_log: RequestLog,
         cache: CacheService | None = None,
+        tls: ServerTls | None = None,
+        bound: str = "",
     ) -> None:
         self.port = port
+        self._tls = tls
+        self._bound = bound
         self._request_log = request_log
         self._cache = cache
         self.grpc_server = grpc_server
@@ -86,6 +92,8 @@ class Sidecar:
         # Reloads run one at a time, whether from the watcher, SIGHUP or Admin.
         self._reload_lock = asyncio.Lock()
         self._stamp: FileStamp | None = None if config_path is None else file_stamp(config_path)
+        # The same for the files the config names (keys file, certificates), by name.
+        self._beside_stamps = _stamps(_files_beside(live.engine.config))
         self._config_watch: asyncio.Task[None] | None = None
         self._signal_loop: asyncio.AbstractEventLoop | None = None
         self._reloads: set[asyncio.Task[ReloadResult]] = set()
@@ -127,6 +135,44 @@ class Sidecar:
     def config(self) -> Config:
         return self._live.engine.config
 
+    def security_notes(self) -> list[tuple[int, str]]:
+        """What a caller must present and how the port is protected, as (log level, line): said
+        at start, so an operator sees the sidecar's trust mode without reading the config."""
+        keys = self._live.build.tenant_keys
+        notes: list[tuple[int, str]] = []
+        if keys.enabled:
+            notes.append(
+                (
+                    logging.INFO,
+                    f"tenant API keys required on switchpoint.v1.Router ({len(keys)} keys, "
+                    f"{len(keys.tenants())} tenants)",
+                )
+            )
+        else:
+            notes.append(
+                (
+                    logging.INFO,
+                    "no tenant API keys configured (auth): trusted-caller mode, every caller may "
+                    "name any tenant",
+                )
+            )
+        if self._tls is not None:
+            client = (
+                "client certificates required"
+                if self._tls.requires_client_certificates
+                else "no client certificates"
+            )
+            notes.append((logging.INFO, f"TLS on the gRPC port ({client})"))
+        elif not is_loopback(self._bound):
+            notes.append(
+                (
+                    logging.WARNING,
+                    f"PLAINTEXT gRPC on non-loopback address {self._bound}: prompts, answers and "
+                    "keys cross the network unencrypted; set server.tls",
+                )
+            )
+        return notes
+
     @property
     def config_version(self) -> int:
         return self._live.version
@@ -158,6 +204,8 @@ class Sidecar:
             raise
         for service in ("", ROUTER_SERVICE, CONFIG_SERVICE):
             await self._health.set(service, SERVING)
+        for level, note in self.security_notes():
+            log.log(level, "%s", note)
         self._watch_config_if_set()
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -183,6 +231,7 @@ class Sidecar:
             await server.stop()
         # The drained calls' request lines, before the process can exit.
         self._request_log.flush()
+        SECRETS.withdraw(self)
         # -- telemetry flush: last, so the spans and metrics of the drained calls are exported.
         if self._telemetry is not None:
             await self._telemetry.stop()
@@ -208,13 +257,20 @@ class Sidecar:
                 self._stamp = file_stamp(path)
             try:
                 config = load_config(path)
+                self._beside_stamps.update(_stamps(_files_beside(config)))
+                # Published before anything can log about the new config: a provider it adds.
+                SECRETS.publish(self, config_secrets(config, self._environ))
+                certificates = self._read_certificates(config)
                 build = build_engine(config, environ=self._environ, previous=self._live.build)
             except ConfigError as exc:
                 return await self._refused(exc.errors, str(path))
             except Exception as exc:  # anything else that refuses the config (e.g. the Rust table)
                 return await self._refused([str(exc)], str(path))
             warnings = applies_after_restart(self.config, config)
+            SECRETS.publish(self, config_secrets(config, self._environ, build.tenant_keys))
             self._swap(build)
+            if self._tls is not None and certificates is not None:
+                self._tls.update(certificates)
             self._request_log.configure(
                 log_prompts=config.telemetry.log_prompts,
                 flush_after_s=config.telemetry.request_log_flush_ms / 1000.0,
@@ -225,6 +281,11 @@ class Sidecar:
             await self._health.set(CONFIG_SERVICE, SERVING)
             self._watch_config_if_set()
             return ReloadResult(True, self._live.version, warnings=tuple(warnings))
+
+    def _read_certificates(self, config: Config) -> grpc.ServerCertificateConfiguration | None:
+        tls = config.server.tls
+        # Turning TLS on or off is refused by build_engine (a restart-only change).
+        return read_certificates(tls) if tls is not None and self._tls is not None else None
 
     def install_reload_signal(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Reload the config file on SIGHUP (Unix only). `stop` removes the handler."""
@@ -283,6 +344,12 @@ class Sidecar:
             if stamp is not None and stamp != self._stamp:
                 log.info("config file %s changed: reloading", path)
                 await self.reload()
+                continue
+            beside = _stamps(_files_beside(self.config))
+            changed = [name for name, s in beside.items() if s != self._beside_stamps.get(name)]
+            if changed:
+                log.info("%s changed: reloading", ", ".join(changed))
+                await self.reload()
 
     async def _stop_reloading(self) -> None:
         if self._signal_loop is not None:
@@ -297,6 +364,20 @@ class Sidecar:
             status = NOT_SERVING if self._shared.degraded else SERVING
             await self._health.set(SHARED_STATE_SERVICE, status)
             await asyncio.sleep(SHARED_STATE_POLL_S)
+
+
+def _files_beside(config: Config) -> list[str]:
+    """The files a config load reads besides the config: a change to one reloads the config too,
+    so a key file edited or a certificate renewed in place is taken without a signal."""
+    tls = config.server.tls
+    names = [config.auth.keys_file]
+    if tls is not None:
+        names += [tls.cert_file, tls.key_file, tls.client_ca_file]
+    return [name for name in names if name]
+
+
+def _stamps(names: Iterable[str]) -> dict[str, FileStamp | None]:
+    return {name: file_stamp(Path(name)) for name in names}
 
 
 async def _cancelled(*tasks: asyncio.Task[object] | None) -> None:
@@ -324,6 +405,34 @@ async def create_server(
     changes every server.reload_poll_s. `telemetry` (built from config.telemetry when None; tests
     pass one with an in-memory span exporter) is flushed last when the sidecar stops."""
     environ = os.environ if environ is None else environ
+    # Before anything is built, so no line logged while building shows a key.
+    secrets_owner = object()
+    SECRETS.publish(secrets_owner, config_secrets(config, environ))
+    try:
+        return await _create_server(
+            config,
+            address,
+            environ=environ,
+            latency=latency,
+            stats=stats,
+            config_path=config_path,
+            telemetry=telemetry,
+        )
+    finally:
+        SECRETS.withdraw(secrets_owner)
+
+
+async def _create_server(
+    config: Config,
+    address: str | None,
+    *,
+    environ: Mapping[str, str],
+    latency: LatencyTracker | None,
+    stats: StatsBook | None,
+    config_path: Path | None,
+    telemetry: Telemetry | None,
+) -> tuple[Sidecar, int]:
+    tls = ServerTls(config.server.tls) if config.server.tls is not None else None
     telemetry = telemetry or Telemetry(config.telemetry, environ=environ)
     cache = build_cache(config, environ)
     build = build_engine(
@@ -345,7 +454,10 @@ async def create_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     bind = address or config.server.grpc_address
-    port = grpc_server.add_insecure_port(bind)
+    if tls is None:
+        port = grpc_server.add_insecure_port(bind)
+    else:
+        port = grpc_server.add_secure_port(bind, tls.credentials())
     if port == 0:
         await asyncio.gather(*(adapter.aclose() for adapter in build.adapters.values()))
         raise OSError(f"cannot bind gRPC address {bind}")
@@ -365,7 +477,10 @@ async def create_server(
         config_path=config_path,
         telemetry=telemetry,
         cache=cache,
+        tls=tls,
+        bound=bind,
     )
+    SECRETS.publish(sidecar, config_secrets(config, environ, build.tenant_keys))
     observer = RequestObserver(telemetry, request_log)
     add_router_to_server(RouterServicer(live, observer), grpc_server)
     admin_token = environ.get(config.admin.token_env)

@@ -15,6 +15,7 @@ from switchpoint.engine import ChatResult, Engine
 from switchpoint.errors import InvalidRequestError
 from switchpoint.reload import LiveEngine
 from switchpoint.request import ChatInput, new_request_id
+from switchpoint.security.access import AccessDenied, authenticate, bind_routing, bind_stats
 from switchpoint.server import convert
 from switchpoint.server.observe import Observation, RequestObserver
 from switchpoint.server.status import failure_for
@@ -65,8 +66,14 @@ class RouterServicer:
         decide alone (`Engine.routes_alone`) and nothing but sizes is observed, one call into Rust
         decodes, validates, decides, checks the gate and encodes; otherwise (and for whatever that
         call does not answer: a failure, a gate refusal, a scope the gate has not seen) the request
-        takes the path Chat takes, to the same decision."""
-        engine = self._engine()
+        takes the path Chat takes, to the same decision.
+
+        With tenant API keys the request is decoded here first, checked, bound to the key's tenant
+        and re-encoded; without keys nothing is added."""
+        build = self._engine.build
+        if build.tenant_keys.enabled:
+            request = await self._bound_route_request(request, context)
+        engine = build.engine
         observer = self._observer
         if observer.light and engine.routes_alone():
             gate = engine.gate
@@ -82,6 +89,22 @@ class RouterServicer:
                     observer.routed(*routed[1:], time.perf_counter() - started)
                 return routed[0]
         return await self._route(engine, request, context)
+
+    async def _bound_route_request(self, request: bytes, context: ServicerContext) -> bytes:
+        build = self._engine.build
+        try:
+            key = authenticate(build.tenant_keys, context.invocation_metadata())
+            try:
+                message = pb.RouteRequest.FromString(request)
+            except DecodeError:
+                await self._refuse_undecodable(context)
+            bind_routing(key, message.routing, build.engine.config.routing.stages)
+        except AccessDenied as denied:
+            await context.abort(denied.code, denied.message)
+        # Always re-encoded, even when binding changed nothing: the Rust decoder then reads the
+        # canonical bytes of the message that was checked, never a field (a repeated tenant, an
+        # odd tag encoding) that the two decoders might read differently.
+        return message.SerializeToString()
 
     async def _route(self, engine: Engine, request: bytes, context: ServicerContext) -> bytes:
         try:
@@ -101,7 +124,17 @@ class RouterServicer:
             failure = InvalidRequestError("request", "is not a valid switchpoint.v1.RouteRequest")
             await _abort(context, failure, unread.request_id, seen)
 
+    async def _bind_chat(self, request: pb.ChatRequest, context: ServicerContext) -> None:
+        build = self._engine.build
+        try:
+            key = authenticate(build.tenant_keys, context.invocation_metadata())
+            bind_routing(key, request.routing, build.engine.config.routing.stages)
+        except AccessDenied as denied:
+            await context.abort(denied.code, denied.message)
+
     async def Chat(self, request: pb.ChatRequest, context: ServicerContext) -> pb.ChatResponse:
+        if self._engine.build.tenant_keys.enabled:
+            await self._bind_chat(request, context)
         chat_input = convert.chat_input(request)
         with (
             self._engine.hold() as engine,
@@ -119,6 +152,8 @@ class RouterServicer:
     async def ChatStream(
         self, request: pb.ChatRequest, context: ServicerContext
     ) -> AsyncIterator[pb.ChatChunk]:
+        if self._engine.build.tenant_keys.enabled:
+            await self._bind_chat(request, context)
         chat_input = convert.chat_input(request)
         with (
             self._engine.hold() as engine,
@@ -153,6 +188,12 @@ class RouterServicer:
             await _abort(context, exc, request_id, seen)
 
     async def GetStats(self, request: pb.StatsRequest, context: ServicerContext) -> pb.Stats:
+        keys = self._engine.build.tenant_keys
+        if keys.enabled:
+            try:
+                bind_stats(authenticate(keys, context.invocation_metadata()), request)
+            except AccessDenied as denied:
+                await context.abort(denied.code, denied.message)
         engine = self._engine()
         names = [m.name for m in engine.registry.models]
         for i, name in enumerate(request.models):
