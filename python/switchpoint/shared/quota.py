@@ -83,6 +83,8 @@ class SharedQuota:
         self._seq = 0
         self._budgets: dict[int, BudgetLease] = {}
         self._rates: dict[int, RateLease] = {}
+        # Leases of instances the gate freed, kept only until their queued reports reach Redis.
+        self._retiring: list[BudgetLease | RateLease] = []
         self._rate_leaser = RateLeaser(
             store,
             ledger,
@@ -158,6 +160,7 @@ class SharedQuota:
             await self._task  # at most one round, which Redis timeouts bound
             self._task = None
         try:
+            await self._flush_retiring()
             for lease in self._budgets.values():
                 self._set_leased(lease, 0.0)
             for rate in self._rates.values():
@@ -192,19 +195,25 @@ class SharedQuota:
         leases = list(self._budgets.values())
         rates = list(self._rates.values())
         # Take usage from every ledger first, so it is queued even if Redis fails mid-round.
+        # An instance the gate freed during the round is skipped (see `forget_budget`).
         for lease in leases:
             async with lease.lock:
-                self._collect(lease)
+                if self._budgets.get(lease.budget_id) is lease:
+                    self._collect(lease)
         for rate in rates:
             async with rate.lock:
-                self._rate_leaser.collect(rate)
+                if self._rates.get(rate.limit_id) is rate:
+                    self._rate_leaser.collect(rate)
         try:
+            await self._flush_retiring()
             for lease in leases:
                 async with lease.lock:
-                    await self._sync_budget(lease, need_usd=0.0)
+                    if self._budgets.get(lease.budget_id) is lease:
+                        await self._sync_budget(lease, need_usd=0.0)
             for rate in rates:
                 async with rate.lock:
-                    await self._rate_leaser.sync(rate)
+                    if self._rates.get(rate.limit_id) is rate:
+                        await self._rate_leaser.sync(rate)
         except REDIS_ERRORS as exc:
             _raise_if_cancelled(exc)
             self._degrade(exc)
@@ -315,6 +324,58 @@ class SharedQuota:
                 for pool in rate.pools.values()
             ),
         )
+
+    # -- instances the gate frees (switchpoint.state.instances) ----------------------------------
+
+    def shares_budget(self, budget_id: int) -> bool:
+        return budget_id in self._budgets
+
+    def can_forget_budget(self, budget_id: int) -> bool:
+        """Whether gate budget `budget_id` may be freed now: no sync or top-up is using it (they
+        touch its ledger after awaiting Redis) and Redis is reachable, so the spend it still
+        holds will be reported rather than pile up."""
+        lease = self._budgets.get(budget_id)
+        return lease is None or not (lease.lock.locked() or self.degraded)
+
+    def can_forget_rate_limit(self, limit_id: int) -> bool:
+        lease = self._rates.get(limit_id)
+        return lease is None or not (lease.lock.locked() or self.degraded)
+
+    def forget_budget(self, budget_id: int) -> None:
+        """The gate is about to free budget `budget_id` (`can_forget_budget` said so): its
+        unreported spend is queued now and reported by the next round, and it is synced no more.
+
+        Its lease stays this replica's in Redis until the window's key expires: a budget instance
+        made again for the same scope is answered with it (Redis returns the replica's
+        outstanding lease), so nothing is given back that the same scope may still spend.
+        """
+        lease = self._budgets.pop(budget_id, None)
+        if lease is None:
+            return
+        self._collect(lease)
+        if lease.reports:
+            self._retiring.append(lease)
+
+    def forget_rate_limit(self, limit_id: int) -> None:
+        """`forget_budget` for a shared rate limit."""
+        lease = self._rates.pop(limit_id, None)
+        if lease is None:
+            return
+        self._rate_leaser.collect(lease)
+        if any(pool.reports for pool in lease.pools.values()):
+            self._retiring.append(lease)
+
+    async def _flush_retiring(self) -> None:
+        """Reports what freed instances still held; one report per queued amount, so a round's
+        Redis commands stay bounded by the live instances plus those freed since the last."""
+        while self._retiring:
+            lease = self._retiring[0]
+            async with lease.lock:
+                if isinstance(lease, BudgetLease):
+                    await self._flush(lease)
+                else:
+                    await self._rate_leaser.flush(lease)
+            self._retiring.pop(0)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
