@@ -10,11 +10,13 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
 import pytest
+import yaml
 from redis.asyncio import Redis
 
 from switchpoint._native import CoreError
@@ -72,10 +74,11 @@ async def _in_batches(calls: Sequence[Callable[[], Awaitable[Any]]], size: int =
     return results
 
 
-async def _metric_tenants(sidecar: RunningSidecar) -> set[str]:
+async def _metric_labels(sidecar: RunningSidecar, label: str) -> set[str]:
+    """Every value of `label` in the /metrics exposition."""
     async with httpx.AsyncClient() as client:
         response = await client.get(f"http://127.0.0.1:{sidecar.sidecar.metrics_port}/metrics")
-    return set(re.findall(r'tenant="([^"]*)"', response.text))
+    return set(re.findall(label + r'="([^"]*)"', response.text))
 
 
 def _instances(sidecar: RunningSidecar) -> int:
@@ -116,7 +119,24 @@ async def test_a_flood_of_tenants_leaves_bounded_state(openai_server: OpenAIServ
         assert {
             tenant for _, tenant, _, _ in running.sidecar._telemetry.metrics.route_tally.requests()
         } <= {KNOWN, OTHER}
-        assert await _metric_tenants(running) <= {KNOWN, OTHER, ""}
+        # Stages are checked against routing.stages, but a refused call is still counted.
+        bad_stages = await _in_batches(
+            [
+                partial(
+                    running.stub.Route,
+                    pb.RouteRequest(
+                        messages=user("hi"), routing=pb.RoutingOptions(stage=_random_tenant())
+                    ),
+                )
+                for _ in range(50)
+            ]
+        )
+        assert all(
+            isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.INVALID_ARGUMENT
+            for r in bad_stages
+        )
+        assert await _metric_labels(running, "tenant") == {KNOWN, OTHER, ""}
+        assert await _metric_labels(running, "stage") == {OTHER, ""}
         # GetStats by an unknown tenant reads the shared `other` counters.
         stats = await running.stub.GetStats(pb.StatsRequest(tenant=_random_tenant()))
         other = await running.stub.GetStats(pb.StatsRequest(tenant=OTHER))
@@ -258,3 +278,22 @@ async def test_shared_budgets_of_random_tenants_bound_redis_traffic(
             await running.stub.Chat(_chat(victim))
         assert again.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "budget" in (again.value.details() or "")
+
+
+async def test_reloads_share_one_bound(openai_server: OpenAIServer, tmp_path: Path) -> None:
+    """Every config's gate makes instances in the same Rust gate: a reload neither resets the cap
+    nor leaves the previous config's instances behind for ever."""
+    config = _config(openai_server.base_url)
+    async with running_sidecar(config, ENV) as running:
+        for round_ in range(3):
+            routes = [partial(running.stub.Route, _route(_random_tenant())) for _ in range(300)]
+            results = await _in_batches(routes)
+            assert all(isinstance(r, pb.RouteDecision) for r in results)
+            assert _instances(running) <= MAX_SCOPES
+            assert max(running.sidecar.engine.gate.gate.rule_slots()) <= MAX_SCOPES
+            # The next config renames the rate limit: the old one's instances belong to no rule.
+            config["limits"][0]["name"] = f"per-tenant-{round_}"
+            path = tmp_path / f"config-{round_}.yaml"
+            path.write_text(yaml.safe_dump(config), encoding="utf-8")
+            assert (await running.sidecar.reload(path)).ok
+        assert len(running.sidecar.engine.gate.scopes) <= MAX_SCOPES

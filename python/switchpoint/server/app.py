@@ -307,7 +307,12 @@ class Sidecar:
         # The interval is read each round: a reload may change the expiry.
         while True:
             await asyncio.sleep(min(self.config.server.state.idle_expiry_s / 4, SCOPE_SWEEP_MAX_S))
-            freed = self.engine.gate.expire_idle()
+            try:
+                freed = self.engine.gate.expire_idle()
+            except Exception:
+                # A bug in one sweep must not end the loop: idle instances would pile up again.
+                log.exception("freeing idle rule instances failed")
+                continue
             if freed:
                 log.debug("freed %d idle rule instances", freed)
 
