@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from switchpoint._native import CoreError
 from switchpoint.config import parse_config
-from switchpoint.errors import QuotaExceededError
+from switchpoint.errors import ConfigError, QuotaExceededError
 from switchpoint.gate import RequestScope, TokenGate
 from switchpoint.state.labels import OTHER
 from switchpoint.v1 import router_pb2 as pb
@@ -297,3 +297,19 @@ async def test_reloads_share_one_bound(openai_server: OpenAIServer, tmp_path: Pa
             path.write_text(yaml.safe_dump(config), encoding="utf-8")
             assert (await running.sidecar.reload(path)).ok
         assert len(running.sidecar.engine.gate.scopes) <= MAX_SCOPES
+
+
+def test_state_config_is_checked() -> None:
+    base = _config("http://127.0.0.1:9/v1")
+    for state, expected in (
+        ({"max_scopes": 0}, "server.state.max_scopes: must be >= 1"),
+        ({"idle_expiry_s": 0}, "server.state.idle_expiry_s: must be > 0"),
+        ({"max_scope": 5}, "server.state.max_scope: unknown key"),
+        (
+            {"max_scopes": 2},
+            "server.state.max_scopes: must be >= the number of limits and budgets (3)",
+        ),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            parse_config({**base, "server": {"state": state}})
+        assert any(error.startswith(expected) for error in refused.value.errors), refused.value

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from switchpoint.cache.config import CacheConfig
 from switchpoint.errors import ConfigError, ErrorClass
-from switchpoint.state.config import StateConfig
+from switchpoint.state.config import StateConfig, check_state
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -466,6 +466,7 @@ def _check_references(config: Config) -> list[str]:
         *_check_models(config),
         *_check_routing(config),
         *_check_gate(config),
+        *check_state(config),
     ]
 
 

@@ -6,9 +6,12 @@ its own rule instance; these two numbers keep that state bounded (see `instances
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from switchpoint.config import Config
 
 
 class StateConfig(BaseModel):
@@ -21,3 +24,15 @@ class StateConfig(BaseModel):
     # An instance that no reservation has used for this long is freed, unless freeing it would
     # forget something (see `instances.ScopeTable`).
     idle_expiry_s: Annotated[float, Field(gt=0)] = 600.0
+
+
+def check_state(config: Config) -> list[str]:
+    """One request may need an instance of every rule at once (they are made before any is
+    freed), so a cap below the number of rules would refuse such requests for ever."""
+    rules = len(config.limits) + len(config.budgets)
+    if config.server.state.max_scopes < rules:
+        return [
+            f"server.state.max_scopes: must be >= the number of limits and budgets ({rules}): "
+            "one request may need an instance of each"
+        ]
+    return []
