@@ -29,6 +29,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
+from typing import Literal
 
 from redis.exceptions import RedisError
 
@@ -195,7 +196,7 @@ class SharedQuota:
         leases = list(self._budgets.values())
         rates = list(self._rates.values())
         # Take usage from every ledger first, so it is queued even if Redis fails mid-round.
-        # An instance the gate freed during the round is skipped (see `forget_budget`).
+        # An instance the gate freed during the round is skipped (see `forget`).
         for lease in leases:
             async with lease.lock:
                 if self._budgets.get(lease.budget_id) is lease:
@@ -330,44 +331,26 @@ class SharedQuota:
     def shares_budget(self, budget_id: int) -> bool:
         return budget_id in self._budgets
 
-    def can_forget_budget(self, budget_id: int) -> bool:
-        """Whether gate budget `budget_id` may be freed now: no sync or top-up is using it (they
-        touch its ledger after awaiting Redis) and Redis is reachable, so the spend it still
-        holds will be reported rather than pile up."""
-        lease = self._budgets.get(budget_id)
+    def can_forget(self, kind: Literal["limit", "budget"], rule_id: int) -> bool:
+        """Whether gate rule `rule_id` may be freed now: no sync or top-up is inside it (they touch
+        its ledger after awaiting Redis), and Redis is reachable to take what it still holds."""
+        lease = (self._budgets if kind == "budget" else self._rates).get(rule_id)
         return lease is None or not (lease.lock.locked() or self.degraded)
 
-    def can_forget_rate_limit(self, limit_id: int) -> bool:
-        lease = self._rates.get(limit_id)
-        return lease is None or not (lease.lock.locked() or self.degraded)
-
-    def forget_budget(self, budget_id: int) -> None:
-        """The gate is about to free budget `budget_id` (`can_forget_budget` said so): its
-        unreported spend is queued now and reported by the next round, and it is synced no more.
-
-        Its lease stays this replica's in Redis until the window's key expires: a budget instance
-        made again for the same scope is answered with it (Redis returns the replica's
-        outstanding lease), so nothing is given back that the same scope may still spend.
-        """
-        lease = self._budgets.pop(budget_id, None)
-        if lease is None:
-            return
-        self._collect(lease)
-        if lease.reports:
+    def forget(self, kind: Literal["limit", "budget"], rule_id: int) -> None:
+        """The gate frees rule `rule_id` (`can_forget` said it may): its unreported usage is queued
+        for the next round to report, and it is synced no more. Its lease stays this replica's in
+        Redis until the key expires: an instance made again for the scope is answered with it."""
+        if kind == "budget" and (lease := self._budgets.pop(rule_id, None)) is not None:
+            self._collect(lease)
             self._retiring.append(lease)
-
-    def forget_rate_limit(self, limit_id: int) -> None:
-        """`forget_budget` for a shared rate limit."""
-        lease = self._rates.pop(limit_id, None)
-        if lease is None:
-            return
-        self._rate_leaser.collect(lease)
-        if any(pool.reports for pool in lease.pools.values()):
-            self._retiring.append(lease)
+        elif kind == "limit" and (rate := self._rates.pop(rule_id, None)) is not None:
+            self._rate_leaser.collect(rate)
+            self._retiring.append(rate)
 
     async def _flush_retiring(self) -> None:
-        """Reports what freed instances still held; one report per queued amount, so a round's
-        Redis commands stay bounded by the live instances plus those freed since the last."""
+        """Reports what freed instances still held: a round's Redis round trips are bounded by
+        the live instances and those freed since the last round."""
         while self._retiring:
             lease = self._retiring[0]
             async with lease.lock:

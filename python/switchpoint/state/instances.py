@@ -177,7 +177,7 @@ class ScopeTable:
         """Whether freeing `instance` now would lose nothing (see the module docstring)."""
         shared = self._shared
         if instance.kind == "limit":
-            if shared is not None and not shared.can_forget_rate_limit(instance.gate_id):
+            if shared is not None and not shared.can_forget("limit", instance.gate_id):
                 return False
             requests, tokens, in_flight = self._gate.limit_state(instance.gate_id, now)
             return (
@@ -186,7 +186,7 @@ class ScopeTable:
                 and (instance.tpm is None or (tokens is not None and tokens >= instance.tpm))
             )
         if shared is not None and shared.shares_budget(instance.gate_id):
-            return shared.can_forget_budget(instance.gate_id)
+            return shared.can_forget("budget", instance.gate_id)
         _, spent, reserved, _, _ = self._gate.budget_state(instance.gate_id, now)
         return spent == 0.0 and reserved == 0.0
 
@@ -195,11 +195,9 @@ class ScopeTable:
             owner.forget_instance(instance)
         del self._instances[(instance.kind, instance.gate_id)]
         self.epoch += 1
+        if self._shared is not None:
+            self._shared.forget(instance.kind, instance.gate_id)
         if instance.kind == "limit":
-            if self._shared is not None:
-                self._shared.forget_rate_limit(instance.gate_id)
             self._gate.remove_rate_limit(instance.gate_id)
         else:
-            if self._shared is not None:
-                self._shared.forget_budget(instance.gate_id)
             self._gate.remove_budget(instance.gate_id)
