@@ -313,3 +313,29 @@ def test_state_config_is_checked() -> None:
         with pytest.raises(ConfigError) as refused:
             parse_config({**base, "server": {"state": state}})
         assert any(error.startswith(expected) for error in refused.value.errors), refused.value
+
+
+def test_each_gate_sharing_an_instance_forgets_it_when_freed() -> None:
+    """After a reload the old and the new config's gates both cache a carried instance; whatever
+    one of them drops from its own cache, freeing the instance purges both."""
+    clock = [FEB]
+    config = parse_config(
+        {
+            **one_model_config("http://127.0.0.1:9/v1"),
+            "server": {"state": {"max_scopes": 2, "idle_expiry_s": 60}},
+            "limits": [{"name": "fixed", "match": {"tenant": "t"}, "rpm": 600}],
+        }
+    )
+    model = config.models[0]
+    old = TokenGate(config, clock=lambda: clock[0])
+    (carried,), _ = old.ids_for(RequestScope("t", ""), model)
+    new = TokenGate(config, old.gate, clock=lambda: clock[0])
+    new.carry_over(old)
+    assert new.ids_for(RequestScope("t", ""), model) == ([carried], [])
+    for name in ("u0", "u1"):  # the old gate's cache (2 answers) drops its answer for "t"
+        old.ids_for(RequestScope(name, ""), model)
+    clock[0] += 61.0
+    assert new.expire_idle() == 1
+    (fresh,), _ = new.ids_for(RequestScope("t", ""), model)
+    assert fresh != carried
+    assert new.gate.limit_state(fresh, clock[0])[0] == 600

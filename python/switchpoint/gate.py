@@ -28,10 +28,12 @@ from switchpoint.registry import Registry
 from switchpoint.routing import Decision
 from switchpoint.routing.decision import StrategyShift
 from switchpoint.shared import LEASE_KINDS, SharedQuota
-from switchpoint.state.instances import IdsKey, Instance, Kind, ScopeTable
+from switchpoint.state.instances import Instance, Kind, ScopeTable
 from switchpoint.state.labels import Labels
 
 Scope = tuple[tuple[ScopeKey, str], ...]
+# (tenant, stage, model): what `ids_for` answers for.
+IdsKey = tuple[str, str, str]
 
 
 class RequestScope(NamedTuple):
@@ -66,6 +68,11 @@ def _instance_scope(match: dict[ScopeKey, str], values: dict[ScopeKey, str]) -> 
             return None
         scope.append((key, actual))
     return tuple(scope)
+
+
+def _named(limit_ids: list[int], budget_ids: list[int]) -> list[tuple[Kind, int]]:
+    """The instances an answer of `ids_for` names, as `ScopeTable` keys them."""
+    return [*(("limit", i) for i in limit_ids), *(("budget", i) for i in budget_ids)]
 
 
 def _describe(scope: Scope) -> str:
@@ -135,6 +142,9 @@ class TokenGate:
         # (tenant, stage, model) -> ids; the rule walk runs once per distinct key. Tenants are
         # the caller's to name, so the oldest answers are dropped past this many.
         self._ids: dict[IdsKey, tuple[list[int], list[int]]] = {}
+        # (kind, gate id) -> the keys of `_ids` whose answer names it: this gate's own, since
+        # after a reload two gates may cache the same instance and each must forget it.
+        self._users: dict[tuple[Kind, int], set[IdsKey]] = {}
         self._ids_cap = config.server.state.max_scopes * len(config.models)
         self._limit_overrides: dict[str, float] = {}
         self.shared = shared
@@ -211,11 +221,8 @@ class TokenGate:
             self.scopes.unpin()
         self._ids[key] = (limit_ids, budget_ids)
         self.admission.learn(scope.tenant, scope.stage, model.name, limit_ids, budget_ids)
-        for kind, ids in (("limit", limit_ids), ("budget", budget_ids)):
-            for gate_id in ids:
-                instance = self.scopes.get(kind, gate_id)  # type: ignore[arg-type]
-                if instance is not None:
-                    instance.users.add(key)
+        for named in _named(limit_ids, budget_ids):
+            self._users.setdefault(named, set()).add(key)
         if len(self._ids) > self._ids_cap:
             self._drop_ids(next(iter(self._ids)))
         return limit_ids, budget_ids
@@ -226,11 +233,12 @@ class TokenGate:
         if found is None:
             return
         self.admission.forget(*key)
-        for kind, ids in (("limit", found[0]), ("budget", found[1])):
-            for gate_id in ids:
-                instance = self.scopes.get(kind, gate_id)  # type: ignore[arg-type]
-                if instance is not None:
-                    instance.users.discard(key)
+        for named in _named(*found):
+            users = self._users.get(named)
+            if users is not None:
+                users.discard(key)
+                if not users:
+                    del self._users[named]
 
     def forget_instance(self, instance: Instance) -> None:
         """`ScopeTable` is about to free `instance`: no cached answer may name its id."""
@@ -241,7 +249,7 @@ class TokenGate:
                 self._limit_names.pop(instance.gate_id, None)
             else:
                 self._budget_instances.pop(key, None)
-        for users_key in list(instance.users):
+        for users_key in self._users.pop((instance.kind, instance.gate_id), set()):
             self._drop_ids(users_key)
 
     def expire_idle(self) -> int:

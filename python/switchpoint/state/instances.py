@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from switchpoint._native import Gate
@@ -40,7 +40,6 @@ from switchpoint.shared import SharedQuota
 from switchpoint.state.config import StateConfig
 
 Kind = Literal["limit", "budget"]
-IdsKey = tuple[str, str, str]
 
 # After a full table was found with nothing to free, new scopes are refused this long without
 # scanning it again: a flood of new tenants costs a dict lookup each, not a scan of the table.
@@ -64,8 +63,6 @@ class Instance:
     # A rate limit's per-minute limits, to tell when its buckets are full again.
     rpm: float | None = None
     tpm: float | None = None
-    # The owners' cached (tenant, stage, model) answers that list this instance.
-    users: set[IdsKey] = field(default_factory=set)
 
 
 class ScopeTable:
