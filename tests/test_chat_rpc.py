@@ -294,8 +294,13 @@ async def test_get_stats_filters_by_tenant_and_stage(
 ) -> None:
     config = _config(openai_server, anthropic_server)
     config["routing"]["stages"] = {"ui": {"models": ["gpt-small"]}}
+    # Stats keep apart the tenants the config names; any other is counted as "other".
+    config["budgets"] = [
+        {"name": name, "match": {"tenant": name}, "window": "day", "limit_usd": 100.0}
+        for name in ("acme", "globex")
+    ]
     async with running_sidecar(config, KEYS) as sidecar:
-        for tenant, stage in (("acme", "ui"), ("acme", ""), ("globex", "ui")):
+        for tenant, stage in (("acme", "ui"), ("acme", ""), ("globex", "ui"), ("walk-in", "")):
             request = _chat("count me", "gpt-small")
             request.routing.tenant = tenant
             request.routing.stage = stage
@@ -305,9 +310,10 @@ async def test_get_stats_filters_by_tenant_and_stage(
         both = await sidecar.stub.GetStats(
             pb.StatsRequest(models=["gpt-small"], tenant="acme", stage="ui")
         )
-        nobody = await sidecar.stub.GetStats(pb.StatsRequest(models=["gpt-small"], tenant="x"))
+        unnamed = await sidecar.stub.GetStats(pb.StatsRequest(models=["gpt-small"], tenant="x"))
     assert acme.models[0].requests == 2
     assert ui.models[0].requests == 2
     assert both.models[0].requests == 1
     assert both.models[0].cost_usd == pytest.approx(acme.models[0].cost_usd / 2)
-    assert nobody.models[0].requests == 0
+    # A tenant the config does not name reads the one "other" bucket: the walk-in's call.
+    assert unnamed.models[0].requests == 1

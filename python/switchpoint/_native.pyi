@@ -210,8 +210,23 @@ class Gate:
         self, name: str, *, limit_usd: float, window: Literal["hour", "day", "month", "total"]
     ) -> int:
         """Adds a budget and returns its id."""
-    def limit_count(self) -> int: ...
-    def budget_count(self) -> int: ...
+    def limit_count(self) -> int:
+        """Rate limits alive."""
+    def budget_count(self) -> int:
+        """Budgets alive."""
+    def rule_slots(self) -> tuple[int, int]:
+        """`(rate_limit_slots, budget_slots)`: the most rules of each kind alive at once."""
+    def remove_rate_limit(self, limit: int) -> bool:
+        """Frees a rate limit: True if freed, False (changing nothing) while a reservation names
+        it. A freed rule's id names no rule from then on; its memory goes to later rules."""
+    def remove_budget(self, budget: int) -> bool:
+        """Frees a budget and forgets its spend: True if freed, False while a reservation names
+        it."""
+    def limit_activity(self, limit: int) -> tuple[int, float | None]:
+        """`(holds, last_used)`: reservations naming the rate limit now, and the `now` of the last
+        reserve, settle or release naming it (None if none did)."""
+    def budget_activity(self, budget: int) -> tuple[int, float | None]:
+        """`limit_activity` for a budget."""
     def check(
         self, limits: list[int], budgets: list[int], tokens: int, cost_usd: float, now: float
     ) -> tuple[_DenialKind, str, float] | None:
@@ -347,12 +362,19 @@ class Admission:
     def learn(
         self, tenant: str, stage: str, model: str, limits: list[int], budgets: list[int]
     ) -> None: ...
+    def forget(self, tenant: str, stage: str, model: str) -> None:
+        """Forgets what `learn` taught for `model` with `tenant` and `stage`."""
+    def __len__(self) -> int:
+        """(tenant, stage, model) entries known."""
 
 @final
 class RouteTally:
     """Route calls answered by `Router.route_wire`, for the metrics."""
 
     def __new__(cls, bounds: Sequence[float]) -> RouteTally: ...
+    def set_labels(self, tenants: list[str], stages: list[str], other: str) -> None:
+        """From now on a tenant or stage outside `tenants` / `stages` (and not empty) is counted
+        as `other`; counts already taken keep their labels."""
     def requests(self) -> list[tuple[str, str, str, int]]:
         """(model, tenant, stage, calls) for every combination seen."""
     def overhead(self) -> tuple[list[int], float]:

@@ -21,6 +21,7 @@ from switchpoint.admission_config import AdmissionQueueConfig
 from switchpoint.cache.config import CacheConfig
 from switchpoint.errors import ConfigError, ErrorClass
 from switchpoint.security.config import AdminConfig, AuthConfig, TlsConfig
+from switchpoint.state.config import StateConfig, check_state
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -57,6 +58,7 @@ class ServerConfig(StrictModel):
     # and content hash); a change reloads it. None: no watching (SIGHUP and Admin still reload).
     reload_poll_s: Positive | None = 2.0
     tls: TlsConfig | None = None
+    state: StateConfig = Field(default_factory=StateConfig)
 
 
 class ManagedServerConfig(StrictModel):
@@ -461,6 +463,7 @@ def _check_references(config: Config) -> list[str]:
         *_check_models(config),
         *_check_routing(config),
         *_check_gate(config),
+        *check_state(config),
     ]
 
 

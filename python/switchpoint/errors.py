@@ -42,6 +42,8 @@ class QuotaExceededError(SwitchpointError):
         wait = f"retry after {retry_after_s:.3g}s" if retry_after_s < float("inf") else "no retry"
         if kind == "queue":
             message = f"admission queue of '{name}' refused the call ({detail}); {wait}"
+        elif kind == "scopes":
+            message = f"no room for a new rule instance under '{name}' ({detail}); {wait}"
         else:
             what = "budget" if kind == "budget" else f"rate limit ({kind})"
             message = f"{what} '{name}' is exhausted; {wait}"

@@ -2,9 +2,10 @@
 
 Config rules (`limits`, `budgets`) name a scope by `match`: a fixed value ("tenant: acme") applies
 the rule to that value only; "*" gives every distinct value its own instance ("tenant: '*'" is one
-budget per tenant). Instances are created in Rust the first time a request needs them and keep their
-accounting for the life of the process. Every call reserves before it goes out and settles or
-releases after; `Reservation` makes the release unconditional (errors, timeouts, cancellation).
+budget per tenant). Instances are created in Rust the first time a request needs them; how many
+live at once and when an idle one is freed is `switchpoint.state.instances`' to decide. Every
+call reserves before it goes out and settles or releases after; `Reservation` makes the release
+unconditional (errors, timeouts, cancellation).
 
 With shared state (`shared`), each budget instance and each rate-limit instance with rpm or tpm
 is registered with the lease manager as it is created. A refusal only for want of this replica's
@@ -27,8 +28,12 @@ from switchpoint.registry import Registry
 from switchpoint.routing import Decision
 from switchpoint.routing.decision import StrategyShift
 from switchpoint.shared import EVERY_INSTANCE, LEASE_KINDS, SharedQuota
+from switchpoint.state.instances import Instance, Kind, ScopeTable
+from switchpoint.state.labels import Labels
 
 Scope = tuple[tuple[ScopeKey, str], ...]
+# (tenant, stage, model): what `ids_for` answers for.
+IdsKey = tuple[str, str, str]
 
 
 class RequestScope(NamedTuple):
@@ -63,6 +68,11 @@ def _instance_scope(match: dict[ScopeKey, str], values: dict[ScopeKey, str]) -> 
             return None
         scope.append((key, actual))
     return tuple(scope)
+
+
+def _named(limit_ids: list[int], budget_ids: list[int]) -> list[tuple[Kind, int]]:
+    """The instances an answer of `ids_for` names, as `ScopeTable` keys them."""
+    return [*(("limit", i) for i in limit_ids), *(("budget", i) for i in budget_ids)]
 
 
 def _describe(scope: Iterable[tuple[str, str]]) -> str:
@@ -133,10 +143,22 @@ class TokenGate:
         self._limit_ids: dict[tuple[int, Scope], int] = {}
         self._limit_names: dict[int, str] = {}
         self._budget_instances: dict[tuple[int, Scope], BudgetInstance] = {}
-        # (tenant, stage, model) -> ids; the rule walk runs once per distinct key.
-        self._ids: dict[tuple[str, str, str], tuple[list[int], list[int]]] = {}
+        # (kind, gate id) -> (rule index, scope) of the instances this gate created or adopted.
+        self._owned: dict[tuple[Kind, int], tuple[int, Scope]] = {}
+        # (tenant, stage, model) -> ids; the rule walk runs once per distinct key. Tenants are
+        # the caller's to name, so the oldest answers are dropped past this many.
+        self._ids: dict[IdsKey, tuple[list[int], list[int]]] = {}
+        # (kind, gate id) -> the keys of `_ids` whose answer names it: this gate's own, since
+        # after a reload two gates may cache the same instance and each must forget it.
+        self._users: dict[tuple[Kind, int], set[IdsKey]] = {}
+        self._ids_cap = config.server.state.max_scopes * len(config.models)
         self._limit_overrides: dict[str, float] = {}
         self.shared = shared
+        self._state_config = config.server.state
+        # Replaced by the previous gate's table on a reload (`carry_over`).
+        self.scopes = ScopeTable(self.gate, config.server.state, shared=shared, clock=clock)
+        # The tenants and stages metrics and usage stats keep apart.
+        self.labels = Labels.of(config)
 
     @property
     def enabled(self) -> bool:
@@ -152,11 +174,16 @@ class TokenGate:
         found = self._limit_ids.get(key)
         if found is None:
             name = f"{rule.name}[{_describe(scope)}]" if scope else rule.name
+            self.scopes.make_room()
             found = self.gate.add_rate_limit(
                 name, rpm=rule.rpm, tpm=rule.tpm, concurrency=rule.concurrency
             )
             self._limit_ids[key] = found
             self._limit_names[found] = name
+            self._owned[("limit", found)] = key
+            self.scopes.add(
+                Instance("limit", found, name, [self], self._clock(), rule.rpm, rule.tpm)
+            )
             if self.shared is not None and (rule.rpm is not None or rule.tpm is not None):
                 self.shared.register_rate_limit(found, name=name, rpm=rule.rpm, tpm=rule.tpm)
         return found
@@ -169,9 +196,12 @@ class TokenGate:
             limit = self._limit_overrides.get(self._override_key(rule.name, scope))
             if limit is None:
                 limit = self._limit_overrides.get(rule.name, rule.limit_usd)
+            self.scopes.make_room()
             gate_id = self.gate.add_budget(name, limit_usd=limit, window=rule.window)
             found = BudgetInstance(rule, scope, gate_id)
             self._budget_instances[key] = found
+            self._owned[("budget", gate_id)] = key
+            self.scopes.add(Instance("budget", gate_id, name, [self], self._clock()))
             if self.shared is not None:
                 self.shared.register_budget(
                     gate_id,
@@ -190,18 +220,54 @@ class TokenGate:
             return cached
         values = scope.values(model)
         limit_ids = []
-        for i, rule in enumerate(self._limits):
-            rule_scope = _instance_scope(dict(rule.match), values)
-            if rule_scope is not None:
-                limit_ids.append(self._limit_id(i, rule, rule_scope))
         budget_ids = []
-        for i, budget in enumerate(self._budgets):
-            rule_scope = _instance_scope(dict(budget.match), values)
-            if rule_scope is not None:
-                budget_ids.append(self._budget(i, budget, rule_scope).gate_id)
+        try:
+            for i, rule in enumerate(self._limits):
+                rule_scope = _instance_scope(dict(rule.match), values)
+                if rule_scope is not None:
+                    limit_ids.append(self._limit_id(i, rule, rule_scope))
+            for i, budget in enumerate(self._budgets):
+                rule_scope = _instance_scope(dict(budget.match), values)
+                if rule_scope is not None:
+                    budget_ids.append(self._budget(i, budget, rule_scope).gate_id)
+        finally:
+            self.scopes.unpin()
         self._ids[key] = (limit_ids, budget_ids)
         self.admission.learn(scope.tenant, scope.stage, model.name, limit_ids, budget_ids)
+        for named in _named(limit_ids, budget_ids):
+            self._users.setdefault(named, set()).add(key)
+        if len(self._ids) > self._ids_cap:
+            self._drop_ids(next(iter(self._ids)))
         return limit_ids, budget_ids
+
+    def _drop_ids(self, key: IdsKey) -> None:
+        """Forgets one cached answer of `ids_for`, here and in the Rust router's admission."""
+        found = self._ids.pop(key, None)
+        if found is None:
+            return
+        self.admission.forget(*key)
+        for named in _named(*found):
+            users = self._users.get(named)
+            if users is not None:
+                users.discard(key)
+                if not users:
+                    del self._users[named]
+
+    def forget_instance(self, instance: Instance) -> None:
+        """`ScopeTable` is about to free `instance`: no cached answer may name its id."""
+        key = self._owned.pop((instance.kind, instance.gate_id), None)
+        if key is not None:
+            if instance.kind == "limit":
+                self._limit_ids.pop(key, None)
+                self._limit_names.pop(instance.gate_id, None)
+            else:
+                self._budget_instances.pop(key, None)
+        for users_key in self._users.pop((instance.kind, instance.gate_id), set()):
+            self._drop_ids(users_key)
+
+    def expire_idle(self) -> int:
+        """Frees the rule instances idle past `server.state.idle_expiry_s` (see `ScopeTable`)."""
+        return self.scopes.expire_idle()
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -287,6 +353,9 @@ class TokenGate:
         # top-up may be refused by another rule's lease, but never loops on the same one.
         topped_up: set[str] = set()
         while True:
+            if topped_up:
+                # A top-up awaited Redis: an instance may have been freed meanwhile.
+                limit_ids, budget_ids = self.ids_for(scope, model)
             try:
                 reservation = self.gate.reserve(
                     limit_ids, budget_ids, tokens, cost_usd, self._clock()
@@ -315,7 +384,12 @@ class TokenGate:
         if self.shared is None:
             return False
         if kind == "budget":
-            results = [await self.shared.top_up(budget_id, cost_usd) for budget_id in budget_ids]
+            # Checked before each: an earlier top-up's await may have let an instance be freed.
+            results = [
+                await self.shared.top_up(budget_id, cost_usd)
+                for budget_id in budget_ids
+                if self.shared.shares_budget(budget_id)
+            ]
             return any(results)
         if kind in LEASE_KINDS:
             for limit_id in limit_ids:
@@ -412,6 +486,9 @@ class TokenGate:
             for key, limit in previous._limit_overrides.items()
             if key.split("[", 1)[0] in budgets.keys() - changed
         }
+        # One table per Rust gate: every instance, whichever config's gate made it, stays capped.
+        self.scopes = previous.scopes
+        self.scopes.configure(self._state_config)
         limits = {rule.name: (i, rule) for i, rule in enumerate(self._limits)}
         for (old_index, scope), limit_id in previous._limit_ids.items():
             old = previous._limits[old_index]
@@ -423,6 +500,7 @@ class TokenGate:
             if same and _instance_scope(dict(rule.match), dict(scope)) == scope:
                 self._limit_ids[(index, scope)] = limit_id
                 self._limit_names[limit_id] = previous._limit_names[limit_id]
+                self._adopt("limit", limit_id, (index, scope), previous)
         now = self._clock()
         for (_, scope), instance in previous._budget_instances.items():
             found_budget = budgets.get(instance.rule.name)
@@ -434,6 +512,7 @@ class TokenGate:
             if _instance_scope(dict(budget.match), dict(scope)) != scope:
                 continue
             self._budget_instances[(index, scope)] = BudgetInstance(budget, scope, instance.gate_id)
+            self._adopt("budget", instance.gate_id, (index, scope), previous)
             if self.shared is not None and budget.name not in changed:
                 continue  # its limit is the one Redis holds, which the lease manager follows
             limit = self._limit_overrides.get(self._override_key(budget.name, scope))
@@ -455,3 +534,11 @@ class TokenGate:
                 changed.add(old.name)
                 self.shared.config_limit_changed(old.name, limit)
         return changed
+
+    def _adopt(self, kind: Kind, gate_id: int, key: tuple[int, Scope], previous: TokenGate) -> None:
+        """Shares an instance of `previous` (still serving its calls in flight): both forget it
+        when it is freed. Gates older than `previous` have drained by now."""
+        self._owned[(kind, gate_id)] = key
+        instance = self.scopes.get(kind, gate_id)
+        if instance is not None:
+            instance.owners = [previous, self]

@@ -15,6 +15,7 @@ from opentelemetry.trace import Span, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from switchpoint.config import ModelConfig, ProviderConfig
+from switchpoint.state.labels import Labels
 
 # W3C trace context and baggage, in from gRPC metadata and out to providers. Stateless: one
 # instance serves every sidecar in the process.
@@ -39,6 +40,9 @@ def current_span(tracer: Tracer, name: str) -> AbstractContextManager[Span]:
 
 
 class MetricsSink(Protocol):
+    def set_labels(self, labels: Labels) -> None:
+        """Tenants and stages outside `labels` are recorded as `other` from now on."""
+
     def request(self, *, model: str, outcome: str, tenant: str, stage: str) -> None: ...
 
     def tokens(
@@ -60,6 +64,9 @@ class MetricsSink(Protocol):
 
 class NullMetrics:
     """Records nothing: for engines built without telemetry (unit tests, benches)."""
+
+    def set_labels(self, labels: Labels) -> None:
+        return None
 
     def request(self, *, model: str, outcome: str, tenant: str, stage: str) -> None:
         return None

@@ -240,6 +240,9 @@ def build_engine(
         metrics=old.metrics if old is not None else metrics,
         cache=old.cache.cache if old is not None and old.cache is not None else cache,
     )
+    # One config's known tenants and stages, for every book and sink that labels by them.
+    engine.stats.set_labels(gate.labels)
+    engine.metrics.set_labels(gate.labels)
     if previous is None:
         return EngineBuild(engine, adapters, tenant_keys=tenant_keys)
     # The commit: from here on the running engine sees the new limits too.

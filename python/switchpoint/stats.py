@@ -1,12 +1,17 @@
 """Usage counters for GetStats and the cost telemetry: requests, errors, tokens and USD per
 (tenant, stage, model). Latency percentiles live in the Rust tracker; these plain counts are cheap
-in Python and need no lock under a single event loop."""
+in Python and need no lock under a single event loop.
+
+Tenants are the caller's to name: a tenant or stage the config does not know is counted under
+`other` (`switchpoint.state.labels`), so the keys stay as many as the config names."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from switchpoint.state.labels import Labels
 
 
 @dataclass(slots=True)
@@ -39,8 +44,17 @@ class StatsBook:
     def __init__(self) -> None:
         self.started = time.monotonic()
         self._counters: dict[UsageKey, ModelCounters] = {}
+        self._labels = Labels()
+
+    def set_labels(self, labels: Labels) -> None:
+        """Tenants and stages outside `labels` are counted as `other` from now on."""
+        self._labels = labels
 
     def _at(self, key: UsageKey) -> ModelCounters:
+        labels = self._labels
+        tenant, stage = labels.tenant(key.tenant), labels.stage(key.stage)
+        if tenant is not key.tenant or stage is not key.stage:
+            key = UsageKey(tenant, stage, key.model)
         counters = self._counters.get(key)
         if counters is None:
             counters = self._counters[key] = ModelCounters()
@@ -72,7 +86,13 @@ class StatsBook:
     def total(
         self, model: str, *, tenant: str | None = None, stage: str | None = None
     ) -> ModelCounters:
-        """The counters of `model`, summed over the tenants and stages that match the filters."""
+        """The counters of `model`, summed over the tenants and stages that match the filters. A
+        filter the config does not know reads the `other` counters, where its calls were counted
+        (with every other unknown tenant's)."""
+        if tenant is not None:
+            tenant = self._labels.tenant(tenant)
+        if stage is not None:
+            stage = self._labels.stage(stage)
         total = ModelCounters()
         for key, counters in self._counters.items():
             if key.model != model:

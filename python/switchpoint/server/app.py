@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from switchpoint._native import LatencyTracker
+from switchpoint._native import CoreError, LatencyTracker
 from switchpoint.cache.build import CacheService, build_cache
 from switchpoint.config import Config, load_config
 from switchpoint.engine import Engine
@@ -51,6 +51,9 @@ ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 SHARED_STATE_SERVICE = "switchpoint.v1.SharedState"
 CONFIG_SERVICE = "switchpoint.v1.Config"
 SHARED_STATE_POLL_S = 1.0
+# Idle rule instances are looked for every quarter of `server.state.idle_expiry_s`, at most this
+# long apart.
+SCOPE_SWEEP_MAX_S = 30.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -89,6 +92,7 @@ class Sidecar:
         self._telemetry = telemetry
         self._shared = live.engine.gate.shared
         self._shared_watch: asyncio.Task[None] | None = None
+        self._scope_sweep: asyncio.Task[None] | None = None
         # Reloads run one at a time, whether from the watcher, SIGHUP or Admin.
         self._reload_lock = asyncio.Lock()
         self._stamp: FileStamp | None = None if config_path is None else file_stamp(config_path)
@@ -116,11 +120,18 @@ class Sidecar:
         return {name: q.depth for name, q in self.engine.scheduler.snapshot().items()}
 
     def _budgets_remaining(self) -> list[tuple[dict[str, str], float]]:
+        """Per budget instance of a known scope: a tenant the config does not name has no gauge
+        of its own (there would be one per name a caller sends)."""
         gate = self.engine.gate
         now = gate.now()
         out: list[tuple[dict[str, str], float]] = []
         for instance in gate.budget_instances():
-            limit, spent, reserved, _, _ = gate.gate.budget_state(instance.gate_id, now)
+            if not gate.labels.knows(instance.scope):
+                continue
+            try:
+                limit, spent, reserved, _, _ = gate.gate.budget_state(instance.gate_id, now)
+            except CoreError:
+                continue  # freed since the list was taken (this runs on the metrics thread)
             labels: dict[str, str] = {"budget": instance.rule.name}
             labels.update(instance.scope)
             out.append((labels, max(limit - spent - reserved, 0.0)))
@@ -197,6 +208,7 @@ class Sidecar:
             if self._cache is not None:
                 await self._cache.start()
             await self.grpc_server.start()
+            self._scope_sweep = asyncio.create_task(self._sweep_idle_scopes())
         except BaseException:
             # Never leave a child model server running behind a sidecar that failed to start.
             for server in self._managed:
@@ -217,8 +229,8 @@ class Sidecar:
         await self._stop_reloading()
         await self._health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace)
-        await _cancelled(self._shared_watch)
-        self._shared_watch = None
+        await _cancelled(self._shared_watch, self._scope_sweep)
+        self._shared_watch = self._scope_sweep = None
         if self._shared is not None:
             # After the drain: the last settled spend is reported, unspent leases go back.
             await self._shared.stop()
@@ -357,6 +369,19 @@ class Sidecar:
             self._signal_loop = None
         await _cancelled(self._config_watch, *self._reloads)
         self._config_watch = None
+
+    async def _sweep_idle_scopes(self) -> None:
+        # The interval is read each round: a reload may change the expiry.
+        while True:
+            await asyncio.sleep(min(self.config.server.state.idle_expiry_s / 4, SCOPE_SWEEP_MAX_S))
+            try:
+                freed = self.engine.gate.expire_idle()
+            except Exception:
+                # A bug in one sweep must not end the loop: idle instances would pile up again.
+                log.exception("freeing idle rule instances failed")
+                continue
+            if freed:
+                log.debug("freed %d idle rule instances", freed)
 
     async def _watch_shared_state(self) -> None:
         assert self._shared is not None

@@ -82,6 +82,10 @@ class SharedLimits:
     ) -> None:
         self._instances[budget_id] = _Instance(budget, scope, name, limit_nanos(config_usd))
 
+    def forget(self, budget_id: int) -> None:
+        """The gate freed this instance; a later one for the same scope registers anew."""
+        self._instances.pop(budget_id, None)
+
     def offer(self, budget_id: int) -> LimitOffer:
         """What to offer the instance's pool: the latest setting that applies, else the config."""
         instance = self._instances[budget_id]

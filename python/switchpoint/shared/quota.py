@@ -31,6 +31,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
+from typing import Literal
 
 from switchpoint.config import SharedStateConfig
 from switchpoint.shared.ledger import BudgetLease, LocalState
@@ -84,6 +85,8 @@ class SharedQuota:
         self._budgets: dict[int, BudgetLease] = {}
         self._limits = SharedLimits(ledger)
         self._rates: dict[int, RateLease] = {}
+        # Leases of instances the gate freed, kept only until their queued reports reach Redis.
+        self._retiring: list[BudgetLease | RateLease] = []
         self._rate_leaser = RateLeaser(
             store,
             ledger,
@@ -175,6 +178,7 @@ class SharedQuota:
             await self._task  # at most one round, which Redis timeouts bound
             self._task = None
         try:
+            await self._flush_retiring()
             for lease in self._budgets.values():
                 self._set_leased(lease, 0.0)
             for rate in self._rates.values():
@@ -209,20 +213,26 @@ class SharedQuota:
         leases = list(self._budgets.values())
         rates = list(self._rates.values())
         # Take usage from every ledger first, so it is queued even if Redis fails mid-round.
+        # An instance the gate freed during the round is skipped (see `forget`).
         for lease in leases:
             async with lease.lock:
-                self._collect(lease)
+                if self._budgets.get(lease.budget_id) is lease:
+                    self._collect(lease)
         for rate in rates:
             async with rate.lock:
-                self._rate_leaser.collect(rate)
+                if self._rates.get(rate.limit_id) is rate:
+                    self._rate_leaser.collect(rate)
         self._limits.read_next_lease()
         try:
+            await self._flush_retiring()
             for lease in leases:
                 async with lease.lock:
-                    await self._sync_budget(lease, need_usd=0.0)
+                    if self._budgets.get(lease.budget_id) is lease:
+                        await self._sync_budget(lease, need_usd=0.0)
             for rate in rates:
                 async with rate.lock:
-                    await self._rate_leaser.sync(rate)
+                    if self._rates.get(rate.limit_id) is rate:
+                        await self._rate_leaser.sync(rate)
         except REDIS_ERRORS as exc:
             _raise_if_cancelled(exc)
             self._degrade(exc)
@@ -343,6 +353,41 @@ class SharedQuota:
                 for pool in rate.pools.values()
             ),
         )
+
+    # -- instances the gate frees (switchpoint.state.instances) ----------------------------------
+
+    def shares_budget(self, budget_id: int) -> bool:
+        return budget_id in self._budgets
+
+    def can_forget(self, kind: Literal["limit", "budget"], rule_id: int) -> bool:
+        """Whether gate rule `rule_id` may be freed now: no sync or top-up is inside it (they touch
+        its ledger after awaiting Redis), and Redis is reachable to take what it still holds."""
+        lease = (self._budgets if kind == "budget" else self._rates).get(rule_id)
+        return lease is None or not (lease.lock.locked() or self.degraded)
+
+    def forget(self, kind: Literal["limit", "budget"], rule_id: int) -> None:
+        """The gate frees rule `rule_id` (`can_forget` said it may): its unreported usage is queued
+        for the next round to report, and it is synced no more. Its lease stays this replica's in
+        Redis until the key expires: an instance made again for the scope is answered with it."""
+        if kind == "budget" and (lease := self._budgets.pop(rule_id, None)) is not None:
+            self._limits.forget(rule_id)
+            self._collect(lease)
+            self._retiring.append(lease)
+        elif kind == "limit" and (rate := self._rates.pop(rule_id, None)) is not None:
+            self._rate_leaser.collect(rate)
+            self._retiring.append(rate)
+
+    async def _flush_retiring(self) -> None:
+        """Reports what freed instances still held: a round's Redis round trips are bounded by
+        the live instances and those freed since the last round."""
+        while self._retiring:
+            lease = self._retiring[0]
+            async with lease.lock:
+                if isinstance(lease, BudgetLease):
+                    await self._flush(lease)
+                else:
+                    await self._rate_leaser.flush(lease)
+            self._retiring.pop(0)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():

@@ -13,6 +13,7 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from prometheus_client import CollectorRegistry
 
 from switchpoint._native import RouteTally
+from switchpoint.state.labels import OTHER, Labels
 from switchpoint.telemetry.tally import BucketHistogram, Tally
 
 # Provider latency spans fast local models to slow long generations; the routing overhead is
@@ -44,6 +45,8 @@ class Metrics:
         # are read at scrape time (see there for why); the gauges below read their sources then.
         # Route calls the Rust router answers alone are counted and timed in `route_tally`.
         self.route_tally = RouteTally(OVERHEAD_BUCKETS)
+        # Tenants and stages are the caller's to name: only known ones are labels of their own.
+        self._labels = Labels()
         self._requests = Tally(("model", "outcome", "tenant", "stage"), self._routed_requests)
         self._tokens = Tally(("model", "tenant", "stage", "direction"))
         self._cost = Tally(("model", "tenant", "stage"))
@@ -120,17 +123,25 @@ class Metrics:
         counts, total = self.route_tally.overhead()
         return [(("Route",), counts, total)] if any(counts) else []
 
+    def set_labels(self, labels: Labels) -> None:
+        """From now on a tenant or stage outside `labels` is recorded as `other` (the Rust
+        router's tally too); series already recorded keep their labels."""
+        self._labels = labels
+        self.route_tally.set_labels(sorted(labels.tenants), sorted(labels.stages), OTHER)
+
     def request(self, *, model: str, outcome: str, tenant: str, stage: str) -> None:
-        self._requests.add(1, (model, outcome, tenant, stage))
+        labels = self._labels
+        self._requests.add(1, (model, outcome, labels.tenant(tenant), labels.stage(stage)))
 
     def tokens(
         self, *, model: str, input_tokens: int, output_tokens: int, tenant: str, stage: str
     ) -> None:
+        tenant, stage = self._labels.tenant(tenant), self._labels.stage(stage)
         self._tokens.add(input_tokens, (model, tenant, stage, "input"))
         self._tokens.add(output_tokens, (model, tenant, stage, "output"))
 
     def cost(self, *, model: str, usd: float, tenant: str, stage: str) -> None:
-        self._cost.add(usd, (model, tenant, stage))
+        self._cost.add(usd, (model, self._labels.tenant(tenant), self._labels.stage(stage)))
 
     def cache(self, *, hit: bool, kind: str) -> None:
         (self._cache_hits if hit else self._cache_misses).add(1, (kind,))

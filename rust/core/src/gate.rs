@@ -19,19 +19,17 @@
 //! the buckets only use differences between times. See `budget.rs` for the rollover rule and the
 //! overshoot bound, `limits.rs` for the buckets, `lease.rs` for the rate limits' lease cap.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
-
-use crate::append::AppendOnly;
 use crate::budget::{check_usd, BudgetLedger, BudgetState};
 use crate::error::{CoreError, Denial, Result};
 use crate::limits::{LimitState, RateLimiter};
 use crate::reservations::{Held, ReservationId, Reservations, MAX_RULES};
+use crate::rules::{slot_index, Rules};
 use crate::window::{check_now, Window};
 
 /// The token gate. Every method takes `&self` and may be called from any thread.
 pub struct Gate {
-    limits: AppendOnly<Mutex<RateLimiter>>,
-    budgets: AppendOnly<Mutex<BudgetLedger>>,
+    limits: Rules<RateLimiter>,
+    budgets: Rules<BudgetLedger>,
     reservations: Reservations,
 }
 
@@ -53,27 +51,37 @@ impl Default for Gate {
     }
 }
 
-/// Nothing inside a rule's mutex is left half-updated by a panic, so a poisoned lock is used as is.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+/// Whether a rule may be freed without losing anything, and since when nothing has used it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RuleActivity {
+    /// Outstanding reservations naming the rule; it cannot be freed while any do.
+    pub holds: u32,
+    /// The last reserve, settle or release naming it; `None` if none ever did.
+    pub last_used_s: Option<f64>,
 }
 
-/// Checks that every id names a rule and none is listed twice (which would take twice from it).
+/// Checks that a call names few enough rules and none twice (which would take twice from it).
 /// Lists are a handful of ids, so the quadratic scan beats anything that would allocate.
-fn check_ids(what: &'static str, field: &'static str, ids: &[usize], len: usize) -> Result<()> {
-    for (position, &id) in ids.iter().enumerate() {
-        if id >= len {
-            return Err(CoreError::UnknownRule {
-                what,
-                index: id as i128,
-                len,
-            });
-        }
-        if ids[..position].contains(&id) {
-            return Err(CoreError::invalid(
-                field,
-                format!("lists {what} {id} twice"),
-            ));
+/// Whether each id names a live rule is checked under that rule's lock, where it is used.
+fn check_ids(limit_ids: &[usize], budget_ids: &[usize]) -> Result<()> {
+    let rules = limit_ids.len() + budget_ids.len();
+    if rules > MAX_RULES {
+        return Err(CoreError::invalid(
+            "limits",
+            format!("a call may name at most {MAX_RULES} rate limits and budgets, got {rules}"),
+        ));
+    }
+    for (what, field, ids) in [
+        ("rate limit", "limits", limit_ids),
+        ("budget", "budgets", budget_ids),
+    ] {
+        for (position, id) in ids.iter().enumerate() {
+            if ids[..position].contains(id) {
+                return Err(CoreError::invalid(
+                    field,
+                    format!("lists {what} {id} twice"),
+                ));
+            }
         }
     }
     Ok(())
@@ -82,8 +90,8 @@ fn check_ids(what: &'static str, field: &'static str, ids: &[usize], len: usize)
 impl Gate {
     pub fn new() -> Self {
         Self {
-            limits: AppendOnly::new(),
-            budgets: AppendOnly::new(),
+            limits: Rules::new("rate limit"),
+            budgets: Rules::new("budget"),
             reservations: Reservations::default(),
         }
     }
@@ -103,7 +111,7 @@ impl Gate {
     ) -> Result<usize> {
         let limiter = RateLimiter::new(name, rpm, tpm, concurrency)?;
         self.limits
-            .push(Mutex::new(limiter))
+            .add(limiter)
             .ok_or_else(|| CoreError::invalid("name", "the gate is out of rate-limit ids"))
     }
 
@@ -114,58 +122,68 @@ impl Gate {
     pub fn add_budget(&self, name: &str, limit_usd: f64, window: Window) -> Result<usize> {
         let ledger = BudgetLedger::new(name, limit_usd, window)?;
         self.budgets
-            .push(Mutex::new(ledger))
+            .add(ledger)
             .ok_or_else(|| CoreError::invalid("name", "the gate is out of budget ids"))
     }
 
+    /// Frees rate limit `id`: true if freed, false (changing nothing) while a reservation names
+    /// it. Its id then names no rule; a later rule may reuse its memory, under another id.
+    ///
+    /// # Errors
+    /// `UnknownRule`.
+    pub fn remove_rate_limit(&self, id: usize) -> Result<bool> {
+        self.limits.remove(id)
+    }
+
+    /// Frees budget `id`, as `remove_rate_limit` does a rate limit. Its spend is forgotten.
+    ///
+    /// # Errors
+    /// `UnknownRule`.
+    pub fn remove_budget(&self, id: usize) -> Result<bool> {
+        self.budgets.remove(id)
+    }
+
+    /// Rate limits alive.
     pub fn limit_count(&self) -> usize {
         self.limits.len()
     }
 
+    /// Budgets alive.
     pub fn budget_count(&self) -> usize {
         self.budgets.len()
     }
 
-    fn limit(&self, id: usize) -> Result<MutexGuard<'_, RateLimiter>> {
-        self.limits
-            .get(id)
-            .map(lock)
-            .ok_or_else(|| CoreError::UnknownRule {
-                what: "rate limit",
-                index: id as i128,
-                len: self.limits.len(),
-            })
+    /// (rate-limit, budget) slots ever allocated: the most rules of each kind alive at once.
+    pub fn rule_slots(&self) -> (usize, usize) {
+        (self.limits.slots(), self.budgets.slots())
     }
 
-    fn budget(&self, id: usize) -> Result<MutexGuard<'_, BudgetLedger>> {
-        self.budgets
-            .get(id)
-            .map(lock)
-            .ok_or_else(|| CoreError::UnknownRule {
-                what: "budget",
-                index: id as i128,
-                len: self.budgets.len(),
-            })
+    /// # Errors
+    /// `UnknownRule`.
+    pub fn limit_activity(&self, id: usize) -> Result<RuleActivity> {
+        let mut slot = self.limits.get(id)?;
+        let live = slot.live();
+        Ok(RuleActivity {
+            holds: live.holds,
+            last_used_s: live.last_used_s,
+        })
     }
 
-    fn check_call(
-        &self,
-        limit_ids: &[usize],
-        budget_ids: &[usize],
-        cost: f64,
-        now: f64,
-    ) -> Result<()> {
+    /// # Errors
+    /// `UnknownRule`.
+    pub fn budget_activity(&self, id: usize) -> Result<RuleActivity> {
+        let mut slot = self.budgets.get(id)?;
+        let live = slot.live();
+        Ok(RuleActivity {
+            holds: live.holds,
+            last_used_s: live.last_used_s,
+        })
+    }
+
+    fn check_call(limit_ids: &[usize], budget_ids: &[usize], cost: f64, now: f64) -> Result<()> {
         check_now(now)?;
         check_usd("cost_usd", cost)?;
-        let rules = limit_ids.len() + budget_ids.len();
-        if rules > MAX_RULES {
-            return Err(CoreError::invalid(
-                "limits",
-                format!("a call may name at most {MAX_RULES} rate limits and budgets, got {rules}"),
-            ));
-        }
-        check_ids("rate limit", "limits", limit_ids, self.limits.len())?;
-        check_ids("budget", "budgets", budget_ids, self.budgets.len())
+        check_ids(limit_ids, budget_ids)
     }
 
     /// Why reserving would be refused now, if it would: the first refusing rule, rate limits in
@@ -181,14 +199,14 @@ impl Gate {
         cost_usd: f64,
         now_s: f64,
     ) -> Result<Option<Denial>> {
-        self.check_call(limit_ids, budget_ids, cost_usd, now_s)?;
+        Self::check_call(limit_ids, budget_ids, cost_usd, now_s)?;
         for &id in limit_ids {
-            if let Some(denial) = self.limit(id)?.check(tokens, now_s) {
+            if let Some(denial) = self.limits.get(id)?.rule().check(tokens, now_s) {
                 return Ok(Some(denial));
             }
         }
         for &id in budget_ids {
-            if let Some(denial) = self.budget(id)?.check(cost_usd, now_s) {
+            if let Some(denial) = self.budgets.get(id)?.rule().check(cost_usd, now_s) {
                 return Ok(Some(denial));
             }
         }
@@ -208,39 +226,71 @@ impl Gate {
         cost_usd: f64,
         now_s: f64,
     ) -> Result<ReservationId> {
-        self.check_call(limit_ids, budget_ids, cost_usd, now_s)?;
+        Self::check_call(limit_ids, budget_ids, cost_usd, now_s)?;
+        // The slots taken so far, which is what a reservation stores and what `undo` gives back.
+        let mut limit_slots = [0; MAX_RULES];
+        let mut budget_slots = [0; MAX_RULES];
         for (taken, &id) in limit_ids.iter().enumerate() {
-            // The guard is dropped at the end of the statement: one lock at a time.
-            let outcome = self.limit(id)?.reserve(tokens, now_s);
-            if let Err(denial) = outcome {
-                self.undo(&limit_ids[..taken], &[], tokens, cost_usd);
-                return Err(CoreError::Denied(denial));
+            // The guard is dropped at the end of the block: one lock at a time.
+            let outcome = self.limits.get(id).and_then(|mut slot| {
+                slot.rule()
+                    .reserve(tokens, now_s)
+                    .map_err(CoreError::Denied)?;
+                slot.live().hold(now_s);
+                Ok(slot_index(id))
+            });
+            match outcome {
+                Ok(slot) => limit_slots[taken] = slot,
+                Err(error) => {
+                    self.undo(&limit_slots[..taken], &[], tokens, cost_usd, now_s);
+                    return Err(error);
+                }
             }
         }
+        let limit_slots = &limit_slots[..limit_ids.len()];
         for (taken, &id) in budget_ids.iter().enumerate() {
-            let outcome = self.budget(id)?.reserve(cost_usd, now_s);
-            if let Err(denial) = outcome {
-                self.undo(limit_ids, &budget_ids[..taken], tokens, cost_usd);
-                return Err(CoreError::Denied(denial));
+            let outcome = self.budgets.get(id).and_then(|mut slot| {
+                slot.rule()
+                    .reserve(cost_usd, now_s)
+                    .map_err(CoreError::Denied)?;
+                slot.live().hold(now_s);
+                Ok(slot_index(id))
+            });
+            match outcome {
+                Ok(slot) => budget_slots[taken] = slot,
+                Err(error) => {
+                    self.undo(limit_slots, &budget_slots[..taken], tokens, cost_usd, now_s);
+                    return Err(error);
+                }
             }
         }
-        let held = Held::new(limit_ids, budget_ids, tokens, cost_usd);
+        let budget_slots = &budget_slots[..budget_ids.len()];
+        let held = Held::new(limit_slots, budget_slots, tokens, cost_usd);
         self.reservations
             .insert(held)
-            .inspect_err(|_| self.undo(limit_ids, budget_ids, tokens, cost_usd))
+            .inspect_err(|_| self.undo(limit_slots, budget_slots, tokens, cost_usd, now_s))
     }
 
-    /// Gives back what a refused `reserve` had already taken. The ids were checked by
-    /// `check_call` and rules are never removed, so every lookup succeeds.
-    fn undo(&self, limit_ids: &[usize], budget_ids: &[usize], tokens: u64, cost_usd: f64) {
-        for &id in limit_ids {
-            if let Some(limiter) = self.limits.get(id) {
-                lock(limiter).undo(tokens);
+    /// Gives back what a refused `reserve` had already taken, by slot. The rules hold, so every
+    /// slot still has its rule.
+    fn undo(
+        &self,
+        limit_slots: &[usize],
+        budget_slots: &[usize],
+        tokens: u64,
+        cost_usd: f64,
+        now_s: f64,
+    ) {
+        for &slot in limit_slots {
+            if let Some(mut limiter) = self.limits.at_slot(slot) {
+                limiter.rule().undo(tokens);
+                limiter.live().unhold(now_s);
             }
         }
-        for &id in budget_ids {
-            if let Some(ledger) = self.budgets.get(id) {
-                lock(ledger).undo(cost_usd);
+        for &slot in budget_slots {
+            if let Some(mut ledger) = self.budgets.at_slot(slot) {
+                ledger.rule().undo(cost_usd);
+                ledger.live().unhold(now_s);
             }
         }
     }
@@ -262,11 +312,13 @@ impl Gate {
         check_now(now_s)?;
         check_usd("cost_usd", actual_cost_usd)?;
         let held = self.reservations.take(id)?;
-        for limit in held.limits().filter_map(|id| self.limits.get(id)) {
-            lock(limit).settle(held.tokens, actual_tokens, now_s);
+        for mut limit in held.limits().filter_map(|slot| self.limits.at_slot(slot)) {
+            limit.rule().settle(held.tokens, actual_tokens, now_s);
+            limit.live().unhold(now_s);
         }
-        for ledger in held.budgets().filter_map(|id| self.budgets.get(id)) {
-            lock(ledger).settle(held.cost_usd, actual_cost_usd, now_s);
+        for mut ledger in held.budgets().filter_map(|slot| self.budgets.at_slot(slot)) {
+            ledger.rule().settle(held.cost_usd, actual_cost_usd, now_s);
+            ledger.live().unhold(now_s);
         }
         Ok(())
     }
@@ -280,11 +332,13 @@ impl Gate {
     pub fn release(&self, id: ReservationId, now_s: f64) -> Result<()> {
         check_now(now_s)?;
         let held = self.reservations.take(id)?;
-        for limit in held.limits().filter_map(|id| self.limits.get(id)) {
-            lock(limit).release(held.tokens, now_s);
+        for mut limit in held.limits().filter_map(|slot| self.limits.at_slot(slot)) {
+            limit.rule().release(held.tokens, now_s);
+            limit.live().unhold(now_s);
         }
-        for ledger in held.budgets().filter_map(|id| self.budgets.get(id)) {
-            lock(ledger).release(held.cost_usd, now_s);
+        for mut ledger in held.budgets().filter_map(|slot| self.budgets.at_slot(slot)) {
+            ledger.rule().release(held.cost_usd, now_s);
+            ledger.live().unhold(now_s);
         }
         Ok(())
     }
@@ -295,13 +349,13 @@ impl Gate {
     /// `UnknownRule`; `InvalidArgument` for a bad time.
     pub fn budget_state(&self, id: usize, now_s: f64) -> Result<BudgetState> {
         check_now(now_s)?;
-        Ok(self.budget(id)?.state(now_s))
+        Ok(self.budgets.get(id)?.rule().state(now_s))
     }
 
     /// # Errors
     /// `UnknownRule`; `InvalidArgument` unless `limit_usd` is finite and >= 0.
     pub fn set_budget_limit(&self, id: usize, limit_usd: f64) -> Result<()> {
-        self.budget(id)?.set_limit(limit_usd)
+        self.budgets.get(id)?.rule().set_limit(limit_usd)
     }
 
     /// Sets (or with `None` clears) budget `id`'s lease for the window holding `now_s`.
@@ -310,7 +364,7 @@ impl Gate {
     /// `UnknownRule`; `InvalidArgument` for a lease that is not finite and >= 0, or a bad time.
     pub fn set_leased(&self, id: usize, leased_usd: Option<f64>, now_s: f64) -> Result<()> {
         check_now(now_s)?;
-        self.budget(id)?.set_leased(leased_usd, now_s)
+        self.budgets.get(id)?.rule().set_leased(leased_usd, now_s)
     }
 
     /// Returns budget `id`'s settled spend since the previous call, and starts counting afresh.
@@ -318,7 +372,7 @@ impl Gate {
     /// # Errors
     /// `UnknownRule`.
     pub fn take_unreported_spend(&self, id: usize) -> Result<f64> {
-        Ok(self.budget(id)?.take_unreported())
+        Ok(self.budgets.get(id)?.rule().take_unreported())
     }
 
     /// Sets (or with `None` clears) rate limit `id`'s allowances of requests and tokens for the
@@ -335,7 +389,10 @@ impl Gate {
         now_s: f64,
     ) -> Result<()> {
         check_now(now_s)?;
-        self.limit(id)?.set_leased(requests, tokens, now_s)
+        self.limits
+            .get(id)?
+            .rule()
+            .set_leased(requests, tokens, now_s)
     }
 
     /// Returns the requests and tokens consumed under rate limit `id` by calls that finished
@@ -344,7 +401,7 @@ impl Gate {
     /// # Errors
     /// `UnknownRule`.
     pub fn take_unreported_usage(&self, id: usize) -> Result<(u64, u64)> {
-        Ok(self.limit(id)?.take_unreported())
+        Ok(self.limits.get(id)?.rule().take_unreported())
     }
 
     /// Rate limit `id` as of `now_s`. Changes nothing.
@@ -353,7 +410,7 @@ impl Gate {
     /// `UnknownRule`; `InvalidArgument` for a bad time.
     pub fn limit_state(&self, id: usize, now_s: f64) -> Result<LimitState> {
         check_now(now_s)?;
-        Ok(self.limit(id)?.state(now_s))
+        Ok(self.limits.get(id)?.rule().state(now_s))
     }
 
     /// Reservations neither settled nor released.

@@ -4,14 +4,38 @@
 //! Such a call never returns to Python code of ours, so its metrics are kept here and read when
 //! /metrics is scraped, merged with the ones Python keeps (same names and labels). Recording is a
 //! few hash lookups under an uncontended lock.
+//!
+//! Callers name any tenant they like, so once `set_labels` has named the known tenants and stages,
+//! any other value is counted under one "other" label: the series stay as many as the config
+//! names, however many distinct values arrive.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
 use crate::error::{CoreError, Result};
 
+/// The label values counted as themselves; every other non-empty value becomes `other`.
+#[derive(Debug, Default)]
+struct Labels {
+    tenants: HashSet<String>,
+    stages: HashSet<String>,
+    other: String,
+}
+
+impl Labels {
+    fn pick<'a>(&'a self, known: &HashSet<String>, value: &'a str) -> &'a str {
+        if value.is_empty() || known.contains(value) {
+            value
+        } else {
+            &self.other
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
+    /// `None` until `set_labels`: every value is its own label.
+    labels: Option<Labels>,
     /// model -> tenant -> stage -> calls.
     requests: HashMap<String, HashMap<String, HashMap<String, u64>>>,
     /// One count per bucket, the last for values above every bound.
@@ -57,8 +81,28 @@ impl RouteTally {
         let mut held = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         held.counts[bucket] += 1;
         held.sum_s += seconds;
-        let tenants = entry(&mut held.requests, model);
-        *entry(entry(tenants, tenant), stage) += 1;
+        let State {
+            labels, requests, ..
+        } = &mut *held;
+        let (tenant, stage) = match labels {
+            Some(labels) => (
+                labels.pick(&labels.tenants, tenant),
+                labels.pick(&labels.stages, stage),
+            ),
+            None => (tenant, stage),
+        };
+        *entry(entry(entry(requests, model), tenant), stage) += 1;
+    }
+
+    /// From now on, a tenant or stage outside `tenants` / `stages` (and not empty) is counted as
+    /// `other`. Counts already taken keep their labels.
+    pub fn set_labels(&self, tenants: Vec<String>, stages: Vec<String>, other: String) {
+        let mut held = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        held.labels = Some(Labels {
+            tenants: tenants.into_iter().collect(),
+            stages: stages.into_iter().collect(),
+            other,
+        });
     }
 
     pub fn requests(&self) -> Vec<RequestCount> {
@@ -112,6 +156,27 @@ mod tests {
         let (counts, sum) = tally.overhead();
         assert_eq!(counts, [1, 1, 1]);
         assert!((sum - 1.006).abs() < 1e-12);
+    }
+
+    #[test]
+    fn unknown_tenants_and_stages_share_one_label() {
+        let tally = RouteTally::new(vec![1.0]).unwrap();
+        tally.set_labels(vec!["acme".into()], vec!["review".into()], "other".into());
+        for i in 0..100 {
+            tally.record("a", &format!("t{i}"), "review", 0.5);
+        }
+        tally.record("a", "acme", "", 0.5);
+        tally.record("a", "", "nope", 0.5);
+        let mut requests = tally.requests();
+        requests.sort();
+        assert_eq!(
+            requests,
+            [
+                ("a".into(), String::new(), "other".into(), 1),
+                ("a".into(), "acme".into(), String::new(), 1),
+                ("a".into(), "other".into(), "review".into(), 100),
+            ]
+        );
     }
 
     #[test]

@@ -115,12 +115,43 @@ impl Gate {
         Ok(self.inner.add_budget(name, limit_usd, window.parse()?)?)
     }
 
+    /// Rate limits alive.
     fn limit_count(&self) -> usize {
         self.inner.limit_count()
     }
 
+    /// Budgets alive.
     fn budget_count(&self) -> usize {
         self.inner.budget_count()
+    }
+
+    /// `(rate_limit_slots, budget_slots)`: the most rules of each kind that were alive at once.
+    fn rule_slots(&self) -> (usize, usize) {
+        self.inner.rule_slots()
+    }
+
+    /// Frees a rate limit: True if freed, False while a reservation names it. Its id then names
+    /// no rule.
+    fn remove_rate_limit(&self, limit: i64) -> Result<bool> {
+        Ok(self.inner.remove_rate_limit(self.limit(limit)?)?)
+    }
+
+    /// Frees a budget (and forgets its spend): True if freed, False while a reservation names it.
+    fn remove_budget(&self, budget: i64) -> Result<bool> {
+        Ok(self.inner.remove_budget(self.budget(budget)?)?)
+    }
+
+    /// `(holds, last_used)`: reservations naming the rate limit now, and the time of the last
+    /// reserve, settle or release that named it (None if none did).
+    fn limit_activity(&self, limit: i64) -> Result<(u32, Option<f64>)> {
+        let a = self.inner.limit_activity(self.limit(limit)?)?;
+        Ok((a.holds, a.last_used_s))
+    }
+
+    /// `limit_activity` for a budget.
+    fn budget_activity(&self, budget: i64) -> Result<(u32, Option<f64>)> {
+        let a = self.inner.budget_activity(self.budget(budget)?)?;
+        Ok((a.holds, a.last_used_s))
     }
 
     /// `(kind, name, retry_after_s)` of the first rule that would refuse the call, or `None`.

@@ -116,6 +116,16 @@ impl Admission {
     ) {
         self.inner.learn(tenant, stage, model, limits, budgets);
     }
+
+    /// Forgets what `learn` taught for `model` with `tenant` and `stage`.
+    fn forget(&self, tenant: &str, stage: &str, model: &str) {
+        self.inner.forget(tenant, stage, model);
+    }
+
+    /// (tenant, stage, model) entries known.
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
 }
 
 /// Route calls answered by `Router.route_wire`: counts and times for the metrics.
@@ -131,6 +141,14 @@ impl RouteTally {
         Ok(Self {
             inner: Tally::new(bounds)?,
         })
+    }
+
+    /// From now on a tenant or stage outside `tenants` / `stages` (and not empty) is counted as
+    /// `other`.
+    // PyO3 extracts the lists by value.
+    #[allow(clippy::needless_pass_by_value)]
+    fn set_labels(&self, tenants: Vec<String>, stages: Vec<String>, other: String) {
+        self.inner.set_labels(tenants, stages, other);
     }
 
     /// (model, tenant, stage, calls) for every combination seen.

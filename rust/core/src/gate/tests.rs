@@ -364,3 +364,67 @@ fn threads_never_push_a_budget_past_its_limit() {
     assert_eq!(gate.limit_state(slots, FEB).unwrap().in_flight, 0);
     assert_eq!(gate.outstanding_reservations(), 0);
 }
+
+#[test]
+fn a_rule_is_freed_only_when_no_reservation_names_it() {
+    let gate = Gate::new();
+    let limit = gate.add_rate_limit("l", Some(60.0), None, None).unwrap();
+    let budget = gate.add_budget("b", 1.0, Window::Day).unwrap();
+    let unused = gate.add_budget("unused", 1.0, Window::Day).unwrap();
+    assert_eq!(
+        gate.budget_activity(unused).unwrap(),
+        RuleActivity {
+            holds: 0,
+            last_used_s: None
+        }
+    );
+    let held = gate.reserve(&[limit], &[budget], 10, 0.25, FEB).unwrap();
+    assert!(!gate.remove_rate_limit(limit).unwrap());
+    assert!(!gate.remove_budget(budget).unwrap());
+    assert_eq!(gate.limit_activity(limit).unwrap().holds, 1);
+    gate.settle(held, 10, 0.25, FEB + 5.0).unwrap();
+    assert_eq!(
+        gate.budget_activity(budget).unwrap(),
+        RuleActivity {
+            holds: 0,
+            last_used_s: Some(FEB + 5.0)
+        }
+    );
+    // A refused reservation gives its hold back on the rules it had taken.
+    denied(gate.reserve(&[limit], &[budget], 10, 0.9, FEB + 6.0));
+    assert_eq!(gate.limit_activity(limit).unwrap().holds, 0);
+
+    assert!(gate.remove_rate_limit(limit).unwrap());
+    assert!(gate.remove_budget(budget).unwrap());
+    assert_eq!((gate.limit_count(), gate.budget_count()), (0, 1));
+    for result in [
+        gate.budget_state(budget, FEB).map(|_| ()),
+        gate.limit_state(limit, FEB).map(|_| ()),
+        gate.check(&[], &[budget], 1, 0.0, FEB).map(|_| ()),
+        gate.reserve(&[limit], &[], 1, 0.0, FEB).map(|_| ()),
+        gate.remove_budget(budget).map(|_| ()),
+    ] {
+        assert!(
+            matches!(result, Err(CoreError::UnknownRule { .. })),
+            "{result:?}"
+        );
+    }
+    // The freed slot serves the next budget, under an id the old one does not match; it starts
+    // with nothing spent.
+    let next = gate.add_budget("next", 1.0, Window::Day).unwrap();
+    assert_ne!(next, budget);
+    assert_eq!(gate.rule_slots(), (1, 2));
+    assert_eq!(gate.budget_state(next, FEB).unwrap().spent_usd, 0.0);
+    assert_eq!(gate.outstanding_reservations(), 0);
+}
+
+#[test]
+fn a_denied_reserve_on_a_freed_rule_gives_back_what_it_took() {
+    let gate = Gate::new();
+    let kept = gate.add_rate_limit("kept", None, None, Some(1)).unwrap();
+    let freed = gate.add_budget("freed", 1.0, Window::Day).unwrap();
+    assert!(gate.remove_budget(freed).unwrap());
+    assert!(gate.reserve(&[kept], &[freed], 1, 0.0, FEB).is_err());
+    assert_eq!(gate.limit_state(kept, FEB).unwrap().in_flight, 0);
+    assert_eq!(gate.limit_activity(kept).unwrap().holds, 0);
+}

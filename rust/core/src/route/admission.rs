@@ -64,6 +64,38 @@ impl Admission {
             .insert(model.to_owned(), Rules { limits, budgets });
     }
 
+    /// Forgets what `learn` taught for `model` with `tenant` and `stage`: its rules are about to
+    /// be freed, or the entry is dropped to keep what is known bounded.
+    pub fn forget(&self, tenant: &str, stage: &str, model: &str) {
+        let mut known = self.known.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(stages) = known.get_mut(tenant) else {
+            return;
+        };
+        if let Some(models) = stages.get_mut(stage) {
+            models.remove(model);
+            if models.is_empty() {
+                stages.remove(stage);
+            }
+        }
+        if stages.is_empty() {
+            known.remove(tenant);
+        }
+    }
+
+    /// (tenant, stage, model) entries known.
+    pub fn len(&self) -> usize {
+        let known = self.known.read().unwrap_or_else(PoisonError::into_inner);
+        known
+            .values()
+            .flat_map(HashMap::values)
+            .map(HashMap::len)
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Checks, without reserving, each `(model, estimated cost)` at `tokens` tokens.
     ///
     /// # Errors
@@ -129,6 +161,15 @@ mod tests {
             admission
                 .admits("t", "", [("other", 0.0)], 10, now)
                 .unwrap(),
+            Admitted::Unknown
+        );
+        assert_eq!(admission.len(), 2);
+        admission.forget("t", "", "m");
+        admission.forget("t", "", "free");
+        admission.forget("nobody", "", "m");
+        assert!(admission.is_empty());
+        assert_eq!(
+            admission.admits("t", "", [("m", 0.5)], 10, now).unwrap(),
             Admitted::Unknown
         );
     }
