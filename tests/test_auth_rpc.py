@@ -228,6 +228,14 @@ async def test_stats_show_the_keys_tenant_only(sidecar: RunningSidecar) -> None:
     assert acme.models[0].requests == 1
 
 
+async def test_the_keys_tenants_keep_their_own_label(sidecar: RunningSidecar) -> None:
+    # No limit or budget names 'acme': its key alone makes it a tenant stats and metrics keep
+    # apart from the `other` label of unknown tenants.
+    await sidecar.stub.Chat(_chat(models=["cheap"]), metadata=_bearer(ACME_KEY))
+    tenants = {key.tenant for key, _ in sidecar.sidecar.engine.stats.items()}
+    assert tenants == {"acme"}
+
+
 async def test_without_keys_callers_are_trusted_and_told_so() -> None:
     with recorded("switchpoint.server") as server_lines:
         config = routing_config()

@@ -125,6 +125,7 @@ class TokenGate:
         *,
         shared: SharedQuota | None = None,
         clock: Callable[[], float] = time.time,
+        key_tenants: frozenset[str] = frozenset(),
     ) -> None:
         self.gate = gate or Gate()
         # The instances `ids_for` finds, taught to the Rust router's Route calls (see there).
@@ -158,7 +159,7 @@ class TokenGate:
         # Replaced by the previous gate's table on a reload (`carry_over`).
         self.scopes = ScopeTable(self.gate, config.server.state, shared=shared, clock=clock)
         # The tenants and stages metrics and usage stats keep apart.
-        self.labels = Labels.of(config)
+        self.labels = Labels.of(config, key_tenants)
 
     @property
     def enabled(self) -> bool:

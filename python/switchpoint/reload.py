@@ -223,9 +223,11 @@ def build_engine(
             if config.shared_state.redis_url is not None
             else None
         )
-        gate = TokenGate(config, rust_gate, shared=shared)
+        gate = TokenGate(config, rust_gate, shared=shared, key_tenants=tenant_keys.tenants())
     else:
-        gate = TokenGate(config, old.gate.gate, shared=old.gate.shared)
+        gate = TokenGate(
+            config, old.gate.gate, shared=old.gate.shared, key_tenants=tenant_keys.tenants()
+        )
     # Nothing below can refuse the config: new adapters are never left unclosed by a refusal.
     adapters = _adapters(statuses, previous)
     engine = Engine(

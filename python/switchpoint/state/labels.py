@@ -18,10 +18,11 @@ from switchpoint.config import BudgetConfig, Config, LimitConfig, ScopeKey
 OTHER: Final = "other"
 
 
-def known_tenants(config: Config) -> frozenset[str]:
-    """The tenants the config names: the fixed `tenant` values of limits' and budgets' `match`.
-    The one place that decides which tenants are labelled as themselves."""
-    return frozenset(_matched(config, "tenant"))
+def known_tenants(config: Config, key_tenants: frozenset[str] = frozenset()) -> frozenset[str]:
+    """The tenants the config names (the fixed `tenant` values of limits' and budgets' `match`)
+    and those its API keys speak for (`key_tenants`, loaded with the keys). The one place that
+    decides which tenants are labelled as themselves."""
+    return frozenset(_matched(config, "tenant")) | key_tenants
 
 
 def known_stages(config: Config) -> frozenset[str]:
@@ -47,8 +48,8 @@ class Labels:
     bounded: bool = False
 
     @classmethod
-    def of(cls, config: Config) -> Labels:
-        return cls(known_tenants(config), known_stages(config), bounded=True)
+    def of(cls, config: Config, key_tenants: frozenset[str] = frozenset()) -> Labels:
+        return cls(known_tenants(config, key_tenants), known_stages(config), bounded=True)
 
     def tenant(self, value: str) -> str:
         if not self.bounded or not value or value in self.tenants:
