@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.message import DecodeError
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from switchpoint import _native
@@ -218,6 +218,14 @@ def test_engine_says_when_the_router_alone_decides() -> None:
 
 
 @search(600)
+# Where the decoder and protobuf once disagreed, always tried: a six-byte tag, a five-byte tag over
+# 32 bits, a six-byte length, a ten-byte value past 64 bits, a group, 101 nested groups.
+@example(data=b"\x8a\x80\x80\x80\x80\x00\x00")
+@example(data=b"\x82\x80\x80\x80\x10\x00")
+@example(data=b"\x0a\x80\x80\x80\x80\x80\x00")
+@example(data=b"\x78" + b"\xff" * 9 + b"\x02")
+@example(data=b"\x7b\x08\x01\x7c")
+@example(data=b"\x7b" * 101 + b"\x7c" * 101)
 @given(
     data=route_request_bytes()
     | route_requests().map(lambda r: r.SerializeToString()).flatmap(damaged)
