@@ -1,14 +1,18 @@
 """Request validation under arbitrary messages: every ChatRequest and RouteRequest that hypothesis
 builds (any field set to anything its type allows) is decided, refused as an invalid request naming
 its field, or answered with the router's own refusal (no eligible model, policy); never another
-exception. And Route's decoder reads each one's bytes as protobuf does: the same outcome."""
+exception. Route's decoder reads each one's bytes as protobuf does: the same outcome. And through
+the running server, any bytes get a decision or a status that names what is wrong."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import pytest
+import pytest_asyncio
 from hypothesis import event, given
 from hypothesis import strategies as st
 
@@ -19,9 +23,10 @@ from switchpoint.errors import InvalidRequestError, NoEligibleModelError, Policy
 from switchpoint.reload import build_engine
 from switchpoint.server import convert
 from switchpoint.v1 import router_pb2 as pb
-from tests.sidecar_harness import routing_config
+from tests.sidecar_harness import RunningSidecar, routing_config, running_sidecar
 from tests.support.fuzzing import search
 from tests.support.protobuf_messages import messages
+from tests.support.protobuf_wire import route_request_bytes
 
 # The names routing_config() knows, so that drawn requests reach past validation into routing.
 VOCABULARY = (
@@ -40,8 +45,11 @@ HINTS = {
     "switchpoint.v1.ChatRequest.messages": st.deferred(lambda: MESSAGES),
 }
 MESSAGES: st.SearchStrategy[Any] = messages(pb.Message.DESCRIPTOR, VOCABULARY, HINTS)
-# A field path as the router names it: `messages[2].role`, `routing.weights.cost`, `request_id`.
-FIELD_PATH = re.compile(r"(messages|routing|params|cache|request_id)(\.[a-z_]+|\[\d+\])*\Z")
+# A field path as the router names it: `messages[2].role`, `routing.weights.cost`, `request_id`;
+# `request` for bytes that are no request at all.
+FIELD_PATH = re.compile(
+    r"(messages|routing|params|cache|request_id)(\.[a-z_]+|\[\d+\])*\Z|request\Z"
+)
 # Checked after everything a RouteRequest also carries.
 CHAT_ONLY_FIELDS = {"cache.threshold", "request_id"}
 
@@ -111,3 +119,47 @@ def test_any_chat_request_is_decided_or_refused_naming_its_field(
         assert wire[0] != "invalid" or wire[1][0] not in CHAT_ONLY_FIELDS
     else:
         assert wire == expected
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def sidecar() -> AsyncIterator[RunningSidecar]:
+    async with running_sidecar(routing_config()) as running:
+        yield running
+
+
+# What a well-formed request may be refused with, besides INVALID_ARGUMENT naming its field.
+ROUTERS_OWN_REFUSALS = {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED}
+
+
+async def grpc_outcome(sidecar: RunningSidecar, data: bytes) -> tuple[grpc.StatusCode, str, bytes]:
+    """(status, details, answer) of a Route call with `data` as its request's bytes."""
+    raw: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = sidecar.channel.unary_unary(
+        "/switchpoint.v1.Router/Route"
+    )
+    try:
+        return grpc.StatusCode.OK, "", await raw(data)
+    except grpc.aio.AioRpcError as refused:
+        return refused.code(), refused.details() or "", b""
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@search(200)
+@given(
+    data=route_request_bytes()
+    | messages(pb.RouteRequest.DESCRIPTOR, VOCABULARY, HINTS).map(lambda r: r.SerializeToString())
+)
+async def test_route_over_grpc_answers_any_bytes_with_a_decision_or_a_named_refusal(
+    sidecar: RunningSidecar, engine: Engine, data: bytes
+) -> None:
+    """Through the running server, any bytes get a RouteDecision or a refusal whose status and
+    message say what is wrong (never UNKNOWN or INTERNAL), and the engine's own answer."""
+    code, details, answer = await grpc_outcome(sidecar, data)
+    expected = wire_outcome(engine, data)
+    if code is grpc.StatusCode.OK:
+        assert expected == ("ok", answer)
+    elif code is grpc.StatusCode.INVALID_ARGUMENT:
+        assert FIELD_PATH.match(details.partition(": ")[0]), details
+        assert expected[0] == "invalid"
+    else:
+        assert code in ROUTERS_OWN_REFUSALS, (code, details)
+        assert expected[0] not in ("ok", "invalid")
