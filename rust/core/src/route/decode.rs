@@ -103,8 +103,9 @@ impl<'a> Reader<'a> {
 
     fn length(&mut self) -> Result<usize> {
         let length = self.varint(MAX_TAG_OR_LENGTH_BYTES)?;
+        // protobuf's own bound; no message that size gets here, but a length must not wrap.
         if length >= i32::MAX as u64 {
-            return Err(malformed("length"));
+            return Err(malformed("length of 2 GiB or more"));
         }
         Ok(length as usize)
     }
