@@ -9,7 +9,7 @@ LOCAL_MODEL_STAMP := $(VENV)/.local-model-stamp
 # llama.cpp's optional multimodal part is not needed and doubles the build time.
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF
 
-.PHONY: env native run test lint fmt cargo-test pytest test-local local-model protos bench clean redis
+.PHONY: env native run test lint fmt cargo-test pytest test-local local-model protos bench clean redis fuzz
 
 ## env: a venv with the dev tools and the Rust extension built in release mode
 env: $(VENV)/.native-stamp
@@ -75,6 +75,24 @@ test: lint cargo-test pytest
 ## test-local: the end-to-end test against the real local model
 test-local: env local-model
 	$(VENV)/bin/pytest -m local_model
+
+## fuzz: the property tests at FUZZ_SCALE times their `make test` cases (hypothesis) and
+## PROPTEST_CASES cases (proptest), then each cargo-fuzz target for FUZZ_SECONDS (libFuzzer on
+## stable Rust: the core has no unsafe code, so no sanitizer is needed to catch its faults)
+FUZZ_SCALE ?= 50
+PROPTEST_CASES ?= 20000
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := route_request validate token_count
+
+fuzz: env
+	SWITCHPOINT_FUZZ_SCALE=$(FUZZ_SCALE) $(VENV)/bin/pytest -q --timeout=0 \
+		tests/test_route_wire.py tests/test_request_properties.py tests/test_config_properties.py
+	PROPTEST_CASES=$(PROPTEST_CASES) cargo test --quiet -p switchpoint-core --test public_properties
+	command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+	for target in $(FUZZ_TARGETS); do \
+		cargo fuzz run --fuzz-dir rust/fuzz --sanitizer none $$target -- \
+			-max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 bench: env
 	$(VENV)/bin/pytest benches --benchmark-only -p no:cacheprovider -s

@@ -4,10 +4,13 @@ that are corrupt or from another setup being detected, reported and skipped whol
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -218,5 +221,59 @@ async def test_an_interrupted_write_leaves_the_previous_snapshot(
         assert not half_written.exists()
         assert not snapshot.exists()
         assert len(snapshots(tmp_path)) == 1
+    finally:
+        await cache.close()
+
+
+def rewrite_manifest(path: Path, change: Callable[[dict[str, Any]], object]) -> None:
+    """Change a manifest and seal it again, as a crafted snapshot would."""
+    manifest = json.loads(path.read_bytes())
+    del manifest["checksum"]
+    change(manifest)
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    manifest["checksum"] = hashlib.sha256(canonical.encode()).hexdigest()
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("where", ["../x", "absolute", "listed-but-unexpected"])
+async def test_a_manifest_naming_a_file_elsewhere_is_refused_not_read(
+    tmp_path: Path, embedder: LocalSentenceEncoder, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A partition whose file name leads out of the snapshot (or is no name the writer uses) makes
+    the snapshot corrupt: the file it names, a valid index that would load, is never read."""
+    snapshot = await filled_snapshot(tmp_path, embedder, FakeClock())
+    manifest_path = snapshot / "manifest.json"
+    partition = json.loads(manifest_path.read_bytes())["partitions"][0]
+    original = snapshot / partition["file"]
+    if where == "../x":
+        name, target = "../x", tmp_path / "x"
+    elif where == "absolute":
+        target = tmp_path / "elsewhere" / "index.faiss"
+        target.parent.mkdir()
+        name = str(target)
+    else:
+        name, target = "partition.bin", snapshot / "partition.bin"
+    shutil.move(original, target)
+
+    def point_elsewhere(manifest: dict[str, Any]) -> None:
+        digest = manifest["files"].pop(partition["file"])
+        manifest["partitions"][0]["file"] = name
+        if where == "listed-but-unexpected":
+            manifest["files"][name] = digest  # the right digest: only the name is wrong
+
+    rewrite_manifest(manifest_path, point_elsewhere)
+
+    cache = ResponseCache(persistent_config(tmp_path), embedder, clock=FakeClock())
+    await cache.start()
+    try:
+        stats = cache.stats()
+        assert stats.entries == 0
+        reported = f"manifest names an invalid file {name!r}"
+        assert stats.last_snapshot_error is not None
+        assert reported in stats.last_snapshot_error
+        assert reported in caplog.text
+        assert await cache.lookup(ask(PYTHON_Q, tenant="a")) is None
+        assert not snapshot.exists()
+        assert (tmp_path / f"corrupt-{snapshot.name}").is_dir()
     finally:
         await cache.close()

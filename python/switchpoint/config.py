@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from switchpoint.admission_config import AdmissionQueueConfig
 from switchpoint.cache.config import CacheConfig
 from switchpoint.errors import ConfigError, ErrorClass
+from switchpoint.providers.base import ExtraBody
 from switchpoint.security.config import AdminConfig, AuthConfig, TlsConfig
 from switchpoint.state.config import StateConfig, check_state
 
@@ -167,8 +168,7 @@ class ModelConfig(StrictModel):
     capabilities: list[str] = Field(default_factory=lambda: ["chat"])
     # Prepended when a request has no system message (small local models need one to behave).
     system_prompt: str | None = None
-    # Extra fields merged into the provider request body (e.g. repeat_penalty for llama.cpp).
-    extra_body: dict[str, Any] = Field(default_factory=dict)
+    extra_body: ExtraBody = Field(default_factory=dict)
     # Calls in flight to this deployment; more wait in the priority admission queue.
     max_concurrency: Annotated[int, Field(ge=1)] | None = None
     # How routing counts this model's prompt tokens (switchpoint.tokens): gpt-4o/o-series ->
@@ -342,8 +342,8 @@ class Config(StrictModel):
 def _format_location(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
+        if isinstance(part, int) or not part.isprintable() or part.strip() != part or not part:
+            out += f"[{part!r}]"  # an index, or a key that would read as no key at all
         else:
             out += f".{part}" if out else part
     return out or "(root)"

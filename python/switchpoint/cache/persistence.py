@@ -41,6 +41,9 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ENTRIES = "entries.jsonl"
 _SNAPSHOT_DIR = re.compile(r"^snapshot-(\d+)$")
+# The only names a snapshot's files may have (as `write` names them): anything else in a manifest,
+# a path above all, is a corrupt or crafted snapshot.
+_FILE_NAME = re.compile(r"(?:entries\.jsonl|index-\d{4,}\.faiss)\Z")
 _CHUNK = 1 << 20
 
 
@@ -228,12 +231,21 @@ class SnapshotStore:
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise SnapshotError(f"{path.name}: unreadable: {exc}") from exc
 
+    @staticmethod
+    def _member(path: Path, name: object, listed: dict[str, Any]) -> Path:
+        """The snapshot's file `name`, which must be one `write` could have made and one the
+        manifest lists (so its digest is checked): never a path leading elsewhere."""
+        if not isinstance(name, str) or not _FILE_NAME.match(name) or name not in listed:
+            raise SnapshotError(f"{path.name}: manifest names an invalid file {name!r}")
+        return path / name
+
     def _load(self, path: Path) -> LoadedSnapshot:
         manifest = self._manifest(path)
-        for name, expected in manifest["files"].items():
-            if "/" in name or name.startswith("."):
-                raise SnapshotError(f"{path.name}: manifest names an invalid file {name!r}")
-            digest, size = _file_digest(path / name)
+        files = manifest["files"]
+        if not isinstance(files, dict):
+            raise SnapshotError(f"{path.name}/{MANIFEST}: files is not a JSON object")
+        for name, expected in files.items():
+            digest, size = _file_digest(self._member(path, name, files))
             if size != expected["bytes"] or digest != expected["sha256"]:
                 raise SnapshotError(
                     f"{path.name}/{name}: content does not match the manifest "
@@ -243,7 +255,7 @@ class SnapshotStore:
         indexes: dict[CacheScope, Any] = {}
         for part in manifest["partitions"]:
             scope = CacheScope(part["tenant"], part["model_class"], part["params_key"])
-            data = (path / part["file"]).read_bytes()
+            data = self._member(path, part["file"], files).read_bytes()
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
             if kind_of(index) != part["kind"] or int(index.d) != self.identity.dim:
                 raise SnapshotError(f"{path.name}/{part['file']}: not a {part['kind']} index")
@@ -280,7 +292,7 @@ class SnapshotStore:
         return manifest
 
     def _entries(self, path: Path, manifest: dict[str, Any]) -> list[CacheEntry]:
-        lines = (path / ENTRIES).read_bytes().splitlines()
+        lines = self._member(path, ENTRIES, manifest["files"]).read_bytes().splitlines()
         if len(lines) != manifest["entries"]["count"]:
             raise SnapshotError(
                 f"{path.name}/{ENTRIES}: {len(lines)} entries, the manifest says "

@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple, Protocol
+from typing import Annotated, Any, Final, NamedTuple, Protocol
+
+from pydantic import AfterValidator
+
+
+def _plain_json(fields: dict[str, Any]) -> dict[str, Any]:
+    # Checked once at config load: a value the request body cannot carry would fail every call.
+    try:
+        same = json.loads(json.dumps(fields, allow_nan=False)) == fields
+    except (TypeError, ValueError, RecursionError):
+        same = False
+    if not same:
+        raise ValueError("must be plain JSON (string keys; no NaN, infinity, dates or binary)")
+    return fields
+
+
+# A model's `extra_body`: fields merged into each of its provider request bodies (e.g.
+# repeat_penalty for llama.cpp).
+ExtraBody = Annotated[dict[str, Any], AfterValidator(_plain_json)]
 
 # The httpx request extension under which a call's `SentMark` travels to the transport.
 SENT_MARK_EXTENSION: Final = "switchpoint.sent_mark"
