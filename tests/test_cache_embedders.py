@@ -90,11 +90,10 @@ async def test_event_loop_keeps_ticking_while_a_batch_embeds(
     done.set()
     await ticking
     assert rows.shape == (600, 512)
-    assert elapsed > 0.1, "the batch was too small to show anything"
-    gaps = np.diff(ticks)
-    # A loop blocked by the model would show one gap as long as the batch.
-    assert len(ticks) > elapsed / 0.05
-    assert gaps.max() < 0.1
+    # A loop blocked by the model would run the ticker only before the batch started or after it
+    # ended; a free loop keeps ticking while it runs.
+    during = [t for t in ticks if started < t < started + elapsed]
+    assert len(during) >= 2
 
 
 def test_embed_rejects_a_bare_string() -> None:
