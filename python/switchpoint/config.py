@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from switchpoint.cache.config import CacheConfig
 from switchpoint.errors import ConfigError, ErrorClass
+from switchpoint.limits import LimitsConfig
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -54,6 +55,8 @@ class ServerConfig(StrictModel):
     # How often the config file the sidecar was started from is checked for changes (mtime, size
     # and content hash); a change reloads it. None: no watching (SIGHUP and Admin still reload).
     reload_poll_s: Positive | None = 2.0
+    # What one request may carry (switchpoint.limits).
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
 
 class ManagedServerConfig(StrictModel):

@@ -30,6 +30,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<router::BpeEncoding>()?;
     m.add_class::<router::RouteTally>()?;
     m.add_class::<router::Admission>()?;
+    m.add_class::<router::WorkStop>()?;
     m.add_function(wrap_pyfunction!(router::count_text_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(router::count_prompt_tokens, m)?)?;
     m.add("CHAT_INPUT_FIELDS", router::CHAT_INPUT_FIELDS)?;

@@ -10,11 +10,11 @@ use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use rustc_hash::{FxBuildHasher, FxHashMap};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use switchpoint_core::{
-    route_request, Admission as CoreAdmission, Admitted, AutoRouting, Bpe, Decision, Message,
-    Params, RequestCount, RouteInput, RouteTally as Tally, Router as Core, RouterConfig,
-    RoutingOptions, Shift, Stage, Tokenizer,
+    route_request, Admission as CoreAdmission, Admitted, AutoRouting, Bpe, Decision, Limits,
+    Message, Params, RequestCount, RouteInput, RouteTally as Tally, Router as Core, RouterConfig,
+    RoutingOptions, Shift, Stage, Stop, Tokenizer,
 };
 
 use crate::error::{Error, Result};
@@ -40,6 +40,37 @@ pub const CACHE_THRESHOLD_POSITION: usize = 2;
 
 /// Past this many bytes of prompt (~50 us of counting and classifying) the GIL is released.
 const DETACH_ABOVE_BYTES: usize = 64 * 1024;
+
+/// A request's stop signal (see `switchpoint_core::Stop`): the server makes one per request it
+/// routes on a worker thread, and calls `stop()` when the caller cancels or the server stops.
+#[pyclass(frozen, module = "switchpoint._native")]
+pub struct WorkStop {
+    inner: Arc<Stop>,
+}
+
+#[pymethods]
+impl WorkStop {
+    /// `timeout_s`: seconds from now after which the work stops by itself (the caller's deadline).
+    #[new]
+    #[pyo3(signature = (timeout_s = None))]
+    fn new(timeout_s: Option<f64>) -> Self {
+        let deadline = timeout_s
+            .filter(|s| s.is_finite())
+            .and_then(|s| Instant::now().checked_add(Duration::from_secs_f64(s.max(0.0))));
+        Self {
+            inner: Arc::new(Stop::new(deadline)),
+        }
+    }
+
+    fn stop(&self) {
+        self.inner.stop();
+    }
+
+    #[getter]
+    fn stopped(&self) -> bool {
+        self.inner.is_stopped()
+    }
+}
 
 /// A BPE encoding's ranks and pattern, as tiktoken builds one (`switchpoint.tokens` loads them).
 #[pyclass(frozen, module = "switchpoint._native")]
@@ -70,8 +101,8 @@ fn tokenizer(encoding: Option<&Bound<'_, BpeEncoding>>) -> Tokenizer {
 /// Tokens of `text` under `encoding` (the ~4 characters per token estimate when None).
 #[pyfunction]
 #[pyo3(signature = (text, encoding = None))]
-pub fn count_text_tokens(text: &str, encoding: Option<&Bound<'_, BpeEncoding>>) -> u64 {
-    tokenizer(encoding).count_text(text)
+pub fn count_text_tokens(text: &str, encoding: Option<&Bound<'_, BpeEncoding>>) -> Result<u64> {
+    Ok(tokenizer(encoding).count_text(text, Stop::never())?)
 }
 
 /// Tokens of a prompt of `(role, content)` pairs under `encoding`, chat framing included.
@@ -82,12 +113,12 @@ pub fn count_text_tokens(text: &str, encoding: Option<&Bound<'_, BpeEncoding>>) 
 pub fn count_prompt_tokens(
     messages: Vec<(PyBackedStr, PyBackedStr)>,
     encoding: Option<&Bound<'_, BpeEncoding>>,
-) -> u64 {
+) -> Result<u64> {
     let messages: Vec<Message<'_>> = messages
         .iter()
         .map(|(role, content)| Message { role, content })
         .collect();
-    tokenizer(encoding).count_messages(&messages)
+    Ok(tokenizer(encoding).count_messages(&messages, Stop::never())?)
 }
 
 /// What the token gate lets through, for `Router.route_wire` (see `switchpoint_core::Admission`).
@@ -268,6 +299,7 @@ impl Router {
         auto,
         default_output_tokens,
         encodings,
+        limits,
         decision_type,
         candidate_type,
         levels,
@@ -286,11 +318,13 @@ impl Router {
         auto: (bool, f64, f64, String, String),
         default_output_tokens: u64,
         encodings: Vec<Option<Bound<'_, BpeEncoding>>>,
+        limits: (usize, usize, usize, usize, usize),
         decision_type: Py<PyAny>,
         candidate_type: Py<PyAny>,
         levels: Vec<Py<PyAny>>,
     ) -> Result<Self> {
         let (enabled, hard_complexity, easy_complexity, hard_reason, easy_reason) = auto;
+        let (messages, message_bytes, prompt_bytes, name_bytes, list_items) = limits;
         let config = RouterConfig {
             providers,
             capabilities,
@@ -321,6 +355,13 @@ impl Router {
                 .into_iter()
                 .map(|e| tokenizer(e.as_ref()))
                 .collect(),
+            limits: Limits {
+                messages,
+                message_bytes,
+                prompt_bytes,
+                name_bytes,
+                list_items,
+            },
         };
         Ok(Self {
             inner: Core::new(table.get().inner.clone(), config)?,
@@ -330,18 +371,33 @@ impl Router {
         })
     }
 
+    /// Raise `RequestTooLargeError` when `count` messages are more than a request may carry:
+    /// checked before a request's messages are converted to Python objects.
+    fn check_message_count(&self, count: usize) -> Result<()> {
+        Ok(self.inner.limits().check_message_count(count)?)
+    }
+
+    /// Validate a `ChatInput` (raises `InvalidRequestError` or `RequestTooLargeError`).
+    fn validate(&self, request: &Bound<'_, PyTuple>) -> PyResult<()> {
+        let held = Held::read(request)?;
+        self.inner.validate(&held.input()).map_err(Error::from)?;
+        Ok(())
+    }
+
     /// Validate and decide a `ChatInput`. `pressure(tenant, stage)`, when given, is asked once
-    /// the request is valid for budget pressure's `StrategyShift` (or None).
-    #[pyo3(signature = (request, pressure = None))]
+    /// the request is valid for budget pressure's `StrategyShift` (or None). `stop` ends the
+    /// counting early (`CoreError`) once stopped.
+    #[pyo3(signature = (request, pressure = None, stop = None))]
     fn decide<'py>(
         &self,
         py: Python<'py>,
         request: &Bound<'py, PyTuple>,
         pressure: Option<&Bound<'py, PyAny>>,
+        stop: Option<&Bound<'py, WorkStop>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let held = Held::read(request)?;
         let input = held.input();
-        input.validate().map_err(Error::from)?;
+        self.inner.validate(&input).map_err(Error::from)?;
         let shift = match pressure {
             Some(pressure) => pressure
                 .call1((input.routing.tenant, input.routing.stage))?
@@ -353,9 +409,21 @@ impl Router {
                 }),
             None => None,
         };
-        let long = prompt_bytes(&input) > DETACH_ABOVE_BYTES;
-        let decision = gil::run(py, long, || self.inner.decide_valid(&input, shift.as_ref()))
-            .map_err(Error::from)?;
+        // Work given a stop runs on a worker thread: holding the GIL there would stall the loop.
+        let long = stop.is_some() || prompt_bytes(&input) > DETACH_ABOVE_BYTES;
+        let decision = match stop {
+            None => gil::run(py, long, || {
+                self.inner
+                    .decide_valid(&input, shift.as_ref(), Stop::never())
+            }),
+            Some(stop) => {
+                let stop = stop.get().inner.clone();
+                gil::run(py, long, || {
+                    self.inner.decide_valid(&input, shift.as_ref(), &stop)
+                })
+            }
+        }
+        .map_err(Error::from)?;
         self.to_python(py, &decision)
     }
 
@@ -365,19 +433,26 @@ impl Router {
     ///
     /// With `admission` (the gate has rules), None unless it admits every candidate now (wall-clock
     /// time, the `TokenGate`'s clock): the engine's path then decides, learns the rules or
-    /// reports the refusal.
-    #[pyo3(signature = (request, tally = None, admission = None))]
+    /// reports the refusal. `stop` ends the counting early (`CoreError`) once stopped.
+    #[pyo3(signature = (request, tally = None, admission = None, stop = None))]
     fn route_wire<'py>(
         &self,
         py: Python<'py>,
         request: &[u8],
         tally: Option<&Bound<'py, RouteTally>>,
         admission: Option<&Bound<'py, Admission>>,
+        stop: Option<&Bound<'py, WorkStop>>,
     ) -> Result<Option<Routed<'_, 'py>>> {
         let started = Instant::now();
         let input = route_request(request)?;
-        let long = prompt_bytes(&input) > DETACH_ABOVE_BYTES;
-        let decision = gil::run(py, long, || self.inner.decide(&input, None))?;
+        let long = stop.is_some() || prompt_bytes(&input) > DETACH_ABOVE_BYTES;
+        let decision = match stop {
+            None => gil::run(py, long, || self.inner.decide(&input, None, Stop::never()))?,
+            Some(stop) => {
+                let stop = stop.get().inner.clone();
+                gil::run(py, long, || self.inner.decide(&input, None, &stop))?
+            }
+        };
         if let Some(admission) = admission {
             let candidates = decision
                 .candidates
