@@ -1,5 +1,5 @@
-//! `Router` and `BpeEncoding`: the router of one config load (see `switchpoint_core::Router`),
-//! deciding from the engine's `ChatInput` or straight from `RouteRequest` bytes.
+//! `Router`: the router of one config load (see `switchpoint_core::Router`), deciding from the
+//! engine's `ChatInput` or straight from `RouteRequest` bytes.
 //!
 //! `ChatInput` and its parts are `NamedTuple`s read by position (`*_FIELDS` name the positions,
 //! and the Python tests check them against the tuples' `_fields`). The decision goes back as the
@@ -7,20 +7,19 @@
 
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
-use rustc_hash::{FxBuildHasher, FxHashMap};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use pyo3::types::{PyBytes, PyTuple};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use switchpoint_core::{
-    route_request, Admission as CoreAdmission, Admitted, AutoRouting, Bpe, Decision, Limits,
-    Message, Params, RequestCount, RouteInput, RouteTally as Tally, Router as Core, RouterConfig,
-    RoutingOptions, Shift, Stage, Stop, Tokenizer,
+    route_request, Admission as CoreAdmission, Admitted, AutoRouting, Decision, Limits, Message,
+    Params, RequestCount, RouteInput, RouteTally as Tally, Router as Core, RouterConfig,
+    RoutingOptions, Shift, Stage, Stop,
 };
 
 use crate::error::{Error, Result};
 use crate::gate::Gate;
 use crate::gil;
 use crate::table::ModelTable;
+use crate::tokens::{tokenizer, BpeEncoding, WorkStop};
 
 pub const CHAT_INPUT_FIELDS: [&str; 5] = ["messages", "routing", "params", "request_id", "cache"];
 pub const ROUTING_FIELDS: [&str; 9] = [
@@ -40,86 +39,6 @@ pub const CACHE_THRESHOLD_POSITION: usize = 2;
 
 /// Past this many bytes of prompt (~50 us of counting and classifying) the GIL is released.
 const DETACH_ABOVE_BYTES: usize = 64 * 1024;
-
-/// A request's stop signal (see `switchpoint_core::Stop`): the server makes one per request it
-/// routes on a worker thread, and calls `stop()` when the caller cancels or the server stops.
-#[pyclass(frozen, module = "switchpoint._native")]
-pub struct WorkStop {
-    inner: Arc<Stop>,
-}
-
-#[pymethods]
-impl WorkStop {
-    /// `timeout_s`: seconds from now after which the work stops by itself (the caller's deadline).
-    #[new]
-    #[pyo3(signature = (timeout_s = None))]
-    fn new(timeout_s: Option<f64>) -> Self {
-        let deadline = timeout_s
-            .filter(|s| s.is_finite())
-            .and_then(|s| Instant::now().checked_add(Duration::from_secs_f64(s.max(0.0))));
-        Self {
-            inner: Arc::new(Stop::new(deadline)),
-        }
-    }
-
-    fn stop(&self) {
-        self.inner.stop();
-    }
-
-    #[getter]
-    fn stopped(&self) -> bool {
-        self.inner.is_stopped()
-    }
-}
-
-/// A BPE encoding's ranks and pattern, as tiktoken builds one (`switchpoint.tokens` loads them).
-#[pyclass(frozen, module = "switchpoint._native")]
-pub struct BpeEncoding {
-    inner: Arc<Bpe>,
-}
-
-#[pymethods]
-impl BpeEncoding {
-    #[new]
-    fn new(ranks: &Bound<'_, PyDict>, pattern: &str) -> PyResult<Self> {
-        let mut map = FxHashMap::with_capacity_and_hasher(ranks.len(), FxBuildHasher);
-        for (token, rank) in ranks.iter() {
-            map.insert(token.extract::<Vec<u8>>()?, rank.extract::<u32>()?);
-        }
-        Ok(Self {
-            inner: Arc::new(Bpe::new(map, pattern).map_err(crate::error::Error::from)?),
-        })
-    }
-}
-
-fn tokenizer(encoding: Option<&Bound<'_, BpeEncoding>>) -> Tokenizer {
-    encoding.map_or(Tokenizer::Estimate, |e| {
-        Tokenizer::Bpe(e.get().inner.clone())
-    })
-}
-
-/// Tokens of `text` under `encoding` (the ~4 characters per token estimate when None).
-#[pyfunction]
-#[pyo3(signature = (text, encoding = None))]
-pub fn count_text_tokens(text: &str, encoding: Option<&Bound<'_, BpeEncoding>>) -> Result<u64> {
-    Ok(tokenizer(encoding).count_text(text, Stop::never())?)
-}
-
-/// Tokens of a prompt of `(role, content)` pairs under `encoding`, chat framing included.
-#[pyfunction]
-#[pyo3(signature = (messages, encoding = None))]
-// PyO3 extracts the list by value; the counts borrow its strings.
-#[allow(clippy::needless_pass_by_value)]
-pub fn count_prompt_tokens(
-    messages: Vec<(PyBackedStr, PyBackedStr)>,
-    encoding: Option<&Bound<'_, BpeEncoding>>,
-) -> Result<u64> {
-    let messages: Vec<Message<'_>> = messages
-        .iter()
-        .map(|(role, content)| Message { role, content })
-        .collect();
-    Ok(tokenizer(encoding).count_messages(&messages, Stop::never())?)
-}
 
 /// What the token gate lets through, for `Router.route_wire` (see `switchpoint_core::Admission`).
 #[pyclass(frozen, module = "switchpoint._native")]
