@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from switchpoint.cache.guard import agrees
+from switchpoint.cache.guard import MAX_GUARDED_CHARS, _starts_sentence, agrees
 
 
 @pytest.mark.parametrize(
@@ -80,3 +83,26 @@ def test_guard_is_cheap() -> None:
     per_call_us = (time.perf_counter() - started) / runs * 1e6
     # ~30 us here; the bound leaves room for a loaded CI machine.
     assert per_call_us < 500
+
+
+# The sentence-start rule as it was first written: a regex searched from the text's start for
+# every capitalised word (quadratic on a long text). `_starts_sentence` must agree with it.
+_SENTENCE_START_REGEX = re.compile(r"(?:^|[.!?:;\"\u201c(\n]\s*)\s*$")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list('aB .!?:;"\u201c(\n\t\r\x0b\x1c\x85\u2028\u3000x,'))))
+def test_sentence_start_is_the_regexs_rule(text: str) -> None:
+    for start in range(len(text) + 1):
+        expected = _SENTENCE_START_REGEX.search(text, 0, start) is not None
+        assert _starts_sentence(text, start) == expected, (text, start)
+
+
+def test_texts_too_long_to_compare_are_refused() -> None:
+    long = "x Bob " * (MAX_GUARDED_CHARS // 6 + 1)
+    verdict = agrees(long, long)
+    assert not verdict.ok
+    assert "too long to compare" in verdict.reason
+    # At the bound the texts are compared, and identical ones agree.
+    fits = long[:MAX_GUARDED_CHARS]
+    assert agrees(fits, fits).ok

@@ -240,9 +240,9 @@ async def test_max_cost_cap_filters(sidecar: RunningSidecar) -> None:
             "tiny excluded: context window 1024",
         ),
         (
-            _request("x" * 2_000_000),
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "context window",
+            _request("x" * 300_000),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "messages[0].content: 300000 bytes exceeds server.limits.message_bytes (262144)",
         ),
     ],
 )

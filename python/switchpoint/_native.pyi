@@ -22,6 +22,7 @@ __all__ = [
     "Router",
     "ScoreResult",
     "ScoredCandidate",
+    "WorkStop",
     "classify",
     "count_prompt_tokens",
     "count_text_tokens",
@@ -331,28 +332,47 @@ class Router:
         auto: tuple[bool, float, float, str, str],
         default_output_tokens: int,
         encodings: list[BpeEncoding | None],
+        limits: tuple[int, int, int, int, int],
         decision_type: Any,
         candidate_type: Any,
         levels: list[Any],
     ) -> Router: ...
+    def check_message_count(self, count: int) -> None:
+        """Raise RequestTooLargeError when `count` messages are more than a request may carry."""
+    def validate(self, request: tuple[Any, ...]) -> None:
+        """Raise InvalidRequestError (RequestTooLargeError over a size limit) for the first thing
+        wrong with a ChatInput."""
     def decide(
         self,
         request: tuple[Any, ...],
         pressure: Callable[[str, str], tuple[Sequence[str], str, str] | None] | None = None,
+        stop: WorkStop | None = None,
     ) -> Any:
         """Validate and decide a ChatInput; a Decision (raises InvalidRequestError,
         NoEligibleModelError or PolicyDeniedError). `pressure(tenant, stage)` is asked, once the
-        request is valid, for budget pressure's strategy shift."""
+        request is valid, for budget pressure's strategy shift. Once `stop` is stopped the
+        counting ends early: DeadlineExceededError."""
     def route_wire(
         self,
         request: bytes,
         tally: RouteTally | None = None,
         admission: Admission | None = None,
+        stop: WorkStop | None = None,
     ) -> tuple[bytes, str, str, str, int] | None:
         """Decide switchpoint.v1.RouteRequest bytes: (RouteDecision bytes, chosen model, tenant,
         stage, prompt characters), counted and timed in `tally`; None when `admission` does not
         admit every candidate now. Raises like `decide`; InvalidRequestError on field "request"
         for bytes that are not a RouteRequest."""
+
+@final
+class WorkStop:
+    """A request's stop signal for work on a worker thread: due `timeout_s` from now (never when
+    None) or once `stop()` is called; the token counting reads it every few thousand bytes."""
+
+    def __new__(cls, timeout_s: float | None = None) -> WorkStop: ...
+    def stop(self) -> None: ...
+    @property
+    def stopped(self) -> bool: ...
 
 @final
 class Admission:

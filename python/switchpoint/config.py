@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from switchpoint.admission_config import AdmissionQueueConfig
 from switchpoint.cache.config import CacheConfig
 from switchpoint.errors import ConfigError, ErrorClass
+from switchpoint.limits import LimitsConfig
 from switchpoint.providers.base import ExtraBody
 from switchpoint.security.config import AdminConfig, AuthConfig, TlsConfig
 from switchpoint.state.config import StateConfig, check_state
@@ -60,6 +61,8 @@ class ServerConfig(StrictModel):
     reload_poll_s: Positive | None = 2.0
     tls: TlsConfig | None = None
     state: StateConfig = Field(default_factory=StateConfig)
+    # What one request may carry (switchpoint.limits).
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
 
 class ManagedServerConfig(StrictModel):

@@ -19,7 +19,7 @@ from typing import Literal
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from switchpoint._native import LatencyTracker
+from switchpoint._native import LatencyTracker, WorkStop
 from switchpoint.attempts import CONTINUE_PROMPT, Attempts, Outcome, prior_latency_ms
 from switchpoint.cache.serving import CacheFront
 from switchpoint.cache.store import ResponseCache
@@ -28,9 +28,10 @@ from switchpoint.config import BreakerConfig, Config, ModelConfig
 from switchpoint.errors import AllAttemptsFailedError, QuotaExceededError, SwitchpointError
 from switchpoint.gate import RequestScope, TokenGate
 from switchpoint.instruments import MetricsSink, NullMetrics, records_spans
+from switchpoint.offload import OFFLOAD_ABOVE_BYTES, Offload
 from switchpoint.providers.base import ProviderAdapter
 from switchpoint.registry import Registry
-from switchpoint.request import ChatInput, new_request_id
+from switchpoint.request import ChatInput, new_request_id, prompt_size
 from switchpoint.resilience import Breakers
 from switchpoint.routing import Decision, build_router
 from switchpoint.scheduler import Scheduler
@@ -136,6 +137,41 @@ class Engine:
             decision = self.router.decide(request, pressure)
             span.set_attribute("switchpoint.level", decision.level.name.lower())
             span.set_attribute("switchpoint.strategy", decision.strategy)
+        return self._admit_in_span(decision, scope, for_call)
+
+    async def decide_off_loop(
+        self,
+        request: ChatInput,
+        offload: Offload,
+        *,
+        for_call: bool = False,
+        timeout_s: float | None = None,
+    ) -> Decision:
+        """`decide`, with a large prompt routed on `offload`'s threads (see switchpoint.offload)
+        and stopped at `timeout_s` or when this call is cancelled (DeadlineExceededError)."""
+        if prompt_size(request) <= OFFLOAD_ABOVE_BYTES:
+            return self.decide(request, for_call=for_call)
+        # Validation is bounded by server.limits; it and budget pressure (which reads and makes
+        # gate state) stay on the loop, so the thread only counts and scores.
+        self.router.validate(request)
+        routing = request.routing
+        scope = RequestScope(routing.tenant, routing.stage)
+        shift = self.gate.pressure(routing.tenant, routing.stage)
+        router = self.router
+
+        def route(stop: WorkStop) -> Decision:
+            decision: Decision = router.decide(request, lambda _tenant, _stage: shift, stop)
+            return decision
+
+        if not self._records_spans:
+            return self._admit(await offload.run(route, timeout_s), scope, for_call)
+        with self.tracer.start_as_current_span(SPAN_ROUTE) as span:
+            decision = await offload.run(route, timeout_s)
+            span.set_attribute("switchpoint.level", decision.level.name.lower())
+            span.set_attribute("switchpoint.strategy", decision.strategy)
+        return self._admit_in_span(decision, scope, for_call)
+
+    def _admit_in_span(self, decision: Decision, scope: RequestScope, for_call: bool) -> Decision:
         with self.tracer.start_as_current_span(SPAN_GATE) as span:
             decision = self._admit(decision, scope, for_call)
             if decision.refusal is None:

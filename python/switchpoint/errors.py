@@ -27,6 +27,10 @@ class InvalidRequestError(SwitchpointError):
         self.message = message
 
 
+class RequestTooLargeError(InvalidRequestError):
+    """The request is over a size limit of `server.limits`; `field` names what is too large."""
+
+
 class NoEligibleModelError(SwitchpointError):
     """The request is well formed but no enabled model can serve it (context, capability, cost)."""
 
@@ -133,5 +137,6 @@ __all__ = [
     "PolicyDeniedError",
     "ProviderError",
     "QuotaExceededError",
+    "RequestTooLargeError",
     "SwitchpointError",
 ]

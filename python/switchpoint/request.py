@@ -68,3 +68,9 @@ def new_request_id() -> str:
     a counter. An id has to be unique, not unguessable, and drawing 128 random bits per request
     was a measurable part of a Route call."""
     return f"{_ID_PREFIX}{next(_ID_SEQUENCE):016x}"
+
+
+def prompt_size(request: ChatInput) -> int:
+    """What routing the request will read, for deciding where to route it: its characters (at
+    most its bytes), and a message's framing counted as 64 of them. Bounded by server.limits."""
+    return sum(len(message[1]) + 64 for message in request.messages)

@@ -75,10 +75,15 @@ _CURLY_APOSTROPHE = "\u2019"
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:['\u2019][A-Za-z]+)*")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-# Where a new sentence (or a quoted or bracketed one) begins: its first word is capitalised by
-# grammar, not because it is a name.
-_SENTENCE_START = re.compile(r"(?:^|[.!?:;\"\u201c(\n]\s*)\s*$")
+# What ends the sentence before a word (possibly with whitespace between): the word then starts a
+# new sentence (or a quoted or bracketed one), so its capital is grammar, not a name.
+_SENTENCE_ENDS = frozenset('.!?:;"\u201c(\n')
 _POSSESSIVE = re.compile(r"['\u2019]s$", re.IGNORECASE)
+# Texts longer than this are not compared: a hit is refused. Every rule here is linear in the
+# text, but an embedding of a long text says little about its details, which are what the guard
+# is for, and embedding it costs seconds (0.4 s for 6,000 characters, 5 s for 64,000 with the
+# local model), so the cache keeps such requests exact-only (`keys.derive_keys`).
+MAX_GUARDED_CHARS = 8 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +106,15 @@ class _Salient:
 
 
 _AGREE = GuardVerdict(ok=True, reason="")
+_TOO_LONG = GuardVerdict(ok=False, reason=f"too long to compare (over {MAX_GUARDED_CHARS} chars)")
 
 
 def agrees(query: str, cached: str) -> GuardVerdict:
     """Whether `cached`'s answer can serve `query`: numbers, time words, named entities and
-    negation must agree (see the module docstring for the exact rules)."""
+    negation must agree (see the module docstring for the exact rules). Texts over
+    `MAX_GUARDED_CHARS` are refused uncompared."""
+    if len(query) > MAX_GUARDED_CHARS or len(cached) > MAX_GUARDED_CHARS:
+        return _TOO_LONG
     a, b = _salient(query), _salient(cached)
     if a.numbers != b.numbers:
         return _refuse("numbers", a.numbers, b.numbers)
@@ -148,12 +157,24 @@ def _salient(text: str) -> _Salient:
         elif (
             _is_capitalised(word)
             and lower not in _NOT_ENTITIES
-            and not _SENTENCE_START.search(text, 0, match.start())
+            and not _starts_sentence(text, match.start())
         ):
             entities.add(lower)
     return _Salient(
         frozenset(numbers), frozenset(times), frozenset(entities), negated, frozenset(words)
     )
+
+
+def _starts_sentence(text: str, start: int) -> bool:
+    """Whether the word at `start` begins a sentence: only whitespace before it, or a sentence end
+    (`_SENTENCE_ENDS`, a newline among them) before or within the whitespace in front of it. Reads
+    back over that whitespace only, which precedes one word, so a whole text costs linear time."""
+    at = start
+    while at > 0 and text[at - 1].isspace():
+        at -= 1
+        if text[at] == "\n":
+            return True
+    return at == 0 or text[at - 1] in _SENTENCE_ENDS
 
 
 def _is_capitalised(word: str) -> bool:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from switchpoint.cache.config import CacheConfig
+from switchpoint.cache.guard import MAX_GUARDED_CHARS
 
 if TYPE_CHECKING:
     from switchpoint.cache.records import CacheQuery
@@ -165,12 +166,16 @@ def derive_keys(query: CacheQuery, config: CacheConfig) -> RequestKeys:
     )
     requested = model_class_of(config, query.model, query.quality)
     exact_only = exact_only_reason(query, config) is not None
+    semantic_text = None if exact_only else render_semantic_text(turns)
+    if semantic_text is not None and len(semantic_text) > MAX_GUARDED_CHARS:
+        # The guard would refuse any hit for it: embedding it would be work for nothing.
+        semantic_text = None
     return RequestKeys(
         scope=CacheScope(tenant=query.tenant, model_class=requested.label, params_key=params_key),
         class_rank=requested.rank,
         servable_classes=servable_classes(config, requested),
         exact_key=exact_key,
-        semantic_text=None if exact_only else render_semantic_text(turns),
+        semantic_text=semantic_text,
     )
 
 

@@ -54,6 +54,9 @@ Guard = Callable[[str, str], GuardVerdict]
 STORABLE_FINISH_REASONS = frozenset({"stop"})
 # Expired entries leave memory at least this often (they are never served in between).
 SWEEP_INTERVAL_S = 60.0
+# Characters (query and cached question together) the guard compares on the loop; a few
+# microseconds per hundred. Longer ones are compared on a worker thread.
+GUARD_INLINE_CHARS = 4096
 
 
 @dataclass(slots=True)
@@ -234,7 +237,7 @@ class ResponseCache:
             if entry is None or entry.scope != neighbour.scope or entry.semantic_text is None:
                 continue
             if self._config.semantic.guard:
-                verdict = self._guard(text, entry.semantic_text)
+                verdict = await self._check(text, entry.semantic_text)
                 if not verdict.ok:
                     self._counters.guard_rejections += 1
                     log.debug("cache guard refused a semantic hit: %s", verdict.reason)
@@ -242,6 +245,13 @@ class ResponseCache:
             self._entries.move_to_end(entry.entry_id)
             return entry.hit(now=now, similarity=min(1.0, neighbour.similarity), kind="semantic")
         return None
+
+    async def _check(self, query: str, cached: str) -> GuardVerdict:
+        """The guard's verdict; for long texts on a worker thread, so that the loop serves other
+        calls meanwhile (the guard is linear, but a long text still takes milliseconds)."""
+        if len(query) + len(cached) <= GUARD_INLINE_CHARS:
+            return self._guard(query, cached)
+        return await asyncio.to_thread(self._guard, query, cached)
 
     # -- store -----------------------------------------------------------------------------
 

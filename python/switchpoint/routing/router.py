@@ -46,6 +46,7 @@ def build_router(config: Config, registry: Registry, tokens: TokenCounter) -> Ro
         ),
         default_output_tokens=routing.default_output_tokens,
         encodings=[tokens.encoding(name) for name in encodings],
+        limits=config.server.limits.as_tuple(),
         decision_type=Decision,
         candidate_type=ScoredModel,
         levels=list(Level),

@@ -22,6 +22,7 @@ from switchpoint.engine import Engine
 from switchpoint.errors import ConfigError
 from switchpoint.local_model import ManagedModelServer
 from switchpoint.logs import SECRETS, RequestLog
+from switchpoint.offload import Offload
 from switchpoint.providers.base import ProviderAdapter
 from switchpoint.reload import (
     EngineBuild,
@@ -77,10 +78,12 @@ class Sidecar:
         cache: CacheService | None = None,
         tls: ServerTls | None = None,
         bound: str = "",
+        offload: Offload | None = None,
     ) -> None:
         self.port = port
         self._tls = tls
         self._bound = bound
+        self._offload = offload
         self._request_log = request_log
         self._cache = cache
         self.grpc_server = grpc_server
@@ -109,6 +112,11 @@ class Sidecar:
     @property
     def engine(self) -> Engine:
         return self._live.engine
+
+    @property
+    def offload(self) -> Offload | None:
+        """Where large requests are routed (switchpoint.offload)."""
+        return self._offload
 
     @property
     def metrics_port(self) -> int | None:
@@ -229,6 +237,9 @@ class Sidecar:
         await self._stop_reloading()
         await self._health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace)
+        if self._offload is not None:
+            # The calls are over; whatever a worker thread still computes is for nobody.
+            self._offload.close()
         await _cancelled(self._shared_watch, self._scope_sweep)
         self._shared_watch = self._scope_sweep = None
         if self._shared is not None:
@@ -475,7 +486,10 @@ async def _create_server(
         if s.enabled and s.config.managed is not None
     ]
     live = LiveEngine(build)
-    grpc_server = grpc.aio.server()
+    # A larger message is refused (RESOURCE_EXHAUSTED) before it is parsed. Read once: gRPC
+    # cannot change it on a running server.
+    max_message = config.server.limits.max_message_bytes
+    grpc_server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     bind = address or config.server.grpc_address
@@ -486,6 +500,7 @@ async def _create_server(
     if port == 0:
         await asyncio.gather(*(adapter.aclose() for adapter in build.adapters.values()))
         raise OSError(f"cannot bind gRPC address {bind}")
+    offload = Offload()
     request_log = RequestLog(
         logging.getLogger("switchpoint.request"),
         log_prompts=config.telemetry.log_prompts,
@@ -504,10 +519,11 @@ async def _create_server(
         cache=cache,
         tls=tls,
         bound=bind,
+        offload=offload,
     )
     SECRETS.publish(sidecar, config_secrets(config, environ, build.tenant_keys))
     observer = RequestObserver(telemetry, request_log)
-    add_router_to_server(RouterServicer(live, observer), grpc_server)
+    add_router_to_server(RouterServicer(live, observer, offload), grpc_server)
     admin_token = environ.get(config.admin.token_env)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(live, admin_token or None, sidecar.reload), grpc_server

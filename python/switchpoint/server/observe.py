@@ -17,6 +17,7 @@ from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from switchpoint.calls import ChatResult
 from switchpoint.instruments import MetricsSink, NullMetrics, records_spans
+from switchpoint.limits import shown
 from switchpoint.logs import RequestLog
 from switchpoint.request import ChatInput, new_request_id
 from switchpoint.routing import Decision
@@ -88,9 +89,9 @@ class RequestObserver:
                     "rpc.system": "grpc",
                     "rpc.service": "switchpoint.v1.Router",
                     "rpc.method": rpc,
-                    "switchpoint.request_id": request.request_id,
-                    "switchpoint.tenant": request.routing.tenant,
-                    "switchpoint.stage": request.routing.stage,
+                    "switchpoint.request_id": shown(request.request_id),
+                    "switchpoint.tenant": shown(request.routing.tenant),
+                    "switchpoint.stage": shown(request.routing.stage),
                 },
                 record_exception=False,
                 set_status_on_exception=False,
@@ -138,15 +139,14 @@ class RequestObserver:
         model = result.model if result else decision.chosen.name if decision else ""
         waited_s = result.waited_s if result else observation.waited_s
         self._metrics.routing_overhead(rpc=rpc, seconds=max(elapsed_s - waited_s, 0.0))
-        routing = request.routing
-        self._metrics.request(
-            model=model, outcome=observation.outcome, tenant=routing.tenant, stage=routing.stage
-        )
+        # A refused request's strings may be of any length: shown cut, like in its error.
+        tenant, stage = shown(request.routing.tenant), shown(request.routing.stage)
+        self._metrics.request(model=model, outcome=observation.outcome, tenant=tenant, stage=stage)
         self._request_log.add(
-            request_id=request.request_id,
+            request_id=shown(request.request_id),
             rpc=rpc,
-            tenant=routing.tenant,
-            stage=routing.stage,
+            tenant=tenant,
+            stage=stage,
             model=model,
             outcome=observation.outcome,
             latency_ms=elapsed_s * 1000.0,

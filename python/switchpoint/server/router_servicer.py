@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
+from functools import partial
 from typing import Any, NoReturn
 
 import grpc
@@ -12,7 +13,8 @@ from google.protobuf.message import DecodeError
 
 from switchpoint._native import encode_route_decision
 from switchpoint.engine import ChatResult, Engine
-from switchpoint.errors import InvalidRequestError
+from switchpoint.errors import InvalidRequestError, RequestTooLargeError
+from switchpoint.offload import OFFLOAD_ABOVE_BYTES, Offload
 from switchpoint.reload import LiveEngine
 from switchpoint.request import ChatInput, new_request_id
 from switchpoint.security.access import AccessDenied, authenticate, bind_routing, bind_stats
@@ -57,16 +59,21 @@ class RouterServicer:
     calls while each call keeps the engine it started with; calls that reach providers hold it
     (`hold`), so what a reload retires is closed only after they end."""
 
-    def __init__(self, engine: LiveEngine, observer: RequestObserver) -> None:
+    def __init__(
+        self, engine: LiveEngine, observer: RequestObserver, offload: Offload | None = None
+    ) -> None:
         self._engine = engine
         self._observer = observer
+        # Where a large request is routed (switchpoint.offload); tests may leave it out.
+        self._offload = offload or Offload()
 
     async def Route(self, request: bytes, context: ServicerContext) -> bytes:
         """Served from the request's bytes (see `add_router_to_server`). When the Rust router can
         decide alone (`Engine.routes_alone`) and nothing but sizes is observed, one call into Rust
         decodes, validates, decides, checks the gate and encodes; otherwise (and for whatever that
         call does not answer: a failure, a gate refusal, a scope the gate has not seen) the request
-        takes the path Chat takes, to the same decision.
+        takes the path Chat takes, to the same decision. A large request is decided on a worker
+        thread (switchpoint.offload).
 
         With tenant API keys the request is decoded here first, checked, bound to the key's tenant
         and re-encoded; without keys nothing is added."""
@@ -77,11 +84,16 @@ class RouterServicer:
         observer = self._observer
         if observer.light and engine.routes_alone():
             gate = engine.gate
+            admission = gate.admission if gate.enabled else None
             started = time.perf_counter()
             try:
-                routed = engine.router.route_wire(
-                    request, observer.route_tally, gate.admission if gate.enabled else None
-                )
+                if len(request) <= OFFLOAD_ABOVE_BYTES:
+                    routed = engine.router.route_wire(request, observer.route_tally, admission)
+                else:
+                    routed = await self._offload.run(
+                        partial(engine.router.route_wire, request, observer.route_tally, admission),
+                        context.time_remaining(),
+                    )
             except Exception:
                 routed = None  # decided again below, where the failure is reported
             if routed is not None:
@@ -108,20 +120,28 @@ class RouterServicer:
 
     async def _route(self, engine: Engine, request: bytes, context: ServicerContext) -> bytes:
         try:
-            chat_input = convert.chat_input(pb.RouteRequest.FromString(request))
+            decoded = pb.RouteRequest.FromString(request)
         except DecodeError:
             await self._refuse_undecodable(context)
+        chat_input = await self._chat_input("Route", decoded, context)
         with self._observer.observe("Route", context, chat_input, calls_providers=False) as seen:
             try:
-                seen.decision = engine.decide(chat_input)
+                seen.decision = await engine.decide_off_loop(
+                    chat_input, self._offload, timeout_s=context.time_remaining()
+                )
             except Exception as exc:
                 await _abort(context, exc, chat_input.request_id, seen)
             return encode_route_decision(seen.decision)
 
     async def _refuse_undecodable(self, context: ServicerContext) -> NoReturn:
+        failure = InvalidRequestError("request", "is not a valid switchpoint.v1.RouteRequest")
+        await self._refuse_unread("Route", failure, context)
+
+    async def _refuse_unread(
+        self, rpc: str, failure: Exception, context: ServicerContext
+    ) -> NoReturn:
         unread = ChatInput(messages=(), request_id=new_request_id())
-        with self._observer.observe("Route", context, unread, calls_providers=False) as seen:
-            failure = InvalidRequestError("request", "is not a valid switchpoint.v1.RouteRequest")
+        with self._observer.observe(rpc, context, unread, calls_providers=False) as seen:
             await _abort(context, failure, unread.request_id, seen)
 
     async def _bind_chat(self, request: pb.ChatRequest, context: ServicerContext) -> None:
@@ -132,16 +152,30 @@ class RouterServicer:
         except AccessDenied as denied:
             await context.abort(denied.code, denied.message)
 
+    async def _chat_input(
+        self, rpc: str, request: pb.ChatRequest | pb.RouteRequest, context: ServicerContext
+    ) -> ChatInput:
+        """The request as the engine reads it. The message count is checked first: a megabyte
+        holds hundreds of thousands of empty messages, which would take the loop most of a second
+        to convert only to be refused."""
+        try:
+            self._engine().router.check_message_count(len(request.messages))
+        except RequestTooLargeError as exc:
+            await self._refuse_unread(rpc, exc, context)
+        return convert.chat_input(request)
+
     async def Chat(self, request: pb.ChatRequest, context: ServicerContext) -> pb.ChatResponse:
         if self._engine.build.tenant_keys.enabled:
             await self._bind_chat(request, context)
-        chat_input = convert.chat_input(request)
+        chat_input = await self._chat_input("Chat", request, context)
         with (
             self._engine.hold() as engine,
             self._observer.observe("Chat", context, chat_input) as seen,
         ):
             try:
-                seen.decision = engine.decide(chat_input, for_call=True)
+                seen.decision = await engine.decide_off_loop(
+                    chat_input, self._offload, for_call=True, timeout_s=context.time_remaining()
+                )
                 seen.result = await engine.chat(
                     chat_input, seen.decision, deadline=_deadline(context)
                 )
@@ -154,7 +188,7 @@ class RouterServicer:
     ) -> AsyncIterator[pb.ChatChunk]:
         if self._engine.build.tenant_keys.enabled:
             await self._bind_chat(request, context)
-        chat_input = convert.chat_input(request)
+        chat_input = await self._chat_input("ChatStream", request, context)
         with (
             self._engine.hold() as engine,
             self._observer.observe("ChatStream", context, chat_input) as seen,
@@ -168,7 +202,9 @@ class RouterServicer:
     ) -> AsyncGenerator[pb.ChatChunk, None]:
         request_id = chat_input.request_id
         try:
-            decision = seen.decision = engine.decide(chat_input, for_call=True)
+            decision = seen.decision = await engine.decide_off_loop(
+                chat_input, self._offload, for_call=True, timeout_s=context.time_remaining()
+            )
             first = True
             # aclosing: a cancelled client call closes the engine's stream at once, which releases
             # its gate reservation and the upstream response.

@@ -20,7 +20,9 @@ from switchpoint.errors import (
     PolicyDeniedError,
     ProviderError,
     QuotaExceededError,
+    RequestTooLargeError,
 )
+from switchpoint.limits import shown
 
 log = logging.getLogger("switchpoint.server")
 
@@ -77,6 +79,8 @@ def _quota_failure(exc: QuotaExceededError) -> Failure:
 def _status_for(exc: BaseException, request_id: str) -> tuple[grpc.StatusCode, str]:
     """The status code and message of every error but quota refusals. Unknown errors never
     leak details."""
+    if isinstance(exc, RequestTooLargeError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, InvalidRequestError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, NoEligibleModelError):
@@ -92,6 +96,7 @@ def _status_for(exc: BaseException, request_id: str) -> tuple[grpc.StatusCode, s
         return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
     if isinstance(exc, ProviderError):
         return _PROVIDER_STATUS.get(exc.error_class, grpc.StatusCode.UNAVAILABLE), str(exc)
+    request_id = shown(request_id)
     if isinstance(exc, CoreError):
         log.error("routing core error (request %s): %s", request_id, exc)
         return grpc.StatusCode.INTERNAL, f"routing core error: {exc}"

@@ -132,6 +132,10 @@ pub enum CoreError {
     /// The router refused a request: the caller's to fix or the config's to allow. Not a fault.
     #[error("{0}")]
     Refused(Refusal),
+
+    /// The caller gave up (cancel or deadline) before the work was done; nobody reads the result.
+    #[error("stopped: the caller cancelled or its deadline passed")]
+    Stopped,
 }
 
 /// Why the router will not decide a request; each kind is its own gRPC status.
@@ -139,6 +143,8 @@ pub enum CoreError {
 pub enum Refusal {
     /// The request is malformed; `field` names the offending field (`routing.weights`).
     InvalidRequest { field: String, message: String },
+    /// The request is over a size limit (`server.limits`); `field` names what is too large.
+    TooLarge { field: String, message: String },
     /// The request is well formed but no enabled model can serve it.
     NoEligibleModel(String),
     /// Configured policy forbids it (a model outside its stage's whitelist).
@@ -148,6 +154,13 @@ pub enum Refusal {
 impl Refusal {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> CoreError {
         CoreError::Refused(Self::InvalidRequest {
+            field: field.into(),
+            message: message.into(),
+        })
+    }
+
+    pub fn too_large(field: impl Into<String>, message: impl Into<String>) -> CoreError {
+        CoreError::Refused(Self::TooLarge {
             field: field.into(),
             message: message.into(),
         })
@@ -165,7 +178,9 @@ impl Refusal {
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::InvalidRequest { field, message } => write!(f, "{field}: {message}"),
+            Self::InvalidRequest { field, message } | Self::TooLarge { field, message } => {
+                write!(f, "{field}: {message}")
+            }
             Self::NoEligibleModel(message) | Self::PolicyDenied(message) => f.write_str(message),
         }
     }

@@ -36,9 +36,9 @@ pub use lease::MinuteUsage;
 pub use limits::LimitState;
 pub use reservations::{ReservationId, MAX_RULES};
 pub use route::{
-    route_request, Admission, Admitted, AutoRouting, Bpe, Decision, Level, Message, Params,
-    RouteInput, Router, RouterConfig, RoutingOptions, Shift, Stage, Tokenizer, CUSTOM_STRATEGY,
-    MAX_ID_LENGTH, ROLES,
+    clipped, route_request, Admission, Admitted, AutoRouting, Bpe, Decision, Level, Limits,
+    Message, Params, RouteInput, Router, RouterConfig, RoutingOptions, Shift, Stage, Stop,
+    Tokenizer, CUSTOM_STRATEGY, ROLES,
 };
 pub use scoring::{Candidate, Exclusion, Ranking, Request, Weights};
 pub use table::{ModelSpec, ModelTable, MAX_PRICE_OR_PRIOR};

@@ -15,6 +15,7 @@ mod admission;
 mod decode;
 mod levels;
 mod request;
+mod stop;
 mod tokens;
 
 use std::collections::HashMap;
@@ -22,7 +23,8 @@ use std::sync::Arc;
 
 pub use admission::{Admission, Admitted};
 pub use decode::route_request;
-pub use request::{Message, Params, RouteInput, RoutingOptions, MAX_ID_LENGTH, ROLES};
+pub use request::{clipped, Limits, Message, Params, RouteInput, RoutingOptions, ROLES};
+pub use stop::Stop;
 pub use tokens::{Bpe, Tokenizer};
 
 use crate::error::{CoreError, Result};
@@ -78,6 +80,8 @@ pub struct RouterConfig {
     /// One per distinct tokenizer of the enabled models; the prompt is counted by each and the
     /// largest count used, so no model is judged to fit a context window it would overflow.
     pub encodings: Vec<Tokenizer>,
+    /// What one request may carry; `validate` refuses the rest.
+    pub limits: Limits,
 }
 
 /// Budget pressure: a request that would use one of `applies_to` uses `strategy` instead.
@@ -206,30 +210,57 @@ impl Router {
     }
 
     /// Prompt tokens as routing counts them: the largest count among the models' tokenizers.
-    pub fn input_tokens(&self, messages: &[Message<'_>]) -> u64 {
-        self.config
-            .encodings
-            .iter()
-            .map(|encoding| encoding.count_messages(messages))
-            .max()
-            .unwrap_or(0)
+    ///
+    /// # Errors
+    /// `Stopped` once `stop` is set or its deadline has passed.
+    pub fn input_tokens(&self, messages: &[Message<'_>], stop: &Stop) -> Result<u64> {
+        let mut most = 0;
+        for encoding in &self.config.encodings {
+            most = most.max(encoding.count_messages(messages, stop)?);
+        }
+        Ok(most)
+    }
+
+    /// What one request may carry under this config.
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    /// The first thing wrong with `input` under this config's limits.
+    ///
+    /// # Errors
+    /// `Refused`: `TooLarge` or `InvalidRequest`, naming the field.
+    pub fn validate(&self, input: &RouteInput<'_>) -> Result<()> {
+        input.validate(&self.config.limits)
     }
 
     /// Validates `input` and decides it.
     ///
     /// # Errors
-    /// `Refused`: `InvalidRequest` (naming the field), `NoEligibleModel` or `PolicyDenied`.
-    pub fn decide(&self, input: &RouteInput<'_>, shift: Option<&Shift>) -> Result<Decision> {
-        input.validate()?;
-        self.decide_valid(input, shift)
+    /// `Refused`: `TooLarge`, `InvalidRequest` (naming the field), `NoEligibleModel` or
+    /// `PolicyDenied`; `Stopped` once `stop` is set.
+    pub fn decide(
+        &self,
+        input: &RouteInput<'_>,
+        shift: Option<&Shift>,
+        stop: &Stop,
+    ) -> Result<Decision> {
+        self.validate(input)?;
+        self.decide_valid(input, shift, stop)
     }
 
-    /// Decides a request `RouteInput::validate` accepted.
+    /// Decides a request `validate` accepted.
     ///
     /// # Errors
-    /// `Refused`: `InvalidRequest` (naming the field), `NoEligibleModel` or `PolicyDenied`.
-    pub fn decide_valid(&self, input: &RouteInput<'_>, shift: Option<&Shift>) -> Result<Decision> {
-        self.first_level_that_applies(input, shift)
+    /// `Refused`: `InvalidRequest` (naming the field), `NoEligibleModel` or `PolicyDenied`;
+    /// `Stopped` once `stop` is set.
+    pub fn decide_valid(
+        &self,
+        input: &RouteInput<'_>,
+        shift: Option<&Shift>,
+        stop: &Stop,
+    ) -> Result<Decision> {
+        self.first_level_that_applies(input, shift, stop)
     }
 
     /// The decision as `switchpoint.v1.RouteDecision` bytes.
@@ -266,3 +297,5 @@ impl Router {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tokens_tests;

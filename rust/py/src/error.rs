@@ -114,6 +114,9 @@ impl From<Error> for PyErr {
                 denial.retry_after_s,
             )),
             RustError::Refused(refusal) => refused(refusal),
+            RustError::Stopped => {
+                engine_error("DeadlineExceededError", (RustError::Stopped.to_string(),))
+            }
             other => CoreError::new_err(other.to_string()),
         }
     }
@@ -122,23 +125,26 @@ impl From<Error> for PyErr {
 /// A router refusal as the engine's own exception (`switchpoint.errors`), so the servicer maps it
 /// to its gRPC status like any other.
 fn refused(refusal: Refusal) -> PyErr {
+    match refusal {
+        Refusal::InvalidRequest { field, message } => {
+            engine_error("InvalidRequestError", (field, message))
+        }
+        Refusal::TooLarge { field, message } => {
+            engine_error("RequestTooLargeError", (field, message))
+        }
+        Refusal::NoEligibleModel(message) => engine_error("NoEligibleModelError", (message,)),
+        Refusal::PolicyDenied(message) => engine_error("PolicyDeniedError", (message,)),
+    }
+}
+
+/// An instance of one of the engine's own exceptions (`switchpoint.errors`), built from `args`.
+fn engine_error<A: for<'py> pyo3::call::PyCallArgs<'py>>(name: &str, args: A) -> PyErr {
     Python::attach(|py| {
-        let errors = match py.import("switchpoint.errors") {
-            Ok(errors) => errors,
-            Err(err) => return err,
-        };
-        let raised = match refusal {
-            Refusal::InvalidRequest { field, message } => errors
-                .getattr("InvalidRequestError")
-                .and_then(|class| class.call1((field, message))),
-            Refusal::NoEligibleModel(message) => errors
-                .getattr("NoEligibleModelError")
-                .and_then(|class| class.call1((message,))),
-            Refusal::PolicyDenied(message) => errors
-                .getattr("PolicyDeniedError")
-                .and_then(|class| class.call1((message,))),
-        };
-        match raised {
+        match py
+            .import("switchpoint.errors")
+            .and_then(|errors| errors.getattr(name))
+            .and_then(|class| class.call1(args))
+        {
             Ok(exception) => PyErr::from_value(exception),
             Err(err) => err,
         }

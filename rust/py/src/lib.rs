@@ -13,6 +13,7 @@ mod model_spec;
 mod router;
 mod score_result;
 mod table;
+mod tokens;
 mod wire;
 
 use pyo3::prelude::*;
@@ -27,11 +28,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<table::ModelTable>()?;
     m.add_class::<gate::Gate>()?;
     m.add_class::<router::Router>()?;
-    m.add_class::<router::BpeEncoding>()?;
+    m.add_class::<tokens::BpeEncoding>()?;
     m.add_class::<router::RouteTally>()?;
     m.add_class::<router::Admission>()?;
-    m.add_function(wrap_pyfunction!(router::count_text_tokens, m)?)?;
-    m.add_function(wrap_pyfunction!(router::count_prompt_tokens, m)?)?;
+    m.add_class::<tokens::WorkStop>()?;
+    m.add_function(wrap_pyfunction!(tokens::count_text_tokens, m)?)?;
+    m.add_function(wrap_pyfunction!(tokens::count_prompt_tokens, m)?)?;
     m.add("CHAT_INPUT_FIELDS", router::CHAT_INPUT_FIELDS)?;
     m.add("ROUTING_FIELDS", router::ROUTING_FIELDS)?;
     m.add("PARAMS_FIELDS", router::PARAMS_FIELDS)?;

@@ -1,5 +1,5 @@
-//! `Router` and `BpeEncoding`: the router of one config load (see `switchpoint_core::Router`),
-//! deciding from the engine's `ChatInput` or straight from `RouteRequest` bytes.
+//! `Router`: the router of one config load (see `switchpoint_core::Router`), deciding from the
+//! engine's `ChatInput` or straight from `RouteRequest` bytes.
 //!
 //! `ChatInput` and its parts are `NamedTuple`s read by position (`*_FIELDS` name the positions,
 //! and the Python tests check them against the tuples' `_fields`). The decision goes back as the
@@ -7,20 +7,19 @@
 
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
-use rustc_hash::{FxBuildHasher, FxHashMap};
-use std::sync::Arc;
+use pyo3::types::{PyBytes, PyTuple};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use switchpoint_core::{
-    route_request, Admission as CoreAdmission, Admitted, AutoRouting, Bpe, Decision, Message,
+    route_request, Admission as CoreAdmission, Admitted, AutoRouting, Decision, Limits, Message,
     Params, RequestCount, RouteInput, RouteTally as Tally, Router as Core, RouterConfig,
-    RoutingOptions, Shift, Stage, Tokenizer,
+    RoutingOptions, Shift, Stage, Stop,
 };
 
 use crate::error::{Error, Result};
 use crate::gate::Gate;
 use crate::gil;
 use crate::table::ModelTable;
+use crate::tokens::{tokenizer, BpeEncoding, WorkStop};
 
 pub const CHAT_INPUT_FIELDS: [&str; 5] = ["messages", "routing", "params", "request_id", "cache"];
 pub const ROUTING_FIELDS: [&str; 9] = [
@@ -40,55 +39,6 @@ pub const CACHE_THRESHOLD_POSITION: usize = 2;
 
 /// Past this many bytes of prompt (~50 us of counting and classifying) the GIL is released.
 const DETACH_ABOVE_BYTES: usize = 64 * 1024;
-
-/// A BPE encoding's ranks and pattern, as tiktoken builds one (`switchpoint.tokens` loads them).
-#[pyclass(frozen, module = "switchpoint._native")]
-pub struct BpeEncoding {
-    inner: Arc<Bpe>,
-}
-
-#[pymethods]
-impl BpeEncoding {
-    #[new]
-    fn new(ranks: &Bound<'_, PyDict>, pattern: &str) -> PyResult<Self> {
-        let mut map = FxHashMap::with_capacity_and_hasher(ranks.len(), FxBuildHasher);
-        for (token, rank) in ranks.iter() {
-            map.insert(token.extract::<Vec<u8>>()?, rank.extract::<u32>()?);
-        }
-        Ok(Self {
-            inner: Arc::new(Bpe::new(map, pattern).map_err(crate::error::Error::from)?),
-        })
-    }
-}
-
-fn tokenizer(encoding: Option<&Bound<'_, BpeEncoding>>) -> Tokenizer {
-    encoding.map_or(Tokenizer::Estimate, |e| {
-        Tokenizer::Bpe(e.get().inner.clone())
-    })
-}
-
-/// Tokens of `text` under `encoding` (the ~4 characters per token estimate when None).
-#[pyfunction]
-#[pyo3(signature = (text, encoding = None))]
-pub fn count_text_tokens(text: &str, encoding: Option<&Bound<'_, BpeEncoding>>) -> u64 {
-    tokenizer(encoding).count_text(text)
-}
-
-/// Tokens of a prompt of `(role, content)` pairs under `encoding`, chat framing included.
-#[pyfunction]
-#[pyo3(signature = (messages, encoding = None))]
-// PyO3 extracts the list by value; the counts borrow its strings.
-#[allow(clippy::needless_pass_by_value)]
-pub fn count_prompt_tokens(
-    messages: Vec<(PyBackedStr, PyBackedStr)>,
-    encoding: Option<&Bound<'_, BpeEncoding>>,
-) -> u64 {
-    let messages: Vec<Message<'_>> = messages
-        .iter()
-        .map(|(role, content)| Message { role, content })
-        .collect();
-    tokenizer(encoding).count_messages(&messages)
-}
 
 /// What the token gate lets through, for `Router.route_wire` (see `switchpoint_core::Admission`).
 #[pyclass(frozen, module = "switchpoint._native")]
@@ -286,6 +236,7 @@ impl Router {
         auto,
         default_output_tokens,
         encodings,
+        limits,
         decision_type,
         candidate_type,
         levels,
@@ -304,11 +255,13 @@ impl Router {
         auto: (bool, f64, f64, String, String),
         default_output_tokens: u64,
         encodings: Vec<Option<Bound<'_, BpeEncoding>>>,
+        limits: (usize, usize, usize, usize, usize),
         decision_type: Py<PyAny>,
         candidate_type: Py<PyAny>,
         levels: Vec<Py<PyAny>>,
     ) -> Result<Self> {
         let (enabled, hard_complexity, easy_complexity, hard_reason, easy_reason) = auto;
+        let (messages, message_bytes, prompt_bytes, name_bytes, list_items) = limits;
         let config = RouterConfig {
             providers,
             capabilities,
@@ -339,6 +292,13 @@ impl Router {
                 .into_iter()
                 .map(|e| tokenizer(e.as_ref()))
                 .collect(),
+            limits: Limits {
+                messages,
+                message_bytes,
+                prompt_bytes,
+                name_bytes,
+                list_items,
+            },
         };
         Ok(Self {
             inner: Core::new(table.get().inner.clone(), config)?,
@@ -348,18 +308,33 @@ impl Router {
         })
     }
 
+    /// Raise `RequestTooLargeError` when `count` messages are more than a request may carry:
+    /// checked before a request's messages are converted to Python objects.
+    fn check_message_count(&self, count: usize) -> Result<()> {
+        Ok(self.inner.limits().check_message_count(count)?)
+    }
+
+    /// Validate a `ChatInput` (raises `InvalidRequestError` or `RequestTooLargeError`).
+    fn validate(&self, request: &Bound<'_, PyTuple>) -> PyResult<()> {
+        let held = Held::read(request)?;
+        self.inner.validate(&held.input()).map_err(Error::from)?;
+        Ok(())
+    }
+
     /// Validate and decide a `ChatInput`. `pressure(tenant, stage)`, when given, is asked once
-    /// the request is valid for budget pressure's `StrategyShift` (or None).
-    #[pyo3(signature = (request, pressure = None))]
+    /// the request is valid for budget pressure's `StrategyShift` (or None). `stop` ends the
+    /// counting early (`CoreError`) once stopped.
+    #[pyo3(signature = (request, pressure = None, stop = None))]
     fn decide<'py>(
         &self,
         py: Python<'py>,
         request: &Bound<'py, PyTuple>,
         pressure: Option<&Bound<'py, PyAny>>,
+        stop: Option<&Bound<'py, WorkStop>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let held = Held::read(request)?;
         let input = held.input();
-        input.validate().map_err(Error::from)?;
+        self.inner.validate(&input).map_err(Error::from)?;
         let shift = match pressure {
             Some(pressure) => pressure
                 .call1((input.routing.tenant, input.routing.stage))?
@@ -371,9 +346,21 @@ impl Router {
                 }),
             None => None,
         };
-        let long = prompt_bytes(&input) > DETACH_ABOVE_BYTES;
-        let decision = gil::run(py, long, || self.inner.decide_valid(&input, shift.as_ref()))
-            .map_err(Error::from)?;
+        // Work given a stop runs on a worker thread: holding the GIL there would stall the loop.
+        let long = stop.is_some() || prompt_bytes(&input) > DETACH_ABOVE_BYTES;
+        let decision = match stop {
+            None => gil::run(py, long, || {
+                self.inner
+                    .decide_valid(&input, shift.as_ref(), Stop::never())
+            }),
+            Some(stop) => {
+                let stop = stop.get().inner.clone();
+                gil::run(py, long, || {
+                    self.inner.decide_valid(&input, shift.as_ref(), &stop)
+                })
+            }
+        }
+        .map_err(Error::from)?;
         self.to_python(py, &decision)
     }
 
@@ -383,19 +370,26 @@ impl Router {
     ///
     /// With `admission` (the gate has rules), None unless it admits every candidate now (wall-clock
     /// time, the `TokenGate`'s clock): the engine's path then decides, learns the rules or
-    /// reports the refusal.
-    #[pyo3(signature = (request, tally = None, admission = None))]
+    /// reports the refusal. `stop` ends the counting early (`CoreError`) once stopped.
+    #[pyo3(signature = (request, tally = None, admission = None, stop = None))]
     fn route_wire<'py>(
         &self,
         py: Python<'py>,
         request: &[u8],
         tally: Option<&Bound<'py, RouteTally>>,
         admission: Option<&Bound<'py, Admission>>,
+        stop: Option<&Bound<'py, WorkStop>>,
     ) -> Result<Option<Routed<'_, 'py>>> {
         let started = Instant::now();
         let input = route_request(request)?;
-        let long = prompt_bytes(&input) > DETACH_ABOVE_BYTES;
-        let decision = gil::run(py, long, || self.inner.decide(&input, None))?;
+        let long = stop.is_some() || prompt_bytes(&input) > DETACH_ABOVE_BYTES;
+        let decision = match stop {
+            None => gil::run(py, long, || self.inner.decide(&input, None, Stop::never()))?,
+            Some(stop) => {
+                let stop = stop.get().inner.clone();
+                gil::run(py, long, || self.inner.decide(&input, None, &stop))?
+            }
+        };
         if let Some(admission) = admission {
             let candidates = decision
                 .candidates

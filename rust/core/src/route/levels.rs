@@ -2,7 +2,10 @@
 
 use std::fmt::Write as _;
 
-use super::{Decision, Level, RouteInput, Router, RoutingOptions, Shift, Stage, CUSTOM_STRATEGY};
+use super::{
+    clipped, Decision, Level, RouteInput, Router, RoutingOptions, Shift, Stage, Stop,
+    CUSTOM_STRATEGY,
+};
 use crate::classify::classify;
 use crate::error::{Refusal, Result};
 use crate::scoring::{Candidate, Exclusion, Ranking, Request, Weights};
@@ -37,6 +40,7 @@ impl Router {
         &self,
         input: &RouteInput<'_>,
         shift: Option<&Shift>,
+        stop: &Stop,
     ) -> Result<Decision> {
         let routing = &input.routing;
         let output_tokens = input
@@ -44,7 +48,7 @@ impl Router {
             .max_tokens
             .map_or(self.config.default_output_tokens, |n| n as u64);
         let ctx = Context {
-            input_tokens: self.input_tokens(&input.messages),
+            input_tokens: self.input_tokens(&input.messages, stop)?,
             output_tokens,
             required: self.required_mask(&routing.capabilities)?,
             max_cost_usd: routing.max_cost_usd,
@@ -251,7 +255,11 @@ impl Router {
             .ok_or_else(|| {
                 Refusal::invalid(
                     "routing.stage",
-                    format!("unknown stage '{name}' (known: {})", self.known_stages),
+                    format!(
+                        "unknown stage '{}' (known: {})",
+                        clipped(name),
+                        self.known_stages
+                    ),
                 )
             })
     }
@@ -265,7 +273,10 @@ impl Router {
             Some(why) => Err(Refusal::no_eligible_model(format!(
                 "{field}: model '{name}' is unavailable: {why}"
             ))),
-            None => Err(Refusal::invalid(field, format!("unknown model '{name}'"))),
+            None => Err(Refusal::invalid(
+                field,
+                format!("unknown model '{}'", clipped(name)),
+            )),
         }
     }
 
@@ -285,7 +296,8 @@ impl Router {
                 return Err(Refusal::invalid(
                     format!("routing.capabilities[{i}]"),
                     format!(
-                        "no enabled model has capability '{capability}' (known: {})",
+                        "no enabled model has capability '{}' (known: {})",
+                        clipped(capability),
                         self.known_capabilities
                     ),
                 ));
@@ -333,7 +345,8 @@ impl Router {
                     "routing.strategy",
                     format!(
                         "unknown strategy '{}' (known: {})",
-                        routing.strategy, self.known_strategies
+                        clipped(routing.strategy),
+                        self.known_strategies
                     ),
                 ));
             };

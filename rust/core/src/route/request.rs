@@ -2,13 +2,85 @@
 //! engine's Python `ChatInput`), and its validation: every rule about what a caller may send is
 //! decided here, once, and each refusal names the field.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use crate::error::{Refusal, Result};
 
 pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
-/// Longest tenant and request id, in characters.
-pub const MAX_ID_LENGTH: usize = 128;
+/// Characters of a client's string shown in an error; the rest is cut and marked with "…".
+pub const SHOWN_CHARS: usize = 64;
+
+/// What one request may carry (`server.limits`, defaults in `switchpoint/server/limits.py`).
+/// Checked before anything reads the request's text, so refusing costs no more than its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Messages per request.
+    pub messages: usize,
+    /// Bytes of one message's content.
+    pub message_bytes: usize,
+    /// Bytes of all messages' contents together.
+    pub prompt_bytes: usize,
+    /// Bytes of a name or id: tenant, stage, strategy, model and capability names, request id,
+    /// role, stop sequence.
+    pub name_bytes: usize,
+    /// Items of a list of names: routing.models, routing.capabilities, params.stop.
+    pub list_items: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            messages: 1024,
+            message_bytes: 256 * 1024,
+            prompt_bytes: 512 * 1024,
+            name_bytes: 128,
+            list_items: 64,
+        }
+    }
+}
+
+impl Limits {
+    /// The message count alone, which a server can check before it converts a request's
+    /// messages (tens of thousands fit in a megabyte).
+    ///
+    /// # Errors
+    /// `Refused(TooLarge)` over `messages`.
+    pub fn check_message_count(&self, count: usize) -> Result<()> {
+        if count > self.messages {
+            return Err(Refusal::too_large(
+                "messages",
+                format!(
+                    "{count} messages exceeds server.limits.messages ({})",
+                    self.messages
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `text` as an error may show it: at most `SHOWN_CHARS` characters, then "…".
+pub fn clipped(text: &str) -> Cow<'_, str> {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        None => Cow::Borrowed(text),
+        Some((cut, _)) => Cow::Owned(format!("{}…", &text[..cut])),
+    }
+}
+
+fn too_large(field: impl Into<String>, size: usize, limit: &str, value: usize) -> crate::CoreError {
+    Refusal::too_large(
+        field,
+        format!("{size} bytes exceeds server.limits.{limit} ({value})"),
+    )
+}
+
+fn too_long(field: impl Into<String>, size: usize, limit: &str, value: usize) -> crate::CoreError {
+    Refusal::invalid(
+        field,
+        format!("{size} bytes exceeds server.limits.{limit} ({value})"),
+    )
+}
 /// `switchpoint.v1.Priority`: unspecified, realtime, interactive, batch.
 const PRIORITIES: std::ops::RangeInclusive<i64> = 0..=3;
 
@@ -102,8 +174,10 @@ impl Range {
     }
 }
 
-/// Python's `repr` of a short string, for naming a bad value in a message.
+/// Python's `repr` of a string cut to `SHOWN_CHARS`, for naming a bad value in a message.
 fn quoted(text: &str) -> String {
+    let text = clipped(text);
+    let text = text.as_ref();
     let quote = if text.contains('\'') && !text.contains('"') {
         '"'
     } else {
@@ -132,20 +206,83 @@ fn quoted(text: &str) -> String {
 }
 
 impl RouteInput<'_> {
-    /// The first thing wrong with the request, naming its field.
+    /// The first thing wrong with the request, naming its field: sizes first (`limits`), then
+    /// content.
     ///
     /// # Errors
-    /// `Refused(InvalidRequest)`.
-    pub fn validate(&self) -> Result<()> {
+    /// `Refused(TooLarge)` for a size over `limits`, `Refused(InvalidRequest)` otherwise.
+    pub fn validate(&self, limits: &Limits) -> Result<()> {
+        self.check_sizes(limits)?;
         self.validate_messages()?;
         self.routing.validate()?;
         self.params.validate()?;
         Range::UNIT_OPEN.check("cache.threshold", self.cache_threshold)?;
-        if self.request_id.chars().count() > MAX_ID_LENGTH {
-            return Err(Refusal::invalid(
-                "request_id",
-                format!("must be at most {MAX_ID_LENGTH} characters"),
+        Ok(())
+    }
+
+    fn check_sizes(&self, limits: &Limits) -> Result<()> {
+        limits.check_message_count(self.messages.len())?;
+        let mut prompt = 0usize;
+        for (i, message) in self.messages.iter().enumerate() {
+            let size = message.content.len();
+            if size > limits.message_bytes {
+                let field = format!("messages[{i}].content");
+                return Err(too_large(
+                    field,
+                    size,
+                    "message_bytes",
+                    limits.message_bytes,
+                ));
+            }
+            prompt += size;
+            let role = message.role.len();
+            if role > limits.name_bytes {
+                let field = format!("messages[{i}].role");
+                return Err(too_long(field, role, "name_bytes", limits.name_bytes));
+            }
+        }
+        if prompt > limits.prompt_bytes {
+            return Err(too_large(
+                "messages",
+                prompt,
+                "prompt_bytes",
+                limits.prompt_bytes,
             ));
+        }
+        let routing = &self.routing;
+        let names = [
+            ("routing.tenant", routing.tenant),
+            ("routing.stage", routing.stage),
+            ("routing.strategy", routing.strategy),
+            ("request_id", self.request_id),
+        ];
+        for (field, name) in names {
+            if name.len() > limits.name_bytes {
+                return Err(too_long(field, name.len(), "name_bytes", limits.name_bytes));
+            }
+        }
+        let lists = [
+            ("routing.models", &routing.models),
+            ("routing.capabilities", &routing.capabilities),
+            ("params.stop", &self.params.stop),
+        ];
+        for (field, list) in lists {
+            if list.len() > limits.list_items {
+                return Err(Refusal::too_large(
+                    field,
+                    format!(
+                        "{} items exceeds server.limits.list_items ({})",
+                        list.len(),
+                        limits.list_items
+                    ),
+                ));
+            }
+            for (i, name) in list.iter().enumerate() {
+                if name.len() > limits.name_bytes {
+                    let field = format!("{field}[{i}]");
+                    return Err(too_long(field, name.len(), "name_bytes", limits.name_bytes));
+                }
+            }
         }
         Ok(())
     }
@@ -222,12 +359,6 @@ impl RoutingOptions<'_> {
             ));
         }
         Range::NON_NEGATIVE.check("routing.max_cost_usd", self.max_cost_usd)?;
-        if self.tenant.chars().count() > MAX_ID_LENGTH {
-            return Err(Refusal::invalid(
-                "routing.tenant",
-                format!("must be at most {MAX_ID_LENGTH} characters"),
-            ));
-        }
         for (i, capability) in self.capabilities.iter().enumerate() {
             if is_blank(capability) {
                 return Err(Refusal::invalid(

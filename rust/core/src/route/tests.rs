@@ -46,6 +46,7 @@ fn router(fallback: &[&str]) -> Router {
             },
             default_output_tokens: 100,
             encodings: vec![Tokenizer::Estimate],
+            limits: Limits::default(),
         },
     )
     .unwrap()
@@ -76,7 +77,7 @@ fn override_keeps_to_the_named_models() {
     let router = router(&["cheap"]);
     let mut input = ask("hello");
     input.routing.models = vec!["big", "coder", "big"];
-    let decision = router.decide(&input, None).unwrap();
+    let decision = router.decide(&input, None, Stop::never()).unwrap();
     assert_eq!(decision.level, Level::Override);
     let mut chosen: Vec<usize> = decision.candidates.iter().map(|c| c.index).collect();
     chosen.sort_unstable();
@@ -97,7 +98,7 @@ fn unknown_and_disabled_models_are_told_apart() {
     let mut input = ask("hello");
     input.routing.models = vec!["nope"];
     assert_eq!(
-        refusal(router.decide(&input, None)),
+        refusal(router.decide(&input, None, Stop::never())),
         Refusal::InvalidRequest {
             field: "routing.models[0]".into(),
             message: "unknown model 'nope'".into()
@@ -105,7 +106,7 @@ fn unknown_and_disabled_models_are_told_apart() {
     );
     input.routing.models = vec!["gone"];
     assert!(matches!(
-        refusal(router.decide(&input, None)),
+        refusal(router.decide(&input, None, Stop::never())),
         Refusal::NoEligibleModel(m) if m.contains("provider 'x' is disabled")
     ));
 }
@@ -115,7 +116,7 @@ fn a_stage_is_a_whitelist_with_its_own_strategy() {
     let router = router(&[]);
     let mut input = ask("hello");
     input.routing.stage = "review";
-    let decision = router.decide(&input, None).unwrap();
+    let decision = router.decide(&input, None, Stop::never()).unwrap();
     assert_eq!(decision.level, Level::Stage);
     assert_eq!(decision.strategy, "quality-first");
     assert_eq!(decision.candidates.len(), 1);
@@ -125,12 +126,12 @@ fn a_stage_is_a_whitelist_with_its_own_strategy() {
         .any(|r| r.starts_with("gone excluded")));
     input.routing.models = vec!["cheap"];
     assert!(matches!(
-        refusal(router.decide(&input, None)),
+        refusal(router.decide(&input, None, Stop::never())),
         Refusal::PolicyDenied(m) if m.contains("not allowed in stage 'review' (allowed: big, gone)")
     ));
     input.routing.stage = "nope";
     assert!(matches!(
-        refusal(router.decide(&input, None)),
+        refusal(router.decide(&input, None, Stop::never())),
         Refusal::InvalidRequest { field, .. } if field == "routing.stage"
     ));
 }
@@ -139,7 +140,11 @@ fn a_stage_is_a_whitelist_with_its_own_strategy() {
 fn auto_prefers_code_capable_models_for_code() {
     let router = router(&["cheap"]);
     let decision = router
-        .decide(&ask("fix this python traceback in my function"), None)
+        .decide(
+            &ask("fix this python traceback in my function"),
+            None,
+            Stop::never(),
+        )
         .unwrap();
     assert_eq!(decision.level, Level::Auto);
     assert_eq!(decision.task_class, "code");
@@ -157,11 +162,11 @@ fn fallback_keeps_the_chain_order_when_nothing_else_fits() {
     let mut input = ask("hello");
     // Only `big` has the window for this many output tokens; auto finds it too, so turn it off.
     input.params.max_tokens = Some(500_000);
-    let decision = router.decide(&input, None).unwrap();
+    let decision = router.decide(&input, None, Stop::never()).unwrap();
     assert_eq!(decision.level, Level::Auto);
     let mut no_auto = router;
     no_auto.config.auto.enabled = false;
-    let decision = no_auto.decide(&input, None).unwrap();
+    let decision = no_auto.decide(&input, None, Stop::never()).unwrap();
     assert_eq!(decision.level, Level::Fallback);
     assert_eq!(decision.candidates[0].index, 2);
     assert!(decision
@@ -180,7 +185,7 @@ fn budget_pressure_shifts_the_named_strategy() {
     };
     let mut input = ask("a question of medium difficulty about the weather today");
     input.routing.strategy = "balanced";
-    let decision = router.decide(&input, Some(&shift)).unwrap();
+    let decision = router.decide(&input, Some(&shift), Stop::never()).unwrap();
     assert_eq!(decision.strategy, "cost-first");
     assert!(decision
         .reasons
@@ -207,7 +212,7 @@ fn invalid_requests_name_the_field() {
     for (spoil, expected) in cases {
         let mut input = ask("hello");
         spoil(&mut input);
-        match refusal(router.decide(&input, None)) {
+        match refusal(router.decide(&input, None, Stop::never())) {
             Refusal::InvalidRequest { field, .. } => assert_eq!(field, expected),
             other => panic!("{expected}: {other:?}"),
         }
@@ -217,9 +222,79 @@ fn invalid_requests_name_the_field() {
 #[test]
 fn the_decision_encodes_with_the_chosen_model_first() {
     let router = router(&[]);
-    let decision = router.decide(&ask("hello"), None).unwrap();
+    let decision = router.decide(&ask("hello"), None, Stop::never()).unwrap();
     let bytes = router.encode(&decision);
     let name = router.name(decision.candidates[0].index);
     assert_eq!(bytes[0], 0x0A);
     assert_eq!(&bytes[2..2 + name.len()], name.as_bytes());
+}
+
+#[test]
+fn sizes_over_the_limits_are_refused_naming_limit_and_value() {
+    let router = router(&[]);
+    let long = "x".repeat(300 * 1024);
+    let name = "n".repeat(129);
+    let third = "y".repeat(200 * 1024);
+    let many = vec![
+        Message {
+            role: "user",
+            content: "hi",
+        };
+        1025
+    ];
+    let cases: Vec<(RouteInput<'_>, &str)> = vec![
+        (
+            ask(&long),
+            "messages[0].content: 307200 bytes exceeds server.limits.message_bytes (262144)",
+        ),
+        (
+            RouteInput {
+                messages: vec![
+                    Message {
+                        role: "user",
+                        content: &third
+                    };
+                    3
+                ],
+                ..RouteInput::default()
+            },
+            "messages: 614400 bytes exceeds server.limits.prompt_bytes (524288)",
+        ),
+        (
+            RouteInput {
+                messages: many,
+                ..RouteInput::default()
+            },
+            "messages: 1025 messages exceeds server.limits.messages (1024)",
+        ),
+    ];
+    for (input, expected) in cases {
+        match refusal(router.decide(&input, None, Stop::never())) {
+            refusal @ Refusal::TooLarge { .. } => assert_eq!(refusal.to_string(), expected),
+            other => panic!("{expected}: {other:?}"),
+        }
+    }
+    let mut named = ask("hello");
+    named.routing.tenant = &name;
+    match refusal(router.decide(&named, None, Stop::never())) {
+        refusal @ Refusal::InvalidRequest { .. } => assert_eq!(
+            refusal.to_string(),
+            "routing.tenant: 129 bytes exceeds server.limits.name_bytes (128)"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn echoed_client_strings_are_cut() {
+    let router = router(&[]);
+    let mut input = ask("hello");
+    let stage = "s".repeat(100);
+    input.routing.stage = &stage;
+    let message = refusal(router.decide(&input, None, Stop::never())).to_string();
+    assert!(
+        message.contains(&format!("'{}…'", "s".repeat(64))),
+        "{message}"
+    );
+    assert!(!message.contains(&"s".repeat(65)));
 }

@@ -1,0 +1,92 @@
+//! Token counting and the stop signal of long work: `BpeEncoding` (an encoding's ranks and
+//! pattern), the counting functions Python calls directly, and `WorkStop`.
+
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
+use pyo3::types::PyDict;
+use rustc_hash::{FxBuildHasher, FxHashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchpoint_core::{Bpe, Message, Stop, Tokenizer};
+
+use crate::error::Result;
+
+/// A request's stop signal (see `switchpoint_core::Stop`): the server makes one per request it
+/// routes on a worker thread, and calls `stop()` when the caller cancels or the server stops.
+#[pyclass(frozen, module = "switchpoint._native")]
+pub struct WorkStop {
+    pub(crate) inner: Arc<Stop>,
+}
+
+#[pymethods]
+impl WorkStop {
+    /// `timeout_s`: seconds from now after which the work stops by itself (the caller's deadline).
+    #[new]
+    #[pyo3(signature = (timeout_s = None))]
+    fn new(timeout_s: Option<f64>) -> Self {
+        let deadline = timeout_s
+            .filter(|s| s.is_finite())
+            .and_then(|s| Instant::now().checked_add(Duration::from_secs_f64(s.max(0.0))));
+        Self {
+            inner: Arc::new(Stop::new(deadline)),
+        }
+    }
+
+    fn stop(&self) {
+        self.inner.stop();
+    }
+
+    #[getter]
+    fn stopped(&self) -> bool {
+        self.inner.is_stopped()
+    }
+}
+
+/// A BPE encoding's ranks and pattern, as tiktoken builds one (`switchpoint.tokens` loads them).
+#[pyclass(frozen, module = "switchpoint._native")]
+pub struct BpeEncoding {
+    inner: Arc<Bpe>,
+}
+
+#[pymethods]
+impl BpeEncoding {
+    #[new]
+    fn new(ranks: &Bound<'_, PyDict>, pattern: &str) -> PyResult<Self> {
+        let mut map = FxHashMap::with_capacity_and_hasher(ranks.len(), FxBuildHasher);
+        for (token, rank) in ranks.iter() {
+            map.insert(token.extract::<Vec<u8>>()?, rank.extract::<u32>()?);
+        }
+        Ok(Self {
+            inner: Arc::new(Bpe::new(map, pattern).map_err(crate::error::Error::from)?),
+        })
+    }
+}
+
+pub fn tokenizer(encoding: Option<&Bound<'_, BpeEncoding>>) -> Tokenizer {
+    encoding.map_or(Tokenizer::Estimate, |e| {
+        Tokenizer::Bpe(e.get().inner.clone())
+    })
+}
+
+/// Tokens of `text` under `encoding` (the ~4 characters per token estimate when None).
+#[pyfunction]
+#[pyo3(signature = (text, encoding = None))]
+pub fn count_text_tokens(text: &str, encoding: Option<&Bound<'_, BpeEncoding>>) -> Result<u64> {
+    Ok(tokenizer(encoding).count_text(text, Stop::never())?)
+}
+
+/// Tokens of a prompt of `(role, content)` pairs under `encoding`, chat framing included.
+#[pyfunction]
+#[pyo3(signature = (messages, encoding = None))]
+// PyO3 extracts the list by value; the counts borrow its strings.
+#[allow(clippy::needless_pass_by_value)]
+pub fn count_prompt_tokens(
+    messages: Vec<(PyBackedStr, PyBackedStr)>,
+    encoding: Option<&Bound<'_, BpeEncoding>>,
+) -> Result<u64> {
+    let messages: Vec<Message<'_>> = messages
+        .iter()
+        .map(|(role, content)| Message { role, content })
+        .collect();
+    Ok(tokenizer(encoding).count_messages(&messages, Stop::never())?)
+}
