@@ -49,6 +49,8 @@ lint: env
 	$(PY) -m mypy.stubtest switchpoint._native
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	# The fuzz targets are a workspace of their own: checked here so they never drift from the core.
+	cargo clippy --manifest-path rust/fuzz/Cargo.toml --all-targets --quiet -- -D warnings
 	$(PY) scripts/gen_protos.py --check
 
 fmt: env

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use rustc_hash::FxHashMap;
 use switchpoint_core::{
-    classify, route_request, AutoRouting, Bpe, CoreError, LatencyTracker, Message, ModelSpec,
-    ModelTable, Params, Refusal, RouteInput, Router, RouterConfig, RoutingOptions, Stage,
-    Tokenizer,
+    classify, route_request, AutoRouting, Bpe, CoreError, LatencyTracker, Limits, Message,
+    ModelSpec, ModelTable, Params, Refusal, RouteInput, Router, RouterConfig, RoutingOptions,
+    Stage, Stop, Tokenizer,
 };
 
 // ---- a protobuf encoder for RouteRequest, the reference the decoder is held to ----
@@ -331,6 +331,7 @@ fn router() -> Router {
             },
             default_output_tokens: 100,
             encodings: vec![Tokenizer::Estimate],
+            limits: Limits::default(),
         },
     )
     .unwrap()
@@ -377,7 +378,7 @@ proptest! {
         bytes in prop::collection::vec(any::<u8>(), 0..200),
     ) {
         match route_request(&bytes) {
-            Ok(input) => assert_names_a_field(&input.validate()),
+            Ok(input) => assert_names_a_field(&input.validate(&Limits::default())),
             Err(CoreError::Refused(Refusal::InvalidRequest { field, .. })) => {
                 prop_assert_eq!(field, "request");
             }
@@ -411,10 +412,10 @@ proptest! {
     fn every_request_is_decided_or_refused_naming_a_field(owned in requests()) {
         let router = router();
         let input = owned.input();
-        let decided = router.decide(&input, None);
+        let decided = router.decide(&input, None, Stop::never());
         assert_names_a_field(&decided);
         if let Ok(decision) = decided {
-            prop_assert!(input.validate().is_ok());
+            prop_assert!(input.validate(&Limits::default()).is_ok());
             prop_assert!(!decision.candidates.is_empty() || !decision.fallback.is_empty());
             prop_assert!(!router.encode(&decision).is_empty());
         }
@@ -425,12 +426,12 @@ proptest! {
         text in prop_oneof![".{0,200}", "[the ]{0,200}"],
         role in words(),
     ) {
-        let estimate = Tokenizer::Estimate.count_text(&text);
+        let estimate = Tokenizer::Estimate.count_text(&text, Stop::never()).unwrap();
         prop_assert!(estimate <= text.len() as u64);
-        let bpe = Tokenizer::Bpe(Arc::new(small_bpe())).count_text(&text);
+        let bpe = Tokenizer::Bpe(Arc::new(small_bpe())).count_text(&text, Stop::never()).unwrap();
         prop_assert!(bpe <= text.len() as u64 && (bpe > 0) != text.is_empty(), "{bpe}");
         let messages = [Message { role: &role, content: &text }];
-        prop_assert!(Tokenizer::Estimate.count_messages(&messages) >= estimate);
+        prop_assert!(Tokenizer::Estimate.count_messages(&messages, Stop::never()).unwrap() >= estimate);
         let class = classify(&text, text.chars().count());
         prop_assert!((0.0..=1.0).contains(&class.complexity), "{}", class.complexity);
     }

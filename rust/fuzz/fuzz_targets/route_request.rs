@@ -2,13 +2,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchpoint_core::{route_request, CoreError, Refusal};
+use switchpoint_core::{route_request, CoreError, Refusal, Stop};
 use switchpoint_fuzz::{check_outcome, ROUTER};
 
 fuzz_target!(|data: &[u8]| {
     match route_request(data) {
         Ok(input) => {
-            let decided = ROUTER.decide(&input, None);
+            let decided = ROUTER.decide(&input, None, Stop::never());
             check_outcome(&decided);
             if let Ok(decision) = decided {
                 assert!(!ROUTER.encode(&decision).is_empty());

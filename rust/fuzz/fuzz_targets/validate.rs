@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use switchpoint_core::{Message, Params, RouteInput, RoutingOptions};
+use switchpoint_core::{Limits, Message, Params, RouteInput, RoutingOptions, Stop};
 use switchpoint_fuzz::{check_outcome, ROUTER};
 
 fn strings<'a>(u: &mut Unstructured<'a>) -> Result<Vec<&'a str>> {
@@ -45,9 +45,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(input) = input(&mut Unstructured::new(data)) else {
         return;
     };
-    let validated = input.validate();
+    let validated = input.validate(&Limits::default());
     check_outcome(&validated);
-    let decided = ROUTER.decide(&input, None);
+    let decided = ROUTER.decide(&input, None, Stop::never());
     check_outcome(&decided);
     // The router decides only what validation lets through, and refuses the rest as it did.
     if let Err(refused) = validated {

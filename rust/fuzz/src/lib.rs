@@ -5,7 +5,7 @@ use std::sync::{Arc, LazyLock};
 
 use rustc_hash::FxHashMap;
 use switchpoint_core::{
-    AutoRouting, Bpe, CoreError, LatencyTracker, ModelSpec, ModelTable, Refusal, Router,
+    AutoRouting, Bpe, CoreError, LatencyTracker, Limits, ModelSpec, ModelTable, Refusal, Router,
     RouterConfig, Stage, Tokenizer,
 };
 
@@ -56,6 +56,7 @@ pub static ROUTER: LazyLock<Router> = LazyLock::new(|| {
             },
             default_output_tokens: 100,
             encodings: vec![Tokenizer::Estimate, Tokenizer::Bpe(Arc::clone(&BPE))],
+            limits: Limits::default(),
         },
     )
     .expect("router")
