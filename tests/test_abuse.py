@@ -19,6 +19,7 @@ from switchpoint.offload import Offload
 from switchpoint.v1 import router_pb2 as pb
 from tests.providers.fixtures import OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
+from tests.providers.script import hang
 from tests.sidecar_harness import RunningSidecar, running_sidecar, user, with_changes
 from tests.support.serve_process import free_port, serving, write_config
 
@@ -200,6 +201,32 @@ async def test_a_message_over_the_grpc_limit_is_refused_before_parsing() -> None
         assert (await sidecar.stub.Route(_route())).candidates
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "65536" in (refused.value.details() or "")
+
+
+async def test_calls_beyond_the_concurrent_rpc_limit_are_refused_at_once(
+    openai_server: OpenAIServer,
+) -> None:
+    config = _with_provider(_config({"max_concurrent_rpcs": 2}), openai_server)
+    async with running_sidecar(config, PROVIDER_ENV) as sidecar:
+        openai_server.script.push(hang(10.0), hang(10.0))
+        chat = pb.ChatRequest(messages=user("hello"))
+        held = [asyncio.ensure_future(sidecar.stub.Chat(chat)) for _ in range(2)]
+        await _until(lambda: len(openai_server.requests) == 2)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await sidecar.stub.Route(_route())
+        for call in held:
+            call.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+        # The held calls ended: the slots are free again.
+        for _ in range(POLLS):
+            try:
+                assert (await sidecar.stub.Route(_route())).candidates
+                break
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(POLL_S)
+        else:
+            raise AssertionError("the freed slots were never served")
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 # -- large work off the loop ------------------------------------------------------------------

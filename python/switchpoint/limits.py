@@ -36,6 +36,10 @@ class LimitsConfig(BaseModel):
 
     # Bytes of one serialized request (gRPC's max_receive_message_length).
     max_message_bytes: Annotated[int, Field(ge=1024, le=MAX_GRPC_MESSAGE)] = 1024 * 1024
+    # RPCs served at once (gRPC's maximum_concurrent_rpcs); more are refused RESOURCE_EXHAUSTED at
+    # once. With max_message_bytes it bounds the memory requests can hold: calls waiting for a
+    # worker thread or a provider each keep their request.
+    max_concurrent_rpcs: AtLeastOne = 1024
     # Messages in one request.
     messages: AtLeastOne = 1024
     # Bytes of one message's content.

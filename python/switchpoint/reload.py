@@ -112,9 +112,10 @@ def applies_after_restart(running: Config, new: Config) -> list[str]:
         notes.append("routing.latency_half_life_s: the new value applies after a restart")
     if new.routing.queue_max_age_s != running.routing.queue_max_age_s:
         notes.append("routing.queue_max_age_s: the new value applies after a restart")
-    # gRPC takes its receive limit when the server is built; the other limits follow a reload.
-    if new.server.limits.max_message_bytes != running.server.limits.max_message_bytes:
-        notes.append("server.limits.max_message_bytes: the new value applies after a restart")
+    # gRPC takes these when the server is built; the other limits follow a reload.
+    for name in ("max_message_bytes", "max_concurrent_rpcs"):
+        if getattr(new.server.limits, name) != getattr(running.server.limits, name):
+            notes.append(f"server.limits.{name}: the new value applies after a restart")
     # The tracer, meter and /metrics listener are built once per process; the request log's own
     # settings (log_prompts, request_log_flush_ms) do follow a reload.
     for name in ("metrics_address", "sample_ratio", "service_name"):

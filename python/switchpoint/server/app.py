@@ -489,7 +489,10 @@ async def _create_server(
     # A larger message is refused (RESOURCE_EXHAUSTED) before it is parsed. Read once: gRPC
     # cannot change it on a running server.
     max_message = config.server.limits.max_message_bytes
-    grpc_server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message)])
+    grpc_server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", max_message)],
+        maximum_concurrent_rpcs=config.server.limits.max_concurrent_rpcs,
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     bind = address or config.server.grpc_address
