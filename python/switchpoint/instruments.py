@@ -1,6 +1,6 @@
 """What the request path reports while it runs: the metrics it records (a Protocol that
 `switchpoint.telemetry.Metrics` implements, with a no-op default) and the span attributes it sets,
-named as in ARCHITECTURE.md and the OpenTelemetry GenAI semantic conventions."""
+named as in docs/architecture.md and the OpenTelemetry GenAI semantic conventions."""
 
 from __future__ import annotations
 

@@ -245,8 +245,9 @@ class _Line(NamedTuple):
 class RequestLog:
     """The one info line every request leaves behind, handed to `logging` in batches.
 
-    Through the logging machinery one line costs ~11 us of CPU in a loop but ~50 us at the end of
-    each call under load, where every call finds it cold: as much as the rest of a Route call. So
+    Through the logging machinery one line costs several times more CPU at the end of each call
+    under load, where every call finds it cold, than in a loop: as much as the rest of a Route
+    call (docs/benchmarks.md). So
     `add` only queues the line's values, and `flush` turns the queue into records at most
     `flush_after_s` later (or once `MAX_PENDING` wait, or when the sidecar stops), where the
     machinery runs warm. Each record keeps the time its request ended as `created`, so `ts` is

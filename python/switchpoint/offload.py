@@ -26,8 +26,8 @@ from typing import Any, Generic, TypeVar
 from switchpoint._native import WorkStop
 from switchpoint.errors import DeadlineExceededError
 
-# Prompt bytes above which routing leaves the loop: counting this much takes ~0.1-4 ms depending
-# on the text's shape, a thread hop ~50 us.
+# Prompt bytes above which routing leaves the loop: whatever the text's shape, counting this much
+# takes long enough that the thread hop is small beside it.
 OFFLOAD_ABOVE_BYTES = 8 * 1024
 # Worker threads per server: routing work is pure CPU, and a sidecar shares its cores with the
 # application it serves.

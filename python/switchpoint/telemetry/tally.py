@@ -1,10 +1,11 @@
 """Per-request metric aggregation that costs a dict update, not a trip through the OTel SDK.
 
 Every RPC records a request count and its routing overhead, and every provider attempt records
-tokens and cost. Through the SDK's synchronous instruments each of those measurements costs about
-4-5 us of CPU (attribute hashing, view matching, a lock, a Measurement object), which was a tenth
-of a Route call. Here a measurement is one dict update (counters) or a bisect and two additions
-(histograms), done on the event loop thread; the totals are read only when /metrics is scraped:
+tokens and cost. Through the SDK's synchronous instruments each of those measurements costs
+microseconds of CPU (attribute hashing, view matching, a lock, a Measurement object), which was a
+tenth of a Route call (docs/benchmarks.md). Here a measurement is one dict update (counters) or
+a bisect and two additions (histograms), done on the event loop thread; the totals are read
+only when /metrics is scraped:
 
 - counters feed OTel *observable* counters, so they come out of the same exporter as before;
 - histograms are a prometheus_client collector in the telemetry's own registry, because the OTel

@@ -2,9 +2,8 @@
 //! the last user turn with a handful of regular expressions, and the reasons for both.
 //!
 //! It runs on every auto-routed request. In Python the same expressions were a fifth of a Route
-//! call; here the four task patterns are one `RegexSet` pass and the whole reading takes about a
-//! microsecond for a short prompt. The output only picks weights and a capability hint: the
-//! scorer still ranks.
+//! call; here the four task patterns are one `RegexSet` pass (docs/benchmarks.md, "What it
+//! took"). The output only picks weights and a capability hint: the scorer still ranks.
 
 use std::sync::LazyLock;
 

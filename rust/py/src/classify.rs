@@ -5,8 +5,8 @@ use switchpoint_core::Classification;
 
 use crate::gil;
 
-/// Regex matching is linear in the prompt; past this many bytes (~30 us of matching) the GIL is
-/// released so other threads run meanwhile.
+/// Regex matching is linear in the prompt; past this many bytes it outlasts what releasing the
+/// GIL costs, so the GIL is released and other threads run meanwhile.
 const DETACH_ABOVE_BYTES: usize = 64 * 1024;
 
 /// Task class, complexity in [0, 1] and the signals behind it, for the last user message

@@ -1,8 +1,9 @@
 //! `switchpoint._native`: thin `PyO3` bindings over `switchpoint-core`, one file per exposed type.
 //!
 //! Nothing here decides anything: argument conversion, one error mapping (`error.rs`), and
-//! delegation to the core. Calls hold the GIL (they take microseconds, see ARCHITECTURE.md, "The
-//! Rust core"); the one exception, scoring a large candidate set, releases it through `gil.rs`.
+//! delegation to the core. Calls hold the GIL (they take microseconds, see
+//! docs/architecture.md, "The Rust core"); the one exception, scoring a large candidate set,
+//! releases it through `gil.rs`.
 
 mod classify;
 mod error;

@@ -37,7 +37,8 @@ pub const PARAMS_FIELDS: [&str; 4] = ["max_tokens", "temperature", "top_p", "sto
 /// `CacheControls`: only the threshold is the router's to check.
 pub const CACHE_THRESHOLD_POSITION: usize = 2;
 
-/// Past this many bytes of prompt (~50 us of counting and classifying) the GIL is released.
+/// Past this many bytes of prompt, counting and classifying outlast what releasing the GIL costs,
+/// so it is released.
 const DETACH_ABOVE_BYTES: usize = 64 * 1024;
 
 /// What the token gate lets through, for `Router.route_wire` (see `switchpoint_core::Admission`).

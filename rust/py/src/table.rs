@@ -11,8 +11,8 @@ use crate::latency::LatencyTracker;
 use crate::model_spec::ModelSpec;
 use crate::score_result::ScoreResult;
 
-/// Scoring costs ~25 ns per candidate (criterion, rust/core/benches/scoring.rs), so beyond this
-/// many candidates a request takes more than ~6 us and is scored without the GIL.
+/// Scoring is linear in the candidates (criterion, rust/core/benches/scoring.rs); beyond this
+/// many it outlasts what releasing the GIL costs, so the request is scored without the GIL.
 const DETACH_ABOVE_CANDIDATES: usize = 256;
 
 /// The routing table: built once per config load, scored per request.
