@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from switchpoint._native import encode_route_decision
-from switchpoint.bench import per_op_ns
+from switchpoint.bench.figures import per_op_ns
 from switchpoint.config import parse_config
 from switchpoint.reload import build_engine
 from switchpoint.server import convert

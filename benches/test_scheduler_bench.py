@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
-from switchpoint.admission import AdmissionQueue
+from switchpoint.quota.queue import AdmissionQueue
 from switchpoint.request import Priority
 
 ITERATIONS = 50_000

@@ -10,11 +10,11 @@ from typing import Any
 import grpc
 import pytest
 
-from switchpoint.admission import AdmissionQueue, AdmissionRejected
 from switchpoint.config import parse_config
 from switchpoint.errors import ConfigError
+from switchpoint.quota.queue import AdmissionQueue, AdmissionRejected
+from switchpoint.quota.scheduler import Scheduler
 from switchpoint.request import Priority
-from switchpoint.scheduler import Scheduler
 from switchpoint.v1 import router_pb2 as pb
 from tests.providers.fixtures import OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from switchpoint import _native
 from switchpoint.config import parse_config
-from switchpoint.engine import Engine
+from switchpoint.engine.path import Engine
 from switchpoint.errors import InvalidRequestError, NoEligibleModelError, PolicyDeniedError
 from switchpoint.reload import build_engine
 from switchpoint.server import convert

@@ -1,4 +1,4 @@
-"""Priority admission (switchpoint.scheduler): limits, ordering, ageing, shedding, cancellation.
+"""Priority queues (quota.scheduler): limits, ordering, ageing, shedding, cancellation.
 
 Time is a fake clock wherever ordering depends on it; the only real sleeps are a short deadline
 and a few yields to let tasks reach the queue. Nothing asserts how fast anything ran.
@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from switchpoint.admission import Admission, AdmissionQueue, AdmissionRejected
 from switchpoint.errors import SwitchpointError
+from switchpoint.quota.queue import Admission, AdmissionQueue, AdmissionRejected
+from switchpoint.quota.scheduler import Scheduler
 from switchpoint.request import Priority
-from switchpoint.scheduler import Scheduler
 
 REALTIME, INTERACTIVE, BATCH = Priority.REALTIME, Priority.INTERACTIVE, Priority.BATCH
 

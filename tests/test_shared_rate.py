@@ -23,9 +23,9 @@ from redis.asyncio import Redis
 from switchpoint._native import Gate
 from switchpoint.config import Policy, parse_config
 from switchpoint.errors import QuotaExceededError
-from switchpoint.gate import RequestScope, TokenGate
-from switchpoint.shared import SharedQuota
-from switchpoint.shared.rate import RATE_KEY_GRACE_S, pool_size, slice_size
+from switchpoint.quota.gate import RequestScope, TokenGate
+from switchpoint.quota.shared import SharedQuota
+from switchpoint.quota.shared.rate import RATE_KEY_GRACE_S, pool_size, slice_size
 from tests.redis_server import RedisServer
 from tests.sidecar_harness import one_model_config
 

@@ -17,13 +17,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from switchpoint.admission_config import AdmissionQueueConfig
 from switchpoint.cache.config import CacheConfig
 from switchpoint.errors import ConfigError, ErrorClass
 from switchpoint.limits import LimitsConfig
 from switchpoint.providers.base import ExtraBody
+from switchpoint.quota.instances_config import StateConfig, check_state
+from switchpoint.quota.queue_config import AdmissionQueueConfig
 from switchpoint.security.config import AdminConfig, AuthConfig, TlsConfig
-from switchpoint.state.config import StateConfig, check_state
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -81,7 +81,7 @@ class ManagedServerConfig(StrictModel):
 
 
 class RetryConfig(StrictModel):
-    """How failures of this provider's calls are handled (see switchpoint.resilience)."""
+    """How failures of this provider's calls are handled (see switchpoint.engine.resilience)."""
 
     # Retries on the same deployment after the first try, for the classes in retry_on.
     max_retries: Annotated[int, Field(ge=0)] = 2
@@ -274,7 +274,7 @@ Policy = Literal["fail-open", "fail-closed"]
 
 
 class SharedStateConfig(StrictModel):
-    """Where the shared Redis is and how replicas lease budget from it (switchpoint.shared)."""
+    """Where the shared Redis is and how replicas lease budget from it (`quota.shared`)."""
 
     # None: budgets are per replica (single replica, nothing shared).
     redis_url: str | None = None

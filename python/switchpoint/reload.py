@@ -34,16 +34,16 @@ from opentelemetry.trace import Tracer
 from switchpoint._native import Gate, LatencyTracker
 from switchpoint.cache.store import ResponseCache
 from switchpoint.config import Config
-from switchpoint.engine import Engine
+from switchpoint.engine.path import Engine
 from switchpoint.errors import ConfigError, SwitchpointError
-from switchpoint.gate import TokenGate
 from switchpoint.instruments import MetricsSink
 from switchpoint.local_model import llama_cpp_available, resolve_model_path
 from switchpoint.providers import create_adapter
 from switchpoint.providers.base import ProviderAdapter
+from switchpoint.quota.gate import TokenGate
+from switchpoint.quota.shared import SharedQuota
 from switchpoint.registry import ProviderStatus, Registry, resolve_providers
 from switchpoint.security.keys import TRUSTED_CALLERS, TenantKeys, load_tenant_keys
-from switchpoint.shared import SharedQuota
 from switchpoint.stats import StatsBook
 
 log = logging.getLogger("switchpoint.reload")

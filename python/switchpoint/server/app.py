@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from switchpoint._native import CoreError, LatencyTracker
 from switchpoint.cache.build import CacheService, build_cache
 from switchpoint.config import Config, load_config
-from switchpoint.engine import Engine
+from switchpoint.engine.path import Engine
 from switchpoint.errors import ConfigError
 from switchpoint.local_model import ManagedModelServer
 from switchpoint.logs import SECRETS, RequestLog

@@ -4,7 +4,7 @@
     (reserve -> admit -> call with retries -> settle + record), hedged when asked
 
 Route stops after decide; Chat and ChatStream run the whole path. What a failure means is decided in
-`switchpoint.resilience`, one model's turn runs in `switchpoint.attempts`, wire formats live in
+`engine.resilience`, one model's turn runs in `engine.attempts`, wire formats live in
 `switchpoint.server`.
 """
 
@@ -20,21 +20,21 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from switchpoint._native import LatencyTracker, WorkStop
-from switchpoint.attempts import CONTINUE_PROMPT, Attempts, Outcome, prior_latency_ms
 from switchpoint.cache.serving import CacheFront
 from switchpoint.cache.store import ResponseCache
-from switchpoint.calls import SKIPPED, AttemptRecord, CallState, ChatResult, StreamDelta
 from switchpoint.config import BreakerConfig, Config, ModelConfig
+from switchpoint.engine.attempts import CONTINUE_PROMPT, Attempts, Outcome, prior_latency_ms
+from switchpoint.engine.calls import SKIPPED, AttemptRecord, CallState, ChatResult, StreamDelta
+from switchpoint.engine.resilience import Breakers
 from switchpoint.errors import AllAttemptsFailedError, QuotaExceededError, SwitchpointError
-from switchpoint.gate import RequestScope, TokenGate
 from switchpoint.instruments import MetricsSink, NullMetrics, records_spans
 from switchpoint.offload import OFFLOAD_ABOVE_BYTES, Offload
 from switchpoint.providers.base import ProviderAdapter
+from switchpoint.quota.gate import RequestScope, TokenGate
+from switchpoint.quota.scheduler import Scheduler
 from switchpoint.registry import Registry
 from switchpoint.request import ChatInput, new_request_id, prompt_size
-from switchpoint.resilience import Breakers
 from switchpoint.routing import Decision, build_router
-from switchpoint.scheduler import Scheduler
 from switchpoint.stats import StatsBook
 from switchpoint.telemetry import SPAN_GATE, SPAN_ROUTE
 from switchpoint.tokens import TokenCounter
@@ -290,7 +290,7 @@ class Engine:
     async def _hedged(self, call: CallState, models: Iterator[ModelConfig]) -> ChatResult | None:
         """Race the first model against the second once the first is slower than its usual p95;
         the first answer wins and the other call is cancelled, charged what reached its provider
-        (`switchpoint.billing`) and listed with the answer's attempts and usage."""
+        (`switchpoint.engine.billing`) and listed with the answer's attempts and usage."""
         primary = next(models, None)
         if primary is None:
             return None

@@ -3,7 +3,7 @@
 Config rules (`limits`, `budgets`) name a scope by `match`: a fixed value ("tenant: acme") applies
 the rule to that value only; "*" gives every distinct value its own instance ("tenant: '*'" is one
 budget per tenant). Instances are created in Rust the first time a request needs them; how many
-live at once and when an idle one is freed is `switchpoint.state.instances`' to decide. Every
+live at once and when an idle one is freed is `switchpoint.quota.instances`' to decide. Every
 call reserves before it goes out and settles or releases after; `Reservation` makes the release
 unconditional (errors, timeouts, cancellation).
 
@@ -11,7 +11,7 @@ With shared state (`shared`), each budget instance and each rate-limit instance 
 is registered with the lease manager as it is created. A refusal only for want of this replica's
 lease ("budget" with the limit not reached, "rpm-lease", "tpm-lease") tops the lease up from Redis
 and reserves again, once per kind; routing treats such a model as admissible. Concurrency limits
-stay per replica. A shared budget's limit is the one Redis holds (switchpoint.shared.limits).
+stay per replica. A shared budget's limit is the one Redis holds (switchpoint.quota.shared.limits).
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from typing import NamedTuple
 from switchpoint._native import Admission, Gate, GateDenied
 from switchpoint.config import BudgetConfig, Config, LimitConfig, ModelConfig, ScopeKey
 from switchpoint.errors import QuotaExceededError
+from switchpoint.quota.instances import Instance, Kind, ScopeTable
+from switchpoint.quota.labels import Labels
+from switchpoint.quota.shared import EVERY_INSTANCE, LEASE_KINDS, SharedQuota
 from switchpoint.registry import Registry
 from switchpoint.routing import Decision
 from switchpoint.routing.decision import StrategyShift
-from switchpoint.shared import EVERY_INSTANCE, LEASE_KINDS, SharedQuota
-from switchpoint.state.instances import Instance, Kind, ScopeTable
-from switchpoint.state.labels import Labels
 
 Scope = tuple[tuple[ScopeKey, str], ...]
 # (tenant, stage, model): what `ids_for` answers for.

@@ -34,19 +34,19 @@ from collections.abc import Callable
 from typing import Literal
 
 from switchpoint.config import SharedStateConfig
-from switchpoint.shared.ledger import BudgetLease, LocalState
-from switchpoint.shared.limits import SharedLimits
-from switchpoint.shared.rate import RateLease, RateLeaser
-from switchpoint.shared.redis_errors import REDIS_ERRORS
-from switchpoint.shared.redis_errors import describe as _describe
-from switchpoint.shared.redis_errors import raise_if_cancelled as _raise_if_cancelled
-from switchpoint.shared.status import (
+from switchpoint.quota.shared.ledger import BudgetLease, LocalState
+from switchpoint.quota.shared.limits import SharedLimits
+from switchpoint.quota.shared.rate import RateLease, RateLeaser
+from switchpoint.quota.shared.redis_errors import REDIS_ERRORS
+from switchpoint.quota.shared.redis_errors import describe as _describe
+from switchpoint.quota.shared.redis_errors import raise_if_cancelled as _raise_if_cancelled
+from switchpoint.quota.shared.status import (
     BudgetLeaseStatus,
     GatePort,
     RateLeaseStatus,
     SharedQuotaStatus,
 )
-from switchpoint.shared.store import (
+from switchpoint.quota.shared.store import (
     NANOS_PER_USD,
     QuotaStore,
     expire_at,
@@ -354,7 +354,7 @@ class SharedQuota:
             ),
         )
 
-    # -- instances the gate frees (switchpoint.state.instances) ----------------------------------
+    # -- instances the gate frees (switchpoint.quota.instances) ----------------------------------
 
     def shares_budget(self, budget_id: int) -> bool:
         return budget_id in self._budgets

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from switchpoint.config import Policy
-from switchpoint.shared.ledger import BudgetLedgerPort
-from switchpoint.shared.limits import LimitPort
-from switchpoint.shared.rate import RateLimiterPort
+from switchpoint.quota.shared.ledger import BudgetLedgerPort
+from switchpoint.quota.shared.limits import LimitPort
+from switchpoint.quota.shared.rate import RateLimiterPort
 
 
 class GatePort(BudgetLedgerPort, LimitPort, RateLimiterPort, Protocol):

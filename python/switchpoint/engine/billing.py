@@ -22,12 +22,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from switchpoint.calls import CallState
 from switchpoint.config import ModelConfig
+from switchpoint.engine.calls import CallState
 from switchpoint.errors import ErrorClass, ProviderError
-from switchpoint.gate import Reservation
 from switchpoint.instruments import MetricsSink
 from switchpoint.providers.base import ChatMessage, Completion, SentMark
+from switchpoint.quota.gate import Reservation
 from switchpoint.registry import Registry
 from switchpoint.stats import StatsBook, UsageKey
 from switchpoint.tokens import TokenCounter

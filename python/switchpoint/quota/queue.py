@@ -1,5 +1,5 @@
 """Priority admission: the queue in front of one deployment's concurrency limit (the
-`switchpoint.scheduler` keeps one per deployment).
+`switchpoint.quota.scheduler` keeps one per deployment).
 
 A request that finds a free slot and nobody waiting enters at once (one comparison and a few
 counters). Otherwise it waits in one of three lanes (realtime, interactive, batch), and every freed

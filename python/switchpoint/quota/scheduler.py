@@ -1,4 +1,4 @@
-"""The admission queues of every deployment (`switchpoint.admission` is one queue): created from
+"""The admission queues of every deployment (`switchpoint.quota.queue` is one queue): created from
 config, resized and re-bounded on reload, read for GetStats."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from switchpoint.admission import (
+from switchpoint.quota.queue import (
     DEFAULT_WAIT_WINDOW,
     LANES,
     AdmissionQueue,

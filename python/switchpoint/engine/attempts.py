@@ -1,7 +1,7 @@
 """One model's turn in a call's chain: breaker permission, a gate reservation, admission, the
 provider call (whole or streamed), retries as the provider's policy says, and the book-keeping of
-every attempt (usage, cost, latency, spans, metrics). `switchpoint.engine` decides which models take
-turns; this module runs a turn."""
+every attempt (usage, cost, latency, spans, metrics). `engine.path` decides which models take turns;
+this module runs a turn."""
 
 from __future__ import annotations
 
@@ -16,12 +16,17 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from switchpoint._native import LatencyTracker
-from switchpoint.admission import AdmissionRejected
-from switchpoint.billing import Billing, Exposure, usage_key
-from switchpoint.calls import AttemptRecord, CallState, ChatResult, StreamAttempt, StreamDelta
 from switchpoint.config import Config, ModelConfig
+from switchpoint.engine.billing import Billing, Exposure, usage_key
+from switchpoint.engine.calls import (
+    AttemptRecord,
+    CallState,
+    ChatResult,
+    StreamAttempt,
+    StreamDelta,
+)
+from switchpoint.engine.resilience import Action, Breakers, CircuitBreaker, action_for, backoff_s
 from switchpoint.errors import ErrorClass, ProviderError, QuotaExceededError
-from switchpoint.gate import RequestScope, Reservation, TokenGate
 from switchpoint.instruments import MetricsSink, attempt_attributes, trace_headers
 from switchpoint.providers.base import (
     ChatMessage,
@@ -31,10 +36,11 @@ from switchpoint.providers.base import (
     SentMark,
     TextDelta,
 )
+from switchpoint.quota.gate import RequestScope, Reservation, TokenGate
+from switchpoint.quota.queue import AdmissionRejected
+from switchpoint.quota.scheduler import Scheduler
 from switchpoint.registry import Registry
 from switchpoint.request import Priority
-from switchpoint.resilience import Action, Breakers, CircuitBreaker, action_for, backoff_s
-from switchpoint.scheduler import Scheduler
 from switchpoint.stats import StatsBook
 from switchpoint.telemetry import EVENT_BREAKER, EVENT_FALLBACK, SPAN_PROVIDER_CALL
 from switchpoint.tokens import TokenCounter
@@ -144,7 +150,7 @@ class Attempts:
             breaker, hold = opened
             span = self._start_span(call, model, retry)
             attempt = StreamAttempt(time.perf_counter())
-            # Charged by switchpoint.billing's rule if it ends without an answer.
+            # Charged by switchpoint.engine.billing's rule if it ends without an answer.
             exposure = Exposure("".join(call.sent))
             try:
                 with hold, self._billing.unanswered(call, model, hold, exposure):
