@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from switchpoint._native import CoreError, LatencyTracker
 from switchpoint.cache.build import CacheService, build_cache
 from switchpoint.config import Config, load_config
+from switchpoint.engine.building import EngineBuild, build_engine
 from switchpoint.engine.path import Engine
 from switchpoint.errors import ConfigError
 from switchpoint.local_model import ManagedModelServer
@@ -25,12 +26,10 @@ from switchpoint.logs import SECRETS, RequestLog
 from switchpoint.offload import Offload
 from switchpoint.providers.base import ProviderAdapter
 from switchpoint.reload import (
-    EngineBuild,
     FileStamp,
     LiveEngine,
     ReloadResult,
     applies_after_restart,
-    build_engine,
     file_stamp,
 )
 from switchpoint.security.secrets import config_secrets
