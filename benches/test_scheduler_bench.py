@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
-from switchpoint.quota.queue import AdmissionQueue
+from switchpoint.quota.queue import PriorityQueue
 from switchpoint.request import Priority
 
 ITERATIONS = 50_000
@@ -43,7 +43,7 @@ async def _per_op_ns(op: Callable[[], Awaitable[None]], repeats: int = 5) -> flo
 
 
 async def test_admit_fast_path_against_baselines() -> None:
-    queue = AdmissionQueue("bench", 64)
+    queue = PriorityQueue("bench", 64)
     nothing = _Nothing()
     semaphore = asyncio.Semaphore(64)
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from switchpoint.errors import SwitchpointError
-from switchpoint.quota.queue import Admission, AdmissionQueue, AdmissionRejected
+from switchpoint.quota.queue import PriorityQueue, QueueRejected, QueueSlot
 from switchpoint.quota.scheduler import Scheduler
 from switchpoint.request import Priority
 
@@ -43,19 +43,19 @@ async def until(condition: Callable[[], bool], rounds: int = 10_000) -> None:
     raise AssertionError("condition never became true")
 
 
-async def hold_slot(queue: AdmissionQueue, priority: Priority = REALTIME) -> Admission:
+async def hold_slot(queue: PriorityQueue, priority: Priority = REALTIME) -> QueueSlot:
     """Take a slot from the test itself, so the test decides exactly when it is released."""
     admission = queue.admit(priority)
     await admission.__aenter__()
     return admission
 
 
-async def release(admission: Admission) -> None:
+async def release(admission: QueueSlot) -> None:
     await admission.__aexit__(None, None, None)
 
 
 async def enter(
-    queue: AdmissionQueue,
+    queue: PriorityQueue,
     priority: Priority,
     order: list[str] | None = None,
     label: str = "",
@@ -68,7 +68,7 @@ async def enter(
             order.append(label)
 
 
-def admitted_total_is(queue: AdmissionQueue, count: int) -> Callable[[], bool]:
+def admitted_total_is(queue: PriorityQueue, count: int) -> Callable[[], bool]:
     return lambda: queue.snapshot().admitted_total == count
 
 
@@ -77,7 +77,7 @@ def spawn(tasks: list[asyncio.Task[None]], coro: Coroutine[Any, Any, None]) -> N
 
 
 async def test_free_slot_enters_at_once_and_counts() -> None:
-    queue = AdmissionQueue("d", 2)
+    queue = PriorityQueue("d", 2)
     async with queue.admit(INTERACTIVE):
         assert queue.in_flight == 1
         async with queue.admit(BATCH, deadline=None, expected_service_s=1.0):
@@ -93,7 +93,7 @@ async def test_free_slot_is_not_shed_even_with_a_tight_deadline() -> None:
     # Shedding is for requests the queue would make wait; with a slot free the call itself
     # carries its deadline.
     clock = FakeClock()
-    queue = AdmissionQueue("d", 1, clock=clock)
+    queue = PriorityQueue("d", 1, clock=clock)
     async with queue.admit(REALTIME, deadline=clock.now + 0.1, expected_service_s=10.0):
         assert queue.in_flight == 1
     assert queue.snapshot().rejected_total == 0
@@ -102,7 +102,7 @@ async def test_free_slot_is_not_shed_even_with_a_tight_deadline() -> None:
 async def test_concurrency_is_never_exceeded_under_churn_and_cancellation() -> None:
     rng = random.Random(7)
     limit = 3
-    queue = AdmissionQueue("d", limit)
+    queue = PriorityQueue("d", limit)
     inside = 0
     peak = 0
     entered = 0
@@ -141,7 +141,7 @@ async def test_concurrency_is_never_exceeded_under_churn_and_cancellation() -> N
 
 
 async def test_fifo_within_a_class() -> None:
-    queue = AdmissionQueue("d", 1, clock=FakeClock())
+    queue = PriorityQueue("d", 1, clock=FakeClock())
     holder = await hold_slot(queue)
     order: list[str] = []
     tasks: list[asyncio.Task[None]] = []
@@ -154,7 +154,7 @@ async def test_fifo_within_a_class() -> None:
 
 
 async def test_unspecified_shares_the_interactive_lane() -> None:
-    queue = AdmissionQueue("d", 1, clock=FakeClock())
+    queue = PriorityQueue("d", 1, clock=FakeClock())
     holder = await hold_slot(queue)
     order: list[str] = []
     tasks: list[asyncio.Task[None]] = []
@@ -170,7 +170,7 @@ async def test_unspecified_shares_the_interactive_lane() -> None:
 
 async def test_weighted_fairness_matches_8_4_1_when_all_classes_are_backlogged() -> None:
     # The fake clock never moves, so ageing never applies and the order is pure round-robin.
-    queue = AdmissionQueue("d", 1, clock=FakeClock())
+    queue = PriorityQueue("d", 1, clock=FakeClock())
     holder = await hold_slot(queue)
     order: list[str] = []
     tasks: list[asyncio.Task[None]] = []
@@ -195,7 +195,7 @@ async def _batch_wait_under_realtime_flood(max_age_s: float) -> float:
     call holds the only slot for 1 s of fake time. Returns how long the batch request waited."""
     clock = FakeClock()
     start = clock.now
-    queue = AdmissionQueue("d", 1, max_age_s=max_age_s, clock=clock)
+    queue = PriorityQueue("d", 1, max_age_s=max_age_s, clock=clock)
     holder = await hold_slot(queue)
     batch_admitted_at: float | None = None
     tasks: list[asyncio.Task[None]] = []
@@ -235,7 +235,7 @@ async def test_ageing_admits_a_batch_waiter_despite_a_realtime_flood() -> None:
 
 async def test_ageing_serves_the_oldest_aged_waiter_first() -> None:
     clock = FakeClock()
-    queue = AdmissionQueue("d", 1, max_age_s=1.0, clock=clock)
+    queue = PriorityQueue("d", 1, max_age_s=1.0, clock=clock)
     holder = await hold_slot(queue)
     order: list[str] = []
     tasks: list[asyncio.Task[None]] = []
@@ -253,7 +253,7 @@ async def test_ageing_serves_the_oldest_aged_waiter_first() -> None:
 
 async def test_shed_on_arrival_when_the_estimate_overruns_the_deadline() -> None:
     clock = FakeClock()
-    queue = AdmissionQueue("d", 1, clock=clock)
+    queue = PriorityQueue("d", 1, clock=clock)
     holder = await hold_slot(queue)
     tasks: list[asyncio.Task[None]] = []
     for _ in range(2):
@@ -264,7 +264,7 @@ async def test_shed_on_arrival_when_the_estimate_overruns_the_deadline() -> None
     # Three releases needed (the holder's, then two realtime waiters) at 1 s each, plus 1 s of
     # service: 4 s. A 2.5 s deadline cannot be met, so the first step raises, without waiting.
     coro = queue.admit(REALTIME, deadline=clock.now + 2.5, expected_service_s=1.0).__aenter__()
-    with pytest.raises(AdmissionRejected) as info:
+    with pytest.raises(QueueRejected) as info:
         coro.send(None)
     assert isinstance(info.value, SwitchpointError)
     assert info.value.retry_after_s == pytest.approx(3.0)
@@ -284,7 +284,7 @@ async def test_shed_on_arrival_when_the_estimate_overruns_the_deadline() -> None
 
 async def test_shedding_estimate_ignores_lower_priority_waiters() -> None:
     clock = FakeClock()
-    queue = AdmissionQueue("d", 2, clock=clock)
+    queue = PriorityQueue("d", 2, clock=clock)
     holders = [await hold_slot(queue), await hold_slot(queue)]
     tasks: list[asyncio.Task[None]] = []
     for _ in range(4):
@@ -295,7 +295,7 @@ async def test_shedding_estimate_ignores_lower_priority_waiters() -> None:
     spawn(tasks, enter(queue, REALTIME, deadline=clock.now + 1.5, service=1.0))
     await until(lambda: queue.depth == 5)
     # Batch: behind 1 realtime + 4 batch -> 6 releases -> 3 s wait: shed.
-    with pytest.raises(AdmissionRejected):
+    with pytest.raises(QueueRejected):
         await enter(queue, BATCH, deadline=clock.now + 3.5, service=1.0)
     for holder in holders:
         await release(holder)
@@ -305,14 +305,14 @@ async def test_shedding_estimate_ignores_lower_priority_waiters() -> None:
 
 
 async def test_deadline_passing_while_waiting_rejects_at_the_deadline() -> None:
-    queue = AdmissionQueue("d", 1)
+    queue = PriorityQueue("d", 1)
     holder = await hold_slot(queue)
     deadline = time.monotonic() + 0.2
     late = asyncio.create_task(enter(queue, INTERACTIVE, deadline=deadline))
     patient = asyncio.create_task(enter(queue, BATCH))
     await until(lambda: queue.depth == 2)
 
-    with pytest.raises(AdmissionRejected) as info:
+    with pytest.raises(QueueRejected) as info:
         await late
     assert time.monotonic() >= deadline
     assert info.value.retry_after_s >= 0.0
@@ -328,7 +328,7 @@ async def test_deadline_passing_while_waiting_rejects_at_the_deadline() -> None:
 
 async def test_a_waiter_past_its_deadline_is_refused_at_hand_off() -> None:
     clock = FakeClock()
-    queue = AdmissionQueue("d", 1, clock=clock)
+    queue = PriorityQueue("d", 1, clock=clock)
     holder = await hold_slot(queue)
     order: list[str] = []
     late = asyncio.create_task(enter(queue, REALTIME, order, "late", deadline=clock.now + 1.0))
@@ -337,7 +337,7 @@ async def test_a_waiter_past_its_deadline_is_refused_at_hand_off() -> None:
     await until(lambda: queue.depth == 2)
     clock.advance(2.0)  # past the deadline before the loop's timer would fire
     await release(holder)
-    with pytest.raises(AdmissionRejected):
+    with pytest.raises(QueueRejected):
         await late
     await patient
     assert order == ["patient"]
@@ -346,7 +346,7 @@ async def test_a_waiter_past_its_deadline_is_refused_at_hand_off() -> None:
 
 
 async def test_cancelled_waiter_leaves_and_the_next_gets_the_slot() -> None:
-    queue = AdmissionQueue("d", 1, clock=FakeClock())
+    queue = PriorityQueue("d", 1, clock=FakeClock())
     holder = await hold_slot(queue)
     order: list[str] = []
     first = asyncio.create_task(enter(queue, REALTIME, order, "first"))
@@ -369,7 +369,7 @@ async def test_cancelled_waiter_leaves_and_the_next_gets_the_slot() -> None:
 
 
 async def test_cancel_at_the_hand_off_moment_passes_the_slot_on() -> None:
-    queue = AdmissionQueue("d", 1, clock=FakeClock())
+    queue = PriorityQueue("d", 1, clock=FakeClock())
     holder = await hold_slot(queue)
     order: list[str] = []
     first = asyncio.create_task(enter(queue, REALTIME, order, "first"))
@@ -390,7 +390,7 @@ async def test_cancel_at_the_hand_off_moment_passes_the_slot_on() -> None:
 
 
 async def test_mass_cancellation_keeps_fifo_and_counts() -> None:
-    queue = AdmissionQueue("d", 1, clock=FakeClock())
+    queue = PriorityQueue("d", 1, clock=FakeClock())
     holder = await hold_slot(queue)
     order: list[str] = []
     tasks: list[asyncio.Task[None]] = []
@@ -411,14 +411,14 @@ async def test_mass_cancellation_keeps_fifo_and_counts() -> None:
 
 async def test_stats_report_depth_in_flight_and_rejections() -> None:
     clock = FakeClock()
-    queue = AdmissionQueue("d", 1, clock=clock)
+    queue = PriorityQueue("d", 1, clock=clock)
     holder = await hold_slot(queue)
     tasks: list[asyncio.Task[None]] = []
     for _ in range(100):
         spawn(tasks, enter(queue, INTERACTIVE))
     spawn(tasks, enter(queue, BATCH))
     await until(lambda: queue.depth == 101)
-    with pytest.raises(AdmissionRejected):
+    with pytest.raises(QueueRejected):
         await enter(queue, REALTIME, deadline=clock.now + 0.5, service=1.0)
 
     stats = queue.snapshot()
@@ -439,7 +439,7 @@ async def test_stats_report_depth_in_flight_and_rejections() -> None:
 
 async def test_wait_percentiles_over_known_waits() -> None:
     clock = FakeClock()
-    queue = AdmissionQueue("d", 1, clock=clock)
+    queue = PriorityQueue("d", 1, clock=clock)
     holder = await hold_slot(queue)  # a 0 s wait
     gates = [asyncio.Event() for _ in range(100)]
     tasks: list[asyncio.Task[None]] = []
@@ -469,7 +469,7 @@ async def test_wait_percentiles_over_known_waits() -> None:
 
 
 async def test_wait_window_is_bounded() -> None:
-    queue = AdmissionQueue("d", 4, wait_window=10)
+    queue = PriorityQueue("d", 4, wait_window=10)
     for _ in range(50):
         async with queue.admit(BATCH):
             pass
@@ -478,7 +478,7 @@ async def test_wait_window_is_bounded() -> None:
 
 
 async def test_raising_the_limit_admits_waiters_now() -> None:
-    queue = AdmissionQueue("d", 1, clock=FakeClock())
+    queue = PriorityQueue("d", 1, clock=FakeClock())
     holder = await hold_slot(queue)
     gate = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
@@ -524,12 +524,12 @@ async def test_scheduler_keeps_one_queue_per_deployment() -> None:
 
 def test_invalid_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="max_concurrency"):
-        AdmissionQueue("d", 0)
+        PriorityQueue("d", 0)
     with pytest.raises(ValueError, match="max_age_s"):
-        AdmissionQueue("d", 1, max_age_s=0.0)
+        PriorityQueue("d", 1, max_age_s=0.0)
     with pytest.raises(ValueError, match="BATCH"):
-        AdmissionQueue("d", 1, weights={BATCH: 0})
+        PriorityQueue("d", 1, weights={BATCH: 0})
     with pytest.raises(ValueError, match="UNSPECIFIED"):
         Scheduler({}, weights={Priority.UNSPECIFIED: 3})
     with pytest.raises(ValueError, match="priority"):
-        AdmissionQueue("d", 1).admit(9)
+        PriorityQueue("d", 1).admit(9)

@@ -22,7 +22,7 @@ from switchpoint.errors import ConfigError, ErrorClass
 from switchpoint.limits import LimitsConfig
 from switchpoint.providers.base import ExtraBody
 from switchpoint.quota.instances_config import StateConfig, check_state
-from switchpoint.quota.queue_config import AdmissionQueueConfig
+from switchpoint.quota.queue_config import QueueConfig
 from switchpoint.security.config import AdminConfig, AuthConfig, TlsConfig
 
 
@@ -172,7 +172,7 @@ class ModelConfig(StrictModel):
     # Prepended when a request has no system message (small local models need one to behave).
     system_prompt: str | None = None
     extra_body: ExtraBody = Field(default_factory=dict)
-    # Calls in flight to this deployment; more wait in the priority admission queue.
+    # Calls in flight to this deployment; more wait in the priority queue.
     max_concurrency: Annotated[int, Field(ge=1)] | None = None
     # How routing counts this model's prompt tokens (switchpoint.tokens): gpt-4o/o-series ->
     # o200k_base, gpt-4/gpt-3.5 -> cl100k_base. Other vendors' tokenizers (Anthropic, Llama, ...)
@@ -215,7 +215,7 @@ class AutoRoutingConfig(StrictModel):
     easy_complexity: Annotated[float, Field(ge=0, le=1)] = 0.25
 
 
-class RoutingConfig(AdmissionQueueConfig):  # the queue_* keys are admission_config's
+class RoutingConfig(QueueConfig):  # the queue_* keys are queue_config's
     default_strategy: str = "balanced"
     strategies: dict[str, WeightsConfig] = Field(default_factory=dict)
     stages: dict[str, StageConfig] = Field(default_factory=dict)

@@ -1,4 +1,4 @@
-"""One model's turn in a call's chain: breaker permission, a gate reservation, admission, the
+"""One model's turn in a call's chain: breaker permission, a gate reservation, a queue slot, the
 provider call (whole or streamed), retries as the provider's policy says, and the book-keeping of
 every attempt (usage, cost, latency, spans, metrics). `engine.path` decides which models take turns;
 this module runs a turn."""
@@ -37,7 +37,7 @@ from switchpoint.providers.base import (
     TextDelta,
 )
 from switchpoint.quota.gate import RequestScope, Reservation, TokenGate
-from switchpoint.quota.queue import AdmissionRejected
+from switchpoint.quota.queue import QueueRejected
 from switchpoint.quota.scheduler import Scheduler
 from switchpoint.registry import Registry
 from switchpoint.request import Priority
@@ -108,8 +108,8 @@ class Attempts:
             started = time.perf_counter()
             try:
                 with hold, self._billing.unanswered(call, model, hold, Exposure()) as exposure:
-                    async with self._admitted(call, model):
-                        call.waited_s += time.perf_counter() - started  # the admission queue
+                    async with self._queue_slot(call, model):
+                        call.waited_s += time.perf_counter() - started  # the priority queue
                         started = time.perf_counter()
                         completion = await self._adapters[model.provider].complete(
                             self._provider_request(model, call, span, exposure.sent),
@@ -124,7 +124,7 @@ class Attempts:
                 if await self._after_failure(call, model, exc, started, retry):
                     continue
                 break
-            except AdmissionRejected as exc:
+            except QueueRejected as exc:
                 self._end_span(span, call, started, error=exc)
                 breaker.release()
                 self._note_refusal(call, model, exc)
@@ -154,7 +154,7 @@ class Attempts:
             exposure = Exposure("".join(call.sent))
             try:
                 with hold, self._billing.unanswered(call, model, hold, exposure):
-                    async with self._admitted(call, model):
+                    async with self._queue_slot(call, model):
                         call.waited_s += time.perf_counter() - attempt.started  # the queue
                         attempt.started = time.perf_counter()
                         relay = self._relay(
@@ -178,7 +178,7 @@ class Attempts:
                 if await self._after_failure(call, model, exc, attempt.started, retry):
                     continue
                 return
-            except AdmissionRejected as exc:
+            except QueueRejected as exc:
                 self._end_span(span, call, attempt.started, error=exc)
                 breaker.release()
                 self._note_refusal(call, model, exc)
@@ -356,7 +356,7 @@ class Attempts:
             sent=sent,
         )
 
-    def _admitted(self, call: CallState, model: ModelConfig) -> AbstractAsyncContextManager[None]:
+    def _queue_slot(self, call: CallState, model: ModelConfig) -> AbstractAsyncContextManager[None]:
         p50_ms = self._latency.percentiles(self._latency.slot(model.name), "total")[0]
         expected_s = (p50_ms or prior_latency_ms(model, call.decision.output_tokens)) / 1000.0
         return self._scheduler.queue(model.name).admit(
@@ -380,7 +380,7 @@ class Attempts:
             call.skip(model.name, model.provider, "quota", str(exc))
             return None
 
-    def _note_refusal(self, call: CallState, model: ModelConfig, exc: AdmissionRejected) -> None:
+    def _note_refusal(self, call: CallState, model: ModelConfig, exc: QueueRejected) -> None:
         refusal = QuotaExceededError("queue", model.name, exc.retry_after_s, exc.reason)
         call.refusals.append(refusal)
         call.skip(model.name, model.provider, "queue", str(refusal))

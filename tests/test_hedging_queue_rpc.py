@@ -1,4 +1,4 @@
-"""Hedged Chat calls and the priority admission queue, through real gRPC and real HTTP."""
+"""Hedged Chat calls and the priority queue, through real gRPC and real HTTP."""
 
 from __future__ import annotations
 
