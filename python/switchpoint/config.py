@@ -466,7 +466,7 @@ def _check_references(config: Config) -> list[str]:
         *_check_models(config),
         *_check_routing(config),
         *_check_gate(config),
-        *check_state(config),
+        *check_state(config.server.state, len(config.limits) + len(config.budgets)),
     ]
 
 

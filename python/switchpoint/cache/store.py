@@ -37,14 +37,13 @@ from switchpoint.cache.guard import GuardVerdict, agrees
 from switchpoint.cache.index import Vector, VectorIndex
 from switchpoint.cache.keys import (
     KEY_VERSION,
-    CacheScope,
     RequestKeys,
     bypass_reason,
     derive_keys,
     model_class_of,
 )
 from switchpoint.cache.persistence import SnapshotError, SnapshotIdentity, SnapshotStore
-from switchpoint.cache.records import CachedAnswer, CacheEntry, CacheHit, CacheQuery
+from switchpoint.cache.records import CachedAnswer, CacheEntry, CacheHit, CacheQuery, CacheScope
 from switchpoint.cache.redis_exact import RedisExactLayer
 
 log = logging.getLogger(__name__)
