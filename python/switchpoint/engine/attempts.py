@@ -96,53 +96,22 @@ class Attempts:
         self._metrics = metrics
         self._billing = Billing(registry, stats, metrics, tokens, CONTINUE_PROMPT)
 
-    # -- a turn, whole --------------------------------------------------------------------------
+    # -- a turn -------------------------------------------------------------------------------
 
     async def complete_on(self, call: CallState, model: ModelConfig) -> Outcome:
-        for retry in range(self._config.providers[model.provider].retry.max_retries + 1):
-            opened = await self._open(call, model)
-            if opened is None:
-                break
-            breaker, hold = opened
-            span = self._start_span(call, model, retry)
-            started = time.perf_counter()
-            try:
-                with hold, self._billing.unanswered(call, model, hold, Exposure()) as exposure:
-                    async with self._queue_slot(call, model):
-                        call.waited_s += time.perf_counter() - started  # the priority queue
-                        started = time.perf_counter()
-                        completion = await self._adapters[model.provider].complete(
-                            self._provider_request(model, call, span, exposure.sent),
-                            timeout_s=self._timeout(call, model),
-                        )
-                    result = self._settle(
-                        call, model, completion, started, ttft_ms=0.0, hold=hold, exposure=exposure
-                    )
-            except ProviderError as exc:
-                self._end_span(span, call, started, error=exc)
-                self._record_outcome(call, breaker, model, exc.error_class)
-                if await self._after_failure(call, model, exc, started, retry):
-                    continue
-                break
-            except QueueRejected as exc:
-                self._end_span(span, call, started, error=exc)
-                breaker.release()
-                self._note_refusal(call, model, exc)
-                break
-            except BaseException as exc:
-                self._end_span(span, call, started, error=exc)
-                breaker.release()
-                raise
-            self._end_span(span, call, started, result=result)
-            self._record_outcome(call, breaker, model, None)
-            return Outcome(result)
-        return Outcome()
+        """A whole turn on its own (a hedged racer): how it ended."""
+        outcome = Outcome()
+        async with aclosing(self.turn(call, model, outcome, streamed=False)) as deltas:
+            async for _ in deltas:  # a whole turn yields no delta
+                pass
+        return outcome
 
-    # -- a turn, streamed -----------------------------------------------------------------------
-
-    async def stream_on(
-        self, call: CallState, model: ModelConfig, outcome: Outcome
+    async def turn(
+        self, call: CallState, model: ModelConfig, outcome: Outcome, *, streamed: bool
     ) -> AsyncGenerator[StreamDelta, None]:
+        """One model's turn, whole or streamed: attempts until one answers (into `outcome`), the
+        provider's retry policy gives up, or the failure ends the call (raised). Streamed, the
+        deltas are relayed as they come."""
         for retry in range(self._config.providers[model.provider].retry.max_retries + 1):
             opened = await self._open(call, model)
             if opened is None:
@@ -150,25 +119,35 @@ class Attempts:
             breaker, hold = opened
             span = self._start_span(call, model, retry)
             attempt = StreamAttempt(time.perf_counter())
-            # Charged by switchpoint.engine.billing's rule if it ends without an answer.
+            # Charged by engine.billing's rule if it ends without an answer.
             exposure = Exposure("".join(call.sent))
             try:
                 with hold, self._billing.unanswered(call, model, hold, exposure):
                     async with self._queue_slot(call, model):
-                        call.waited_s += time.perf_counter() - attempt.started  # the queue
+                        call.waited_s += time.perf_counter() - attempt.started  # the priority queue
                         attempt.started = time.perf_counter()
-                        relay = self._relay(
-                            call,
-                            model,
-                            hold=hold,
-                            attempt=attempt,
-                            exposure=exposure,
-                            outcome=outcome,
-                            span=span,
-                        )
-                        async with aclosing(relay) as deltas:
-                            async for delta in deltas:
-                                yield delta
+                        if not streamed:
+                            outcome.result = await self._complete(
+                                call,
+                                model,
+                                hold=hold,
+                                attempt=attempt,
+                                exposure=exposure,
+                                span=span,
+                            )
+                        else:
+                            relay = self._relay(
+                                call,
+                                model,
+                                hold=hold,
+                                attempt=attempt,
+                                exposure=exposure,
+                                outcome=outcome,
+                                span=span,
+                            )
+                            async with aclosing(relay) as deltas:
+                                async for delta in deltas:
+                                    yield delta
             except ProviderError as exc:
                 self._end_span(span, call, attempt.started, error=exc)
                 self._record_outcome(call, breaker, model, exc.error_class)
@@ -190,6 +169,25 @@ class Attempts:
             self._end_span(span, call, attempt.started, result=outcome.result)
             self._record_outcome(call, breaker, model, None)
             return
+
+    async def _complete(
+        self,
+        call: CallState,
+        model: ModelConfig,
+        *,
+        hold: Reservation,
+        attempt: StreamAttempt,
+        exposure: Exposure,
+        span: Span,
+    ) -> ChatResult:
+        """One provider call, whole, settled."""
+        completion = await self._adapters[model.provider].complete(
+            self._provider_request(model, call, span, exposure.sent),
+            timeout_s=self._timeout(call, model),
+        )
+        return self._settle(
+            call, model, completion, attempt.started, ttft_ms=0.0, hold=hold, exposure=exposure
+        )
 
     async def _relay(
         self,
