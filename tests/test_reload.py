@@ -23,7 +23,8 @@ from switchpoint._native import Gate
 from switchpoint.config import BreakerConfig, load_config, parse_config
 from switchpoint.engine.resilience import Breakers
 from switchpoint.errors import ErrorClass
-from switchpoint.quota.gate import RequestScope, TokenGate
+from switchpoint.quota.gate import TokenGate
+from switchpoint.quota.scopes import RequestScope
 from switchpoint.server import Sidecar, create_server
 from switchpoint.v1 import admin_pb2, admin_pb2_grpc, router_pb2_grpc
 from switchpoint.v1 import router_pb2 as pb

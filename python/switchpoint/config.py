@@ -7,8 +7,6 @@ default. `load_config` is the one entry point; it returns a fully cross-checked 
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -23,6 +21,7 @@ from switchpoint.limits import LimitsConfig
 from switchpoint.providers.base import ExtraBody
 from switchpoint.quota.instances_config import StateConfig, check_state
 from switchpoint.quota.queue_config import QueueConfig
+from switchpoint.quota.shared_config import SharedStateConfig
 from switchpoint.security.config import AdminConfig, AuthConfig, TlsConfig
 
 
@@ -268,32 +267,6 @@ class BudgetConfig(StrictModel):
     window: Literal["hour", "day", "month", "total"]
     limit_usd: NonNegative
     pressure: BudgetPressure | None = None
-
-
-Policy = Literal["fail-open", "fail-closed"]
-
-
-class SharedStateConfig(StrictModel):
-    """Where the shared Redis is and how replicas lease budget from it (`quota.shared`)."""
-
-    # None: budgets are per replica (single replica, nothing shared).
-    redis_url: str | None = None
-    # Each lease tops a replica up to this much unspent budget. Smaller slices spread a nearly
-    # spent budget more fairly over replicas; larger ones mean fewer Redis round trips.
-    slice_usd: Positive = 1.0
-    sync_interval_s: Positive = 0.5
-    # While Redis is unreachable: fail-closed spends only what is already leased; fail-open lets
-    # each replica spend up to the full limit locally (overshoot up to replicas x limit).
-    policy: Policy = "fail-closed"
-    key_prefix: Annotated[str, Field(min_length=1, pattern=r"^\S+$")] = "switchpoint"
-    # Must differ between live replicas; None takes hostname-pid, distinct across pods.
-    replica_id: Annotated[str, Field(min_length=1, pattern=r"^\S+$")] | None = None
-    # Connect and per-command timeout: how long a hanging Redis holds up a sync or a top-up
-    # before the replica treats it as unreachable.
-    timeout_s: Positive = 1.0
-
-    def resolved_replica_id(self) -> str:
-        return self.replica_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
 class TelemetryConfig(StrictModel):

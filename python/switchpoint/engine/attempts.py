@@ -36,9 +36,10 @@ from switchpoint.providers.base import (
     SentMark,
     TextDelta,
 )
-from switchpoint.quota.gate import RequestScope, Reservation, TokenGate
+from switchpoint.quota.gate import TokenGate
 from switchpoint.quota.queue import QueueRejected
 from switchpoint.quota.scheduler import Scheduler
+from switchpoint.quota.scopes import RequestScope, Reservation
 from switchpoint.registry import Registry
 from switchpoint.request import Priority
 from switchpoint.stats import StatsBook

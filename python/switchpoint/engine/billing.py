@@ -27,7 +27,7 @@ from switchpoint.engine.calls import CallState
 from switchpoint.errors import ErrorClass, ProviderError
 from switchpoint.instruments import MetricsSink
 from switchpoint.providers.base import ChatMessage, Completion, SentMark
-from switchpoint.quota.gate import Reservation
+from switchpoint.quota.scopes import Reservation
 from switchpoint.registry import Registry
 from switchpoint.stats import StatsBook, UsageKey
 from switchpoint.tokens import TokenCounter

@@ -1,7 +1,7 @@
 """The request path, and nothing else:
 
     decide (validate and route in Rust, gate, breakers) -> for each model of the chain: a turn
-    (reserve -> admit -> call with retries -> settle + record), hedged when asked
+    (reserve -> queue -> call with retries -> settle + record), hedged when asked (`engine.hedging`)
 
 Route stops after decide; Chat and ChatStream run the whole path. What a failure means is decided in
 `engine.resilience`, one model's turn runs in `engine.attempts`, wire formats live in
@@ -28,8 +28,9 @@ from switchpoint.errors import AllAttemptsFailedError, QuotaExceededError, Switc
 from switchpoint.instruments import MetricsSink, NullMetrics, records_spans
 from switchpoint.offload import OFFLOAD_ABOVE_BYTES, Offload
 from switchpoint.providers.base import ProviderAdapter
-from switchpoint.quota.gate import RequestScope, TokenGate
+from switchpoint.quota.gate import TokenGate
 from switchpoint.quota.scheduler import Scheduler
+from switchpoint.quota.scopes import RequestScope
 from switchpoint.registry import Registry
 from switchpoint.request import ChatInput, new_request_id, prompt_size
 from switchpoint.routing import Decision, build_router

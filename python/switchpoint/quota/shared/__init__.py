@@ -6,7 +6,6 @@ bookkeeping, limits.py the budgets' limits held in Redis, rate.py the rate limit
 pools), status.py what it reports.
 """
 
-from switchpoint.config import Policy, SharedStateConfig
 from switchpoint.quota.shared.ledger import BudgetLedgerPort
 from switchpoint.quota.shared.limits import EVERY_INSTANCE, MAX_SHARED_LIMIT_USD
 from switchpoint.quota.shared.quota import SharedQuota
@@ -19,6 +18,7 @@ from switchpoint.quota.shared.status import (
     SharedQuotaStatus,
 )
 from switchpoint.quota.shared.store import QuotaStore
+from switchpoint.quota.shared_config import Policy, SharedStateConfig
 
 __all__ = [
     "EVERY_INSTANCE",

@@ -33,7 +33,6 @@ import uuid
 from collections.abc import Callable
 from typing import Literal
 
-from switchpoint.config import SharedStateConfig
 from switchpoint.quota.shared.ledger import BudgetLease, LocalState
 from switchpoint.quota.shared.limits import SharedLimits
 from switchpoint.quota.shared.rate import RateLease, RateLeaser
@@ -52,6 +51,7 @@ from switchpoint.quota.shared.store import (
     expire_at,
     nanos_to_usd,
 )
+from switchpoint.quota.shared_config import SharedStateConfig
 
 _log = logging.getLogger(__name__)
 
