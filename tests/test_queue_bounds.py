@@ -20,8 +20,8 @@ from tests.providers.fixtures import OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
 from tests.providers.script import hang
 from tests.sidecar_harness import RunningSidecar, one_model_config, running_sidecar, user
+from tests.support.queues import FakeClock, enter, hold_slot, release, until
 from tests.support.waiting import wait_until
-from tests.test_scheduler import FakeClock, enter, hold_slot, release, until
 
 INTERACTIVE = Priority.INTERACTIVE
 
