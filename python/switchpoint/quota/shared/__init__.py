@@ -2,8 +2,8 @@
 
 `SharedQuota` (quota.py) is the lease manager a server creates when `shared_state.redis_url` is
 set; store.py is the Redis side (key layout, Lua scripts), ledger.py the budgets' local
-bookkeeping, limits.py the budgets' limits held in Redis, rate.py the rate limits' (per-minute
-pools), status.py what it reports.
+bookkeeping, budgets.py their leases' round trips, limits.py the budgets' limits held in Redis,
+rate.py the rate limits' (per-minute pools), status.py what it reports.
 """
 
 from switchpoint.quota.shared.ledger import BudgetLedgerPort
