@@ -28,7 +28,7 @@ class ReloadResult:
 
 def applies_after_restart(running: Config, new: Config) -> list[str]:
     """Changes a reload accepts but cannot apply to state it keeps (the latency tracker and the
-    admission queues are carried over, built with the old values)."""
+    priority queues are carried over, built with the old values)."""
     notes: list[str] = []
     if new.routing.latency_half_life_s != running.routing.latency_half_life_s:
         notes.append("routing.latency_half_life_s: the new value applies after a restart")

@@ -1,5 +1,5 @@
 """The response cache: an exact layer, an optional shared (Redis) exact layer, and a semantic
-layer, looked up in that order before admission and the provider call.
+layer, looked up in that order before the priority queue and the provider call.
 
 Lookup: a request that may use the cache (switchpoint.cache.keys.bypass_reason) is first looked
 up by its exact key in every model class it may be served from; then in Redis when configured;

@@ -9,7 +9,7 @@ What a reload carries over from the running engine (everything else is built fro
   lease manager stays with it. Instances of changed or removed rules stay in the Rust gate, unused
   by new calls (calls in flight settle against them); the Rust gate has no removal;
 - circuit breakers of models still served by the same provider under the same policy;
-- the admission queues (`Scheduler.update` applies the new concurrency limits);
+- the priority queues (`Scheduler.update` applies the new concurrency limits);
 - provider adapters (their connection pools) of providers whose config and API key are the same.
   An adapter the new config no longer uses is closed once the last call that holds the old engine
   has ended (`LiveEngine` counts them), never under a call still streaming through it.
