@@ -1,4 +1,4 @@
-"""The package's layout: no import cycle among switchpoint's modules.
+"""The package's layout: no import cycle among switchpoint's modules, nor among its parts.
 
 Only imports that run when a module is first imported count: those at module level (also inside
 `try` and plain `if` blocks), not those under `if TYPE_CHECKING:` or inside functions. A cycle
@@ -69,10 +69,12 @@ def _imported(module: str, path: Path, known: dict[str, Path]) -> set[str]:
     return found
 
 
-def import_cycle(package: Path) -> list[str] | None:
-    """One import cycle among the package's modules (as a path back to its start), or None."""
+def _imports(package: Path) -> dict[str, set[str]]:
     known = _module_names(package)
-    graph = {name: _imported(name, path, known) - {name} for name, path in known.items()}
+    return {name: _imported(name, path, known) - {name} for name, path in known.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     try:
         TopologicalSorter(graph).prepare()
     except CycleError as error:
@@ -81,8 +83,38 @@ def import_cycle(package: Path) -> list[str] | None:
     return None
 
 
+def import_cycle(package: Path) -> list[str] | None:
+    """One import cycle among the package's modules (as a path back to its start), or None."""
+    return _cycle(_imports(package))
+
+
+def part_cycle(package: Path, aside: frozenset[str] = frozenset()) -> list[str] | None:
+    """One import cycle among the package's parts (a subpackage with all its modules, or a
+    top-level module), leaving out the parts in `aside`; None when they import in one direction."""
+    root = package.name
+
+    def part(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    graph: dict[str, set[str]] = {}
+    for module, imported in _imports(package).items():
+        if module == root or part(module) in aside:
+            continue
+        edges = graph.setdefault(part(module), set())
+        edges |= {part(m) for m in imported if m != root and part(m) not in aside}
+    for name, edges in graph.items():
+        edges.discard(name)
+    return _cycle(graph)
+
+
 def test_switchpoint_has_no_import_cycle() -> None:
     assert import_cycle(PACKAGE) is None
+
+
+def test_the_parts_import_one_another_in_one_direction() -> None:
+    # config.py is set aside: it gathers the sections each part defines for itself (cache, quota,
+    # security), and those parts read the whole config back.
+    assert part_cycle(PACKAGE, aside=frozenset({"switchpoint.config"})) is None
 
 
 def test_a_cycle_is_found_and_type_only_imports_are_not_counted(tmp_path: Path) -> None:
@@ -102,3 +134,5 @@ def test_a_cycle_is_found_and_type_only_imports_are_not_counted(tmp_path: Path) 
     cycle = import_cycle(package)
     assert cycle is not None
     assert set(cycle) == {"pkg.a", "pkg.sub.b"}
+    assert set(part_cycle(package) or ()) == {"pkg.a", "pkg.sub"}
+    assert part_cycle(package, aside=frozenset({"pkg.a"})) is None

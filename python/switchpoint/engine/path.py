@@ -17,10 +17,10 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from switchpoint._native import LatencyTracker, WorkStop
-from switchpoint.cache.serving import CacheFront
 from switchpoint.cache.store import ResponseCache
 from switchpoint.config import BreakerConfig, Config, ModelConfig
 from switchpoint.engine.attempts import CONTINUE_PROMPT, Attempts, Outcome
+from switchpoint.engine.caching import CacheFront
 from switchpoint.engine.calls import SKIPPED, AttemptRecord, CallState, ChatResult, StreamDelta
 from switchpoint.engine.hedging import Hedging
 from switchpoint.engine.resilience import Breakers
