@@ -1,4 +1,5 @@
-"""Micro-benchmark of admission when a slot is free: the cost every request pays on the hot path.
+"""Micro-benchmark of the priority queue when a slot is free: the cost every request pays on the hot
+path.
 
 As in the other benches nothing asserts a time (the machine is shared and noisy): the figure is
 printed as a ratio against baselines timed by the same loop in the same test, an `async with` over

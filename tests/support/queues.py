@@ -35,13 +35,13 @@ async def until(condition: Callable[[], bool], rounds: int = 10_000) -> None:
 
 async def hold_slot(queue: PriorityQueue, priority: Priority = REALTIME) -> QueueSlot:
     """Take a slot from the test itself, so the test decides exactly when it is released."""
-    admission = queue.admit(priority)
-    await admission.__aenter__()
-    return admission
+    slot = queue.admit(priority)
+    await slot.__aenter__()
+    return slot
 
 
-async def release(admission: QueueSlot) -> None:
-    await admission.__aexit__(None, None, None)
+async def release(slot: QueueSlot) -> None:
+    await slot.__aexit__(None, None, None)
 
 
 async def enter(
