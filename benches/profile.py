@@ -45,7 +45,7 @@ from benches.loadgen import (
     sidecar_process,
     wait_ready,
 )
-from switchpoint.bench_floor import EMPTY_METHOD
+from switchpoint.bench.floor import EMPTY_METHOD
 from switchpoint.v1 import router_pb2 as pb
 from switchpoint.v1 import router_pb2_grpc
 from tests.sidecar_harness import routing_config, user

@@ -52,7 +52,7 @@ from benches.loadgen import (
     wait_ready,
 )
 from benches.route_load import _percentile
-from switchpoint.bench_floor import EMPTY_METHOD, empty_rpc_server
+from switchpoint.bench.floor import EMPTY_METHOD, empty_rpc_server
 from switchpoint.v1 import router_pb2 as pb
 from switchpoint.v1 import router_pb2_grpc
 from tests.sidecar_harness import routing_config, user

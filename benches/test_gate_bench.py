@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from switchpoint._native import Gate, LatencyTracker, ModelTable
-from switchpoint.bench import per_op_ns, python_score, synthetic_specs
+from switchpoint.bench.figures import per_op_ns, python_score, synthetic_specs
 from switchpoint.config import parse_config
-from switchpoint.gate import RequestScope, TokenGate
+from switchpoint.quota.gate import TokenGate
+from switchpoint.quota.scopes import RequestScope
 from tests.sidecar_harness import routing_config, with_changes
 
 # Noon UTC on a fixed day, so the `now` steps below never cross a day boundary.

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from switchpoint._native import encode_route_decision
-from switchpoint.bench import per_op_ns
+from switchpoint.bench.figures import per_op_ns
 from switchpoint.config import parse_config
-from switchpoint.reload import build_engine
+from switchpoint.engine.building import build_engine
 from switchpoint.server import convert
 from switchpoint.v1 import router_pb2 as pb
 from tests.sidecar_harness import routing_config, user

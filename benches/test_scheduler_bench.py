@@ -1,4 +1,5 @@
-"""Micro-benchmark of admission when a slot is free: the cost every request pays on the hot path.
+"""Micro-benchmark of the priority queue when a slot is free: the cost every request pays on the hot
+path.
 
 As in the other benches nothing asserts a time (the machine is shared and noisy): the figure is
 printed as a ratio against baselines timed by the same loop in the same test, an `async with` over
@@ -13,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
-from switchpoint.admission import AdmissionQueue
+from switchpoint.quota.queue import PriorityQueue
 from switchpoint.request import Priority
 
 ITERATIONS = 50_000
@@ -43,7 +44,7 @@ async def _per_op_ns(op: Callable[[], Awaitable[None]], repeats: int = 5) -> flo
 
 
 async def test_admit_fast_path_against_baselines() -> None:
-    queue = AdmissionQueue("bench", 64)
+    queue = PriorityQueue("bench", 64)
     nothing = _Nothing()
     semaphore = asyncio.Semaphore(64)
 

@@ -22,8 +22,9 @@ from redis.asyncio import Redis
 from switchpoint._native import CoreError
 from switchpoint.config import parse_config
 from switchpoint.errors import ConfigError, QuotaExceededError
-from switchpoint.gate import RequestScope, TokenGate
-from switchpoint.state.labels import OTHER
+from switchpoint.quota.gate import TokenGate
+from switchpoint.quota.labels import OTHER
+from switchpoint.quota.scopes import RequestScope
 from switchpoint.v1 import router_pb2 as pb
 from tests.providers.fixtures import OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer

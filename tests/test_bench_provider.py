@@ -10,7 +10,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from switchpoint.bench_provider import ANSWER, FixedLatencyProvider, sidecar_process
+from switchpoint.bench.provider import ANSWER, FixedLatencyProvider, sidecar_process
 from switchpoint.errors import ErrorClass, ProviderError
 from switchpoint.providers import create_adapter
 from switchpoint.providers.base import ChatMessage, ProviderAdapter, ProviderRequest

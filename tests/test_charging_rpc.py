@@ -1,4 +1,4 @@
-"""What reached a provider is charged (switchpoint.billing), through real gRPC and real HTTP:
+"""What reached a provider is charged (switchpoint.engine.billing), through real gRPC and real HTTP:
 streams cancelled mid-answer, Chats cancelled after their request went out, hedge losers; and
 nothing for a call cancelled before it went out. The gate never keeps a reservation or a slot."""
 

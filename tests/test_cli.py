@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from switchpoint import bench, cli
+from switchpoint import cli
 from switchpoint._native import LatencyTracker, ModelTable
-from switchpoint.bench import python_score, synthetic_specs
+from switchpoint.bench import figures as bench
+from switchpoint.bench.figures import python_score, synthetic_specs
 from switchpoint.cli import main, watch_loop
 from switchpoint.cli_format import Column, render_route, render_table, truncate
 from switchpoint.v1 import router_pb2 as pb

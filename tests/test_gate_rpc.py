@@ -12,7 +12,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from switchpoint._native import CoreError
-from switchpoint.gate import RequestScope
+from switchpoint.quota.scopes import RequestScope
 from switchpoint.v1 import admin_pb2, admin_pb2_grpc
 from switchpoint.v1 import router_pb2 as pb
 from tests.providers.anthropic_server import AnthropicServer

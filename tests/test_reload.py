@@ -21,9 +21,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from switchpoint._native import Gate
 from switchpoint.config import BreakerConfig, load_config, parse_config
+from switchpoint.engine.resilience import Breakers
 from switchpoint.errors import ErrorClass
-from switchpoint.gate import RequestScope, TokenGate
-from switchpoint.resilience import Breakers
+from switchpoint.quota.gate import TokenGate
+from switchpoint.quota.scopes import RequestScope
 from switchpoint.server import Sidecar, create_server
 from switchpoint.v1 import admin_pb2, admin_pb2_grpc, router_pb2_grpc
 from switchpoint.v1 import router_pb2 as pb

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from switchpoint import _native
 from switchpoint.config import parse_config
-from switchpoint.engine import Engine
+from switchpoint.engine.building import build_engine
+from switchpoint.engine.path import Engine
 from switchpoint.errors import InvalidRequestError, NoEligibleModelError, PolicyDeniedError
-from switchpoint.reload import build_engine
 from switchpoint.server import convert
 from switchpoint.v1 import router_pb2 as pb
 from tests.sidecar_harness import RunningSidecar, routing_config, running_sidecar

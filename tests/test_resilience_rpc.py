@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from switchpoint.engine import CONTINUE_PROMPT
+from switchpoint.engine.path import CONTINUE_PROMPT
 from switchpoint.tokens import estimate_text_tokens
 from switchpoint.v1 import router_pb2 as pb
 from tests.providers.anthropic_server import AnthropicServer, prompt_too_long_error

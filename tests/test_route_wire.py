@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from switchpoint import _native
 from switchpoint.cache.records import CacheControls
 from switchpoint.config import parse_config
-from switchpoint.engine import Engine
+from switchpoint.engine.building import build_engine
+from switchpoint.engine.path import Engine
 from switchpoint.errors import ErrorClass, InvalidRequestError
-from switchpoint.reload import build_engine
 from switchpoint.request import ChatInput, GenerationParams, RoutingOptions
 from switchpoint.server import convert
 from switchpoint.v1 import router_pb2 as pb

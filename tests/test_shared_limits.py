@@ -13,8 +13,8 @@ import pytest
 from redis.asyncio import Redis
 
 from switchpoint._native import Gate
-from switchpoint.shared import QuotaStore, SharedQuota
-from switchpoint.shared.store import NANOS_PER_USD
+from switchpoint.quota.shared import QuotaStore, SharedQuota
+from switchpoint.quota.shared.store import NANOS_PER_USD
 from tests.redis_fixtures import redis_client, redis_server
 from tests.redis_server import RedisServer
 from tests.test_shared_state import TOTAL_KEY, committed_usd, config, replica, spend, store
@@ -119,7 +119,7 @@ async def test_replicas_whose_configs_disagree_follow_the_first_and_log_it(
 ) -> None:
     first = replica(redis_server.url, "a", limit_usd=3.0)
     second = replica(redis_server.url, "b", limit_usd=8.0)
-    with caplog.at_level(logging.INFO, logger="switchpoint.shared.limits"):
+    with caplog.at_level(logging.INFO, logger="switchpoint.quota.shared.limits"):
         for _, _, quota in (first, second, first, second):
             assert await quota.sync()
     assert limit_of(*first[:2]) == limit_of(*second[:2]) == 3.0
@@ -144,7 +144,7 @@ async def test_a_limit_set_on_one_replica_is_followed_by_the_other_at_its_next_r
     for _, _, quota in (first, second):
         await quota.start()  # the first round: each leases a $1 slice of the $10
     await first[2].set_limit("team", "*", 1.5)
-    with caplog.at_level(logging.INFO, logger="switchpoint.shared.limits"):
+    with caplog.at_level(logging.INFO, logger="switchpoint.quota.shared.limits"):
         assert await first[2].sync()
         assert limit_of(*first[:2]) == 1.5
         assert limit_of(*second[:2]) == 10.0  # not before its own round

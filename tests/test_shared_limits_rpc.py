@@ -117,7 +117,7 @@ async def _replicas(
 async def test_replicas_configured_with_different_limits_apply_the_one_redis_holds(
     openai_server: OpenAIServer, redis_server: RedisServer
 ) -> None:
-    with recorded("switchpoint.shared.limits") as logs:
+    with recorded("switchpoint.quota.shared.limits") as logs:
         async with _replicas(openai_server, redis_server, 0.5, 5.0) as (first, second):
             budgets = [await replica.budget() for replica in (first, second)]
             stats = [await replica.stats_limit() for replica in (first, second)]

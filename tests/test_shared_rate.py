@@ -21,11 +21,13 @@ import pytest
 from redis.asyncio import Redis
 
 from switchpoint._native import Gate
-from switchpoint.config import Policy, parse_config
+from switchpoint.config import parse_config
 from switchpoint.errors import QuotaExceededError
-from switchpoint.gate import RequestScope, TokenGate
-from switchpoint.shared import SharedQuota
-from switchpoint.shared.rate import RATE_KEY_GRACE_S, pool_size, slice_size
+from switchpoint.quota.gate import TokenGate
+from switchpoint.quota.scopes import RequestScope
+from switchpoint.quota.shared import SharedQuota
+from switchpoint.quota.shared.rate import RATE_KEY_GRACE_S, pool_size, slice_size
+from switchpoint.quota.shared_config import Policy
 from tests.redis_server import RedisServer
 from tests.sidecar_harness import one_model_config
 

@@ -22,8 +22,8 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from switchpoint._native import Gate, GateDenied
-from switchpoint.shared import Policy, QuotaStore, SharedQuota, SharedStateConfig
-from switchpoint.shared.store import KEY_GRACE_S, NANOS_PER_USD
+from switchpoint.quota.shared import Policy, QuotaStore, SharedQuota, SharedStateConfig
+from switchpoint.quota.shared.store import KEY_GRACE_S, NANOS_PER_USD
 from tests.redis_fixtures import redis_client, redis_server
 from tests.redis_server import RedisServer
 from tests.support.tcp_proxy import ReplyDroppingProxy
@@ -262,7 +262,7 @@ async def test_redis_down_fail_closed_spends_only_the_lease_then_reconciles(
     assert leased is not None
 
     redis_server.stop()
-    with caplog.at_level(logging.WARNING, logger="switchpoint.shared.quota"):
+    with caplog.at_level(logging.WARNING, logger="switchpoint.quota.shared.quota"):
         assert not await quota.sync()
         assert not await quota.sync()  # still down: logged once per transition, not per round
     assert quota.degraded
@@ -394,7 +394,7 @@ async def test_leases_start_at_nothing_and_stop_gives_back_or_says_what_was_lost
     await quota.start()
     assert await spend(gate, quota, budget, 0.2)
     redis_server.stop()
-    with caplog.at_level(logging.ERROR, logger="switchpoint.shared.quota"):
+    with caplog.at_level(logging.ERROR, logger="switchpoint.quota.shared.quota"):
         await quota.stop()
     assert "$0.200000 of settled spend was not reported" in caplog.text
 

@@ -378,7 +378,7 @@ def _config_check(args: argparse.Namespace) -> int:
 
 def _bench_command(args: argparse.Namespace) -> int:
     # Imported here: the bench pulls in the server stack only for this command.
-    from switchpoint import bench  # noqa: PLC0415
+    from switchpoint.bench import figures as bench  # noqa: PLC0415
 
     # One log line per benchmarked call would drown the figures.
     quiet = logging.getLogger("switchpoint")

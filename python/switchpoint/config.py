@@ -7,8 +7,6 @@ default. `load_config` is the one entry point; it returns a fully cross-checked 
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -17,13 +15,14 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from switchpoint.admission_config import AdmissionQueueConfig
 from switchpoint.cache.config import CacheConfig
 from switchpoint.errors import ConfigError, ErrorClass
 from switchpoint.limits import LimitsConfig
 from switchpoint.providers.base import ExtraBody
+from switchpoint.quota.instances_config import StateConfig, check_state
+from switchpoint.quota.queue_config import QueueConfig
+from switchpoint.quota.shared_config import SharedStateConfig
 from switchpoint.security.config import AdminConfig, AuthConfig, TlsConfig
-from switchpoint.state.config import StateConfig, check_state
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -81,7 +80,7 @@ class ManagedServerConfig(StrictModel):
 
 
 class RetryConfig(StrictModel):
-    """How failures of this provider's calls are handled (see switchpoint.resilience)."""
+    """How failures of this provider's calls are handled (see switchpoint.engine.resilience)."""
 
     # Retries on the same deployment after the first try, for the classes in retry_on.
     max_retries: Annotated[int, Field(ge=0)] = 2
@@ -172,7 +171,7 @@ class ModelConfig(StrictModel):
     # Prepended when a request has no system message (small local models need one to behave).
     system_prompt: str | None = None
     extra_body: ExtraBody = Field(default_factory=dict)
-    # Calls in flight to this deployment; more wait in the priority admission queue.
+    # Calls in flight to this deployment; more wait in the priority queue.
     max_concurrency: Annotated[int, Field(ge=1)] | None = None
     # How routing counts this model's prompt tokens (switchpoint.tokens): gpt-4o/o-series ->
     # o200k_base, gpt-4/gpt-3.5 -> cl100k_base. Other vendors' tokenizers (Anthropic, Llama, ...)
@@ -215,7 +214,7 @@ class AutoRoutingConfig(StrictModel):
     easy_complexity: Annotated[float, Field(ge=0, le=1)] = 0.25
 
 
-class RoutingConfig(AdmissionQueueConfig):  # the queue_* keys are admission_config's
+class RoutingConfig(QueueConfig):  # the queue_* keys are queue_config's
     default_strategy: str = "balanced"
     strategies: dict[str, WeightsConfig] = Field(default_factory=dict)
     stages: dict[str, StageConfig] = Field(default_factory=dict)
@@ -268,32 +267,6 @@ class BudgetConfig(StrictModel):
     window: Literal["hour", "day", "month", "total"]
     limit_usd: NonNegative
     pressure: BudgetPressure | None = None
-
-
-Policy = Literal["fail-open", "fail-closed"]
-
-
-class SharedStateConfig(StrictModel):
-    """Where the shared Redis is and how replicas lease budget from it (switchpoint.shared)."""
-
-    # None: budgets are per replica (single replica, nothing shared).
-    redis_url: str | None = None
-    # Each lease tops a replica up to this much unspent budget. Smaller slices spread a nearly
-    # spent budget more fairly over replicas; larger ones mean fewer Redis round trips.
-    slice_usd: Positive = 1.0
-    sync_interval_s: Positive = 0.5
-    # While Redis is unreachable: fail-closed spends only what is already leased; fail-open lets
-    # each replica spend up to the full limit locally (overshoot up to replicas x limit).
-    policy: Policy = "fail-closed"
-    key_prefix: Annotated[str, Field(min_length=1, pattern=r"^\S+$")] = "switchpoint"
-    # Must differ between live replicas; None takes hostname-pid, distinct across pods.
-    replica_id: Annotated[str, Field(min_length=1, pattern=r"^\S+$")] | None = None
-    # Connect and per-command timeout: how long a hanging Redis holds up a sync or a top-up
-    # before the replica treats it as unreachable.
-    timeout_s: Positive = 1.0
-
-    def resolved_replica_id(self) -> str:
-        return self.replica_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
 class TelemetryConfig(StrictModel):
@@ -466,7 +439,7 @@ def _check_references(config: Config) -> list[str]:
         *_check_models(config),
         *_check_routing(config),
         *_check_gate(config),
-        *check_state(config),
+        *check_state(config.server.state, len(config.limits) + len(config.budgets)),
     ]
 
 

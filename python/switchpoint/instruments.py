@@ -15,7 +15,7 @@ from opentelemetry.trace import Span, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from switchpoint.config import ModelConfig, ProviderConfig
-from switchpoint.state.labels import Labels
+from switchpoint.quota.labels import Labels
 
 # W3C trace context and baggage, in from gRPC metadata and out to providers. Stateless: one
 # instance serves every sidecar in the process.

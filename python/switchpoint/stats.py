@@ -3,7 +3,7 @@
 in Python and need no lock under a single event loop.
 
 Tenants are the caller's to name: a tenant or stage the config does not know is counted under
-`other` (`switchpoint.state.labels`), so the keys stay as many as the config names."""
+`other` (`switchpoint.quota.labels`), so the keys stay as many as the config names."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from switchpoint.state.labels import Labels
+from switchpoint.quota.labels import Labels
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ import random
 import time
 
 from switchpoint._native import Gate, GateDenied
-from switchpoint.shared import SharedQuota, SharedStateConfig
+from switchpoint.quota.shared import SharedQuota, SharedStateConfig
 
 BUDGET = "shared"
 CALLERS = 3

@@ -30,7 +30,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from switchpoint.cache.keys import CacheScope
+from switchpoint.cache.records import CacheScope
 
 log = logging.getLogger(__name__)
 

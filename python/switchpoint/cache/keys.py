@@ -30,13 +30,10 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from switchpoint.cache.config import CacheConfig
 from switchpoint.cache.guard import MAX_GUARDED_CHARS
-
-if TYPE_CHECKING:
-    from switchpoint.cache.records import CacheQuery
+from switchpoint.cache.records import CacheQuery, CacheScope
 
 # Bumped whenever the derivation below changes, so snapshots holding keys made the old way are
 # refused instead of silently never matching.
@@ -44,15 +41,6 @@ KEY_VERSION = 1
 
 _TRAILING_SPACE = re.compile(r"[ \t]+\n")
 _WHITESPACE = re.compile(r"\s+")
-
-
-@dataclass(frozen=True, slots=True)
-class CacheScope:
-    """One partition of the cache: entries in different scopes never see each other."""
-
-    tenant: str
-    model_class: str
-    params_key: str
 
 
 @dataclass(frozen=True, slots=True)

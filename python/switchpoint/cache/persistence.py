@@ -33,8 +33,7 @@ import faiss
 import numpy as np
 
 from switchpoint.cache.index import PartitionBlob, index_ids, kind_of
-from switchpoint.cache.keys import CacheScope
-from switchpoint.cache.records import CachedAnswer, CacheEntry
+from switchpoint.cache.records import CachedAnswer, CacheEntry, CacheScope
 
 FORMAT = "switchpoint-cache-snapshot"
 FORMAT_VERSION = 1

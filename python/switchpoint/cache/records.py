@@ -9,10 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-from switchpoint.cache.keys import CacheScope
-
 HitKind = Literal["exact", "semantic"]
 HitLayer = Literal["local", "redis"]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheScope:
+    """One partition of the cache: entries in different scopes never see each other."""
+
+    tenant: str
+    model_class: str
+    params_key: str
 
 
 @dataclass(frozen=True, slots=True)

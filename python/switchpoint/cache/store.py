@@ -1,5 +1,5 @@
 """The response cache: an exact layer, an optional shared (Redis) exact layer, and a semantic
-layer, looked up in that order before admission and the provider call.
+layer, looked up in that order before the priority queue and the provider call.
 
 Lookup: a request that may use the cache (switchpoint.cache.keys.bypass_reason) is first looked
 up by its exact key in every model class it may be served from; then in Redis when configured;
@@ -37,14 +37,13 @@ from switchpoint.cache.guard import GuardVerdict, agrees
 from switchpoint.cache.index import Vector, VectorIndex
 from switchpoint.cache.keys import (
     KEY_VERSION,
-    CacheScope,
     RequestKeys,
     bypass_reason,
     derive_keys,
     model_class_of,
 )
 from switchpoint.cache.persistence import SnapshotError, SnapshotIdentity, SnapshotStore
-from switchpoint.cache.records import CachedAnswer, CacheEntry, CacheHit, CacheQuery
+from switchpoint.cache.records import CachedAnswer, CacheEntry, CacheHit, CacheQuery, CacheScope
 from switchpoint.cache.redis_exact import RedisExactLayer
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ class ChatMessage(NamedTuple):
 
 class SentMark:
     """Whether a provider call's request has gone out: the one definition of "sent" that charging
-    follows (`switchpoint.attempts`). Set the moment the request's bytes are handed to the
+    follows (`switchpoint.engine.attempts`). Set the moment the request's bytes are handed to the
     socket's transport (`connections._send`), or, through a proxy, when httpcore starts writing
     the request's headers to it. From then on the provider may bill the call however it ends;
     before (queued for a pooled connection, connecting, the TLS handshake) nothing went out."""

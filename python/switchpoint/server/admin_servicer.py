@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from switchpoint.engine import Engine
+from switchpoint.engine.path import Engine
+from switchpoint.quota.shared import MAX_SHARED_LIMIT_USD, REDIS_ERRORS
+from switchpoint.quota.shared.redis_errors import describe, raise_if_cancelled
 from switchpoint.reload import ReloadResult
-from switchpoint.shared import MAX_SHARED_LIMIT_USD, REDIS_ERRORS
-from switchpoint.shared.redis_errors import describe, raise_if_cancelled
 from switchpoint.v1 import admin_pb2 as pb
 from switchpoint.v1 import admin_pb2_grpc
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from switchpoint._native import encode_route_decision
 from switchpoint.cache.records import CacheControls
-from switchpoint.engine import AttemptRecord, ChatResult, StreamDelta
+from switchpoint.engine.path import AttemptRecord, ChatResult, StreamDelta
 from switchpoint.providers.base import ChatMessage
 from switchpoint.request import (
     NO_CACHE_CONTROLS,

@@ -15,7 +15,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
-from switchpoint.calls import ChatResult
+from switchpoint.engine.calls import ChatResult
 from switchpoint.instruments import MetricsSink, NullMetrics, records_spans
 from switchpoint.limits import shown
 from switchpoint.logs import RequestLog

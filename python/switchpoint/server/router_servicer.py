@@ -12,7 +12,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from switchpoint._native import encode_route_decision
-from switchpoint.engine import ChatResult, Engine
+from switchpoint.engine.path import ChatResult, Engine
 from switchpoint.errors import InvalidRequestError, RequestTooLargeError
 from switchpoint.offload import OFFLOAD_ABOVE_BYTES, Offload
 from switchpoint.reload import LiveEngine

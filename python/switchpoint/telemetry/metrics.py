@@ -13,7 +13,7 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from prometheus_client import CollectorRegistry
 
 from switchpoint._native import RouteTally
-from switchpoint.state.labels import OTHER, Labels
+from switchpoint.quota.labels import OTHER, Labels
 from switchpoint.telemetry.tally import BucketHistogram, Tally
 
 # Provider latency spans fast local models to slow long generations; the routing overhead is

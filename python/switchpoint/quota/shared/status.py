@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from switchpoint.config import Policy
-from switchpoint.shared.ledger import BudgetLedgerPort
-from switchpoint.shared.limits import LimitPort
-from switchpoint.shared.rate import RateLimiterPort
+from switchpoint.quota.shared.ledger import BudgetLedgerPort
+from switchpoint.quota.shared.limits import LimitPort
+from switchpoint.quota.shared.rate import RateLimiterPort
+from switchpoint.quota.shared_config import Policy
 
 
 class GatePort(BudgetLedgerPort, LimitPort, RateLimiterPort, Protocol):

@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from switchpoint.shared.store import nanos_to_usd, usd_to_nanos
+from switchpoint.quota.shared.store import nanos_to_usd, usd_to_nanos
 
 
 class BudgetLedgerPort(Protocol):

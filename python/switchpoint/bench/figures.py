@@ -19,8 +19,8 @@ from typing import TextIO, TypeVar
 import grpc
 
 from switchpoint._native import Gate, LatencyTracker, ModelSpec, ModelTable
-from switchpoint.bench_floor import EMPTY_METHOD, empty_rpc_server
-from switchpoint.bench_provider import FixedLatencyProvider, sidecar_process
+from switchpoint.bench.floor import EMPTY_METHOD, empty_rpc_server
+from switchpoint.bench.provider import FixedLatencyProvider, sidecar_process
 from switchpoint.cache.config import CacheConfig
 from switchpoint.cache.embedders import LocalSentenceEncoder
 from switchpoint.cache.records import CachedAnswer, CacheQuery

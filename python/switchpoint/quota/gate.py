@@ -3,116 +3,47 @@
 Config rules (`limits`, `budgets`) name a scope by `match`: a fixed value ("tenant: acme") applies
 the rule to that value only; "*" gives every distinct value its own instance ("tenant: '*'" is one
 budget per tenant). Instances are created in Rust the first time a request needs them; how many
-live at once and when an idle one is freed is `switchpoint.state.instances`' to decide. Every
-call reserves before it goes out and settles or releases after; `Reservation` makes the release
+live at once and when an idle one is freed is `quota.instances`' to decide. Every call reserves
+before it goes out and settles or releases after; `scopes.Reservation` makes the release
 unconditional (errors, timeouts, cancellation).
 
 With shared state (`shared`), each budget instance and each rate-limit instance with rpm or tpm
 is registered with the lease manager as it is created. A refusal only for want of this replica's
 lease ("budget" with the limit not reached, "rpm-lease", "tpm-lease") tops the lease up from Redis
 and reserves again, once per kind; routing treats such a model as admissible. Concurrency limits
-stay per replica. A shared budget's limit is the one Redis holds (switchpoint.shared.limits).
+stay per replica. A shared budget's limit is the one Redis holds (switchpoint.quota.shared.limits).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
 
 from switchpoint._native import Admission, Gate, GateDenied
-from switchpoint.config import BudgetConfig, Config, LimitConfig, ModelConfig, ScopeKey
+from switchpoint.config import BudgetConfig, Config, LimitConfig, ModelConfig
 from switchpoint.errors import QuotaExceededError
+from switchpoint.quota.instances import Instance, Kind, ScopeTable
+from switchpoint.quota.labels import Labels
+from switchpoint.quota.scopes import (
+    BudgetInstance,
+    RequestScope,
+    Reservation,
+    Scope,
+    describe_scope,
+    instance_scope,
+)
+from switchpoint.quota.shared import EVERY_INSTANCE, LEASE_KINDS, SharedQuota
 from switchpoint.registry import Registry
 from switchpoint.routing import Decision
 from switchpoint.routing.decision import StrategyShift
-from switchpoint.shared import EVERY_INSTANCE, LEASE_KINDS, SharedQuota
-from switchpoint.state.instances import Instance, Kind, ScopeTable
-from switchpoint.state.labels import Labels
 
-Scope = tuple[tuple[ScopeKey, str], ...]
 # (tenant, stage, model): what `ids_for` answers for.
 IdsKey = tuple[str, str, str]
-
-
-class RequestScope(NamedTuple):
-    """The request attributes rules can match on, besides the model and provider."""
-
-    tenant: str
-    stage: str
-
-    def values(self, model: ModelConfig | None) -> dict[ScopeKey, str]:
-        values: dict[ScopeKey, str] = {"tenant": self.tenant, "stage": self.stage}
-        if model is not None:
-            values["model"] = model.name
-            values["provider"] = model.provider
-        return values
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetInstance:
-    rule: BudgetConfig
-    scope: Scope
-    gate_id: int
-
-
-def _instance_scope(match: dict[ScopeKey, str], values: dict[ScopeKey, str]) -> Scope | None:
-    """The instance a rule selects for these values, or None when the rule does not apply."""
-    scope: list[tuple[ScopeKey, str]] = []
-    for key, wanted in sorted(match.items()):
-        actual = values.get(key)
-        if actual is None:
-            return None
-        if wanted not in ("*", actual):
-            return None
-        scope.append((key, actual))
-    return tuple(scope)
 
 
 def _named(limit_ids: list[int], budget_ids: list[int]) -> list[tuple[Kind, int]]:
     """The instances an answer of `ids_for` names, as `ScopeTable` keys them."""
     return [*(("limit", i) for i in limit_ids), *(("budget", i) for i in budget_ids)]
-
-
-def _describe(scope: Iterable[tuple[str, str]]) -> str:
-    return ",".join(f"{k}={v}" for k, v in scope)
-
-
-class Reservation:
-    """One attempt's hold on the gate. Settle it with real usage; leaving the `with` block
-    releases whatever was not settled, so errors, timeouts and cancellation never leak quota."""
-
-    __slots__ = ("_clock", "_gate", "_id")
-
-    def __init__(
-        self, gate: Gate | None, reservation_id: int | None, clock: Callable[[], float]
-    ) -> None:
-        self._gate = gate
-        self._id = reservation_id
-        self._clock = clock
-
-    def settle(self, tokens: int, cost_usd: float) -> None:
-        """Charge the actual usage. A settle the gate refuses (a cost that is not a finite
-        non-negative number) raises after releasing the hold, so no slot or budget leaks."""
-        if self._gate is not None and self._id is not None:
-            try:
-                self._gate.settle(self._id, tokens, cost_usd, self._clock())
-            except BaseException:
-                self.release()
-                raise
-            self._id = None
-
-    def release(self) -> None:
-        if self._gate is not None and self._id is not None:
-            reservation, self._id = self._id, None
-            self._gate.release(reservation, self._clock())
-
-    def __enter__(self) -> Reservation:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
 
 
 class TokenGate:
@@ -174,7 +105,7 @@ class TokenGate:
         key = (index, scope)
         found = self._limit_ids.get(key)
         if found is None:
-            name = f"{rule.name}[{_describe(scope)}]" if scope else rule.name
+            name = f"{rule.name}[{describe_scope(scope)}]" if scope else rule.name
             self.scopes.make_room()
             found = self.gate.add_rate_limit(
                 name, rpm=rule.rpm, tpm=rule.tpm, concurrency=rule.concurrency
@@ -193,7 +124,7 @@ class TokenGate:
         key = (index, scope)
         found = self._budget_instances.get(key)
         if found is None:
-            name = f"{rule.name}[{_describe(scope)}]" if scope else rule.name
+            name = f"{rule.name}[{describe_scope(scope)}]" if scope else rule.name
             limit = self._limit_overrides.get(self._override_key(rule.name, scope))
             if limit is None:
                 limit = self._limit_overrides.get(rule.name, rule.limit_usd)
@@ -209,7 +140,7 @@ class TokenGate:
                     name=name,
                     window=rule.window,
                     budget=rule.name,
-                    scope=_describe(scope),
+                    scope=describe_scope(scope),
                     config_limit_usd=rule.limit_usd,
                 )
         return found
@@ -224,11 +155,11 @@ class TokenGate:
         budget_ids = []
         try:
             for i, rule in enumerate(self._limits):
-                rule_scope = _instance_scope(dict(rule.match), values)
+                rule_scope = instance_scope(dict(rule.match), values)
                 if rule_scope is not None:
                     limit_ids.append(self._limit_id(i, rule, rule_scope))
             for i, budget in enumerate(self._budgets):
-                rule_scope = _instance_scope(dict(budget.match), values)
+                rule_scope = instance_scope(dict(budget.match), values)
                 if rule_scope is not None:
                     budget_ids.append(self._budget(i, budget, rule_scope).gate_id)
         finally:
@@ -410,7 +341,7 @@ class TokenGate:
             return None
         values = RequestScope(tenant, stage).values(None)
         for i, budget, pressure in self._pressured:
-            rule_scope = _instance_scope(dict(budget.match), values)
+            rule_scope = instance_scope(dict(budget.match), values)
             if rule_scope is None:
                 continue
             instance = self._budget(i, budget, rule_scope)
@@ -428,7 +359,7 @@ class TokenGate:
 
     @staticmethod
     def _override_key(name: str, scope: Scope) -> str:
-        return f"{name}[{_describe(scope)}]"
+        return f"{name}[{describe_scope(scope)}]"
 
     def budget_instances(self) -> Iterable[BudgetInstance]:
         return list(self._budget_instances.values())
@@ -458,7 +389,9 @@ class TokenGate:
         their next round."""
         if self.shared is None:
             return self.set_budget_limit(name, limit_usd, scope)
-        await self.shared.set_limit(name, _describe(sorted(scope)) or EVERY_INSTANCE, limit_usd)
+        await self.shared.set_limit(
+            name, describe_scope(sorted(scope)) or EVERY_INSTANCE, limit_usd
+        )
         changed = self.set_budget_limit(name, limit_usd, scope)
         await self.shared.sync()
         return changed
@@ -498,7 +431,7 @@ class TokenGate:
                 continue
             index, rule = found
             same = (rule.rpm, rule.tpm, rule.concurrency) == (old.rpm, old.tpm, old.concurrency)
-            if same and _instance_scope(dict(rule.match), dict(scope)) == scope:
+            if same and instance_scope(dict(rule.match), dict(scope)) == scope:
                 self._limit_ids[(index, scope)] = limit_id
                 self._limit_names[limit_id] = previous._limit_names[limit_id]
                 self._adopt("limit", limit_id, (index, scope), previous)
@@ -510,7 +443,7 @@ class TokenGate:
             index, budget = found_budget
             if budget.window != instance.rule.window:
                 continue
-            if _instance_scope(dict(budget.match), dict(scope)) != scope:
+            if instance_scope(dict(budget.match), dict(scope)) != scope:
                 continue
             self._budget_instances[(index, scope)] = BudgetInstance(budget, scope, instance.gate_id)
             self._adopt("budget", instance.gate_id, (index, scope), previous)

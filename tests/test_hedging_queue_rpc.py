@@ -1,4 +1,4 @@
-"""Hedged Chat calls and the priority admission queue, through real gRPC and real HTTP."""
+"""Hedged Chat calls and the priority queue, through real gRPC and real HTTP."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ async def test_stage_hedging_and_no_hedge_without_it(
     assert len(anthropic_server.requests) == 1
 
 
-async def test_admission_sheds_a_call_that_cannot_meet_its_deadline(
+async def test_the_queue_sheds_a_call_that_cannot_meet_its_deadline(
     openai_server: OpenAIServer, anthropic_server: AnthropicServer
 ) -> None:
     openai_server.script.default = hang(0.8)

@@ -36,8 +36,8 @@ from typing import Literal, Protocol
 
 from switchpoint._native import Gate
 from switchpoint.errors import QuotaExceededError
-from switchpoint.shared import SharedQuota
-from switchpoint.state.config import StateConfig
+from switchpoint.quota.instances_config import StateConfig
+from switchpoint.quota.shared import SharedQuota
 
 Kind = Literal["limit", "budget"]
 

@@ -37,8 +37,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from switchpoint.shared.ledger import PendingReport
-from switchpoint.shared.store import QuotaStore
+from switchpoint.quota.shared.ledger import PendingReport
+from switchpoint.quota.shared.store import QuotaStore
 
 _log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 One hash per pool holds everything about it, so every script touches a single key (atomic by
 construction, and valid on Redis Cluster). A budget has a pool per window; a shared rate limit
-has one per UTC minute for each of its RPM and TPM (switchpoint.shared.rate):
+has one per UTC minute for each of its RPM and TPM (switchpoint.quota.shared.rate):
 
     {prefix}:budget:{name}:{window}:{window_start}     e.g. switchpoint:budget:team-a:day:1709251200
     {prefix}:rate:{name}:{rpm|tpm}:{minute_start}      e.g. switchpoint:rate:acme:rpm:1709251260

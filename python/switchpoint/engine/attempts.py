@@ -1,7 +1,7 @@
-"""One model's turn in a call's chain: breaker permission, a gate reservation, admission, the
+"""One model's turn in a call's chain: breaker permission, a gate reservation, a queue slot, the
 provider call (whole or streamed), retries as the provider's policy says, and the book-keeping of
-every attempt (usage, cost, latency, spans, metrics). `switchpoint.engine` decides which models take
-turns; this module runs a turn."""
+every attempt (usage, cost, latency, spans, metrics). `engine.path` decides which models take turns;
+this module runs a turn."""
 
 from __future__ import annotations
 
@@ -16,12 +16,17 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from switchpoint._native import LatencyTracker
-from switchpoint.admission import AdmissionRejected
-from switchpoint.billing import Billing, Exposure, usage_key
-from switchpoint.calls import AttemptRecord, CallState, ChatResult, StreamAttempt, StreamDelta
 from switchpoint.config import Config, ModelConfig
+from switchpoint.engine.billing import Billing, Exposure, usage_key
+from switchpoint.engine.calls import (
+    AttemptRecord,
+    CallState,
+    ChatResult,
+    StreamAttempt,
+    StreamDelta,
+)
+from switchpoint.engine.resilience import Action, Breakers, CircuitBreaker, action_for, backoff_s
 from switchpoint.errors import ErrorClass, ProviderError, QuotaExceededError
-from switchpoint.gate import RequestScope, Reservation, TokenGate
 from switchpoint.instruments import MetricsSink, attempt_attributes, trace_headers
 from switchpoint.providers.base import (
     ChatMessage,
@@ -31,10 +36,12 @@ from switchpoint.providers.base import (
     SentMark,
     TextDelta,
 )
+from switchpoint.quota.gate import TokenGate
+from switchpoint.quota.queue import QueueRejected
+from switchpoint.quota.scheduler import Scheduler
+from switchpoint.quota.scopes import RequestScope, Reservation
 from switchpoint.registry import Registry
 from switchpoint.request import Priority
-from switchpoint.resilience import Action, Breakers, CircuitBreaker, action_for, backoff_s
-from switchpoint.scheduler import Scheduler
 from switchpoint.stats import StatsBook
 from switchpoint.telemetry import EVENT_BREAKER, EVENT_FALLBACK, SPAN_PROVIDER_CALL
 from switchpoint.tokens import TokenCounter
@@ -90,53 +97,22 @@ class Attempts:
         self._metrics = metrics
         self._billing = Billing(registry, stats, metrics, tokens, CONTINUE_PROMPT)
 
-    # -- a turn, whole --------------------------------------------------------------------------
+    # -- a turn -------------------------------------------------------------------------------
 
     async def complete_on(self, call: CallState, model: ModelConfig) -> Outcome:
-        for retry in range(self._config.providers[model.provider].retry.max_retries + 1):
-            opened = await self._open(call, model)
-            if opened is None:
-                break
-            breaker, hold = opened
-            span = self._start_span(call, model, retry)
-            started = time.perf_counter()
-            try:
-                with hold, self._billing.unanswered(call, model, hold, Exposure()) as exposure:
-                    async with self._admitted(call, model):
-                        call.waited_s += time.perf_counter() - started  # the admission queue
-                        started = time.perf_counter()
-                        completion = await self._adapters[model.provider].complete(
-                            self._provider_request(model, call, span, exposure.sent),
-                            timeout_s=self._timeout(call, model),
-                        )
-                    result = self._settle(
-                        call, model, completion, started, ttft_ms=0.0, hold=hold, exposure=exposure
-                    )
-            except ProviderError as exc:
-                self._end_span(span, call, started, error=exc)
-                self._record_outcome(call, breaker, model, exc.error_class)
-                if await self._after_failure(call, model, exc, started, retry):
-                    continue
-                break
-            except AdmissionRejected as exc:
-                self._end_span(span, call, started, error=exc)
-                breaker.release()
-                self._note_refusal(call, model, exc)
-                break
-            except BaseException as exc:
-                self._end_span(span, call, started, error=exc)
-                breaker.release()
-                raise
-            self._end_span(span, call, started, result=result)
-            self._record_outcome(call, breaker, model, None)
-            return Outcome(result)
-        return Outcome()
+        """A whole turn on its own (a hedged racer): how it ended."""
+        outcome = Outcome()
+        async with aclosing(self.turn(call, model, outcome, streamed=False)) as deltas:
+            async for _ in deltas:  # a whole turn yields no delta
+                pass
+        return outcome
 
-    # -- a turn, streamed -----------------------------------------------------------------------
-
-    async def stream_on(
-        self, call: CallState, model: ModelConfig, outcome: Outcome
+    async def turn(
+        self, call: CallState, model: ModelConfig, outcome: Outcome, *, streamed: bool
     ) -> AsyncGenerator[StreamDelta, None]:
+        """One model's turn, whole or streamed: attempts until one answers (into `outcome`), the
+        provider's retry policy gives up, or the failure ends the call (raised). Streamed, the
+        deltas are relayed as they come."""
         for retry in range(self._config.providers[model.provider].retry.max_retries + 1):
             opened = await self._open(call, model)
             if opened is None:
@@ -144,25 +120,35 @@ class Attempts:
             breaker, hold = opened
             span = self._start_span(call, model, retry)
             attempt = StreamAttempt(time.perf_counter())
-            # Charged by switchpoint.billing's rule if it ends without an answer.
+            # Charged by engine.billing's rule if it ends without an answer.
             exposure = Exposure("".join(call.sent))
             try:
                 with hold, self._billing.unanswered(call, model, hold, exposure):
-                    async with self._admitted(call, model):
-                        call.waited_s += time.perf_counter() - attempt.started  # the queue
+                    async with self._queue_slot(call, model):
+                        call.waited_s += time.perf_counter() - attempt.started  # the priority queue
                         attempt.started = time.perf_counter()
-                        relay = self._relay(
-                            call,
-                            model,
-                            hold=hold,
-                            attempt=attempt,
-                            exposure=exposure,
-                            outcome=outcome,
-                            span=span,
-                        )
-                        async with aclosing(relay) as deltas:
-                            async for delta in deltas:
-                                yield delta
+                        if not streamed:
+                            outcome.result = await self._complete(
+                                call,
+                                model,
+                                hold=hold,
+                                attempt=attempt,
+                                exposure=exposure,
+                                span=span,
+                            )
+                        else:
+                            relay = self._relay(
+                                call,
+                                model,
+                                hold=hold,
+                                attempt=attempt,
+                                exposure=exposure,
+                                outcome=outcome,
+                                span=span,
+                            )
+                            async with aclosing(relay) as deltas:
+                                async for delta in deltas:
+                                    yield delta
             except ProviderError as exc:
                 self._end_span(span, call, attempt.started, error=exc)
                 self._record_outcome(call, breaker, model, exc.error_class)
@@ -172,7 +158,7 @@ class Attempts:
                 if await self._after_failure(call, model, exc, attempt.started, retry):
                     continue
                 return
-            except AdmissionRejected as exc:
+            except QueueRejected as exc:
                 self._end_span(span, call, attempt.started, error=exc)
                 breaker.release()
                 self._note_refusal(call, model, exc)
@@ -184,6 +170,25 @@ class Attempts:
             self._end_span(span, call, attempt.started, result=outcome.result)
             self._record_outcome(call, breaker, model, None)
             return
+
+    async def _complete(
+        self,
+        call: CallState,
+        model: ModelConfig,
+        *,
+        hold: Reservation,
+        attempt: StreamAttempt,
+        exposure: Exposure,
+        span: Span,
+    ) -> ChatResult:
+        """One provider call, whole, settled."""
+        completion = await self._adapters[model.provider].complete(
+            self._provider_request(model, call, span, exposure.sent),
+            timeout_s=self._timeout(call, model),
+        )
+        return self._settle(
+            call, model, completion, attempt.started, ttft_ms=0.0, hold=hold, exposure=exposure
+        )
 
     async def _relay(
         self,
@@ -350,7 +355,7 @@ class Attempts:
             sent=sent,
         )
 
-    def _admitted(self, call: CallState, model: ModelConfig) -> AbstractAsyncContextManager[None]:
+    def _queue_slot(self, call: CallState, model: ModelConfig) -> AbstractAsyncContextManager[None]:
         p50_ms = self._latency.percentiles(self._latency.slot(model.name), "total")[0]
         expected_s = (p50_ms or prior_latency_ms(model, call.decision.output_tokens)) / 1000.0
         return self._scheduler.queue(model.name).admit(
@@ -374,7 +379,7 @@ class Attempts:
             call.skip(model.name, model.provider, "quota", str(exc))
             return None
 
-    def _note_refusal(self, call: CallState, model: ModelConfig, exc: AdmissionRejected) -> None:
+    def _note_refusal(self, call: CallState, model: ModelConfig, exc: QueueRejected) -> None:
         refusal = QuotaExceededError("queue", model.name, exc.retry_after_s, exc.reason)
         call.refusals.append(refusal)
         call.skip(model.name, model.provider, "queue", str(refusal))

@@ -84,9 +84,9 @@ class CallState:
     sent: list[str] = field(default_factory=list)
     first_token_ms: float = 0.0
     # (input tokens, output tokens, USD) charged to attempts that ended without an answer (see
-    # switchpoint.billing), by model, until the attempt record that lists them takes them.
+    # switchpoint.engine.billing), by model, until the attempt record that lists them takes them.
     unlisted_usage: dict[str, tuple[int, int, float]] = field(default_factory=dict)
-    # Time spent waiting on providers, backoffs and the admission queue: what is not overhead.
+    # Time spent waiting on providers, backoffs and the priority queue: what is not overhead.
     provider_s: float = 0.0
     waited_s: float = 0.0
     # The caller's span (switchpoint.request) and context: attempts are its children.

@@ -13,7 +13,7 @@ attempt's gate reservation (budgets and TPM), to GetStats and to the usage and c
 - an attempt the provider refused or that failed before any token (an error status, a reset
   connection, garbage): nothing, as providers do not bill those; a stream that failed after
   tokens is charged its prompt and those tokens;
-- an attempt that never went out (refused by the gate or the admission queue, cancelled while
+- an attempt that never went out (refused by the gate or the priority queue, cancelled while
   queued, connecting or waiting for a pooled connection): nothing; its reservation is released.
 """
 
@@ -22,12 +22,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from switchpoint.calls import CallState
 from switchpoint.config import ModelConfig
+from switchpoint.engine.calls import CallState
 from switchpoint.errors import ErrorClass, ProviderError
-from switchpoint.gate import Reservation
 from switchpoint.instruments import MetricsSink
 from switchpoint.providers.base import ChatMessage, Completion, SentMark
+from switchpoint.quota.scopes import Reservation
 from switchpoint.registry import Registry
 from switchpoint.stats import StatsBook, UsageKey
 from switchpoint.tokens import TokenCounter

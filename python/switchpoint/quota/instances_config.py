@@ -6,12 +6,9 @@ its own rule instance; these two numbers keep that state bounded (see `instances
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
-
-if TYPE_CHECKING:
-    from switchpoint.config import Config
 
 
 class StateConfig(BaseModel):
@@ -26,11 +23,10 @@ class StateConfig(BaseModel):
     idle_expiry_s: Annotated[float, Field(gt=0)] = 600.0
 
 
-def check_state(config: Config) -> list[str]:
-    """One request may need an instance of every rule at once (they are made before any is
-    freed), so a cap below the number of rules would refuse such requests for ever."""
-    rules = len(config.limits) + len(config.budgets)
-    if config.server.state.max_scopes < rules:
+def check_state(state: StateConfig, rules: int) -> list[str]:
+    """One request may need an instance of every rule (limit or budget) at once (they are made
+    before any is freed), so a cap below the number of rules would refuse such requests for ever."""
+    if state.max_scopes < rules:
         return [
             f"server.state.max_scopes: must be >= the number of limits and budgets ({rules}): "
             "one request may need an instance of each"

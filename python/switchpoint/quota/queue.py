@@ -1,5 +1,5 @@
-"""Priority admission: the queue in front of one deployment's concurrency limit (the
-`switchpoint.scheduler` keeps one per deployment).
+"""The priority queue in front of one deployment's concurrency limit (`quota.scheduler` keeps
+one per deployment).
 
 A request that finds a free slot and nobody waiting enters at once (one comparison and a few
 counters). Otherwise it waits in one of three lanes (realtime, interactive, batch), and every freed
@@ -12,7 +12,7 @@ slot is handed straight to the next waiter:
   lane, so under overload every class keeps its share instead of strict priority.
 
 Deadlines are shed early: a request whose estimated wait plus service time overruns its deadline is
-refused on arrival with `AdmissionRejected` (the servicer answers RESOURCE_EXHAUSTED), and one whose
+refused on arrival with `QueueRejected` (the servicer answers RESOURCE_EXHAUSTED), and one whose
 deadline passes while it waits is refused at that moment rather than admitted too late. The queue
 is bounded too: a request that finds `max_depth` others waiting is refused on arrival, and one
 that has waited `max_wait_s` (with or without a deadline) is refused then, so a call without a
@@ -48,7 +48,7 @@ DEFAULT_WAIT_WINDOW = 1024
 _COMPACT_MIN_DEAD = 64
 
 
-class AdmissionRejected(SwitchpointError):
+class QueueRejected(SwitchpointError):
     """The deployment's queue cannot admit the request before its deadline; retry after
     `retry_after_s` (the estimated time for the queue ahead of it to drain)."""
 
@@ -115,7 +115,7 @@ class _Waiter:
         deadline: float | None,
         max_wait_s: float | None,
         expected_service_s: float,
-        future: asyncio.Future[AdmissionRejected | None],
+        future: asyncio.Future[QueueRejected | None],
     ) -> None:
         self.lane = lane
         self.seq = seq
@@ -135,13 +135,13 @@ class _Waiter:
         self.live = True
 
 
-class Admission:
+class QueueSlot:
     """The `async with` of one request: holds at most one slot and gives it back exactly once."""
 
     __slots__ = ("_deadline", "_expected_service_s", "_held", "_lane", "_queue")
 
     def __init__(
-        self, queue: AdmissionQueue, lane: int, deadline: float | None, expected_service_s: float
+        self, queue: PriorityQueue, lane: int, deadline: float | None, expected_service_s: float
     ) -> None:
         self._queue = queue
         self._lane = lane
@@ -176,9 +176,9 @@ class Admission:
                 queue._dispatch()
 
 
-class AdmissionQueue:
-    """Admission for one deployment: at most `max_concurrency` requests inside at once (None:
-    unlimited, admission never waits but in-flight is still counted), at most `max_depth`
+class PriorityQueue:
+    """One deployment's queue: at most `max_concurrency` requests inside at once (None:
+    unlimited, a call never waits but in-flight is still counted), at most `max_depth`
     waiting, none for longer than `max_wait_s` (None: no such limit)."""
 
     def __init__(
@@ -223,11 +223,11 @@ class AdmissionQueue:
 
     def admit(
         self, priority: int, deadline: float | None = None, expected_service_s: float = 0.0
-    ) -> Admission:
-        """`async with queue.admit(...)`: wait for a slot (or raise `AdmissionRejected`), hold it
+    ) -> QueueSlot:
+        """`async with queue.admit(...)`: wait for a slot (or raise `QueueRejected`), hold it
         for the block. `deadline` is an absolute `clock()` time; `expected_service_s` is how long
         the call is expected to hold the slot, used only to estimate waits for shedding."""
-        return Admission(self, _lane(priority), deadline, expected_service_s)
+        return QueueSlot(self, _lane(priority), deadline, expected_service_s)
 
     @property
     def max_concurrency(self) -> int | None:
@@ -299,14 +299,14 @@ class AdmissionQueue:
         estimate = self._estimated_wait_s(lane, expected_service_s)
         if self._depth_limit is not None and self._depth >= self._depth_limit:
             self._rejected_total += 1
-            raise AdmissionRejected(
+            raise QueueRejected(
                 f"deployment '{self.name}' already has {self._depth} calls waiting, the most "
                 f"routing.queue_max_depth allows",
                 retry_after_s=self._retry_after_s(lane, expected_service_s),
             )
         if deadline is not None and now + estimate + expected_service_s > deadline:
             self._rejected_total += 1
-            raise AdmissionRejected(
+            raise QueueRejected(
                 f"deployment '{self.name}' is at its concurrency limit: estimated wait "
                 f"{estimate:.3g}s + service {expected_service_s:.3g}s exceeds the "
                 f"{max(0.0, deadline - now):.3g}s left before the deadline",
@@ -365,7 +365,7 @@ class AdmissionQueue:
             limit = waiter.give_up_at - waiter.enqueued_at
             why = f"waited {waited:.3g}s in the queue, past routing.queue_max_wait_s ({limit:.3g}s)"
         waiter.future.set_result(
-            AdmissionRejected(
+            QueueRejected(
                 f"deployment '{self.name}': {why}",
                 retry_after_s=self._retry_after_s(waiter.lane, waiter.expected_service_s),
             )

@@ -1,40 +1,39 @@
 """The request path, and nothing else:
 
     decide (validate and route in Rust, gate, breakers) -> for each model of the chain: a turn
-    (reserve -> admit -> call with retries -> settle + record), hedged when asked
+    (reserve -> queue -> call with retries -> settle + record), hedged when asked (`engine.hedging`)
 
 Route stops after decide; Chat and ChatStream run the whole path. What a failure means is decided in
-`switchpoint.resilience`, one model's turn runs in `switchpoint.attempts`, wire formats live in
+`engine.resilience`, one model's turn runs in `engine.attempts`, wire formats live in
 `switchpoint.server`.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from contextlib import aclosing
-from dataclasses import replace
-from typing import Literal
 
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from switchpoint._native import LatencyTracker, WorkStop
-from switchpoint.attempts import CONTINUE_PROMPT, Attempts, Outcome, prior_latency_ms
-from switchpoint.cache.serving import CacheFront
 from switchpoint.cache.store import ResponseCache
-from switchpoint.calls import SKIPPED, AttemptRecord, CallState, ChatResult, StreamDelta
 from switchpoint.config import BreakerConfig, Config, ModelConfig
+from switchpoint.engine.attempts import CONTINUE_PROMPT, Attempts, Outcome
+from switchpoint.engine.caching import CacheFront
+from switchpoint.engine.calls import SKIPPED, AttemptRecord, CallState, ChatResult, StreamDelta
+from switchpoint.engine.hedging import Hedging
+from switchpoint.engine.resilience import Breakers
 from switchpoint.errors import AllAttemptsFailedError, QuotaExceededError, SwitchpointError
-from switchpoint.gate import RequestScope, TokenGate
 from switchpoint.instruments import MetricsSink, NullMetrics, records_spans
 from switchpoint.offload import OFFLOAD_ABOVE_BYTES, Offload
 from switchpoint.providers.base import ProviderAdapter
+from switchpoint.quota.gate import TokenGate
+from switchpoint.quota.scheduler import Scheduler
+from switchpoint.quota.scopes import RequestScope
 from switchpoint.registry import Registry
 from switchpoint.request import ChatInput, new_request_id, prompt_size
-from switchpoint.resilience import Breakers
 from switchpoint.routing import Decision, build_router
-from switchpoint.scheduler import Scheduler
 from switchpoint.stats import StatsBook
 from switchpoint.telemetry import SPAN_GATE, SPAN_ROUTE
 from switchpoint.tokens import TokenCounter
@@ -97,6 +96,7 @@ class Engine:
             metrics=self.metrics,
             tokens=self.tokens,
         )
+        self._hedging = Hedging(config, latency, self._attempts)
 
     def _breaker_policy(self, model_name: str) -> BreakerConfig:
         index = self.registry.index_of(model_name)
@@ -216,60 +216,58 @@ class Engine:
     ) -> ChatResult:
         """Serve the call on the decision's models in order, retrying each as its provider's policy
         says. `deadline` (time.monotonic()) bounds every attempt and backoff together."""
-        call = CallState(request, decision, request.request_id or new_request_id(), deadline)
-        if self.cache is not None:
-            hit = await self.cache.lookup(call)
-            if hit is not None:
-                # A hit costs nothing: no reservation, no provider, no budget.
-                return self._finish(call, self.cache.result(call, hit))
-        if decision.refusal is not None:
-            raise decision.refusal
-        models = self._chain(call)
-        result: ChatResult | None = None
-        if self._hedges(request):
-            result = await self._hedged(call, models)
-        for model in models if result is None else ():
-            result = (await self._attempts.complete_on(call, model)).result
-            if result is not None:
-                break
-        if result is None:
-            raise self._exhausted(call)
-        if self.cache is not None:
-            await self.cache.remember(call, result)
-        return self._finish(call, result)
+        async with aclosing(self._serve(request, decision, deadline, streamed=False)) as served:
+            async for event in served:
+                if isinstance(event, ChatResult):
+                    return event
+        # `_serve` ends with the result or raises: a whole call yields nothing before it.
+        raise AssertionError("the request path ended without a result")
 
-    async def stream(
+    def stream(
         self, request: ChatInput, decision: Decision, *, deadline: float | None = None
     ) -> AsyncGenerator[StreamDelta | ChatResult, None]:
         """Relay the provider's stream. Before the first token a failure is invisible to the client;
         after it, the answer continues on the next attempt (unless continuation is off)."""
+        return self._serve(request, decision, deadline, streamed=True)
+
+    async def _serve(
+        self, request: ChatInput, decision: Decision, deadline: float | None, *, streamed: bool
+    ) -> AsyncGenerator[StreamDelta | ChatResult, None]:
+        """The one sequence of Chat and ChatStream: cache lookup, the gate's refusal, hedging, the
+        chain of models, remember, finish. Streamed, the deltas come first; the result is last."""
         call = CallState(request, decision, request.request_id or new_request_id(), deadline)
-        hit = await self.cache.lookup(call) if self.cache is not None else None
-        if hit is not None and self.cache is not None:
-            # Replayed like a provider's stream, at no cost.
-            cached = self.cache.result(call, hit)
-            for piece in self.cache.pieces(hit):
-                yield StreamDelta(piece, cached.model, cached.provider)
+        cache = self.cache
+        hit = await cache.lookup(call) if cache is not None else None
+        if hit is not None and cache is not None:
+            # A hit costs nothing: no reservation, no provider, no budget. A stream replays it
+            # like a provider's.
+            cached = cache.result(call, hit)
+            if streamed:
+                for piece in cache.pieces(hit):
+                    yield StreamDelta(piece, cached.model, cached.provider)
             yield self._finish(call, cached)
             return
         if decision.refusal is not None:
             raise decision.refusal
         models = self._chain(call)
         outcome = Outcome()
-        if self._hedges(request):
-            async with aclosing(self._hedged_stream(call, models, outcome)) as deltas:
+        if self._hedging.applies(request):
+            hedged = self._hedging.run(call, models, outcome, streamed=streamed)
+            async with aclosing(hedged) as deltas:
                 async for delta in deltas:
                     yield delta
         for model in models if outcome.result is None else ():
-            async with aclosing(self._attempts.stream_on(call, model, outcome)) as deltas:
+            async with aclosing(
+                self._attempts.turn(call, model, outcome, streamed=streamed)
+            ) as deltas:
                 async for delta in deltas:
                     yield delta
             if outcome.result is not None:
                 break
         if outcome.result is None:
             raise self._exhausted(call)
-        if self.cache is not None:
-            await self.cache.remember(call, outcome.result)
+        if cache is not None:
+            await cache.remember(call, outcome.result)
         yield self._finish(call, outcome.result)
 
     def _finish(self, call: CallState, result: ChatResult) -> ChatResult:
@@ -280,125 +278,6 @@ class Engine:
         span.set_attribute("gen_ai.usage.output_tokens", result.output_tokens)
         span.set_attribute("switchpoint.cost_usd", result.cost_usd)
         return result
-
-    # -- hedging ------------------------------------------------------------------------------
-
-    def _hedges(self, request: ChatInput) -> bool:
-        stage = self.config.routing.stages.get(request.routing.stage)
-        return request.routing.hedge or (stage is not None and stage.hedge)
-
-    async def _hedged(self, call: CallState, models: Iterator[ModelConfig]) -> ChatResult | None:
-        """Race the first model against the second once the first is slower than its usual p95;
-        the first answer wins and the other call is cancelled, charged what reached its provider
-        (`switchpoint.billing`) and listed with the answer's attempts and usage."""
-        primary = next(models, None)
-        if primary is None:
-            return None
-        racers = {asyncio.create_task(self._attempts.complete_on(call, primary)): primary}
-        done, _ = await asyncio.wait(racers, timeout=self._hedge_delay_s(primary, call))
-        if not done:
-            second = next(models, None)
-            if second is not None:
-                racers[asyncio.create_task(self._attempts.complete_on(call, second))] = second
-        winner: ChatResult | None = None
-        try:
-            while racers and winner is None:
-                done, _ = await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    del racers[task]
-                    winner = winner or task.result().result
-        finally:
-            for task in racers:
-                task.cancel()
-            await asyncio.gather(*racers, return_exceptions=True)
-            for model in racers.values():
-                _list_hedge_loser(call, model, "another attempt answered first")
-        if winner is None:
-            return None
-        # The loser is listed and counted too: every attempt and what it cost is in the answer.
-        input_tokens, output_tokens, cost = call.totals()
-        return replace(
-            winner,
-            attempts=tuple(call.attempts),
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cost_usd=cost,
-        )
-
-    async def _hedged_stream(
-        self, call: CallState, models: Iterator[ModelConfig], outcome: Outcome
-    ) -> AsyncGenerator[StreamDelta, None]:
-        """Streams race to their first token (see `_first_token_race`); the other stream is
-        cancelled (charged what reached its provider, and listed) and the rest of the answer
-        comes from the winner. If no racer gives a token, nothing is yielded and the caller goes
-        on down the chain."""
-        racers: list[_StreamRacer] = []
-        sent_before = list(call.sent)
-        try:
-            winner, first = await self._first_token_race(call, models, racers)
-            if winner is None:
-                return
-            # Whatever a losing stream relayed in the same loop turn is not what the client got.
-            call.sent[:] = [*sent_before, first.text] if first is not None else sent_before
-            for racer in racers:
-                if racer is not winner:
-                    await racer.cancel()
-                    why = "another stream gave its first token first"
-                    _list_hedge_loser(call, racer.model, why)
-            if first is not None:
-                yield first
-                async for delta in winner.stream:
-                    yield delta
-            outcome.result = winner.outcome.result
-        finally:
-            for racer in racers:
-                await racer.cancel()
-
-    async def _first_token_race(
-        self, call: CallState, models: Iterator[ModelConfig], racers: list[_StreamRacer]
-    ) -> tuple[_StreamRacer | None, StreamDelta | None]:
-        """The first model's stream alone until it is slower than its usual p95 time to first
-        token, then the second model's too; the winner is the first to give a token (or a whole,
-        empty answer), with that token. A racer that fails before its first token drops out.
-        Every racer started is appended to `racers`, for the caller to stop."""
-        primary = next(models, None)
-        if primary is None:
-            return None, None
-        racers.append(_StreamRacer(self._attempts, call, primary))
-        pending = {racers[0].next_delta(): racers[0]}
-        hedge_after: float | None = self._hedge_delay_s(primary, call, kind="ttft")
-        while pending:
-            done, _ = await asyncio.wait(
-                pending, timeout=hedge_after, return_when=asyncio.FIRST_COMPLETED
-            )
-            hedge_after = None
-            if not done:
-                second = next(models, None) if len(racers) == 1 else None
-                if second is not None:
-                    racers.append(_StreamRacer(self._attempts, call, second))
-                    pending[racers[-1].next_delta()] = racers[-1]
-                continue
-            # In chain order, so two first tokens in one loop turn go to the earlier model.
-            for task in sorted(done, key=lambda t: racers.index(pending[t])):
-                racer = pending.pop(task)
-                delta = task.result()  # None: the stream ended without a token
-                if delta is not None or racer.outcome.result is not None:
-                    return racer, delta
-        return None, None
-
-    def _hedge_delay_s(
-        self, model: ModelConfig, call: CallState, *, kind: Literal["total", "ttft"] = "total"
-    ) -> float:
-        """The model's observed p95 whole-call latency (or time to first token), or its prior
-        before enough samples."""
-        p95_ms, samples = self.latency.percentiles(self.latency.slot(model.name), kind)[1::2]
-        if samples < self.config.routing.min_latency_samples:
-            p95_ms = (
-                prior_latency_ms(model, call.decision.output_tokens)
-                if kind == "total"
-                else model.latency_prior.ttft_ms
-            )
-        return p95_ms / 1000.0
 
     # -- the chain ----------------------------------------------------------------------------
 
@@ -428,38 +307,3 @@ class Engine:
             # No provider was even called: every model was over a limit. Say which clears first.
             return min(call.refusals, key=lambda r: r.retry_after_s)
         return AllAttemptsFailedError(call.last_provider_error, call.attempts)
-
-
-def _list_hedge_loser(call: CallState, model: ModelConfig, why: str) -> None:
-    """The attempt record of a racer stopped because another won, with what it was charged."""
-    input_tokens, output_tokens, cost = call.unlisted_usage.pop(model.name, (0, 0, 0.0))
-    call.attempts.append(
-        AttemptRecord(
-            model.name, model.provider, 0.0, "hedge_lost", why, input_tokens, output_tokens, cost
-        )
-    )
-
-
-class _StreamRacer:
-    """One model's stream in a hedged race, advanced a delta at a time in a task of its own."""
-
-    def __init__(self, attempts: Attempts, call: CallState, model: ModelConfig) -> None:
-        self.model = model
-        self.outcome = Outcome()
-        self.stream = attempts.stream_on(call, model, self.outcome)
-        self._task: asyncio.Task[StreamDelta | None] | None = None
-
-    def next_delta(self) -> asyncio.Task[StreamDelta | None]:
-        self._task = asyncio.create_task(self._next())
-        return self._task
-
-    async def _next(self) -> StreamDelta | None:
-        return await anext(self.stream, None)
-
-    async def cancel(self) -> None:
-        """Stop the stream wherever it is; its attempt releases its reservation as it unwinds."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()  # a no-op once done; gathering also collects what it raised
-            await asyncio.gather(task, return_exceptions=True)
-        await self.stream.aclose()

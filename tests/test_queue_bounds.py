@@ -1,4 +1,4 @@
-"""The admission queue's bounds: at most `routing.queue_max_depth` calls wait per model and none
+"""The priority queue's bounds: at most `routing.queue_max_depth` calls wait per model and none
 waits longer than `routing.queue_max_wait_s`, on the queue itself and through the running server."""
 
 from __future__ import annotations
@@ -10,28 +10,28 @@ from typing import Any
 import grpc
 import pytest
 
-from switchpoint.admission import AdmissionQueue, AdmissionRejected
 from switchpoint.config import parse_config
 from switchpoint.errors import ConfigError
+from switchpoint.quota.queue import PriorityQueue, QueueRejected
+from switchpoint.quota.scheduler import Scheduler
 from switchpoint.request import Priority
-from switchpoint.scheduler import Scheduler
 from switchpoint.v1 import router_pb2 as pb
 from tests.providers.fixtures import OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
 from tests.providers.script import hang
 from tests.sidecar_harness import RunningSidecar, one_model_config, running_sidecar, user
+from tests.support.queues import FakeClock, enter, hold_slot, release, until
 from tests.support.waiting import wait_until
-from tests.test_scheduler import FakeClock, enter, hold_slot, release, until
 
 INTERACTIVE = Priority.INTERACTIVE
 
 
 async def test_a_call_finding_the_queue_full_is_refused_at_once() -> None:
-    queue = AdmissionQueue("d", 1, max_depth=2)
+    queue = PriorityQueue("d", 1, max_depth=2)
     holder = await hold_slot(queue)
     waiters = [asyncio.create_task(enter(queue, INTERACTIVE)) for _ in range(2)]
     await until(lambda: queue.depth == 2)
-    with pytest.raises(AdmissionRejected, match=r"routing\.queue_max_depth") as refused:
+    with pytest.raises(QueueRejected, match=r"routing\.queue_max_depth") as refused:
         await enter(queue, INTERACTIVE)
     assert "'d' already has 2 calls waiting" in str(refused.value)
     assert refused.value.retry_after_s >= 0.0
@@ -47,12 +47,12 @@ async def test_a_call_finding_the_queue_full_is_refused_at_once() -> None:
 
 
 async def test_a_call_without_a_deadline_is_refused_after_the_longest_wait() -> None:
-    queue = AdmissionQueue("d", 1, max_wait_s=0.05)
+    queue = PriorityQueue("d", 1, max_wait_s=0.05)
     holder = await hold_slot(queue)
-    with pytest.raises(AdmissionRejected, match=r"past routing.queue_max_wait_s \(0.05s\)"):
+    with pytest.raises(QueueRejected, match=r"past routing.queue_max_wait_s \(0.05s\)"):
         await enter(queue, INTERACTIVE)
     # A far deadline does not lift the bound; a nearer one is refused as a deadline.
-    with pytest.raises(AdmissionRejected, match=r"routing\.queue_max_wait_s"):
+    with pytest.raises(QueueRejected, match=r"routing\.queue_max_wait_s"):
         await enter(queue, INTERACTIVE, deadline=time.monotonic() + 3600.0)
     still_held = queue.snapshot()
     await release(holder)
@@ -60,9 +60,9 @@ async def test_a_call_without_a_deadline_is_refused_after_the_longest_wait() -> 
 
 
 async def test_a_nearer_deadline_is_refused_as_a_deadline() -> None:
-    queue = AdmissionQueue("d", 1, max_wait_s=3600.0)
+    queue = PriorityQueue("d", 1, max_wait_s=3600.0)
     holder = await hold_slot(queue)
-    with pytest.raises(AdmissionRejected, match="deadline passed") as refused:
+    with pytest.raises(QueueRejected, match="deadline passed") as refused:
         await enter(queue, INTERACTIVE, deadline=time.monotonic() + 0.05)
     await release(holder)
     assert "queue_max_wait_s" not in str(refused.value)
@@ -70,14 +70,14 @@ async def test_a_nearer_deadline_is_refused_as_a_deadline() -> None:
 
 async def test_a_waiter_past_its_longest_wait_is_refused_at_hand_off() -> None:
     clock = FakeClock()
-    queue = AdmissionQueue("d", 1, max_wait_s=1.0, clock=clock)
+    queue = PriorityQueue("d", 1, max_wait_s=1.0, clock=clock)
     holder = await hold_slot(queue)
     order: list[str] = []
     late = asyncio.create_task(enter(queue, INTERACTIVE, order, "late"))
     await until(lambda: queue.depth == 1)
     clock.advance(2.0)  # past the longest wait before the loop's timer would fire
     await release(holder)
-    with pytest.raises(AdmissionRejected, match=r"routing\.queue_max_wait_s"):
+    with pytest.raises(QueueRejected, match=r"routing\.queue_max_wait_s"):
         await late
     assert order == []
     assert queue.snapshot().in_flight == 0
@@ -90,7 +90,7 @@ async def test_reloaded_bounds_apply_to_every_queue() -> None:
     holder = await hold_slot(queue)
     waiter = asyncio.create_task(enter(queue, INTERACTIVE))
     await until(lambda: queue.depth == 1)
-    with pytest.raises(AdmissionRejected, match=r"routing\.queue_max_depth"):
+    with pytest.raises(QueueRejected, match=r"routing\.queue_max_depth"):
         await enter(queue, INTERACTIVE)
     await release(holder)
     await waiter
@@ -99,9 +99,9 @@ async def test_reloaded_bounds_apply_to_every_queue() -> None:
 
 def test_bad_bounds_are_refused() -> None:
     with pytest.raises(ValueError, match="max_depth"):
-        AdmissionQueue("d", 1, max_depth=0)
+        PriorityQueue("d", 1, max_depth=0)
     with pytest.raises(ValueError, match="max_wait_s"):
-        AdmissionQueue("d", 1, max_wait_s=0.0)
+        PriorityQueue("d", 1, max_wait_s=0.0)
     config = one_model_config("http://127.0.0.1:9/v1")
     config["routing"] = {"queue_max_depth": 0, "queue_max_wait_s": -1, "queue_max_age_s": 0}
     with pytest.raises(ConfigError) as caught:

@@ -33,25 +33,24 @@ import uuid
 from collections.abc import Callable
 from typing import Literal
 
-from switchpoint.config import SharedStateConfig
-from switchpoint.shared.ledger import BudgetLease, LocalState
-from switchpoint.shared.limits import SharedLimits
-from switchpoint.shared.rate import RateLease, RateLeaser
-from switchpoint.shared.redis_errors import REDIS_ERRORS
-from switchpoint.shared.redis_errors import describe as _describe
-from switchpoint.shared.redis_errors import raise_if_cancelled as _raise_if_cancelled
-from switchpoint.shared.status import (
+from switchpoint.quota.shared.budgets import BudgetLeaser
+from switchpoint.quota.shared.ledger import BudgetLease
+from switchpoint.quota.shared.limits import SharedLimits
+from switchpoint.quota.shared.rate import RateLease, RateLeaser
+from switchpoint.quota.shared.redis_errors import REDIS_ERRORS
+from switchpoint.quota.shared.redis_errors import describe as _describe
+from switchpoint.quota.shared.redis_errors import raise_if_cancelled as _raise_if_cancelled
+from switchpoint.quota.shared.status import (
     BudgetLeaseStatus,
     GatePort,
     RateLeaseStatus,
     SharedQuotaStatus,
 )
-from switchpoint.shared.store import (
-    NANOS_PER_USD,
+from switchpoint.quota.shared.store import (
     QuotaStore,
-    expire_at,
     nanos_to_usd,
 )
+from switchpoint.quota.shared_config import SharedStateConfig
 
 _log = logging.getLogger(__name__)
 
@@ -84,6 +83,16 @@ class SharedQuota:
         self._seq = 0
         self._budgets: dict[int, BudgetLease] = {}
         self._limits = SharedLimits(ledger)
+        self._budget_leaser = BudgetLeaser(
+            store,
+            ledger,
+            self._limits,
+            slice_usd=config.slice_usd,
+            clock=clock,
+            replica=self.replica_id,
+            reporter=self._reporter,
+            next_seq=self._next_seq,
+        )
         self._rates: dict[int, RateLease] = {}
         # Leases of instances the gate freed, kept only until their queued reports reach Redis.
         self._retiring: list[BudgetLease | RateLease] = []
@@ -143,7 +152,7 @@ class SharedQuota:
         self._limits.register(
             budget_id, budget=budget or name, scope=scope, name=name, config_usd=config_limit_usd
         )
-        self._set_leased(lease, None if self._uncapped() else 0.0)
+        self._budget_leaser.cap(lease, None if self._uncapped() else 0.0)
 
     def register_rate_limit(
         self, limit_id: int, *, name: str, rpm: float | None, tpm: float | None
@@ -180,16 +189,14 @@ class SharedQuota:
         try:
             await self._flush_retiring()
             for lease in self._budgets.values():
-                self._set_leased(lease, 0.0)
+                self._budget_leaser.cap(lease, 0.0)
             for rate in self._rates.values():
                 self._rate_leaser.cap(rate, 0)
             for lease in self._budgets.values():
                 async with lease.lock:
-                    self._collect(lease)
-                    await self._flush(lease)
-                    if lease.window_start_s is not None:
-                        await self._store.give_back(self._key(lease), replica=self.replica_id)
-                        lease.outstanding_nanos = 0
+                    self._budget_leaser.collect(lease)
+                    await self._budget_leaser.flush(lease)
+                    await self._budget_leaser.give_back(lease)
             for rate in self._rates.values():
                 async with rate.lock:
                     self._rate_leaser.collect(rate)
@@ -217,7 +224,7 @@ class SharedQuota:
         for lease in leases:
             async with lease.lock:
                 if self._budgets.get(lease.budget_id) is lease:
-                    self._collect(lease)
+                    self._budget_leaser.collect(lease)
         for rate in rates:
             async with rate.lock:
                 if self._rates.get(rate.limit_id) is rate:
@@ -228,7 +235,7 @@ class SharedQuota:
             for lease in leases:
                 async with lease.lock:
                     if self._budgets.get(lease.budget_id) is lease:
-                        await self._sync_budget(lease, need_usd=0.0)
+                        await self._budget_leaser.sync(lease, need_usd=0.0)
             for rate in rates:
                 async with rate.lock:
                     if self._rates.get(rate.limit_id) is rate:
@@ -252,7 +259,7 @@ class SharedQuota:
         if lease is None:
             raise ValueError(f"budget {budget_id} is not registered for sharing")
         async with lease.lock:
-            if self._fits(lease, need_usd):
+            if self._budget_leaser.fits(lease, need_usd):
                 return True  # a concurrent top-up or sync made room while this one waited
             now = self._clock()
             recent = self._config.sync_interval_s
@@ -260,16 +267,16 @@ class SharedQuota:
                 return False
             if lease.exhausted_at is not None and now - lease.exhausted_at < recent:
                 return False
-            if not self._within_limit(lease, need_usd):
+            if not self._budget_leaser.within_limit(lease, need_usd):
                 return False
             try:
-                self._collect(lease)
-                await self._sync_budget(lease, need_usd=need_usd)
+                self._budget_leaser.collect(lease)
+                await self._budget_leaser.sync(lease, need_usd=need_usd)
             except REDIS_ERRORS as exc:
                 _raise_if_cancelled(exc)
                 self._last_attempt = now
                 self._degrade(exc)
-            return self._fits(lease, need_usd)
+            return self._budget_leaser.fits(lease, need_usd)
 
     async def top_up_rate(self, limit_id: int, tokens: int) -> bool:
         """Leases more of rate limit `limit_id`'s current minute now, if that can help a call of
@@ -354,7 +361,7 @@ class SharedQuota:
             ),
         )
 
-    # -- instances the gate frees (switchpoint.state.instances) ----------------------------------
+    # -- instances the gate frees (switchpoint.quota.instances) ----------------------------------
 
     def shares_budget(self, budget_id: int) -> bool:
         return budget_id in self._budgets
@@ -371,7 +378,7 @@ class SharedQuota:
         Redis until the key expires: an instance made again for the scope is answered with it."""
         if kind == "budget" and (lease := self._budgets.pop(rule_id, None)) is not None:
             self._limits.forget(rule_id)
-            self._collect(lease)
+            self._budget_leaser.collect(lease)
             self._retiring.append(lease)
         elif kind == "limit" and (rate := self._rates.pop(rule_id, None)) is not None:
             self._rate_leaser.collect(rate)
@@ -384,7 +391,7 @@ class SharedQuota:
             lease = self._retiring[0]
             async with lease.lock:
                 if isinstance(lease, BudgetLease):
-                    await self._flush(lease)
+                    await self._budget_leaser.flush(lease)
                 else:
                     await self._rate_leaser.flush(lease)
             self._retiring.pop(0)
@@ -402,108 +409,12 @@ class SharedQuota:
                 # A bug in one round must not end the loop: leases would silently stop renewing.
                 _log.exception("shared state: sync round failed")
 
-    def _collect(self, lease: BudgetLease) -> None:
-        """Queues the ledger's unreported spend; local only, so it cannot fail on Redis."""
-        state = self._state(lease)
-        taken = self._ledger.take_unreported_spend(lease.budget_id)
-        if lease.collect(state, taken) and lease.leased_usd is not None:
-            lease.leased_usd = 0.0  # the ledger drops a lease when its window ends
-
-    async def _sync_budget(self, lease: BudgetLease, *, need_usd: float) -> None:
-        await self._flush(lease)
-        await self._limits.refresh(self._store)
-        state = self._state(lease)
-        if state.window_start_s != lease.window_start_s:
-            return  # the window turned meanwhile: the next round collects and leases afresh
-        want = self._want(lease, state, need_usd)
-        offer = self._limits.offer(lease.budget_id)
-        reply = await self._store.lease_budget(
-            self._key(lease),
-            replica=self.replica_id,
-            want=want,
-            limit=offer.nanos,
-            limit_seq=offer.seq,
-            expire=expire_at(lease.window_end_s),
-            known=lease.reported_nanos,
-        )
-        self._limits.follow(lease.budget_id, reply, state.window_start_s, self._clock())
-        if reply.restored:
-            _log.warning(
-                "shared state: Redis had lost $%.6f of this replica's spend on budget %r "
-                "(restarted or failed over without it); reported it again",
-                nanos_to_usd(reply.restored),
-                lease.name,
-            )
-        lease.outstanding_nanos = reply.outstanding
-        lease.exhausted_at = self._clock() if reply.granted < want else None
-        self._apply_lease(lease)
-
-    async def _flush(self, lease: BudgetLease) -> None:
-        """Sends the queued reports in order; stops at the first failure, keeping the rest."""
-        for report in list(lease.reports):
-            if report.seq is None:
-                report.seq = self._next_seq()
-            reply = await self._store.report(
-                self._store.budget_key(lease.name, lease.window, report.window_start_s),
-                replica=self.replica_id,
-                reporter=self._reporter,
-                seq=report.seq,
-                spent=report.amount,
-                expire=expire_at(report.window_end_s),
-            )
-            lease.acknowledged(report, outstanding=reply.outstanding)
-
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
 
-    def _want(self, lease: BudgetLease, state: LocalState, need_usd: float) -> int:
-        """Nano-USD to ask for: enough for a full slice (or `need_usd`) unspent, once less than
-        half a slice (or less than `need_usd`) is left; 0 just refreshes what Redis holds."""
-        slice_usd = self._config.slice_usd
-        remaining = lease.remaining_usd(state)
-        if remaining >= max(slice_usd / 2, need_usd):
-            return 0
-        return math.ceil((max(slice_usd, need_usd) - max(remaining, 0.0)) * NANOS_PER_USD)
-
-    def _apply_lease(self, lease: BudgetLease) -> None:
-        usd = lease.leasable_usd
-        now = self._clock()
-        if self._state(lease, now).window_start_s != lease.window_start_s:
-            return
-        self._ledger.set_leased(lease.budget_id, usd, now)
-        lease.leased_usd = usd
-        # The ledger applies a lease to whichever window it is in; if it rolled between the
-        # check and the set, this lease belongs to the old window: take it away again.
-        if self._state(lease).window_start_s != lease.window_start_s:
-            self._set_leased(lease, 0.0)
-
-    def _set_leased(self, lease: BudgetLease, usd: float | None) -> None:
-        self._ledger.set_leased(lease.budget_id, usd, self._clock())
-        lease.leased_usd = usd
-
-    def _state(self, lease: BudgetLease, now: float | None = None) -> LocalState:
-        return LocalState.read(self._ledger, lease.budget_id, self._clock() if now is None else now)
-
-    def _fits(self, lease: BudgetLease, need_usd: float) -> bool:
-        state = self._state(lease)
-        cap = state.limit_usd
-        if lease.leased_usd is not None:
-            if state.window_start_s != lease.window_start_s:
-                return False  # rolled: the ledger has no lease in the new window yet
-            cap = min(cap, lease.leased_usd)
-        return state.spent_usd + state.reserved_usd + need_usd <= cap
-
-    def _within_limit(self, lease: BudgetLease, need_usd: float) -> bool:
-        state = self._state(lease)
-        return state.spent_usd + state.reserved_usd + need_usd <= state.limit_usd
-
     def _uncapped(self) -> bool:
         return self.degraded and self._config.policy == "fail-open"
-
-    def _key(self, lease: BudgetLease) -> str:
-        assert lease.window_start_s is not None  # set by the first collect
-        return self._store.budget_key(lease.name, lease.window, lease.window_start_s)
 
     def _degrade(self, exc: BaseException) -> None:
         self._degraded_reason = _describe(exc)
@@ -521,7 +432,7 @@ class SharedQuota:
         )
         if self._uncapped():
             for lease in self._budgets.values():
-                self._set_leased(lease, None)
+                self._budget_leaser.cap(lease, None)
             for rate in self._rates.values():
                 self._rate_leaser.cap(rate, None)
 

@@ -9,7 +9,7 @@ from opentelemetry.trace import Tracer
 
 from switchpoint.cache.records import CachedAnswer, CacheHit, CacheParams, CacheQuery
 from switchpoint.cache.store import ResponseCache
-from switchpoint.calls import CallState, ChatResult
+from switchpoint.engine.calls import CallState, ChatResult
 from switchpoint.instruments import MetricsSink, current_span
 from switchpoint.registry import Registry
 from switchpoint.telemetry import SPAN_CACHE

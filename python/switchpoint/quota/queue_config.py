@@ -1,4 +1,4 @@
-"""The admission queue's config keys, which live flat under `routing:` (`RoutingConfig` takes
+"""The priority queue's config keys, which live flat under `routing:` (`RoutingConfig` takes
 them from here) beside the routing keys, as `routing.queue_max_age_s` always has."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class AdmissionQueueConfig(BaseModel):
+class QueueConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # A waiter older than this is served before any newer one (no starvation).

@@ -1,4 +1,4 @@
-"""The admission queues of every deployment (`switchpoint.admission` is one queue): created from
+"""The priority queues of every deployment (`switchpoint.quota.queue` is one queue): created from
 config, resized and re-bounded on reload, read for GetStats."""
 
 from __future__ import annotations
@@ -6,22 +6,22 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from switchpoint.admission import (
+from switchpoint.quota.queue import (
     DEFAULT_WAIT_WINDOW,
     LANES,
-    AdmissionQueue,
-    AdmissionRejected,
     Clock,
+    PriorityQueue,
+    QueueRejected,
     QueueStats,
     lane_weights,
 )
 from switchpoint.request import Priority
 
-__all__ = ["AdmissionRejected", "QueueStats", "Scheduler"]
+__all__ = ["QueueRejected", "QueueStats", "Scheduler"]
 
 
 class Scheduler:
-    """One `AdmissionQueue` per deployment. Deployments without a limit (None, or not listed) get
+    """One `PriorityQueue` per deployment. Deployments without a limit (None, or not listed) get
     an unlimited queue, created on first use, so in-flight counts cover every deployment. Every
     queue holds at most `max_depth` waiters, none longer than `max_wait_s` (None: unbounded)."""
 
@@ -43,12 +43,12 @@ class Scheduler:
         self._max_wait_s = max_wait_s
         self._clock = clock
         self._wait_window = wait_window
-        self._queues: dict[str, AdmissionQueue] = {}
+        self._queues: dict[str, PriorityQueue] = {}
         for name, limit in limits.items():
             self._queues[name] = self._new_queue(name, limit)
 
-    def _new_queue(self, name: str, limit: int | None) -> AdmissionQueue:
-        return AdmissionQueue(
+    def _new_queue(self, name: str, limit: int | None) -> PriorityQueue:
+        return PriorityQueue(
             name,
             limit,
             weights=self._weights_by_priority,
@@ -59,7 +59,7 @@ class Scheduler:
             wait_window=self._wait_window,
         )
 
-    def queue(self, name: str) -> AdmissionQueue:
+    def queue(self, name: str) -> PriorityQueue:
         found = self._queues.get(name)
         if found is None:
             found = self._queues[name] = self._new_queue(name, None)
@@ -79,7 +79,7 @@ class Scheduler:
                 existing.set_max_concurrency(limit)
 
     def set_bounds(self, max_depth: int | None, max_wait_s: float | None) -> None:
-        """Apply reloaded queue bounds to every queue (see `AdmissionQueue.set_bounds`)."""
+        """Apply reloaded queue bounds to every queue (see `PriorityQueue.set_bounds`)."""
         for queue in self._queues.values():
             queue.set_bounds(max_depth, max_wait_s)
         self._max_depth, self._max_wait_s = max_depth, max_wait_s

@@ -24,7 +24,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from switchpoint.shared.store import NANOS_PER_USD, BudgetLeaseReply, QuotaStore, nanos_to_usd
+from switchpoint.quota.shared.store import NANOS_PER_USD, BudgetLeaseReply, QuotaStore, nanos_to_usd
 
 _log = logging.getLogger(__name__)
 
