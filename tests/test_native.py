@@ -107,11 +107,20 @@ def test_observed_latency_replaces_priors_after_min_samples() -> None:
     assert tracker.percentiles(tracker.slot("unused"), "ttft") == (0.0, 0.0, 0.0, 0.0)
 
 
-def test_set_penalty_demotes(table: ModelTable) -> None:
-    table.set_penalty(0, 0.6)
-    assert table.score(1_000, 200, COST_FIRST).ranked == [2, 0, 1]
-    table.set_penalty(0, 0.0)
-    assert table.score(1_000, 200, COST_FIRST).best() == 0
+def test_spec_cost_and_prior_latency_are_the_scorers() -> None:
+    spec = ModelSpec(
+        "m",
+        input_per_mtok=3.0,
+        output_per_mtok=15.0,
+        context_window=8_000,
+        quality=0.5,
+        ttft_prior_ms=400.0,
+        tpot_prior_ms=20.0,
+    )
+    table = ModelTable([spec], LatencyTracker(half_life_s=60.0))
+    (best,) = table.score(1_000, 200, COST_FIRST).candidates()
+    assert spec.cost_usd(1_000, 200) == best.estimated_cost_usd == (1_000 * 3.0 + 200 * 15.0) / 1e6
+    assert spec.prior_latency_ms(200) == best.estimated_latency_ms == 400.0 + 200 * 20.0
 
 
 @pytest.mark.parametrize(
@@ -128,11 +137,9 @@ def test_bad_indices_raise(table: ModelTable) -> None:
     with pytest.raises(CoreError, match="candidate index -1 out of range"):
         table.score(1_000, 200, COST_FIRST, candidates=[-1])
     with pytest.raises(CoreError, match="index 7 out of range"):
-        table.set_penalty(7, 0.5)
+        table.slot(7)
     with pytest.raises(CoreError, match="index -1 out of range"):
         table.slot(-1)
-    with pytest.raises(CoreError, match="penalty"):
-        table.set_penalty(0, 1.5)
 
 
 def test_bad_arguments_raise() -> None:

@@ -12,9 +12,12 @@ __all__ = [
     "ROUTING_FIELDS",
     "Admission",
     "BpeEncoding",
+    "BudgetState",
     "CoreError",
     "Gate",
     "GateDenied",
+    "LimitState",
+    "LimitUsage",
     "LatencyTracker",
     "ModelSpec",
     "ModelTable",
@@ -89,6 +92,10 @@ class ModelSpec:
         tpot_prior_ms: float,
         capabilities: int = 0,
     ) -> ModelSpec: ...
+    def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
+        """What a call costs at this model's prices (the formula scoring and billing share)."""
+    def prior_latency_ms(self, output_tokens: int) -> float:
+        """The configured latency of a call producing `output_tokens`."""
 
 @final
 class LatencyTracker:
@@ -149,8 +156,6 @@ class ModelTable:
     def __len__(self) -> int: ...
     def slot(self, index: int) -> int:
         """The latency-tracker slot of model `index`."""
-    def set_penalty(self, index: int, penalty: float) -> None:
-        """A score penalty in [0, 1] (open breaker, recent errors); 0 clears it."""
     def score(
         self,
         input_tokens: int,
@@ -246,11 +251,8 @@ class Gate:
         """The call finished having used `tokens` and cost `cost_usd`."""
     def release(self, reservation: int, now: float) -> None:
         """The call was abandoned at no cost; the request stays counted against RPM."""
-    def budget_state(self, budget: int, now: float) -> tuple[float, float, float, float, float]:
-        """`(limit_usd, spent_usd, reserved_usd, window_start, window_end)` as of `now`.
-
-        Window bounds are epoch seconds; a "total" budget's window is (0, inf).
-        """
+    def budget_state(self, budget: int, now: float) -> BudgetState:
+        """The budget's window as of `now`."""
     def set_budget_limit(self, budget: int, limit_usd: float) -> None: ...
     def set_leased(self, budget: int, leased_usd: float | None, now: float) -> None:
         """This replica's lease for the window holding `now`; `None` leaves allowance mode."""
@@ -266,20 +268,70 @@ class Gate:
         """
     def take_unreported_usage(self, limit: int) -> tuple[int, int]:
         """`(requests, tokens)` of calls finished since the previous call, for the shared pool."""
-    def limit_usage(
-        self, limit: int, now: float
-    ) -> tuple[float, int, int, int, int, float | None, float | None]:
-        """The UTC minute holding `now` as the lease cap counts it: `(minute_start,
-        requests_done, tokens_done, requests_reserved, tokens_reserved, requests_leased,
-        tokens_leased)`; an allowance is None while uncapped."""
-    def limit_state(self, limit: int, now: float) -> tuple[float | None, float | None, int]:
-        """`(requests_available, tokens_available, in_flight)` as of `now`.
-
-        A bucket the rule does not have is None; a bucket may be negative after a call used more
-        tokens than it reserved.
-        """
+    def limit_usage(self, limit: int, now: float) -> LimitUsage:
+        """The UTC minute holding `now` as the lease cap counts it."""
+    def limit_state(self, limit: int, now: float) -> LimitState:
+        """The rate limit's buckets and calls in flight as of `now`."""
     def outstanding(self) -> int:
         """Reservations neither settled nor released."""
+
+@final
+class BudgetState:
+    """A budget as of the `now` asked about. Window bounds are epoch seconds; a "total" budget's
+    window is (0, inf)."""
+
+    @property
+    def limit_usd(self) -> float: ...
+    @property
+    def spent_usd(self) -> float:
+        """Settled cost of the calls that finished in the current window."""
+    @property
+    def reserved_usd(self) -> float:
+        """Estimates of the calls in flight."""
+    @property
+    def window_start_s(self) -> float: ...
+    @property
+    def window_end_s(self) -> float: ...
+    @property
+    def remaining_usd(self) -> float:
+        """What the window still allows after settled and reserved spend; never negative."""
+    @property
+    def share_used(self) -> float:
+        """Spent plus reserved as a share of the limit; 1 for a zero limit."""
+    def fits(self, cost_usd: float) -> bool:
+        """Whether a call estimated at `cost_usd` fits beside what is spent and reserved."""
+
+@final
+class LimitState:
+    """A rate limit's buckets as of `now`. A bucket the rule does not have is None; a bucket may be
+    negative after a call used more tokens than it reserved."""
+
+    @property
+    def requests_available(self) -> float | None: ...
+    @property
+    def tokens_available(self) -> float | None: ...
+    @property
+    def in_flight(self) -> int: ...
+
+@final
+class LimitUsage:
+    """The UTC minute holding `now` as a rate limit's lease cap counts it; an allowance is None
+    while uncapped."""
+
+    @property
+    def minute_start_s(self) -> float: ...
+    @property
+    def requests_done(self) -> int: ...
+    @property
+    def tokens_done(self) -> int: ...
+    @property
+    def requests_reserved(self) -> int: ...
+    @property
+    def tokens_reserved(self) -> int: ...
+    @property
+    def requests_leased(self) -> float | None: ...
+    @property
+    def tokens_leased(self) -> float | None: ...
 
 def classify(last_user: str, total_chars: int) -> tuple[str, float, list[str]]:
     """Task class ("code", "math", "summarize", "creative" or "chat"), complexity in [0, 1] and the

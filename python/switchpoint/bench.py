@@ -72,7 +72,7 @@ def python_score(
     for index, spec in enumerate(specs):
         if needed > spec.context_window:
             continue
-        cost = input_tokens * spec.input_per_mtok / 1e6 + output_tokens * spec.output_per_mtok / 1e6
+        cost = (input_tokens * spec.input_per_mtok + output_tokens * spec.output_per_mtok) / 1e6
         latency = spec.ttft_prior_ms + output_tokens * spec.tpot_prior_ms
         rows.append((index, cost, latency, spec.quality))
     if not rows:

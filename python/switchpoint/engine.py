@@ -20,7 +20,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from switchpoint._native import LatencyTracker, WorkStop
-from switchpoint.attempts import CONTINUE_PROMPT, Attempts, Outcome, prior_latency_ms
+from switchpoint.attempts import CONTINUE_PROMPT, Attempts, Outcome
 from switchpoint.cache.serving import CacheFront
 from switchpoint.cache.store import ResponseCache
 from switchpoint.calls import SKIPPED, AttemptRecord, CallState, ChatResult, StreamDelta
@@ -394,7 +394,7 @@ class Engine:
         p95_ms, samples = self.latency.percentiles(self.latency.slot(model.name), kind)[1::2]
         if samples < self.config.routing.min_latency_samples:
             p95_ms = (
-                prior_latency_ms(model, call.decision.output_tokens)
+                self.registry.prior_latency_ms(model, call.decision.output_tokens)
                 if kind == "total"
                 else model.latency_prior.ttft_ms
             )

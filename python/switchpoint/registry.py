@@ -64,8 +64,9 @@ class Registry:
         if len(capability_names) > MAX_CAPABILITIES:
             raise ConfigError([f"models: at most {MAX_CAPABILITIES} distinct capabilities"])
         self._capability_bits = {c: 1 << i for i, c in enumerate(capability_names)}
+        self._specs = {m.name: self._spec(m) for m in self.models}
         self.table = ModelTable(
-            [self._spec(m) for m in self.models],
+            list(self._specs.values()),
             latency,
             min_samples=config.routing.min_latency_samples,
         )
@@ -85,11 +86,13 @@ class Registry:
     def _disabled_summary(self) -> str:
         return "; ".join(f"{name}: {why}" for name, why in self.disabled.items())
 
-    @staticmethod
-    def cost_usd(model: ModelConfig, input_tokens: int, output_tokens: int) -> float:
-        """What a call costs at the model's configured prices."""
-        price = model.price
-        return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6
+    def cost_usd(self, model: ModelConfig, input_tokens: int, output_tokens: int) -> float:
+        """What a call costs at the model's configured prices (the core's formula)."""
+        return self._specs[model.name].cost_usd(input_tokens, output_tokens)
+
+    def prior_latency_ms(self, model: ModelConfig, output_tokens: int) -> float:
+        """The model's configured latency for `output_tokens`, before live samples exist."""
+        return self._specs[model.name].prior_latency_ms(output_tokens)
 
     def index_of(self, name: str) -> int | None:
         return self._index.get(name)

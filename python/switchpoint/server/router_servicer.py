@@ -266,14 +266,14 @@ def _budgets_left(engine: Engine, tenant: str | None) -> list[pb.BudgetLeft]:
         scope: dict[str, str] = dict(instance.scope)
         if tenant is not None and scope.get("tenant", tenant) != tenant:
             continue
-        limit, spent, reserved, _, _ = gate.gate.budget_state(instance.gate_id, now)
+        state = gate.gate.budget_state(instance.gate_id, now)
         out.append(
             pb.BudgetLeft(
                 name=instance.rule.name,
                 scope=scope,
                 window=instance.rule.window,
-                limit_usd=limit,
-                remaining_usd=max(limit - spent - reserved, 0.0),
+                limit_usd=state.limit_usd,
+                remaining_usd=state.remaining_usd,
             )
         )
     return out

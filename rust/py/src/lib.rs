@@ -7,6 +7,7 @@
 mod classify;
 mod error;
 mod gate;
+mod gate_state;
 mod gil;
 mod latency;
 mod model_spec;
@@ -27,6 +28,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<score_result::ScoreResult>()?;
     m.add_class::<table::ModelTable>()?;
     m.add_class::<gate::Gate>()?;
+    m.add_class::<gate_state::BudgetState>()?;
+    m.add_class::<gate_state::LimitState>()?;
+    m.add_class::<gate_state::LimitUsage>()?;
     m.add_class::<router::Router>()?;
     m.add_class::<tokens::BpeEncoding>()?;
     m.add_class::<router::RouteTally>()?;

@@ -93,6 +93,16 @@ impl ModelSpec {
         self.inner.capabilities
     }
 
+    /// What a call costs at this model's prices (the formula scoring and billing share).
+    fn cost_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        self.inner.cost_usd(input_tokens, output_tokens)
+    }
+
+    /// The configured latency of a call producing `output_tokens`.
+    fn prior_latency_ms(&self, output_tokens: u64) -> f64 {
+        self.inner.prior_latency_ms(output_tokens)
+    }
+
     fn __repr__(&self) -> String {
         let s = &self.inner;
         format!(

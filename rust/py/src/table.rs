@@ -48,12 +48,6 @@ impl ModelTable {
         Ok(self.inner.slot(index)?)
     }
 
-    /// A score penalty in [0, 1] (open breaker, recent errors); 0 clears it.
-    fn set_penalty(&self, index: i64, penalty: f64) -> Result<()> {
-        let index = self::index("index", index, self.inner.len())?;
-        Ok(self.inner.set_penalty(index, penalty)?)
-    }
-
     /// Score `candidates` (all models when None) for one request.
     ///
     /// Runs with the GIL held (microseconds, less than releasing it would cost) unless the
