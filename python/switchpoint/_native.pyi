@@ -4,24 +4,19 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeAlias, final
 
 __all__ = [
-    "CACHE_THRESHOLD_POSITION",
-    "CANDIDATE_FIELDS",
-    "CHAT_INPUT_FIELDS",
-    "DECISION_FIELDS",
-    "PARAMS_FIELDS",
-    "ROUTING_FIELDS",
     "Admission",
     "BpeEncoding",
     "BudgetState",
     "CoreError",
     "Gate",
     "GateDenied",
+    "LatencyTracker",
     "LimitState",
     "LimitUsage",
-    "LatencyTracker",
     "ModelSpec",
     "ModelTable",
     "RouteTally",
+    "Routed",
     "Router",
     "ScoreResult",
     "ScoredCandidate",
@@ -337,12 +332,9 @@ def classify(last_user: str, total_chars: int) -> tuple[str, float, list[str]]:
     """Task class ("code", "math", "summarize", "creative" or "chat"), complexity in [0, 1] and the
     signals behind it, for the last user message of a conversation of `total_chars` characters."""
 
-# The positions `encode_route_decision` reads from a Decision and from each of its candidates.
-DECISION_FIELDS: list[str]
-CANDIDATE_FIELDS: list[str]
-
-def encode_route_decision(decision: tuple[Any, ...]) -> bytes:
-    """`decision` (a switchpoint.routing.Decision) as serialized switchpoint.v1.RouteDecision."""
+def encode_route_decision(decision: Any) -> bytes:
+    """`decision` (a switchpoint.routing.Decision, read by attribute name) as serialized
+    switchpoint.v1.RouteDecision."""
 
 @final
 class BpeEncoding:
@@ -358,13 +350,6 @@ def count_prompt_tokens(
     messages: Sequence[tuple[str, str]], encoding: BpeEncoding | None = None
 ) -> int:
     """Tokens of a prompt of (role, content) pairs, chat framing included."""
-
-# The positions `Router.decide` reads from a ChatInput, its RoutingOptions and GenerationParams,
-# and (the threshold) its CacheControls.
-CHAT_INPUT_FIELDS: list[str]
-ROUTING_FIELDS: list[str]
-PARAMS_FIELDS: list[str]
-CACHE_THRESHOLD_POSITION: int
 
 @final
 class Router:
@@ -391,12 +376,12 @@ class Router:
     ) -> Router: ...
     def check_message_count(self, count: int) -> None:
         """Raise RequestTooLargeError when `count` messages are more than a request may carry."""
-    def validate(self, request: tuple[Any, ...]) -> None:
+    def validate(self, request: Any) -> None:
         """Raise InvalidRequestError (RequestTooLargeError over a size limit) for the first thing
-        wrong with a ChatInput."""
+        wrong with a ChatInput (read by attribute name)."""
     def decide(
         self,
-        request: tuple[Any, ...],
+        request: Any,
         pressure: Callable[[str, str], tuple[Sequence[str], str, str] | None] | None = None,
         stop: WorkStop | None = None,
     ) -> Any:
@@ -410,11 +395,29 @@ class Router:
         tally: RouteTally | None = None,
         admission: Admission | None = None,
         stop: WorkStop | None = None,
-    ) -> tuple[bytes, str, str, str, int] | None:
-        """Decide switchpoint.v1.RouteRequest bytes: (RouteDecision bytes, chosen model, tenant,
-        stage, prompt characters), counted and timed in `tally`; None when `admission` does not
-        admit every candidate now. Raises like `decide`; InvalidRequestError on field "request"
-        for bytes that are not a RouteRequest."""
+    ) -> Routed | None:
+        """Decide switchpoint.v1.RouteRequest bytes, counted and timed in `tally`; None when
+        `admission` does not admit every candidate now. Raises like `decide`;
+        InvalidRequestError on field "request" for bytes that are not a RouteRequest."""
+
+@final
+class Routed:
+    """A Route call answered from its bytes: the RouteDecision bytes, and what its log line
+    needs."""
+
+    @property
+    def decision(self) -> bytes:
+        """The switchpoint.v1.RouteDecision message, serialized."""
+    @property
+    def model(self) -> str:
+        """The chosen model."""
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def stage(self) -> str: ...
+    @property
+    def prompt_chars(self) -> int:
+        """The prompt's length in characters."""
 
 @final
 class WorkStop:

@@ -98,8 +98,14 @@ class RouterServicer:
                 routed = None  # decided again below, where the failure is reported
             if routed is not None:
                 if observer.logs_requests:
-                    observer.routed(*routed[1:], time.perf_counter() - started)
-                return routed[0]
+                    observer.routed(
+                        routed.model,
+                        routed.tenant,
+                        routed.stage,
+                        routed.prompt_chars,
+                        time.perf_counter() - started,
+                    )
+                return routed.decision
         return await self._route(engine, request, context)
 
     async def _bound_route_request(self, request: bytes, context: ServicerContext) -> bytes:

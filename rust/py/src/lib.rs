@@ -4,6 +4,24 @@
 //! delegation to the core. Calls hold the GIL (they take microseconds, see ARCHITECTURE.md, "The
 //! Rust core"); the one exception, scoring a large candidate set, releases it through `gil.rs`.
 
+/// `$object.$name`: how the binding reads Python objects, by attribute name, so a field's
+/// position never matters. An object without the attribute is the wrong type: `TypeError`.
+macro_rules! attr {
+    ($object:expr, $name:literal) => {
+        $object
+            .getattr(pyo3::intern!($object.py(), $name))
+            .map_err(|err| crate::error::not_a(&$object, $name, err))?
+    };
+}
+
+/// `$object.$name` extracted to the type the context asks for; a value that does not fit (out of
+/// range, wrong type) raises the conversion's own error, unwrapped.
+macro_rules! field {
+    ($object:expr, $name:literal) => {
+        attr!($object, $name).extract()?
+    };
+}
+
 mod classify;
 mod error;
 mod gate;
@@ -32,19 +50,14 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<gate_state::LimitState>()?;
     m.add_class::<gate_state::LimitUsage>()?;
     m.add_class::<router::Router>()?;
+    m.add_class::<router::Routed>()?;
     m.add_class::<tokens::BpeEncoding>()?;
     m.add_class::<router::RouteTally>()?;
     m.add_class::<router::Admission>()?;
     m.add_class::<tokens::WorkStop>()?;
     m.add_function(wrap_pyfunction!(tokens::count_text_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::count_prompt_tokens, m)?)?;
-    m.add("CHAT_INPUT_FIELDS", router::CHAT_INPUT_FIELDS)?;
-    m.add("ROUTING_FIELDS", router::ROUTING_FIELDS)?;
-    m.add("PARAMS_FIELDS", router::PARAMS_FIELDS)?;
-    m.add("CACHE_THRESHOLD_POSITION", router::CACHE_THRESHOLD_POSITION)?;
     m.add_function(wrap_pyfunction!(classify::classify, m)?)?;
     m.add_function(wrap_pyfunction!(wire::encode_route_decision, m)?)?;
-    m.add("DECISION_FIELDS", wire::DECISION_FIELDS)?;
-    m.add("CANDIDATE_FIELDS", wire::CANDIDATE_FIELDS)?;
     Ok(())
 }

@@ -1,13 +1,14 @@
 //! `Router`: the router of one config load (see `switchpoint_core::Router`), deciding from the
 //! engine's `ChatInput` or straight from `RouteRequest` bytes.
 //!
-//! `ChatInput` and its parts are `NamedTuple`s read by position (`*_FIELDS` name the positions,
-//! and the Python tests check them against the tuples' `_fields`). The decision goes back as the
-//! `Decision` and `ScoredModel` classes Python hands the constructor.
+//! `ChatInput` and its parts are read by attribute name. The decision goes back as the `Decision`
+//! and `ScoredModel` classes Python hands the constructor, built by keyword; a Route call answered
+//! from its bytes as a `Routed`.
 
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use switchpoint_core::{
     route_request, Admission as CoreAdmission, Admitted, AutoRouting, Decision, Limits, Message,
@@ -20,22 +21,6 @@ use crate::gate::Gate;
 use crate::gil;
 use crate::table::ModelTable;
 use crate::tokens::{tokenizer, BpeEncoding, WorkStop};
-
-pub const CHAT_INPUT_FIELDS: [&str; 5] = ["messages", "routing", "params", "request_id", "cache"];
-pub const ROUTING_FIELDS: [&str; 9] = [
-    "models",
-    "stage",
-    "strategy",
-    "weights",
-    "tenant",
-    "priority",
-    "capabilities",
-    "max_cost_usd",
-    "hedge",
-];
-pub const PARAMS_FIELDS: [&str; 4] = ["max_tokens", "temperature", "top_p", "stop"];
-/// `CacheControls`: only the threshold is the router's to check.
-pub const CACHE_THRESHOLD_POSITION: usize = 2;
 
 /// Past this many bytes of prompt (~50 us of counting and classifying) the GIL is released.
 const DETACH_ABOVE_BYTES: usize = 64 * 1024;
@@ -113,78 +98,109 @@ impl RouteTally {
     }
 }
 
-/// The strings of a `ChatInput`, held while a `RouteInput` borrows them.
-struct Held {
-    messages: Vec<(PyBackedStr, PyBackedStr)>,
+/// A `ChatMessage`.
+struct HeldMessage {
+    role: PyBackedStr,
+    content: PyBackedStr,
+}
+
+/// `RoutingOptions`.
+struct HeldRouting {
     models: Vec<PyBackedStr>,
     stage: PyBackedStr,
     strategy: PyBackedStr,
-    tenant: PyBackedStr,
-    capabilities: Vec<PyBackedStr>,
-    stop: Vec<PyBackedStr>,
-    request_id: PyBackedStr,
     weights: Option<(f64, f64, f64)>,
+    tenant: PyBackedStr,
     priority: i64,
+    capabilities: Vec<PyBackedStr>,
     max_cost_usd: Option<f64>,
     hedge: bool,
+}
+
+/// `GenerationParams`.
+struct HeldParams {
     max_tokens: Option<i64>,
     temperature: Option<f64>,
     top_p: Option<f64>,
+    stop: Vec<PyBackedStr>,
+}
+
+/// A `ChatInput` read by attribute name, its strings held while a `RouteInput` borrows them.
+/// Of its `CacheControls` only the threshold is the router's to check.
+struct Held {
+    messages: Vec<HeldMessage>,
+    routing: HeldRouting,
+    params: HeldParams,
+    request_id: PyBackedStr,
     cache_threshold: Option<f64>,
 }
 
 impl Held {
-    fn read(request: &Bound<'_, PyTuple>) -> PyResult<Self> {
-        let routing = request.get_item(1)?;
-        let routing = routing.cast::<PyTuple>()?;
-        let params = request.get_item(2)?;
-        let params = params.cast::<PyTuple>()?;
+    fn read(request: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let messages = attr!(request, "messages")
+            .try_iter()?
+            .map(|message| {
+                let message = message?;
+                Ok(HeldMessage {
+                    role: field!(message, "role"),
+                    content: field!(message, "content"),
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let routing = attr!(request, "routing");
+        let params = attr!(request, "params");
+        let cache = attr!(request, "cache");
         Ok(Self {
-            messages: request.get_item(0)?.extract()?,
-            models: routing.get_item(0)?.extract()?,
-            stage: routing.get_item(1)?.extract()?,
-            strategy: routing.get_item(2)?.extract()?,
-            weights: routing.get_item(3)?.extract()?,
-            tenant: routing.get_item(4)?.extract()?,
-            priority: routing.get_item(5)?.extract()?,
-            capabilities: routing.get_item(6)?.extract()?,
-            max_cost_usd: routing.get_item(7)?.extract()?,
-            hedge: routing.get_item(8)?.extract()?,
-            max_tokens: params.get_item(0)?.extract()?,
-            temperature: params.get_item(1)?.extract()?,
-            top_p: params.get_item(2)?.extract()?,
-            stop: params.get_item(3)?.extract()?,
-            request_id: request.get_item(3)?.extract()?,
-            cache_threshold: request
-                .get_item(4)?
-                .get_item(CACHE_THRESHOLD_POSITION)?
-                .extract()?,
+            messages,
+            routing: HeldRouting {
+                models: field!(routing, "models"),
+                stage: field!(routing, "stage"),
+                strategy: field!(routing, "strategy"),
+                weights: field!(routing, "weights"),
+                tenant: field!(routing, "tenant"),
+                priority: field!(routing, "priority"),
+                capabilities: field!(routing, "capabilities"),
+                max_cost_usd: field!(routing, "max_cost_usd"),
+                hedge: field!(routing, "hedge"),
+            },
+            params: HeldParams {
+                max_tokens: field!(params, "max_tokens"),
+                temperature: field!(params, "temperature"),
+                top_p: field!(params, "top_p"),
+                stop: field!(params, "stop"),
+            },
+            request_id: field!(request, "request_id"),
+            cache_threshold: field!(cache, "threshold"),
         })
     }
 
     fn input(&self) -> RouteInput<'_> {
+        let (routing, params) = (&self.routing, &self.params);
         RouteInput {
             messages: self
                 .messages
                 .iter()
-                .map(|(role, content)| Message { role, content })
+                .map(|m| Message {
+                    role: &m.role,
+                    content: &m.content,
+                })
                 .collect(),
             routing: RoutingOptions {
-                models: strs(&self.models),
-                stage: &self.stage,
-                strategy: &self.strategy,
-                weights: self.weights.map(|(c, l, q)| [c, l, q]),
-                tenant: &self.tenant,
-                priority: self.priority,
-                capabilities: strs(&self.capabilities),
-                max_cost_usd: self.max_cost_usd,
-                hedge: self.hedge,
+                models: strs(&routing.models),
+                stage: &routing.stage,
+                strategy: &routing.strategy,
+                weights: routing.weights.map(|(c, l, q)| [c, l, q]),
+                tenant: &routing.tenant,
+                priority: routing.priority,
+                capabilities: strs(&routing.capabilities),
+                max_cost_usd: routing.max_cost_usd,
+                hedge: routing.hedge,
             },
             params: Params {
-                max_tokens: self.max_tokens,
-                temperature: self.temperature,
-                top_p: self.top_p,
-                stop: strs(&self.stop),
+                max_tokens: params.max_tokens,
+                temperature: params.temperature,
+                top_p: params.top_p,
+                stop: strs(&params.stop),
             },
             request_id: &self.request_id,
             cache_threshold: self.cache_threshold,
@@ -203,8 +219,18 @@ fn wall_clock_s() -> f64 {
         .map_or(0.0, |since| since.as_secs_f64())
 }
 
-/// What `route_wire` answers: the decision's bytes, the model, tenant, stage, prompt characters.
-type Routed<'r, 'py> = (Bound<'py, PyBytes>, &'r str, String, String, usize);
+/// A Route call answered from its bytes: the `RouteDecision` bytes, and what its log line needs.
+#[pyclass(frozen, get_all, module = "switchpoint._native")]
+pub struct Routed {
+    /// The `switchpoint.v1.RouteDecision` message, serialized.
+    decision: Py<PyBytes>,
+    /// The chosen model.
+    model: Py<PyString>,
+    tenant: String,
+    stage: String,
+    /// The prompt's length in characters.
+    prompt_chars: usize,
+}
 
 /// The router of one config load.
 #[pyclass(frozen, module = "switchpoint._native")]
@@ -315,7 +341,7 @@ impl Router {
     }
 
     /// Validate a `ChatInput` (raises `InvalidRequestError` or `RequestTooLargeError`).
-    fn validate(&self, request: &Bound<'_, PyTuple>) -> PyResult<()> {
+    fn validate(&self, request: &Bound<'_, PyAny>) -> PyResult<()> {
         let held = Held::read(request)?;
         self.inner.validate(&held.input()).map_err(Error::from)?;
         Ok(())
@@ -328,7 +354,7 @@ impl Router {
     fn decide<'py>(
         &self,
         py: Python<'py>,
-        request: &Bound<'py, PyTuple>,
+        request: &Bound<'py, PyAny>,
         pressure: Option<&Bound<'py, PyAny>>,
         stop: Option<&Bound<'py, WorkStop>>,
     ) -> PyResult<Bound<'py, PyAny>> {
@@ -364,9 +390,8 @@ impl Router {
         self.to_python(py, &decision)
     }
 
-    /// Route straight from `switchpoint.v1.RouteRequest` bytes: the `RouteDecision` bytes, the
-    /// chosen model, the request's tenant and stage, and its prompt's length in characters (what
-    /// its log line needs). The call is counted, and timed, in `tally`.
+    /// Route straight from `switchpoint.v1.RouteRequest` bytes (see `Routed`). The call is
+    /// counted, and timed, in `tally`.
     ///
     /// With `admission` (the gate has rules), None unless it admits every candidate now (wall-clock
     /// time, the `TokenGate`'s clock): the engine's path then decides, learns the rules or
@@ -379,7 +404,7 @@ impl Router {
         tally: Option<&Bound<'py, RouteTally>>,
         admission: Option<&Bound<'py, Admission>>,
         stop: Option<&Bound<'py, WorkStop>>,
-    ) -> Result<Option<Routed<'_, 'py>>> {
+    ) -> Result<Option<Routed>> {
         let started = Instant::now();
         let input = route_request(request)?;
         let long = stop.is_some() || prompt_bytes(&input) > DETACH_ABOVE_BYTES;
@@ -418,17 +443,17 @@ impl Router {
                 .inner
                 .record(model, routing.tenant, routing.stage, seconds);
         }
-        Ok(Some((
-            answer,
-            model,
-            input.routing.tenant.to_owned(),
-            input.routing.stage.to_owned(),
-            input
+        Ok(Some(Routed {
+            decision: answer.unbind(),
+            model: PyString::new(py, model).unbind(),
+            tenant: input.routing.tenant.to_owned(),
+            stage: input.routing.stage.to_owned(),
+            prompt_chars: input
                 .messages
                 .iter()
                 .map(|m| m.content.chars().count())
                 .sum(),
-        )))
+        }))
     }
 
     fn __repr__(&self) -> String {
@@ -443,18 +468,18 @@ impl Router {
             .candidates
             .iter()
             .map(|c| {
-                candidate_type.call1((
-                    c.index,
-                    self.inner.name(c.index),
-                    self.inner.provider(c.index),
-                    c.score,
-                    c.norm_cost,
-                    c.norm_latency,
-                    c.quality,
-                    c.estimated_cost_usd,
-                    c.estimated_latency_ms,
-                    c.latency_observed,
-                ))
+                let fields = PyDict::new(py);
+                fields.set_item(intern!(py, "table_index"), c.index)?;
+                fields.set_item(intern!(py, "name"), self.inner.name(c.index))?;
+                fields.set_item(intern!(py, "provider"), self.inner.provider(c.index))?;
+                fields.set_item(intern!(py, "score"), c.score)?;
+                fields.set_item(intern!(py, "norm_cost"), c.norm_cost)?;
+                fields.set_item(intern!(py, "norm_latency"), c.norm_latency)?;
+                fields.set_item(intern!(py, "quality"), c.quality)?;
+                fields.set_item(intern!(py, "estimated_cost_usd"), c.estimated_cost_usd)?;
+                fields.set_item(intern!(py, "estimated_latency_ms"), c.estimated_latency_ms)?;
+                fields.set_item(intern!(py, "latency_observed"), c.latency_observed)?;
+                candidate_type.call((), Some(&fields))
             })
             .collect::<PyResult<Vec<_>>>()?;
         let fallback: Vec<&str> = decision
@@ -463,17 +488,20 @@ impl Router {
             .map(|&i| self.inner.name(i))
             .collect();
         let [cost, latency, quality] = decision.weights;
-        self.decision_type.bind(py).call1((
-            PyTuple::new(py, candidates)?,
+        let fields = PyDict::new(py);
+        fields.set_item(intern!(py, "candidates"), PyTuple::new(py, candidates)?)?;
+        fields.set_item(
+            intern!(py, "level"),
             self.levels[decision.level as usize - 1].bind(py),
-            PyTuple::new(py, &decision.reasons)?,
-            &decision.strategy,
-            (cost, latency, quality),
-            decision.input_tokens,
-            decision.output_tokens,
-            decision.task_class,
-            decision.complexity,
-            PyTuple::new(py, fallback)?,
-        ))
+        )?;
+        fields.set_item(intern!(py, "reasons"), PyTuple::new(py, &decision.reasons)?)?;
+        fields.set_item(intern!(py, "strategy"), &decision.strategy)?;
+        fields.set_item(intern!(py, "weights"), (cost, latency, quality))?;
+        fields.set_item(intern!(py, "input_tokens"), decision.input_tokens)?;
+        fields.set_item(intern!(py, "output_tokens"), decision.output_tokens)?;
+        fields.set_item(intern!(py, "task_class"), decision.task_class)?;
+        fields.set_item(intern!(py, "complexity"), decision.complexity)?;
+        fields.set_item(intern!(py, "fallback"), PyTuple::new(py, fallback)?)?;
+        self.decision_type.bind(py).call((), Some(&fields))
     }
 }
