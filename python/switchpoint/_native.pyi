@@ -18,10 +18,7 @@ __all__ = [
     "RouteTally",
     "Routed",
     "Router",
-    "ScoreResult",
-    "ScoredCandidate",
     "WorkStop",
-    "classify",
     "count_prompt_tokens",
     "count_text_tokens",
     "encode_route_decision",
@@ -112,38 +109,8 @@ class LatencyTracker:
         """(p50, p95, p99, weighted sample count); zeros when there are no samples."""
 
 @final
-class ScoredCandidate:
-    index: int
-    score: float
-    norm_cost: float
-    norm_latency: float
-    quality: float
-    estimated_cost_usd: float
-    estimated_latency_ms: float
-    latency_observed: bool
-
-@final
-class ScoreResult:
-    """Eligible candidates best first, and the excluded ones with a reason."""
-
-    def __len__(self) -> int: ...
-    @property
-    def ranked(self) -> list[int]:
-        """Indices of eligible models, best first."""
-    def best(self) -> int | None:
-        """Index of the best candidate, or None when none is eligible."""
-    def candidates(self) -> list[ScoredCandidate]:
-        """Every eligible candidate, best first."""
-    def rows(self) -> list[tuple[int, float, float, float, float, float, float, bool]]:
-        """Every eligible candidate, best first, as tuples in ScoredCandidate's field order
-        (index, score, norm_cost, norm_latency, quality, estimated_cost_usd,
-        estimated_latency_ms, latency_observed)."""
-    def excluded(self) -> list[tuple[int, Literal["context_window", "capabilities", "max_cost"]]]:
-        """Models that were candidates but not eligible, with the reason."""
-
-@final
 class ModelTable:
-    """The routing table: built once per config load, scored per request."""
+    """The routing table: built once per config load, scored by the `Router` built over it."""
 
     def __new__(
         cls, models: list[ModelSpec], latency: LatencyTracker, min_samples: int = 20
@@ -151,19 +118,6 @@ class ModelTable:
     def __len__(self) -> int: ...
     def slot(self, index: int) -> int:
         """The latency-tracker slot of model `index`."""
-    def score(
-        self,
-        input_tokens: int,
-        output_tokens: int,
-        weights: tuple[float, float, float],
-        required_capabilities: int = 0,
-        max_cost_usd: float | None = None,
-        candidates: list[int] | None = None,
-    ) -> ScoreResult:
-        """Score `candidates` (all models when None) for one request.
-
-        `weights` is (cost, latency, quality): finite, >= 0, not all zero; normalised to sum 1.
-        """
 
 @final
 class Gate:
@@ -327,10 +281,6 @@ class LimitUsage:
     def requests_leased(self) -> float | None: ...
     @property
     def tokens_leased(self) -> float | None: ...
-
-def classify(last_user: str, total_chars: int) -> tuple[str, float, list[str]]:
-    """Task class ("code", "math", "summarize", "creative" or "chat"), complexity in [0, 1] and the
-    signals behind it, for the last user message of a conversation of `total_chars` characters."""
 
 def encode_route_decision(decision: Any) -> bytes:
     """`decision` (a switchpoint.routing.Decision, read by attribute name) as serialized

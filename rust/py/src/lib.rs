@@ -2,7 +2,7 @@
 //!
 //! Nothing here decides anything: argument conversion, one error mapping (`error.rs`), and
 //! delegation to the core. Calls hold the GIL (they take microseconds, see ARCHITECTURE.md, "The
-//! Rust core"); the one exception, scoring a large candidate set, releases it through `gil.rs`.
+//! Rust core"); the exceptions, long prompts and work with a stop signal, release it through `gil.rs`.
 
 /// `$object.$name`: how the binding reads Python objects, by attribute name, so a field's
 /// position never matters. An object without the attribute is the wrong type: `TypeError`.
@@ -22,7 +22,6 @@ macro_rules! field {
     };
 }
 
-mod classify;
 mod error;
 mod gate;
 mod gate_state;
@@ -30,7 +29,6 @@ mod gil;
 mod latency;
 mod model_spec;
 mod router;
-mod score_result;
 mod table;
 mod tokens;
 mod wire;
@@ -42,8 +40,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     error::register(m)?;
     m.add_class::<model_spec::ModelSpec>()?;
     m.add_class::<latency::LatencyTracker>()?;
-    m.add_class::<score_result::ScoredCandidate>()?;
-    m.add_class::<score_result::ScoreResult>()?;
     m.add_class::<table::ModelTable>()?;
     m.add_class::<gate::Gate>()?;
     m.add_class::<gate_state::BudgetState>()?;
@@ -57,7 +53,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<tokens::WorkStop>()?;
     m.add_function(wrap_pyfunction!(tokens::count_text_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::count_prompt_tokens, m)?)?;
-    m.add_function(wrap_pyfunction!(classify::classify, m)?)?;
     m.add_function(wrap_pyfunction!(wire::encode_route_decision, m)?)?;
     Ok(())
 }
