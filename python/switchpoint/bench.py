@@ -126,8 +126,8 @@ class Figure:
 
 @dataclass(frozen=True, slots=True)
 class ScoringSetup:
-    """A router over `synthetic_specs(n)` and a RouteRequest naming every one of them with
-    `WEIGHTS`: scoring measured through the entry point requests take."""
+    """A router over `synthetic_specs(n)` and a RouteRequest with `WEIGHTS` that the auto level
+    answers by ranking every model: scoring measured through the entry point requests take."""
 
     router: Router
     specs: list[ModelSpec]
@@ -166,16 +166,13 @@ def scoring_setup(n: int) -> ScoringSetup:
                 }
                 for spec in specs
             ],
-            "server": {"limits": {"list_items": max(n, 64)}},
+            "routing": {"auto": {"enabled": True}},
         }
     )
     cost, latency, quality = WEIGHTS
     request = pb.RouteRequest(
         messages=[pb.Message(role="user", content=SCORING_PROMPT)],
-        routing=pb.RoutingOptions(
-            models=[spec.name for spec in specs],
-            weights=pb.Weights(cost=cost, latency=latency, quality=quality),
-        ),
+        routing=pb.RoutingOptions(weights=pb.Weights(cost=cost, latency=latency, quality=quality)),
         params=pb.GenerationParams(max_tokens=OUTPUT_TOKENS),
     )
     router = build_engine(config, environ={}).engine.router
