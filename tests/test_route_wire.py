@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import pytest
@@ -272,3 +272,20 @@ def test_any_bytes_are_answered_as_protobuf_reads_them(engine: Engine, data: byt
     routed = wire[1]
     assert routed.decision == full[1]
     assert (routed.tenant, routed.stage) == (message.routing.tenant, message.routing.stage)
+
+
+def test_a_decision_type_with_other_fields_is_refused_when_the_router_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from switchpoint.routing import router as routing_module
+
+    class Swapped(NamedTuple):
+        level: int
+        candidates: tuple[object, ...]
+
+    monkeypatch.setattr(routing_module, "Decision", Swapped)
+    with pytest.raises(
+        TypeError,
+        match=r'must have the fields \["candidates", "level", .* has \["level", "candidates"\]',
+    ):
+        build_engine(parse_config(routing_config()), environ={})

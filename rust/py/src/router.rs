@@ -2,13 +2,13 @@
 //! engine's `ChatInput` or straight from `RouteRequest` bytes.
 //!
 //! `ChatInput` and its parts are read by attribute name. The decision goes back as the `Decision`
-//! and `ScoredModel` classes Python hands the constructor, built by keyword; a Route call answered
-//! from its bytes as a `Routed`.
+//! and `ScoredModel` classes Python hands the constructor, whose field names are checked when the
+//! router is built; a Route call answered from its bytes as a `Routed`.
 
-use pyo3::intern;
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyString, PyTuple};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use switchpoint_core::{
     route_request, Admission as CoreAdmission, Admitted, AutoRouting, Decision, Limits, Message,
@@ -21,6 +21,48 @@ use crate::gate::Gate;
 use crate::gil;
 use crate::table::ModelTable;
 use crate::tokens::{tokenizer, BpeEncoding, WorkStop};
+
+/// The leading fields of the `Decision` the router builds, in the order it passes them.
+const DECISION_FIELDS: [&str; 10] = [
+    "candidates",
+    "level",
+    "reasons",
+    "strategy",
+    "weights",
+    "input_tokens",
+    "output_tokens",
+    "task_class",
+    "complexity",
+    "fallback",
+];
+
+/// The fields of each `ScoredModel` candidate, in the order the router passes them.
+const CANDIDATE_FIELDS: [&str; 10] = [
+    "table_index",
+    "name",
+    "provider",
+    "score",
+    "norm_cost",
+    "norm_latency",
+    "quality",
+    "estimated_cost_usd",
+    "estimated_latency_ms",
+    "latency_observed",
+];
+
+/// Decisions are built per request, so positionally (a keyword call costs about a microsecond
+/// more per decision); the names are what is checked, once, when the router is built: a type
+/// whose `_fields` do not begin with `expected` is refused with a `TypeError` naming both.
+fn check_fields(named_tuple: &Bound<'_, PyAny>, expected: &[&str]) -> PyResult<()> {
+    let fields: Vec<String> = attr!(named_tuple, "_fields").extract()?;
+    if fields.len() < expected.len() || fields[..expected.len()] != *expected {
+        return Err(PyTypeError::new_err(format!(
+            "{} must have the fields {expected:?} first, has {fields:?}",
+            named_tuple.repr()?
+        )));
+    }
+    Ok(())
+}
 
 /// Past this many bytes of prompt (~50 us of counting and classifying) the GIL is released.
 const DETACH_ABOVE_BYTES: usize = 64 * 1024;
@@ -285,7 +327,7 @@ impl Router {
         decision_type: Py<PyAny>,
         candidate_type: Py<PyAny>,
         levels: Vec<Py<PyAny>>,
-    ) -> Result<Self> {
+    ) -> PyResult<Self> {
         let (enabled, hard_complexity, easy_complexity, hard_reason, easy_reason) = auto;
         let (messages, message_bytes, prompt_bytes, name_bytes, list_items) = limits;
         let config = RouterConfig {
@@ -326,8 +368,10 @@ impl Router {
                 list_items,
             },
         };
+        check_fields(decision_type.bind(table.py()), &DECISION_FIELDS)?;
+        check_fields(candidate_type.bind(table.py()), &CANDIDATE_FIELDS)?;
         Ok(Self {
-            inner: Core::new(table.get().inner.clone(), config)?,
+            inner: Core::new(table.get().inner.clone(), config).map_err(Error::from)?,
             decision_type,
             candidate_type,
             levels,
@@ -463,23 +507,24 @@ impl Router {
 
 impl Router {
     fn to_python<'py>(&self, py: Python<'py>, decision: &Decision) -> PyResult<Bound<'py, PyAny>> {
+        // Positional, in the order `check_fields` confirmed when the router was built.
         let candidate_type = self.candidate_type.bind(py);
         let candidates = decision
             .candidates
             .iter()
             .map(|c| {
-                let fields = PyDict::new(py);
-                fields.set_item(intern!(py, "table_index"), c.index)?;
-                fields.set_item(intern!(py, "name"), self.inner.name(c.index))?;
-                fields.set_item(intern!(py, "provider"), self.inner.provider(c.index))?;
-                fields.set_item(intern!(py, "score"), c.score)?;
-                fields.set_item(intern!(py, "norm_cost"), c.norm_cost)?;
-                fields.set_item(intern!(py, "norm_latency"), c.norm_latency)?;
-                fields.set_item(intern!(py, "quality"), c.quality)?;
-                fields.set_item(intern!(py, "estimated_cost_usd"), c.estimated_cost_usd)?;
-                fields.set_item(intern!(py, "estimated_latency_ms"), c.estimated_latency_ms)?;
-                fields.set_item(intern!(py, "latency_observed"), c.latency_observed)?;
-                candidate_type.call((), Some(&fields))
+                candidate_type.call1((
+                    c.index,
+                    self.inner.name(c.index),
+                    self.inner.provider(c.index),
+                    c.score,
+                    c.norm_cost,
+                    c.norm_latency,
+                    c.quality,
+                    c.estimated_cost_usd,
+                    c.estimated_latency_ms,
+                    c.latency_observed,
+                ))
             })
             .collect::<PyResult<Vec<_>>>()?;
         let fallback: Vec<&str> = decision
@@ -488,20 +533,17 @@ impl Router {
             .map(|&i| self.inner.name(i))
             .collect();
         let [cost, latency, quality] = decision.weights;
-        let fields = PyDict::new(py);
-        fields.set_item(intern!(py, "candidates"), PyTuple::new(py, candidates)?)?;
-        fields.set_item(
-            intern!(py, "level"),
+        self.decision_type.bind(py).call1((
+            PyTuple::new(py, candidates)?,
             self.levels[decision.level as usize - 1].bind(py),
-        )?;
-        fields.set_item(intern!(py, "reasons"), PyTuple::new(py, &decision.reasons)?)?;
-        fields.set_item(intern!(py, "strategy"), &decision.strategy)?;
-        fields.set_item(intern!(py, "weights"), (cost, latency, quality))?;
-        fields.set_item(intern!(py, "input_tokens"), decision.input_tokens)?;
-        fields.set_item(intern!(py, "output_tokens"), decision.output_tokens)?;
-        fields.set_item(intern!(py, "task_class"), decision.task_class)?;
-        fields.set_item(intern!(py, "complexity"), decision.complexity)?;
-        fields.set_item(intern!(py, "fallback"), PyTuple::new(py, fallback)?)?;
-        self.decision_type.bind(py).call((), Some(&fields))
+            PyTuple::new(py, &decision.reasons)?,
+            &decision.strategy,
+            (cost, latency, quality),
+            decision.input_tokens,
+            decision.output_tokens,
+            decision.task_class,
+            decision.complexity,
+            PyTuple::new(py, fallback)?,
+        ))
     }
 }
