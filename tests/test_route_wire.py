@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from enum import IntEnum
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from switchpoint import _native
 from switchpoint.cache.records import CacheControls
-from switchpoint.config import parse_config
+from switchpoint.config import BUILTIN_STRATEGIES, parse_config
 from switchpoint.engine import Engine
 from switchpoint.errors import ErrorClass, InvalidRequestError
 from switchpoint.reload import build_engine
@@ -289,3 +290,42 @@ def test_a_decision_type_with_other_fields_is_refused_when_the_router_is_built(
         match=r'must have the fields \["candidates", "level", .* has \["level", "candidates"\]',
     ):
         build_engine(parse_config(routing_config()), environ={})
+
+
+def test_levels_that_differ_from_the_cores_are_refused_when_the_router_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from switchpoint.routing import router as routing_module
+
+    class Renumbered(IntEnum):
+        OVERRIDE = 1
+        STAGE = 2
+        FALLBACK = 3
+        AUTO = 4
+
+    monkeypatch.setattr(routing_module, "Level", Renumbered)
+    with pytest.raises(
+        TypeError, match=r"levels must be .*\(3, \"AUTO\"\).* got .*\(3, \"FALLBACK\"\)"
+    ):
+        build_engine(parse_config(routing_config()), environ={})
+
+
+def test_auto_reasons_and_built_in_strategies_come_from_the_core() -> None:
+    raw = routing_config()
+    routing = raw.setdefault("routing", {})
+    routing["strategies"] = {"cost-first": {"cost": 1.0, "latency": 0.0, "quality": 0.0}}
+    routing.setdefault("auto", {})["hard_complexity"] = 0.5
+    config = parse_config(raw)
+    engine = build_engine(config, environ={}).engine
+    auto = config.routing.auto
+
+    def decide(prompt: str) -> Any:
+        return engine.decide(convert.chat_input(pb.ChatRequest(messages=user(prompt))))
+
+    hard = decide("Design a distributed cache and compare the trade-offs step by step")
+    assert (hard.strategy, hard.weights) == ("quality-first", BUILTIN_STRATEGIES["quality-first"])
+    assert f"complexity >= {auto.hard_complexity}: quality-first" in hard.reasons
+    easy = decide("hi, what is the capital of France?")
+    # The configured strategy takes the built-in's place.
+    assert (easy.strategy, easy.weights) == ("cost-first", (1.0, 0.0, 0.0))
+    assert f"complexity <= {auto.easy_complexity}: cost-first" in easy.reasons

@@ -4,6 +4,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeAlias, final
 
 __all__ = [
+    "BUILTIN_STRATEGIES",
     "Admission",
     "BpeEncoding",
     "BudgetState",
@@ -282,6 +283,10 @@ class LimitUsage:
     @property
     def tokens_leased(self) -> float | None: ...
 
+# (cost, latency, quality) weights of the strategies every config has; `Router` adds them to the
+# configured ones (a configured strategy of the same name replaces one).
+BUILTIN_STRATEGIES: dict[str, tuple[float, float, float]]
+
 def encode_route_decision(decision: Any) -> bytes:
     """`decision` (a switchpoint.routing.Decision, read by attribute name) as serialized
     switchpoint.v1.RouteDecision."""
@@ -316,7 +321,7 @@ class Router:
         default_strategy: str,
         stages: list[tuple[str, list[str], str | None]],
         fallback_chain: list[str],
-        auto: tuple[bool, float, float, str, str],
+        auto: tuple[bool, float, float],
         default_output_tokens: int,
         encodings: list[BpeEncoding | None],
         limits: tuple[int, int, int, int, int],

@@ -36,7 +36,7 @@ pub use reservations::{ReservationId, MAX_RULES};
 pub use route::{
     clipped, route_request, Admission, Admitted, AutoRouting, Bpe, Decision, Level, Limits,
     Message, Params, RouteInput, Router, RouterConfig, RoutingOptions, Shift, Stage, Stop,
-    Tokenizer, CUSTOM_STRATEGY, ROLES,
+    Tokenizer, BUILTIN_STRATEGIES, CUSTOM_STRATEGY, ROLES,
 };
 pub use scoring::{Candidate, Exclusion, Ranking, Request, Weights};
 pub use table::{ModelSpec, ModelTable, MAX_PRICE_OR_PRIOR};

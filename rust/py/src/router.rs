@@ -11,8 +11,8 @@ use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyBytes, PyString, PyTuple};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use switchpoint_core::{
-    route_request, Admission as CoreAdmission, Admitted, AutoRouting, Decision, Limits, Message,
-    Params, RequestCount, RouteInput, RouteTally as Tally, Router as Core, RouterConfig,
+    route_request, Admission as CoreAdmission, Admitted, AutoRouting, Decision, Level, Limits,
+    Message, Params, RequestCount, RouteInput, RouteTally as Tally, Router as Core, RouterConfig,
     RoutingOptions, Shift, Stage, Stop,
 };
 
@@ -59,6 +59,31 @@ fn check_fields(named_tuple: &Bound<'_, PyAny>, expected: &[&str]) -> PyResult<(
         return Err(PyTypeError::new_err(format!(
             "{} must have the fields {expected:?} first, has {fields:?}",
             named_tuple.repr()?
+        )));
+    }
+    Ok(())
+}
+
+/// `levels` must be the core's levels in order, each with its number and name (Python's `Level`,
+/// whose values are `switchpoint.v1.DecisionLevel`'s): checked once, so the three agree.
+fn check_levels(py: Python<'_>, levels: &[Py<PyAny>]) -> PyResult<()> {
+    let given = levels
+        .iter()
+        .map(|level| {
+            let level = level.bind(py);
+            Ok((
+                level.extract::<i32>()?,
+                attr!(level, "name").extract::<String>()?,
+            ))
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let expected: Vec<(i32, String)> = Level::ALL
+        .iter()
+        .map(|&level| (level as i32, level.name().to_owned()))
+        .collect();
+    if given != expected {
+        return Err(PyTypeError::new_err(format!(
+            "levels must be {expected:?}, got {given:?}"
         )));
     }
     Ok(())
@@ -320,7 +345,7 @@ impl Router {
         default_strategy: String,
         stages: Vec<(String, Vec<String>, Option<String>)>,
         fallback_chain: Vec<String>,
-        auto: (bool, f64, f64, String, String),
+        auto: (bool, f64, f64),
         default_output_tokens: u64,
         encodings: Vec<Option<Bound<'_, BpeEncoding>>>,
         limits: (usize, usize, usize, usize, usize),
@@ -328,7 +353,7 @@ impl Router {
         candidate_type: Py<PyAny>,
         levels: Vec<Py<PyAny>>,
     ) -> PyResult<Self> {
-        let (enabled, hard_complexity, easy_complexity, hard_reason, easy_reason) = auto;
+        let (enabled, hard_complexity, easy_complexity) = auto;
         let (messages, message_bytes, prompt_bytes, name_bytes, list_items) = limits;
         let config = RouterConfig {
             providers,
@@ -352,8 +377,6 @@ impl Router {
                 enabled,
                 hard_complexity,
                 easy_complexity,
-                hard_reason,
-                easy_reason,
             },
             default_output_tokens,
             encodings: encodings
@@ -370,6 +393,7 @@ impl Router {
         };
         check_fields(decision_type.bind(table.py()), &DECISION_FIELDS)?;
         check_fields(candidate_type.bind(table.py()), &CANDIDATE_FIELDS)?;
+        check_levels(table.py(), &levels)?;
         Ok(Self {
             inner: Core::new(table.get().inner.clone(), config).map_err(Error::from)?,
             decision_type,
