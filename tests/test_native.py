@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from switchpoint._native import CoreError, LatencyTracker, ModelSpec, ModelTable
+from switchpoint._native import CoreError, LatencyTracker, ModelSpec, ModelTable, capability_bits
+from switchpoint.config import parse_config
+from switchpoint.errors import ConfigError
+from switchpoint.reload import build_engine
+from tests.sidecar_harness import routing_config
 
 
 def spec(
@@ -97,3 +101,15 @@ def test_model_spec_round_trips() -> None:
     assert (model.name, model.input_per_mtok, model.output_per_mtok) == ("m", 2.0, 8.0)
     assert (model.context_window, model.quality, model.capabilities) == (32_768, 0.75, 5)
     assert (model.ttft_prior_ms, model.tpot_prior_ms) == (150.0, 10.0)
+
+
+def test_capability_bits_come_from_the_core() -> None:
+    names, masks = capability_bits([["vision", "chat"], [], ["code", "chat"]])
+    assert (names, masks) == (["chat", "code", "vision"], [0b101, 0, 0b011])
+    raw = routing_config()
+    raw["models"][0]["capabilities"] = [f"c{i:02}" for i in range(65)]
+    with pytest.raises(ConfigError, match="models: at most 64 distinct capabilities"):
+        build_engine(parse_config(raw), environ={})
+    raw["models"][0]["capabilities"] = [f"c{i:02}" for i in range(62)]
+    registry = build_engine(parse_config(raw), environ={}).engine.registry
+    assert registry.capability_names == sorted({"chat", "code", *(f"c{i:02}" for i in range(62))})

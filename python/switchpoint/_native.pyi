@@ -20,6 +20,7 @@ __all__ = [
     "Routed",
     "Router",
     "WorkStop",
+    "capability_bits",
     "count_prompt_tokens",
     "count_text_tokens",
     "encode_route_decision",
@@ -286,6 +287,10 @@ class LimitUsage:
 # (cost, latency, quality) weights of the strategies every config has; `Router` adds them to the
 # configured ones (a configured strategy of the same name replaces one).
 BUILTIN_STRATEGIES: dict[str, tuple[float, float, float]]
+
+def capability_bits(per_model: Sequence[Sequence[str]]) -> tuple[list[str], list[int]]:
+    """The capability bits of a config's models: every capability name in bit order (sorted), and
+    each model's mask. CoreError on "models" beyond 64 distinct names."""
 
 def encode_route_decision(decision: Any) -> bytes:
     """`decision` (a switchpoint.routing.Decision, read by attribute name) as serialized

@@ -3,15 +3,12 @@ Rust routing table built from them once per config load."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from switchpoint._native import LatencyTracker, ModelSpec, ModelTable
+from switchpoint._native import CoreError, LatencyTracker, ModelSpec, ModelTable, capability_bits
 from switchpoint.config import Config, ModelConfig, ProviderConfig
 from switchpoint.errors import ConfigError
-
-# The Rust table keeps capabilities in a u64 bitmask.
-MAX_CAPABILITIES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +57,21 @@ class Registry:
         if not self.models:
             raise ConfigError(["models: no model is enabled (" + self._disabled_summary() + ")"])
         self._index = {m.name: i for i, m in enumerate(self.models)}
-        capability_names = sorted({c for m in self.models for c in m.capabilities})
-        if len(capability_names) > MAX_CAPABILITIES:
-            raise ConfigError([f"models: at most {MAX_CAPABILITIES} distinct capabilities"])
-        self._capability_bits = {c: 1 << i for i, c in enumerate(capability_names)}
-        self._specs = {m.name: self._spec(m) for m in self.models}
+        try:
+            self._capability_names, masks = capability_bits([m.capabilities for m in self.models])
+        except CoreError as exc:
+            raise ConfigError([str(exc)]) from None
+        self._specs = {
+            m.name: self._spec(m, mask) for m, mask in zip(self.models, masks, strict=True)
+        }
         self.table = ModelTable(
             list(self._specs.values()),
             latency,
             min_samples=config.routing.min_latency_samples,
         )
 
-    def _spec(self, model: ModelConfig) -> ModelSpec:
+    @staticmethod
+    def _spec(model: ModelConfig, capabilities: int) -> ModelSpec:
         return ModelSpec(
             model.name,
             input_per_mtok=model.price.input_per_mtok,
@@ -80,7 +80,7 @@ class Registry:
             quality=model.quality,
             ttft_prior_ms=model.latency_prior.ttft_ms,
             tpot_prior_ms=model.latency_prior.tpot_ms,
-            capabilities=self.capability_mask(model.capabilities),
+            capabilities=capabilities,
         )
 
     def _disabled_summary(self) -> str:
@@ -100,10 +100,4 @@ class Registry:
     @property
     def capability_names(self) -> list[str]:
         """Every capability of an enabled model, in bit order."""
-        return list(self._capability_bits)
-
-    def capability_mask(self, capabilities: Sequence[str]) -> int:
-        mask = 0
-        for capability in capabilities:
-            mask |= self._capability_bits.get(capability, 0)
-        return mask
+        return self._capability_names

@@ -39,7 +39,7 @@ pub use route::{
     Tokenizer, BUILTIN_STRATEGIES, CUSTOM_STRATEGY, ROLES,
 };
 pub use scoring::{Candidate, Exclusion, Ranking, Request, Weights};
-pub use table::{ModelSpec, ModelTable, MAX_PRICE_OR_PRIOR};
+pub use table::{capability_bits, ModelSpec, ModelTable, MAX_CAPABILITIES, MAX_PRICE_OR_PRIOR};
 pub use tally::{RequestCount, RouteTally};
 pub use window::{Window, MAX_NOW_S};
 pub use wire::{CandidateWire, DecisionWire};

@@ -14,6 +14,36 @@ pub const MAX_PRICE_OR_PRIOR: f64 = 1e12;
 
 const TOKENS_PER_MTOK: f64 = 1_000_000.0;
 
+/// Distinct capabilities a table tells apart: a model's capabilities are a `u64` bitmask.
+pub const MAX_CAPABILITIES: usize = 64;
+
+/// The capability bits of a config's models: every name any model lists, sorted, bit `i` for the
+/// `i`-th; and each model's mask, in `per_model` order.
+///
+/// # Errors
+/// `InvalidArgument` on "models" beyond `MAX_CAPABILITIES` distinct names.
+pub fn capability_bits<S: AsRef<str>>(per_model: &[Vec<S>]) -> Result<(Vec<String>, Vec<u64>)> {
+    let mut names: Vec<&str> = per_model.iter().flatten().map(AsRef::as_ref).collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.len() > MAX_CAPABILITIES {
+        return Err(CoreError::invalid(
+            "models",
+            format!("at most {MAX_CAPABILITIES} distinct capabilities"),
+        ));
+    }
+    let bit = |name: &str| names.binary_search(&name).map_or(0, |i| 1u64 << i);
+    let masks = per_model
+        .iter()
+        .map(|listed| {
+            listed
+                .iter()
+                .fold(0, |mask, name| mask | bit(name.as_ref()))
+        })
+        .collect();
+    Ok((names.into_iter().map(str::to_owned).collect(), masks))
+}
+
 /// A call's latency from its time to first token and time per output token.
 pub(crate) fn expected_latency_ms(ttft_ms: f64, tpot_ms: f64, output_tokens: u64) -> f64 {
     ttft_ms + output_tokens as f64 * tpot_ms
@@ -243,6 +273,20 @@ pub(crate) mod tests {
         assert_eq!(second.slot(0).unwrap(), 2);
         assert_eq!(tracker.len(), 3);
         assert!(second.tracker().len() == 3);
+    }
+
+    #[test]
+    fn capability_bits_sort_every_name_and_cap_at_64() {
+        let (names, masks) =
+            capability_bits(&[vec!["vision", "chat"], vec![], vec!["code", "chat"]]).unwrap();
+        assert_eq!(names, ["chat", "code", "vision"]);
+        assert_eq!(masks, [0b101, 0, 0b011]);
+        let many: Vec<Vec<String>> = (0..65).map(|i| vec![format!("c{i}")]).collect();
+        assert_eq!(
+            capability_bits(&many).unwrap_err().to_string(),
+            "models: at most 64 distinct capabilities"
+        );
+        assert_eq!(capability_bits(&many[..64]).unwrap().0.len(), 64);
     }
 
     #[test]

@@ -5,6 +5,15 @@ use switchpoint_core::ModelSpec as Spec;
 
 use crate::error::Result;
 
+/// The capability bits of a config's models (see `switchpoint_core::capability_bits`): every
+/// capability name in bit order, and each model's mask.
+#[pyfunction]
+// PyO3 extracts the lists by value.
+#[allow(clippy::needless_pass_by_value)]
+pub fn capability_bits(per_model: Vec<Vec<String>>) -> Result<(Vec<String>, Vec<u64>)> {
+    Ok(switchpoint_core::capability_bits(&per_model)?)
+}
+
 /// One model row of the routing table, as loaded from config.
 #[pyclass(frozen, module = "switchpoint._native")]
 pub struct ModelSpec {

@@ -31,7 +31,7 @@ pub use tokens::{Bpe, Tokenizer};
 
 use crate::error::{CoreError, Result};
 use crate::scoring::Candidate;
-use crate::table::ModelTable;
+use crate::table::{ModelTable, MAX_CAPABILITIES};
 use crate::wire::{CandidateWire, DecisionWire};
 
 /// `switchpoint.v1.DecisionLevel`.
@@ -155,8 +155,11 @@ impl Router {
                 ),
             ));
         }
-        if config.capabilities.len() > 64 {
-            return Err(CoreError::invalid("capabilities", "at most 64"));
+        if config.capabilities.len() > MAX_CAPABILITIES {
+            return Err(CoreError::invalid(
+                "capabilities",
+                format!("at most {MAX_CAPABILITIES}"),
+            ));
         }
         let index = (0..table.len())
             .map(|i| Ok((table.spec(i)?.name.clone(), i)))
