@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from switchpoint._native import Gate, LatencyTracker, ModelTable
-from switchpoint.bench.figures import per_op_ns, python_score, synthetic_specs
+from switchpoint._native import Gate, LatencyTracker
+from switchpoint.bench import figures as bench
+from switchpoint.bench.figures import per_op_ns, python_score, scoring_setup
 from switchpoint.config import parse_config
 from switchpoint.quota.gate import TokenGate
 from switchpoint.quota.scopes import RequestScope
@@ -26,8 +27,6 @@ from tests.sidecar_harness import routing_config, with_changes
 NOON = 1_767_268_800.0 + 12 * 3600.0
 STEP_S = 1e-6
 BIG = 1e12
-WEIGHTS = (0.4, 0.3, 0.3)
-INPUT_TOKENS, OUTPUT_TOKENS = 1000, 200
 
 # `benchmark` is pytest-benchmark's fixture; typed loosely to keep the benches independent of its
 # internal classes.
@@ -182,23 +181,22 @@ def test_token_gate_async_reserve(benchmark: Benchmark) -> None:
 
 @pytest.mark.parametrize("n", [10, 100, 1000])
 def test_score_rust_vs_python(benchmark: Benchmark, n: int) -> None:
-    specs = synthetic_specs(n)
-    table = ModelTable(specs, LatencyTracker())
-
-    def rust() -> list[int]:
-        return table.score(INPUT_TOKENS, OUTPUT_TOKENS, WEIGHTS).ranked
+    """Scoring `n` candidates through the router's entry point (a whole Route decision from its
+    bytes) against the scoring alone in plain Python."""
+    setup = scoring_setup(n)
+    ranked, input_tokens, output_tokens = setup.ranked()
 
     def python() -> list[int]:
-        return python_score(specs, INPUT_TOKENS, OUTPUT_TOKENS, WEIGHTS)
+        return python_score(setup.specs, input_tokens, output_tokens, bench.WEIGHTS)
 
     # Same ranking, or the comparison means nothing.
-    assert rust() == python()
-    benchmark(rust)
+    assert ranked == python()
+    benchmark(setup.route)
     iterations = max(20, 20_000 // n)
-    rust_ns = per_op_ns(rust, iterations)
+    rust_ns = per_op_ns(setup.route, iterations)
     python_ns = per_op_ns(python, iterations)
     print(
-        f"\n[score {n:>4} candidates] ModelTable.score {rust_ns / 1000:.2f} us   "
+        f"\n[score {n:>4} candidates] Router.route_wire {rust_ns / 1000:.2f} us   "
         f"pure Python {python_ns / 1000:.2f} us   speedup {python_ns / rust_ns:.1f}x"
     )
 

@@ -31,7 +31,7 @@ def test_route_decision_in_process(benchmark: Benchmark) -> None:
     def wire() -> bytes:
         routed = engine.router.route_wire(raw)
         assert routed is not None
-        return routed[0]
+        return routed.decision
 
     def engine_path() -> bytes:
         return encode_route_decision(

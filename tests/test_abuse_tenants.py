@@ -212,7 +212,7 @@ async def test_a_full_table_refuses_new_scopes_rather_than_forget_spend() -> Non
     with await gate.reserve(RequestScope("c", ""), model, 10, 0.25) as held:
         held.settle(10, 0.25)
     spent = {
-        i.scope[0][1]: gate.gate.budget_state(i.gate_id, clock[0])[1]
+        i.scope[0][1]: gate.gate.budget_state(i.gate_id, clock[0]).spent_usd
         for i in gate.budget_instances()
     }
     assert spent == {"a": 0.25, "b": 0.25, "c": 0.25}
@@ -339,4 +339,4 @@ def test_each_gate_sharing_an_instance_forgets_it_when_freed() -> None:
     assert new.expire_idle() == 1
     (fresh,), _ = new.ids_for(RequestScope("t", ""), model)
     assert fresh != carried
-    assert new.gate.limit_state(fresh, clock[0])[0] == 600
+    assert new.gate.limit_state(fresh, clock[0]).requests_available == 600

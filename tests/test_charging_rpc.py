@@ -91,7 +91,7 @@ async def _nothing_held(sidecar: RunningSidecar) -> None:
     """Wait until every reservation is settled or released and every slot is back."""
     gate = sidecar.sidecar.engine.gate
     await wait_until(lambda: gate.gate.outstanding() == 0)
-    assert gate.gate.limit_state(0, gate.now())[2] == 0, "a concurrency slot leaked"
+    assert gate.gate.limit_state(0, gate.now()).in_flight == 0, "a concurrency slot leaked"
     queues = sidecar.sidecar.engine.scheduler.snapshot()
     await wait_until(lambda: all(q.in_flight == 0 for q in queues.values()))
 

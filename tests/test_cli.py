@@ -17,9 +17,8 @@ import pytest
 import yaml
 
 from switchpoint import cli
-from switchpoint._native import LatencyTracker, ModelTable
 from switchpoint.bench import figures as bench
-from switchpoint.bench.figures import python_score, synthetic_specs
+from switchpoint.bench.figures import python_score, scoring_setup
 from switchpoint.cli import main, watch_loop
 from switchpoint.cli_format import Column, render_route, render_table, truncate
 from switchpoint.v1 import router_pb2 as pb
@@ -298,7 +297,8 @@ async def test_bench_quick_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bench_baseline_scores_like_the_rust_core() -> None:
     # The speedup compares like with like only if both rank the same candidates the same way.
     for n in (10, 100, 1000):
-        specs = synthetic_specs(n)
-        table = ModelTable(specs, LatencyTracker())
-        ranked = table.score(bench.INPUT_TOKENS, bench.OUTPUT_TOKENS, bench.WEIGHTS).ranked
-        assert ranked == python_score(specs, bench.INPUT_TOKENS, bench.OUTPUT_TOKENS, bench.WEIGHTS)
+        setup = scoring_setup(n)
+        ranked, input_tokens, output_tokens = setup.ranked()
+        assert output_tokens == bench.OUTPUT_TOKENS
+        assert len(ranked) == n - len(range(0, n, 7))  # every 7th model's window is too small
+        assert ranked == python_score(setup.specs, input_tokens, output_tokens, bench.WEIGHTS)

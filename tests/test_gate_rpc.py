@@ -119,7 +119,8 @@ async def test_concurrent_calls_never_overshoot_a_budget(
         )
         gate = sidecar.sidecar.engine.gate
         instance = next(iter(gate.budget_instances()))
-        _, spent, reserved, _, _ = gate.gate.budget_state(instance.gate_id, gate.now())
+        budget = gate.gate.budget_state(instance.gate_id, gate.now())
+        spent, reserved = budget.spent_usd, budget.reserved_usd
         outstanding = gate.gate.outstanding()
     served = [r for r in results if isinstance(r, pb.ChatResponse)]
     refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
@@ -217,7 +218,7 @@ async def test_a_cancelled_stream_leaves_no_reservation_or_slot(
             break
         await asyncio.sleep(0.02)
     assert gate.outstanding() == 0
-    assert gate.limit_state(0, gated.sidecar.engine.gate.now())[2] == 0
+    assert gate.limit_state(0, gated.sidecar.engine.gate.now()).in_flight == 0
 
 
 async def test_upstream_timeout_charges_each_sent_prompt_and_holds_nothing(
@@ -233,7 +234,8 @@ async def test_upstream_timeout_charges_each_sent_prompt_and_holds_nothing(
     engine_gate = gated.sidecar.engine.gate
     assert engine_gate.gate.outstanding() == 0
     instance = next(iter(engine_gate.budget_instances()))
-    _, spent, reserved, _, _ = engine_gate.gate.budget_state(instance.gate_id, engine_gate.now())
+    budget = engine_gate.gate.budget_state(instance.gate_id, engine_gate.now())
+    spent, reserved = budget.spent_usd, budget.reserved_usd
     # Every attempt that timed out had reached the provider: its prompt is charged, no more.
     prompt_cost = route.estimated_input_tokens * PRICE["input_per_mtok"] / 1e6
     sent = len(servers[0].requests)
@@ -255,9 +257,10 @@ async def test_a_settle_the_gate_refuses_releases_the_hold(
         hold.settle(10, bad_cost)
     now = token_gate.now()
     assert token_gate.gate.outstanding() == 0
-    assert token_gate.gate.limit_state(0, now)[2] == 0, "the concurrency slot leaked"
+    assert token_gate.gate.limit_state(0, now).in_flight == 0, "the concurrency slot leaked"
     instance = next(iter(token_gate.budget_instances()))
-    assert token_gate.gate.budget_state(instance.gate_id, now)[1:3] == (0.0, 0.0)
+    budget = token_gate.gate.budget_state(instance.gate_id, now)
+    assert (budget.spent_usd, budget.reserved_usd) == (0.0, 0.0)
     # The gate still serves: the slot and the budget are there for the next call.
     reply = await gated.stub.Chat(_chat("after", "gpt"))
     assert reply.model == "gpt"

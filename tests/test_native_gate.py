@@ -10,11 +10,59 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from switchpoint._native import CoreError, Gate, GateDenied
+from switchpoint._native import (
+    BudgetState,
+    CoreError,
+    Gate,
+    GateDenied,
+    LimitState,
+    LimitUsage,
+)
 
 FEB = 1_706_745_600.0  # 2024-02-01T00:00:00Z: an hour, a day and a month begin
 MARCH = 1_709_251_200.0  # 2024-03-01T00:00:00Z
 UNKNOWN_WAIT_S = 0.05
+
+
+def _limit(state: LimitState) -> tuple[float | None, float | None, int]:
+    return (state.requests_available, state.tokens_available, state.in_flight)
+
+
+def _budget(state: BudgetState) -> tuple[float, float, float, float, float]:
+    return (
+        state.limit_usd,
+        state.spent_usd,
+        state.reserved_usd,
+        state.window_start_s,
+        state.window_end_s,
+    )
+
+
+def _usage(m: LimitUsage) -> tuple[float, int, int, int, int, float | None, float | None]:
+    return (
+        m.minute_start_s,
+        m.requests_done,
+        m.tokens_done,
+        m.requests_reserved,
+        m.tokens_reserved,
+        m.requests_leased,
+        m.tokens_leased,
+    )
+
+
+def test_budget_state_reports_remaining_and_share_used() -> None:
+    gate = Gate()
+    budget = gate.add_budget("b", limit_usd=1.0, window="day")
+    gate.settle(gate.reserve([], [budget], 0, 0.25, FEB), 0, 0.25, FEB)
+    gate.reserve([], [budget], 0, 0.5, FEB)
+    state = gate.budget_state(budget, FEB)
+    assert (state.remaining_usd, state.share_used) == (0.25, 0.75)
+    assert state.fits(0.25)
+    assert not state.fits(0.26)
+    gate.set_budget_limit(budget, 0.5)
+    assert gate.budget_state(budget, FEB).remaining_usd == 0.0
+    gate.set_budget_limit(budget, 0.0)
+    assert gate.budget_state(budget, FEB).share_used == 1.0
 
 
 def test_reserve_is_all_or_nothing() -> None:
@@ -27,16 +75,16 @@ def test_reserve_is_all_or_nothing() -> None:
     with pytest.raises(GateDenied) as denied:
         gate.reserve([a, b], [roomy, tight], 100, 0.75, FEB)
     assert (denied.value.kind, denied.value.name) == ("budget", "tight")
-    assert gate.limit_state(a, FEB) == (60.0, 1_000.0, 0)
-    assert gate.limit_state(b, FEB) == (None, None, 0)
-    assert gate.budget_state(roomy, FEB)[1:3] == (0.0, 0.0)
+    assert _limit(gate.limit_state(a, FEB)) == (60.0, 1_000.0, 0)
+    assert _limit(gate.limit_state(b, FEB)) == (None, None, 0)
+    assert _budget(gate.budget_state(roomy, FEB))[1:3] == (0.0, 0.0)
     assert gate.outstanding() == 0
 
     reservation = gate.reserve([a, b], [roomy, tight], 100, 0.25, FEB)
-    assert gate.limit_state(a, FEB) == (59.0, 900.0, 1)
-    assert gate.budget_state(tight, FEB)[1:3] == (0.0, 0.25)
+    assert _limit(gate.limit_state(a, FEB)) == (59.0, 900.0, 1)
+    assert _budget(gate.budget_state(tight, FEB))[1:3] == (0.0, 0.25)
     gate.settle(reservation, 80, 0.2, FEB)
-    assert gate.limit_state(a, FEB) == (59.0, 920.0, 0)
+    assert _limit(gate.limit_state(a, FEB)) == (59.0, 920.0, 0)
     assert gate.outstanding() == 0
 
 
@@ -81,23 +129,23 @@ def test_windows_roll_over_at_utc_boundaries() -> None:
     with pytest.raises(GateDenied) as denied:
         gate.reserve([], [hourly], 0, 0.5, FEB - 1)
     assert denied.value.retry_after_s == pytest.approx(1.0)
-    assert gate.budget_state(hourly, FEB - 0.001) == (1.0, 1.0, 0.0, FEB - 3_600, FEB)
-    assert gate.budget_state(hourly, FEB) == (1.0, 0.0, 0.0, FEB, FEB + 3_600)
-    assert gate.budget_state(monthly, FEB)[3:] == (FEB, MARCH)
+    assert _budget(gate.budget_state(hourly, FEB - 0.001)) == (1.0, 1.0, 0.0, FEB - 3_600, FEB)
+    assert _budget(gate.budget_state(hourly, FEB)) == (1.0, 0.0, 0.0, FEB, FEB + 3_600)
+    assert _budget(gate.budget_state(monthly, FEB))[3:] == (FEB, MARCH)
     # Reserved in January, finished in February: charged to February.
     reservation = gate.reserve([], [monthly], 0, 0.5, FEB - 1)
     gate.reserve([], [hourly], 0, 0.5, FEB)
     gate.settle(reservation, 0, 0.75, FEB + 10)
-    assert gate.budget_state(monthly, FEB + 10)[1:4] == (0.75, 0.0, FEB)
+    assert _budget(gate.budget_state(monthly, FEB + 10))[1:4] == (0.75, 0.0, FEB)
     total = gate.add_budget("lifetime", limit_usd=1.0, window="total")
-    assert gate.budget_state(total, FEB)[3:] == (0.0, float("inf"))
+    assert _budget(gate.budget_state(total, FEB))[3:] == (0.0, float("inf"))
 
 
 def test_settle_charges_a_larger_actual_cost() -> None:
     gate = Gate()
     budget = gate.add_budget("b", limit_usd=1.0, window="month")
     gate.settle(gate.reserve([], [budget], 0, 0.5, FEB), 0, 0.875, FEB)
-    assert gate.budget_state(budget, FEB)[:3] == (1.0, 0.875, 0.0)
+    assert _budget(gate.budget_state(budget, FEB))[:3] == (1.0, 0.875, 0.0)
     with pytest.raises(GateDenied) as denied:
         gate.reserve([], [budget], 0, 0.25, FEB)
     # Spent alone blocks it: nothing helps before March.
@@ -114,7 +162,7 @@ def test_double_settle_is_an_error_and_changes_nothing() -> None:
     budget = gate.add_budget("b", limit_usd=1.0, window="day")
     reservation = gate.reserve([limit], [budget], 100, 0.5, FEB)
     gate.settle(reservation, 100, 0.5, FEB)
-    before = (gate.limit_state(limit, FEB), gate.budget_state(budget, FEB))
+    before = (_limit(gate.limit_state(limit, FEB)), _budget(gate.budget_state(budget, FEB)))
     with pytest.raises(CoreError, match="already settled or released") as raised:
         gate.settle(reservation, 100, 0.5, FEB)
     assert not isinstance(raised.value, GateDenied)
@@ -122,7 +170,7 @@ def test_double_settle_is_an_error_and_changes_nothing() -> None:
         gate.release(reservation, FEB)
     with pytest.raises(CoreError, match="reservation -1 is unknown"):
         gate.release(-1, FEB)
-    assert (gate.limit_state(limit, FEB), gate.budget_state(budget, FEB)) == before
+    assert (_limit(gate.limit_state(limit, FEB)), _budget(gate.budget_state(budget, FEB))) == before
     assert gate.outstanding() == 0
 
 
@@ -135,8 +183,8 @@ def test_release_frees_concurrency_but_keeps_the_request() -> None:
         gate.reserve([limit], [budget], 400, 0.5, FEB)
     assert denied.value.kind == "concurrency"
     gate.release(reservation, FEB)
-    assert gate.limit_state(limit, FEB) == (9.0, 1_000.0, 0)
-    assert gate.budget_state(budget, FEB)[1:3] == (0.0, 0.0)
+    assert _limit(gate.limit_state(limit, FEB)) == (9.0, 1_000.0, 0)
+    assert _budget(gate.budget_state(budget, FEB))[1:3] == (0.0, 0.0)
     gate.settle(gate.reserve([limit], [budget], 400, 0.5, FEB), 400, 0.5, FEB)
 
 
@@ -172,10 +220,10 @@ def test_two_hundred_threads_fill_a_budget_of_fifty_exactly() -> None:
     assert (len(admitted), refused) == (50, ["budget"] * 150)
     assert len(set(admitted)) == 50
     assert gate.outstanding() == 50
-    assert gate.budget_state(budget, FEB)[1:3] == (0.0, 6.25)
+    assert _budget(gate.budget_state(budget, FEB))[1:3] == (0.0, 6.25)
     for reservation in admitted:
         gate.settle(reservation, 10, 0.125, FEB)
-    assert gate.budget_state(budget, FEB)[1:3] == (6.25, 0.0)
+    assert _budget(gate.budget_state(budget, FEB))[1:3] == (6.25, 0.0)
     assert gate.outstanding() == 0
 
 
@@ -210,7 +258,7 @@ def test_bad_arguments_raise_core_error() -> None:
 def test_rate_leases_cap_a_minute_and_hand_over_usage_once() -> None:
     gate = Gate()
     limit = gate.add_rate_limit("shared", rpm=600, tpm=60_000)
-    assert gate.limit_usage(limit, FEB) == (FEB, 0, 0, 0, 0, None, None)
+    assert _usage(gate.limit_usage(limit, FEB)) == (FEB, 0, 0, 0, 0, None, None)
     gate.set_limit_leased(limit, 2, 1_000, FEB)
     first = gate.reserve([limit], [], 600, 0.0, FEB)
     with pytest.raises(GateDenied) as denied:
@@ -220,11 +268,11 @@ def test_rate_leases_cap_a_minute_and_hand_over_usage_once() -> None:
     assert gate.check([limit], [], 0, 0.0, FEB) == ("rpm-lease", "shared", UNKNOWN_WAIT_S)
     gate.settle(first, 700, 0.0, FEB + 1)
     gate.release(second, FEB + 1)
-    assert gate.limit_usage(limit, FEB + 1) == (FEB, 2, 700, 0, 0, 2.0, 1_000.0)
+    assert _usage(gate.limit_usage(limit, FEB + 1)) == (FEB, 2, 700, 0, 0, 2.0, 1_000.0)
     assert gate.take_unreported_usage(limit) == (2, 700)
     assert gate.take_unreported_usage(limit) == (0, 0)
     # The next minute starts with nothing leased.
-    assert gate.limit_usage(limit, FEB + 60)[5:] == (0.0, 0.0)
+    assert _usage(gate.limit_usage(limit, FEB + 60))[5:] == (0.0, 0.0)
     with pytest.raises(CoreError, match="tokens: must be finite and >= 0"):
         gate.set_limit_leased(limit, None, -1.0, FEB)
     rpm_only = gate.add_rate_limit("r", rpm=1)

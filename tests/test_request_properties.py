@@ -95,7 +95,7 @@ def wire_outcome(engine: Engine, data: bytes) -> Outcome:
     except Exception as exc:
         return _refusal(exc)
     assert routed is not None  # no budget or breaker here: the router always answers alone
-    return "ok", routed[0]
+    return "ok", routed.decision
 
 
 @search(400)

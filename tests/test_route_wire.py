@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from enum import IntEnum
+from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 import grpc
 import pytest
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 
 from switchpoint import _native
 from switchpoint.cache.records import CacheControls
-from switchpoint.config import parse_config
+from switchpoint.config import BUILTIN_STRATEGIES, parse_config
 from switchpoint.engine.building import build_engine
 from switchpoint.engine.path import Engine
 from switchpoint.errors import ErrorClass, InvalidRequestError
@@ -33,11 +35,32 @@ def engine() -> Engine:
     return build_engine(parse_config(routing_config()), environ={}).engine
 
 
-def test_the_positions_rust_reads_are_the_tuples_fields() -> None:
-    assert tuple(_native.CHAT_INPUT_FIELDS) == ChatInput._fields
-    assert tuple(_native.ROUTING_FIELDS) == RoutingOptions._fields
-    assert tuple(_native.PARAMS_FIELDS) == GenerationParams._fields
-    assert CacheControls._fields[_native.CACHE_THRESHOLD_POSITION] == "threshold"
+def _by_name(value: Any) -> Any:
+    """`value`'s named-tuple fields, nested ones too, in reverse order and not as a tuple."""
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):
+        return SimpleNamespace(**{k: _by_name(v) for k, v in reversed(value._asdict().items())})
+    if isinstance(value, tuple | list):
+        return [_by_name(item) for item in value]
+    return value
+
+
+def test_the_router_reads_a_chat_input_by_name(engine: Engine) -> None:
+    request = ChatInput(
+        messages=convert.chat_input(pb.ChatRequest(messages=user("fix this python bug"))).messages,
+        routing=RoutingOptions(
+            models=("cheap", "strong"), tenant="acme", max_cost_usd=1.0, capabilities=("code",)
+        ),
+        params=GenerationParams(max_tokens=64, temperature=0.5, stop=("END",)),
+        request_id="r1",
+        cache=CacheControls(threshold=0.9),
+    )
+    assert engine.router.decide(_by_name(request)) == engine.router.decide(request)
+    bad = request._replace(cache=CacheControls(threshold=2.0))
+    with pytest.raises(InvalidRequestError, match="threshold") as by_position:
+        engine.router.validate(bad)
+    with pytest.raises(InvalidRequestError) as by_name:
+        engine.router.validate(_by_name(bad))
+    assert str(by_name.value) == str(by_position.value)
 
 
 numbers = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, 0.5, 1.0, -1.0])
@@ -89,7 +112,7 @@ def route_requests(draw: st.DrawFn) -> pb.RouteRequest:
 
 def _answer(engine: Engine, request: bytes, **options: Any) -> bytes | None:
     routed = engine.router.route_wire(request, **options)
-    return None if routed is None else routed[0]
+    return None if routed is None else routed.decision
 
 
 def _outcome(decide: Any) -> tuple[str, Any]:
@@ -117,9 +140,8 @@ def test_what_the_wire_path_reports_beside_the_answer(engine: Engine) -> None:
     )
     routed = engine.router.route_wire(request.SerializeToString())
     assert routed is not None
-    answer, model, tenant, stage, chars = routed
-    assert pb.RouteDecision.FromString(answer).model == model == "strong"
-    assert (tenant, stage, chars) == ("acme", "architecture", 5)
+    assert pb.RouteDecision.FromString(routed.decision).model == routed.model == "strong"
+    assert (routed.tenant, routed.stage, routed.prompt_chars) == ("acme", "architecture", 5)
 
 
 @pytest.mark.parametrize(
@@ -248,6 +270,62 @@ def test_any_bytes_are_answered_as_protobuf_reads_them(engine: Engine, data: byt
         assert wire == full
         return
     assert full[0] == "ok"
-    answer, _model, tenant, stage, _chars = wire[1]
-    assert answer == full[1]
-    assert (tenant, stage) == (message.routing.tenant, message.routing.stage)
+    routed = wire[1]
+    assert routed.decision == full[1]
+    assert (routed.tenant, routed.stage) == (message.routing.tenant, message.routing.stage)
+
+
+def test_a_decision_type_with_other_fields_is_refused_when_the_router_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from switchpoint.routing import router as routing_module
+
+    class Swapped(NamedTuple):
+        level: int
+        candidates: tuple[object, ...]
+
+    monkeypatch.setattr(routing_module, "Decision", Swapped)
+    with pytest.raises(
+        TypeError,
+        match=r'must have the fields \["candidates", "level", .* has \["level", "candidates"\]',
+    ):
+        build_engine(parse_config(routing_config()), environ={})
+
+
+def test_levels_that_differ_from_the_cores_are_refused_when_the_router_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from switchpoint.routing import router as routing_module
+
+    class Renumbered(IntEnum):
+        OVERRIDE = 1
+        STAGE = 2
+        FALLBACK = 3
+        AUTO = 4
+
+    monkeypatch.setattr(routing_module, "Level", Renumbered)
+    with pytest.raises(
+        TypeError, match=r"levels must be .*\(3, \"AUTO\"\).* got .*\(3, \"FALLBACK\"\)"
+    ):
+        build_engine(parse_config(routing_config()), environ={})
+
+
+def test_auto_reasons_and_built_in_strategies_come_from_the_core() -> None:
+    raw = routing_config()
+    routing = raw.setdefault("routing", {})
+    routing["strategies"] = {"cost-first": {"cost": 1.0, "latency": 0.0, "quality": 0.0}}
+    routing.setdefault("auto", {})["hard_complexity"] = 0.5
+    config = parse_config(raw)
+    engine = build_engine(config, environ={}).engine
+    auto = config.routing.auto
+
+    def decide(prompt: str) -> Any:
+        return engine.decide(convert.chat_input(pb.ChatRequest(messages=user(prompt))))
+
+    hard = decide("Design a distributed cache and compare the trade-offs step by step")
+    assert (hard.strategy, hard.weights) == ("quality-first", BUILTIN_STRATEGIES["quality-first"])
+    assert f"complexity >= {auto.hard_complexity}: quality-first" in hard.reasons
+    easy = decide("hi, what is the capital of France?")
+    # The configured strategy takes the built-in's place.
+    assert (easy.strategy, easy.weights) == ("cost-first", (1.0, 0.0, 0.0))
+    assert f"complexity <= {auto.easy_complexity}: cost-first" in easy.reasons

@@ -25,7 +25,7 @@ LIMITS_KEY = "switchpoint:budget-limit:team"
 
 
 def limit_of(gate: Gate, budget: int) -> float:
-    return gate.budget_state(budget, time.time())[0]
+    return gate.budget_state(budget, time.time()).limit_usd
 
 
 async def spend_alternately(
@@ -238,8 +238,8 @@ async def test_new_windows_start_from_the_latest_setting(
         redis_server.url, "b", window="hour", clock=lambda: now[0], limit_usd=5.0
     )
     await late.start()
-    assert late_gate.budget_state(late_budget, now[0])[0] == 2.0
-    assert gate.budget_state(budget, now[0])[0] == 2.0
+    assert late_gate.budget_state(late_budget, now[0]).limit_usd == 2.0
+    assert gate.budget_state(budget, now[0]).limit_usd == 2.0
     for shared in (quota, late):
         await shared.stop()
 

@@ -269,7 +269,7 @@ async def test_redis_down_fail_closed_spends_only_the_lease_then_reconciles(
     assert "ConnectionError" in quota.degraded_reason
     assert len([r for r in caplog.records if "unreachable" in r.message]) == 1
     during = await spend_until_refused(gate, quota, budget, 0.05)
-    spent = gate.budget_state(budget, time.time())[1]
+    spent = gate.budget_state(budget, time.time()).spent_usd
     assert spent <= leased + 1e-9
     assert spent > leased - 0.05
     assert not await quota.sync()  # takes the spend from the ledger into the pending queue

@@ -4,26 +4,23 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeAlias, final
 
 __all__ = [
-    "CACHE_THRESHOLD_POSITION",
-    "CANDIDATE_FIELDS",
-    "CHAT_INPUT_FIELDS",
-    "DECISION_FIELDS",
-    "PARAMS_FIELDS",
-    "ROUTING_FIELDS",
+    "BUILTIN_STRATEGIES",
     "Admission",
     "BpeEncoding",
+    "BudgetState",
     "CoreError",
     "Gate",
     "GateDenied",
     "LatencyTracker",
+    "LimitState",
+    "LimitUsage",
     "ModelSpec",
     "ModelTable",
     "RouteTally",
+    "Routed",
     "Router",
-    "ScoreResult",
-    "ScoredCandidate",
     "WorkStop",
-    "classify",
+    "capability_bits",
     "count_prompt_tokens",
     "count_text_tokens",
     "encode_route_decision",
@@ -89,6 +86,10 @@ class ModelSpec:
         tpot_prior_ms: float,
         capabilities: int = 0,
     ) -> ModelSpec: ...
+    def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
+        """What a call costs at this model's prices (the formula scoring and billing share)."""
+    def prior_latency_ms(self, output_tokens: int) -> float:
+        """The configured latency of a call producing `output_tokens`."""
 
 @final
 class LatencyTracker:
@@ -110,38 +111,8 @@ class LatencyTracker:
         """(p50, p95, p99, weighted sample count); zeros when there are no samples."""
 
 @final
-class ScoredCandidate:
-    index: int
-    score: float
-    norm_cost: float
-    norm_latency: float
-    quality: float
-    estimated_cost_usd: float
-    estimated_latency_ms: float
-    latency_observed: bool
-
-@final
-class ScoreResult:
-    """Eligible candidates best first, and the excluded ones with a reason."""
-
-    def __len__(self) -> int: ...
-    @property
-    def ranked(self) -> list[int]:
-        """Indices of eligible models, best first."""
-    def best(self) -> int | None:
-        """Index of the best candidate, or None when none is eligible."""
-    def candidates(self) -> list[ScoredCandidate]:
-        """Every eligible candidate, best first."""
-    def rows(self) -> list[tuple[int, float, float, float, float, float, float, bool]]:
-        """Every eligible candidate, best first, as tuples in ScoredCandidate's field order
-        (index, score, norm_cost, norm_latency, quality, estimated_cost_usd,
-        estimated_latency_ms, latency_observed)."""
-    def excluded(self) -> list[tuple[int, Literal["context_window", "capabilities", "max_cost"]]]:
-        """Models that were candidates but not eligible, with the reason."""
-
-@final
 class ModelTable:
-    """The routing table: built once per config load, scored per request."""
+    """The routing table: built once per config load, scored by the `Router` built over it."""
 
     def __new__(
         cls, models: list[ModelSpec], latency: LatencyTracker, min_samples: int = 20
@@ -149,21 +120,6 @@ class ModelTable:
     def __len__(self) -> int: ...
     def slot(self, index: int) -> int:
         """The latency-tracker slot of model `index`."""
-    def set_penalty(self, index: int, penalty: float) -> None:
-        """A score penalty in [0, 1] (open breaker, recent errors); 0 clears it."""
-    def score(
-        self,
-        input_tokens: int,
-        output_tokens: int,
-        weights: tuple[float, float, float],
-        required_capabilities: int = 0,
-        max_cost_usd: float | None = None,
-        candidates: list[int] | None = None,
-    ) -> ScoreResult:
-        """Score `candidates` (all models when None) for one request.
-
-        `weights` is (cost, latency, quality): finite, >= 0, not all zero; normalised to sum 1.
-        """
 
 @final
 class Gate:
@@ -246,11 +202,8 @@ class Gate:
         """The call finished having used `tokens` and cost `cost_usd`."""
     def release(self, reservation: int, now: float) -> None:
         """The call was abandoned at no cost; the request stays counted against RPM."""
-    def budget_state(self, budget: int, now: float) -> tuple[float, float, float, float, float]:
-        """`(limit_usd, spent_usd, reserved_usd, window_start, window_end)` as of `now`.
-
-        Window bounds are epoch seconds; a "total" budget's window is (0, inf).
-        """
+    def budget_state(self, budget: int, now: float) -> BudgetState:
+        """The budget's window as of `now`."""
     def set_budget_limit(self, budget: int, limit_usd: float) -> None: ...
     def set_leased(self, budget: int, leased_usd: float | None, now: float) -> None:
         """This replica's lease for the window holding `now`; `None` leaves allowance mode."""
@@ -266,31 +219,82 @@ class Gate:
         """
     def take_unreported_usage(self, limit: int) -> tuple[int, int]:
         """`(requests, tokens)` of calls finished since the previous call, for the shared pool."""
-    def limit_usage(
-        self, limit: int, now: float
-    ) -> tuple[float, int, int, int, int, float | None, float | None]:
-        """The UTC minute holding `now` as the lease cap counts it: `(minute_start,
-        requests_done, tokens_done, requests_reserved, tokens_reserved, requests_leased,
-        tokens_leased)`; an allowance is None while uncapped."""
-    def limit_state(self, limit: int, now: float) -> tuple[float | None, float | None, int]:
-        """`(requests_available, tokens_available, in_flight)` as of `now`.
-
-        A bucket the rule does not have is None; a bucket may be negative after a call used more
-        tokens than it reserved.
-        """
+    def limit_usage(self, limit: int, now: float) -> LimitUsage:
+        """The UTC minute holding `now` as the lease cap counts it."""
+    def limit_state(self, limit: int, now: float) -> LimitState:
+        """The rate limit's buckets and calls in flight as of `now`."""
     def outstanding(self) -> int:
         """Reservations neither settled nor released."""
 
-def classify(last_user: str, total_chars: int) -> tuple[str, float, list[str]]:
-    """Task class ("code", "math", "summarize", "creative" or "chat"), complexity in [0, 1] and the
-    signals behind it, for the last user message of a conversation of `total_chars` characters."""
+@final
+class BudgetState:
+    """A budget as of the `now` asked about. Window bounds are epoch seconds; a "total" budget's
+    window is (0, inf)."""
 
-# The positions `encode_route_decision` reads from a Decision and from each of its candidates.
-DECISION_FIELDS: list[str]
-CANDIDATE_FIELDS: list[str]
+    @property
+    def limit_usd(self) -> float: ...
+    @property
+    def spent_usd(self) -> float:
+        """Settled cost of the calls that finished in the current window."""
+    @property
+    def reserved_usd(self) -> float:
+        """Estimates of the calls in flight."""
+    @property
+    def window_start_s(self) -> float: ...
+    @property
+    def window_end_s(self) -> float: ...
+    @property
+    def remaining_usd(self) -> float:
+        """What the window still allows after settled and reserved spend; never negative."""
+    @property
+    def share_used(self) -> float:
+        """Spent plus reserved as a share of the limit; 1 for a zero limit."""
+    def fits(self, cost_usd: float) -> bool:
+        """Whether a call estimated at `cost_usd` fits beside what is spent and reserved."""
 
-def encode_route_decision(decision: tuple[Any, ...]) -> bytes:
-    """`decision` (a switchpoint.routing.Decision) as serialized switchpoint.v1.RouteDecision."""
+@final
+class LimitState:
+    """A rate limit's buckets as of `now`. A bucket the rule does not have is None; a bucket may be
+    negative after a call used more tokens than it reserved."""
+
+    @property
+    def requests_available(self) -> float | None: ...
+    @property
+    def tokens_available(self) -> float | None: ...
+    @property
+    def in_flight(self) -> int: ...
+
+@final
+class LimitUsage:
+    """The UTC minute holding `now` as a rate limit's lease cap counts it; an allowance is None
+    while uncapped."""
+
+    @property
+    def minute_start_s(self) -> float: ...
+    @property
+    def requests_done(self) -> int: ...
+    @property
+    def tokens_done(self) -> int: ...
+    @property
+    def requests_reserved(self) -> int: ...
+    @property
+    def tokens_reserved(self) -> int: ...
+    @property
+    def requests_leased(self) -> float | None: ...
+    @property
+    def tokens_leased(self) -> float | None: ...
+
+# (cost, latency, quality) weights of the strategies every config has; `Router` adds them to the
+# configured ones (a configured strategy of the same name replaces one).
+BUILTIN_STRATEGIES: dict[str, tuple[float, float, float]]
+
+def capability_bits(per_model: Sequence[Sequence[str]]) -> tuple[list[str], list[int]]:
+    """The capability bits of a config's models: every capability name in bit order (sorted), and
+    each model's mask. CoreError on "models" beyond 64 distinct names."""
+
+def encode_route_decision(decision: Any) -> bytes:
+    """`decision` (a switchpoint.routing.Decision, read by attribute name) as serialized
+    switchpoint.v1.RouteDecision."""
 
 @final
 class BpeEncoding:
@@ -307,13 +311,6 @@ def count_prompt_tokens(
 ) -> int:
     """Tokens of a prompt of (role, content) pairs, chat framing included."""
 
-# The positions `Router.decide` reads from a ChatInput, its RoutingOptions and GenerationParams,
-# and (the threshold) its CacheControls.
-CHAT_INPUT_FIELDS: list[str]
-ROUTING_FIELDS: list[str]
-PARAMS_FIELDS: list[str]
-CACHE_THRESHOLD_POSITION: int
-
 @final
 class Router:
     """The router of one config load: validation, the four decision levels, scoring."""
@@ -329,7 +326,7 @@ class Router:
         default_strategy: str,
         stages: list[tuple[str, list[str], str | None]],
         fallback_chain: list[str],
-        auto: tuple[bool, float, float, str, str],
+        auto: tuple[bool, float, float],
         default_output_tokens: int,
         encodings: list[BpeEncoding | None],
         limits: tuple[int, int, int, int, int],
@@ -339,12 +336,12 @@ class Router:
     ) -> Router: ...
     def check_message_count(self, count: int) -> None:
         """Raise RequestTooLargeError when `count` messages are more than a request may carry."""
-    def validate(self, request: tuple[Any, ...]) -> None:
+    def validate(self, request: Any) -> None:
         """Raise InvalidRequestError (RequestTooLargeError over a size limit) for the first thing
-        wrong with a ChatInput."""
+        wrong with a ChatInput (read by attribute name)."""
     def decide(
         self,
-        request: tuple[Any, ...],
+        request: Any,
         pressure: Callable[[str, str], tuple[Sequence[str], str, str] | None] | None = None,
         stop: WorkStop | None = None,
     ) -> Any:
@@ -358,11 +355,29 @@ class Router:
         tally: RouteTally | None = None,
         admission: Admission | None = None,
         stop: WorkStop | None = None,
-    ) -> tuple[bytes, str, str, str, int] | None:
-        """Decide switchpoint.v1.RouteRequest bytes: (RouteDecision bytes, chosen model, tenant,
-        stage, prompt characters), counted and timed in `tally`; None when `admission` does not
-        admit every candidate now. Raises like `decide`; InvalidRequestError on field "request"
-        for bytes that are not a RouteRequest."""
+    ) -> Routed | None:
+        """Decide switchpoint.v1.RouteRequest bytes, counted and timed in `tally`; None when
+        `admission` does not admit every candidate now. Raises like `decide`;
+        InvalidRequestError on field "request" for bytes that are not a RouteRequest."""
+
+@final
+class Routed:
+    """A Route call answered from its bytes: the RouteDecision bytes, and what its log line
+    needs."""
+
+    @property
+    def decision(self) -> bytes:
+        """The switchpoint.v1.RouteDecision message, serialized."""
+    @property
+    def model(self) -> str:
+        """The chosen model."""
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def stage(self) -> str: ...
+    @property
+    def prompt_chars(self) -> int:
+        """The prompt's length in characters."""
 
 @final
 class WorkStop:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from switchpoint import _native
 from switchpoint.cache.config import CacheConfig
 from switchpoint.errors import ConfigError, ErrorClass
 from switchpoint.limits import LimitsConfig
@@ -38,13 +39,8 @@ def split_address(address: str) -> tuple[str, int]:
 NonNegative = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
 
-BUILTIN_STRATEGIES: dict[str, tuple[float, float, float]] = {
-    # (cost, latency, quality)
-    "cost-first": (0.7, 0.15, 0.15),
-    "latency-first": (0.15, 0.7, 0.15),
-    "quality-first": (0.1, 0.1, 0.8),
-    "balanced": (1 / 3, 1 / 3, 1 / 3),
-}
+# (cost, latency, quality) of the strategies every config has; the core defines them.
+BUILTIN_STRATEGIES = _native.BUILTIN_STRATEGIES
 
 
 class StrictModel(BaseModel):

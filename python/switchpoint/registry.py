@@ -3,15 +3,12 @@ Rust routing table built from them once per config load."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from switchpoint._native import LatencyTracker, ModelSpec, ModelTable
+from switchpoint._native import CoreError, LatencyTracker, ModelSpec, ModelTable, capability_bits
 from switchpoint.config import Config, ModelConfig, ProviderConfig
 from switchpoint.errors import ConfigError
-
-# The Rust table keeps capabilities in a u64 bitmask.
-MAX_CAPABILITIES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,17 +57,21 @@ class Registry:
         if not self.models:
             raise ConfigError(["models: no model is enabled (" + self._disabled_summary() + ")"])
         self._index = {m.name: i for i, m in enumerate(self.models)}
-        capability_names = sorted({c for m in self.models for c in m.capabilities})
-        if len(capability_names) > MAX_CAPABILITIES:
-            raise ConfigError([f"models: at most {MAX_CAPABILITIES} distinct capabilities"])
-        self._capability_bits = {c: 1 << i for i, c in enumerate(capability_names)}
+        try:
+            self._capability_names, masks = capability_bits([m.capabilities for m in self.models])
+        except CoreError as exc:
+            raise ConfigError([str(exc)]) from None
+        self._specs = {
+            m.name: self._spec(m, mask) for m, mask in zip(self.models, masks, strict=True)
+        }
         self.table = ModelTable(
-            [self._spec(m) for m in self.models],
+            list(self._specs.values()),
             latency,
             min_samples=config.routing.min_latency_samples,
         )
 
-    def _spec(self, model: ModelConfig) -> ModelSpec:
+    @staticmethod
+    def _spec(model: ModelConfig, capabilities: int) -> ModelSpec:
         return ModelSpec(
             model.name,
             input_per_mtok=model.price.input_per_mtok,
@@ -79,17 +80,19 @@ class Registry:
             quality=model.quality,
             ttft_prior_ms=model.latency_prior.ttft_ms,
             tpot_prior_ms=model.latency_prior.tpot_ms,
-            capabilities=self.capability_mask(model.capabilities),
+            capabilities=capabilities,
         )
 
     def _disabled_summary(self) -> str:
         return "; ".join(f"{name}: {why}" for name, why in self.disabled.items())
 
-    @staticmethod
-    def cost_usd(model: ModelConfig, input_tokens: int, output_tokens: int) -> float:
-        """What a call costs at the model's configured prices."""
-        price = model.price
-        return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1e6
+    def cost_usd(self, model: ModelConfig, input_tokens: int, output_tokens: int) -> float:
+        """What a call costs at the model's configured prices (the core's formula)."""
+        return self._specs[model.name].cost_usd(input_tokens, output_tokens)
+
+    def prior_latency_ms(self, model: ModelConfig, output_tokens: int) -> float:
+        """The model's configured latency for `output_tokens`, before live samples exist."""
+        return self._specs[model.name].prior_latency_ms(output_tokens)
 
     def index_of(self, name: str) -> int | None:
         return self._index.get(name)
@@ -97,10 +100,4 @@ class Registry:
     @property
     def capability_names(self) -> list[str]:
         """Every capability of an enabled model, in bit order."""
-        return list(self._capability_bits)
-
-    def capability_mask(self, capabilities: Sequence[str]) -> int:
-        mask = 0
-        for capability in capabilities:
-            mask |= self._capability_bits.get(capability, 0)
-        return mask
+        return self._capability_names

@@ -2,7 +2,7 @@
 
 What a caller may send is decided in one place, the Rust router's validation
 (`switchpoint_core::route::request`), which every request passes through before it is routed;
-each refusal names the field. The tuples here are read by position there (`_native.*_FIELDS`).
+each refusal names the field. The tuples here are read by attribute name there.
 """
 
 from __future__ import annotations

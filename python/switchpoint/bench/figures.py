@@ -18,7 +18,7 @@ from typing import TextIO, TypeVar
 
 import grpc
 
-from switchpoint._native import Gate, LatencyTracker, ModelSpec, ModelTable
+from switchpoint._native import Gate, LatencyTracker, ModelSpec, Router
 from switchpoint.bench.floor import EMPTY_METHOD, empty_rpc_server
 from switchpoint.bench.provider import FixedLatencyProvider, sidecar_process
 from switchpoint.cache.config import CacheConfig
@@ -26,6 +26,7 @@ from switchpoint.cache.embedders import LocalSentenceEncoder
 from switchpoint.cache.records import CachedAnswer, CacheQuery
 from switchpoint.cache.store import ResponseCache
 from switchpoint.config import TelemetryConfig, parse_config
+from switchpoint.engine.building import build_engine
 from switchpoint.providers import create_adapter
 from switchpoint.providers.base import ChatMessage, ProviderRequest
 from switchpoint.server import create_server
@@ -37,9 +38,9 @@ from switchpoint.v1 import router_pb2_grpc
 # sidecar's overhead does not depend on it.
 CHAT_PROVIDER_DELAY_S = 0.005
 CHAT_PROMPT = "hello there, answer briefly"
-INPUT_TOKENS = 800
 OUTPUT_TOKENS = 400
 WEIGHTS = (0.3, 0.3, 0.4)
+SCORING_PROMPT = "compare these options and pick one"
 
 T = TypeVar("T")
 
@@ -51,7 +52,7 @@ def synthetic_specs(n: int) -> list[ModelSpec]:
             f"m{i}",
             input_per_mtok=0.1 + (i * 37 % 101) / 10.0,
             output_per_mtok=0.4 + (i * 53 % 97) / 5.0,
-            context_window=8192 if i % 7 else 1024,  # every 7th is too small for the request
+            context_window=8192 if i % 7 else 256,  # every 7th is too small for the request
             quality=(i * 29 % 89) / 89.0,
             ttft_prior_ms=50.0 + (i * 41 % 83) * 10.0,
             tpot_prior_ms=5.0 + (i * 17 % 31),
@@ -72,7 +73,7 @@ def python_score(
     for index, spec in enumerate(specs):
         if needed > spec.context_window:
             continue
-        cost = input_tokens * spec.input_per_mtok / 1e6 + output_tokens * spec.output_per_mtok / 1e6
+        cost = (input_tokens * spec.input_per_mtok + output_tokens * spec.output_per_mtok) / 1e6
         latency = spec.ttft_prior_ms + output_tokens * spec.tpot_prior_ms
         rows.append((index, cost, latency, spec.quality))
     if not rows:
@@ -123,12 +124,69 @@ class Figure:
         return over / under if under else float("inf")
 
 
-def scoring_figure(n: int, iterations: int) -> Figure:
+@dataclass(frozen=True, slots=True)
+class ScoringSetup:
+    """A router over `synthetic_specs(n)` and a RouteRequest with `WEIGHTS` that the auto level
+    answers by ranking every model: scoring measured through the entry point requests take."""
+
+    router: Router
+    specs: list[ModelSpec]
+    request: bytes
+
+    def route(self) -> bytes:
+        routed = self.router.route_wire(self.request)
+        assert routed is not None  # no gate here: the router always answers alone
+        return routed.decision
+
+    def ranked(self) -> tuple[list[int], int, int]:
+        """The decision's candidates as indices into `specs`, best first, and the input and
+        output tokens it counted (what the pure-Python scorer must be given to compare)."""
+        decision = pb.RouteDecision.FromString(self.route())
+        index = {spec.name: i for i, spec in enumerate(self.specs)}
+        ranked = [index[c.model] for c in decision.candidates]
+        return ranked, decision.estimated_input_tokens, decision.estimated_output_tokens
+
+
+def scoring_setup(n: int) -> ScoringSetup:
     specs = synthetic_specs(n)
-    table = ModelTable(specs, LatencyTracker())
-    rust = per_op_ns(lambda: table.score(INPUT_TOKENS, OUTPUT_TOKENS, WEIGHTS).ranked, iterations)
+    config = parse_config(
+        {
+            "providers": {"p": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+            "models": [
+                {
+                    "name": spec.name,
+                    "provider": "p",
+                    "context_window": spec.context_window,
+                    "quality": spec.quality,
+                    "price": {
+                        "input_per_mtok": spec.input_per_mtok,
+                        "output_per_mtok": spec.output_per_mtok,
+                    },
+                    "latency_prior": {"ttft_ms": spec.ttft_prior_ms, "tpot_ms": spec.tpot_prior_ms},
+                }
+                for spec in specs
+            ],
+            "routing": {"auto": {"enabled": True}},
+        }
+    )
+    cost, latency, quality = WEIGHTS
+    request = pb.RouteRequest(
+        messages=[pb.Message(role="user", content=SCORING_PROMPT)],
+        routing=pb.RoutingOptions(weights=pb.Weights(cost=cost, latency=latency, quality=quality)),
+        params=pb.GenerationParams(max_tokens=OUTPUT_TOKENS),
+    )
+    router = build_engine(config, environ={}).engine.router
+    return ScoringSetup(router, specs, request.SerializeToString())
+
+
+def scoring_figure(n: int, iterations: int) -> Figure:
+    """A Route decision over `n` candidates (decode, validate, count, score, encode) against the
+    scoring alone in plain Python."""
+    setup = scoring_setup(n)
+    _, input_tokens, output_tokens = setup.ranked()
+    rust = per_op_ns(setup.route, iterations)
     python = per_op_ns(
-        lambda: python_score(specs, INPUT_TOKENS, OUTPUT_TOKENS, WEIGHTS), iterations
+        lambda: python_score(setup.specs, input_tokens, output_tokens, WEIGHTS), iterations
     )
     return Figure(f"score {n} candidates", rust / 1000, "pure Python", python / 1000, speedup=True)
 

@@ -62,11 +62,6 @@ class Outcome:
     result: ChatResult | None = None
 
 
-def prior_latency_ms(model: ModelConfig, output_tokens: int) -> float:
-    prior = model.latency_prior
-    return prior.ttft_ms + output_tokens * prior.tpot_ms
-
-
 class Attempts:
     """Runs turns. Holds references to the engine's shared state; no state of its own."""
 
@@ -357,7 +352,9 @@ class Attempts:
 
     def _queue_slot(self, call: CallState, model: ModelConfig) -> AbstractAsyncContextManager[None]:
         p50_ms = self._latency.percentiles(self._latency.slot(model.name), "total")[0]
-        expected_s = (p50_ms or prior_latency_ms(model, call.decision.output_tokens)) / 1000.0
+        expected_s = (
+            p50_ms or self._registry.prior_latency_ms(model, call.decision.output_tokens)
+        ) / 1000.0
         return self._scheduler.queue(model.name).admit(
             Priority(call.request.routing.priority), call.deadline, expected_s
         )

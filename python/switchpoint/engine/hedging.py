@@ -15,16 +15,20 @@ from typing import Literal
 
 from switchpoint._native import LatencyTracker
 from switchpoint.config import Config, ModelConfig
-from switchpoint.engine.attempts import Attempts, Outcome, prior_latency_ms
+from switchpoint.engine.attempts import Attempts, Outcome
 from switchpoint.engine.calls import AttemptRecord, CallState, ChatResult, StreamDelta
+from switchpoint.registry import Registry
 from switchpoint.request import ChatInput
 
 
 class Hedging:
     """Runs hedged races on the engine's attempts; no state of its own."""
 
-    def __init__(self, config: Config, latency: LatencyTracker, attempts: Attempts) -> None:
+    def __init__(
+        self, config: Config, registry: Registry, latency: LatencyTracker, attempts: Attempts
+    ) -> None:
         self._config = config
+        self._registry = registry
         self._latency = latency
         self._attempts = attempts
 
@@ -152,7 +156,7 @@ class Hedging:
         p95_ms, samples = self._latency.percentiles(self._latency.slot(model.name), kind)[1::2]
         if samples < self._config.routing.min_latency_samples:
             p95_ms = (
-                prior_latency_ms(model, call.decision.output_tokens)
+                self._registry.prior_latency_ms(model, call.decision.output_tokens)
                 if kind == "total"
                 else model.latency_prior.ttft_ms
             )

@@ -96,7 +96,7 @@ class Engine:
             metrics=self.metrics,
             tokens=self.tokens,
         )
-        self._hedging = Hedging(config, latency, self._attempts)
+        self._hedging = Hedging(config, registry, latency, self._attempts)
 
     def _breaker_policy(self, model_name: str) -> BreakerConfig:
         index = self.registry.index_of(model_name)

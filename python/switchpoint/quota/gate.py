@@ -246,8 +246,7 @@ class TokenGate:
     def _within_limits(self, budget_ids: list[int], cost_usd: float) -> bool:
         now = self._clock()
         for budget_id in budget_ids:
-            limit, spent, reserved, _, _ = self.gate.budget_state(budget_id, now)
-            if spent + reserved + cost_usd > limit:
+            if not self.gate.budget_state(budget_id, now).fits(cost_usd):
                 return False
         return True
 
@@ -345,8 +344,7 @@ class TokenGate:
             if rule_scope is None:
                 continue
             instance = self._budget(i, budget, rule_scope)
-            limit, spent, reserved, _, _ = self.gate.budget_state(instance.gate_id, self._clock())
-            share = (spent + reserved) / limit if limit > 0 else 1.0
+            share = self.gate.budget_state(instance.gate_id, self._clock()).share_used
             if share >= pressure.at_share:
                 reason = (
                     f"budget '{budget.name}' is {share:.0%} used (>= {pressure.at_share:.0%}): "
@@ -452,7 +450,7 @@ class TokenGate:
             limit = self._limit_overrides.get(self._override_key(budget.name, scope))
             if limit is None:
                 limit = self._limit_overrides.get(budget.name, budget.limit_usd)
-            if self.gate.budget_state(instance.gate_id, now)[0] != limit:
+            if self.gate.budget_state(instance.gate_id, now).limit_usd != limit:
                 self.gate.set_budget_limit(instance.gate_id, limit)
 
     def _shared_limits_changed(self, previous: TokenGate) -> set[str]:

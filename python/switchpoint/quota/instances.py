@@ -176,16 +176,17 @@ class ScopeTable:
         if instance.kind == "limit":
             if shared is not None and not shared.can_forget("limit", instance.gate_id):
                 return False
-            requests, tokens, in_flight = self._gate.limit_state(instance.gate_id, now)
+            state = self._gate.limit_state(instance.gate_id, now)
+            requests, tokens = state.requests_available, state.tokens_available
             return (
-                in_flight == 0
+                state.in_flight == 0
                 and (instance.rpm is None or (requests is not None and requests >= instance.rpm))
                 and (instance.tpm is None or (tokens is not None and tokens >= instance.tpm))
             )
         if shared is not None and shared.shares_budget(instance.gate_id):
             return shared.can_forget("budget", instance.gate_id)
-        _, spent, reserved, _, _ = self._gate.budget_state(instance.gate_id, now)
-        return spent == 0.0 and reserved == 0.0
+        budget = self._gate.budget_state(instance.gate_id, now)
+        return budget.spent_usd == 0.0 and budget.reserved_usd == 0.0
 
     def _free(self, instance: Instance) -> None:
         for owner in instance.owners:

@@ -7,15 +7,17 @@ from enum import IntEnum
 from typing import NamedTuple
 
 from switchpoint.errors import QuotaExceededError
+from switchpoint.v1 import router_pb2 as pb
 
 
 class Level(IntEnum):
-    """Values match switchpoint.v1.DecisionLevel."""
+    """switchpoint.v1.DecisionLevel, whose values these are; the Rust router checks when it is
+    built that the core numbers and names its levels the same."""
 
-    OVERRIDE = 1
-    STAGE = 2
-    AUTO = 3
-    FALLBACK = 4
+    OVERRIDE = pb.DECISION_LEVEL_OVERRIDE
+    STAGE = pb.DECISION_LEVEL_STAGE
+    AUTO = pb.DECISION_LEVEL_AUTO
+    FALLBACK = pb.DECISION_LEVEL_FALLBACK
 
 
 class ScoredModel(NamedTuple):

@@ -3,7 +3,7 @@
 What routing decides (validation, the four levels, strategies, token counts, scoring) lives in
 `switchpoint_core::route`; a request crosses into Rust once, and a Route RPC can be answered from
 its bytes without building a Python object. What stays here is what only Python knows: the
-enabled models (`Registry`), the config's strategies and stages, and the tokenizers' ranks.
+enabled models (`Registry`), the strategies and stages a config adds, and the tokenizers' ranks.
 
 The levels, in order; the first that applies wins:
 
@@ -16,7 +16,7 @@ The levels, in order; the first that applies wins:
 from __future__ import annotations
 
 from switchpoint._native import Router
-from switchpoint.config import BUILTIN_STRATEGIES, Config
+from switchpoint.config import Config
 from switchpoint.registry import Registry
 from switchpoint.routing.decision import Decision, Level, ScoredModel
 from switchpoint.tokens import TokenCounter
@@ -33,17 +33,11 @@ def build_router(config: Config, registry: Registry, tokens: TokenCounter) -> Ro
         providers=[m.provider for m in registry.models],
         capabilities=registry.capability_names,
         disabled=list(registry.disabled.items()),
-        strategies=list({**BUILTIN_STRATEGIES, **configured}.items()),
+        strategies=list(configured.items()),
         default_strategy=routing.default_strategy,
         stages=[(name, stage.models, stage.strategy) for name, stage in routing.stages.items()],
         fallback_chain=routing.fallback_chain,
-        auto=(
-            auto.enabled,
-            auto.hard_complexity,
-            auto.easy_complexity,
-            f"complexity >= {auto.hard_complexity}: quality-first",
-            f"complexity <= {auto.easy_complexity}: cost-first",
-        ),
+        auto=(auto.enabled, auto.hard_complexity, auto.easy_complexity),
         default_output_tokens=routing.default_output_tokens,
         encodings=[tokens.encoding(name) for name in encodings],
         limits=config.server.limits.as_tuple(),

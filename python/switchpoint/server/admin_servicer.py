@@ -116,20 +116,18 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 continue
             if tenant and scope.get("tenant") != tenant:
                 continue
-            limit, spent, reserved, start, end = gate.gate.budget_state(
-                instance.gate_id, gate.now()
-            )
+            state = gate.gate.budget_state(instance.gate_id, gate.now())
             out.budgets.append(
                 pb.BudgetState(
                     name=instance.rule.name,
                     scope=scope,
                     window=instance.rule.window,
-                    limit_usd=limit,
-                    spent_usd=spent,
-                    reserved_usd=reserved,
-                    remaining_usd=max(limit - spent - reserved, 0.0),
-                    window_start=start,
-                    window_end=end,
+                    limit_usd=state.limit_usd,
+                    spent_usd=state.spent_usd,
+                    reserved_usd=state.reserved_usd,
+                    remaining_usd=state.remaining_usd,
+                    window_start=state.window_start_s,
+                    window_end=state.window_end_s,
                     shared=engine.shares_budgets,
                 )
             )

@@ -128,12 +128,12 @@ class Sidecar:
             if not gate.labels.knows(instance.scope):
                 continue
             try:
-                limit, spent, reserved, _, _ = gate.gate.budget_state(instance.gate_id, now)
+                remaining_usd = gate.gate.budget_state(instance.gate_id, now).remaining_usd
             except CoreError:
                 continue  # freed since the list was taken (this runs on the metrics thread)
             labels: dict[str, str] = {"budget": instance.rule.name}
             labels.update(instance.scope)
-            out.append((labels, max(limit - spent - reserved, 0.0)))
+            out.append((labels, remaining_usd))
         return out
 
     def _breaker_states(self) -> list[tuple[str, int]]:

@@ -98,8 +98,14 @@ class RouterServicer:
                 routed = None  # decided again below, where the failure is reported
             if routed is not None:
                 if observer.logs_requests:
-                    observer.routed(*routed[1:], time.perf_counter() - started)
-                return routed[0]
+                    observer.routed(
+                        routed.model,
+                        routed.tenant,
+                        routed.stage,
+                        routed.prompt_chars,
+                        time.perf_counter() - started,
+                    )
+                return routed.decision
         return await self._route(engine, request, context)
 
     async def _bound_route_request(self, request: bytes, context: ServicerContext) -> bytes:
@@ -266,14 +272,14 @@ def _budgets_left(engine: Engine, tenant: str | None) -> list[pb.BudgetLeft]:
         scope: dict[str, str] = dict(instance.scope)
         if tenant is not None and scope.get("tenant", tenant) != tenant:
             continue
-        limit, spent, reserved, _, _ = gate.gate.budget_state(instance.gate_id, now)
+        state = gate.gate.budget_state(instance.gate_id, now)
         out.append(
             pb.BudgetLeft(
                 name=instance.rule.name,
                 scope=scope,
                 window=instance.rule.window,
-                limit_usd=limit,
-                remaining_usd=max(limit - spent - reserved, 0.0),
+                limit_usd=state.limit_usd,
+                remaining_usd=state.remaining_usd,
             )
         )
     return out

@@ -4,7 +4,7 @@
 //! in a frozen object), and every reservation reads several of them. A `RwLock<Vec<_>>` would put
 //! one shared counter, written by every reader, in front of all of them; here elements live in
 //! chunks that are allocated once and never move, so a read is an index computation and one
-//! atomic load. Same layout as `slot.rs`'s store, generic over the element.
+//! atomic load. Same layout as `latency/slot.rs`'s store, generic over the element.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};

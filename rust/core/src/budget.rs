@@ -39,6 +39,27 @@ pub struct BudgetState {
     pub window_end_s: f64,
 }
 
+impl BudgetState {
+    /// What the window still allows after settled and reserved spend; never negative.
+    pub fn remaining_usd(&self) -> f64 {
+        (self.limit_usd - self.spent_usd - self.reserved_usd).max(0.0)
+    }
+
+    /// Spent plus reserved as a share of the limit; 1 (fully used) for a zero limit.
+    pub fn share_used(&self) -> f64 {
+        if self.limit_usd > 0.0 {
+            (self.spent_usd + self.reserved_usd) / self.limit_usd
+        } else {
+            1.0
+        }
+    }
+
+    /// Whether a call estimated at `cost_usd` fits beside what is spent and reserved.
+    pub fn fits(&self, cost_usd: f64) -> bool {
+        self.spent_usd + self.reserved_usd + cost_usd <= self.limit_usd
+    }
+}
+
 /// The part of a ledger that a rollover changes; `Copy`, so that read-only calls can roll a copy
 /// and leave the ledger as it is.
 #[derive(Debug, Clone, Copy)]

@@ -173,4 +173,37 @@ mod tests {
         assert!((reading.complexity - 1.0).abs() < 1e-12);
         assert!(classify("", 0).complexity >= 0.0);
     }
+
+    // Moved from the Python smoke tests when `_native.classify` left the binding: the readings
+    // the auto level relies on, through the core directly.
+    #[test]
+    fn readings_the_auto_level_relies_on() {
+        for (text, task_class) in [
+            ("please refactor this python function", "code"),
+            ("solve for x: 3 * x = 12", "math"),
+            ("summarise the key points of the memo", "summarize"),
+            ("write a haiku about rain", "creative"),
+            ("where do otters live", "chat"),
+            ("summarize this stack trace", "code"),
+        ] {
+            assert_eq!(classify(text, text.len()).task_class, task_class, "{text}");
+        }
+        let easy = classify("hello, who is the mayor?", 24);
+        assert_eq!(easy.task_class, "chat");
+        assert_eq!(easy.signals, ["short, simple question"]);
+        let text = "Compare the trade-offs step by step and DESIGN a distributed cache";
+        let hard = classify(text, text.len());
+        assert_eq!(
+            hard.signals,
+            ["asks to compare, design, distributed, step by step, trade-offs"]
+        );
+        assert!(hard.complexity > easy.complexity);
+        assert!(0.0 <= easy.complexity && hard.complexity <= 1.0);
+        let long = "lorem ipsum ".repeat(8_000) + "now derive the integral";
+        let reading = classify(&long, long.len());
+        assert_eq!(reading.task_class, "math");
+        assert_eq!(reading.signals[0], format!("{} characters", long.len()));
+        assert!(reading.signals.iter().any(|s| s == "asks to derive"));
+        assert!((reading.complexity - (0.3 + 0.35 + 0.15 + 0.1)).abs() < 1e-9);
+    }
 }

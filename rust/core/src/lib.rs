@@ -13,7 +13,6 @@ mod budget;
 mod classify;
 mod error;
 mod gate;
-mod histogram;
 mod latency;
 mod lease;
 mod limits;
@@ -21,7 +20,6 @@ mod reservations;
 mod route;
 mod rules;
 mod scoring;
-mod slot;
 mod table;
 mod tally;
 mod window;
@@ -38,10 +36,10 @@ pub use reservations::{ReservationId, MAX_RULES};
 pub use route::{
     clipped, route_request, Admission, Admitted, AutoRouting, Bpe, Decision, Level, Limits,
     Message, Params, RouteInput, Router, RouterConfig, RoutingOptions, Shift, Stage, Stop,
-    Tokenizer, CUSTOM_STRATEGY, ROLES,
+    Tokenizer, BUILTIN_STRATEGIES, CUSTOM_STRATEGY, ROLES,
 };
 pub use scoring::{Candidate, Exclusion, Ranking, Request, Weights};
-pub use table::{ModelSpec, ModelTable, MAX_PRICE_OR_PRIOR};
+pub use table::{capability_bits, ModelSpec, ModelTable, MAX_CAPABILITIES, MAX_PRICE_OR_PRIOR};
 pub use tally::{RequestCount, RouteTally};
 pub use window::{Window, MAX_NOW_S};
 pub use wire::{CandidateWire, DecisionWire};

@@ -7,9 +7,7 @@
 use std::cmp::Ordering;
 
 use crate::error::{CoreError, Result};
-use crate::table::ModelTable;
-
-const TOKENS_PER_MTOK: f64 = 1_000_000.0;
+use crate::table::{expected_latency_ms, ModelTable};
 
 /// Strategy weights, normalised to sum to 1. Only constructible through `new`, so a `Weights`
 /// value is always valid and scoring never re-checks it.
@@ -93,7 +91,7 @@ impl Exclusion {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate {
     pub index: usize,
-    /// In [-1, 1]: a convex combination of three [0, 1] terms minus a [0, 1] penalty.
+    /// In [0, 1]: a convex combination of three [0, 1] terms.
     pub score: f64,
     pub norm_cost: f64,
     pub norm_latency: f64,
@@ -255,7 +253,6 @@ impl ModelTable {
         let now_s = self.tracker.now_s();
         let mut ranked = Vec::with_capacity(hint);
         let mut excluded = Vec::new();
-        let (input, output) = (request.input_tokens as f64, request.output_tokens as f64);
         // A sum that overflows u64 exceeds every context window.
         let needed = request.input_tokens.checked_add(request.output_tokens);
         for index in indices {
@@ -269,8 +266,7 @@ impl ModelTable {
                 excluded.push((index, Exclusion::Capabilities));
                 continue;
             }
-            let cost = input * spec.input_per_mtok / TOKENS_PER_MTOK
-                + output * spec.output_per_mtok / TOKENS_PER_MTOK;
+            let cost = spec.cost_usd(request.input_tokens, request.output_tokens);
             if request.max_cost_usd.is_some_and(|max| cost > max) {
                 excluded.push((index, Exclusion::MaxCost));
                 continue;
@@ -287,18 +283,18 @@ impl ModelTable {
                 norm_latency: 0.0,
                 quality: spec.quality,
                 estimated_cost_usd: cost,
-                estimated_latency_ms: ttft + output * tpot,
+                estimated_latency_ms: expected_latency_ms(ttft, tpot, request.output_tokens),
                 latency_observed: live.ttft_ms.is_some() && live.tpot_ms.is_some(),
             });
         }
         Ranking {
-            ranked: self.finish(request.weights, ranked),
+            ranked: Self::finish(request.weights, ranked),
             excluded,
         }
     }
 
     /// Normalises and scores the eligible candidates, and returns them best first.
-    fn finish(&self, weights: Weights, mut ranked: Vec<Candidate>) -> Vec<Candidate> {
+    fn finish(weights: Weights, mut ranked: Vec<Candidate>) -> Vec<Candidate> {
         let (mut cost_min, mut cost_max) = (f64::INFINITY, f64::NEG_INFINITY);
         let (mut lat_min, mut lat_max) = (f64::INFINITY, f64::NEG_INFINITY);
         for candidate in &ranked {
@@ -317,7 +313,7 @@ impl ModelTable {
                 + weights.cost * (1.0 - candidate.norm_cost)
                 + weights.quality * candidate.quality;
             // The clamp only absorbs rounding: weights summing to 1 + ulp could nudge past 1.
-            candidate.score = (merit - self.rows[candidate.index].penalty()).clamp(-1.0, 1.0);
+            candidate.score = merit.clamp(0.0, 1.0);
         }
         rank(ranked)
     }

@@ -1,8 +1,7 @@
 //! The routing table: the registry's models, validated once per config load, with the state that
-//! changes between loads (latency slot, penalty) kept beside each row.
+//! changes between loads (the latency slot) kept beside each row.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{CoreError, Result};
@@ -12,6 +11,43 @@ use crate::latency::LatencyTracker;
 /// value, and low enough that multiplying by any `u64` token count stays finite, so costs,
 /// latencies and their min-max spread can never become infinite (and normalisation never NaN).
 pub const MAX_PRICE_OR_PRIOR: f64 = 1e12;
+
+const TOKENS_PER_MTOK: f64 = 1_000_000.0;
+
+/// Distinct capabilities a table tells apart: a model's capabilities are a `u64` bitmask.
+pub const MAX_CAPABILITIES: usize = 64;
+
+/// The capability bits of a config's models: every name any model lists, sorted, bit `i` for the
+/// `i`-th; and each model's mask, in `per_model` order.
+///
+/// # Errors
+/// `InvalidArgument` on "models" beyond `MAX_CAPABILITIES` distinct names.
+pub fn capability_bits<S: AsRef<str>>(per_model: &[Vec<S>]) -> Result<(Vec<String>, Vec<u64>)> {
+    let mut names: Vec<&str> = per_model.iter().flatten().map(AsRef::as_ref).collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.len() > MAX_CAPABILITIES {
+        return Err(CoreError::invalid(
+            "models",
+            format!("at most {MAX_CAPABILITIES} distinct capabilities"),
+        ));
+    }
+    let bit = |name: &str| names.binary_search(&name).map_or(0, |i| 1u64 << i);
+    let masks = per_model
+        .iter()
+        .map(|listed| {
+            listed
+                .iter()
+                .fold(0, |mask, name| mask | bit(name.as_ref()))
+        })
+        .collect();
+    Ok((names.into_iter().map(str::to_owned).collect(), masks))
+}
+
+/// A call's latency from its time to first token and time per output token.
+pub(crate) fn expected_latency_ms(ttft_ms: f64, tpot_ms: f64, output_tokens: u64) -> f64 {
+    ttft_ms + output_tokens as f64 * tpot_ms
+}
 
 /// One model row as loaded from config.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +70,18 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
+    /// What a call of `input_tokens` in and `output_tokens` out costs at this model's prices: the
+    /// one formula for scoring, gate estimates and billing.
+    pub fn cost_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        (input_tokens as f64 * self.input_per_mtok + output_tokens as f64 * self.output_per_mtok)
+            / TOKENS_PER_MTOK
+    }
+
+    /// The configured latency of a call producing `output_tokens`, before live samples exist.
+    pub fn prior_latency_ms(&self, output_tokens: u64) -> f64 {
+        expected_latency_ms(self.ttft_prior_ms, self.tpot_prior_ms, output_tokens)
+    }
+
     /// Checks every field.
     ///
     /// # Errors
@@ -78,16 +126,6 @@ impl ModelSpec {
 pub(crate) struct Row {
     pub(crate) spec: ModelSpec,
     pub(crate) slot: usize,
-    /// f64 bits of the current penalty, so `set_penalty` works through `&self` from any thread
-    /// while requests are being scored; a torn read is impossible and staleness by one request is
-    /// harmless.
-    penalty: AtomicU64,
-}
-
-impl Row {
-    pub(crate) fn penalty(&self) -> f64 {
-        f64::from_bits(self.penalty.load(Ordering::Relaxed))
-    }
 }
 
 /// The routing table: built once per config load, scored per request (see `scoring.rs`).
@@ -126,11 +164,7 @@ impl ModelTable {
             .into_iter()
             .map(|spec| {
                 let slot = tracker.slot(&spec.name)?;
-                Ok(Row {
-                    spec,
-                    slot,
-                    penalty: AtomicU64::new(0.0f64.to_bits()),
-                })
+                Ok(Row { spec, slot })
             })
             .collect::<Result<Box<[Row]>>>()?;
         Ok(Self {
@@ -172,30 +206,6 @@ impl ModelTable {
     /// `IndexOutOfRange` unless `index < len()`.
     pub fn slot(&self, index: usize) -> Result<usize> {
         Ok(self.row(index)?.slot)
-    }
-
-    /// # Errors
-    /// `IndexOutOfRange` unless `index < len()`.
-    pub fn penalty(&self, index: usize) -> Result<f64> {
-        Ok(self.row(index)?.penalty())
-    }
-
-    /// Sets the score penalty of model `index` (open breaker, recent errors). In [0, 1] so that
-    /// scores stay in [-1, 1]; 0 clears it.
-    ///
-    /// # Errors
-    /// `InvalidArgument` for a penalty outside [0, 1]; `IndexOutOfRange` unless `index < len()`.
-    pub fn set_penalty(&self, index: usize, penalty: f64) -> Result<()> {
-        if !(0.0..=1.0).contains(&penalty) {
-            return Err(CoreError::invalid(
-                "penalty",
-                format!("must be in [0, 1], got {penalty}"),
-            ));
-        }
-        self.row(index)?
-            .penalty
-            .store(penalty.to_bits(), Ordering::Relaxed);
-        Ok(())
     }
 }
 
@@ -266,16 +276,17 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn penalty_round_trips_and_validates() {
-        let table = ModelTable::new(vec![spec("a")], tracker(), 20).unwrap();
-        assert!(table.penalty(0).unwrap().abs() < f64::EPSILON);
-        table.set_penalty(0, 0.25).unwrap();
-        assert!((table.penalty(0).unwrap() - 0.25).abs() < f64::EPSILON);
-        for bad in [-0.1, 1.1, f64::NAN] {
-            assert!(table.set_penalty(0, bad).is_err());
-        }
-        let err = table.set_penalty(3, 0.5).unwrap_err();
-        assert_eq!(err.to_string(), "index 3 out of range (table has 1 models)");
+    fn capability_bits_sort_every_name_and_cap_at_64() {
+        let (names, masks) =
+            capability_bits(&[vec!["vision", "chat"], vec![], vec!["code", "chat"]]).unwrap();
+        assert_eq!(names, ["chat", "code", "vision"]);
+        assert_eq!(masks, [0b101, 0, 0b011]);
+        let many: Vec<Vec<String>> = (0..65).map(|i| vec![format!("c{i}")]).collect();
+        assert_eq!(
+            capability_bits(&many).unwrap_err().to_string(),
+            "models: at most 64 distinct capabilities"
+        );
+        assert_eq!(capability_bits(&many[..64]).unwrap().0.len(), 64);
     }
 
     #[test]

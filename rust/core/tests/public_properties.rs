@@ -326,8 +326,6 @@ fn router() -> Router {
                 enabled: true,
                 hard_complexity: 0.6,
                 easy_complexity: 0.1,
-                hard_reason: "hard".into(),
-                easy_reason: "easy".into(),
             },
             default_output_tokens: 100,
             encodings: vec![Tokenizer::Estimate],

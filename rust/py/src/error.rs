@@ -12,7 +12,7 @@
 //! `__str__` that reads as a sentence; raising stays as cheap as for any other error.
 
 use pyo3::create_exception;
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::{PyAttributeError, PyException, PyTypeError};
 use pyo3::prelude::*;
 use switchpoint_core::{CoreError as RustError, Refusal};
 
@@ -171,6 +171,20 @@ pub fn index(what: &'static str, value: i64, len: usize) -> std::result::Result<
 pub fn tokens(field: &'static str, value: i64) -> std::result::Result<u64, RustError> {
     u64::try_from(value)
         .map_err(|_| RustError::invalid(field, format!("must be >= 0, got {value}")))
+}
+
+/// `object` lacks the attribute `name` the binding reads: a `TypeError` naming both, which is what
+/// Python raises for an argument of the wrong type. Any other error from the lookup is kept.
+pub fn not_a(object: &Bound<'_, PyAny>, name: &str, err: PyErr) -> PyErr {
+    if err.is_instance_of::<PyAttributeError>(object.py()) {
+        let type_name = object
+            .get_type()
+            .name()
+            .map_or_else(|_| "?".to_owned(), |n| n.to_string());
+        PyTypeError::new_err(format!("{type_name} object has no field {name:?}"))
+    } else {
+        err
+    }
 }
 
 #[cfg(test)]

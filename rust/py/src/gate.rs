@@ -10,12 +10,10 @@ use pyo3::prelude::*;
 use switchpoint_core::{CoreError as RustError, Denial, Gate as Core, ReservationId};
 
 use crate::error::{tokens, Result};
+use crate::gate_state::{BudgetState, LimitState, LimitUsage};
 
 /// A denial as `check` returns it: `(kind, name, retry_after_s)`.
 type DenialTuple = (&'static str, String, f64);
-
-/// A rate limit's minute as `limit_usage` returns it.
-type LimitUsage = (f64, u64, u64, u64, u64, Option<f64>, Option<f64>);
 
 fn denial_tuple(denial: &Denial) -> DenialTuple {
     (
@@ -198,16 +196,9 @@ impl Gate {
         Ok(self.inner.release(self::reservation(reservation)?, now)?)
     }
 
-    /// `(limit_usd, spent_usd, reserved_usd, window_start, window_end)` as of `now`.
-    fn budget_state(&self, budget: i64, now: f64) -> Result<(f64, f64, f64, f64, f64)> {
-        let s = self.inner.budget_state(self.budget(budget)?, now)?;
-        Ok((
-            s.limit_usd,
-            s.spent_usd,
-            s.reserved_usd,
-            s.window_start_s,
-            s.window_end_s,
-        ))
+    /// The budget's window as of `now`.
+    fn budget_state(&self, budget: i64, now: f64) -> Result<BudgetState> {
+        Ok(self.inner.budget_state(self.budget(budget)?, now)?.into())
     }
 
     fn set_budget_limit(&self, budget: i64, limit_usd: f64) -> Result<()> {
@@ -248,25 +239,18 @@ impl Gate {
         Ok(self.inner.take_unreported_usage(self.limit(limit)?)?)
     }
 
-    /// `(minute_start, requests_done, tokens_done, requests_reserved, tokens_reserved,
-    /// requests_leased, tokens_leased)`: the UTC minute holding `now` as the lease cap counts it.
+    /// The UTC minute holding `now` as the lease cap counts it.
     fn limit_usage(&self, limit: i64, now: f64) -> Result<LimitUsage> {
-        let m = self.inner.limit_state(self.limit(limit)?, now)?.minute;
-        Ok((
-            m.start_s,
-            m.requests_done,
-            m.tokens_done,
-            m.requests_reserved,
-            m.tokens_reserved,
-            m.requests_leased,
-            m.tokens_leased,
+        Ok(LimitUsage::from(
+            &self.inner.limit_state(self.limit(limit)?, now)?.minute,
         ))
     }
 
-    /// `(requests_available, tokens_available, in_flight)` as of `now`.
-    fn limit_state(&self, limit: i64, now: f64) -> Result<(Option<f64>, Option<f64>, u32)> {
-        let s = self.inner.limit_state(self.limit(limit)?, now)?;
-        Ok((s.requests_available, s.tokens_available, s.in_flight))
+    /// The rate limit's buckets and calls in flight as of `now`.
+    fn limit_state(&self, limit: i64, now: f64) -> Result<LimitState> {
+        Ok(LimitState::from(
+            &self.inner.limit_state(self.limit(limit)?, now)?,
+        ))
     }
 
     /// Reservations neither settled nor released.

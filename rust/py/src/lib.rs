@@ -2,17 +2,34 @@
 //!
 //! Nothing here decides anything: argument conversion, one error mapping (`error.rs`), and
 //! delegation to the core. Calls hold the GIL (they take microseconds, see
-//! docs/architecture.md, "The Rust core"); the one exception, scoring a large candidate set,
-//! releases it through `gil.rs`.
+//! docs/architecture.md, "The Rust core"); the exceptions, long prompts and work with a stop
+//! signal, release it through `gil.rs`.
 
-mod classify;
+/// `$object.$name`: how the binding reads Python objects, by attribute name, so a field's
+/// position never matters. An object without the attribute is the wrong type: `TypeError`.
+macro_rules! attr {
+    ($object:expr, $name:literal) => {
+        $object
+            .getattr(pyo3::intern!($object.py(), $name))
+            .map_err(|err| crate::error::not_a(&$object, $name, err))?
+    };
+}
+
+/// `$object.$name` extracted to the type the context asks for; a value that does not fit (out of
+/// range, wrong type) raises the conversion's own error, unwrapped.
+macro_rules! field {
+    ($object:expr, $name:literal) => {
+        attr!($object, $name).extract()?
+    };
+}
+
 mod error;
 mod gate;
+mod gate_state;
 mod gil;
 mod latency;
 mod model_spec;
 mod router;
-mod score_result;
 mod table;
 mod tokens;
 mod wire;
@@ -24,24 +41,25 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     error::register(m)?;
     m.add_class::<model_spec::ModelSpec>()?;
     m.add_class::<latency::LatencyTracker>()?;
-    m.add_class::<score_result::ScoredCandidate>()?;
-    m.add_class::<score_result::ScoreResult>()?;
     m.add_class::<table::ModelTable>()?;
     m.add_class::<gate::Gate>()?;
+    m.add_class::<gate_state::BudgetState>()?;
+    m.add_class::<gate_state::LimitState>()?;
+    m.add_class::<gate_state::LimitUsage>()?;
     m.add_class::<router::Router>()?;
+    m.add_class::<router::Routed>()?;
     m.add_class::<tokens::BpeEncoding>()?;
     m.add_class::<router::RouteTally>()?;
     m.add_class::<router::Admission>()?;
     m.add_class::<tokens::WorkStop>()?;
     m.add_function(wrap_pyfunction!(tokens::count_text_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::count_prompt_tokens, m)?)?;
-    m.add("CHAT_INPUT_FIELDS", router::CHAT_INPUT_FIELDS)?;
-    m.add("ROUTING_FIELDS", router::ROUTING_FIELDS)?;
-    m.add("PARAMS_FIELDS", router::PARAMS_FIELDS)?;
-    m.add("CACHE_THRESHOLD_POSITION", router::CACHE_THRESHOLD_POSITION)?;
-    m.add_function(wrap_pyfunction!(classify::classify, m)?)?;
     m.add_function(wrap_pyfunction!(wire::encode_route_decision, m)?)?;
-    m.add("DECISION_FIELDS", wire::DECISION_FIELDS)?;
-    m.add("CANDIDATE_FIELDS", wire::CANDIDATE_FIELDS)?;
+    m.add_function(wrap_pyfunction!(model_spec::capability_bits, m)?)?;
+    let builtin = pyo3::types::PyDict::new(m.py());
+    for (name, [cost, latency, quality]) in switchpoint_core::BUILTIN_STRATEGIES {
+        builtin.set_item(name, (cost, latency, quality))?;
+    }
+    m.add("BUILTIN_STRATEGIES", builtin)?;
     Ok(())
 }

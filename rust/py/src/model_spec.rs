@@ -5,6 +5,15 @@ use switchpoint_core::ModelSpec as Spec;
 
 use crate::error::Result;
 
+/// The capability bits of a config's models (see `switchpoint_core::capability_bits`): every
+/// capability name in bit order, and each model's mask.
+#[pyfunction]
+// PyO3 extracts the lists by value.
+#[allow(clippy::needless_pass_by_value)]
+pub fn capability_bits(per_model: Vec<Vec<String>>) -> Result<(Vec<String>, Vec<u64>)> {
+    Ok(switchpoint_core::capability_bits(&per_model)?)
+}
+
 /// One model row of the routing table, as loaded from config.
 #[pyclass(frozen, module = "switchpoint._native")]
 pub struct ModelSpec {
@@ -91,6 +100,16 @@ impl ModelSpec {
     #[getter]
     fn capabilities(&self) -> u64 {
         self.inner.capabilities
+    }
+
+    /// What a call costs at this model's prices (the formula scoring and billing share).
+    fn cost_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        self.inner.cost_usd(input_tokens, output_tokens)
+    }
+
+    /// The configured latency of a call producing `output_tokens`.
+    fn prior_latency_ms(&self, output_tokens: u64) -> f64 {
+        self.inner.prior_latency_ms(output_tokens)
     }
 
     fn __repr__(&self) -> String {

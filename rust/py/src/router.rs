@@ -1,17 +1,18 @@
 //! `Router`: the router of one config load (see `switchpoint_core::Router`), deciding from the
 //! engine's `ChatInput` or straight from `RouteRequest` bytes.
 //!
-//! `ChatInput` and its parts are `NamedTuple`s read by position (`*_FIELDS` name the positions,
-//! and the Python tests check them against the tuples' `_fields`). The decision goes back as the
-//! `Decision` and `ScoredModel` classes Python hands the constructor.
+//! `ChatInput` and its parts are read by attribute name. The decision goes back as the `Decision`
+//! and `ScoredModel` classes Python hands the constructor, whose field names are checked when the
+//! router is built; a Route call answered from its bytes as a `Routed`.
 
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::{PyBytes, PyString, PyTuple};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use switchpoint_core::{
-    route_request, Admission as CoreAdmission, Admitted, AutoRouting, Decision, Limits, Message,
-    Params, RequestCount, RouteInput, RouteTally as Tally, Router as Core, RouterConfig,
+    route_request, Admission as CoreAdmission, Admitted, AutoRouting, Decision, Level, Limits,
+    Message, Params, RequestCount, RouteInput, RouteTally as Tally, Router as Core, RouterConfig,
     RoutingOptions, Shift, Stage, Stop,
 };
 
@@ -21,21 +22,72 @@ use crate::gil;
 use crate::table::ModelTable;
 use crate::tokens::{tokenizer, BpeEncoding, WorkStop};
 
-pub const CHAT_INPUT_FIELDS: [&str; 5] = ["messages", "routing", "params", "request_id", "cache"];
-pub const ROUTING_FIELDS: [&str; 9] = [
-    "models",
-    "stage",
+/// The leading fields of the `Decision` the router builds, in the order it passes them.
+const DECISION_FIELDS: [&str; 10] = [
+    "candidates",
+    "level",
+    "reasons",
     "strategy",
     "weights",
-    "tenant",
-    "priority",
-    "capabilities",
-    "max_cost_usd",
-    "hedge",
+    "input_tokens",
+    "output_tokens",
+    "task_class",
+    "complexity",
+    "fallback",
 ];
-pub const PARAMS_FIELDS: [&str; 4] = ["max_tokens", "temperature", "top_p", "stop"];
-/// `CacheControls`: only the threshold is the router's to check.
-pub const CACHE_THRESHOLD_POSITION: usize = 2;
+
+/// The fields of each `ScoredModel` candidate, in the order the router passes them.
+const CANDIDATE_FIELDS: [&str; 10] = [
+    "table_index",
+    "name",
+    "provider",
+    "score",
+    "norm_cost",
+    "norm_latency",
+    "quality",
+    "estimated_cost_usd",
+    "estimated_latency_ms",
+    "latency_observed",
+];
+
+/// Decisions are built per request, so positionally (a keyword call costs about a microsecond
+/// more per decision); the names are what is checked, once, when the router is built: a type
+/// whose `_fields` do not begin with `expected` is refused with a `TypeError` naming both.
+fn check_fields(named_tuple: &Bound<'_, PyAny>, expected: &[&str]) -> PyResult<()> {
+    let fields: Vec<String> = attr!(named_tuple, "_fields").extract()?;
+    if fields.len() < expected.len() || fields[..expected.len()] != *expected {
+        return Err(PyTypeError::new_err(format!(
+            "{} must have the fields {expected:?} first, has {fields:?}",
+            named_tuple.repr()?
+        )));
+    }
+    Ok(())
+}
+
+/// `levels` must be the core's levels in order, each with its number and name (Python's `Level`,
+/// whose values are `switchpoint.v1.DecisionLevel`'s): checked once, so the three agree.
+fn check_levels(py: Python<'_>, levels: &[Py<PyAny>]) -> PyResult<()> {
+    let given = levels
+        .iter()
+        .map(|level| {
+            let level = level.bind(py);
+            Ok((
+                level.extract::<i32>()?,
+                attr!(level, "name").extract::<String>()?,
+            ))
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let expected: Vec<(i32, String)> = Level::ALL
+        .iter()
+        .map(|&level| (level as i32, level.name().to_owned()))
+        .collect();
+    if given != expected {
+        return Err(PyTypeError::new_err(format!(
+            "levels must be {expected:?}, got {given:?}"
+        )));
+    }
+    Ok(())
+}
 
 /// Past this many bytes of prompt, counting and classifying outlast what releasing the GIL costs,
 /// so it is released.
@@ -114,78 +166,109 @@ impl RouteTally {
     }
 }
 
-/// The strings of a `ChatInput`, held while a `RouteInput` borrows them.
-struct Held {
-    messages: Vec<(PyBackedStr, PyBackedStr)>,
+/// A `ChatMessage`.
+struct HeldMessage {
+    role: PyBackedStr,
+    content: PyBackedStr,
+}
+
+/// `RoutingOptions`.
+struct HeldRouting {
     models: Vec<PyBackedStr>,
     stage: PyBackedStr,
     strategy: PyBackedStr,
-    tenant: PyBackedStr,
-    capabilities: Vec<PyBackedStr>,
-    stop: Vec<PyBackedStr>,
-    request_id: PyBackedStr,
     weights: Option<(f64, f64, f64)>,
+    tenant: PyBackedStr,
     priority: i64,
+    capabilities: Vec<PyBackedStr>,
     max_cost_usd: Option<f64>,
     hedge: bool,
+}
+
+/// `GenerationParams`.
+struct HeldParams {
     max_tokens: Option<i64>,
     temperature: Option<f64>,
     top_p: Option<f64>,
+    stop: Vec<PyBackedStr>,
+}
+
+/// A `ChatInput` read by attribute name, its strings held while a `RouteInput` borrows them.
+/// Of its `CacheControls` only the threshold is the router's to check.
+struct Held {
+    messages: Vec<HeldMessage>,
+    routing: HeldRouting,
+    params: HeldParams,
+    request_id: PyBackedStr,
     cache_threshold: Option<f64>,
 }
 
 impl Held {
-    fn read(request: &Bound<'_, PyTuple>) -> PyResult<Self> {
-        let routing = request.get_item(1)?;
-        let routing = routing.cast::<PyTuple>()?;
-        let params = request.get_item(2)?;
-        let params = params.cast::<PyTuple>()?;
+    fn read(request: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let messages = attr!(request, "messages")
+            .try_iter()?
+            .map(|message| {
+                let message = message?;
+                Ok(HeldMessage {
+                    role: field!(message, "role"),
+                    content: field!(message, "content"),
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let routing = attr!(request, "routing");
+        let params = attr!(request, "params");
+        let cache = attr!(request, "cache");
         Ok(Self {
-            messages: request.get_item(0)?.extract()?,
-            models: routing.get_item(0)?.extract()?,
-            stage: routing.get_item(1)?.extract()?,
-            strategy: routing.get_item(2)?.extract()?,
-            weights: routing.get_item(3)?.extract()?,
-            tenant: routing.get_item(4)?.extract()?,
-            priority: routing.get_item(5)?.extract()?,
-            capabilities: routing.get_item(6)?.extract()?,
-            max_cost_usd: routing.get_item(7)?.extract()?,
-            hedge: routing.get_item(8)?.extract()?,
-            max_tokens: params.get_item(0)?.extract()?,
-            temperature: params.get_item(1)?.extract()?,
-            top_p: params.get_item(2)?.extract()?,
-            stop: params.get_item(3)?.extract()?,
-            request_id: request.get_item(3)?.extract()?,
-            cache_threshold: request
-                .get_item(4)?
-                .get_item(CACHE_THRESHOLD_POSITION)?
-                .extract()?,
+            messages,
+            routing: HeldRouting {
+                models: field!(routing, "models"),
+                stage: field!(routing, "stage"),
+                strategy: field!(routing, "strategy"),
+                weights: field!(routing, "weights"),
+                tenant: field!(routing, "tenant"),
+                priority: field!(routing, "priority"),
+                capabilities: field!(routing, "capabilities"),
+                max_cost_usd: field!(routing, "max_cost_usd"),
+                hedge: field!(routing, "hedge"),
+            },
+            params: HeldParams {
+                max_tokens: field!(params, "max_tokens"),
+                temperature: field!(params, "temperature"),
+                top_p: field!(params, "top_p"),
+                stop: field!(params, "stop"),
+            },
+            request_id: field!(request, "request_id"),
+            cache_threshold: field!(cache, "threshold"),
         })
     }
 
     fn input(&self) -> RouteInput<'_> {
+        let (routing, params) = (&self.routing, &self.params);
         RouteInput {
             messages: self
                 .messages
                 .iter()
-                .map(|(role, content)| Message { role, content })
+                .map(|m| Message {
+                    role: &m.role,
+                    content: &m.content,
+                })
                 .collect(),
             routing: RoutingOptions {
-                models: strs(&self.models),
-                stage: &self.stage,
-                strategy: &self.strategy,
-                weights: self.weights.map(|(c, l, q)| [c, l, q]),
-                tenant: &self.tenant,
-                priority: self.priority,
-                capabilities: strs(&self.capabilities),
-                max_cost_usd: self.max_cost_usd,
-                hedge: self.hedge,
+                models: strs(&routing.models),
+                stage: &routing.stage,
+                strategy: &routing.strategy,
+                weights: routing.weights.map(|(c, l, q)| [c, l, q]),
+                tenant: &routing.tenant,
+                priority: routing.priority,
+                capabilities: strs(&routing.capabilities),
+                max_cost_usd: routing.max_cost_usd,
+                hedge: routing.hedge,
             },
             params: Params {
-                max_tokens: self.max_tokens,
-                temperature: self.temperature,
-                top_p: self.top_p,
-                stop: strs(&self.stop),
+                max_tokens: params.max_tokens,
+                temperature: params.temperature,
+                top_p: params.top_p,
+                stop: strs(&params.stop),
             },
             request_id: &self.request_id,
             cache_threshold: self.cache_threshold,
@@ -204,8 +287,18 @@ fn wall_clock_s() -> f64 {
         .map_or(0.0, |since| since.as_secs_f64())
 }
 
-/// What `route_wire` answers: the decision's bytes, the model, tenant, stage, prompt characters.
-type Routed<'r, 'py> = (Bound<'py, PyBytes>, &'r str, String, String, usize);
+/// A Route call answered from its bytes: the `RouteDecision` bytes, and what its log line needs.
+#[pyclass(frozen, get_all, module = "switchpoint._native")]
+pub struct Routed {
+    /// The `switchpoint.v1.RouteDecision` message, serialized.
+    decision: Py<PyBytes>,
+    /// The chosen model.
+    model: Py<PyString>,
+    tenant: String,
+    stage: String,
+    /// The prompt's length in characters.
+    prompt_chars: usize,
+}
 
 /// The router of one config load.
 #[pyclass(frozen, module = "switchpoint._native")]
@@ -253,15 +346,15 @@ impl Router {
         default_strategy: String,
         stages: Vec<(String, Vec<String>, Option<String>)>,
         fallback_chain: Vec<String>,
-        auto: (bool, f64, f64, String, String),
+        auto: (bool, f64, f64),
         default_output_tokens: u64,
         encodings: Vec<Option<Bound<'_, BpeEncoding>>>,
         limits: (usize, usize, usize, usize, usize),
         decision_type: Py<PyAny>,
         candidate_type: Py<PyAny>,
         levels: Vec<Py<PyAny>>,
-    ) -> Result<Self> {
-        let (enabled, hard_complexity, easy_complexity, hard_reason, easy_reason) = auto;
+    ) -> PyResult<Self> {
+        let (enabled, hard_complexity, easy_complexity) = auto;
         let (messages, message_bytes, prompt_bytes, name_bytes, list_items) = limits;
         let config = RouterConfig {
             providers,
@@ -285,8 +378,6 @@ impl Router {
                 enabled,
                 hard_complexity,
                 easy_complexity,
-                hard_reason,
-                easy_reason,
             },
             default_output_tokens,
             encodings: encodings
@@ -301,8 +392,11 @@ impl Router {
                 list_items,
             },
         };
+        check_fields(decision_type.bind(table.py()), &DECISION_FIELDS)?;
+        check_fields(candidate_type.bind(table.py()), &CANDIDATE_FIELDS)?;
+        check_levels(table.py(), &levels)?;
         Ok(Self {
-            inner: Core::new(table.get().inner.clone(), config)?,
+            inner: Core::new(table.get().inner.clone(), config).map_err(Error::from)?,
             decision_type,
             candidate_type,
             levels,
@@ -316,7 +410,7 @@ impl Router {
     }
 
     /// Validate a `ChatInput` (raises `InvalidRequestError` or `RequestTooLargeError`).
-    fn validate(&self, request: &Bound<'_, PyTuple>) -> PyResult<()> {
+    fn validate(&self, request: &Bound<'_, PyAny>) -> PyResult<()> {
         let held = Held::read(request)?;
         self.inner.validate(&held.input()).map_err(Error::from)?;
         Ok(())
@@ -329,7 +423,7 @@ impl Router {
     fn decide<'py>(
         &self,
         py: Python<'py>,
-        request: &Bound<'py, PyTuple>,
+        request: &Bound<'py, PyAny>,
         pressure: Option<&Bound<'py, PyAny>>,
         stop: Option<&Bound<'py, WorkStop>>,
     ) -> PyResult<Bound<'py, PyAny>> {
@@ -365,9 +459,8 @@ impl Router {
         self.to_python(py, &decision)
     }
 
-    /// Route straight from `switchpoint.v1.RouteRequest` bytes: the `RouteDecision` bytes, the
-    /// chosen model, the request's tenant and stage, and its prompt's length in characters (what
-    /// its log line needs). The call is counted, and timed, in `tally`.
+    /// Route straight from `switchpoint.v1.RouteRequest` bytes (see `Routed`). The call is
+    /// counted, and timed, in `tally`.
     ///
     /// With `admission` (the gate has rules), None unless it admits every candidate now (wall-clock
     /// time, the `TokenGate`'s clock): the engine's path then decides, learns the rules or
@@ -380,7 +473,7 @@ impl Router {
         tally: Option<&Bound<'py, RouteTally>>,
         admission: Option<&Bound<'py, Admission>>,
         stop: Option<&Bound<'py, WorkStop>>,
-    ) -> Result<Option<Routed<'_, 'py>>> {
+    ) -> Result<Option<Routed>> {
         let started = Instant::now();
         let input = route_request(request)?;
         let long = stop.is_some() || prompt_bytes(&input) > DETACH_ABOVE_BYTES;
@@ -419,17 +512,17 @@ impl Router {
                 .inner
                 .record(model, routing.tenant, routing.stage, seconds);
         }
-        Ok(Some((
-            answer,
-            model,
-            input.routing.tenant.to_owned(),
-            input.routing.stage.to_owned(),
-            input
+        Ok(Some(Routed {
+            decision: answer.unbind(),
+            model: PyString::new(py, model).unbind(),
+            tenant: input.routing.tenant.to_owned(),
+            stage: input.routing.stage.to_owned(),
+            prompt_chars: input
                 .messages
                 .iter()
                 .map(|m| m.content.chars().count())
                 .sum(),
-        )))
+        }))
     }
 
     fn __repr__(&self) -> String {
@@ -439,6 +532,7 @@ impl Router {
 
 impl Router {
     fn to_python<'py>(&self, py: Python<'py>, decision: &Decision) -> PyResult<Bound<'py, PyAny>> {
+        // Positional, in the order `check_fields` confirmed when the router was built.
         let candidate_type = self.candidate_type.bind(py);
         let candidates = decision
             .candidates

@@ -1,19 +1,13 @@
-//! `ModelTable`: the routing table Python builds once per config load and scores per request.
+//! `ModelTable`: the routing table Python builds once per config load; the `Router` scores it.
 
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use switchpoint_core::{ModelTable as Table, Request, Weights};
+use switchpoint_core::ModelTable as Table;
 
-use crate::error::{index, tokens, Result};
-use crate::gil;
+use crate::error::{index, Result};
 use crate::latency::LatencyTracker;
 use crate::model_spec::ModelSpec;
-use crate::score_result::ScoreResult;
-
-/// Scoring is linear in the candidates (criterion, rust/core/benches/scoring.rs); beyond this
-/// many it outlasts what releasing the GIL costs, so the request is scored without the GIL.
-const DETACH_ABOVE_CANDIDATES: usize = 256;
 
 /// The routing table: built once per config load, scored per request.
 #[pyclass(frozen, module = "switchpoint._native")]
@@ -46,56 +40,6 @@ impl ModelTable {
     fn slot(&self, index: i64) -> Result<usize> {
         let index = self::index("index", index, self.inner.len())?;
         Ok(self.inner.slot(index)?)
-    }
-
-    /// A score penalty in [0, 1] (open breaker, recent errors); 0 clears it.
-    fn set_penalty(&self, index: i64, penalty: f64) -> Result<()> {
-        let index = self::index("index", index, self.inner.len())?;
-        Ok(self.inner.set_penalty(index, penalty)?)
-    }
-
-    /// Score `candidates` (all models when None) for one request.
-    ///
-    /// Runs with the GIL held (microseconds, less than releasing it would cost) unless the
-    /// candidate set is large; see `DETACH_ABOVE_CANDIDATES`.
-    #[pyo3(signature = (
-        input_tokens,
-        output_tokens,
-        weights,
-        required_capabilities = 0,
-        max_cost_usd = None,
-        candidates = None,
-    ))]
-    // One argument per Python parameter of the public signature, plus the GIL token.
-    #[allow(clippy::too_many_arguments)]
-    fn score(
-        &self,
-        py: Python<'_>,
-        input_tokens: i64,
-        output_tokens: i64,
-        weights: (f64, f64, f64),
-        required_capabilities: u64,
-        max_cost_usd: Option<f64>,
-        candidates: Option<Vec<i64>>,
-    ) -> Result<ScoreResult> {
-        let len = self.inner.len();
-        let candidates = candidates
-            .map(|list| {
-                list.into_iter()
-                    .map(|i| index("candidate index", i, len))
-                    .collect::<std::result::Result<Vec<usize>, _>>()
-            })
-            .transpose()?;
-        let request = Request {
-            input_tokens: tokens("input_tokens", input_tokens)?,
-            output_tokens: tokens("output_tokens", output_tokens)?,
-            weights: Weights::new(weights.0, weights.1, weights.2)?,
-            required_capabilities,
-            max_cost_usd,
-            candidates: candidates.as_deref(),
-        };
-        let long = request.candidates.map_or(len, <[usize]>::len) > DETACH_ABOVE_CANDIDATES;
-        Ok(gil::run(py, long, || self.inner.score(&request))?.into())
     }
 
     fn __repr__(&self) -> String {

@@ -19,15 +19,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+from switchpoint._native import BudgetState
 from switchpoint.quota.shared.store import nanos_to_usd, usd_to_nanos
 
 
 class BudgetLedgerPort(Protocol):
     """The part of `switchpoint._native.Gate` that the lease manager uses."""
 
-    def budget_state(self, budget: int, now: float, /) -> tuple[float, float, float, float, float]:
-        """(limit, spent, reserved, window_start, window_end) as of `now`."""
-        ...
+    def budget_state(self, budget: int, now: float, /) -> BudgetState: ...
 
     def set_leased(self, budget: int, usd: float | None, now: float, /) -> None: ...
 
@@ -44,8 +43,8 @@ class LocalState:
 
     @classmethod
     def read(cls, ledger: BudgetLedgerPort, budget_id: int, now: float) -> LocalState:
-        limit, spent, reserved, start, end = ledger.budget_state(budget_id, now)
-        return cls(limit, spent, reserved, start, end)
+        s = ledger.budget_state(budget_id, now)
+        return cls(s.limit_usd, s.spent_usd, s.reserved_usd, s.window_start_s, s.window_end_s)
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from switchpoint._native import BudgetState
 from switchpoint.quota.shared.store import NANOS_PER_USD, BudgetLeaseReply, QuotaStore, nanos_to_usd
 
 _log = logging.getLogger(__name__)
@@ -38,9 +39,7 @@ class LimitPort(Protocol):
 
     def set_budget_limit(self, budget: int, limit_usd: float, /) -> None: ...
 
-    def budget_state(self, budget: int, now: float, /) -> tuple[float, float, float, float, float]:
-        """(limit, spent, reserved, window_start, window_end) as of `now`."""
-        ...
+    def budget_state(self, budget: int, now: float, /) -> BudgetState: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +144,7 @@ class SharedLimits:
         if instance.budget in self._unwritten:
             return  # a reloaded limit waits to be written: Redis still holds the one it replaces
         usd = nanos_to_usd(limit)
-        current = self._ledger.budget_state(budget_id, now)[0]
+        current = self._ledger.budget_state(budget_id, now).limit_usd
         if limit_nanos(current) != limit:
             self._ledger.set_budget_limit(budget_id, usd)
         if limit == instance.config_nanos or instance.noted_window_s == window_start_s:

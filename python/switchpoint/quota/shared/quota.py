@@ -146,7 +146,7 @@ class SharedQuota:
         if budget_id in self._budgets:
             raise ValueError(f"budget {budget_id} ({name!r}) is already registered")
         if config_limit_usd is None:
-            config_limit_usd = self._ledger.budget_state(budget_id, self._clock())[0]
+            config_limit_usd = self._ledger.budget_state(budget_id, self._clock()).limit_usd
         lease = BudgetLease(budget_id, name, window)
         self._budgets[budget_id] = lease
         self._limits.register(

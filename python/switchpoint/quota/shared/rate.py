@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from switchpoint._native import LimitUsage
 from switchpoint.quota.shared.ledger import PendingReport
 from switchpoint.quota.shared.store import QuotaStore
 
@@ -60,9 +61,7 @@ class RateLimiterPort(Protocol):
         self, limits: list[int], budgets: list[int], tokens: int, cost_usd: float, now: float, /
     ) -> tuple[str, str, float] | None: ...
 
-    def limit_usage(
-        self, limit: int, now: float, /
-    ) -> tuple[float, int, int, int, int, float | None, float | None]: ...
+    def limit_usage(self, limit: int, now: float, /) -> LimitUsage: ...
 
     def set_limit_leased(
         self, limit: int, requests: float | None, tokens: float | None, now: float, /
@@ -93,10 +92,10 @@ class MinuteState:
 
     @classmethod
     def read(cls, gate: RateLimiterPort, limit_id: int, now: float) -> MinuteState:
-        start, requests_done, tokens_done, requests_reserved, tokens_reserved, _, _ = (
-            gate.limit_usage(limit_id, now)
+        m = gate.limit_usage(limit_id, now)
+        return cls(
+            m.minute_start_s, m.requests_done, m.tokens_done, m.requests_reserved, m.tokens_reserved
         )
-        return cls(start, requests_done, tokens_done, requests_reserved, tokens_reserved)
 
     @property
     def end_s(self) -> float:

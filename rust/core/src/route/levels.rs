@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use super::strategies::{EASY_STRATEGY, HARD_STRATEGY};
 use super::{
     clipped, Decision, Level, RouteInput, Router, RoutingOptions, Shift, Stage, Stop,
     CUSTOM_STRATEGY,
@@ -150,11 +151,11 @@ impl Router {
         reasons.push(line);
         if !strategy.explicit {
             if reading.complexity >= auto.hard_complexity {
-                strategy = self.resolve(routing, "quality-first", ctx.shift)?;
-                reasons.push(auto.hard_reason.clone());
+                strategy = self.resolve(routing, HARD_STRATEGY, ctx.shift)?;
+                reasons.push(self.hard_reason.clone());
             } else if reading.complexity <= auto.easy_complexity {
-                strategy = self.resolve(routing, "cost-first", ctx.shift)?;
-                reasons.push(auto.easy_reason.clone());
+                strategy = self.resolve(routing, EASY_STRATEGY, ctx.shift)?;
+                reasons.push(self.easy_reason.clone());
             }
         }
         let mut hinted = *ctx;

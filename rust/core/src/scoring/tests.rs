@@ -210,17 +210,6 @@ fn single_and_identical_candidates_normalise_to_zero() {
 }
 
 #[test]
-fn penalty_demotes() {
-    let table = three();
-    table.set_penalty(0, 0.5).unwrap();
-    let ranking = table.score(&request(COST_FIRST)).unwrap();
-    assert_eq!(order(&ranking), [2, 0, 1]);
-    assert!((ranking.ranked[1].score - 0.5).abs() < 1e-12);
-    table.set_penalty(0, 0.0).unwrap();
-    assert_eq!(table.score(&request(COST_FIRST)).unwrap().best(), Some(0));
-}
-
-#[test]
 fn observed_latency_replaces_priors_after_min_samples() {
     let (table, clock) = table_with(
         vec![model("a", 1.0, 100.0, 0.5), model("b", 1.0, 200.0, 0.5)],
@@ -312,14 +301,10 @@ proptest! {
         output in 0u64..50_000,
         caps in 0u64..8,
         max_cost in prop::option::of(0.0f64..5.0),
-        penalties in prop::collection::vec(0.0f64..=1.0, 40),
         subset in prop::option::of(prop::collection::vec(0usize..40, 0..60)),
     ) {
         let n = specs.len();
         let (table, _) = table_with(specs, 20);
-        for (i, p) in penalties.iter().take(n).enumerate() {
-            table.set_penalty(i, *p).unwrap();
-        }
         let subset: Option<Vec<usize>> = subset.map(|s| s.into_iter().map(|i| i % n).collect());
         let req = Request {
             input_tokens: input,
@@ -331,7 +316,7 @@ proptest! {
         };
         let ranking = table.score(&req).unwrap();
         for c in &ranking.ranked {
-            prop_assert!(c.score.is_finite() && (-1.0..=1.0).contains(&c.score), "{:?}", c);
+            prop_assert!(c.score.is_finite() && (0.0..=1.0).contains(&c.score), "{:?}", c);
             prop_assert!((0.0..=1.0).contains(&c.norm_cost) && (0.0..=1.0).contains(&c.norm_latency));
         }
         // Ranked and excluded partition the (deduplicated) candidates.

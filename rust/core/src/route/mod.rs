@@ -16,6 +16,7 @@ mod decode;
 mod levels;
 mod request;
 mod stop;
+mod strategies;
 mod tokens;
 
 use std::collections::HashMap;
@@ -25,11 +26,12 @@ pub use admission::{Admission, Admitted};
 pub use decode::route_request;
 pub use request::{clipped, Limits, Message, Params, RouteInput, RoutingOptions, ROLES};
 pub use stop::Stop;
+pub use strategies::BUILTIN_STRATEGIES;
 pub use tokens::{Bpe, Tokenizer};
 
 use crate::error::{CoreError, Result};
 use crate::scoring::Candidate;
-use crate::table::ModelTable;
+use crate::table::{ModelTable, MAX_CAPABILITIES};
 use crate::wire::{CandidateWire, DecisionWire};
 
 /// `switchpoint.v1.DecisionLevel`.
@@ -39,6 +41,21 @@ pub enum Level {
     Stage = 2,
     Auto = 3,
     Fallback = 4,
+}
+
+impl Level {
+    /// Every level, in `switchpoint.v1.DecisionLevel` order.
+    pub const ALL: [Self; 4] = [Self::Override, Self::Stage, Self::Auto, Self::Fallback];
+
+    /// The name without the proto's `DECISION_LEVEL_` prefix, as Python's `Level` spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Override => "OVERRIDE",
+            Self::Stage => "STAGE",
+            Self::Auto => "AUTO",
+            Self::Fallback => "FALLBACK",
+        }
+    }
 }
 
 pub const CUSTOM_STRATEGY: &str = "custom";
@@ -56,9 +73,6 @@ pub struct AutoRouting {
     pub enabled: bool,
     pub hard_complexity: f64,
     pub easy_complexity: f64,
-    /// The reasons given for the two thresholds, worded by the config's owner (Python).
-    pub hard_reason: String,
-    pub easy_reason: String,
 }
 
 /// What one config load decides about routing.
@@ -70,7 +84,8 @@ pub struct RouterConfig {
     pub capabilities: Vec<String>,
     /// Configured models that are not enabled, with why.
     pub disabled: Vec<(String, String)>,
-    /// Every strategy name (built-in and configured) with its (cost, latency, quality) weights.
+    /// The configured strategies with their (cost, latency, quality) weights; the core adds
+    /// `BUILTIN_STRATEGIES`, of which a configured one of the same name takes the place.
     pub strategies: Vec<(String, [f64; 3])>,
     pub default_strategy: String,
     pub stages: Vec<Stage>,
@@ -120,6 +135,9 @@ pub struct Router {
     known_strategies: String,
     known_stages: String,
     known_capabilities: String,
+    /// The reasons auto routing gives for its hard and easy thresholds.
+    hard_reason: String,
+    easy_reason: String,
 }
 
 impl Router {
@@ -137,21 +155,28 @@ impl Router {
                 ),
             ));
         }
-        if config.capabilities.len() > 64 {
-            return Err(CoreError::invalid("capabilities", "at most 64"));
+        if config.capabilities.len() > MAX_CAPABILITIES {
+            return Err(CoreError::invalid(
+                "capabilities",
+                format!("at most {MAX_CAPABILITIES}"),
+            ));
         }
         let index = (0..table.len())
             .map(|i| Ok((table.spec(i)?.name.clone(), i)))
             .collect::<Result<HashMap<_, _>>>()?;
-        let strategies: HashMap<String, [f64; 3]> = config.strategies.iter().cloned().collect();
+        let strategies: HashMap<String, [f64; 3]> = BUILTIN_STRATEGIES
+            .iter()
+            .map(|&(name, weights)| (name.to_owned(), weights))
+            .chain(config.strategies.iter().cloned())
+            .collect();
         let configured = config
             .stages
             .iter()
             .filter_map(|stage| stage.strategy.as_deref());
         for name in configured.chain([
             config.default_strategy.as_str(),
-            "quality-first",
-            "cost-first",
+            strategies::HARD_STRATEGY,
+            strategies::EASY_STRATEGY,
         ]) {
             if !strategies.contains_key(name) {
                 return Err(CoreError::invalid(
@@ -189,6 +214,16 @@ impl Router {
             },
             known_capabilities: sorted_joined(
                 config.capabilities.iter().map(String::as_str).collect(),
+            ),
+            hard_reason: strategies::threshold_reason(
+                ">=",
+                config.auto.hard_complexity,
+                strategies::HARD_STRATEGY,
+            ),
+            easy_reason: strategies::threshold_reason(
+                "<=",
+                config.auto.easy_complexity,
+                strategies::EASY_STRATEGY,
             ),
             index,
             strategies,

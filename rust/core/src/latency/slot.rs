@@ -9,8 +9,8 @@
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
-use crate::histogram::DecayedHistogram;
-use crate::latency::{LatencyKind, Percentiles};
+use super::histogram::DecayedHistogram;
+use super::kind::{LatencyKind, Percentiles};
 
 /// A sample starts decaying the moment it is recorded, so N records in quick succession weigh a
 /// hair under N and would never meet `min_samples = N` exactly. Samples younger than ~1.4 % of a

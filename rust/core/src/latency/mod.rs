@@ -3,18 +3,23 @@
 //!
 //! Slots are handed out by name and never removed or renumbered, so a config reload that builds a
 //! new `ModelTable` over the same tracker keeps every model's history. Slot storage is append-only
-//! and lock-free to read (see `slot.rs`), so `record` touches only the one slot's mutex and scoring
+//! and lock-free to read (see `latency/slot.rs`), so `record` touches only the one slot's mutex and scoring
 //! reads slots without locking: there is no tracker-wide lock on the hot path.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use crate::error::{CoreError, Result};
-use crate::slot::{LiveEstimate, Slot, SlotStore};
+use slot::{LiveEstimate, Slot, SlotStore};
+
+pub use kind::{LatencyKind, Percentiles};
+
+mod histogram;
+mod kind;
+mod slot;
 
 /// Source of "now" in seconds on a monotonic scale. Injected so decay can be tested without sleeping.
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -68,50 +73,6 @@ impl Clock for ManualClock {
     fn now_s(&self) -> f64 {
         f64::from_bits(self.bits.load(Ordering::Relaxed))
     }
-}
-
-/// Which of a slot's three histograms to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LatencyKind {
-    Total,
-    Ttft,
-    Tpot,
-}
-
-impl LatencyKind {
-    pub(crate) const fn index(self) -> usize {
-        match self {
-            Self::Total => 0,
-            Self::Ttft => 1,
-            Self::Tpot => 2,
-        }
-    }
-}
-
-impl FromStr for LatencyKind {
-    type Err = CoreError;
-
-    fn from_str(text: &str) -> Result<Self> {
-        match text {
-            "total" => Ok(Self::Total),
-            "ttft" => Ok(Self::Ttft),
-            "tpot" => Ok(Self::Tpot),
-            other => Err(CoreError::invalid(
-                "kind",
-                format!("must be \"total\", \"ttft\" or \"tpot\", got {other:?}"),
-            )),
-        }
-    }
-}
-
-/// What `LatencyTracker::percentiles` reports, in milliseconds; all zeros for an empty histogram.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Percentiles {
-    pub p50: f64,
-    pub p95: f64,
-    pub p99: f64,
-    /// Sum of the samples' decayed weights at the time of the call (a fresh sample weighs 1).
-    pub count: f64,
 }
 
 /// Per-model time-decayed latency histograms. Shared (via `Arc`) by every `ModelTable` built over
