@@ -203,8 +203,12 @@ async def test_route_uses_the_largest_count_among_the_models_tokenizers(
     assert decision.estimated_input_tokens == counts[larger]
 
 
+# Characters this Python's Unicode database leaves unassigned are left out: the pattern's letter
+# and number classes read them by each regex engine's own Unicode tables, and a character newer
+# than the reference's tables (e.g. U+13460, Unicode 16) splits differently there than in
+# tiktoken's own engine, whose count the Rust core matches.
 @settings(max_examples=300, deadline=None)
-@given(text=st.text(max_size=60))
+@given(text=st.text(st.characters(exclude_categories=["Cn", "Cs"]), max_size=60))
 def test_counts_match_an_independent_implementation_for_any_text(text: str) -> None:
     counter = _SHARED
     for encoding in ENCODINGS:
@@ -212,3 +216,8 @@ def test_counts_match_an_independent_implementation_for_any_text(text: str) -> N
 
 
 _SHARED = TokenCounter()
+
+
+def test_a_character_newer_than_the_references_tables_counts_as_tiktoken_does() -> None:
+    # tiktoken reads U+13460 as a letter, so ":A" is one piece and one token: 4 + 1.
+    assert _SHARED.count_text("\U00013460:A", "cl100k_base") == 5
