@@ -93,7 +93,7 @@ async def _refused(call: Any) -> grpc.aio.AioRpcError:
 
 
 async def test_every_router_rpc_without_a_key_is_unauthenticated(
-    sidecar: RunningSidecar, openai_server: OpenAIServer
+    sidecar: RunningSidecar, openai_server: OpenAIServer, request_lines: RecordedLogs
 ) -> None:
     stub = sidecar.stub
     refusals = [
@@ -110,6 +110,12 @@ async def test_every_router_rpc_without_a_key_is_unauthenticated(
         assert refusal.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "authorization: Bearer <key>" in (refusal.details() or "")
     assert openai_server.requests == []
+    # Each refused Router call leaves its request line, as any refusal does (GetStats has none).
+    seen = [(vars(r)["rpc"], vars(r)["outcome"]) for r in request_lines.records]
+    assert sorted(seen) == sorted(
+        [("Route", "unauthenticated")] * 2
+        + [("Chat", "unauthenticated"), ("ChatStream", "unauthenticated")]
+    )
 
 
 async def test_an_unknown_key_is_permission_denied(
@@ -177,7 +183,9 @@ async def test_the_route_bytes_decided_are_those_checked(
     assert (await route(acme_last, metadata=auth)).model
     refusal = await _refused(route(beta_last, metadata=auth))
     assert refusal.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert _tenants(request_lines) == ["acme"]
+    # The decided call is acme's; the refused one is logged unread, as no tenant's.
+    lines = [(vars(r)["tenant"], vars(r)["outcome"]) for r in request_lines.records]
+    assert lines == [("acme", "ok"), ("", "permission_denied")]
 
 
 async def test_a_key_limited_to_a_stage_and_model(sidecar: RunningSidecar) -> None:

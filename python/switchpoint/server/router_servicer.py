@@ -118,7 +118,7 @@ class RouterServicer:
                 await self._refuse_undecodable(context)
             bind_routing(key, message.routing, build.engine.config.routing.stages)
         except AccessDenied as denied:
-            await context.abort(denied.code, denied.message)
+            await self._refuse_unread("Route", denied, context)
         # Always re-encoded, even when binding changed nothing: the Rust decoder then reads the
         # canonical bytes of the message that was checked, never a field (a repeated tenant, an
         # odd tag encoding) that the two decoders might read differently.
@@ -150,13 +150,15 @@ class RouterServicer:
         with self._observer.observe(rpc, context, unread, calls_providers=False) as seen:
             await _abort(context, failure, unread.request_id, seen)
 
-    async def _bind_chat(self, request: pb.ChatRequest, context: ServicerContext) -> None:
+    async def _bind_chat(self, rpc: str, request: pb.ChatRequest, context: ServicerContext) -> None:
         build = self._engine.build
         try:
             key = authenticate(build.tenant_keys, context.invocation_metadata())
             bind_routing(key, request.routing, build.engine.config.routing.stages)
         except AccessDenied as denied:
-            await context.abort(denied.code, denied.message)
+            # Observed like any refusal: a request line, the metrics and a span say who was
+            # turned away and why.
+            await self._refuse_unread(rpc, denied, context)
 
     async def _chat_input(
         self, rpc: str, request: pb.ChatRequest | pb.RouteRequest, context: ServicerContext
@@ -172,7 +174,7 @@ class RouterServicer:
 
     async def Chat(self, request: pb.ChatRequest, context: ServicerContext) -> pb.ChatResponse:
         if self._engine.build.tenant_keys.enabled:
-            await self._bind_chat(request, context)
+            await self._bind_chat("Chat", request, context)
         chat_input = await self._chat_input("Chat", request, context)
         with (
             self._engine.hold() as engine,
@@ -193,7 +195,7 @@ class RouterServicer:
         self, request: pb.ChatRequest, context: ServicerContext
     ) -> AsyncIterator[pb.ChatChunk]:
         if self._engine.build.tenant_keys.enabled:
-            await self._bind_chat(request, context)
+            await self._bind_chat("ChatStream", request, context)
         chat_input = await self._chat_input("ChatStream", request, context)
         with (
             self._engine.hold() as engine,

@@ -23,6 +23,7 @@ from switchpoint.errors import (
     RequestTooLargeError,
 )
 from switchpoint.limits import shown
+from switchpoint.security.access import AccessDenied
 
 log = logging.getLogger("switchpoint.server")
 
@@ -79,6 +80,8 @@ def _quota_failure(exc: QuotaExceededError) -> Failure:
 def _status_for(exc: BaseException, request_id: str) -> tuple[grpc.StatusCode, str]:
     """The status code and message of every error but quota refusals. Unknown errors never
     leak details."""
+    if isinstance(exc, AccessDenied):
+        return exc.code, exc.message
     if isinstance(exc, RequestTooLargeError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, InvalidRequestError):
