@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from switchpoint._native import encode_route_decision
 from switchpoint.bench.figures import per_op_ns
 from switchpoint.config import parse_config
 from switchpoint.engine.building import build_engine
@@ -29,14 +28,10 @@ def test_route_decision_in_process(benchmark: Benchmark) -> None:
     raw = request.SerializeToString()
 
     def wire() -> bytes:
-        routed = engine.router.route_wire(raw)
-        assert routed is not None
-        return routed.decision
+        return engine.router.route_wire(raw, now=engine.gate.now()).decision
 
     def engine_path() -> bytes:
-        return encode_route_decision(
-            engine.decide(convert.chat_input(pb.RouteRequest.FromString(raw)))
-        )
+        return engine.decide(convert.chat_input(pb.RouteRequest.FromString(raw))).encode()
 
     def parse_only() -> object:
         return pb.RouteRequest.FromString(raw)

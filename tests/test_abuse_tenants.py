@@ -99,7 +99,7 @@ async def test_a_flood_of_tenants_leaves_bounded_state(openai_server: OpenAIServ
         assert _instances(running) <= MAX_SCOPES
         assert max(engine.gate.gate.rule_slots()) <= MAX_SCOPES
         assert len(engine.gate.scopes) <= MAX_SCOPES
-        assert len(engine.gate.admission) <= MAX_SCOPES * len(engine.config.models)
+        assert len(engine.gate.book) <= MAX_SCOPES * len(engine.config.models)
 
         chats = await _in_batches(
             [partial(running.stub.Chat, _chat(_random_tenant())) for _ in range(60)]

@@ -1,17 +1,17 @@
-"""Route from the request's bytes (`Router.route_wire`) decides exactly as the engine's path does
-(`Engine.decide` on the parsed request), refuses what it cannot read, and counts what it answers."""
+"""Route from the request's bytes (`Router.route_wire`): the same entry point as every request
+(`Router.decide`, which `Engine.decide` calls on the parsed request), a decoder that reads any bytes
+as protobuf does, the gate's and breakers' say, and what it counts."""
 
 from __future__ import annotations
 
 import math
-from enum import IntEnum
 from types import SimpleNamespace
-from typing import Any, NamedTuple
+from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.message import DecodeError
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from switchpoint import _native
@@ -28,6 +28,7 @@ from tests.support.fuzzing import search
 from tests.support.protobuf_wire import damaged, route_request_bytes
 
 MODEL_NAMES = ("cheap", "fast", "strong", "tiny", "nope", "")
+NOW = 1_706_745_600.0  # 2024-02-01T00:00:00Z
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +55,16 @@ def test_the_router_reads_a_chat_input_by_name(engine: Engine) -> None:
         request_id="r1",
         cache=CacheControls(threshold=0.9),
     )
-    assert engine.router.decide(_by_name(request)) == engine.router.decide(request)
+    router = engine.router
+    assert (
+        router.decide(_by_name(request), now=NOW).encode()
+        == router.decide(request, now=NOW).encode()
+    )
     bad = request._replace(cache=CacheControls(threshold=2.0))
     with pytest.raises(InvalidRequestError, match="threshold") as by_position:
-        engine.router.validate(bad)
+        router.decide(bad, now=NOW)
     with pytest.raises(InvalidRequestError) as by_name:
-        engine.router.validate(_by_name(bad))
+        router.decide(_by_name(bad), now=NOW)
     assert str(by_name.value) == str(by_position.value)
 
 
@@ -110,9 +115,8 @@ def route_requests(draw: st.DrawFn) -> pb.RouteRequest:
     return request
 
 
-def _answer(engine: Engine, request: bytes, **options: Any) -> bytes | None:
-    routed = engine.router.route_wire(request, **options)
-    return None if routed is None else routed.decision
+def _answer(engine: Engine, request: bytes, **options: Any) -> bytes:
+    return engine.router.route_wire(request, now=engine.gate.now(), **options).decision
 
 
 def _outcome(decide: Any) -> tuple[str, Any]:
@@ -122,24 +126,11 @@ def _outcome(decide: Any) -> tuple[str, Any]:
         return type(exc).__name__, str(exc)
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(request=route_requests())
-def test_wire_and_engine_paths_give_the_same_answer(
-    engine: Engine, request: pb.RouteRequest
-) -> None:
-    wire = _outcome(lambda: _answer(engine, request.SerializeToString()))
-    full = _outcome(
-        lambda: _native.encode_route_decision(engine.decide(convert.chat_input(request)))
-    )
-    assert wire == full
-
-
 def test_what_the_wire_path_reports_beside_the_answer(engine: Engine) -> None:
     request = pb.RouteRequest(
         messages=user("héllo"), routing=pb.RoutingOptions(tenant="acme", stage="architecture")
     )
-    routed = engine.router.route_wire(request.SerializeToString())
-    assert routed is not None
+    routed = engine.router.route_wire(request.SerializeToString(), now=NOW)
     assert pb.RouteDecision.FromString(routed.decision).model == routed.model == "strong"
     assert (routed.tenant, routed.stage, routed.prompt_chars) == ("acme", "architecture", 5)
 
@@ -157,7 +148,7 @@ def test_bytes_that_are_no_route_request_are_refused_naming_the_request(
     engine: Engine, garbage: bytes
 ) -> None:
     with pytest.raises(InvalidRequestError) as refused:
-        engine.router.route_wire(garbage)
+        engine.router.route_wire(garbage, now=NOW)
     assert refused.value.field == "request"
     assert "switchpoint.v1.RouteRequest" in refused.value.message
 
@@ -180,9 +171,9 @@ def test_route_tally_counts_and_times_each_answer(engine: Engine) -> None:
     tally = _native.RouteTally([0.001, 1.0])
     request = pb.RouteRequest(messages=user("hi"), routing=pb.RoutingOptions(tenant="t"))
     for _ in range(3):
-        engine.router.route_wire(request.SerializeToString(), tally)
+        engine.router.route_wire(request.SerializeToString(), now=NOW, tally=tally)
     with pytest.raises(InvalidRequestError):
-        engine.router.route_wire(pb.RouteRequest().SerializeToString(), tally)
+        engine.router.route_wire(pb.RouteRequest().SerializeToString(), now=NOW, tally=tally)
     [(model, tenant, stage, calls)] = tally.requests()
     assert (tenant, stage, calls) == ("t", "", 3)
     assert model in {"cheap", "fast", "strong", "tiny"}
@@ -200,43 +191,44 @@ def _budgeted(limit_usd: float, **budget: Any) -> Engine:
     return build_engine(parse_config(config), environ={}).engine
 
 
-def test_the_router_answers_under_a_budget_once_the_gate_taught_it_the_scope() -> None:
+def test_route_from_bytes_makes_and_registers_the_rule_instances_it_needs() -> None:
     engine = _budgeted(1.0, window="day")
     request = pb.RouteRequest(messages=user("hello"), routing=pb.RoutingOptions(tenant="t"))
-    raw = request.SerializeToString()
-    admission = engine.gate.admission
-    # A tenant the gate has not seen: no rule instance exists yet, so the engine's path decides
-    # (and creates them).
-    assert _answer(engine, raw, admission=admission) is None
-    expected = _native.encode_route_decision(engine.decide(convert.chat_input(request)))
-    assert _answer(engine, raw, admission=admission) == expected
-    other = pb.RouteRequest(messages=user("hello"), routing=pb.RoutingOptions(tenant="u"))
-    assert _answer(engine, other.SerializeToString(), admission=admission) is None
+    # A tenant the gate has not seen: the router makes its budget instance, which the gate's
+    # table then holds (capped, freed when idle) like any other.
+    assert len(engine.gate.scopes) == 0
+    answer = engine.gate.asking(lambda: _answer(engine, request.SerializeToString()))
+    assert answer == engine.decide(convert.chat_input(request)).encode()
+    [instance] = engine.gate.budget_instances()
+    assert (instance.rule.name, instance.scope) == ("b", (("tenant", "t"),))
+    assert engine.gate.scopes.get("budget", instance.gate_id) is not None
 
 
-def test_a_budget_that_refuses_sends_route_the_engines_way() -> None:
+def test_a_budget_that_refuses_leaves_its_models_out_of_route_with_reasons() -> None:
     engine = _budgeted(0.0, window="total")
     request = pb.RouteRequest(messages=user("hello"), routing=pb.RoutingOptions(tenant="t"))
-    # Every model but the free one is over the budget: the engine's path drops them, with reasons.
-    decision = engine.decide(convert.chat_input(request))
-    assert [c.name for c in decision.candidates] == ["tiny"]
+    # Every model but the free one is over the budget: the decision drops them, with reasons.
+    raw = engine.gate.asking(lambda: _answer(engine, request.SerializeToString()))
+    decision = pb.RouteDecision.FromString(raw)
+    assert [c.model for c in decision.candidates] == ["tiny"]
     assert any("excluded: budget 'b" in reason for reason in decision.reasons)
-    # The rules are known now, and they refuse: the router does not answer on its own.
-    assert _answer(engine, request.SerializeToString(), admission=engine.gate.admission) is None
+    assert raw == engine.decide(convert.chat_input(request)).encode()
 
 
-def test_engine_says_when_the_router_alone_decides() -> None:
-    alone = build_engine(parse_config(routing_config()), environ={}).engine
-    assert alone.routes_alone()
-    assert _budgeted(1.0, window="day").routes_alone()
-    pressured = _budgeted(1.0, window="day", pressure={"at_share": 0.5})
-    assert not pressured.routes_alone()
-    breaker = alone.breakers.get("cheap")
+def test_an_open_breaker_leaves_its_model_out_of_route_with_the_reason(engine: Engine) -> None:
+    fresh = build_engine(parse_config(routing_config()), environ={}).engine
+    request = pb.RouteRequest(messages=user("hello")).SerializeToString()
+    chosen = pb.RouteDecision.FromString(_answer(fresh, request)).model
+    breaker = fresh.breakers.get(chosen)
     for _ in range(5):
         assert breaker.begin()
         breaker.record(ErrorClass.SERVER_ERROR)
     assert breaker.state == "open"
-    assert not alone.routes_alone()
+    decision = pb.RouteDecision.FromString(
+        _answer(fresh, request, open_breakers=fresh.breakers.refusing())
+    )
+    assert decision.model != chosen
+    assert any(r.startswith(f"{chosen} excluded: circuit breaker open") for r in decision.reasons)
 
 
 @search(600)
@@ -256,16 +248,14 @@ def test_engine_says_when_the_router_alone_decides() -> None:
 def test_any_bytes_are_answered_as_protobuf_reads_them(engine: Engine, data: bytes) -> None:
     """Whatever the bytes, the router's decoder agrees with protobuf's parser: what protobuf
     refuses it refuses, and what protobuf reads it reads the same (so it decides the same)."""
-    wire = _outcome(lambda: engine.router.route_wire(data))
+    wire = _outcome(lambda: engine.router.route_wire(data, now=NOW))
     try:
         message = pb.RouteRequest.FromString(data)
     except DecodeError:
         assert wire[0] == "InvalidRequestError"
         assert wire[1].startswith("request: is not a valid switchpoint.v1.RouteRequest")
         return
-    full = _outcome(
-        lambda: _native.encode_route_decision(engine.decide(convert.chat_input(message)))
-    )
+    full = _outcome(lambda: engine.router.decide(convert.chat_input(message), now=NOW).encode())
     if wire[0] != "ok":
         assert wire == full
         return
@@ -275,39 +265,12 @@ def test_any_bytes_are_answered_as_protobuf_reads_them(engine: Engine, data: byt
     assert (routed.tenant, routed.stage) == (message.routing.tenant, message.routing.stage)
 
 
-def test_a_decision_type_with_other_fields_is_refused_when_the_router_is_built(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from switchpoint.routing import router as routing_module
-
-    class Swapped(NamedTuple):
-        level: int
-        candidates: tuple[object, ...]
-
-    monkeypatch.setattr(routing_module, "Decision", Swapped)
-    with pytest.raises(
-        TypeError,
-        match=r'must have the fields \["candidates", "level", .* has \["level", "candidates"\]',
-    ):
-        build_engine(parse_config(routing_config()), environ={})
-
-
-def test_levels_that_differ_from_the_cores_are_refused_when_the_router_is_built(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from switchpoint.routing import router as routing_module
-
-    class Renumbered(IntEnum):
-        OVERRIDE = 1
-        STAGE = 2
-        FALLBACK = 3
-        AUTO = 4
-
-    monkeypatch.setattr(routing_module, "Level", Renumbered)
-    with pytest.raises(
-        TypeError, match=r"levels must be .*\(3, \"AUTO\"\).* got .*\(3, \"FALLBACK\"\)"
-    ):
-        build_engine(parse_config(routing_config()), environ={})
+def test_levels_are_the_protos_decision_levels() -> None:
+    assert [(level.value, level.name) for level in _native.Level.members()] == [
+        (pb.DecisionLevel.Value(f"DECISION_LEVEL_{name}"), name)
+        for name in ("OVERRIDE", "STAGE", "AUTO", "FALLBACK")
+    ]
+    assert _native.Level.AUTO == pb.DECISION_LEVEL_AUTO
 
 
 def test_auto_reasons_and_built_in_strategies_come_from_the_core() -> None:

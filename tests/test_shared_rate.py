@@ -94,7 +94,7 @@ class Replica:
         return sum([await self.call() for _ in range(count)])
 
     def refusal(self) -> QuotaExceededError | None:
-        return self.gate.denial(SCOPE, self.model, 10, 0.0)
+        return self.gate.refusal(SCOPE, self.model, 10, 0.0)
 
 
 async def committed(client: Redis, key: str) -> int:

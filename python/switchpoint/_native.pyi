@@ -1,29 +1,35 @@
 """Type stubs for the Rust extension (rust/py). Checked against the binary by mypy.stubtest."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal, TypeAlias, final
 
 __all__ = [
     "BUILTIN_STRATEGIES",
-    "Admission",
+    "BookedBudget",
     "BpeEncoding",
     "BudgetState",
     "CoreError",
+    "CreatedInstance",
+    "Decision",
     "Gate",
     "GateDenied",
     "LatencyTracker",
+    "Level",
     "LimitState",
     "LimitUsage",
     "ModelSpec",
     "ModelTable",
+    "NoRoom",
     "RouteTally",
     "Routed",
     "Router",
+    "RuleBook",
+    "RuleIds",
+    "ScoredModel",
     "WorkStop",
     "capability_bits",
     "count_prompt_tokens",
     "count_text_tokens",
-    "encode_route_decision",
 ]
 
 # Which rule refused: a requests- or tokens-per-minute bucket, concurrency, a budget, or (shared
@@ -292,10 +298,6 @@ def capability_bits(per_model: Sequence[Sequence[str]]) -> tuple[list[str], list
     """The capability bits of a config's models: every capability name in bit order (sorted), and
     each model's mask. CoreError on "models" beyond 64 distinct names."""
 
-def encode_route_decision(decision: Any) -> bytes:
-    """`decision` (a switchpoint.routing.Decision, read by attribute name) as serialized
-    switchpoint.v1.RouteDecision."""
-
 @final
 class BpeEncoding:
     """A BPE encoding as tiktoken builds one: mergeable ranks and the pre-tokenizing pattern."""
@@ -312,52 +314,227 @@ def count_prompt_tokens(
     """Tokens of a prompt of (role, content) pairs, chat framing included."""
 
 @final
+class Level:
+    """Which level decided: switchpoint.v1.DecisionLevel, whose numbers these are."""
+
+    OVERRIDE: Level
+    STAGE: Level
+    AUTO: Level
+    FALLBACK: Level
+    @property
+    def name(self) -> str:
+        """ "OVERRIDE", "STAGE", "AUTO" or "FALLBACK"."""
+    @property
+    def value(self) -> int:
+        """The switchpoint.v1.DecisionLevel number."""
+    def __index__(self) -> int: ...
+    def __int__(self) -> int: ...
+    def __hash__(self) -> int: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def __ne__(self, value: object, /) -> bool: ...
+    @staticmethod
+    def members() -> list[Level]:
+        """Every level, in switchpoint.v1.DecisionLevel order."""
+
+@final
+class ScoredModel:
+    """One ranked candidate of a decision."""
+
+    @property
+    def table_index(self) -> int:
+        """The model's index in the registry and the scoring table."""
+    @property
+    def name(self) -> str: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def norm_cost(self) -> float: ...
+    @property
+    def norm_latency(self) -> float: ...
+    @property
+    def quality(self) -> float: ...
+    @property
+    def estimated_cost_usd(self) -> float: ...
+    @property
+    def estimated_latency_ms(self) -> float: ...
+    @property
+    def latency_observed(self) -> bool:
+        """Whether the latency estimate comes from observed calls rather than the prior."""
+
+@final
+class Decision:
+    """A routing decision: the ranked candidates, the level that decided and why."""
+
+    @property
+    def candidates(self) -> tuple[ScoredModel, ...]:
+        """The ranked candidates, best first."""
+    @property
+    def chosen(self) -> ScoredModel:
+        """The first candidate: the model a call tries first."""
+    @property
+    def level(self) -> Level: ...
+    @property
+    def reasons(self) -> tuple[str, ...]: ...
+    @property
+    def strategy(self) -> str: ...
+    @property
+    def weights(self) -> tuple[float, float, float]:
+        """The strategy's (cost, latency, quality) weights as configured."""
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def task_class(self) -> str: ...
+    @property
+    def complexity(self) -> float: ...
+    @property
+    def fallback(self) -> tuple[str, ...]:
+        """Models to try after the candidates when every candidate fails, in chain order."""
+    def encode(self) -> bytes:
+        """The switchpoint.v1.RouteDecision message, serialized."""
+
+class NoRoom(CoreError):
+    """A request needs a new rule instance and server.state.max_scopes are alive: free idle
+    instances, then ask again."""
+
+@final
+class RuleIds:
+    """The rule instances of one (tenant, stage, model)."""
+
+    @property
+    def limits(self) -> list[int]: ...
+    @property
+    def budgets(self) -> list[int]: ...
+
+@final
+class CreatedInstance:
+    """A rule instance the book made, for its owner to register."""
+
+    @property
+    def kind(self) -> Literal["limit", "budget"]: ...
+    @property
+    def gate_id(self) -> int: ...
+    @property
+    def rule(self) -> int:
+        """The rule's index among the config's limits or budgets."""
+    @property
+    def name(self) -> str:
+        """ "name" or "name[tenant=acme]"."""
+    @property
+    def scope(self) -> list[tuple[str, str]]:
+        """The scope's (key, value) pairs, keys sorted."""
+
+@final
+class BookedBudget:
+    """A live budget instance: its rule's index, scope and gate id."""
+
+    @property
+    def rule(self) -> int: ...
+    @property
+    def scope(self) -> list[tuple[str, str]]: ...
+    @property
+    def gate_id(self) -> int: ...
+
+@final
+class RuleBook:
+    """The config's rate limits and budgets over the gate: which rule instances a request selects,
+    made on first use (at most `max_scopes` alive), for routing and reservations."""
+
+    def __new__(
+        cls, gate: Gate, *, limits: Any, budgets: Any, max_scopes: int, max_answers: int
+    ) -> RuleBook:
+        """`limits` and `budgets`: the config's LimitConfig and BudgetConfig lists, read by
+        attribute name."""
+    @property
+    def empty(self) -> bool:
+        """Whether no rule applies to anything."""
+    @property
+    def has_created(self) -> bool:
+        """Whether instances were made and not yet taken."""
+    def ids_for(self, tenant: str, stage: str, model: str, provider: str) -> RuleIds:
+        """The instances that apply, made where missing; NoRoom past max_scopes."""
+    def take_created(self) -> list[CreatedInstance]:
+        """The instances made since the last call."""
+    def forget(self, kind_name: str, gate_id: int) -> None:
+        """Forget an instance about to be freed, and every answer naming it."""
+    def __len__(self) -> int:
+        """Answers kept."""
+    def refusal(
+        self,
+        tenant: str,
+        stage: str,
+        model: str,
+        provider: str,
+        tokens: int,
+        cost_usd: float,
+        now: float,
+    ) -> tuple[_DenialKind, str, float] | None:
+        """The first refusal against the rules' own limits, or None; reserves nothing."""
+    def set_budget_limit(self, name: str, limit_usd: float, scope: list[tuple[str, str]]) -> int:
+        """Set a budget's limit for live and later instances; returns the live ones changed."""
+    def budget_instances(self) -> list[BookedBudget]: ...
+    def adopt(
+        self, previous: RuleBook, reset: list[str], follows_shared: bool
+    ) -> list[tuple[Literal["limit", "budget"], int]]:
+        """Take over `previous`'s instances of unchanged rules after a reload."""
+
+@final
 class Router:
-    """The router of one config load: validation, the four decision levels, scoring."""
+    """The router of one config load. `decide` is every request's one decision: validation,
+    budget pressure, the four levels, scoring, the gate's check and the open-breaker mask."""
 
     def __new__(
         cls,
         table: ModelTable,
         *,
+        routing: Any,
+        limits: Any,
+        quota: RuleBook | None,
         providers: list[str],
         capabilities: list[str],
         disabled: list[tuple[str, str]],
-        strategies: list[tuple[str, tuple[float, float, float]]],
-        default_strategy: str,
-        stages: list[tuple[str, list[str], str | None]],
-        fallback_chain: list[str],
-        auto: tuple[bool, float, float],
-        default_output_tokens: int,
         encodings: list[BpeEncoding | None],
-        limits: tuple[int, int, int, int, int],
-        decision_type: Any,
-        candidate_type: Any,
-        levels: list[Any],
-    ) -> Router: ...
+    ) -> Router:
+        """`routing` (RoutingConfig) and `limits` (server.limits) are read by attribute name."""
     def check_message_count(self, count: int) -> None:
         """Raise RequestTooLargeError when `count` messages are more than a request may carry."""
-    def validate(self, request: Any) -> None:
-        """Raise InvalidRequestError (RequestTooLargeError over a size limit) for the first thing
-        wrong with a ChatInput (read by attribute name)."""
     def decide(
         self,
         request: Any,
-        pressure: Callable[[str, str], tuple[Sequence[str], str, str] | None] | None = None,
+        *,
+        now: float,
+        open_breakers: dict[str, float] | None = None,
         stop: WorkStop | None = None,
-    ) -> Any:
-        """Validate and decide a ChatInput; a Decision (raises InvalidRequestError,
-        NoEligibleModelError or PolicyDeniedError). `pressure(tenant, stage)` is asked, once the
-        request is valid, for budget pressure's strategy shift. Once `stop` is stopped the
-        counting ends early: DeadlineExceededError."""
+    ) -> Decision:
+        """A ChatInput's one decision, as of `now` (the gate's clock); raises the engine's
+        errors (InvalidRequestError, QuotaExceededError, ...), NoRoom past max_scopes, and
+        DeadlineExceededError once `stop` is stopped."""
+    def route(self, request: Any, *, now: float, stop: WorkStop | None = None) -> Decision:
+        """The first half of `decide`: validated and routed, not yet admitted."""
+    def admit(
+        self,
+        decision: Decision,
+        *,
+        tenant: str,
+        stage: str,
+        now: float,
+        open_breakers: dict[str, float] | None = None,
+    ) -> Decision:
+        """The second half of `decide`: without the candidates the gate or an open breaker
+        refuses now."""
     def route_wire(
         self,
         request: bytes,
+        *,
+        now: float,
+        open_breakers: dict[str, float] | None = None,
         tally: RouteTally | None = None,
-        admission: Admission | None = None,
         stop: WorkStop | None = None,
-    ) -> Routed | None:
-        """Decide switchpoint.v1.RouteRequest bytes, counted and timed in `tally`; None when
-        `admission` does not admit every candidate now. Raises like `decide`;
+    ) -> Routed:
+        """`decide` from switchpoint.v1.RouteRequest bytes, counted and timed in `tally`;
         InvalidRequestError on field "request" for bytes that are not a RouteRequest."""
 
 @final
@@ -388,19 +565,6 @@ class WorkStop:
     def stop(self) -> None: ...
     @property
     def stopped(self) -> bool: ...
-
-@final
-class Admission:
-    """The token gate's rule instances per (tenant, stage, model), as `TokenGate` creates them."""
-
-    def __new__(cls, gate: Gate) -> Admission: ...
-    def learn(
-        self, tenant: str, stage: str, model: str, limits: list[int], budgets: list[int]
-    ) -> None: ...
-    def forget(self, tenant: str, stage: str, model: str) -> None:
-        """Forgets what `learn` taught for `model` with `tenant` and `stage`."""
-    def __len__(self) -> int:
-        """(tenant, stage, model) entries known."""
 
 @final
 class RouteTally:

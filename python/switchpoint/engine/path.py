@@ -1,11 +1,13 @@
 """The request path, and nothing else:
 
-    decide (validate and route in Rust, gate, breakers) -> for each model of the chain: a turn
-    (reserve -> queue -> call with retries -> settle + record), hedged when asked (`engine.hedging`)
+    route (Rust: validate, pressure, levels, score) -> cache -> admit (Rust: the gate's check,
+    open breakers) -> for each model of the chain: a turn (reserve -> queue -> call with retries
+    -> settle + record), hedged when asked (`engine.hedging`)
 
-Route stops after decide; Chat and ChatStream run the whole path. What a failure means is decided in
-`engine.resilience`, one model's turn runs in `engine.attempts`, wire formats live in
-`switchpoint.server`.
+Route is `decide` (route and admit in one call into Rust) and stops there; Chat and ChatStream run
+the whole path, the cache asked between the halves, so a cached answer needs no quota. What a
+failure means is decided in `engine.resilience`, one model's turn runs in `engine.attempts`, wire
+formats live in `switchpoint.server`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import AsyncGenerator, Iterator, Mapping
 from contextlib import aclosing
 
 from opentelemetry import trace
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import Span, Tracer
 
 from switchpoint._native import LatencyTracker, WorkStop
 from switchpoint.cache.store import ResponseCache
@@ -24,13 +26,12 @@ from switchpoint.engine.caching import CacheFront
 from switchpoint.engine.calls import SKIPPED, AttemptRecord, CallState, ChatResult, StreamDelta
 from switchpoint.engine.hedging import Hedging
 from switchpoint.engine.resilience import Breakers
-from switchpoint.errors import AllAttemptsFailedError, QuotaExceededError, SwitchpointError
-from switchpoint.instruments import MetricsSink, NullMetrics, records_spans
+from switchpoint.errors import AllAttemptsFailedError, SwitchpointError
+from switchpoint.instruments import MetricsSink, NullMetrics, current_span, records_spans
 from switchpoint.offload import OFFLOAD_ABOVE_BYTES, Offload
 from switchpoint.providers.base import ProviderAdapter
 from switchpoint.quota.gate import TokenGate
 from switchpoint.quota.scheduler import Scheduler
-from switchpoint.quota.scopes import RequestScope
 from switchpoint.registry import Registry
 from switchpoint.request import ChatInput, new_request_id, prompt_size
 from switchpoint.routing import Decision, build_router
@@ -74,15 +75,13 @@ class Engine:
         self.tracer = tracer or trace.NoOpTracer()
         # Spans the no-op tracer would hand out cost a few microseconds each and record nothing.
         self._records_spans = records_spans(self.tracer)
-        # What of `routes_alone` a config load fixes; only the breakers change between calls.
-        self._router_may_answer = not self._records_spans and self.gate.admits_in_rust
         self.metrics = metrics or NullMetrics()
         self.adapters = adapters
         self.cache = (
             CacheFront(cache, registry, self.tracer, self.metrics) if cache is not None else None
         )
         self.tokens = TokenCounter()
-        self.router = build_router(config, registry, self.tokens)
+        self.router = build_router(config, registry, self.tokens, self.gate.book)
         self._attempts = Attempts(
             config,
             registry,
@@ -116,107 +115,100 @@ class Engine:
 
     # -- decide -------------------------------------------------------------------------------
 
-    def routes_alone(self) -> bool:
-        """Whether the Rust router can answer a Route call from its bytes (`Router.route_wire`)
-        with the decision `decide` would make: no open breaker, no span to record, and a gate it
-        can check itself (`TokenGate.admits_in_rust`)."""
-        return self._router_may_answer and self.breakers.all_closed()
+    def decide(self, request: ChatInput) -> Decision:
+        """The one decision of a request: validated, routed and admitted by the gate and the
+        breakers, in one call into Rust. Raises InvalidRequestError, RequestTooLargeError,
+        NoEligibleModelError, PolicyDeniedError or QuotaExceededError."""
+        gate = self.gate
 
-    def decide(self, request: ChatInput, *, for_call: bool = False) -> Decision:
-        """Validate, route, and drop the candidates the gate or an open breaker refuses now.
+        def decide() -> Decision:
+            return self.router.decide(
+                request, now=gate.now(), open_breakers=self.breakers.refusing()
+            )
 
-        Raises InvalidRequestError, NoEligibleModelError, PolicyDeniedError or QuotaExceededError.
-        With `for_call` and a cache, a gate refusal is carried in the decision instead: a cached
-        answer costs nothing, so the call may still be served from the cache.
-        """
-        scope = RequestScope(request.routing.tenant, request.routing.stage)
-        pressure = self.gate.pressure if self.gate.shifts_strategies else None
         if not self._records_spans:
-            return self._admit(self.router.decide(request, pressure), scope, for_call)
+            return gate.asking(decide)
         with self.tracer.start_as_current_span(SPAN_ROUTE) as span:
-            decision = self.router.decide(request, pressure)
-            span.set_attribute("switchpoint.level", decision.level.name.lower())
-            span.set_attribute("switchpoint.strategy", decision.strategy)
-        return self._admit_in_span(decision, scope, for_call)
+            decision = gate.asking(decide)
+            self._describe(span, decision)
+        return decision
 
     async def decide_off_loop(
-        self,
-        request: ChatInput,
-        offload: Offload,
-        *,
-        for_call: bool = False,
-        timeout_s: float | None = None,
+        self, request: ChatInput, offload: Offload, *, timeout_s: float | None = None
     ) -> Decision:
-        """`decide`, with a large prompt routed on `offload`'s threads (see switchpoint.offload)
+        """`decide`, with a large prompt decided on `offload`'s threads (see switchpoint.offload)
         and stopped at `timeout_s` or when this call is cancelled (DeadlineExceededError)."""
         if prompt_size(request) <= OFFLOAD_ABOVE_BYTES:
-            return self.decide(request, for_call=for_call)
-        # Validation is bounded by server.limits; it and budget pressure (which reads and makes
-        # gate state) stay on the loop, so the thread only counts and scores.
-        self.router.validate(request)
-        routing = request.routing
-        scope = RequestScope(routing.tenant, routing.stage)
-        shift = self.gate.pressure(routing.tenant, routing.stage)
-        router = self.router
+            return self.decide(request)
+        router, gate, open_breakers = self.router, self.gate, self.breakers.refusing()
 
-        def route(stop: WorkStop) -> Decision:
-            decision: Decision = router.decide(request, lambda _tenant, _stage: shift, stop)
-            return decision
+        def decide(stop: WorkStop) -> Decision:
+            return router.decide(request, now=gate.now(), open_breakers=open_breakers, stop=stop)
 
         if not self._records_spans:
-            return self._admit(await offload.run(route, timeout_s), scope, for_call)
+            return await gate.asking_async(lambda: offload.run(decide, timeout_s))
         with self.tracer.start_as_current_span(SPAN_ROUTE) as span:
-            decision = await offload.run(route, timeout_s)
-            span.set_attribute("switchpoint.level", decision.level.name.lower())
-            span.set_attribute("switchpoint.strategy", decision.strategy)
-        return self._admit_in_span(decision, scope, for_call)
+            decision = await gate.asking_async(lambda: offload.run(decide, timeout_s))
+            self._describe(span, decision)
+        return decision
 
-    def _admit_in_span(self, decision: Decision, scope: RequestScope, for_call: bool) -> Decision:
-        with self.tracer.start_as_current_span(SPAN_GATE) as span:
-            decision = self._admit(decision, scope, for_call)
-            if decision.refusal is None:
+    async def route_off_loop(
+        self, request: ChatInput, offload: Offload, *, timeout_s: float | None = None
+    ) -> Decision:
+        """The first half of `decide` (no quota asked yet), for a call the cache may answer; the
+        call admits it (`admit`) once the cache has missed. Large prompts go to `offload`."""
+        router, gate = self.router, self.gate
+        with current_span(self.tracer, SPAN_ROUTE) as span:
+            if prompt_size(request) <= OFFLOAD_ABOVE_BYTES:
+                routed = gate.asking(lambda: router.route(request, now=gate.now()))
+            else:
+
+                def route(stop: WorkStop) -> Decision:
+                    return router.route(request, now=gate.now(), stop=stop)
+
+                routed = await gate.asking_async(lambda: offload.run(route, timeout_s))
+            if self._records_spans:
+                span.set_attribute("switchpoint.level", routed.level.name.lower())
+                span.set_attribute("switchpoint.strategy", routed.strategy)
+        return routed
+
+    def admit(self, routed: Decision, request: ChatInput) -> Decision:
+        """The second half of `decide`: `routed` without the candidates the gate or an open
+        breaker refuses now; raises QuotaExceededError when the gate refuses them all."""
+        gate, routing = self.gate, request.routing
+
+        def admit() -> Decision:
+            return self.router.admit(
+                routed,
+                tenant=routing.tenant,
+                stage=routing.stage,
+                now=gate.now(),
+                open_breakers=self.breakers.refusing(),
+            )
+
+        with current_span(self.tracer, SPAN_GATE) as span:
+            decision = gate.asking(admit)
+            if self._records_spans:
                 span.set_attribute("switchpoint.model", decision.chosen.name)
                 span.set_attribute("switchpoint.candidates", len(decision.candidates))
         return decision
 
-    def _admit(self, decision: Decision, scope: RequestScope, for_call: bool) -> Decision:
-        """The decision without the candidates the gate or an open breaker refuses now."""
-        try:
-            admitted = self.gate.admissible(decision, scope, self.registry)
-        except QuotaExceededError as refusal:
-            if not (for_call and self.cache is not None):
-                raise
-            return decision._replace(refusal=refusal)
-        return admitted if self.breakers.all_closed() else self._without_open_breakers(admitted)
-
-    def _without_open_breakers(self, decision: Decision) -> Decision:
-        kept, reasons = [], []
-        for candidate in decision.candidates:
-            breaker = self.breakers.get(candidate.name)
-            if breaker.allows():
-                kept.append(candidate)
-            else:
-                reasons.append(
-                    f"{candidate.name} excluded: circuit breaker open "
-                    f"(retry in {breaker.retry_after_s():.1f}s)"
-                )
-        if not reasons:
-            return decision
-        # With every ranked candidate open the decision stands (the call skips them and tries
-        # the fallback chain), but it says why the chosen model may not be the one that answers.
-        return decision._replace(
-            candidates=tuple(kept) or decision.candidates,
-            reasons=(*decision.reasons, *reasons),
-        )
+    @staticmethod
+    def _describe(span: Span, decision: Decision) -> None:
+        span.set_attribute("switchpoint.level", decision.level.name.lower())
+        span.set_attribute("switchpoint.strategy", decision.strategy)
+        span.set_attribute("switchpoint.model", decision.chosen.name)
+        span.set_attribute("switchpoint.candidates", len(decision.candidates))
 
     # -- call with fallback -------------------------------------------------------------------
 
     async def chat(
-        self, request: ChatInput, decision: Decision, *, deadline: float | None = None
+        self, request: ChatInput, routed: Decision, *, deadline: float | None = None
     ) -> ChatResult:
-        """Serve the call on the decision's models in order, retrying each as its provider's policy
-        says. `deadline` (time.monotonic()) bounds every attempt and backoff together."""
-        async with aclosing(self._serve(request, decision, deadline, streamed=False)) as served:
+        """Serve the call routed by `route_off_loop`: from the cache, or admitted and sent to the
+        decision's models in order, each retried as its provider's policy says. `deadline`
+        (time.monotonic()) bounds every attempt and backoff together."""
+        async with aclosing(self._serve(request, routed, deadline, streamed=False)) as served:
             async for event in served:
                 if isinstance(event, ChatResult):
                     return event
@@ -224,31 +216,35 @@ class Engine:
         raise AssertionError("the request path ended without a result")
 
     def stream(
-        self, request: ChatInput, decision: Decision, *, deadline: float | None = None
-    ) -> AsyncGenerator[StreamDelta | ChatResult, None]:
-        """Relay the provider's stream. Before the first token a failure is invisible to the client;
-        after it, the answer continues on the next attempt (unless continuation is off)."""
-        return self._serve(request, decision, deadline, streamed=True)
+        self, request: ChatInput, routed: Decision, *, deadline: float | None = None
+    ) -> AsyncGenerator[Decision | StreamDelta | ChatResult, None]:
+        """Relay the provider's stream, after the decision that serves it. Before the first token
+        a failure is invisible to the client; after it, the answer continues on the next attempt
+        (unless continuation is off)."""
+        return self._serve(request, routed, deadline, streamed=True)
 
     async def _serve(
-        self, request: ChatInput, decision: Decision, deadline: float | None, *, streamed: bool
-    ) -> AsyncGenerator[StreamDelta | ChatResult, None]:
-        """The one sequence of Chat and ChatStream: cache lookup, the gate's refusal, hedging, the
-        chain of models, remember, finish. Streamed, the deltas come first; the result is last."""
-        call = CallState(request, decision, request.request_id or new_request_id(), deadline)
+        self, request: ChatInput, routed: Decision, deadline: float | None, *, streamed: bool
+    ) -> AsyncGenerator[Decision | StreamDelta | ChatResult, None]:
+        """The one sequence of Chat and ChatStream: cache lookup, admission, hedging, the chain of
+        models, remember, finish. Streamed, the decision comes first, then the deltas; the result
+        is last."""
+        call = CallState(request, routed, request.request_id or new_request_id(), deadline)
         cache = self.cache
         hit = await cache.lookup(call) if cache is not None else None
         if hit is not None and cache is not None:
-            # A hit costs nothing: no reservation, no provider, no budget. A stream replays it
+            # A hit costs nothing: no quota asked, no provider, no budget. A stream replays it
             # like a provider's.
             cached = cache.result(call, hit)
             if streamed:
+                yield routed
                 for piece in cache.pieces(hit):
                     yield StreamDelta(piece, cached.model, cached.provider)
             yield self._finish(call, cached)
             return
-        if decision.refusal is not None:
-            raise decision.refusal
+        call.decision = self.admit(routed, request)
+        if streamed:
+            yield call.decision
         models = self._chain(call)
         outcome = Outcome()
         if self._hedging.applies(request):

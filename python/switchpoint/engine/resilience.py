@@ -193,6 +193,18 @@ class Breakers:
     def all_closed(self) -> bool:
         return not self._not_closed
 
+    def refusing(self) -> dict[str, float] | None:
+        """The models whose breaker refuses calls now, with the seconds until it tries again, for
+        routing to mask; None when none does (every breaker closed: the common case)."""
+        if not self._not_closed:
+            return None
+        refusing = {}
+        for name in self._not_closed:
+            breaker = self._breakers.get(name)
+            if breaker is not None and not breaker.allows():
+                refusing[name] = breaker.retry_after_s()
+        return refusing or None
+
     def _changed(self, name: str, state: str, why: str) -> None:
         self.transitions.append((name, state, why))
         if state == "closed":

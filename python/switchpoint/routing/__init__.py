@@ -1,6 +1,6 @@
-"""Routing: the decision types, and the router the Rust core runs (see `router.py`)."""
+"""Routing: the decision types (made in Rust) and the router the Rust core runs (`router.py`)."""
 
-from switchpoint.routing.decision import Decision, Level, ScoredModel, StrategyShift
+from switchpoint._native import Decision, Level, ScoredModel
 from switchpoint.routing.router import build_router
 
-__all__ = ["Decision", "Level", "ScoredModel", "StrategyShift", "build_router"]
+__all__ = ["Decision", "Level", "ScoredModel", "build_router"]

@@ -5,7 +5,6 @@ No rules live here: validation and routing are the router's (`switchpoint.routin
 
 from __future__ import annotations
 
-from switchpoint._native import encode_route_decision
 from switchpoint.cache.records import CacheControls
 from switchpoint.engine.path import AttemptRecord, ChatResult, StreamDelta
 from switchpoint.providers.base import ChatMessage
@@ -75,7 +74,7 @@ def chat_input(request: pb.ChatRequest | pb.RouteRequest) -> ChatInput:
 
 
 def decision_message(decision: Decision) -> pb.RouteDecision:
-    return pb.RouteDecision.FromString(encode_route_decision(decision))
+    return pb.RouteDecision.FromString(decision.encode())
 
 
 def _attempt(record: AttemptRecord) -> pb.Attempt:

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf.message import DecodeError
 
-from switchpoint._native import encode_route_decision
+from switchpoint._native import Decision
 from switchpoint.engine.path import ChatResult, Engine
 from switchpoint.errors import InvalidRequestError, RequestTooLargeError
 from switchpoint.offload import OFFLOAD_ABOVE_BYTES, Offload
@@ -68,12 +68,11 @@ class RouterServicer:
         self._offload = offload or Offload()
 
     async def Route(self, request: bytes, context: ServicerContext) -> bytes:
-        """Served from the request's bytes (see `add_router_to_server`). When the Rust router can
-        decide alone (`Engine.routes_alone`) and nothing but sizes is observed, one call into Rust
-        decodes, validates, decides, checks the gate and encodes; otherwise (and for whatever that
-        call does not answer: a failure, a gate refusal, a scope the gate has not seen) the request
-        takes the path Chat takes, to the same decision. A large request is decided on a worker
-        thread (switchpoint.offload).
+        """Served from the request's bytes (see `add_router_to_server`): when nothing but sizes is
+        observed, one call into Rust decodes, decides (the same entry point as every request) and
+        encodes; a large request is decided on a worker thread (switchpoint.offload). When spans
+        or prompts are recorded, the request is decoded here so they can be, and decided by the
+        same entry point. A refusal is observed with the request it refuses.
 
         With tenant API keys the request is decoded here first, checked, bound to the key's tenant
         and re-encoded; without keys nothing is added."""
@@ -82,31 +81,54 @@ class RouterServicer:
             request = await self._bound_route_request(request, context)
         engine = build.engine
         observer = self._observer
-        if observer.light and engine.routes_alone():
-            gate = engine.gate
-            admission = gate.admission if gate.enabled else None
-            started = time.perf_counter()
-            try:
-                if len(request) <= OFFLOAD_ABOVE_BYTES:
-                    routed = engine.router.route_wire(request, observer.route_tally, admission)
-                else:
-                    routed = await self._offload.run(
-                        partial(engine.router.route_wire, request, observer.route_tally, admission),
-                        context.time_remaining(),
+        if not observer.light:
+            return await self._route(engine, request, context)
+        gate, router = engine.gate, engine.router
+        started = time.perf_counter()
+        route = partial(
+            router.route_wire,
+            request,
+            open_breakers=engine.breakers.refusing(),
+            tally=observer.route_tally,
+        )
+        try:
+            if len(request) <= OFFLOAD_ABOVE_BYTES:
+                routed = gate.asking(lambda: route(now=gate.now()))
+            else:
+                timeout_s = context.time_remaining()
+                routed = await gate.asking_async(
+                    lambda: self._offload.run(
+                        lambda stop: route(now=gate.now(), stop=stop), timeout_s
                     )
-            except Exception:
-                routed = None  # decided again below, where the failure is reported
-            if routed is not None:
-                if observer.logs_requests:
-                    observer.routed(
-                        routed.model,
-                        routed.tenant,
-                        routed.stage,
-                        routed.prompt_chars,
-                        time.perf_counter() - started,
-                    )
-                return routed.decision
-        return await self._route(engine, request, context)
+                )
+        except Exception as exc:
+            return await self._route_refused(engine, request, exc, context)
+        if observer.logs_requests:
+            observer.routed(
+                routed.model,
+                routed.tenant,
+                routed.stage,
+                routed.prompt_chars,
+                time.perf_counter() - started,
+            )
+        return routed.decision
+
+    async def _route_refused(
+        self, engine: Engine, request: bytes, failure: Exception, context: ServicerContext
+    ) -> NoReturn:
+        """A Route the router refused, observed (request line, metrics) with its tenant and
+        stage, and answered with the refusal's status."""
+        try:
+            decoded = pb.RouteRequest.FromString(request)
+        except DecodeError:
+            await self._refuse_undecodable(context)
+        try:
+            self._engine().router.check_message_count(len(decoded.messages))
+        except RequestTooLargeError:
+            await self._refuse_unread("Route", failure, context)
+        chat_input = convert.chat_input(decoded)
+        with self._observer.observe("Route", context, chat_input, calls_providers=False) as seen:
+            await _abort(context, failure, chat_input.request_id, seen)
 
     async def _bound_route_request(self, request: bytes, context: ServicerContext) -> bytes:
         build = self._engine.build
@@ -137,7 +159,7 @@ class RouterServicer:
                 )
             except Exception as exc:
                 await _abort(context, exc, chat_input.request_id, seen)
-            return encode_route_decision(seen.decision)
+            return seen.decision.encode()
 
     async def _refuse_undecodable(self, context: ServicerContext) -> NoReturn:
         failure = InvalidRequestError("request", "is not a valid switchpoint.v1.RouteRequest")
@@ -181,8 +203,8 @@ class RouterServicer:
             self._observer.observe("Chat", context, chat_input) as seen,
         ):
             try:
-                seen.decision = await engine.decide_off_loop(
-                    chat_input, self._offload, for_call=True, timeout_s=context.time_remaining()
+                seen.decision = await engine.route_off_loop(
+                    chat_input, self._offload, timeout_s=context.time_remaining()
                 )
                 seen.result = await engine.chat(
                     chat_input, seen.decision, deadline=_deadline(context)
@@ -210,15 +232,20 @@ class RouterServicer:
     ) -> AsyncGenerator[pb.ChatChunk, None]:
         request_id = chat_input.request_id
         try:
-            decision = seen.decision = await engine.decide_off_loop(
-                chat_input, self._offload, for_call=True, timeout_s=context.time_remaining()
+            routed = seen.decision = await engine.route_off_loop(
+                chat_input, self._offload, timeout_s=context.time_remaining()
             )
+            decision = routed
             first = True
             # aclosing: a cancelled client call closes the engine's stream at once, which releases
             # its gate reservation and the upstream response.
-            stream_deltas = engine.stream(chat_input, decision, deadline=_deadline(context))
+            stream_deltas = engine.stream(chat_input, routed, deadline=_deadline(context))
             async with aclosing(stream_deltas) as stream:
                 async for item in stream:
+                    if isinstance(item, Decision):
+                        # The decision that serves the call, admitted; on the first chunk.
+                        decision = seen.decision = item
+                        continue
                     if isinstance(item, ChatResult):
                         seen.result = item
                         chunk = convert.final_chunk(item)

@@ -163,6 +163,13 @@ impl BudgetLedger {
         self.denial(&self.account.at(self.window, now_s), cost_usd, now_s)
     }
 
+    /// `check` as routing asks it: against the limit, not this replica's lease, which a reserve
+    /// tops up from the shared budget first.
+    pub(crate) fn check_limit(&self, cost_usd: f64, now_s: f64) -> Option<Denial> {
+        self.check(cost_usd, now_s)
+            .filter(|_| !self.state(now_s).fits(cost_usd))
+    }
+
     pub(crate) fn reserve(&mut self, cost_usd: f64, now_s: f64) -> std::result::Result<(), Denial> {
         self.account = self.account.at(self.window, now_s);
         if let Some(denial) = self.denial(&self.account, cost_usd, now_s) {

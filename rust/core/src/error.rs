@@ -133,13 +133,17 @@ pub enum CoreError {
     #[error("{0}")]
     Refused(Refusal),
 
+    /// A request needs a new rule instance and `max` are alive: the owner frees idle ones first.
+    #[error("no room for a new rule instance: {live} are live (max_scopes={max})")]
+    NoRoom { live: usize, max: usize },
+
     /// The caller gave up (cancel or deadline) before the work was done; nobody reads the result.
     #[error("stopped: the caller cancelled or its deadline passed")]
     Stopped,
 }
 
 /// Why the router will not decide a request; each kind is its own gRPC status.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {
     /// The request is malformed; `field` names the offending field (`routing.weights`).
     InvalidRequest { field: String, message: String },
@@ -149,6 +153,8 @@ pub enum Refusal {
     NoEligibleModel(String),
     /// Configured policy forbids it (a model outside its stage's whitelist).
     PolicyDenied(String),
+    /// The gate refuses every candidate; the denial is the one that clears soonest.
+    Quota(Denial),
 }
 
 impl Refusal {
@@ -173,6 +179,10 @@ impl Refusal {
     pub fn policy_denied(message: impl Into<String>) -> CoreError {
         CoreError::Refused(Self::PolicyDenied(message.into()))
     }
+
+    pub fn quota(denial: Denial) -> CoreError {
+        CoreError::Refused(Self::Quota(denial))
+    }
 }
 
 impl fmt::Display for Refusal {
@@ -182,6 +192,7 @@ impl fmt::Display for Refusal {
                 write!(f, "{field}: {message}")
             }
             Self::NoEligibleModel(message) | Self::PolicyDenied(message) => f.write_str(message),
+            Self::Quota(denial) => write!(f, "{denial}"),
         }
     }
 }

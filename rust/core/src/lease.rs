@@ -144,6 +144,32 @@ impl LeaseCap {
         None
     }
 
+    /// Whether this replica's own usage of the minute holding `now_s` leaves no room for a call of
+    /// `tokens` under the rule's `rpm` or `tpm` itself, whatever lease may come: the kind (`Rpm`,
+    /// `Tpm`) and the wait until the next minute. Only capped pools count, as in `check`.
+    pub(crate) fn beyond_limits(
+        &self,
+        tokens: u64,
+        rpm: Option<f64>,
+        tpm: Option<f64>,
+        now_s: f64,
+    ) -> Option<(DenialKind, f64)> {
+        let minute = self.minute.at(now_s);
+        let until_next_minute = minute.span.end_s - now_s;
+        if let (Some(_), Some(limit)) = (minute.requests_leased, rpm) {
+            let used = minute.requests_done.saturating_add(self.requests_reserved) as f64;
+            if used + 1.0 > limit {
+                return Some((DenialKind::Rpm, until_next_minute));
+            }
+        }
+        if let (Some(_), Some(limit)) = (minute.tokens_leased, tpm) {
+            if minute.tokens_done as f64 + (tokens as f64).min(limit) > limit {
+                return Some((DenialKind::Tpm, until_next_minute));
+            }
+        }
+        None
+    }
+
     /// Counts a reserved call in the current minute; the caller has checked that it fits.
     pub(crate) fn reserve(&mut self, tokens: u64, now_s: f64) {
         self.minute = self.minute.at(now_s);

@@ -28,14 +28,17 @@ mod wire;
 pub use budget::BudgetState;
 pub use classify::{classify, Classification, DEFAULT_TASK_CLASS, TASK_CLASSES};
 pub use error::{CoreError, Denial, DenialKind, Refusal, Result, UNKNOWN_RETRY_AFTER_S};
-pub use gate::{Gate, RuleActivity};
+pub use gate::{
+    describe_scope, BudgetRule, Created, Gate, LimitRule, Pressure, RuleActivity, RuleBook,
+    RuleIds, RuleKind, RuleMatch, Scope, ScopeKey, Shift, Subject, Wanted,
+};
 pub use latency::{Clock, LatencyKind, LatencyTracker, ManualClock, MonotonicClock, Percentiles};
 pub use lease::MinuteUsage;
 pub use limits::LimitState;
 pub use reservations::{ReservationId, MAX_RULES};
 pub use route::{
-    clipped, route_request, Admission, Admitted, AutoRouting, Bpe, Decision, Level, Limits,
-    Message, Params, RouteInput, Router, RouterConfig, RoutingOptions, Shift, Stage, Stop,
+    clipped, general3, quota_message, route_request, AutoRouting, Bpe, Decision, Level, Limits,
+    Message, OpenBreaker, Params, RouteInput, Router, RouterConfig, RoutingOptions, Stage, Stop,
     Tokenizer, BUILTIN_STRATEGIES, CUSTOM_STRATEGY, ROLES,
 };
 pub use scoring::{Candidate, Exclusion, Ranking, Request, Weights};

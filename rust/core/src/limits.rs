@@ -157,6 +157,20 @@ impl RateLimiter {
             .map(|(kind, wait)| self.denial(kind, wait))
     }
 
+    /// `check` as routing asks it: the lease cap gives way to the rule's own per-minute limits,
+    /// since a reserve tops the lease up from the shared pool first (`LeaseCap::beyond_limits`).
+    pub(crate) fn check_limits(&self, tokens: u64, now_s: f64) -> Option<Denial> {
+        match self.check(tokens, now_s) {
+            Some(denial) if matches!(denial.kind, DenialKind::RpmLease | DenialKind::TpmLease) => {
+                let (rpm, tpm) = self.capacities();
+                self.lease
+                    .beyond_limits(tokens, rpm, tpm, now_s)
+                    .map(|(kind, wait)| self.denial(kind, wait))
+            }
+            other => other,
+        }
+    }
+
     fn capacities(&self) -> (Option<f64>, Option<f64>) {
         (
             self.requests.map(|b| b.capacity),

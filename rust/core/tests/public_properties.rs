@@ -330,6 +330,7 @@ fn router() -> Router {
             default_output_tokens: 100,
             encodings: vec![Tokenizer::Estimate],
             limits: Limits::default(),
+            quota: None,
         },
     )
     .unwrap()
@@ -410,7 +411,7 @@ proptest! {
     fn every_request_is_decided_or_refused_naming_a_field(owned in requests()) {
         let router = router();
         let input = owned.input();
-        let decided = router.decide(&input, None, Stop::never());
+        let decided = router.decide(&input, &[], Stop::never(), 0.0);
         assert_names_a_field(&decided);
         if let Ok(decision) = decided {
             prop_assert!(input.validate(&Limits::default()).is_ok());

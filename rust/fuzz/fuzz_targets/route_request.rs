@@ -8,7 +8,7 @@ use switchpoint_fuzz::{check_outcome, ROUTER};
 fuzz_target!(|data: &[u8]| {
     match route_request(data) {
         Ok(input) => {
-            let decided = ROUTER.decide(&input, None, Stop::never());
+            let decided = ROUTER.decide(&input, &[], Stop::never(), 0.0);
             check_outcome(&decided);
             if let Ok(decision) = decided {
                 assert!(!ROUTER.encode(&decision).is_empty());

@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let validated = input.validate(&Limits::default());
     check_outcome(&validated);
-    let decided = ROUTER.decide(&input, None, Stop::never());
+    let decided = ROUTER.decide(&input, &[], Stop::never(), 0.0);
     check_outcome(&decided);
     // The router decides only what validation lets through, and refuses the rest as it did.
     if let Err(refused) = validated {

@@ -55,6 +55,7 @@ pub static ROUTER: LazyLock<Router> = LazyLock::new(|| {
             default_output_tokens: 100,
             encodings: vec![Tokenizer::Estimate, Tokenizer::Bpe(Arc::clone(&BPE))],
             limits: Limits::default(),
+            quota: None,
         },
     )
     .expect("router")

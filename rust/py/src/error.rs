@@ -31,10 +31,19 @@ create_exception!(
      (kind, name, retry_after_s)."
 );
 
-/// Adds both exception types to the module and gives `GateDenied` its accessors.
+create_exception!(
+    switchpoint._native,
+    NoRoom,
+    CoreError,
+    "Raised when a request needs a new rule instance and server.state.max_scopes are alive: the \
+     owner frees idle instances, then asks again."
+);
+
+/// Adds the exception types to the module and gives `GateDenied` its accessors.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("CoreError", py.get_type::<CoreError>())?;
+    m.add("NoRoom", py.get_type::<NoRoom>())?;
     let denied = py.get_type::<GateDenied>();
     let property = py.import("builtins")?.getattr("property")?;
     denied.setattr(
@@ -95,25 +104,39 @@ fn denial_message(error: &Bound<'_, PyAny>) -> PyResult<String> {
     Ok(shown.str()?.to_string())
 }
 
-/// A core error on its way to Python.
+/// A core error on its way to Python, or a Python error met reading an argument.
 #[derive(Debug)]
-pub struct Error(RustError);
+pub enum Error {
+    Core(RustError),
+    Python(PyErr),
+}
 
 impl From<RustError> for Error {
     fn from(error: RustError) -> Self {
-        Self(error)
+        Self::Core(error)
+    }
+}
+
+impl From<PyErr> for Error {
+    fn from(error: PyErr) -> Self {
+        Self::Python(error)
     }
 }
 
 impl From<Error> for PyErr {
     fn from(error: Error) -> Self {
-        match error.0 {
+        let error = match error {
+            Error::Core(error) => error,
+            Error::Python(error) => return error,
+        };
+        match error {
             RustError::Denied(denial) => GateDenied::new_err((
                 denial.kind.as_str(),
                 denial.name.to_string(),
                 denial.retry_after_s,
             )),
             RustError::Refused(refusal) => refused(refusal),
+            RustError::NoRoom { .. } => NoRoom::new_err(error.to_string()),
             RustError::Stopped => {
                 engine_error("DeadlineExceededError", (RustError::Stopped.to_string(),))
             }
@@ -134,6 +157,14 @@ fn refused(refusal: Refusal) -> PyErr {
         }
         Refusal::NoEligibleModel(message) => engine_error("NoEligibleModelError", (message,)),
         Refusal::PolicyDenied(message) => engine_error("PolicyDeniedError", (message,)),
+        Refusal::Quota(denial) => engine_error(
+            "QuotaExceededError",
+            (
+                denial.kind.as_str(),
+                denial.name.to_string(),
+                denial.retry_after_s,
+            ),
+        ),
     }
 }
 

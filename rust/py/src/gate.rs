@@ -52,7 +52,7 @@ fn reservation(id: i64) -> std::result::Result<ReservationId, RustError> {
 /// budgets (USD per UTC window), with reservations settled or released after each call.
 #[pyclass(frozen, module = "switchpoint._native")]
 pub struct Gate {
-    /// Shared with the `Admission` of the router's Route calls.
+    /// Shared with the `RuleBook` the router asks.
     pub(crate) inner: Arc<Core>,
 }
 

@@ -23,16 +23,17 @@ macro_rules! field {
     };
 }
 
+mod decision;
 mod error;
 mod gate;
 mod gate_state;
 mod gil;
 mod latency;
 mod model_spec;
+mod quota;
 mod router;
 mod table;
 mod tokens;
-mod wire;
 
 use pyo3::prelude::*;
 
@@ -50,11 +51,16 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<router::Routed>()?;
     m.add_class::<tokens::BpeEncoding>()?;
     m.add_class::<router::RouteTally>()?;
-    m.add_class::<router::Admission>()?;
+    m.add_class::<quota::RuleBook>()?;
+    m.add_class::<quota::CreatedInstance>()?;
+    m.add_class::<quota::RuleIds>()?;
+    m.add_class::<quota::BookedBudget>()?;
+    m.add_class::<decision::Decision>()?;
+    m.add_class::<decision::ScoredModel>()?;
+    m.add_class::<decision::Level>()?;
     m.add_class::<tokens::WorkStop>()?;
     m.add_function(wrap_pyfunction!(tokens::count_text_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::count_prompt_tokens, m)?)?;
-    m.add_function(wrap_pyfunction!(wire::encode_route_decision, m)?)?;
     m.add_function(wrap_pyfunction!(model_spec::capability_bits, m)?)?;
     let builtin = pyo3::types::PyDict::new(m.py());
     for (name, [cost, latency, quality]) in switchpoint_core::BUILTIN_STRATEGIES {

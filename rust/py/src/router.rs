@@ -1,135 +1,31 @@
-//! `Router`: the router of one config load (see `switchpoint_core::Router`), deciding from the
-//! engine's `ChatInput` or straight from `RouteRequest` bytes.
+//! `Router`: the router of one config load (see `switchpoint_core::Router`). `decide` is the one
+//! entry point of a request, from the engine's `ChatInput` or straight from `RouteRequest` bytes
+//! (`route_wire`); a call the cache may answer runs its halves apart (`route`, then `admit`).
 //!
-//! `ChatInput` and its parts are read by attribute name. The decision goes back as the `Decision`
-//! and `ScoredModel` classes Python hands the constructor, whose field names are checked when the
-//! router is built; a Route call answered from its bytes as a `Routed`.
+//! Configuration and `ChatInput` are read by attribute name; the decision comes back as a
+//! `Decision` (see `decision.rs`), a Route call answered from its bytes as a `Routed`.
 
-use pyo3::exceptions::PyTypeError;
+use std::sync::Arc;
+use std::time::Instant;
+
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyBytes, PyString, PyTuple};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use pyo3::types::{PyBytes, PyDict, PyString};
 use switchpoint_core::{
-    route_request, Admission as CoreAdmission, Admitted, AutoRouting, Decision, Level, Limits,
-    Message, Params, RequestCount, RouteInput, RouteTally as Tally, Router as Core, RouterConfig,
-    RoutingOptions, Shift, Stage, Stop,
+    route_request, AutoRouting, Limits, Message, OpenBreaker, Params, RequestCount, RouteInput,
+    RouteTally as Tally, Router as Core, RouterConfig, RoutingOptions, Stage, Stop,
 };
 
+use crate::decision::Decision;
 use crate::error::{Error, Result};
-use crate::gate::Gate;
 use crate::gil;
+use crate::quota::RuleBook;
 use crate::table::ModelTable;
 use crate::tokens::{tokenizer, BpeEncoding, WorkStop};
-
-/// The leading fields of the `Decision` the router builds, in the order it passes them.
-const DECISION_FIELDS: [&str; 10] = [
-    "candidates",
-    "level",
-    "reasons",
-    "strategy",
-    "weights",
-    "input_tokens",
-    "output_tokens",
-    "task_class",
-    "complexity",
-    "fallback",
-];
-
-/// The fields of each `ScoredModel` candidate, in the order the router passes them.
-const CANDIDATE_FIELDS: [&str; 10] = [
-    "table_index",
-    "name",
-    "provider",
-    "score",
-    "norm_cost",
-    "norm_latency",
-    "quality",
-    "estimated_cost_usd",
-    "estimated_latency_ms",
-    "latency_observed",
-];
-
-/// Decisions are built per request, so positionally (a keyword call costs about a microsecond
-/// more per decision); the names are what is checked, once, when the router is built: a type
-/// whose `_fields` do not begin with `expected` is refused with a `TypeError` naming both.
-fn check_fields(named_tuple: &Bound<'_, PyAny>, expected: &[&str]) -> PyResult<()> {
-    let fields: Vec<String> = attr!(named_tuple, "_fields").extract()?;
-    if fields.len() < expected.len() || fields[..expected.len()] != *expected {
-        return Err(PyTypeError::new_err(format!(
-            "{} must have the fields {expected:?} first, has {fields:?}",
-            named_tuple.repr()?
-        )));
-    }
-    Ok(())
-}
-
-/// `levels` must be the core's levels in order, each with its number and name (Python's `Level`,
-/// whose values are `switchpoint.v1.DecisionLevel`'s): checked once, so the three agree.
-fn check_levels(py: Python<'_>, levels: &[Py<PyAny>]) -> PyResult<()> {
-    let given = levels
-        .iter()
-        .map(|level| {
-            let level = level.bind(py);
-            Ok((
-                level.extract::<i32>()?,
-                attr!(level, "name").extract::<String>()?,
-            ))
-        })
-        .collect::<PyResult<Vec<_>>>()?;
-    let expected: Vec<(i32, String)> = Level::ALL
-        .iter()
-        .map(|&level| (level as i32, level.name().to_owned()))
-        .collect();
-    if given != expected {
-        return Err(PyTypeError::new_err(format!(
-            "levels must be {expected:?}, got {given:?}"
-        )));
-    }
-    Ok(())
-}
 
 /// Past this many bytes of prompt, counting and classifying outlast what releasing the GIL costs,
 /// so it is released.
 const DETACH_ABOVE_BYTES: usize = 64 * 1024;
-
-/// What the token gate lets through, for `Router.route_wire` (see `switchpoint_core::Admission`).
-#[pyclass(frozen, module = "switchpoint._native")]
-pub struct Admission {
-    inner: CoreAdmission,
-}
-
-#[pymethods]
-impl Admission {
-    #[new]
-    fn new(gate: &Bound<'_, Gate>) -> Self {
-        Self {
-            inner: CoreAdmission::new(gate.get().inner.clone()),
-        }
-    }
-
-    /// The rate-limit and budget ids of `gate` that apply to `model` for `tenant` and `stage`.
-    fn learn(
-        &self,
-        tenant: &str,
-        stage: &str,
-        model: &str,
-        limits: Vec<usize>,
-        budgets: Vec<usize>,
-    ) {
-        self.inner.learn(tenant, stage, model, limits, budgets);
-    }
-
-    /// Forgets what `learn` taught for `model` with `tenant` and `stage`.
-    fn forget(&self, tenant: &str, stage: &str, model: &str) {
-        self.inner.forget(tenant, stage, model);
-    }
-
-    /// (tenant, stage, model) entries known.
-    fn __len__(&self) -> usize {
-        self.inner.len()
-    }
-}
 
 /// Route calls answered by `Router.route_wire`: counts and times for the metrics.
 #[pyclass(frozen, module = "switchpoint._native")]
@@ -280,13 +176,6 @@ fn strs(list: &[PyBackedStr]) -> Vec<&str> {
     list.iter().map(|s| &**s).collect()
 }
 
-/// Seconds since the Unix epoch, as Python's `time.time()` reads them.
-fn wall_clock_s() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |since| since.as_secs_f64())
-}
-
 /// A Route call answered from its bytes: the `RouteDecision` bytes, and what its log line needs.
 #[pyclass(frozen, get_all, module = "switchpoint._native")]
 pub struct Routed {
@@ -303,103 +192,156 @@ pub struct Routed {
 /// The router of one config load.
 #[pyclass(frozen, module = "switchpoint._native")]
 pub struct Router {
-    inner: Core,
-    decision_type: Py<PyAny>,
-    candidate_type: Py<PyAny>,
-    /// The `Level` members, in `switchpoint.v1.DecisionLevel` order from 1.
-    levels: Vec<Py<PyAny>>,
+    inner: Arc<Core>,
 }
 
 fn prompt_bytes(input: &RouteInput<'_>) -> usize {
     input.messages.iter().map(|m| m.content.len()).sum()
 }
 
+/// The open breakers, `{model: seconds until it tries again}`.
+fn read_open_breakers(open: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(PyBackedStr, f64)>> {
+    open.map_or_else(
+        || Ok(Vec::new()),
+        |open| {
+            open.iter()
+                .map(|(model, retry_in_s)| Ok((model.extract()?, retry_in_s.extract()?)))
+                .collect()
+        },
+    )
+}
+
+fn breakers(open: &[(PyBackedStr, f64)]) -> Vec<OpenBreaker<'_>> {
+    open.iter()
+        .map(|(model, retry_in_s)| OpenBreaker {
+            model,
+            retry_in_s: *retry_in_s,
+        })
+        .collect()
+}
+
+/// `routing.strategies`: name -> weights, read by name.
+fn strategies(routing: &Bound<'_, PyAny>) -> PyResult<Vec<(String, [f64; 3])>> {
+    attr!(routing, "strategies")
+        .cast::<PyDict>()?
+        .iter()
+        .map(|(name, weights)| {
+            Ok((
+                name.extract()?,
+                [
+                    field!(weights, "cost"),
+                    field!(weights, "latency"),
+                    field!(weights, "quality"),
+                ],
+            ))
+        })
+        .collect()
+}
+
+/// `routing.stages`: name -> (models, strategy), read by name.
+fn stages(routing: &Bound<'_, PyAny>) -> PyResult<Vec<Stage>> {
+    attr!(routing, "stages")
+        .cast::<PyDict>()?
+        .iter()
+        .map(|(name, stage)| {
+            Ok(Stage {
+                name: name.extract()?,
+                models: field!(stage, "models"),
+                strategy: field!(stage, "strategy"),
+            })
+        })
+        .collect()
+}
+
+fn limits(limits: &Bound<'_, PyAny>) -> PyResult<Limits> {
+    Ok(Limits {
+        messages: field!(limits, "messages"),
+        message_bytes: field!(limits, "message_bytes"),
+        prompt_bytes: field!(limits, "prompt_bytes"),
+        name_bytes: field!(limits, "name_bytes"),
+        list_items: field!(limits, "list_items"),
+    })
+}
+
+/// Runs `work` with the GIL held for a short prompt, released for a long one or work given a
+/// stop (it runs on a worker thread, where holding the GIL would stall the loop).
+fn run<T: Send>(
+    py: Python<'_>,
+    input: &RouteInput<'_>,
+    stop: Option<&Bound<'_, WorkStop>>,
+    work: impl FnOnce(&Stop) -> switchpoint_core::Result<T> + Send,
+) -> Result<T> {
+    let long = stop.is_some() || prompt_bytes(input) > DETACH_ABOVE_BYTES;
+    Ok(match stop {
+        None => gil::run(py, long, || work(Stop::never()))?,
+        Some(stop) => {
+            let stop = stop.get().inner.clone();
+            gil::run(py, long, || work(&stop))?
+        }
+    })
+}
+
+impl Router {
+    fn decision(&self, inner: switchpoint_core::Decision) -> Decision {
+        Decision {
+            inner,
+            router: Arc::clone(&self.inner),
+        }
+    }
+}
+
 #[pymethods]
 impl Router {
+    /// `routing` is the config's `RoutingConfig`, `limits` its `server.limits` and `quota` the
+    /// `RuleBook` of its rate limits and budgets, each read by attribute name.
     #[new]
     #[pyo3(signature = (
         table,
         *,
+        routing,
+        limits,
+        quota,
         providers,
         capabilities,
         disabled,
-        strategies,
-        default_strategy,
-        stages,
-        fallback_chain,
-        auto,
-        default_output_tokens,
         encodings,
-        limits,
-        decision_type,
-        candidate_type,
-        levels,
     ))]
     // One argument per keyword of the Python signature.
     #[allow(clippy::too_many_arguments)]
     fn new(
         table: &Bound<'_, ModelTable>,
+        routing: &Bound<'_, PyAny>,
+        limits: &Bound<'_, PyAny>,
+        quota: Option<&Bound<'_, RuleBook>>,
         providers: Vec<String>,
         capabilities: Vec<String>,
         disabled: Vec<(String, String)>,
-        strategies: Vec<(String, (f64, f64, f64))>,
-        default_strategy: String,
-        stages: Vec<(String, Vec<String>, Option<String>)>,
-        fallback_chain: Vec<String>,
-        auto: (bool, f64, f64),
-        default_output_tokens: u64,
         encodings: Vec<Option<Bound<'_, BpeEncoding>>>,
-        limits: (usize, usize, usize, usize, usize),
-        decision_type: Py<PyAny>,
-        candidate_type: Py<PyAny>,
-        levels: Vec<Py<PyAny>>,
     ) -> PyResult<Self> {
-        let (enabled, hard_complexity, easy_complexity) = auto;
-        let (messages, message_bytes, prompt_bytes, name_bytes, list_items) = limits;
+        let auto = attr!(routing, "auto");
         let config = RouterConfig {
             providers,
             capabilities,
             disabled,
-            strategies: strategies
-                .into_iter()
-                .map(|(name, (c, l, q))| (name, [c, l, q]))
-                .collect(),
-            default_strategy,
-            stages: stages
-                .into_iter()
-                .map(|(name, models, strategy)| Stage {
-                    name,
-                    models,
-                    strategy,
-                })
-                .collect(),
-            fallback_chain,
+            strategies: strategies(routing)?,
+            default_strategy: field!(routing, "default_strategy"),
+            stages: stages(routing)?,
+            fallback_chain: field!(routing, "fallback_chain"),
             auto: AutoRouting {
-                enabled,
-                hard_complexity,
-                easy_complexity,
+                enabled: field!(auto, "enabled"),
+                hard_complexity: field!(auto, "hard_complexity"),
+                easy_complexity: field!(auto, "easy_complexity"),
             },
-            default_output_tokens,
+            default_output_tokens: field!(routing, "default_output_tokens"),
             encodings: encodings
                 .into_iter()
                 .map(|e| tokenizer(e.as_ref()))
                 .collect(),
-            limits: Limits {
-                messages,
-                message_bytes,
-                prompt_bytes,
-                name_bytes,
-                list_items,
-            },
+            limits: self::limits(limits)?,
+            quota: quota.map(|book| Arc::clone(&book.get().inner)),
         };
-        check_fields(decision_type.bind(table.py()), &DECISION_FIELDS)?;
-        check_fields(candidate_type.bind(table.py()), &CANDIDATE_FIELDS)?;
-        check_levels(table.py(), &levels)?;
         Ok(Self {
-            inner: Core::new(table.get().inner.clone(), config).map_err(Error::from)?,
-            decision_type,
-            candidate_type,
-            levels,
+            inner: Arc::new(Core::new(table.get().inner.clone(), config).map_err(Error::from)?),
         })
     }
 
@@ -409,166 +351,116 @@ impl Router {
         Ok(self.inner.limits().check_message_count(count)?)
     }
 
-    /// Validate a `ChatInput` (raises `InvalidRequestError` or `RequestTooLargeError`).
-    fn validate(&self, request: &Bound<'_, PyAny>) -> PyResult<()> {
-        let held = Held::read(request)?;
-        self.inner.validate(&held.input()).map_err(Error::from)?;
-        Ok(())
-    }
-
-    /// Validate and decide a `ChatInput`. `pressure(tenant, stage)`, when given, is asked once
-    /// the request is valid for budget pressure's `StrategyShift` (or None). `stop` ends the
-    /// counting early (`CoreError`) once stopped.
-    #[pyo3(signature = (request, pressure = None, stop = None))]
-    fn decide<'py>(
+    /// The one decision of a `ChatInput`: validated, routed under budget pressure, admitted by the
+    /// gate (as of `now`, the gate's clock) and the open breakers (`{model: retry_in_s}`). Raises
+    /// the engine's errors (`InvalidRequestError`, `QuotaExceededError`, ...), `NoRoom` when a
+    /// rule instance is needed past `max_scopes`, `DeadlineExceededError` once `stop` is set.
+    #[pyo3(signature = (request, *, now, open_breakers = None, stop = None))]
+    fn decide(
         &self,
-        py: Python<'py>,
-        request: &Bound<'py, PyAny>,
-        pressure: Option<&Bound<'py, PyAny>>,
-        stop: Option<&Bound<'py, WorkStop>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+        py: Python<'_>,
+        request: &Bound<'_, PyAny>,
+        now: f64,
+        open_breakers: Option<&Bound<'_, PyDict>>,
+        stop: Option<&Bound<'_, WorkStop>>,
+    ) -> Result<Decision> {
         let held = Held::read(request)?;
         let input = held.input();
-        self.inner.validate(&input).map_err(Error::from)?;
-        let shift = match pressure {
-            Some(pressure) => pressure
-                .call1((input.routing.tenant, input.routing.stage))?
-                .extract::<Option<(Vec<String>, String, String)>>()?
-                .map(|(applies_to, strategy, reason)| Shift {
-                    applies_to,
-                    strategy,
-                    reason,
-                }),
-            None => None,
-        };
-        // Work given a stop runs on a worker thread: holding the GIL there would stall the loop.
-        let long = stop.is_some() || prompt_bytes(&input) > DETACH_ABOVE_BYTES;
-        let decision = match stop {
-            None => gil::run(py, long, || {
-                self.inner
-                    .decide_valid(&input, shift.as_ref(), Stop::never())
-            }),
-            Some(stop) => {
-                let stop = stop.get().inner.clone();
-                gil::run(py, long, || {
-                    self.inner.decide_valid(&input, shift.as_ref(), &stop)
-                })
-            }
-        }
-        .map_err(Error::from)?;
-        self.to_python(py, &decision)
+        let open = read_open_breakers(open_breakers)?;
+        let open = breakers(&open);
+        let core = &self.inner;
+        let decided = run(py, &input, stop, |stop| {
+            core.decide(&input, &open, stop, now)
+        })?;
+        Ok(self.decision(decided))
     }
 
-    /// Route straight from `switchpoint.v1.RouteRequest` bytes (see `Routed`). The call is
-    /// counted, and timed, in `tally`.
-    ///
-    /// With `admission` (the gate has rules), None unless it admits every candidate now (wall-clock
-    /// time, the `TokenGate`'s clock): the engine's path then decides, learns the rules or
-    /// reports the refusal. `stop` ends the counting early (`CoreError`) once stopped.
-    #[pyo3(signature = (request, tally = None, admission = None, stop = None))]
+    /// The first half of `decide`: validated and routed, not yet admitted.
+    #[pyo3(signature = (request, *, now, stop = None))]
+    fn route(
+        &self,
+        py: Python<'_>,
+        request: &Bound<'_, PyAny>,
+        now: f64,
+        stop: Option<&Bound<'_, WorkStop>>,
+    ) -> Result<Decision> {
+        let held = Held::read(request)?;
+        let input = held.input();
+        let core = &self.inner;
+        let routed = run(py, &input, stop, |stop| core.route(&input, stop, now))?;
+        Ok(self.decision(routed))
+    }
+
+    /// The second half of `decide`: `decision` (from `route` for `tenant` and `stage`) without
+    /// the candidates the gate or an open breaker refuses now.
+    #[pyo3(signature = (decision, *, tenant, stage, now, open_breakers = None))]
+    fn admit(
+        &self,
+        decision: &Bound<'_, Decision>,
+        tenant: &str,
+        stage: &str,
+        now: f64,
+        open_breakers: Option<&Bound<'_, PyDict>>,
+    ) -> Result<Decision> {
+        let decision = decision.get();
+        if !Arc::ptr_eq(&decision.router, &self.inner) {
+            return Err(switchpoint_core::CoreError::invalid(
+                "decision",
+                "was made by another router (another config load)",
+            )
+            .into());
+        }
+        let open = read_open_breakers(open_breakers)?;
+        let admitted =
+            self.inner
+                .admit(decision.inner.clone(), tenant, stage, &breakers(&open), now)?;
+        Ok(self.decision(admitted))
+    }
+
+    /// `decide`, straight from `switchpoint.v1.RouteRequest` bytes to `RouteDecision` bytes (see
+    /// `Routed`). The call is counted, and timed, in `tally`.
+    #[pyo3(signature = (request, *, now, open_breakers = None, tally = None, stop = None))]
     fn route_wire<'py>(
         &self,
         py: Python<'py>,
         request: &[u8],
+        now: f64,
+        open_breakers: Option<&Bound<'py, PyDict>>,
         tally: Option<&Bound<'py, RouteTally>>,
-        admission: Option<&Bound<'py, Admission>>,
         stop: Option<&Bound<'py, WorkStop>>,
-    ) -> Result<Option<Routed>> {
+    ) -> Result<Routed> {
         let started = Instant::now();
         let input = route_request(request)?;
-        let long = stop.is_some() || prompt_bytes(&input) > DETACH_ABOVE_BYTES;
-        let decision = match stop {
-            None => gil::run(py, long, || self.inner.decide(&input, None, Stop::never()))?,
-            Some(stop) => {
-                let stop = stop.get().inner.clone();
-                gil::run(py, long, || self.inner.decide(&input, None, &stop))?
-            }
-        };
-        if let Some(admission) = admission {
-            let candidates = decision
-                .candidates
-                .iter()
-                .map(|c| (self.inner.name(c.index), c.estimated_cost_usd));
-            let tokens = decision.input_tokens.saturating_add(decision.output_tokens);
-            let routing = &input.routing;
-            let admitted = admission.get().inner.admits(
-                routing.tenant,
-                routing.stage,
-                candidates,
-                tokens,
-                wall_clock_s(),
-            )?;
-            if admitted != Admitted::All {
-                return Ok(None);
-            }
-        }
-        let answer = PyBytes::new(py, &self.inner.encode(&decision));
-        let model = self.inner.name(decision.candidates[0].index);
+        let open = read_open_breakers(open_breakers)?;
+        let open = breakers(&open);
+        let core = &self.inner;
+        let decision = run(py, &input, stop, |stop| {
+            core.decide(&input, &open, stop, now)
+        })?;
+        let answer = PyBytes::new(py, &core.encode(&decision));
+        let model = core.name(decision.candidates[0].index);
+        let routing = &input.routing;
         if let Some(tally) = tally {
             let seconds = started.elapsed().as_secs_f64();
-            let routing = &input.routing;
             tally
                 .get()
                 .inner
                 .record(model, routing.tenant, routing.stage, seconds);
         }
-        Ok(Some(Routed {
+        Ok(Routed {
             decision: answer.unbind(),
             model: PyString::new(py, model).unbind(),
-            tenant: input.routing.tenant.to_owned(),
-            stage: input.routing.stage.to_owned(),
+            tenant: routing.tenant.to_owned(),
+            stage: routing.stage.to_owned(),
             prompt_chars: input
                 .messages
                 .iter()
                 .map(|m| m.content.chars().count())
                 .sum(),
-        }))
+        })
     }
 
     fn __repr__(&self) -> String {
         format!("Router(models={})", self.inner.table().len())
-    }
-}
-
-impl Router {
-    fn to_python<'py>(&self, py: Python<'py>, decision: &Decision) -> PyResult<Bound<'py, PyAny>> {
-        // Positional, in the order `check_fields` confirmed when the router was built.
-        let candidate_type = self.candidate_type.bind(py);
-        let candidates = decision
-            .candidates
-            .iter()
-            .map(|c| {
-                candidate_type.call1((
-                    c.index,
-                    self.inner.name(c.index),
-                    self.inner.provider(c.index),
-                    c.score,
-                    c.norm_cost,
-                    c.norm_latency,
-                    c.quality,
-                    c.estimated_cost_usd,
-                    c.estimated_latency_ms,
-                    c.latency_observed,
-                ))
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        let fallback: Vec<&str> = decision
-            .fallback
-            .iter()
-            .map(|&i| self.inner.name(i))
-            .collect();
-        let [cost, latency, quality] = decision.weights;
-        self.decision_type.bind(py).call1((
-            PyTuple::new(py, candidates)?,
-            self.levels[decision.level as usize - 1].bind(py),
-            PyTuple::new(py, &decision.reasons)?,
-            &decision.strategy,
-            (cost, latency, quality),
-            decision.input_tokens,
-            decision.output_tokens,
-            decision.task_class,
-            decision.complexity,
-            PyTuple::new(py, fallback)?,
-        ))
     }
 }

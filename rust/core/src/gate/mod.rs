@@ -19,6 +19,13 @@
 //! the buckets only use differences between times. See `budget.rs` for the rollover rule and the
 //! overshoot bound, `limits.rs` for the buckets, `lease.rs` for the rate limits' lease cap.
 
+mod book;
+
+pub use book::{
+    describe_scope, BudgetRule, Created, LimitRule, Pressure, RuleBook, RuleIds, RuleKind,
+    RuleMatch, Scope, ScopeKey, Shift, Subject, Wanted,
+};
+
 use crate::budget::{check_usd, BudgetLedger, BudgetState};
 use crate::error::{CoreError, Denial, Result};
 use crate::limits::{LimitState, RateLimiter};
@@ -207,6 +214,35 @@ impl Gate {
         }
         for &id in budget_ids {
             if let Some(denial) = self.budgets.get(id)?.rule().check(cost_usd, now_s) {
+                return Ok(Some(denial));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `check` as routing asks it: against each rule's own limits. A lease (shared state) is
+    /// this replica's slice of a limit, topped up from the shared pool when a reserve runs short,
+    /// so a model is refused here only when the limit itself is spent, or this replica's own
+    /// usage fills the minute.
+    ///
+    /// # Errors
+    /// As `check`.
+    pub fn check_limits(
+        &self,
+        limit_ids: &[usize],
+        budget_ids: &[usize],
+        tokens: u64,
+        cost_usd: f64,
+        now_s: f64,
+    ) -> Result<Option<Denial>> {
+        Self::check_call(limit_ids, budget_ids, cost_usd, now_s)?;
+        for &id in limit_ids {
+            if let Some(denial) = self.limits.get(id)?.rule().check_limits(tokens, now_s) {
+                return Ok(Some(denial));
+            }
+        }
+        for &id in budget_ids {
+            if let Some(denial) = self.budgets.get(id)?.rule().check_limit(cost_usd, now_s) {
                 return Ok(Some(denial));
             }
         }

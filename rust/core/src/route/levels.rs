@@ -4,11 +4,11 @@ use std::fmt::Write as _;
 
 use super::strategies::{EASY_STRATEGY, HARD_STRATEGY};
 use super::{
-    clipped, Decision, Level, RouteInput, Router, RoutingOptions, Shift, Stage, Stop,
-    CUSTOM_STRATEGY,
+    clipped, Decision, Level, RouteInput, Router, RoutingOptions, Stage, Stop, CUSTOM_STRATEGY,
 };
 use crate::classify::classify;
 use crate::error::{Refusal, Result};
+use crate::gate::Shift;
 use crate::scoring::{Candidate, Exclusion, Ranking, Request, Weights};
 
 /// A strategy resolved for one request.

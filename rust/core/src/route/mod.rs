@@ -5,13 +5,15 @@
 //! 3. auto      - the classifier reads the prompt and picks weights; every enabled model is ranked
 //! 4. fallback  - the configured fallback chain, in its own order
 //!
-//! Built once per config load from what Python resolved (enabled models, strategies, stages);
-//! pure and fast per request: no I/O, the clock read once by scoring. The levels are in
-//! `route/levels.rs`. Budget pressure and the gate's rule instances stay in Python (they need the
-//! config's rules and the shared state): a strategy shift arrives here as a `Shift`, and the rules
-//! that apply to a Route call as what `Admission` was taught.
+//! Built once per config load from what Python resolved (enabled models, strategies, stages) and
+//! the config's rate limits and budgets (`RuleBook`). `decide` is the one entry point of every
+//! request, Route, Chat and `ChatStream` alike: `route` (validation, budget pressure, the levels,
+//! token counts, scoring) and then `admit` (the gate's check of each candidate's rules against
+//! their limits, and the open-breaker mask). A call that may be answered from the cache runs the
+//! two halves apart, the cache asked in between: a cached answer costs no quota. The levels are in
+//! `route/levels.rs`, the admission in `route/admit.rs`.
 
-mod admission;
+mod admit;
 mod decode;
 mod levels;
 mod request;
@@ -22,7 +24,7 @@ mod tokens;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use admission::{Admission, Admitted};
+pub use admit::{general3, quota_message, OpenBreaker};
 pub use decode::route_request;
 pub use request::{clipped, Limits, Message, Params, RouteInput, RoutingOptions, ROLES};
 pub use stop::Stop;
@@ -30,6 +32,7 @@ pub use strategies::BUILTIN_STRATEGIES;
 pub use tokens::{Bpe, Tokenizer};
 
 use crate::error::{CoreError, Result};
+use crate::gate::RuleBook;
 use crate::scoring::Candidate;
 use crate::table::{ModelTable, MAX_CAPABILITIES};
 use crate::wire::{CandidateWire, DecisionWire};
@@ -97,14 +100,8 @@ pub struct RouterConfig {
     pub encodings: Vec<Tokenizer>,
     /// What one request may carry; `validate` refuses the rest.
     pub limits: Limits,
-}
-
-/// Budget pressure: a request that would use one of `applies_to` uses `strategy` instead.
-#[derive(Debug, Clone)]
-pub struct Shift {
-    pub applies_to: Vec<String>,
-    pub strategy: String,
-    pub reason: String,
+    /// The rate limits and budgets; `None` (or an empty book) admits every candidate.
+    pub quota: Option<Arc<RuleBook>>,
 }
 
 /// A routing decision: the ranked candidates (table indices) and why.
@@ -269,33 +266,41 @@ impl Router {
         input.validate(&self.config.limits)
     }
 
-    /// Validates `input` and decides it.
+    /// The one decision of a request: `route`, then `admit`.
     ///
     /// # Errors
-    /// `Refused`: `TooLarge`, `InvalidRequest` (naming the field), `NoEligibleModel` or
-    /// `PolicyDenied`; `Stopped` once `stop` is set.
+    /// Those of `route` and `admit`.
     pub fn decide(
         &self,
         input: &RouteInput<'_>,
-        shift: Option<&Shift>,
+        open: &[OpenBreaker<'_>],
         stop: &Stop,
+        now_s: f64,
     ) -> Result<Decision> {
-        self.validate(input)?;
-        self.decide_valid(input, shift, stop)
+        let routed = self.route(input, stop, now_s)?;
+        self.admit(
+            routed,
+            input.routing.tenant,
+            input.routing.stage,
+            open,
+            now_s,
+        )
     }
 
-    /// Decides a request `validate` accepted.
+    /// Validates `input` and ranks the models for it, under budget pressure as of `now_s`
+    /// (Unix seconds), without asking the gate whether they may take it.
     ///
     /// # Errors
-    /// `Refused`: `InvalidRequest` (naming the field), `NoEligibleModel` or `PolicyDenied`;
-    /// `Stopped` once `stop` is set.
-    pub fn decide_valid(
-        &self,
-        input: &RouteInput<'_>,
-        shift: Option<&Shift>,
-        stop: &Stop,
-    ) -> Result<Decision> {
-        self.first_level_that_applies(input, shift, stop)
+    /// `Refused`: `TooLarge`, `InvalidRequest` (naming the field), `NoEligibleModel` or
+    /// `PolicyDenied`; `Stopped` once `stop` is set; `NoRoom` when a pressured budget needs an
+    /// instance and `max_scopes` are alive.
+    pub fn route(&self, input: &RouteInput<'_>, stop: &Stop, now_s: f64) -> Result<Decision> {
+        self.validate(input)?;
+        let shift = match &self.config.quota {
+            Some(book) => book.shift(input.routing.tenant, input.routing.stage, now_s)?,
+            None => None,
+        };
+        self.first_level_that_applies(input, shift.as_ref(), stop)
     }
 
     /// The decision as `switchpoint.v1.RouteDecision` bytes.
@@ -330,6 +335,8 @@ impl Router {
     }
 }
 
+#[cfg(test)]
+mod admit_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

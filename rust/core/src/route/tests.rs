@@ -6,6 +6,10 @@ use crate::table::tests::spec;
 /// Three models: `cheap` (chat), `coder` (chat, code), `big` (chat, code, large window);
 /// `gone` is configured but disabled.
 fn router(fallback: &[&str]) -> Router {
+    router_with(fallback, None)
+}
+
+pub(super) fn router_with(fallback: &[&str], quota: Option<Arc<RuleBook>>) -> Router {
     let mut cheap = spec("cheap");
     cheap.input_per_mtok = 0.1;
     cheap.capabilities = 0b01;
@@ -45,12 +49,13 @@ fn router(fallback: &[&str]) -> Router {
             default_output_tokens: 100,
             encodings: vec![Tokenizer::Estimate],
             limits: Limits::default(),
+            quota,
         },
     )
     .unwrap()
 }
 
-fn ask(text: &str) -> RouteInput<'_> {
+pub(super) fn ask(text: &str) -> RouteInput<'_> {
     RouteInput {
         messages: vec![Message {
             role: "user",
@@ -75,7 +80,7 @@ fn override_keeps_to_the_named_models() {
     let router = router(&["cheap"]);
     let mut input = ask("hello");
     input.routing.models = vec!["big", "coder", "big"];
-    let decision = router.decide(&input, None, Stop::never()).unwrap();
+    let decision = router.decide(&input, &[], Stop::never(), 0.0).unwrap();
     assert_eq!(decision.level, Level::Override);
     let mut chosen: Vec<usize> = decision.candidates.iter().map(|c| c.index).collect();
     chosen.sort_unstable();
@@ -96,7 +101,7 @@ fn unknown_and_disabled_models_are_told_apart() {
     let mut input = ask("hello");
     input.routing.models = vec!["nope"];
     assert_eq!(
-        refusal(router.decide(&input, None, Stop::never())),
+        refusal(router.decide(&input, &[], Stop::never(), 0.0)),
         Refusal::InvalidRequest {
             field: "routing.models[0]".into(),
             message: "unknown model 'nope'".into()
@@ -104,7 +109,7 @@ fn unknown_and_disabled_models_are_told_apart() {
     );
     input.routing.models = vec!["gone"];
     assert!(matches!(
-        refusal(router.decide(&input, None, Stop::never())),
+        refusal(router.decide(&input, &[], Stop::never(), 0.0)),
         Refusal::NoEligibleModel(m) if m.contains("provider 'x' is disabled")
     ));
 }
@@ -114,7 +119,7 @@ fn a_stage_is_a_whitelist_with_its_own_strategy() {
     let router = router(&[]);
     let mut input = ask("hello");
     input.routing.stage = "review";
-    let decision = router.decide(&input, None, Stop::never()).unwrap();
+    let decision = router.decide(&input, &[], Stop::never(), 0.0).unwrap();
     assert_eq!(decision.level, Level::Stage);
     assert_eq!(decision.strategy, "quality-first");
     assert_eq!(decision.candidates.len(), 1);
@@ -124,12 +129,12 @@ fn a_stage_is_a_whitelist_with_its_own_strategy() {
         .any(|r| r.starts_with("gone excluded")));
     input.routing.models = vec!["cheap"];
     assert!(matches!(
-        refusal(router.decide(&input, None, Stop::never())),
+        refusal(router.decide(&input, &[], Stop::never(), 0.0)),
         Refusal::PolicyDenied(m) if m.contains("not allowed in stage 'review' (allowed: big, gone)")
     ));
     input.routing.stage = "nope";
     assert!(matches!(
-        refusal(router.decide(&input, None, Stop::never())),
+        refusal(router.decide(&input, &[], Stop::never(), 0.0)),
         Refusal::InvalidRequest { field, .. } if field == "routing.stage"
     ));
 }
@@ -140,8 +145,9 @@ fn auto_prefers_code_capable_models_for_code() {
     let decision = router
         .decide(
             &ask("fix this python traceback in my function"),
-            None,
+            &[],
             Stop::never(),
+            0.0,
         )
         .unwrap();
     assert_eq!(decision.level, Level::Auto);
@@ -160,34 +166,17 @@ fn fallback_keeps_the_chain_order_when_nothing_else_fits() {
     let mut input = ask("hello");
     // Only `big` has the window for this many output tokens; auto finds it too, so turn it off.
     input.params.max_tokens = Some(500_000);
-    let decision = router.decide(&input, None, Stop::never()).unwrap();
+    let decision = router.decide(&input, &[], Stop::never(), 0.0).unwrap();
     assert_eq!(decision.level, Level::Auto);
     let mut no_auto = router;
     no_auto.config.auto.enabled = false;
-    let decision = no_auto.decide(&input, None, Stop::never()).unwrap();
+    let decision = no_auto.decide(&input, &[], Stop::never(), 0.0).unwrap();
     assert_eq!(decision.level, Level::Fallback);
     assert_eq!(decision.candidates[0].index, 2);
     assert!(decision
         .reasons
         .iter()
         .any(|r| r == "cheap excluded: context window 8192 < 500009 estimated tokens"));
-}
-
-#[test]
-fn budget_pressure_shifts_the_named_strategy() {
-    let router = router(&[]);
-    let shift = Shift {
-        applies_to: vec!["balanced".into()],
-        strategy: "cost-first".into(),
-        reason: "budget 'b' is 90% used".into(),
-    };
-    let mut input = ask("a question of medium difficulty about the weather today");
-    input.routing.strategy = "balanced";
-    let decision = router.decide(&input, Some(&shift), Stop::never()).unwrap();
-    assert_eq!(decision.strategy, "cost-first");
-    assert!(decision
-        .reasons
-        .contains(&"budget 'b' is 90% used".to_owned()));
 }
 
 #[test]
@@ -210,7 +199,7 @@ fn invalid_requests_name_the_field() {
     for (spoil, expected) in cases {
         let mut input = ask("hello");
         spoil(&mut input);
-        match refusal(router.decide(&input, None, Stop::never())) {
+        match refusal(router.decide(&input, &[], Stop::never(), 0.0)) {
             Refusal::InvalidRequest { field, .. } => assert_eq!(field, expected),
             other => panic!("{expected}: {other:?}"),
         }
@@ -220,7 +209,9 @@ fn invalid_requests_name_the_field() {
 #[test]
 fn the_decision_encodes_with_the_chosen_model_first() {
     let router = router(&[]);
-    let decision = router.decide(&ask("hello"), None, Stop::never()).unwrap();
+    let decision = router
+        .decide(&ask("hello"), &[], Stop::never(), 0.0)
+        .unwrap();
     let bytes = router.encode(&decision);
     let name = router.name(decision.candidates[0].index);
     assert_eq!(bytes[0], 0x0A);
@@ -267,14 +258,14 @@ fn sizes_over_the_limits_are_refused_naming_limit_and_value() {
         ),
     ];
     for (input, expected) in cases {
-        match refusal(router.decide(&input, None, Stop::never())) {
+        match refusal(router.decide(&input, &[], Stop::never(), 0.0)) {
             refusal @ Refusal::TooLarge { .. } => assert_eq!(refusal.to_string(), expected),
             other => panic!("{expected}: {other:?}"),
         }
     }
     let mut named = ask("hello");
     named.routing.tenant = &name;
-    match refusal(router.decide(&named, None, Stop::never())) {
+    match refusal(router.decide(&named, &[], Stop::never(), 0.0)) {
         refusal @ Refusal::InvalidRequest { .. } => assert_eq!(
             refusal.to_string(),
             "routing.tenant: 129 bytes exceeds server.limits.name_bytes (128)"
@@ -289,7 +280,7 @@ fn echoed_client_strings_are_cut() {
     let mut input = ask("hello");
     let stage = "s".repeat(100);
     input.routing.stage = &stage;
-    let message = refusal(router.decide(&input, None, Stop::never())).to_string();
+    let message = refusal(router.decide(&input, &[], Stop::never(), 0.0)).to_string();
     assert!(
         message.contains(&format!("'{}…'", "s".repeat(64))),
         "{message}"
