@@ -207,13 +207,29 @@ impl Gate {
         now_s: f64,
     ) -> Result<Option<Denial>> {
         Self::check_call(limit_ids, budget_ids, cost_usd, now_s)?;
+        self.first_denial(
+            limit_ids,
+            budget_ids,
+            |limit| limit.check(tokens, now_s),
+            |budget| budget.check(cost_usd, now_s),
+        )
+    }
+
+    /// The first denial of the listed rules, rate limits first, each asked by its own check.
+    fn first_denial(
+        &self,
+        limit_ids: &[usize],
+        budget_ids: &[usize],
+        limit_denial: impl Fn(&RateLimiter) -> Option<Denial>,
+        budget_denial: impl Fn(&BudgetLedger) -> Option<Denial>,
+    ) -> Result<Option<Denial>> {
         for &id in limit_ids {
-            if let Some(denial) = self.limits.get(id)?.rule().check(tokens, now_s) {
+            if let Some(denial) = limit_denial(self.limits.get(id)?.rule()) {
                 return Ok(Some(denial));
             }
         }
         for &id in budget_ids {
-            if let Some(denial) = self.budgets.get(id)?.rule().check(cost_usd, now_s) {
+            if let Some(denial) = budget_denial(self.budgets.get(id)?.rule()) {
                 return Ok(Some(denial));
             }
         }
@@ -236,17 +252,12 @@ impl Gate {
         now_s: f64,
     ) -> Result<Option<Denial>> {
         Self::check_call(limit_ids, budget_ids, cost_usd, now_s)?;
-        for &id in limit_ids {
-            if let Some(denial) = self.limits.get(id)?.rule().check_limits(tokens, now_s) {
-                return Ok(Some(denial));
-            }
-        }
-        for &id in budget_ids {
-            if let Some(denial) = self.budgets.get(id)?.rule().check_limit(cost_usd, now_s) {
-                return Ok(Some(denial));
-            }
-        }
-        Ok(None)
+        self.first_denial(
+            limit_ids,
+            budget_ids,
+            |limit| limit.check_limits(tokens, now_s),
+            |budget| budget.check_limit(cost_usd, now_s),
+        )
     }
 
     /// Reserves `tokens` and `cost_usd` against every listed rule, or nothing.
