@@ -20,6 +20,7 @@ from tests.providers.fixtures import ANTHROPIC_TEST_KEY, OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
 from tests.providers.script import hang
 from tests.sidecar_harness import RunningSidecar, running_sidecar, user
+from tests.support.log_records import recorded
 
 ADMIN_TOKEN = "admin-token-for-tests"
 ENV = {
@@ -154,6 +155,34 @@ async def test_exhausted_model_drops_out_of_routing(
     )
     assert reply.model == "claude"
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_stream_opens_with_the_decision_the_gate_admitted(
+    servers: tuple[OpenAIServer, AnthropicServer],
+) -> None:
+    budgets = [{"name": "gpt-only", "match": {"model": "gpt"}, "window": "hour", "limit_usd": 0}]
+    async with running_sidecar(_config(*servers, budgets=budgets), ENV) as sidecar:
+        chunks = [chunk async for chunk in sidecar.stub.ChatStream(_chat("hi"))]
+    first = chunks[0].decision
+    assert [c.model for c in first.candidates] == ["claude"]
+    assert any(r.startswith("gpt excluded: budget 'gpt-only") for r in first.reasons)
+    assert chunks[-1].model == "claude"
+
+
+async def test_a_route_the_gate_refuses_is_observed_with_its_tenant(
+    servers: tuple[OpenAIServer, AnthropicServer],
+) -> None:
+    budgets = [{"name": "none", "match": {"tenant": "*"}, "window": "hour", "limit_usd": 0}]
+    route = pb.RouteRequest(messages=user("hi"), routing=pb.RoutingOptions(tenant="acme"))
+    with recorded("switchpoint.request") as lines:
+        async with running_sidecar(_config(*servers, budgets=budgets), ENV) as sidecar:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await sidecar.stub.Route(route)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "budget 'none[tenant=acme]' is exhausted" in (caught.value.details() or "")
+    assert _retry_delay_s(caught.value) > 0
+    seen = [(vars(r)["rpc"], vars(r)["tenant"], vars(r)["outcome"]) for r in lines.records]
+    assert seen == [("Route", "acme", "resource_exhausted")]
 
 
 async def test_budget_pressure_shifts_balanced_to_cost_first(

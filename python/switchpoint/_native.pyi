@@ -30,6 +30,7 @@ __all__ = [
     "capability_bits",
     "count_prompt_tokens",
     "count_text_tokens",
+    "describe_scope",
 ]
 
 # Which rule refused: a requests- or tokens-per-minute bucket, concurrency, a budget, or (shared
@@ -304,6 +305,10 @@ class BpeEncoding:
 
     def __new__(cls, ranks: dict[bytes, int], pattern: str) -> BpeEncoding: ...
 
+def describe_scope(scope: Sequence[tuple[str, str]]) -> str:
+    """(key, value) pairs as instance names and shared state name them, keys sorted
+    ("tenant=acme,stage=x"); CoreError for a key that is not a scope key."""
+
 def count_text_tokens(text: str, encoding: BpeEncoding | None = None) -> int:
     """Tokens of `text` (special-token text counted as ordinary text); the ~4 characters per token
     estimate when `encoding` is None."""
@@ -426,6 +431,9 @@ class CreatedInstance:
     @property
     def scope(self) -> list[tuple[str, str]]:
         """The scope's (key, value) pairs, keys sorted."""
+    @property
+    def scope_name(self) -> str:
+        """The scope as names show it: tenant=acme,stage=x."""
 
 @final
 class BookedBudget:

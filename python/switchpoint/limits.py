@@ -51,13 +51,3 @@ class LimitsConfig(BaseModel):
     name_bytes: AtLeastOne = 128
     # Items of routing.models, routing.capabilities and params.stop.
     list_items: AtLeastOne = 64
-
-    def as_tuple(self) -> tuple[int, int, int, int, int]:
-        """The order `_native.Router` takes them in."""
-        return (
-            self.messages,
-            self.message_bytes,
-            self.prompt_bytes,
-            self.name_bytes,
-            self.list_items,
-        )

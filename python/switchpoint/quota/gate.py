@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar, cast
 
-from switchpoint._native import Gate, GateDenied, NoRoom, RuleBook
+from switchpoint._native import Gate, GateDenied, NoRoom, RuleBook, describe_scope
 from switchpoint.config import Config, ModelConfig
 from switchpoint.errors import QuotaExceededError
 from switchpoint.quota.instances import Instance, Kind, ScopeTable
@@ -30,7 +30,6 @@ from switchpoint.quota.scopes import (
     RequestScope,
     Reservation,
     Scope,
-    describe_scope,
 )
 from switchpoint.quota.shared import EVERY_INSTANCE, LEASE_KINDS, SharedQuota
 
@@ -144,7 +143,7 @@ class TokenGate:
                     name=made.name,
                     window=budget.window,
                     budget=budget.name,
-                    scope=describe_scope(made.scope),
+                    scope=made.scope_name,
                     config_limit_usd=budget.limit_usd,
                 )
 

@@ -1,15 +1,16 @@
 """What a rule instance is for and one attempt's hold on the instances: the request's scope
-(`RequestScope`), the instance a rule selects for it (`instance_scope`), and `Reservation`, which
-makes the release unconditional (errors, timeouts, cancellation)."""
+(`RequestScope`; which instances it selects is the core's `RuleBook`'s to decide), a budget
+instance as stats see it, and `Reservation`, which makes the release unconditional (errors,
+timeouts, cancellation)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from switchpoint._native import Gate
-from switchpoint.config import BudgetConfig, ModelConfig, ScopeKey
+from switchpoint.config import BudgetConfig, ScopeKey
 
 Scope = tuple[tuple[ScopeKey, str], ...]
 
@@ -20,36 +21,12 @@ class RequestScope(NamedTuple):
     tenant: str
     stage: str
 
-    def values(self, model: ModelConfig | None) -> dict[ScopeKey, str]:
-        values: dict[ScopeKey, str] = {"tenant": self.tenant, "stage": self.stage}
-        if model is not None:
-            values["model"] = model.name
-            values["provider"] = model.provider
-        return values
-
 
 @dataclass(frozen=True, slots=True)
 class BudgetInstance:
     rule: BudgetConfig
     scope: Scope
     gate_id: int
-
-
-def instance_scope(match: dict[ScopeKey, str], values: dict[ScopeKey, str]) -> Scope | None:
-    """The instance a rule selects for these values, or None when the rule does not apply."""
-    scope: list[tuple[ScopeKey, str]] = []
-    for key, wanted in sorted(match.items()):
-        actual = values.get(key)
-        if actual is None:
-            return None
-        if wanted not in ("*", actual):
-            return None
-        scope.append((key, actual))
-    return tuple(scope)
-
-
-def describe_scope(scope: Iterable[tuple[str, str]]) -> str:
-    return ",".join(f"{k}={v}" for k, v in scope)
 
 
 class Reservation:

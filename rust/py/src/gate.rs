@@ -1,8 +1,8 @@
 //! `Gate`: the token gate. Python reserves a call's estimated tokens and cost against its rate
 //! limits and budgets before the call, and settles or releases the reservation after it.
 //!
-//! Every method holds the GIL: the core takes well under a microsecond per call (criterion,
-//! rust/core/benches/gate.rs), much less than releasing and re-taking the GIL would cost.
+//! Every method holds the GIL: a gate call costs less than releasing and re-taking the GIL would
+//! (docs/benchmarks.md; criterion, rust/core/benches/gate.rs).
 
 use std::sync::Arc;
 

@@ -62,6 +62,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(tokens::count_text_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::count_prompt_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(model_spec::capability_bits, m)?)?;
+    m.add_function(wrap_pyfunction!(quota::describe_scope, m)?)?;
     let builtin = pyo3::types::PyDict::new(m.py());
     for (name, [cost, latency, quality]) in switchpoint_core::BUILTIN_STRATEGIES {
         builtin.set_item(name, (cost, latency, quality))?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use switchpoint_core::{
-    BudgetRule, Created, LimitRule, Pressure, RuleBook as Core, RuleKind, RuleMatch, Scope,
+    describe_scope as describe, BudgetRule, Created, LimitRule, Pressure, RuleBook as Core, RuleKind, RuleMatch, Scope,
     ScopeKey, Wanted,
 };
 
@@ -88,6 +88,8 @@ pub struct CreatedInstance {
     name: String,
     /// The scope's (key, value) pairs, keys sorted.
     scope: Vec<(&'static str, String)>,
+    /// The scope as names show it: "tenant=acme,stage=x".
+    scope_name: String,
 }
 
 impl From<Created> for CreatedInstance {
@@ -98,6 +100,7 @@ impl From<Created> for CreatedInstance {
             rule: created.rule,
             name: created.name,
             scope: scope_pairs(&created.scope),
+            scope_name: describe(&created.scope),
         }
     }
 }
@@ -274,4 +277,17 @@ impl RuleBook {
             self.inner.budget_rules().len()
         )
     }
+}
+
+/// "tenant=acme,stage=x": `scope`'s (key, value) pairs as instance names and shared state name
+/// them, keys sorted.
+#[pyfunction]
+pub fn describe_scope(scope: Vec<(String, String)>) -> PyResult<String> {
+    let mut pairs = scope
+        .into_iter()
+        .map(|(key, value)| Ok((ScopeKey::parse(&key)?, value)))
+        .collect::<switchpoint_core::Result<Vec<_>>>()
+        .map_err(crate::error::Error::from)?;
+    pairs.sort();
+    Ok(describe(&pairs))
 }
