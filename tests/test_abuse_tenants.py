@@ -118,7 +118,7 @@ async def test_a_flood_of_tenants_leaves_bounded_state(openai_server: OpenAIServ
         tenants = {key.tenant for key, _ in engine.stats.items()}
         assert tenants <= {KNOWN, OTHER}
         assert {
-            tenant for _, tenant, _, _ in running.sidecar._telemetry.metrics.route_tally.requests()
+            seen.tenant for seen in running.sidecar._telemetry.metrics.route_tally.requests()
         } <= {KNOWN, OTHER}
         # Stages are checked against routing.stages, but a refused call is still counted.
         bad_stages = await _in_batches(

@@ -54,11 +54,13 @@ def test_the_tracker_reads_back_what_the_table_slots_record() -> None:
     for _ in range(3):
         # "a" turns out slow: 2 s to the first token, then 50 ms per token.
         tracker.record(slot, 2_000.0 + 50.0 * 199, ttft_ms=2_000.0, output_tokens=200)
-    p50, p95, p99, count = tracker.percentiles(slot, "tpot")
+    seen = tracker.percentiles(slot, "tpot")
+    p50, p95, p99, count = seen.p50_ms, seen.p95_ms, seen.p99_ms, seen.samples
     assert p50 == pytest.approx(50.0, rel=0.05)
     assert p50 <= p95 <= p99
     assert count == pytest.approx(3.0, rel=1e-3)
-    assert tracker.percentiles(tracker.slot("unused"), "ttft") == (0.0, 0.0, 0.0, 0.0)
+    unused = tracker.percentiles(tracker.slot("unused"), "ttft")
+    assert (unused.p50_ms, unused.p95_ms, unused.p99_ms, unused.samples) == (0.0, 0.0, 0.0, 0.0)
 
 
 def test_spec_cost_and_prior_latency_follow_the_formulas() -> None:

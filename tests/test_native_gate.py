@@ -13,6 +13,7 @@ import pytest
 from switchpoint._native import (
     BudgetState,
     CoreError,
+    Denial,
     Gate,
     GateDenied,
     LimitState,
@@ -22,6 +23,10 @@ from switchpoint._native import (
 FEB = 1_706_745_600.0  # 2024-02-01T00:00:00Z: an hour, a day and a month begin
 MARCH = 1_709_251_200.0  # 2024-03-01T00:00:00Z
 UNKNOWN_WAIT_S = 0.05
+
+
+def _denied(denial: Denial | None) -> tuple[str, str, float] | None:
+    return None if denial is None else (denial.kind, denial.name, denial.retry_after_s)
 
 
 def _limit(state: LimitState) -> tuple[float | None, float | None, int]:
@@ -109,8 +114,8 @@ def test_denial_kinds_and_retry_after(kind: str, wait: float) -> None:
     # tpm: 600 - 500 leaves 100 of the 200 tokens; budget: spent fills the hour until its end.
     checked = gate.check(*call)
     assert checked is not None
-    assert checked[:2] == (kind, "rule")
-    assert checked[2] == pytest.approx(wait)
+    assert (checked.kind, checked.name) == (kind, "rule")
+    assert checked.retry_after_s == pytest.approx(wait)
     with pytest.raises(GateDenied) as denied:
         gate.reserve(*call)
     assert isinstance(denied.value, CoreError)
@@ -193,7 +198,7 @@ def test_leases_cap_a_budget_until_their_window_ends() -> None:
     budget = gate.add_budget("shared", limit_usd=100.0, window="hour")
     gate.set_leased(budget, 1.0, FEB)
     gate.reserve([], [budget], 0, 0.75, FEB)
-    assert gate.check([], [budget], 0, 0.5, FEB) == ("budget", "shared", UNKNOWN_WAIT_S)
+    assert _denied(gate.check([], [budget], 0, 0.5, FEB)) == ("budget", "shared", UNKNOWN_WAIT_S)
     # The next hour needs a new lease.
     assert gate.check([], [budget], 0, 0.01, FEB + 3_600) is not None
     gate.set_leased(budget, None, FEB + 3_600)
@@ -265,7 +270,7 @@ def test_rate_leases_cap_a_minute_and_hand_over_usage_once() -> None:
         gate.reserve([limit], [], 500, 0.0, FEB)
     assert denied.value.args == ("tpm-lease", "shared", UNKNOWN_WAIT_S)
     second = gate.reserve([limit], [], 400, 0.0, FEB)
-    assert gate.check([limit], [], 0, 0.0, FEB) == ("rpm-lease", "shared", UNKNOWN_WAIT_S)
+    assert _denied(gate.check([limit], [], 0, 0.0, FEB)) == ("rpm-lease", "shared", UNKNOWN_WAIT_S)
     gate.settle(first, 700, 0.0, FEB + 1)
     gate.release(second, FEB + 1)
     assert _usage(gate.limit_usage(limit, FEB + 1)) == (FEB, 2, 700, 0, 0, 2.0, 1_000.0)

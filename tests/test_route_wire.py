@@ -174,10 +174,12 @@ def test_route_tally_counts_and_times_each_answer(engine: Engine) -> None:
         engine.router.route_wire(request.SerializeToString(), now=NOW, tally=tally)
     with pytest.raises(InvalidRequestError):
         engine.router.route_wire(pb.RouteRequest().SerializeToString(), now=NOW, tally=tally)
-    [(model, tenant, stage, calls)] = tally.requests()
+    [seen] = tally.requests()
+    model, tenant, stage, calls = seen.model, seen.tenant, seen.stage, seen.calls
     assert (tenant, stage, calls) == ("t", "", 3)
     assert model in {"cheap", "fast", "strong", "tiny"}
-    counts, total = tally.overhead()
+    overhead = tally.overhead()
+    counts, total = overhead.counts, overhead.sum_s
     assert sum(counts) == 3
     assert len(counts) == 3
     assert 0 < total < math.inf

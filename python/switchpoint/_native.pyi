@@ -11,6 +11,7 @@ __all__ = [
     "CoreError",
     "CreatedInstance",
     "Decision",
+    "Denial",
     "Gate",
     "GateDenied",
     "LatencyTracker",
@@ -20,9 +21,13 @@ __all__ = [
     "ModelSpec",
     "ModelTable",
     "NoRoom",
+    "OverheadHistogram",
+    "Percentiles",
+    "RouteCount",
     "RouteTally",
     "Routed",
     "Router",
+    "RuleActivity",
     "RuleBook",
     "RuleIds",
     "ScoredModel",
@@ -112,10 +117,22 @@ class LatencyTracker:
         self, slot: int, total_ms: float, ttft_ms: float | None = None, output_tokens: int = 0
     ) -> None:
         """Record one successful call. tpot is derived as (total - ttft) / (output_tokens - 1)."""
-    def percentiles(
-        self, slot: int, kind: Literal["total", "ttft", "tpot"]
-    ) -> tuple[float, float, float, float]:
-        """(p50, p95, p99, weighted sample count); zeros when there are no samples."""
+    def percentiles(self, slot: int, kind: Literal["total", "ttft", "tpot"]) -> Percentiles:
+        """The slot's percentiles of `kind`; zeros when there are no samples."""
+
+@final
+class Percentiles:
+    """A slot's latency percentiles, in milliseconds."""
+
+    @property
+    def p50_ms(self) -> float: ...
+    @property
+    def p95_ms(self) -> float: ...
+    @property
+    def p99_ms(self) -> float: ...
+    @property
+    def samples(self) -> float:
+        """The samples' decayed weights summed (a fresh sample weighs 1)."""
 
 @final
 class ModelTable:
@@ -186,18 +203,15 @@ class Gate:
     def remove_budget(self, budget: int) -> bool:
         """Frees a budget and forgets its spend: True if freed, False while a reservation names
         it."""
-    def limit_activity(self, limit: int) -> tuple[int, float | None]:
-        """`(holds, last_used)`: reservations naming the rate limit now, and the `now` of the last
-        reserve, settle or release naming it (None if none did)."""
-    def budget_activity(self, budget: int) -> tuple[int, float | None]:
+    def limit_activity(self, limit: int) -> RuleActivity:
+        """Reservations naming the rate limit now, and the `now` of the last reserve, settle or
+        release naming it (None if none did)."""
+    def budget_activity(self, budget: int) -> RuleActivity:
         """`limit_activity` for a budget."""
     def check(
         self, limits: list[int], budgets: list[int], tokens: int, cost_usd: float, now: float
-    ) -> tuple[_DenialKind, str, float] | None:
-        """`(kind, name, retry_after_s)` of the first rule that would refuse the call, or `None`.
-
-        Changes nothing.
-        """
+    ) -> Denial | None:
+        """The first rule that would refuse the call, or `None`. Changes nothing."""
     def reserve(
         self, limits: list[int], budgets: list[int], tokens: int, cost_usd: float, now: float
     ) -> int:
@@ -401,6 +415,28 @@ class Decision:
     def encode(self) -> bytes:
         """The switchpoint.v1.RouteDecision message, serialized."""
 
+@final
+class Denial:
+    """Why the gate would refuse a call: the first refusing rule and how long until it could
+    pass."""
+
+    @property
+    def kind(self) -> _DenialKind: ...
+    @property
+    def name(self) -> str:
+        """The refusing rule's name."""
+    @property
+    def retry_after_s(self) -> float: ...
+
+@final
+class RuleActivity:
+    """Whether a rule may be freed: reservations naming it, and its last use."""
+
+    @property
+    def holds(self) -> int: ...
+    @property
+    def last_used_s(self) -> float | None: ...
+
 class NoRoom(CoreError):
     """A request needs a new rule instance and server.state.max_scopes are alive: free idle
     instances, then ask again."""
@@ -479,7 +515,7 @@ class RuleBook:
         tokens: int,
         cost_usd: float,
         now: float,
-    ) -> tuple[_DenialKind, str, float] | None:
+    ) -> Denial | None:
         """The first refusal against the rules' own limits, or None; reserves nothing."""
     def set_budget_limit(self, name: str, limit_usd: float, scope: list[tuple[str, str]]) -> int:
         """Set a budget's limit for live and later instances; returns the live ones changed."""
@@ -582,7 +618,30 @@ class RouteTally:
     def set_labels(self, tenants: list[str], stages: list[str], other: str) -> None:
         """From now on a tenant or stage outside `tenants` / `stages` (and not empty) is counted
         as `other`; counts already taken keep their labels."""
-    def requests(self) -> list[tuple[str, str, str, int]]:
-        """(model, tenant, stage, calls) for every combination seen."""
-    def overhead(self) -> tuple[list[int], float]:
-        """Calls per bucket (not cumulative; the last is above every bound) and their sum (s)."""
+    def requests(self) -> list[RouteCount]:
+        """The calls of every (model, tenant, stage) seen."""
+    def overhead(self) -> OverheadHistogram:
+        """The calls' routing time as a histogram."""
+
+@final
+class RouteCount:
+    """Route calls of one (model, tenant, stage)."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def stage(self) -> str: ...
+    @property
+    def calls(self) -> int: ...
+
+@final
+class OverheadHistogram:
+    """Route calls' routing time: calls per bucket (not cumulative; the last above every bound)
+    and their sum in seconds."""
+
+    @property
+    def counts(self) -> list[int]: ...
+    @property
+    def sum_s(self) -> float: ...

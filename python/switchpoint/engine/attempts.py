@@ -351,7 +351,7 @@ class Attempts:
         )
 
     def _queue_slot(self, call: CallState, model: ModelConfig) -> AbstractAsyncContextManager[None]:
-        p50_ms = self._latency.percentiles(self._latency.slot(model.name), "total")[0]
+        p50_ms = self._latency.percentiles(self._latency.slot(model.name), "total").p50_ms
         expected_s = (
             p50_ms or self._registry.prior_latency_ms(model, call.decision.output_tokens)
         ) / 1000.0

@@ -153,7 +153,8 @@ class Hedging:
     ) -> float:
         """The model's observed p95 whole-call latency (or time to first token), or its prior
         before enough samples."""
-        p95_ms, samples = self._latency.percentiles(self._latency.slot(model.name), kind)[1::2]
+        seen = self._latency.percentiles(self._latency.slot(model.name), kind)
+        p95_ms, samples = seen.p95_ms, seen.samples
         if samples < self._config.routing.min_latency_samples:
             p95_ms = (
                 self._registry.prior_latency_ms(model, call.decision.output_tokens)

@@ -174,7 +174,9 @@ class TokenGate:
                 scope.tenant, scope.stage, model.name, model.provider, tokens, cost_usd, self.now()
             )
         )
-        return None if denied is None else QuotaExceededError(*denied)
+        if denied is None:
+            return None
+        return QuotaExceededError(denied.kind, denied.name, denied.retry_after_s)
 
     def _limit_name(self, limit_id: int) -> str | None:
         instance = self.scopes.get("limit", limit_id)

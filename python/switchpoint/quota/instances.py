@@ -163,11 +163,12 @@ class ScopeTable:
 
     def _idle_since(self, instance: Instance) -> float | None:
         if instance.kind == "limit":
-            holds, last_used = self._gate.limit_activity(instance.gate_id)
+            activity = self._gate.limit_activity(instance.gate_id)
         else:
-            holds, last_used = self._gate.budget_activity(instance.gate_id)
-        if holds:
+            activity = self._gate.budget_activity(instance.gate_id)
+        if activity.holds:
             return None
+        last_used = activity.last_used_s
         return instance.created_s if last_used is None else max(last_used, instance.created_s)
 
     def _at_rest(self, instance: Instance, now: float) -> bool:

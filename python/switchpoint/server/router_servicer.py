@@ -356,8 +356,10 @@ def _model_stats(
     provider = engine.registry.models[index].provider if index is not None else ""
 
     def summary(kind: str) -> pb.LatencySummary:
-        p50, p95, p99, samples = engine.latency.percentiles(slot, kind)  # type: ignore[arg-type]
-        return pb.LatencySummary(p50_ms=p50, p95_ms=p95, p99_ms=p99, samples=samples)
+        p = engine.latency.percentiles(slot, kind)  # type: ignore[arg-type]
+        return pb.LatencySummary(
+            p50_ms=p.p50_ms, p95_ms=p.p95_ms, p99_ms=p.p99_ms, samples=p.samples
+        )
 
     breaker = engine.breakers.get(model)
     queue = engine.scheduler.queue(model).snapshot()

@@ -115,13 +115,14 @@ class Metrics:
 
     def _routed_requests(self) -> list[tuple[tuple[str, ...], float]]:
         return [
-            ((model, "ok", tenant, stage), float(calls))
-            for model, tenant, stage, calls in self.route_tally.requests()
+            ((seen.model, "ok", seen.tenant, seen.stage), float(seen.calls))
+            for seen in self.route_tally.requests()
         ]
 
     def _routed_overhead(self) -> list[tuple[tuple[str, ...], list[int], float]]:
-        counts, total = self.route_tally.overhead()
-        return [(("Route",), counts, total)] if any(counts) else []
+        overhead = self.route_tally.overhead()
+        counts = overhead.counts
+        return [(("Route",), counts, overhead.sum_s)] if any(counts) else []
 
     def set_labels(self, labels: Labels) -> None:
         """From now on a tenant or stage outside `labels` is recorded as `other` (the Rust

@@ -7,21 +7,10 @@
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use switchpoint_core::{CoreError as RustError, Denial, Gate as Core, ReservationId};
+use switchpoint_core::{CoreError as RustError, Gate as Core, ReservationId};
 
 use crate::error::{tokens, Result};
-use crate::gate_state::{BudgetState, LimitState, LimitUsage};
-
-/// A denial as `check` returns it: `(kind, name, retry_after_s)`.
-type DenialTuple = (&'static str, String, f64);
-
-fn denial_tuple(denial: &Denial) -> DenialTuple {
-    (
-        denial.kind.as_str(),
-        denial.name.to_string(),
-        denial.retry_after_s,
-    )
-}
+use crate::gate_state::{BudgetState, Denial, LimitState, LimitUsage, RuleActivity};
 
 /// Python rule ids are signed; a negative one is reported as itself, the way the core reports
 /// an id past the end.
@@ -141,19 +130,16 @@ impl Gate {
 
     /// `(holds, last_used)`: reservations naming the rate limit now, and the time of the last
     /// reserve, settle or release that named it (None if none did).
-    fn limit_activity(&self, limit: i64) -> Result<(u32, Option<f64>)> {
-        let a = self.inner.limit_activity(self.limit(limit)?)?;
-        Ok((a.holds, a.last_used_s))
+    fn limit_activity(&self, limit: i64) -> Result<RuleActivity> {
+        Ok(self.inner.limit_activity(self.limit(limit)?)?.into())
     }
 
     /// `limit_activity` for a budget.
-    fn budget_activity(&self, budget: i64) -> Result<(u32, Option<f64>)> {
-        let a = self.inner.budget_activity(self.budget(budget)?)?;
-        Ok((a.holds, a.last_used_s))
+    fn budget_activity(&self, budget: i64) -> Result<RuleActivity> {
+        Ok(self.inner.budget_activity(self.budget(budget)?)?.into())
     }
 
-    /// `(kind, name, retry_after_s)` of the first rule that would refuse the call, or `None`.
-    /// Changes nothing.
+    /// The first rule that would refuse the call, or `None`. Changes nothing.
     fn check(
         &self,
         limits: Vec<i64>,
@@ -161,10 +147,10 @@ impl Gate {
         tokens: i64,
         cost_usd: f64,
         now: f64,
-    ) -> Result<Option<DenialTuple>> {
+    ) -> Result<Option<Denial>> {
         let (limits, budgets, tokens) = self.call(limits, budgets, tokens)?;
         let denial = self.inner.check(&limits, &budgets, tokens, cost_usd, now)?;
-        Ok(denial.as_ref().map(denial_tuple))
+        Ok(denial.as_ref().map(Denial::from))
     }
 
     /// Reserves the call against every listed rule, or nothing; raises `GateDenied` on refusal.

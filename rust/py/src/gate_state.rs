@@ -1,8 +1,60 @@
 //! What the gate reports about one rule, as frozen classes read by name: a budget's window, a rate
-//! limit's buckets and its lease minute.
+//! limit's buckets and its lease minute, a refusal, and whether a rule is in use.
 
 use pyo3::prelude::*;
-use switchpoint_core::{BudgetState as CoreBudget, LimitState as CoreLimit, MinuteUsage};
+use switchpoint_core::{
+    BudgetState as CoreBudget, Denial as CoreDenial, LimitState as CoreLimit, MinuteUsage,
+    RuleActivity as CoreActivity,
+};
+
+/// Why the gate would refuse a call: the first refusing rule and how long until it could pass.
+#[pyclass(frozen, get_all, module = "switchpoint._native")]
+pub struct Denial {
+    /// "rpm", "tpm", "concurrency", "budget", "rpm-lease" or "tpm-lease".
+    kind: &'static str,
+    /// The refusing rule's name.
+    name: String,
+    /// Seconds until the call could pass at the earliest.
+    retry_after_s: f64,
+}
+
+impl From<&CoreDenial> for Denial {
+    fn from(denial: &CoreDenial) -> Self {
+        Self {
+            kind: denial.kind.as_str(),
+            name: denial.name.to_string(),
+            retry_after_s: denial.retry_after_s,
+        }
+    }
+}
+
+#[pymethods]
+impl Denial {
+    fn __repr__(&self) -> String {
+        format!(
+            "Denial(kind={:?}, name={:?}, retry_after_s={})",
+            self.kind, self.name, self.retry_after_s
+        )
+    }
+}
+
+/// Whether a rule may be freed: reservations naming it, and its last use.
+#[pyclass(frozen, get_all, module = "switchpoint._native")]
+pub struct RuleActivity {
+    /// Outstanding reservations naming the rule; it cannot be freed while any do.
+    holds: u32,
+    /// The last reserve, settle or release naming it (epoch seconds); None if none ever did.
+    last_used_s: Option<f64>,
+}
+
+impl From<CoreActivity> for RuleActivity {
+    fn from(activity: CoreActivity) -> Self {
+        Self {
+            holds: activity.holds,
+            last_used_s: activity.last_used_s,
+        }
+    }
+}
 
 /// A budget as of the `now` asked about. Window bounds are epoch seconds; a "total" budget's
 /// window is (0, inf).

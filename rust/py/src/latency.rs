@@ -7,6 +7,16 @@ use switchpoint_core::{CoreError as RustError, LatencyKind, LatencyTracker as Tr
 
 use crate::error::{tokens, Result};
 
+/// A slot's latency percentiles, in milliseconds.
+#[pyclass(frozen, get_all, module = "switchpoint._native")]
+pub struct Percentiles {
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    /// The samples' decayed weights summed (a fresh sample weighs 1).
+    samples: f64,
+}
+
 /// Per-model time-decayed latency histograms (total, TTFT, per output token).
 ///
 /// Slots are keyed by model name and survive table rebuilds, so reloading config keeps history.
@@ -56,11 +66,16 @@ impl LatencyTracker {
             .record(self.slot_index(slot)?, total_ms, ttft_ms, output_tokens)?)
     }
 
-    /// (p50, p95, p99, weighted sample count); zeros when there are no samples.
-    fn percentiles(&self, slot: i64, kind: &str) -> Result<(f64, f64, f64, f64)> {
+    /// The slot's percentiles of `kind`; zeros when there are no samples.
+    fn percentiles(&self, slot: i64, kind: &str) -> Result<Percentiles> {
         let kind: LatencyKind = kind.parse()?;
         let p = self.inner.percentiles(self.slot_index(slot)?, kind)?;
-        Ok((p.p50, p.p95, p.p99, p.count))
+        Ok(Percentiles {
+            p50_ms: p.p50,
+            p95_ms: p.p95,
+            p99_ms: p.p99,
+            samples: p.count,
+        })
     }
 
     fn __repr__(&self) -> String {

@@ -47,6 +47,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<gate_state::BudgetState>()?;
     m.add_class::<gate_state::LimitState>()?;
     m.add_class::<gate_state::LimitUsage>()?;
+    m.add_class::<gate_state::Denial>()?;
+    m.add_class::<gate_state::RuleActivity>()?;
+    m.add_class::<latency::Percentiles>()?;
+    m.add_class::<router::RouteCount>()?;
+    m.add_class::<router::OverheadHistogram>()?;
     m.add_class::<router::Router>()?;
     m.add_class::<router::Routed>()?;
     m.add_class::<tokens::BpeEncoding>()?;

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use switchpoint_core::{
-    describe_scope as describe, BudgetRule, Created, LimitRule, Pressure, RuleBook as Core, RuleKind, RuleMatch, Scope,
-    ScopeKey, Wanted,
+    describe_scope as describe, BudgetRule, Created, LimitRule, Pressure, RuleBook as Core,
+    RuleKind, RuleMatch, Scope, ScopeKey, Wanted,
 };
 
 use crate::error::Result;
 use crate::gate::Gate;
+use crate::gate_state::Denial;
 
 fn rule_match(rule: &Bound<'_, PyAny>) -> PyResult<RuleMatch> {
     let pairs = attr!(rule, "match")
@@ -202,7 +203,7 @@ impl RuleBook {
     }
 
     /// The first refusal of `model` for a call of `tokens` and `cost_usd` against the rules'
-    /// limits, as `(kind, name, retry_after_s)`; None when admissible. Reserves nothing.
+    /// limits; None when admissible. Reserves nothing.
     #[allow(clippy::too_many_arguments)] // the request's four names, its two amounts, the time
     fn refusal(
         &self,
@@ -213,11 +214,12 @@ impl RuleBook {
         tokens: u64,
         cost_usd: f64,
         now: f64,
-    ) -> Result<Option<(&'static str, String, f64)>> {
+    ) -> Result<Option<Denial>> {
         Ok(self
             .inner
             .refusal(tenant, stage, model, provider, tokens, cost_usd, now)?
-            .map(|d| (d.kind.as_str(), d.name.to_string(), d.retry_after_s)))
+            .as_ref()
+            .map(Denial::from))
     }
 
     /// Sets budget `name`'s limit for `scope` ((key, value) pairs; every instance when empty),

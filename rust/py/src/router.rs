@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use switchpoint_core::{
-    route_request, AutoRouting, Limits, Message, OpenBreaker, Params, RequestCount, RouteInput,
+    route_request, AutoRouting, Limits, Message, OpenBreaker, Params, RouteInput,
     RouteTally as Tally, Router as Core, RouterConfig, RoutingOptions, Stage, Stop,
 };
 
@@ -26,6 +26,23 @@ use crate::tokens::{tokenizer, BpeEncoding, WorkStop};
 /// Past this many bytes of prompt, counting and classifying outlast what releasing the GIL costs,
 /// so it is released.
 const DETACH_ABOVE_BYTES: usize = 64 * 1024;
+
+/// Route calls of one (model, tenant, stage).
+#[pyclass(frozen, get_all, module = "switchpoint._native")]
+pub struct RouteCount {
+    model: String,
+    tenant: String,
+    stage: String,
+    calls: u64,
+}
+
+/// Route calls' routing time: calls per bucket (not cumulative; the last above every bound) and
+/// their sum in seconds.
+#[pyclass(frozen, get_all, module = "switchpoint._native")]
+pub struct OverheadHistogram {
+    counts: Vec<u64>,
+    sum_s: f64,
+}
 
 /// Route calls answered by `Router.route_wire`: counts and times for the metrics.
 #[pyclass(frozen, module = "switchpoint._native")]
@@ -50,15 +67,24 @@ impl RouteTally {
         self.inner.set_labels(tenants, stages, other);
     }
 
-    /// (model, tenant, stage, calls) for every combination seen.
-    fn requests(&self) -> Vec<RequestCount> {
-        self.inner.requests()
+    /// The calls of every (model, tenant, stage) seen.
+    fn requests(&self) -> Vec<RouteCount> {
+        self.inner
+            .requests()
+            .into_iter()
+            .map(|(model, tenant, stage, calls)| RouteCount {
+                model,
+                tenant,
+                stage,
+                calls,
+            })
+            .collect()
     }
 
-    /// Calls per histogram bucket (not cumulative, the last above every bound) and their sum
-    /// in seconds.
-    fn overhead(&self) -> (Vec<u64>, f64) {
-        self.inner.overhead()
+    /// The calls' routing time as a histogram.
+    fn overhead(&self) -> OverheadHistogram {
+        let (counts, sum_s) = self.inner.overhead();
+        OverheadHistogram { counts, sum_s }
     }
 }
 

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from switchpoint._native import LimitUsage
+from switchpoint._native import Denial, LimitUsage
 from switchpoint.quota.shared.ledger import PendingReport
 from switchpoint.quota.shared.store import QuotaStore
 
@@ -59,7 +59,7 @@ class RateLimiterPort(Protocol):
 
     def check(
         self, limits: list[int], budgets: list[int], tokens: int, cost_usd: float, now: float, /
-    ) -> tuple[str, str, float] | None: ...
+    ) -> Denial | None: ...
 
     def limit_usage(self, limit: int, now: float, /) -> LimitUsage: ...
 
@@ -239,7 +239,7 @@ class RateLeaser:
     def fits(self, lease: RateLease, tokens: int) -> bool:
         """True unless the limiter would refuse a call of `tokens` for want of lease."""
         denied = self._gate.check([lease.limit_id], [], tokens, 0.0, self._clock())
-        return denied is None or denied[0] not in LEASE_KINDS
+        return denied is None or denied.kind not in LEASE_KINDS
 
     def within_limit(self, lease: RateLease, tokens: int) -> bool:
         state = self.state(lease)
