@@ -22,6 +22,8 @@ mod rules;
 mod scoring;
 mod table;
 mod tally;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod window;
 mod wire;
 

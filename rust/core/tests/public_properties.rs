@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use rustc_hash::FxHashMap;
+use switchpoint_core::testing::{check_outcome, small_router};
 use switchpoint_core::{
-    classify, route_request, AutoRouting, Bpe, CoreError, LatencyTracker, Limits, Message,
-    ModelSpec, ModelTable, Params, Refusal, RouteInput, Router, RouterConfig, RoutingOptions,
-    Stage, Stop, Tokenizer,
+    classify, route_request, Bpe, CoreError, Limits, Message, Params, Refusal, RouteInput, Router,
+    RoutingOptions, Stop, Tokenizer,
 };
 
 // ---- a protobuf encoder for RouteRequest, the reference the decoder is held to ----
@@ -285,70 +285,12 @@ fn encodings() -> impl Strategy<Value = Encoding> {
         .prop_map(|(tag_widths, noise)| Encoding { tag_widths, noise })
 }
 
-/// Three models, two capabilities, a stage, a fallback chain.
 fn router() -> Router {
-    let spec = |name: &str, price: f64, quality: f64, capabilities: u64| ModelSpec {
-        name: name.into(),
-        input_per_mtok: price,
-        output_per_mtok: price * 4.0,
-        context_window: 16_000,
-        quality,
-        ttft_prior_ms: 300.0,
-        tpot_prior_ms: 10.0,
-        capabilities,
-    };
-    let models = vec![
-        spec("cheap", 0.1, 0.5, 0b01),
-        spec("coder", 1.0, 0.7, 0b11),
-        spec("big", 10.0, 0.95, 0b11),
-    ];
-    let tracker = Arc::new(LatencyTracker::new(60.0).unwrap());
-    let table = Arc::new(ModelTable::new(models, tracker, 20).unwrap());
-    Router::new(
-        table,
-        RouterConfig {
-            providers: vec!["p".into(); 3],
-            capabilities: vec!["chat".into(), "code".into()],
-            disabled: vec![],
-            strategies: vec![
-                ("balanced".into(), [1.0, 1.0, 1.0]),
-                ("cost-first".into(), [0.7, 0.15, 0.15]),
-                ("quality-first".into(), [0.1, 0.1, 0.8]),
-            ],
-            default_strategy: "balanced".into(),
-            stages: vec![Stage {
-                name: "review".into(),
-                models: vec!["big".into()],
-                strategy: Some("quality-first".into()),
-            }],
-            fallback_chain: vec!["cheap".into()],
-            auto: AutoRouting {
-                enabled: true,
-                hard_complexity: 0.6,
-                easy_complexity: 0.1,
-            },
-            default_output_tokens: 100,
-            encodings: vec![Tokenizer::Estimate],
-            limits: Limits::default(),
-            quota: None,
-        },
-    )
-    .unwrap()
+    small_router(vec![Tokenizer::Estimate])
 }
 
-/// A refusal names the field it is about; nothing else may come out of a request.
 fn assert_names_a_field(result: &Result<impl std::fmt::Debug, CoreError>) {
-    match result {
-        Err(CoreError::Refused(Refusal::InvalidRequest { field, message })) => {
-            assert!(
-                !field.is_empty() && !message.is_empty(),
-                "{field}: {message}"
-            );
-        }
-        // A decision, or the router's own answers: no eligible model, policy.
-        Ok(_) | Err(CoreError::Refused(_)) => {}
-        Err(other) => panic!("not a refusal: {other:?}"),
-    }
+    check_outcome(result);
 }
 
 /// Every byte, and three merges ("th", "he", "the"), split at whitespace.
