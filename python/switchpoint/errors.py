@@ -1,8 +1,9 @@
 """The one exception hierarchy of switchpoint.
 
 Every failure the request path can meet is one of these; `switchpoint.server.status` is the single
-place that maps them to gRPC status codes. The Rust core raises `CoreError` through its one
-`From<CoreError> for PyErr` conversion.
+place that maps them to gRPC status codes. The Rust core raises these (and its own `CoreError`,
+`GateDenied` and `NoRoom`, re-exported here) through its one `From<CoreError> for PyErr`
+conversion.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Protocol
 
-from switchpoint._native import CoreError
+from switchpoint._native import CoreError, GateDenied, NoRoom
 
 
 class SwitchpointError(Exception):
@@ -132,8 +133,10 @@ __all__ = [
     "ConfigError",
     "CoreError",
     "ErrorClass",
+    "GateDenied",
     "InvalidRequestError",
     "NoEligibleModelError",
+    "NoRoom",
     "PolicyDeniedError",
     "ProviderError",
     "QuotaExceededError",

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from switchpoint._native import CoreError, LatencyTracker, ModelSpec, ModelTable, capability_bits
+from switchpoint._native import LatencyTracker, ModelSpec, ModelTable, capability_bits
 from switchpoint.config import Config, ModelConfig, ProviderConfig
-from switchpoint.errors import ConfigError
+from switchpoint.errors import ConfigError, CoreError
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,9 +20,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar, cast
 
-from switchpoint._native import Gate, GateDenied, NoRoom, RuleBook, describe_scope
+from switchpoint._native import Gate, RuleBook, describe_scope
 from switchpoint.config import Config, ModelConfig
-from switchpoint.errors import QuotaExceededError
+from switchpoint.errors import GateDenied, NoRoom, QuotaExceededError
 from switchpoint.quota.instances import Instance, Kind, ScopeTable
 from switchpoint.quota.labels import Labels
 from switchpoint.quota.scopes import (

@@ -13,12 +13,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2
 
-from switchpoint._native import CoreError
 from switchpoint.cache.build import CacheService
 from switchpoint.config import Config, load_config
 from switchpoint.engine.building import EngineBuild, build_engine
 from switchpoint.engine.path import Engine
-from switchpoint.errors import ConfigError
+from switchpoint.errors import ConfigError, CoreError
 from switchpoint.local_model import ManagedModelServer
 from switchpoint.logs import SECRETS, RequestLog
 from switchpoint.offload import Offload
