@@ -49,7 +49,7 @@ async def test_admit_fast_path_against_baselines() -> None:
     semaphore = asyncio.Semaphore(64)
 
     async def admit() -> None:
-        async with queue.admit(Priority.INTERACTIVE, None, 0.5):
+        async with queue.wait_turn(Priority.INTERACTIVE, None, 0.5):
             pass
 
     async def empty_context() -> None:

@@ -26,9 +26,9 @@ from tests.support.queues import (
 
 async def test_free_slot_enters_at_once_and_counts() -> None:
     queue = PriorityQueue("d", 2)
-    async with queue.admit(INTERACTIVE):
+    async with queue.wait_turn(INTERACTIVE):
         assert queue.in_flight == 1
-        async with queue.admit(BATCH, deadline=None, expected_service_s=1.0):
+        async with queue.wait_turn(BATCH, deadline=None, expected_service_s=1.0):
             assert queue.in_flight == 2
     stats = queue.snapshot()
     assert (stats.in_flight, stats.depth, stats.admitted_total) == (0, 0, 2)
@@ -42,7 +42,7 @@ async def test_free_slot_is_not_shed_even_with_a_tight_deadline() -> None:
     # carries its deadline.
     clock = FakeClock()
     queue = PriorityQueue("d", 1, clock=clock)
-    async with queue.admit(REALTIME, deadline=clock.now + 0.1, expected_service_s=10.0):
+    async with queue.wait_turn(REALTIME, deadline=clock.now + 0.1, expected_service_s=10.0):
         assert queue.in_flight == 1
     assert queue.snapshot().rejected_total == 0
 
@@ -57,7 +57,7 @@ async def test_concurrency_is_never_exceeded_under_churn_and_cancellation() -> N
 
     async def worker() -> None:
         nonlocal inside, peak, entered
-        async with queue.admit(rng.choice(list(Priority))):
+        async with queue.wait_turn(rng.choice(list(Priority))):
             entered += 1
             inside += 1
             peak = max(peak, inside)
@@ -150,11 +150,11 @@ async def _batch_wait_under_realtime_flood(max_age_s: float) -> float:
 
     async def batch() -> None:
         nonlocal batch_admitted_at
-        async with queue.admit(BATCH):
+        async with queue.wait_turn(BATCH):
             batch_admitted_at = clock.now
 
     async def realtime() -> None:
-        async with queue.admit(REALTIME):
+        async with queue.wait_turn(REALTIME):
             clock.advance(1.0)
             if batch_admitted_at is None:
                 spawn(tasks, realtime())

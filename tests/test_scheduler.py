@@ -42,7 +42,7 @@ async def test_shed_on_arrival_when_the_estimate_overruns_the_deadline() -> None
 
     # Three releases needed (the holder's, then two realtime waiters) at 1 s each, plus 1 s of
     # service: 4 s. A 2.5 s deadline cannot be met, so the first step raises, without waiting.
-    coro = queue.admit(REALTIME, deadline=clock.now + 2.5, expected_service_s=1.0).__aenter__()
+    coro = queue.wait_turn(REALTIME, deadline=clock.now + 2.5, expected_service_s=1.0).__aenter__()
     with pytest.raises(QueueRejected) as info:
         coro.send(None)
     assert isinstance(info.value, SwitchpointError)
@@ -224,7 +224,7 @@ async def test_wait_percentiles_over_known_waits() -> None:
     tasks: list[asyncio.Task[None]] = []
 
     async def held(gate: asyncio.Event) -> None:
-        async with queue.admit(INTERACTIVE):
+        async with queue.wait_turn(INTERACTIVE):
             await gate.wait()
 
     for gate in gates:
@@ -250,7 +250,7 @@ async def test_wait_percentiles_over_known_waits() -> None:
 async def test_wait_window_is_bounded() -> None:
     queue = PriorityQueue("d", 4, wait_window=10)
     for _ in range(50):
-        async with queue.admit(BATCH):
+        async with queue.wait_turn(BATCH):
             pass
     stats = queue.snapshot()
     assert (stats.wait_samples, stats.admitted_total) == (10, 50)
@@ -263,7 +263,7 @@ async def test_raising_the_limit_admits_waiters_now() -> None:
     tasks: list[asyncio.Task[None]] = []
 
     async def held() -> None:
-        async with queue.admit(BATCH):
+        async with queue.wait_turn(BATCH):
             await gate.wait()
 
     for _ in range(3):
@@ -285,9 +285,12 @@ async def test_scheduler_keeps_one_queue_per_deployment() -> None:
     assert scheduler.queue("unlisted").max_concurrency is None
     assert scheduler.queue("limited") is scheduler.queue("limited")
 
-    async with scheduler.queue("open").admit(BATCH), scheduler.queue("open").admit(REALTIME):
+    async with (
+        scheduler.queue("open").wait_turn(BATCH),
+        scheduler.queue("open").wait_turn(REALTIME),
+    ):
         assert scheduler.snapshot()["open"].in_flight == 2
-    async with scheduler.queue("limited").admit(INTERACTIVE):
+    async with scheduler.queue("limited").wait_turn(INTERACTIVE):
         assert scheduler.snapshot()["limited"].in_flight == 1
 
     snapshot = scheduler.snapshot()
@@ -311,4 +314,4 @@ def test_invalid_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="UNSPECIFIED"):
         Scheduler({}, weights={Priority.UNSPECIFIED: 3})
     with pytest.raises(ValueError, match="priority"):
-        PriorityQueue("d", 1).admit(9)
+        PriorityQueue("d", 1).wait_turn(9)

@@ -35,7 +35,7 @@ async def until(condition: Callable[[], bool], rounds: int = 10_000) -> None:
 
 async def hold_slot(queue: PriorityQueue, priority: Priority = REALTIME) -> QueueSlot:
     """Take a slot from the test itself, so the test decides exactly when it is released."""
-    slot = queue.admit(priority)
+    slot = queue.wait_turn(priority)
     await slot.__aenter__()
     return slot
 
@@ -53,7 +53,7 @@ async def enter(
     deadline: float | None = None,
     service: float = 0.0,
 ) -> None:
-    async with queue.admit(priority, deadline, service):
+    async with queue.wait_turn(priority, deadline, service):
         if order is not None:
             order.append(label)
 

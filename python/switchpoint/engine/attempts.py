@@ -355,7 +355,7 @@ class Attempts:
         expected_s = (
             p50_ms or self._registry.prior_latency_ms(model, call.decision.output_tokens)
         ) / 1000.0
-        return self._scheduler.queue(model.name).admit(
+        return self._scheduler.queue(model.name).wait_turn(
             Priority(call.request.routing.priority), call.deadline, expected_s
         )
 

@@ -221,10 +221,10 @@ class PriorityQueue:
 
     # -- public -----------------------------------------------------------------------------------
 
-    def admit(
+    def wait_turn(
         self, priority: int, deadline: float | None = None, expected_service_s: float = 0.0
     ) -> QueueSlot:
-        """`async with queue.admit(...)`: wait for a slot (or raise `QueueRejected`), hold it
+        """`async with queue.wait_turn(...)`: wait for a slot (or raise `QueueRejected`), hold it
         for the block. `deadline` is an absolute `clock()` time; `expected_service_s` is how long
         the call is expected to hold the slot, used only to estimate waits for shedding."""
         return QueueSlot(self, _lane(priority), deadline, expected_service_s)
