@@ -322,6 +322,15 @@ async def test_admin_needs_the_token_and_adjusts_budgets(
             await admin.SetBudget(
                 admin_pb2.SetBudgetRequest(name="nope", limit_usd=1.0), metadata=auth
             )
+        with pytest.raises(grpc.aio.AioRpcError) as bad_scope:
+            await admin.SetBudget(
+                admin_pb2.SetBudgetRequest(name="tenant-day", limit_usd=1.0, scope={"team": "x"}),
+                metadata=auth,
+            )
+        unchanged = await admin.GetBudgets(admin_pb2.GetBudgetsRequest(), metadata=auth)
+    assert bad_scope.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (bad_scope.value.details() or "").startswith("scope: 'team' is not one of tenant")
+    assert [b.limit_usd for b in unchanged.budgets] == [5.0]
     assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert wrong.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert broke.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -6,10 +6,13 @@ from __future__ import annotations
 import hmac
 import math
 from collections.abc import Awaitable, Callable
+from typing import get_args
 
 import grpc
 
+from switchpoint.config import ScopeKey
 from switchpoint.engine.path import Engine
+from switchpoint.limits import shown
 from switchpoint.quota.shared import MAX_SHARED_LIMIT_USD, REDIS_ERRORS
 from switchpoint.quota.shared.redis_errors import describe, raise_if_cancelled
 from switchpoint.reload import ReloadResult
@@ -62,6 +65,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         if request.name not in {b.name for b in engine.config.budgets}:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"name: no budget named '{request.name}' in the config"
+            )
+        unknown = sorted(set(request.scope) - set(get_args(ScopeKey)))
+        if unknown:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"scope: '{shown(unknown[0])}' is not one of {', '.join(get_args(ScopeKey))}",
             )
         if engine.shares_budgets and request.limit_usd > MAX_SHARED_LIMIT_USD:
             await context.abort(
