@@ -16,6 +16,7 @@ mod gate;
 mod latency;
 mod lease;
 mod limits;
+pub mod proto;
 mod reservations;
 mod route;
 mod rules;
