@@ -24,7 +24,6 @@ mod scoring;
 mod table;
 mod tally;
 mod window;
-mod wire;
 
 pub use budget::BudgetState;
 pub use classify::{classify, Classification, DEFAULT_TASK_CLASS, TASK_CLASSES};
@@ -35,12 +34,11 @@ pub use lease::MinuteUsage;
 pub use limits::LimitState;
 pub use reservations::{ReservationId, MAX_RULES};
 pub use route::{
-    clipped, route_request, Admission, Admitted, AutoRouting, Bpe, Decision, Level, Limits,
-    Message, Params, RouteInput, Router, RouterConfig, RoutingOptions, Shift, Stage, Stop,
+    clipped, route_request, Admission, Admitted, AutoRouting, Bpe, Decision, DecodedRoute, Level,
+    Limits, Message, Params, RouteInput, Router, RouterConfig, RoutingOptions, Shift, Stage, Stop,
     Tokenizer, BUILTIN_STRATEGIES, CUSTOM_STRATEGY, ROLES,
 };
 pub use scoring::{Candidate, Exclusion, Ranking, Request, Weights};
 pub use table::{capability_bits, ModelSpec, ModelTable, MAX_CAPABILITIES, MAX_PRICE_OR_PRIOR};
 pub use tally::{RequestCount, RouteTally};
 pub use window::{Window, MAX_NOW_S};
-pub use wire::{CandidateWire, DecisionWire};

@@ -79,7 +79,7 @@ fn check_levels(py: Python<'_>, levels: &[Py<PyAny>]) -> PyResult<()> {
         .collect::<PyResult<Vec<_>>>()?;
     let expected: Vec<(i32, String)> = Level::ALL
         .iter()
-        .map(|&level| (level as i32, level.name().to_owned()))
+        .map(|&level| (level.number(), level.name().to_owned()))
         .collect();
     if given != expected {
         return Err(PyTypeError::new_err(format!(
@@ -475,7 +475,8 @@ impl Router {
         stop: Option<&Bound<'py, WorkStop>>,
     ) -> Result<Option<Routed>> {
         let started = Instant::now();
-        let input = route_request(request)?;
+        let decoded = route_request(request)?;
+        let input = decoded.input();
         let long = stop.is_some() || prompt_bytes(&input) > DETACH_ABOVE_BYTES;
         let decision = match stop {
             None => gil::run(py, long, || self.inner.decide(&input, None, Stop::never()))?,
@@ -560,7 +561,7 @@ impl Router {
         let [cost, latency, quality] = decision.weights;
         self.decision_type.bind(py).call1((
             PyTuple::new(py, candidates)?,
-            self.levels[decision.level as usize - 1].bind(py),
+            self.levels[decision.level.number() as usize - 1].bind(py),
             PyTuple::new(py, &decision.reasons)?,
             &decision.strategy,
             (cost, latency, quality),

@@ -58,33 +58,42 @@ impl Weights {
     }
 }
 
+/// `target` set to `text`, in the capacity it has.
+pub fn assign(target: &mut String, text: &str) {
+    target.clear();
+    target.push_str(text);
+}
+
+/// `target` set to `texts`, reusing its strings.
+pub fn assign_all<'a>(target: &mut Vec<String>, texts: impl ExactSizeIterator<Item = &'a str>) {
+    target.resize_with(texts.len(), String::new);
+    for (slot, text) in target.iter_mut().zip(texts) {
+        assign(slot, text);
+    }
+}
+
 impl Candidate {
-    /// A ranked candidate, under its model's and provider's names.
-    pub fn scored(model: String, provider: String, scored: &scoring::Candidate) -> Self {
-        Self {
-            model,
-            provider,
-            score: implicit(scored.score),
-            norm_cost: implicit(scored.norm_cost),
-            norm_latency: implicit(scored.norm_latency),
-            quality: implicit(scored.quality),
-            estimated_cost_usd: implicit(scored.estimated_cost_usd),
-            estimated_latency_ms: implicit(scored.estimated_latency_ms),
-            latency_observed: scored.latency_observed,
-        }
+    /// Set to a ranked candidate, under its model's and provider's names.
+    pub fn set_scored(&mut self, model: &str, provider: &str, scored: &scoring::Candidate) {
+        assign(&mut self.model, model);
+        assign(&mut self.provider, provider);
+        self.score = implicit(scored.score);
+        self.norm_cost = implicit(scored.norm_cost);
+        self.norm_latency = implicit(scored.norm_latency);
+        self.quality = implicit(scored.quality);
+        self.estimated_cost_usd = implicit(scored.estimated_cost_usd);
+        self.estimated_latency_ms = implicit(scored.estimated_latency_ms);
+        self.latency_observed = scored.latency_observed;
     }
 }
 
 impl RouteDecision {
-    /// With `model` and the decision's estimates taken from the chosen candidate, the first.
-    #[must_use]
-    pub fn with_chosen(mut self) -> Self {
-        if let Some(chosen) = self.candidates.first() {
-            self.model.clone_from(&chosen.model);
-            self.estimated_cost_usd = chosen.estimated_cost_usd;
-            self.estimated_latency_ms = chosen.estimated_latency_ms;
-        }
-        self
+    /// `model` and the decision's estimates set to the chosen candidate's, the first's.
+    pub fn set_chosen(&mut self) {
+        let chosen = self.candidates.first();
+        assign(&mut self.model, chosen.map_or("", |c| c.model.as_str()));
+        self.estimated_cost_usd = chosen.and_then(|c| c.estimated_cost_usd);
+        self.estimated_latency_ms = chosen.and_then(|c| c.estimated_latency_ms);
     }
 }
 
