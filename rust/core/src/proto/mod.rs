@@ -17,11 +17,46 @@ mod v1 {
     include!("switchpoint.v1.rs");
 }
 
+use std::cell::RefCell;
+
 pub use prost::Message as ProtoMessage;
 pub use v1::*;
 
-use crate::route::Level;
+use crate::route::{Decision, Level, Router};
 use crate::scoring;
+
+thread_local! {
+    /// The last decision written on this thread. The generated types own their strings, so a
+    /// fresh message would allocate every name and reason of every answer; this one keeps their
+    /// capacity, and writing the next decision allocates only the bytes it returns.
+    static DECISION: RefCell<RouteDecision> = RefCell::default();
+}
+
+/// `decision` as `RouteDecision` bytes, its candidates named by `router`.
+pub(crate) fn decision_bytes(router: &Router, decision: &Decision) -> Vec<u8> {
+    DECISION.with_borrow_mut(|message| {
+        message
+            .candidates
+            .resize_with(decision.candidates.len(), Candidate::default);
+        for (slot, c) in message.candidates.iter_mut().zip(&decision.candidates) {
+            slot.set_scored(router.name(c.index), router.provider(c.index), c);
+        }
+        message.set_chosen();
+        message.level = decision.level.number();
+        assign_all(
+            &mut message.reasons,
+            decision.reasons.iter().map(String::as_str),
+        );
+        assign(&mut message.strategy, &decision.strategy);
+        message.weights = Some(Weights::of(decision.weights));
+        // Counts of a request gRPC let in (4 MiB by default) and a uint32 max_tokens.
+        message.estimated_input_tokens = u32::try_from(decision.input_tokens).unwrap_or(u32::MAX);
+        message.estimated_output_tokens = u32::try_from(decision.output_tokens).unwrap_or(u32::MAX);
+        assign(&mut message.task_class, decision.task_class);
+        message.complexity = implicit(decision.complexity);
+        message.encode_to_vec()
+    })
+}
 
 /// A proto3 `double` as protobuf writes it: left out only when its bits are all zero (+0.0), so
 /// -0.0 is written.

@@ -13,7 +13,6 @@
 
 mod admission;
 mod decode;
-mod encode;
 mod levels;
 mod request;
 mod stop;
@@ -31,6 +30,7 @@ pub use strategies::BUILTIN_STRATEGIES;
 pub use tokens::{Bpe, Tokenizer};
 
 use crate::error::{CoreError, Result};
+use crate::proto;
 use crate::scoring::Candidate;
 use crate::table::{ModelTable, MAX_CAPABILITIES};
 
@@ -300,7 +300,7 @@ impl Router {
 
     /// The decision as `switchpoint.v1.RouteDecision` bytes.
     pub fn encode(&self, decision: &Decision) -> Vec<u8> {
-        self.encode_decision(decision)
+        proto::decision_bytes(self, decision)
     }
 }
 
