@@ -94,13 +94,13 @@ impl Weights {
 }
 
 /// `target` set to `text`, in the capacity it has.
-pub fn assign(target: &mut String, text: &str) {
+fn assign(target: &mut String, text: &str) {
     target.clear();
     target.push_str(text);
 }
 
 /// `target` set to `texts`, reusing its strings.
-pub fn assign_all<'a>(target: &mut Vec<String>, texts: impl ExactSizeIterator<Item = &'a str>) {
+fn assign_all<'a>(target: &mut Vec<String>, texts: impl ExactSizeIterator<Item = &'a str>) {
     target.resize_with(texts.len(), String::new);
     for (slot, text) in target.iter_mut().zip(texts) {
         assign(slot, text);

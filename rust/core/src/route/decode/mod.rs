@@ -35,7 +35,11 @@ pub fn route_request(bytes: &[u8]) -> Result<DecodedRoute> {
     let readable = upb::as_prost_reads(bytes)?;
     proto::RouteRequest::decode(&*readable)
         .map(DecodedRoute)
-        .map_err(|error| malformed(&error.to_string()))
+        // After the walk, what prost still refuses is a string that is not UTF-8, named by path.
+        .map_err(|error| {
+            let error = error.to_string();
+            malformed(error.trim_start_matches("failed to decode Protobuf message: "))
+        })
 }
 
 impl DecodedRoute {

@@ -317,3 +317,10 @@ fn where_prost_alone_reads_otherwise_than_upb() {
         assert!(route_request(&bytes).is_ok(), "{bytes:?}");
     }
 }
+
+#[test]
+fn a_string_that_is_not_utf8_is_named_by_its_field() {
+    let message = refused(&field(1, &field(1, &[0xff])));
+    assert!(message.contains("Message.role"), "{message}");
+    assert!(message.contains("not UTF-8"), "{message}");
+}
