@@ -68,6 +68,7 @@ lint-rust:
 
 lint-generated: $(VENV)/.deps-stamp
 	$(PY) scripts/gen_protos.py --check
+	cargo run --quiet -p switchpoint-protogen -- --check
 	$(PY) scripts/check_lock.py
 
 fmt: env
@@ -77,6 +78,7 @@ fmt: env
 
 protos: env
 	$(PY) scripts/gen_protos.py
+	cargo run --quiet -p switchpoint-protogen
 
 ## lock: resolve pyproject.toml's dependencies and dev extra into requirements.lock, keeping the
 ## pins that still fit (LOCK_ARGS=--upgrade takes the newest allowed versions instead)

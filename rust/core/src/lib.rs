@@ -16,6 +16,7 @@ mod gate;
 mod latency;
 mod lease;
 mod limits;
+pub mod proto;
 mod reservations;
 mod route;
 mod rules;
@@ -25,7 +26,6 @@ mod tally;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod window;
-mod wire;
 
 pub use budget::BudgetState;
 pub use classify::{classify, Classification, DEFAULT_TASK_CLASS, TASK_CLASSES};
@@ -39,12 +39,11 @@ pub use lease::MinuteUsage;
 pub use limits::LimitState;
 pub use reservations::{ReservationId, MAX_RULES};
 pub use route::{
-    clipped, general3, quota_message, route_request, AutoRouting, Bpe, Decision, Level, Limits,
-    Message, OpenBreaker, Params, RouteInput, Router, RouterConfig, RoutingOptions, Stage, Stop,
-    Tokenizer, BUILTIN_STRATEGIES, CUSTOM_STRATEGY, ROLES,
+    clipped, general3, quota_message, route_request, AutoRouting, Bpe, Decision, DecodedRoute,
+    Level, Limits, Message, OpenBreaker, Params, RouteInput, Router, RouterConfig, RoutingOptions,
+    Stage, Stop, Tokenizer, BUILTIN_STRATEGIES, CUSTOM_STRATEGY, ROLES,
 };
 pub use scoring::{Candidate, Exclusion, Ranking, Request, Weights};
 pub use table::{capability_bits, ModelSpec, ModelTable, MAX_CAPABILITIES, MAX_PRICE_OR_PRIOR};
 pub use tally::{RequestCount, RouteTally};
 pub use window::{Window, MAX_NOW_S};
-pub use wire::{CandidateWire, DecisionWire};

@@ -7,8 +7,8 @@ use switchpoint_fuzz::{check_outcome, ROUTER};
 
 fuzz_target!(|data: &[u8]| {
     match route_request(data) {
-        Ok(input) => {
-            let decided = ROUTER.decide(&input, &[], Stop::never(), 0.0);
+        Ok(decoded) => {
+            let decided = ROUTER.decide(&decoded.input(), &[], Stop::never(), 0.0);
             check_outcome(&decided);
             if let Ok(decision) = decided {
                 assert!(!ROUTER.encode(&decision).is_empty());

@@ -49,7 +49,7 @@ impl Level {
     /// The `switchpoint.v1.DecisionLevel` number.
     #[getter]
     fn value(&self) -> i32 {
-        CoreLevel::from(*self) as i32
+        CoreLevel::from(*self).number()
     }
 
     fn __index__(&self) -> i32 {

@@ -456,7 +456,8 @@ impl Router {
         stop: Option<&Bound<'py, WorkStop>>,
     ) -> Result<Routed> {
         let started = Instant::now();
-        let input = route_request(request)?;
+        let decoded = route_request(request)?;
+        let input = decoded.input();
         let open = read_open_breakers(open_breakers)?;
         let open = breakers(&open);
         let core = &self.inner;

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use admit::{general3, quota_message, OpenBreaker};
-pub use decode::route_request;
+pub use decode::{route_request, DecodedRoute};
 pub use request::{clipped, Limits, Message, Params, RouteInput, RoutingOptions, ROLES};
 pub use stop::Stop;
 pub use strategies::BUILTIN_STRATEGIES;
@@ -33,17 +33,17 @@ pub use tokens::{Bpe, Tokenizer};
 
 use crate::error::{CoreError, Result};
 use crate::gate::RuleBook;
+use crate::proto;
 use crate::scoring::Candidate;
 use crate::table::{ModelTable, MAX_CAPABILITIES};
-use crate::wire::{CandidateWire, DecisionWire};
 
-/// `switchpoint.v1.DecisionLevel`.
+/// `switchpoint.v1.DecisionLevel`; its numbers are the proto's (`Level::number`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
-    Override = 1,
-    Stage = 2,
-    Auto = 3,
-    Fallback = 4,
+    Override,
+    Stage,
+    Auto,
+    Fallback,
 }
 
 impl Level {
@@ -305,33 +305,7 @@ impl Router {
 
     /// The decision as `switchpoint.v1.RouteDecision` bytes.
     pub fn encode(&self, decision: &Decision) -> Vec<u8> {
-        DecisionWire {
-            candidates: decision
-                .candidates
-                .iter()
-                .map(|c| CandidateWire {
-                    model: self.name(c.index),
-                    provider: self.provider(c.index),
-                    score: c.score,
-                    norm_cost: c.norm_cost,
-                    norm_latency: c.norm_latency,
-                    quality: c.quality,
-                    estimated_cost_usd: c.estimated_cost_usd,
-                    estimated_latency_ms: c.estimated_latency_ms,
-                    latency_observed: c.latency_observed,
-                })
-                .collect(),
-            level: decision.level as i32,
-            reasons: decision.reasons.iter().map(String::as_str).collect(),
-            strategy: &decision.strategy,
-            weights: decision.weights,
-            // Counts of a request gRPC let in (4 MiB by default) and a uint32 max_tokens.
-            input_tokens: u32::try_from(decision.input_tokens).unwrap_or(u32::MAX),
-            output_tokens: u32::try_from(decision.output_tokens).unwrap_or(u32::MAX),
-            task_class: decision.task_class,
-            complexity: decision.complexity,
-        }
-        .encode()
+        proto::decision_bytes(self, decision)
     }
 }
 
