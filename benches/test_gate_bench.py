@@ -123,13 +123,17 @@ def _token_gate() -> tuple[TokenGate, RequestScope, Any]:
 
 
 def test_token_gate_sync_path(benchmark: Benchmark) -> None:
-    """ids_for + Gate.reserve + settle: what TokenGate.reserve does when nothing is refused."""
+    """The rule book's reserve (rule lookup and Gate.reserve in one call) + settle: what
+    TokenGate.reserve does when nothing is refused."""
     token_gate, scope, model = _token_gate()
-    gate = token_gate.gate
+    gate, book = token_gate.gate, token_gate.book
+    tenant, stage, name, provider = scope.tenant, scope.stage, model.name, model.provider
 
     def op() -> None:
-        limit_ids, budget_ids = token_gate.ids_for(scope, model)
-        reservation = gate.reserve(limit_ids, budget_ids, 300, 0.001, time.time())
+        reservation = token_gate.asking(
+            lambda: book.reserve(tenant, stage, name, provider, 300, 0.001, time.time())
+        )
+        assert reservation is not None
         gate.settle(reservation, 280, 0.0009, time.time())
 
     benchmark(op)
@@ -137,7 +141,7 @@ def test_token_gate_sync_path(benchmark: Benchmark) -> None:
     target = per_op_ns(op, iterations)
     empty, lookup = _baselines(iterations)
     _report(
-        "TokenGate ids_for + reserve + settle (sync)",
+        "TokenGate rule lookup + reserve + settle (sync)",
         target,
         {"empty Python call": empty, "dict lookup (in a call)": lookup},
     )

@@ -500,6 +500,18 @@ class RuleBook:
         """Whether instances were made and not yet taken."""
     def ids_for(self, tenant: str, stage: str, model: str, provider: str) -> RuleIds:
         """The instances that apply, made where missing; NoRoom past max_scopes."""
+    def reserve(
+        self,
+        tenant: str,
+        stage: str,
+        model: str,
+        provider: str,
+        tokens: int,
+        cost_usd: float,
+        now: float,
+    ) -> int | None:
+        """Reserve the call against every rule that applies (as Gate.reserve); None when none
+        does. GateDenied on refusal, NoRoom past max_scopes."""
     def take_created(self) -> list[CreatedInstance]:
         """The instances made since the last call."""
     def forget(self, kind_name: str, gate_id: int) -> None:

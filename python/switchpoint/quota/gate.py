@@ -87,42 +87,48 @@ class TokenGate:
     def asking(self, ask: Callable[[], T]) -> T:
         """`ask()`, a call into the Rust router or rule book that may make rule instances: room is
         made when it runs out (`NoRoom`: idle instances freed, or `QuotaExceededError` "scopes"),
-        and what it made is registered."""
+        and what it made is registered, whatever the call's outcome."""
         if not self._enabled:
             return ask()
         try:
+            return ask()
+        except NoRoom:
             for _ in range(_ROOM_ROUNDS):
+                self._register_created()
+                self.scopes.make_room()
                 try:
                     return ask()
                 except NoRoom:
-                    self._register_created()
-                    self.scopes.make_room()
-            return ask()
+                    continue
+            raise
         finally:
-            self._register_created()
-            self.scopes.unpin()
+            if self.book.has_created:
+                self._register_created()
+                self.scopes.unpin()
 
     async def asking_async(self, ask: Callable[[], Awaitable[T]]) -> T:
         """`asking`, for work run off the loop (a large prompt's decision)."""
         if not self._enabled:
             return await ask()
         try:
+            return await ask()
+        except NoRoom:
             for _ in range(_ROOM_ROUNDS):
+                self._register_created()
+                self.scopes.make_room()
                 try:
                     return await ask()
                 except NoRoom:
-                    self._register_created()
-                    self.scopes.make_room()
-            return await ask()
+                    continue
+            raise
         finally:
-            self._register_created()
-            self.scopes.unpin()
+            if self.book.has_created:
+                self._register_created()
+                self.scopes.unpin()
 
     def _register_created(self) -> None:
         """The instances the book made: into the table (capped, freed when idle), and in shared
         mode to the lease manager."""
-        if not self.book.has_created:
-            return
         now = self._clock()
         for made in self.book.take_created():
             if made.kind == "limit":
@@ -202,28 +208,33 @@ class TokenGate:
         self, scope: RequestScope, model: ModelConfig, tokens: int, cost_usd: float
     ) -> Reservation:
         """Hold quota for one attempt. Raises QuotaExceededError when a rule refuses."""
-        limit_ids, budget_ids = self.ids_for(scope, model)
-        if not limit_ids and not budget_ids:
+        if not self._enabled:
             return Reservation(None, None, self._clock)
+        book = self.book
+        tenant, stage, name, provider = scope.tenant, scope.stage, model.name, model.provider
         # Each kind of lease (budget, rpm, tpm) is topped up at most once: the reserve after a
         # top-up may be refused by another rule's lease, but never loops on the same one.
         topped_up: set[str] = set()
         while True:
-            if topped_up:
-                # A top-up awaited Redis: an instance may have been freed meanwhile.
-                limit_ids, budget_ids = self.ids_for(scope, model)
             try:
-                reservation = self.gate.reserve(
-                    limit_ids, budget_ids, tokens, cost_usd, self._clock()
+                reservation = self.asking(
+                    lambda: book.reserve(
+                        tenant, stage, name, provider, tokens, cost_usd, self._clock()
+                    )
                 )
             except GateDenied as denied:
-                kind, name = denied.kind, denied.name
+                kind = denied.kind
+                limit_ids, budget_ids = self.ids_for(scope, model)
                 if kind in topped_up or not await self._topped_up(
                     denied, limit_ids, budget_ids, tokens=tokens, cost_usd=cost_usd
                 ):
-                    raise self._refusal(kind, name, denied.retry_after_s, limit_ids) from None
+                    raise self._refusal(
+                        kind, denied.name, denied.retry_after_s, limit_ids
+                    ) from None
                 topped_up.add(kind)
                 continue
+            if reservation is None:
+                return Reservation(None, None, self._clock)
             return Reservation(self.gate, reservation, self._clock)
 
     async def _topped_up(

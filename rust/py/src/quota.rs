@@ -8,8 +8,8 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use switchpoint_core::{
-    describe_scope as describe, BudgetRule, Created, LimitRule, Pressure, RuleBook as Core,
-    RuleKind, RuleMatch, Scope, ScopeKey, Wanted,
+    describe_scope as describe, BudgetRule, Created, LimitRule, Pressure, ReservationId,
+    RuleBook as Core, RuleKind, RuleMatch, Scope, ScopeKey, Wanted,
 };
 
 use crate::error::Result;
@@ -173,6 +173,25 @@ impl RuleBook {
             limits: ids.limits.clone(),
             budgets: ids.budgets.clone(),
         })
+    }
+
+    /// Reserves a call of `tokens` and `cost_usd` for `model` against every rule that applies
+    /// (as `Gate.reserve`); None when no rule applies. Raises `GateDenied`, or `NoRoom`.
+    #[allow(clippy::too_many_arguments)] // the request's four names, its two amounts, the time
+    fn reserve(
+        &self,
+        tenant: &str,
+        stage: &str,
+        model: &str,
+        provider: &str,
+        tokens: u64,
+        cost_usd: f64,
+        now: f64,
+    ) -> Result<Option<u64>> {
+        Ok(self
+            .inner
+            .reserve(tenant, stage, model, provider, tokens, cost_usd, now)?
+            .map(ReservationId::get))
     }
 
     /// The instances made since the last call.

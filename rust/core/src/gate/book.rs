@@ -14,10 +14,12 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::Gate;
 use crate::error::{CoreError, Denial, Result};
+use crate::reservations::ReservationId;
 use crate::window::Window;
 
 /// What a rule can match on; ordered as their names sort, the order of a scope's pairs.
@@ -211,13 +213,59 @@ pub struct Shift {
 /// (tenant, stage, model).
 type AnswerKey = (Box<str>, Box<str>, Box<str>);
 
+/// model -> answer.
+type ByModel = HashMap<Box<str>, Arc<RuleIds>>;
+
+/// Answers by tenant, stage and model, nested so that a lookup allocates no key.
+#[derive(Debug, Default)]
+struct Answers {
+    by_tenant: HashMap<Box<str>, HashMap<Box<str>, ByModel>>,
+    len: usize,
+}
+
+impl Answers {
+    fn get(&self, tenant: &str, stage: &str, model: &str) -> Option<&Arc<RuleIds>> {
+        self.by_tenant.get(tenant)?.get(stage)?.get(model)
+    }
+
+    fn contains(&self, key: &AnswerKey) -> bool {
+        self.get(&key.0, &key.1, &key.2).is_some()
+    }
+
+    fn insert(&mut self, key: &AnswerKey, ids: Arc<RuleIds>) {
+        let models = self
+            .by_tenant
+            .entry(key.0.clone())
+            .or_default()
+            .entry(key.1.clone())
+            .or_default();
+        if models.insert(key.2.clone(), ids).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, key: &AnswerKey) -> Option<Arc<RuleIds>> {
+        let stages = self.by_tenant.get_mut(&key.0)?;
+        let models = stages.get_mut(&key.1)?;
+        let removed = models.remove(&key.2)?;
+        if models.is_empty() {
+            stages.remove(&key.1);
+        }
+        if stages.is_empty() {
+            self.by_tenant.remove(&key.0);
+        }
+        self.len -= 1;
+        Some(removed)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Instances {
     limits: HashMap<(usize, Scope), usize>,
     budgets: HashMap<(usize, Scope), usize>,
     /// (kind, id) -> (rule, scope) of every instance this book made or adopted.
     owned: HashMap<(RuleKind, usize), (usize, Scope)>,
-    answers: HashMap<AnswerKey, Arc<RuleIds>>,
+    answers: Answers,
     /// Answer keys in the order they were made, the oldest dropped first; may name keys since
     /// forgotten (skipped).
     order: VecDeque<AnswerKey>,
@@ -237,6 +285,8 @@ pub struct RuleBook {
     limits: Vec<LimitRule>,
     budgets: Vec<BudgetRule>,
     held: Mutex<Instances>,
+    /// Whether `take_created` has anything: asked after every call, so kept outside the lock.
+    created: AtomicBool,
 }
 
 fn instance_name(rule: &str, scope: &[(ScopeKey, String)]) -> String {
@@ -274,6 +324,7 @@ impl RuleBook {
                 max_answers,
                 ..Instances::default()
             }),
+            created: AtomicBool::new(false),
         }
     }
 
@@ -328,10 +379,10 @@ impl RuleBook {
         model: &str,
         provider: &str,
     ) -> Result<Arc<RuleIds>> {
-        let key: AnswerKey = (tenant.into(), stage.into(), model.into());
-        if let Some(found) = held.answers.get(&key) {
+        if let Some(found) = held.answers.get(tenant, stage, model) {
             return Ok(Arc::clone(found));
         }
+        let key: AnswerKey = (tenant.into(), stage.into(), model.into());
         let subject = Subject {
             tenant,
             stage,
@@ -355,9 +406,9 @@ impl RuleBook {
         for &id in &ids.budgets {
             users_of(held, RuleKind::Budget, id).insert(key.clone());
         }
-        held.answers.insert(key.clone(), Arc::clone(&ids));
+        held.answers.insert(&key, Arc::clone(&ids));
         held.order.push_back(key);
-        while held.answers.len() > held.max_answers {
+        while held.answers.len > held.max_answers {
             let Some(oldest) = held.order.pop_front() else {
                 break;
             };
@@ -371,7 +422,7 @@ impl RuleBook {
                 .order
                 .iter()
                 .rev()
-                .filter(|k| answers.contains_key(*k) && seen.insert((*k).clone()))
+                .filter(|k| answers.contains(k) && seen.insert((*k).clone()))
                 .cloned()
                 .collect();
             held.order = kept.into_iter().rev().collect();
@@ -403,6 +454,7 @@ impl RuleBook {
         held.limits.insert((index, scope.clone()), id);
         held.owned
             .insert((RuleKind::Limit, id), (index, scope.clone()));
+        self.created.store(true, Ordering::Release);
         held.created.push(Created {
             kind: RuleKind::Limit,
             id,
@@ -430,6 +482,7 @@ impl RuleBook {
         held.budgets.insert((index, scope.clone()), id);
         held.owned
             .insert((RuleKind::Budget, id), (index, scope.clone()));
+        self.created.store(true, Ordering::Release);
         held.created.push(Created {
             kind: RuleKind::Budget,
             id,
@@ -442,12 +495,40 @@ impl RuleBook {
 
     /// The instances made since the last call, for the owner to register.
     pub fn take_created(&self) -> Vec<Created> {
-        std::mem::take(&mut self.lock().created)
+        let mut held = self.lock();
+        self.created.store(false, Ordering::Release);
+        std::mem::take(&mut held.created)
     }
 
     /// Instances made and not yet taken.
     pub fn has_created(&self) -> bool {
-        !self.lock().created.is_empty()
+        self.created.load(Ordering::Acquire)
+    }
+
+    /// Reserves a call of `tokens` and `cost_usd` for `model` (of `provider`) against every rule
+    /// that applies for `tenant` and `stage` (`Gate::reserve`); `None` when no rule applies.
+    ///
+    /// # Errors
+    /// `Denied` by the first refusing rule; those of `ids_for`.
+    #[allow(clippy::too_many_arguments)] // the subject's four names, the call's two amounts, time
+    pub fn reserve(
+        &self,
+        tenant: &str,
+        stage: &str,
+        model: &str,
+        provider: &str,
+        tokens: u64,
+        cost_usd: f64,
+        now_s: f64,
+    ) -> Result<Option<ReservationId>> {
+        let mut held = self.lock();
+        let ids = self.ids_locked(&mut held, tenant, stage, model, provider)?;
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        self.gate
+            .reserve(&ids.limits, &ids.budgets, tokens, cost_usd, now_s)
+            .map(Some)
     }
 
     /// Forgets instance `id` of `kind`, which its owner is about to free, and every answer that
@@ -467,7 +548,7 @@ impl RuleBook {
 
     /// (tenant, stage, model) answers cached.
     pub fn answers(&self) -> usize {
-        self.lock().answers.len()
+        self.lock().answers.len
     }
 
     /// The first budget of `tenant` and `stage` past its pressure share, as a strategy shift.

@@ -226,3 +226,21 @@ fn a_reload_adopts_the_instances_of_unchanged_rules_only() {
     let elsewhere = book(vec![], vec![], 10);
     assert!(new.adopt(&elsewhere, &[], false).is_err());
 }
+
+#[test]
+fn reserve_finds_the_rules_and_reserves_against_all_of_them() {
+    let book = book(
+        vec![limit("rpm", vec![each(ScopeKey::Tenant)], Some(60.0))],
+        vec![budget("b", vec![each(ScopeKey::Model)], 0.5)],
+        100,
+    );
+    let held = book.reserve("t", "", "m", "p", 1, 0.5, NOW).unwrap().unwrap();
+    assert_eq!(book.gate().outstanding_reservations(), 1);
+    match book.reserve("t", "", "m", "p", 1, 0.25, NOW) {
+        Err(CoreError::Denied(denial)) => assert_eq!(&*denial.name, "b[model=m]"),
+        other => panic!("expected the budget's denial, got {other:?}"),
+    }
+    book.gate().release(held, NOW).unwrap();
+    let nothing = RuleBook::new(Arc::new(Gate::new()), vec![], vec![], 100, 100);
+    assert_eq!(nothing.reserve("t", "", "m", "p", 1, 1.0, NOW).unwrap(), None);
+}
