@@ -3,12 +3,17 @@ the classifier are tested in the core (rust/core) and through the router (test_r
 
 from __future__ import annotations
 
-import pytest
+import math
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from switchpoint import _native
 from switchpoint._native import CoreError, LatencyTracker, ModelSpec, ModelTable, capability_bits
 from switchpoint.config import parse_config
 from switchpoint.engine.building import build_engine
-from switchpoint.errors import ConfigError
+from switchpoint.errors import ConfigError, QuotaExceededError
 from tests.sidecar_harness import routing_config
 
 
@@ -115,3 +120,19 @@ def test_capability_bits_come_from_the_core() -> None:
     raw["models"][0]["capabilities"] = [f"c{i:02}" for i in range(62)]
     registry = build_engine(parse_config(raw), environ={}).engine.registry
     assert registry.capability_names == sorted({"chat", "code", *(f"c{i:02}" for i in range(62))})
+
+
+@given(st.floats(min_value=0.0, max_value=1e15, allow_nan=False))
+def test_retry_waits_are_worded_with_three_significant_digits(seconds: float) -> None:
+    # The core words every quota refusal; it writes numbers as Python's ".3g" would.
+    assert _native.retry_wait(seconds) == f"retry after {seconds:.3g}s"
+
+
+def test_quota_refusals_are_worded_once() -> None:
+    assert str(QuotaExceededError("budget", "b", 3600.0)) == (
+        "budget 'b' is exhausted; retry after 3.6e+03s"
+    )
+    assert (
+        str(QuotaExceededError("rpm", "r", math.inf))
+        == "rate limit (rpm) 'r' is exhausted; no retry"
+    )

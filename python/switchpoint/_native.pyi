@@ -36,6 +36,8 @@ __all__ = [
     "count_prompt_tokens",
     "count_text_tokens",
     "describe_scope",
+    "quota_message",
+    "retry_wait",
 ]
 
 # Which rule refused: a requests- or tokens-per-minute bucket, concurrency, a budget, or (shared
@@ -322,6 +324,13 @@ class BpeEncoding:
 def describe_scope(scope: Sequence[tuple[str, str]]) -> str:
     """(key, value) pairs as instance names and shared state name them, keys sorted
     ("tenant=acme,stage=x"); CoreError for a key that is not a scope key."""
+
+def quota_message(kind: str, name: str, retry_after_s: float) -> str:
+    """What a refusal by a rate limit or budget says: "budget 'b' is exhausted; retry after
+    3.6e+03s"."""
+
+def retry_wait(retry_after_s: float) -> str:
+    """When a refused call may pass: "retry after 3.6e+03s", or "no retry" for never."""
 
 def count_text_tokens(text: str, encoding: BpeEncoding | None = None) -> int:
     """Tokens of `text` (special-token text counted as ordinary text); the ~4 characters per token

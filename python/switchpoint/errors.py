@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Protocol
 
-from switchpoint._native import CoreError, GateDenied, NoRoom
+from switchpoint._native import CoreError, GateDenied, NoRoom, quota_message, retry_wait
 
 
 class SwitchpointError(Exception):
@@ -44,14 +44,15 @@ class QuotaExceededError(SwitchpointError):
     """A rate limit or budget refuses the call; `retry_after_s` says when it may pass."""
 
     def __init__(self, kind: str, name: str, retry_after_s: float, detail: str = "") -> None:
-        wait = f"retry after {retry_after_s:.3g}s" if retry_after_s < float("inf") else "no retry"
+        # Worded by the core, which words the same refusals in routing's reasons.
         if kind == "queue":
+            wait = retry_wait(retry_after_s)
             message = f"admission queue of '{name}' refused the call ({detail}); {wait}"
         elif kind == "scopes":
+            wait = retry_wait(retry_after_s)
             message = f"no room for a new rule instance under '{name}' ({detail}); {wait}"
         else:
-            what = "budget" if kind == "budget" else f"rate limit ({kind})"
-            message = f"{what} '{name}' is exhausted; {wait}"
+            message = quota_message(kind, name, retry_after_s)
         super().__init__(message)
         self.kind = kind
         self.name = name

@@ -68,6 +68,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(tokens::count_prompt_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(model_spec::capability_bits, m)?)?;
     m.add_function(wrap_pyfunction!(quota::describe_scope, m)?)?;
+    m.add_function(wrap_pyfunction!(quota::quota_message, m)?)?;
+    m.add_function(wrap_pyfunction!(quota::retry_wait, m)?)?;
     let builtin = pyo3::types::PyDict::new(m.py());
     for (name, [cost, latency, quality]) in switchpoint_core::BUILTIN_STRATEGIES {
         builtin.set_item(name, (cost, latency, quality))?;

@@ -312,3 +312,15 @@ pub fn describe_scope(scope: Vec<(String, String)>) -> PyResult<String> {
     pairs.sort();
     Ok(describe(&pairs))
 }
+
+/// What a refusal by a rate limit or budget says: "budget 'b' is exhausted; retry after 3.6e+03s".
+#[pyfunction]
+pub fn quota_message(kind: &str, name: &str, retry_after_s: f64) -> String {
+    switchpoint_core::quota_message(kind, name, retry_after_s)
+}
+
+/// When a refused call may pass: "retry after 3.6e+03s", or "no retry" for never.
+#[pyfunction]
+pub fn retry_wait(retry_after_s: f64) -> String {
+    switchpoint_core::retry_wait(retry_after_s)
+}

@@ -234,7 +234,10 @@ fn reserve_finds_the_rules_and_reserves_against_all_of_them() {
         vec![budget("b", vec![each(ScopeKey::Model)], 0.5)],
         100,
     );
-    let held = book.reserve("t", "", "m", "p", 1, 0.5, NOW).unwrap().unwrap();
+    let held = book
+        .reserve("t", "", "m", "p", 1, 0.5, NOW)
+        .unwrap()
+        .unwrap();
     assert_eq!(book.gate().outstanding_reservations(), 1);
     match book.reserve("t", "", "m", "p", 1, 0.25, NOW) {
         Err(CoreError::Denied(denial)) => assert_eq!(&*denial.name, "b[model=m]"),
@@ -242,5 +245,8 @@ fn reserve_finds_the_rules_and_reserves_against_all_of_them() {
     }
     book.gate().release(held, NOW).unwrap();
     let nothing = RuleBook::new(Arc::new(Gate::new()), vec![], vec![], 100, 100);
-    assert_eq!(nothing.reserve("t", "", "m", "p", 1, 1.0, NOW).unwrap(), None);
+    assert_eq!(
+        nothing.reserve("t", "", "m", "p", 1, 1.0, NOW).unwrap(),
+        None
+    );
 }

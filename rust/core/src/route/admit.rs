@@ -52,7 +52,9 @@ impl Router {
                 match refused {
                     None => kept.push(candidate),
                     Some(denial) => {
-                        reasons.push(format!("{name} excluded: {}", quota_message(&denial)));
+                        let why =
+                            quota_message(denial.kind.as_str(), &denial.name, denial.retry_after_s);
+                        reasons.push(format!("{name} excluded: {why}"));
                         refusals.push(denial);
                     }
                 }
@@ -97,19 +99,27 @@ impl Router {
     }
 }
 
-/// What a quota refusal says, as `QuotaExceededError` words it: "budget 'b' is exhausted; retry
-/// after 3.6e+03s".
-pub fn quota_message(denial: &Denial) -> String {
-    let what = match denial.kind {
-        DenialKind::Budget => "budget".to_owned(),
-        kind => format!("rate limit ({})", kind.as_str()),
+/// What a refusal by a rate limit or budget says, here and in `QuotaExceededError`: "budget 'b'
+/// is exhausted; retry after 3.6e+03s", "rate limit (rpm) 'r' is exhausted; retry after 0.5s".
+pub fn quota_message(kind: &str, name: &str, retry_after_s: f64) -> String {
+    let what = if kind == DenialKind::Budget.as_str() {
+        "budget".to_owned()
+    } else {
+        format!("rate limit ({kind})")
     };
-    let wait = if denial.retry_after_s.is_finite() {
-        format!("retry after {}s", general3(denial.retry_after_s))
+    format!(
+        "{what} '{name}' is exhausted; {}",
+        retry_wait(retry_after_s)
+    )
+}
+
+/// When a refused call may pass: "retry after 3.6e+03s", or "no retry" for never.
+pub fn retry_wait(retry_after_s: f64) -> String {
+    if retry_after_s.is_finite() {
+        format!("retry after {}s", general3(retry_after_s))
     } else {
         "no retry".to_owned()
-    };
-    format!("{what} '{}' is exhausted; {wait}", denial.name)
+    }
 }
 
 /// `x` to three significant digits as C's `%.3g` writes it (and Python's `format(x, ".3g")`).
