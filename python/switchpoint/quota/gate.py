@@ -2,16 +2,18 @@
 
 Config rules (`limits`, `budgets`) name a scope by `match`: a fixed value ("tenant: acme") applies
 the rule to that value only; "*" gives every distinct value its own instance ("tenant: '*'" is one
-budget per tenant). Instances are created in Rust the first time a request needs them; how many
-live at once and when an idle one is freed is `quota.instances`' to decide. Every call reserves
-before it goes out and settles or releases after; `scopes.Reservation` makes the release
-unconditional (errors, timeouts, cancellation).
+budget per tenant). Which instances a request selects is the core's `RuleBook`'s to decide, and it
+makes them the first time a request needs them; how many live at once and when an idle one is
+freed is `quota.instances`' to decide (`asking` registers what the book made, and makes room when
+it runs out). Every call reserves before it goes out and settles or releases after;
+`scopes.Reservation` makes the release unconditional (errors, timeouts, cancellation).
 
 With shared state (`shared`), each budget instance and each rate-limit instance with rpm or tpm
 is registered with the lease manager as it is created. A refusal only for want of this replica's
 lease ("budget" with the limit not reached, "rpm-lease", "tpm-lease") tops the lease up from Redis
-and reserves again, once per kind; routing treats such a model as admissible. Concurrency limits
-stay per replica. A shared budget's limit is the one Redis holds (switchpoint.quota.shared.limits).
+and reserves again, once per kind; routing judges against the limits themselves, so such a model
+stays eligible. Concurrency limits stay per replica. A shared budget's limit is the one Redis holds
+(switchpoint.quota.shared.limits).
 """
 
 from __future__ import annotations
