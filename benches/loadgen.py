@@ -163,9 +163,14 @@ def server_process(
 
 @contextmanager
 def sidecar_process(
-    config: dict[str, Any], *, core: int | None, env: dict[str, str] | None = None
+    config: dict[str, Any],
+    *,
+    core: int | None,
+    env: dict[str, str] | None = None,
+    log_level: str = "WARNING",
 ) -> Iterator[ServerProcess]:
-    """The real sidecar, `switchpoint serve`, on a free loopback port with `config` (a dict)."""
+    """The real sidecar, `switchpoint serve`, on a free loopback port with `config` (a dict),
+    logging at `log_level`."""
     with tempfile.TemporaryDirectory(prefix="switchpoint-bench-config-") as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(json.dumps(config))  # JSON is YAML
@@ -176,7 +181,7 @@ def sidecar_process(
             "--grpc-address",
             "127.0.0.1:0",
             "--log-level",
-            "WARNING",
+            log_level,
         ]
         with server_process(
             "sidecar", "switchpoint.cli", args, core=core, pattern=_SIDECAR_ANNOUNCE, env=env

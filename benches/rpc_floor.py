@@ -20,7 +20,8 @@ between the two servers so that noise on the shared machine lands on both alike:
 The Route/empty ratios are the figures to read; absolute microseconds depend on the machine.
 Targets from the issue (not asserted): p50 within 1.25x, p99 within 1.5x, throughput >= 80%.
 
-Run directly (`.venv/bin/python -m benches.rpc_floor`) or through
+Run directly (`.venv/bin/python -m benches.rpc_floor`, `--log-level INFO` for the sidecar's default
+logging: a request line per call) or through
 `benches/test_rpc_floor_bench.py` under `make bench`. `python -m benches.rpc_floor empty-server`
 runs the floor server alone (it prints `port N`).
 """
@@ -272,13 +273,15 @@ def measure(
     open_loop_s: float = 5.0,
     concurrency: int = 8,
     throughput_s: float = 6.0,
+    log_level: str = "WARNING",
 ) -> RpcFloorResult:
-    """Both servers up, this process pinned away from them; every phase alternates the two."""
+    """Both servers up, this process pinned away from them; every phase alternates the two. The
+    sidecar logs at `log_level` (INFO: a request line per call)."""
     started = time.perf_counter()
     cores = plan_cores()
     described = machine()
     with (
-        sidecar_process(routing_config(), core=cores.servers) as sidecar,
+        sidecar_process(routing_config(), core=cores.servers, log_level=log_level) as sidecar,
         server_process("empty", "benches.rpc_floor", ["empty-server"], core=cores.servers) as floor,
         pinned_self(cores.loadgen),
     ):
@@ -391,7 +394,11 @@ def main() -> None:
     if sys.argv[1:] == ["empty-server"]:
         asyncio.run(_serve_empty())
         return
-    result = measure()
+    # `--log-level INFO`: the sidecar as it runs by default, a request line per call.
+    args = sys.argv[1:]
+    log_level = args[1] if args[:1] == ["--log-level"] and len(args) == 2 else "WARNING"
+    result = measure(log_level=log_level)
+    print(f"sidecar log level: {log_level}")
     print(table(result))
     print(f"wrote {write_json(result)}")
 
