@@ -12,7 +12,7 @@ microseconds per call.
 - `empty`: the RPC floor's server (an empty unary call, `benches.rpc_floor`) under Route's load,
   to tell what any grpc.aio call costs from what Route adds.
 
-    .venv/bin/python -m benches.profile route [--seconds 8] [--top 25]
+    .venv/bin/python -m benches.profile route [--seconds 8] [--top 25] [--log-level INFO]
 
 Needs py-spy (a dev dependency) and permission to ptrace the sidecar (root, or
 kernel.yama.ptrace_scope = 0). The raw samples are kept in benches/results/profile-<rpc>.txt
@@ -84,7 +84,7 @@ def read_samples(path: Path) -> tuple[int, Counter[str], Counter[str]]:
 
 
 @contextmanager
-def _sidecar_for(rpc: str, core: int | None) -> Iterator[tuple[int, int, object]]:
+def _sidecar_for(rpc: str, core: int | None, log_level: str) -> Iterator[tuple[int, int, object]]:
     """(port, pid, request) of a sidecar set up for `rpc`, with its provider when it needs one."""
     with ExitStack() as stack:
         if rpc == "empty":
@@ -94,7 +94,9 @@ def _sidecar_for(rpc: str, core: int | None) -> Iterator[tuple[int, int, object]
             yield floor.port, floor.pid, b""
             return
         if rpc == "route":
-            sidecar = stack.enter_context(sidecar_process(routing_config(), core=core))
+            sidecar = stack.enter_context(
+                sidecar_process(routing_config(), core=core, log_level=log_level)
+            )
             request: object = pb.RouteRequest(
                 messages=user("hello there, route me please"),
                 routing=pb.RoutingOptions(tenant="acme"),
@@ -105,7 +107,7 @@ def _sidecar_for(rpc: str, core: int | None) -> Iterator[tuple[int, int, object]
             )
             config = proxy_overhead.config(f"http://127.0.0.1:{provider.port}/v1")
             sidecar = stack.enter_context(
-                sidecar_process(config, core=core, env=proxy_overhead.ENV)
+                sidecar_process(config, core=core, env=proxy_overhead.ENV, log_level=log_level)
             )
             request = proxy_overhead.chat_request()
         yield sidecar.port, sidecar.pid, request
@@ -162,9 +164,12 @@ async def _load(rpc: str, port: int, pid: int, request: object, seconds: float) 
     )
 
 
-def measure(rpc: str, seconds: float) -> Profile:
+def measure(rpc: str, seconds: float, log_level: str = "WARNING") -> Profile:
     cores = plan_cores()
-    with _sidecar_for(rpc, cores.servers) as (port, pid, request), pinned_self(cores.loadgen):
+    with (
+        _sidecar_for(rpc, cores.servers, log_level) as (port, pid, request),
+        pinned_self(cores.loadgen),
+    ):
         return asyncio.run(_load(rpc, port, pid, request, seconds))
 
 
@@ -189,8 +194,10 @@ def main() -> None:
     parser.add_argument("rpc", choices=("route", "chat", "empty"))
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--top", type=int, default=25)
+    # INFO is the sidecar's default: a request line per call.
+    parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args()
-    print(table(measure(args.rpc, args.seconds), args.top))
+    print(table(measure(args.rpc, args.seconds, args.log_level), args.top))
 
 
 if __name__ == "__main__":
