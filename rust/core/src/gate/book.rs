@@ -521,14 +521,29 @@ impl RuleBook {
         cost_usd: f64,
         now_s: f64,
     ) -> Result<Option<ReservationId>> {
+        self.with_ids(tenant, stage, model, provider, |ids| {
+            self.gate
+                .reserve(&ids.limits, &ids.budgets, tokens, cost_usd, now_s)
+        })
+    }
+
+    /// `use_ids` with the rule instances that apply, made where missing; `None` when no rule
+    /// applies. Run under the book's lock: an instance cannot be forgotten (and then freed)
+    /// between finding its id and using it.
+    fn with_ids<T>(
+        &self,
+        tenant: &str,
+        stage: &str,
+        model: &str,
+        provider: &str,
+        use_ids: impl FnOnce(&RuleIds) -> Result<T>,
+    ) -> Result<Option<T>> {
         let mut held = self.lock();
         let ids = self.ids_locked(&mut held, tenant, stage, model, provider)?;
         if ids.is_empty() {
             return Ok(None);
         }
-        self.gate
-            .reserve(&ids.limits, &ids.budgets, tokens, cost_usd, now_s)
-            .map(Some)
+        use_ids(&ids).map(Some)
     }
 
     /// Forgets instance `id` of `kind`, which its owner is about to free, and every answer that
@@ -608,15 +623,11 @@ impl RuleBook {
         cost_usd: f64,
         now_s: f64,
     ) -> Result<Option<Denial>> {
-        let mut held = self.lock();
-        let ids = self.ids_locked(&mut held, tenant, stage, model, provider)?;
-        if ids.is_empty() {
-            return Ok(None);
-        }
-        // Checked under the book's lock: an instance cannot be forgotten (and then freed) between
-        // finding its id and reading it.
-        self.gate
-            .check_limits(&ids.limits, &ids.budgets, tokens, cost_usd, now_s)
+        let refused = self.with_ids(tenant, stage, model, provider, |ids| {
+            self.gate
+                .check_limits(&ids.limits, &ids.budgets, tokens, cost_usd, now_s)
+        })?;
+        Ok(refused.flatten())
     }
 
     /// Budget `rule` (by name) gets `limit_usd` for `scope` (every instance when empty), from now

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::admit::general3;
 use super::tests::{ask, router_with};
 use super::*;
 use crate::error::{DenialKind, Refusal};

@@ -24,7 +24,7 @@ mod tokens;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use admit::{general3, quota_message, retry_wait, OpenBreaker};
+pub use admit::{quota_message, retry_wait, OpenBreaker};
 pub use decode::{route_request, DecodedRoute};
 pub use request::{clipped, Limits, Message, Params, RouteInput, RoutingOptions, ROLES};
 pub use stop::Stop;
