@@ -340,3 +340,21 @@ def test_each_gate_sharing_an_instance_forgets_it_when_freed() -> None:
     (fresh,), _ = new.ids_for(RequestScope("t", ""), model)
     assert fresh != carried
     assert new.gate.limit_state(fresh, clock[0]).requests_available == 600
+
+
+async def test_a_scope_refused_for_want_of_room_leaves_nothing_pinned() -> None:
+    clock = [FEB]
+    gate = _gate(clock, max_scopes=3)
+    model = parse_config(one_model_config("http://x/v1")).models[0]
+    with await gate.reserve(RequestScope("a", ""), model, 10, 0.25) as held:
+        held.settle(10, 0.25)
+    # "b" gets its rate limit, then finds no room for its budget: refused.
+    with pytest.raises(QuotaExceededError) as refused:
+        await gate.reserve(RequestScope("b", ""), model, 10, 0.25)
+    assert refused.value.kind == "scopes"
+    # A minute on, the unused rate limits can go; the refused answer must not keep "b"'s pinned,
+    # or "c" would find only "a"'s budget (with spend) left to free, and be refused too.
+    clock[0] += 61.0
+    with await gate.reserve(RequestScope("c", ""), model, 10, 0.25) as held:
+        held.settle(10, 0.25)
+    assert len(gate.scopes) <= 3

@@ -95,18 +95,18 @@ class TokenGate:
         try:
             return ask()
         except NoRoom:
-            for _ in range(_ROOM_ROUNDS):
-                self._register_created()
-                self.scopes.make_room()
-                try:
-                    return ask()
-                except NoRoom:
-                    continue
-            raise
+            try:
+                for _ in range(_ROOM_ROUNDS):
+                    self._make_room()
+                    try:
+                        return ask()
+                    except NoRoom:
+                        continue
+                raise
+            finally:
+                self.scopes.unpin()  # what the rounds pinned, whether or not more was made
         finally:
-            if self.book.has_created:
-                self._register_created()
-                self.scopes.unpin()
+            self._settle_made()
 
     async def asking_async(self, ask: Callable[[], Awaitable[T]]) -> T:
         """`asking`, for work run off the loop (a large prompt's decision)."""
@@ -115,18 +115,29 @@ class TokenGate:
         try:
             return await ask()
         except NoRoom:
-            for _ in range(_ROOM_ROUNDS):
-                self._register_created()
-                self.scopes.make_room()
-                try:
-                    return await ask()
-                except NoRoom:
-                    continue
-            raise
+            try:
+                for _ in range(_ROOM_ROUNDS):
+                    self._make_room()
+                    try:
+                        return await ask()
+                    except NoRoom:
+                        continue
+                raise
+            finally:
+                self.scopes.unpin()  # what the rounds pinned, whether or not more was made
         finally:
-            if self.book.has_created:
-                self._register_created()
-                self.scopes.unpin()
+            self._settle_made()
+
+    def _make_room(self) -> None:
+        """Frees idle instances (or raises QuotaExceededError "scopes"); the ones the book made for
+        this answer are registered first, so they are kept."""
+        self._register_created()
+        self.scopes.make_room()
+
+    def _settle_made(self) -> None:
+        if self.book.has_created:
+            self._register_created()
+            self.scopes.unpin()
 
     def _register_created(self) -> None:
         """The instances the book made: into the table (capped, freed when idle), and in shared
