@@ -5,6 +5,8 @@ from typing import Any, Literal, TypeAlias, final
 
 __all__ = [
     "BUILTIN_STRATEGIES",
+    "EXACT_BELOW_BYTES",
+    "REMEMBERED_FROM_BYTES",
     "BookedBudget",
     "BpeEncoding",
     "BudgetState",
@@ -31,11 +33,13 @@ __all__ = [
     "RuleBook",
     "RuleIds",
     "ScoredModel",
+    "TokenSpan",
     "WorkStop",
     "capability_bits",
     "count_prompt_tokens",
     "count_text_tokens",
     "describe_scope",
+    "prompt_token_span",
     "quota_message",
     "retry_wait",
 ]
@@ -341,6 +345,26 @@ def count_prompt_tokens(
 ) -> int:
     """Tokens of a prompt of (role, content) pairs, chat framing included."""
 
+# Prompts of more bytes are routed on a TokenSpan unless a boundary lies within it.
+EXACT_BELOW_BYTES: int
+# Messages of at least this many bytes have their exact counts remembered by the router.
+REMEMBERED_FROM_BYTES: int
+
+@final
+class TokenSpan:
+    """Bounds on a prompt's cl100k and o200k counts, chat framing included, and the estimate
+    between them that routing uses when no boundary lies within them."""
+
+    @property
+    def low(self) -> int: ...
+    @property
+    def high(self) -> int: ...
+    @property
+    def estimate(self) -> int: ...
+
+def prompt_token_span(messages: Sequence[tuple[str, str]]) -> TokenSpan:
+    """The TokenSpan of a prompt of (role, content) pairs: one pass over its bytes."""
+
 @final
 class Level:
     """Which level decided: switchpoint.v1.DecisionLevel, whose numbers these are."""
@@ -590,6 +614,9 @@ class Router:
     ) -> Decision:
         """The second half of `decide`: without the candidates the gate or an open breaker
         refuses now."""
+    @property
+    def remembered_counts(self) -> int:
+        """Messages whose exact counts this router remembers (long messages of earlier requests)."""
     def route_wire(
         self,
         request: bytes,

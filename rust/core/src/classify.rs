@@ -1,5 +1,6 @@
 //! The prompt classifier behind auto routing: a task class and a complexity in [0, 1], read from
-//! the last user turn with a handful of regular expressions, and the reasons for both.
+//! the last user turn (its two ends, when long) with a handful of regular expressions, and the
+//! reasons for both.
 //!
 //! It runs on every auto-routed request. In Python the same expressions were a fifth of a Route
 //! call; here the four task patterns are one `RegexSet` pass (docs/benchmarks.md, "What it
@@ -7,7 +8,7 @@
 
 use std::sync::LazyLock;
 
-use regex::{Regex, RegexSet};
+use regex::bytes::{Regex, RegexSet};
 
 /// Task classes in priority order: the first whose pattern matches wins; `chat` otherwise.
 pub const TASK_CLASSES: [&str; 4] = ["code", "math", "summarize", "creative"];
@@ -35,17 +36,33 @@ const HARD_MARKERS: &str = concat!(
 const EASY_MARKERS: &str =
     r"(?i)^\s*(hi|hello|hey|thanks|thank you|what is|who is|when did|define|translate)\b";
 
+/// Bytes read at each end of a longer message. A long prompt is context (documents, code, a
+/// conversation) around an instruction at one end, and reading all of it made the classifier's
+/// cost grow with the prompt (~2 ns a byte here: 100 KB took ~0.2 ms). Length still counts every
+/// character.
+const READ_AT_EACH_END: usize = 1024;
+
 /// Characters of prompt at which length alone makes a request look fully hard.
 const LONG_PROMPT_CHARS: f64 = 6000.0;
 /// Below this many characters an easy-looking question counts as easy.
 const SHORT_PROMPT_CHARS: usize = 400;
 
 static TASKS: LazyLock<RegexSet> =
-    LazyLock::new(|| RegexSet::new(TASK_PATTERNS).expect("task patterns compile"));
+    LazyLock::new(|| RegexSet::new(TASK_PATTERNS.map(ascii_only)).expect("task patterns compile"));
 static HARD: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(HARD_MARKERS).expect("hard markers compile"));
+    LazyLock::new(|| Regex::new(&ascii_only(HARD_MARKERS)).expect("hard markers compile"));
 static EASY: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(EASY_MARKERS).expect("easy markers compile"));
+    LazyLock::new(|| Regex::new(&ascii_only(EASY_MARKERS)).expect("easy markers compile"));
+
+/// `pattern` matched over bytes with ASCII classes: `\b`, `\w`, `\s` and case folding. Unicode
+/// ones cost the regex crate's lazy DFA dearly: a Unicode `\b` sends it to the `PikeVM` as soon as
+/// the text holds one non-ASCII character (a 20 KB prompt with one accent then took
+/// milliseconds), and Unicode case folding and `\w` made each byte cost ~10 ns even on ASCII
+/// text. The markers are English words, so the only difference is that a non-ASCII letter now
+/// separates words like a space.
+fn ascii_only(pattern: &str) -> String {
+    format!("(?-u){pattern}")
+}
 
 /// What the classifier read, with the signals that explain the complexity.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,10 +75,10 @@ pub struct Classification {
 /// Classifies a conversation by its last user message (`last_user`), with length over the whole
 /// of it (`total_chars`, in characters).
 pub fn classify(last_user: &str, total_chars: usize) -> Classification {
-    let task_class = TASKS
-        .matches(last_user)
-        .iter()
-        .next()
+    let read = ends(last_user);
+    let found = read.map(|part| TASKS.matches(part.as_bytes()));
+    let task_class = (0..TASK_CLASSES.len())
+        .find(|&i| found.iter().any(|matches| matches.matched(i)))
         .map_or(DEFAULT_TASK_CLASS, |i| TASK_CLASSES[i]);
     let mut signals = Vec::new();
     let mut complexity = 0.3;
@@ -72,9 +89,10 @@ pub fn classify(last_user: &str, total_chars: usize) -> Classification {
         signals.push(format!("{total_chars} characters"));
     }
     complexity += length_part;
-    let mut hard_hits: Vec<String> = HARD
-        .find_iter(last_user)
-        .map(|m| m.as_str().to_lowercase())
+    let mut hard_hits: Vec<String> = read
+        .iter()
+        .flat_map(|part| HARD.find_iter(part.as_bytes()))
+        .map(|m| String::from_utf8_lossy(m.as_bytes()).to_lowercase())
         .collect();
     hard_hits.sort_unstable();
     hard_hits.dedup();
@@ -89,7 +107,8 @@ pub fn classify(last_user: &str, total_chars: usize) -> Classification {
         complexity += 0.1;
         signals.push(format!("{task_class} task"));
     }
-    if hard_hits.is_empty() && total_chars < SHORT_PROMPT_CHARS && EASY.is_match(last_user) {
+    if hard_hits.is_empty() && total_chars < SHORT_PROMPT_CHARS && EASY.is_match(read[0].as_bytes())
+    {
         complexity -= 0.2;
         signals.push("short, simple question".to_owned());
     }
@@ -98,6 +117,23 @@ pub fn classify(last_user: &str, total_chars: usize) -> Classification {
         complexity: f64::clamp(complexity, 0.0, 1.0),
         signals,
     }
+}
+
+/// The parts of `text` the classifier reads: all of it (and an empty tail) when short, else its
+/// first and last `READ_AT_EACH_END` bytes, cut at character boundaries.
+fn ends(text: &str) -> [&str; 2] {
+    if text.len() <= 2 * READ_AT_EACH_END {
+        return [text, ""];
+    }
+    let mut head_end = READ_AT_EACH_END;
+    while !text.is_char_boundary(head_end) {
+        head_end -= 1;
+    }
+    let mut tail_start = text.len() - READ_AT_EACH_END;
+    while !text.is_char_boundary(tail_start) {
+        tail_start += 1;
+    }
+    [&text[..head_end], &text[tail_start..]]
 }
 
 #[cfg(test)]
@@ -164,6 +200,43 @@ mod tests {
         assert_eq!(reading.signals, vec!["12000 characters".to_owned()]);
         assert!((reading.complexity - 0.65).abs() < 1e-12);
         assert!(classify("tell me", 800).signals.is_empty());
+    }
+
+    #[test]
+    fn non_ascii_text_reads_as_ascii_text_does() {
+        let text = "Überprüfe, ob café und naïve prove step by step: ".repeat(500);
+        let reading = classify(&text, text.chars().count());
+        assert_eq!(reading.task_class, "math");
+        assert!(reading
+            .signals
+            .iter()
+            .any(|s| s == "asks to prove, step by step"));
+        // A non-ASCII letter is a word boundary; an ASCII one still is not.
+        assert!(classify("éprove", 6)
+            .signals
+            .iter()
+            .any(|s| s.contains("prove")));
+        assert!(!classify("xprove", 6)
+            .signals
+            .iter()
+            .any(|s| s.contains("prove")));
+    }
+
+    #[test]
+    fn a_long_message_is_read_at_its_ends() {
+        let filler = "the otters swim ".repeat(200);
+        let head = format!("write a poem. {filler}");
+        assert_eq!(classify(&head, head.len()).task_class, "creative");
+        let tail = format!("{filler} now refactor it");
+        assert_eq!(classify(&tail, tail.len()).task_class, "code");
+        // A word in the middle of a long message is context, not the request.
+        let middle = format!("{filler} refactor {filler}");
+        assert_eq!(classify(&middle, middle.len()).task_class, "chat");
+        // Cuts land on character boundaries whatever the text.
+        let wide = "é".repeat(2_000);
+        let [first, last] = ends(&wide);
+        assert!(first.len() <= READ_AT_EACH_END && last.len() <= READ_AT_EACH_END);
+        assert!(first.len() >= READ_AT_EACH_END - 1 && last.len() >= READ_AT_EACH_END - 1);
     }
 
     #[test]

@@ -66,6 +66,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<tokens::WorkStop>()?;
     m.add_function(wrap_pyfunction!(tokens::count_text_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::count_prompt_tokens, m)?)?;
+    m.add_class::<tokens::TokenSpan>()?;
+    m.add_function(wrap_pyfunction!(tokens::prompt_token_span, m)?)?;
+    m.add("EXACT_BELOW_BYTES", switchpoint_core::EXACT_BELOW_BYTES)?;
+    m.add(
+        "REMEMBERED_FROM_BYTES",
+        switchpoint_core::REMEMBERED_FROM_BYTES,
+    )?;
     m.add_function(wrap_pyfunction!(model_spec::capability_bits, m)?)?;
     m.add_function(wrap_pyfunction!(quota::describe_scope, m)?)?;
     m.add_function(wrap_pyfunction!(quota::quota_message, m)?)?;

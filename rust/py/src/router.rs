@@ -443,6 +443,12 @@ impl Router {
         Ok(self.decision(admitted))
     }
 
+    /// Messages whose exact counts this router remembers (long messages of earlier requests).
+    #[getter]
+    fn remembered_counts(&self) -> usize {
+        self.inner.remembered_counts()
+    }
+
     /// `decide`, straight from `switchpoint.v1.RouteRequest` bytes to `RouteDecision` bytes (see
     /// `Routed`). The call is counted, and timed, in `tally`.
     #[pyo3(signature = (request, *, now, open_breakers = None, tally = None, stop = None))]

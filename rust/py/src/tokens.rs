@@ -90,3 +90,28 @@ pub fn count_prompt_tokens(
         .collect();
     Ok(tokenizer(encoding).count_messages(&messages, Stop::never())?)
 }
+
+/// What routing knows of a prompt's cl100k or o200k count without counting it: bounds that hold
+/// for both encodings and the estimate between them (`switchpoint_core::TokenSpan`).
+#[pyclass(frozen, get_all, module = "switchpoint._native")]
+pub struct TokenSpan {
+    low: u64,
+    high: u64,
+    estimate: u64,
+}
+
+#[pyfunction]
+// PyO3 extracts the list by value; the pass borrows its strings.
+#[allow(clippy::needless_pass_by_value)]
+pub fn prompt_token_span(messages: Vec<(PyBackedStr, PyBackedStr)>) -> TokenSpan {
+    let messages: Vec<Message<'_>> = messages
+        .iter()
+        .map(|(role, content)| Message { role, content })
+        .collect();
+    let span = switchpoint_core::prompt_span(&messages);
+    TokenSpan {
+        low: span.low,
+        high: span.high,
+        estimate: span.estimate,
+    }
+}

@@ -3,9 +3,7 @@
 use std::fmt::Write as _;
 
 use super::strategies::{EASY_STRATEGY, HARD_STRATEGY};
-use super::{
-    clipped, Decision, Level, RouteInput, Router, RoutingOptions, Stage, Stop, CUSTOM_STRATEGY,
-};
+use super::{clipped, Decision, Level, RouteInput, Router, RoutingOptions, Stage, CUSTOM_STRATEGY};
 use crate::classify::classify;
 use crate::error::{Refusal, Result};
 use crate::gate::Shift;
@@ -36,12 +34,12 @@ struct Context<'a> {
 const CODE_TASK_CLASS: &str = "code";
 
 impl Router {
-    /// `input` is valid; the four levels in order.
-    pub(super) fn first_level_that_applies(
+    /// `input` is valid; the four levels in order, for a prompt of `input_tokens`.
+    pub(super) fn levels(
         &self,
         input: &RouteInput<'_>,
         shift: Option<&Shift>,
-        stop: &Stop,
+        input_tokens: u64,
     ) -> Result<Decision> {
         let routing = &input.routing;
         let output_tokens = input
@@ -49,7 +47,7 @@ impl Router {
             .max_tokens
             .map_or(self.config.default_output_tokens, |n| n as u64);
         let ctx = Context {
-            input_tokens: self.input_tokens(&input.messages, stop)?,
+            input_tokens,
             output_tokens,
             required: self.required_mask(&routing.capabilities)?,
             max_cost_usd: routing.max_cost_usd,

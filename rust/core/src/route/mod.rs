@@ -14,9 +14,11 @@
 //! `route/levels.rs`, the admission in `route/admit.rs`.
 
 mod admit;
+mod counts;
 mod decode;
 mod levels;
 mod request;
+mod span;
 mod stop;
 mod strategies;
 mod tokens;
@@ -25,8 +27,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use admit::{quota_message, retry_wait, OpenBreaker};
+use counts::CountMemo;
+pub use counts::{REMEMBERED_FROM_BYTES, REMEMBERED_PER_GENERATION};
 pub use decode::{route_request, DecodedRoute};
 pub use request::{clipped, Limits, Message, Params, RouteInput, RoutingOptions, ROLES};
+pub use span::{prompt_span, Shape, TokenSpan, EXACT_BELOW_BYTES};
 pub use stop::Stop;
 pub use strategies::BUILTIN_STRATEGIES;
 pub use tokens::{Bpe, Tokenizer};
@@ -135,6 +140,7 @@ pub struct Router {
     /// The reasons auto routing gives for its hard and easy thresholds.
     hard_reason: String,
     easy_reason: String,
+    counts: CountMemo,
 }
 
 impl Router {
@@ -226,6 +232,7 @@ impl Router {
             strategies,
             table,
             config,
+            counts: CountMemo::default(),
         })
     }
 
@@ -239,18 +246,6 @@ impl Router {
 
     pub fn provider(&self, index: usize) -> &str {
         &self.config.providers[index]
-    }
-
-    /// Prompt tokens as routing counts them: the largest count among the models' tokenizers.
-    ///
-    /// # Errors
-    /// `Stopped` once `stop` is set or its deadline has passed.
-    pub fn input_tokens(&self, messages: &[Message<'_>], stop: &Stop) -> Result<u64> {
-        let mut most = 0;
-        for encoding in &self.config.encodings {
-            most = most.max(encoding.count_messages(messages, stop)?);
-        }
-        Ok(most)
     }
 
     /// What one request may carry under this config.
@@ -300,7 +295,7 @@ impl Router {
             Some(book) => book.shift(input.routing.tenant, input.routing.stage, now_s)?,
             None => None,
         };
-        self.first_level_that_applies(input, shift.as_ref(), stop)
+        self.first_level_that_applies(input, shift.as_ref(), stop, now_s)
     }
 
     /// The decision as `switchpoint.v1.RouteDecision` bytes.
