@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,13 @@ import grpc
 import pytest
 
 from switchpoint.config import parse_config
-from switchpoint.logs import MAX_PENDING, RequestLog, configure_logging, unconfigure_logging
+from switchpoint.logs import (
+    configure_logging,
+    direct_json,
+    switchpoint_handler,
+    unconfigure_logging,
+)
+from switchpoint.request_log import MAX_PENDING, RequestLog
 from switchpoint.security.secrets import config_secrets
 from switchpoint.v1 import router_pb2 as pb
 from tests.sidecar_harness import routing_config, running_sidecar, user
@@ -266,3 +273,90 @@ async def test_a_route_the_router_answers_alone_logs_like_any_other(
     assert "prompt" not in fields
     assert fields["latency_ms"] > 0
     assert len(fields["request_id"]) == 32
+
+
+def _line_values(i: int, **overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "request_id": f"r-{i} Bearer tok-{i}",
+        "rpc": "Chat",
+        "tenant": SECRET if i % 2 else "acmé",
+        "stage": "",
+        "model": "fast" if i % 3 else "",
+        "outcome": "ok",
+        "latency_ms": 12.3456 + i,
+        "cost_usd": 0.0012 * i,
+        "attempts": i,
+        "cache": "exact" if i == 2 else "",
+        "prompt": [("system", "be brief"), ("user", f'plan "{i}" with {SECRET}\n日本')],
+    }
+    values.update(overrides)
+    return values
+
+
+@pytest.mark.parametrize("log_prompts", [False, True])
+def test_direct_lines_are_the_lines_logging_would_write(
+    log_prompts: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the sidecar's own JSON handler is the only one, request lines skip the logging
+    machinery; what reaches the stream must be byte for byte what the records would give,
+    redaction included."""
+    monkeypatch.setattr(time, "time", lambda: 1_765_000_000.123456)
+    written: dict[str, io.StringIO] = {}
+    # Fresh loggers: pytest's capture attaches itself to those it saw before.
+    names = {
+        path: f"switchpoint.request.{path}-{uuid.uuid4().hex}" for path in ("direct", "records")
+    }
+    for path, name in names.items():
+        logger = logging.getLogger(name)
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        written[path] = io.StringIO()
+        handlers: list[logging.Handler] = [
+            switchpoint_handler(secrets=[SECRET], stream=written[path])
+        ]
+        if path == "records":
+            handlers.append(RecordedLogs())  # a second handler: lines go through logging
+        for handler in handlers:
+            logger.addHandler(handler)
+        try:
+            assert (direct_json(logger) is not None) == (path == "direct")
+            log = RequestLog(logger, log_prompts=log_prompts)
+            for i in range(6):
+                log.add(**_line_values(i, prompt=7 if i == 5 else _line_values(i)["prompt"]))
+        finally:
+            for handler in handlers:
+                logger.removeHandler(handler)
+    direct = written["direct"].getvalue()
+    records = written["records"].getvalue()
+    assert direct.replace(names["direct"], "L") == records.replace(names["records"], "L")
+    assert SECRET not in direct
+    assert "tok-1" not in direct
+    lines = _lines(written["direct"])
+    assert [line["request_id"] for line in lines] == [f"r-{i} Bearer [redacted]" for i in range(6)]
+    assert ("prompt" in lines[0]) == log_prompts
+
+
+async def test_a_batch_of_direct_lines_is_one_write() -> None:
+    class Counting(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            return super().write(text)
+
+    stream = Counting()
+    logger = logging.getLogger(f"switchpoint.request.batch-{uuid.uuid4().hex}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = switchpoint_handler(stream=stream)
+    logger.addHandler(handler)
+    try:
+        log = RequestLog(logger, flush_after_s=60.0)
+        for i in range(5):
+            log.add(**_line_values(i))
+        assert stream.writes == 0  # queued, not written
+        log.flush()
+        assert stream.writes == 1
+        assert [line["attempts"] for line in _lines(stream)] == [0, 1, 2, 3, 4]
+    finally:
+        logger.removeHandler(handler)

@@ -8,12 +8,10 @@ exception message quoting a header, a repr of a config object); the filter sees 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
 import sys
-import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TextIO
@@ -31,7 +29,7 @@ _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) |
 
 # One encoder for every line: json.dumps with options builds a new encoder per call.
 # default=str: an odd extra value (a Path, an enum) must not cost us the whole line.
-_JSON_LINE = json.JSONEncoder(ensure_ascii=False, default=str)
+JSON_LINE = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
 class _SwitchpointHandler(logging.StreamHandler[TextIO]):
@@ -104,24 +102,39 @@ class RedactingFilter(logging.Filter):
             text = _BEARER.sub(rf"\g<1>{REDACTED}", text)
         return text
 
-    def _redact_value(self, value: Any) -> Any:
+    @property
+    def active(self) -> bool:
+        """There is a secret to redact. Without one a bearer credential cannot reach a log
+        either (keys or the admin token are configured secrets), so nothing is rewritten."""
+        return bool(self._current())
+
+    def finds_in(self, texts: Sequence[str], prompt: object) -> bool:
+        """Whether `redact` could change any of `texts` or a string inside `prompt` (a list of
+        (role, content) pairs or a count): one scan of them together, for the common case where
+        none holds a secret or a bearer credential."""
+        if isinstance(prompt, list | tuple):
+            texts = [*texts, *(part for pair in prompt for part in pair if isinstance(part, str))]
+        joined = "\x00".join(texts)
+        if any(secret in joined for secret in self._current()):
+            return True
+        return "earer" in joined or "EARER" in joined
+
+    def redact_value(self, value: Any) -> Any:
         if isinstance(value, str):
             return self.redact(value)
         if isinstance(value, bool | int | float) or value is None:
             return value
         if isinstance(value, dict):
-            return {self._redact_value(k): self._redact_value(v) for k, v in value.items()}
+            return {self.redact_value(k): self.redact_value(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
-            return [self._redact_value(v) for v in value]
+            return [self.redact_value(v) for v in value]
         # Any other object: its string form is what a formatter would print, so redact that.
         text = str(value)
         redacted = self.redact(text)
         return value if redacted == text else redacted
 
     def filter(self, record: logging.LogRecord) -> bool:
-        # Without a configured secret there is nothing to redact (a bearer credential reaches a
-        # log only where keys or the admin token are configured, which makes secrets).
-        if not self._current():
+        if not self.active:
             return True
         # Render the message with its args first: a secret split across msg and an arg, or hidden
         # in an arg's repr, is only visible in the rendered text.
@@ -129,7 +142,7 @@ class RedactingFilter(logging.Filter):
         record.args = ()
         for key, value in list(vars(record).items()):
             if key not in _RECORD_ATTRS:
-                setattr(record, key, self._redact_value(value))
+                setattr(record, key, self.redact_value(value))
         if record.exc_info and not record.exc_text:
             record.exc_text = self._exc_formatter.formatException(record.exc_info)
         if record.exc_text:
@@ -144,28 +157,41 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS}
 
 
+def json_timestamp(created: float) -> str:
+    """A record's `created` as JSON lines carry it: ISO 8601 in UTC, to the millisecond."""
+    return (
+        datetime.fromtimestamp(created, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def json_line(fixed: dict[str, Any], extra: dict[str, Any]) -> str:
+    """The JSON line of the fixed fields (ts, level, logger, msg and the exception's) and the
+    extra ones, which never overwrite a fixed field a log pipeline keys on."""
+    line = dict(fixed)
+    for key, value in extra.items():
+        line.setdefault(key, value)
+    return JSON_LINE.encode(line)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts (ISO 8601, UTC), level, logger, msg, then every extra field."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "ts": json_timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in extra_fields(record).items():
-            # An extra field never overwrites the four fixed ones a log pipeline keys on.
-            line.setdefault(key, value)
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             line["exc"] = record.exc_text
         if record.stack_info:
             line["stack"] = record.stack_info
-        return _JSON_LINE.encode(line)
+        return json_line(line, extra_fields(record))
 
 
 class TextFormatter(logging.Formatter):
@@ -203,12 +229,54 @@ def configure_logging(
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = _SwitchpointHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter() if json else TextFormatter())
-    handler.addFilter(RedactingFilter(secrets))
+    handler = switchpoint_handler(json=json, secrets=secrets, stream=stream)
     root.addHandler(handler)
     root.setLevel(level.upper())
     return handler
+
+
+def switchpoint_handler(
+    *, json: bool = True, secrets: Iterable[str] = (), stream: TextIO | None = None
+) -> logging.StreamHandler[TextIO]:
+    """The handler configure_logging installs: JSON (or text) lines on `stream`, redacted."""
+    handler = _SwitchpointHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if json else TextFormatter())
+    handler.addFilter(RedactingFilter(secrets))
+    return handler
+
+
+class DirectJson(NamedTuple):
+    """Where a logger's INFO lines can be written without the logging machinery: the stream of
+    the one handler they would reach, and the redaction that handler applies."""
+
+    handler: logging.StreamHandler[TextIO]
+    redaction: RedactingFilter
+
+
+def direct_json(logger: logging.Logger) -> DirectJson | None:
+    """`logger`'s INFO records reach exactly one handler, a switchpoint JSON handler whose only
+    filter is its redaction, and no logger filter on the way: then a line can be encoded and
+    written straight to its stream, exactly as the handler would. None in every other case (a
+    second handler, a test's or an application's; the text format; a filter), where records go
+    through logging as usual."""
+    found: logging.StreamHandler[TextIO] | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return None
+        for handler in current.handlers:
+            if found is not None or type(handler) is not _SwitchpointHandler:
+                return None
+            found = handler
+        if not current.propagate:
+            break
+        current = current.parent
+    if found is None or found.level > logging.INFO or type(found.formatter) is not JsonFormatter:
+        return None
+    filters = found.filters
+    if len(filters) != 1 or type(filters[0]) is not RedactingFilter:
+        return None
+    return DirectJson(found, filters[0])
 
 
 def unconfigure_logging() -> None:
@@ -217,159 +285,3 @@ def unconfigure_logging() -> None:
     for old in [h for h in root.handlers if isinstance(h, _SwitchpointHandler)]:
         root.removeHandler(old)
         old.close()
-
-
-# How long a request line may wait before it is handed to the handlers (see RequestLog), and how
-# many lines may wait at most.
-FLUSH_AFTER_S = 0.1
-MAX_PENDING = 512
-_REQUEST_MESSAGE = "%s %s %s %.1fms"
-
-
-class _Line(NamedTuple):
-    ended: float  # time.time() when the request ended: the record's `created`
-    request_id: str
-    rpc: str
-    tenant: str
-    stage: str
-    model: str
-    outcome: str
-    latency_ms: float
-    cost_usd: float
-    attempts: int
-    cache: str
-    # The (role, content) pairs, or only their length in characters where that is all there is.
-    prompt: Sequence[tuple[str, str]] | int | None
-
-
-class RequestLog:
-    """The one info line every request leaves behind, handed to `logging` in batches.
-
-    Through the logging machinery one line costs several times more CPU at the end of each call
-    under load, where every call finds it cold, than in a loop: as much as the rest of a Route
-    call (docs/benchmarks.md). So
-    `add` only queues the line's values, and `flush` turns the queue into records at most
-    `flush_after_s` later (or once `MAX_PENDING` wait, or when the sidecar stops), where the
-    machinery runs warm. Each record keeps the time its request ended as `created`, so `ts` is
-    unchanged; what moves is when the line reaches the handlers. `flush_after_s` 0 (or no running
-    event loop) writes each line at once.
-
-    The prompt is the caller's data, not ours: it is logged only when the operator opted in
-    (`log_prompts`); otherwise only its size is."""
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        *,
-        log_prompts: bool = False,
-        flush_after_s: float = FLUSH_AFTER_S,
-    ) -> None:
-        self._logger = logger
-        self._log_prompts = log_prompts
-        self._flush_after_s = flush_after_s
-        self._pending: list[_Line] = []
-        self._timer: asyncio.TimerHandle | None = None
-
-    def configure(self, *, log_prompts: bool, flush_after_s: float) -> None:
-        """New settings from a config reload. The lines already waiting are written first, under
-        the settings their requests ran with."""
-        self.flush()
-        self._log_prompts = log_prompts
-        self._flush_after_s = flush_after_s
-
-    @property
-    def logs_prompts(self) -> bool:
-        return self._log_prompts
-
-    @property
-    def enabled(self) -> bool:
-        """Lines are written at all (the logger passes INFO)."""
-        return self._logger.isEnabledFor(logging.INFO)
-
-    def add(
-        self,
-        *,
-        request_id: str,
-        rpc: str,
-        tenant: str,
-        stage: str,
-        model: str,
-        outcome: str,
-        latency_ms: float,
-        cost_usd: float,
-        attempts: int,
-        cache: str = "",
-        prompt: Sequence[tuple[str, str]] | int | None = None,
-    ) -> None:
-        """Queue the line; `prompt` may be its length in characters alone when prompts are not
-        logged (`logs_prompts`)."""
-        if not self._logger.isEnabledFor(logging.INFO):
-            return
-        pending = self._pending
-        pending.append(
-            _Line(
-                time.time(),
-                request_id,
-                rpc,
-                tenant,
-                stage,
-                model,
-                outcome,
-                latency_ms,
-                cost_usd,
-                attempts,
-                cache,
-                prompt,
-            )
-        )
-        if len(pending) >= MAX_PENDING or self._flush_after_s <= 0:
-            self.flush()
-        elif self._timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self.flush()
-            else:
-                self._timer = loop.call_later(self._flush_after_s, self.flush)
-
-    def flush(self) -> None:
-        """Hand every waiting line to the handlers, oldest first."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        pending, self._pending = self._pending, []
-        for line in pending:
-            self._emit(line)
-
-    def _emit(self, line: _Line) -> None:
-        fields: dict[str, Any] = {
-            "request_id": line.request_id,
-            "rpc": line.rpc,
-            "tenant": line.tenant,
-            "stage": line.stage,
-            "model": line.model,
-            "outcome": line.outcome,
-            "latency_ms": round(line.latency_ms, 3),
-            "cost_usd": line.cost_usd,
-            "attempts": line.attempts,
-            "cache": line.cache,
-        }
-        if isinstance(line.prompt, int):
-            fields["prompt_chars"] = line.prompt
-        elif line.prompt is not None:
-            if self._log_prompts:
-                fields["prompt"] = [
-                    {"role": role, "content": content} for role, content in line.prompt
-                ]
-            else:
-                fields["prompt_chars"] = sum(len(content) for _, content in line.prompt)
-        args = (line.rpc, line.outcome, line.model or "-", line.latency_ms)
-        logger = self._logger
-        record = logger.makeRecord(
-            logger.name, logging.INFO, "", 0, _REQUEST_MESSAGE, args, None, extra=fields
-        )
-        # Back to when the request ended, as LogRecord.__init__ derives these from its clock.
-        record.relativeCreated -= (record.created - line.ended) * 1000
-        record.created = line.ended
-        record.msecs = int((line.ended - int(line.ended)) * 1000) + 0.0
-        logger.handle(record)

@@ -19,7 +19,7 @@ from switchpoint.engine.building import EngineBuild, build_engine
 from switchpoint.engine.path import Engine
 from switchpoint.errors import ConfigError, CoreError
 from switchpoint.local_model import ManagedModelServer
-from switchpoint.logs import SECRETS, RequestLog
+from switchpoint.logs import SECRETS
 from switchpoint.offload import Offload
 from switchpoint.providers.base import ProviderAdapter
 from switchpoint.reload import (
@@ -29,6 +29,7 @@ from switchpoint.reload import (
     applies_after_restart,
     file_stamp,
 )
+from switchpoint.request_log import RequestLog
 from switchpoint.security.secrets import config_secrets
 from switchpoint.security.tls import ServerTls, is_loopback, read_certificates
 from switchpoint.server.router_servicer import SERVICE as ROUTER_SERVICE

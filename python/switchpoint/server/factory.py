@@ -18,9 +18,10 @@ from switchpoint.cache.build import build_cache
 from switchpoint.config import Config
 from switchpoint.engine.building import build_engine
 from switchpoint.local_model import ManagedModelServer
-from switchpoint.logs import SECRETS, RequestLog
+from switchpoint.logs import SECRETS
 from switchpoint.offload import Offload
 from switchpoint.reload import LiveEngine
+from switchpoint.request_log import RequestLog
 from switchpoint.security.secrets import config_secrets
 from switchpoint.security.tls import ServerTls
 from switchpoint.server.admin_servicer import AdminServicer

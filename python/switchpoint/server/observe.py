@@ -18,8 +18,8 @@ from opentelemetry.trace import Span, Status, StatusCode, Tracer
 from switchpoint.engine.calls import ChatResult
 from switchpoint.instruments import MetricsSink, NullMetrics, records_spans
 from switchpoint.limits import shown
-from switchpoint.logs import RequestLog
 from switchpoint.request import ChatInput, new_request_id
+from switchpoint.request_log import RequestLog
 from switchpoint.routing import Decision
 from switchpoint.telemetry import SPAN_REQUEST, Telemetry
 
