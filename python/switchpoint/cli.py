@@ -36,7 +36,7 @@ from switchpoint.cli_auth import (
 from switchpoint.cli_format import render_route, render_stats
 from switchpoint.config import Config, default_config_path, load_config
 from switchpoint.errors import ConfigError, SwitchpointError
-from switchpoint.logs import configure_logging
+from switchpoint.logs import configure_logging, unconfigure_logging
 from switchpoint.security.keys import load_tenant_keys
 from switchpoint.security.secrets import config_secrets
 from switchpoint.server import Sidecar, create_server
@@ -380,14 +380,19 @@ def _bench_command(args: argparse.Namespace) -> int:
     # Imported here: the bench pulls in the server stack only for this command.
     from switchpoint.bench import figures as bench  # noqa: PLC0415
 
-    # One log line per benchmarked call would drown the figures.
-    quiet = logging.getLogger("switchpoint")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
-    try:
-        figures = bench.run(quick=args.quick, progress=None if args.json else sys.stderr)
-    finally:
-        quiet.setLevel(level)
+    # Measured as the sidecar runs by default, a JSON request line per call at INFO; the lines
+    # go to the null device rather than drown the figures.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    with open(os.devnull, "w") as sink:
+        root.handlers.clear()
+        configure_logging("INFO", stream=sink)
+        try:
+            figures = bench.run(quick=args.quick, progress=None if args.json else sys.stderr)
+        finally:
+            unconfigure_logging()
+            root.handlers[:] = handlers
+            root.setLevel(level)
     if args.json:
         print(json.dumps(bench.as_dicts(figures), indent=2))
     else:

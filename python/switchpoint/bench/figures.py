@@ -9,28 +9,26 @@ load, pinned processes, plots) live in benches/ and run with `make bench`.
 from __future__ import annotations
 
 import asyncio
-import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TextIO, TypeVar
 
 import grpc
 
 from switchpoint._native import Gate, LatencyTracker, ModelSpec, Router
-from switchpoint.bench.floor import EMPTY_METHOD, empty_rpc_server
+from switchpoint.bench.measure import Figure, latencies, latencies_each, percentile
 from switchpoint.bench.provider import FixedLatencyProvider, sidecar_process
+from switchpoint.bench.route_rpc import ROUTE_CASES, route_figures
 from switchpoint.cache.config import CacheConfig
 from switchpoint.cache.embedders import LocalSentenceEncoder
 from switchpoint.cache.records import CachedAnswer, CacheQuery
 from switchpoint.cache.store import ResponseCache
-from switchpoint.config import TelemetryConfig, parse_config
+from switchpoint.config import parse_config
 from switchpoint.engine.building import build_engine
 from switchpoint.providers import create_adapter
 from switchpoint.providers.base import ChatMessage, ProviderRequest
-from switchpoint.server import create_server
-from switchpoint.telemetry import Telemetry
 from switchpoint.v1 import router_pb2 as pb
 from switchpoint.v1 import router_pb2_grpc
 
@@ -101,27 +99,6 @@ def per_op_ns(op: Callable[[], object], iterations: int, repeats: int = 5) -> fl
             op()
         best = min(best, (time.perf_counter_ns() - start) / iterations)
     return best
-
-
-@dataclass(frozen=True, slots=True)
-class Figure:
-    name: str
-    value_us: float
-    baseline_name: str
-    baseline_us: float
-    # True when switchpoint should beat the baseline (scoring vs Python): the ratio is a speedup.
-    speedup: bool = False
-    # True when what switchpoint adds is the figure to read (Chat over a provider call): the
-    # table shows the difference next to the ratio.
-    added: bool = False
-
-    @property
-    def ratio(self) -> float:
-        """baseline / switchpoint for a speedup, switchpoint / baseline otherwise."""
-        over, under = (
-            (self.baseline_us, self.value_us) if self.speedup else (self.value_us, self.baseline_us)
-        )
-        return over / under if under else float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,85 +204,6 @@ def latency_record_figure(iterations: int) -> Figure:
     )
 
 
-def _route_config() -> dict[str, object]:
-    model = {
-        "provider": "p",
-        "context_window": 16000,
-        "latency_prior": {"ttft_ms": 100, "tpot_ms": 10},
-    }
-    return {
-        "providers": {"p": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-        "models": [
-            {
-                **model,
-                "name": f"m{i}",
-                "quality": q,
-                "price": {"input_per_mtok": p, "output_per_mtok": p},
-            }
-            for i, (q, p) in enumerate([(0.5, 0.1), (0.6, 1.0), (0.95, 5.0), (0.1, 0.0)])
-        ],
-    }
-
-
-async def _latencies_each(call: Callable[[T], Awaitable[object]], args: Iterable[T]) -> list[float]:
-    """Microseconds of each `await call(arg)`, one at a time."""
-    samples = []
-    for arg in args:
-        start = time.perf_counter()
-        await call(arg)
-        samples.append((time.perf_counter() - start) * 1e6)
-    return samples
-
-
-async def _latencies(call: Callable[[], Awaitable[object]], calls: int) -> list[float]:
-    return await _latencies_each(lambda _: call(), range(calls))
-
-
-async def route_figures(calls: int) -> tuple[Figure, Figure]:
-    """Route vs an empty unary call (p50 and p99 in microseconds), both servers in this process."""
-    telemetry = Telemetry(TelemetryConfig(), environ={})
-    sidecar, port = await create_server(
-        parse_config(_route_config()), "127.0.0.1:0", environ={}, telemetry=telemetry
-    )
-    empty_server, empty_port = empty_rpc_server()
-    await sidecar.start()
-    await empty_server.start()
-    try:
-        async with (
-            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as route_channel,
-            grpc.aio.insecure_channel(f"127.0.0.1:{empty_port}") as empty_channel,
-        ):
-            stub = router_pb2_grpc.RouterStub(route_channel)
-            request = pb.RouteRequest(messages=[pb.Message(role="user", content="hello there")])
-            empty: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = empty_channel.unary_unary(
-                EMPTY_METHOD
-            )
-            route_samples: list[float] = []
-            empty_samples: list[float] = []
-            # Alternating blocks, so noise on the shared machine lands on both alike.
-            block = max(calls // 10, 1)
-            for _ in range(max(calls // block, 1)):
-                route_samples += await _latencies(lambda: stub.Route(request), block)
-                empty_samples += await _latencies(lambda: empty(b""), block)
-    finally:
-        await sidecar.stop(0)
-        await empty_server.stop(0)
-    return (
-        Figure(
-            "Route RPC p50",
-            _percentile(route_samples, 50),
-            "empty RPC p50",
-            _percentile(empty_samples, 50),
-        ),
-        Figure(
-            "Route RPC p99",
-            _percentile(route_samples, 99),
-            "empty RPC p99",
-            _percentile(empty_samples, 99),
-        ),
-    )
-
-
 def _chat_config(provider_port: int) -> dict[str, object]:
     return {
         "providers": {"p": {"kind": "openai", "base_url": f"http://127.0.0.1:{provider_port}/v1"}},
@@ -347,8 +245,8 @@ async def chat_figures(calls: int) -> tuple[Figure, Figure]:
             stub = router_pb2_grpc.RouterStub(channel)
             block = max(calls // 10, 1)
             for _ in range(max(calls // block, 1)):
-                via += await _latencies(lambda: stub.Chat(request), block)
-                direct += await _latencies(
+                via += await latencies(lambda: stub.Chat(request), block)
+                direct += await latencies(
                     lambda: adapter.complete(direct_request, timeout_s=10.0), block
                 )
     finally:
@@ -357,16 +255,16 @@ async def chat_figures(calls: int) -> tuple[Figure, Figure]:
     return (
         Figure(
             "Chat via sidecar p50",
-            _percentile(via, 50),
+            percentile(via, 50),
             "provider direct p50",
-            _percentile(direct, 50),
+            percentile(direct, 50),
             added=True,
         ),
         Figure(
             "Chat via sidecar p99",
-            _percentile(via, 99),
+            percentile(via, 99),
             "provider direct p99",
-            _percentile(direct, 99),
+            percentile(direct, 99),
             added=True,
         ),
     )
@@ -400,26 +298,22 @@ async def cache_figure(entries: int, lookups: int) -> Figure:
             f"Could you tell me: {_question(i)}" if i % 2 else _question(entries + i)
             for i in range(lookups)
         ]
-        looked_up = await _latencies_each(lambda text: cache.lookup(_cache_query(text)), asked)
+        looked_up = await latencies_each(lambda text: cache.lookup(_cache_query(text)), asked)
         # The same questions, so the baseline embeds texts of the same lengths.
-        embedded = await _latencies_each(lambda text: embedder.embed([text]), asked)
+        embedded = await latencies_each(lambda text: embedder.embed([text]), asked)
     finally:
         await cache.close()
         embedder.close()
     return Figure(
         f"cache lookup ({entries} entries) p50",
-        _percentile(looked_up, 50),
+        percentile(looked_up, 50),
         "embedding the question p50",
-        _percentile(embedded, 50),
+        percentile(embedded, 50),
     )
 
 
 def _cache_query(text: str) -> CacheQuery:
     return CacheQuery(tenant="bench", model="m0", quality=0.8, messages=(("user", text),))
-
-
-def _percentile(samples: list[float], q: int) -> float:
-    return statistics.quantiles(sorted(samples), n=100)[q - 1] if q < 100 else max(samples)
 
 
 def _progress(out: TextIO, done: int, total: int, label: str) -> None:
@@ -438,9 +332,14 @@ def run(*, quick: bool = False, progress: TextIO | None = sys.stderr) -> list[Fi
         ),
         ("gate", lambda: [gate_figure(max(1000, int(50_000 * scale)))]),
         ("latency record", lambda: [latency_record_figure(max(1000, int(50_000 * scale)))]),
-        (
-            "Route vs empty RPC",
-            lambda: list(asyncio.run(route_figures(max(200, int(2000 * scale))))),
+        *(
+            (
+                f"Route vs empty RPC, {case.label}",
+                lambda case=case: list(
+                    asyncio.run(route_figures(case, max(200, int(2000 * scale))))
+                ),
+            )
+            for case in ROUTE_CASES
         ),
         ("Chat vs direct", lambda: list(asyncio.run(chat_figures(max(50, int(500 * scale)))))),
         (

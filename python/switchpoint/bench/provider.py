@@ -135,7 +135,8 @@ class FixedLatencyProvider:
 @asynccontextmanager
 async def sidecar_process(config: Mapping[str, object]) -> AsyncIterator[int]:
     """`switchpoint serve` on `config` (a dict, written as JSON, which is YAML) on a free loopback
-    port, logging warnings only, until the block ends; yields its gRPC port."""
+    port, at the default INFO level (a request line per call, to a file), until the block ends;
+    yields its gRPC port."""
     with tempfile.TemporaryDirectory(prefix="switchpoint-bench-") as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(json.dumps(dict(config)), encoding="utf-8")
@@ -143,7 +144,7 @@ async def sidecar_process(config: Mapping[str, object]) -> AsyncIterator[int]:
         with errors.open("wb") as stderr:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "switchpoint.cli", "serve", "--config", str(path),
-                "--grpc-address", "127.0.0.1:0", "--log-level", "WARNING",
+                "--grpc-address", "127.0.0.1:0", "--log-level", "INFO",
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=stderr,
