@@ -113,7 +113,8 @@ pub struct PhaseReport {
     pub calls: u64,
     pub latencies_us: Vec<f64>,
     pub errors: BTreeMap<String, u64>,
-    /// Open loop: how late the latest send started against its schedule.
+    /// Open loop: how late each send started against its schedule, in the order sent.
+    pub send_lags_us: Vec<f64>,
     pub max_send_lag_us: f64,
     pub wall_s: f64,
     /// This process (every thread, the pacer's too), user + system.
@@ -173,6 +174,7 @@ async fn open_loop(target: &Arc<Target>, mode: OpenLoop, report: &mut PhaseRepor
     for call in calls {
         let (outcome, latency, lag) = call.await.expect("a call task");
         report.record(outcome, latency);
+        report.send_lags_us.push(micros(lag));
         report.max_send_lag_us = report.max_send_lag_us.max(micros(lag));
     }
 }
