@@ -9,11 +9,13 @@ switchpoint-loadgen` covers the pure parts (plan checks, the slot, the schedule)
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from benches.loadgen import (
+    LOADGEN_NICE,
     SLOT_DIGITS,
     ClosedLoopMode,
     GrpcTarget,
@@ -68,6 +70,8 @@ def test_every_call_is_counted_in_each_mode(empty_server: ServerProcess) -> None
     assert all(latency > 0 for p in report.phases for latency in p.latencies_us)
     assert all(set(p.watched_cpu_s) == {"server"} for p in report.phases)
     assert report.cpu_s > 0
+    # Raised where permitted, else left as inherited.
+    assert report.nice in (LOADGEN_NICE, os.getpriority(os.PRIO_PROCESS, 0))
 
 
 def test_errors_are_reported_by_kind_and_every_call_answered(

@@ -25,6 +25,8 @@ use crate::run::{run_phase, PhaseReport, Target};
 
 #[derive(Serialize)]
 struct Report {
+    /// The nice value it ran at (the plan's when permitted).
+    nice: i32,
     phases: Vec<PhaseReport>,
     cpu_s: f64,
     wall_s: f64,
@@ -75,10 +77,24 @@ fn pin_to(cpu: usize) -> Result<(), String> {
     }
 }
 
-fn run(plan: &Plan) -> Result<Report, String> {
-    if let Some(cpu) = plan.cpu {
-        pin_to(cpu)?; // before any thread starts: every later thread inherits the mask
+/// Sets this thread's nice value where permitted (threads started later inherit it); returns the
+/// value in force.
+fn renice(nice: Option<i32>) -> i32 {
+    // SAFETY: setpriority and getpriority on this thread (who 0); failure leaves it unchanged.
+    unsafe {
+        if let Some(nice) = nice {
+            libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+        }
+        libc::getpriority(libc::PRIO_PROCESS, 0)
     }
+}
+
+fn run(plan: &Plan) -> Result<Report, String> {
+    // Both before any thread starts: every later thread inherits them.
+    if let Some(cpu) = plan.cpu {
+        pin_to(cpu)?;
+    }
+    let nice = renice(plan.nice);
     let timeout = Duration::from_millis(plan.timeout_ms);
     let mut targets = BTreeMap::new();
     for (name, spec) in &plan.targets {
@@ -112,6 +128,7 @@ fn run(plan: &Plan) -> Result<Report, String> {
         reports
     });
     Ok(Report {
+        nice,
         phases,
         cpu_s: own_cpu_s() - started.1,
         wall_s: started.0.elapsed().as_secs_f64(),

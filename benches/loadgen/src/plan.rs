@@ -22,6 +22,10 @@ pub struct Plan {
     /// Pin the whole process (and every thread it starts) to this CPU.
     #[serde(default)]
     pub cpu: Option<usize>,
+    /// Run at this nice value where permitted (a lower one needs `CAP_SYS_NICE`), so that the
+    /// processes sharing the core wait behind the load's sends rather than delay them.
+    #[serde(default)]
+    pub nice: Option<i32>,
     /// Processes whose CPU time (utime + stime) is read before and after each phase.
     #[serde(default)]
     pub watch_pids: BTreeMap<String, u32>,
