@@ -6,15 +6,12 @@
 - Server processes: the real sidecar (`python -m switchpoint.cli serve`) from a config dict, and
   any helper that announces its port on a line of its own output; output goes to a file, never a
   pipe, so a chatty process cannot block on a full pipe.
-- The load itself: `run_load` hands a plan to the compiled load generator (`benches/loadgen/`, a
-  Rust binary: tokio, h2 for gRPC, hyper for HTTP/1.1), which spends tens of microseconds of CPU
-  per call where a Python client spends a millisecond or more, so it is not the bottleneck of the
-  servers it measures. `cargo build --release -p switchpoint-loadgen` runs on first use in a
-  process (a no-op once built; the first build takes about a minute), so cargo must be on PATH.
-  Sequential calls, an open loop (a pacer thread sends on a fixed schedule; latency runs from each
-  call's *scheduled* send time, so queueing anywhere on the path is not hidden) and a closed loop
-  of N callers; an 8-digit slot of the request can carry each call's sequence number, so no cache
-  sees the same request twice.
+- The load itself: `run_load` hands a plan to the compiled load generator (`benches/loadgen/`,
+  Rust), tens of microseconds of CPU per call where a Python client spends a millisecond, so it is
+  not the bottleneck. `cargo build --release -p switchpoint-loadgen` runs on first use in a process
+  (a no-op once built; cargo must be on PATH). Sequential calls, an open loop (latency from each
+  call's *scheduled* send time, so queueing anywhere on the path is not hidden) and a closed loop;
+  an 8-digit slot of the request can carry each call's sequence number.
 - The same three in Python (`sequential`, `open_loop`, `closed_loop`) for `benches/profile.py`,
   where the sampled sidecar, not the client, is the subject.
 - Per-process CPU time from /proc/PID/stat, and a description of the machine.
