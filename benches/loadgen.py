@@ -1,6 +1,6 @@
 """Shared pieces of the multi-process overhead benches (`rpc_floor`, `proxy_overhead`).
 
-- CPU pinning: the load generator (this process) on one core, the servers on another, where the
+- CPU pinning: the load generator on one core, the servers on another, where the
   machine has two or more; `python -m benches.loadgen pin CORE MODULE ARGS...` runs a module with
   its affinity set before it starts any thread, so every thread it makes inherits the mask.
 - Server processes: the real sidecar (`python -m switchpoint.cli serve`) from a config dict, and
