@@ -1,13 +1,19 @@
 """Shared pieces of the multi-process overhead benches (`rpc_floor`, `proxy_overhead`).
 
-- CPU pinning: the load generator (this process) on one core, the servers on another, where the
+- CPU pinning: the load generator on one core, the servers on another, where the
   machine has two or more; `python -m benches.loadgen pin CORE MODULE ARGS...` runs a module with
   its affinity set before it starts any thread, so every thread it makes inherits the mask.
 - Server processes: the real sidecar (`python -m switchpoint.cli serve`) from a config dict, and
   any helper that announces its port on a line of its own output; output goes to a file, never a
   pipe, so a chatty process cannot block on a full pipe.
-- Open-loop and closed-loop load: latency of an open-loop call runs from its *scheduled* send
-  time, so queueing anywhere on the path is not hidden.
+- The load itself: `run_load` hands a plan to the compiled load generator (`benches/loadgen/`,
+  Rust), tens of microseconds of CPU per call where a Python client spends a millisecond, so it is
+  not the bottleneck. `cargo build --release -p switchpoint-loadgen` runs on first use in a process
+  (a no-op once built; cargo must be on PATH). Sequential calls, an open loop (latency from each
+  call's *scheduled* send time, so queueing anywhere on the path is not hidden) and a closed loop;
+  an 8-digit slot of the request can carry each call's sequence number.
+- The same three in Python (`sequential`, `open_loop`, `closed_loop`) for `benches/profile.py`,
+  where the sampled sidecar, not the client, is the subject.
 - Per-process CPU time from /proc/PID/stat, and a description of the machine.
 
 Percentiles are nearest-rank, as in `benches/route_load.py` (whose helper this reuses).
@@ -16,6 +22,7 @@ Percentiles are nearest-rank, as in `benches/route_load.py` (whose helper this r
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -26,9 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +303,179 @@ async def closed_loop(call: Call, concurrency: int, duration_s: float) -> tuple[
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return done, time.perf_counter() - started
+
+
+# -- the compiled load generator ----------------------------------------------------------------
+
+LOADGEN_CRATE = "switchpoint-loadgen"
+SLOT_DIGITS = b"00000000"  # the slot's placeholder in a request template
+# Where permitted (CAP_SYS_NICE), the load generator runs ahead of what shares its core (the
+# provider in proxy_overhead, strangers on a shared machine), so they do not delay its sends.
+LOADGEN_NICE = -10
+# An open loop whose sends ran later than this behind schedule (at its 99th percentile: one
+# preemption by a stranger on a shared machine is not a rate the generator could not hold)
+# measured the load generator, not the server.
+SEND_LAG_LIMIT_US = 2000.0
+
+
+@dataclass(frozen=True)
+class GrpcTarget:
+    """A unary gRPC method; `body` is the serialized request message."""
+
+    address: str
+    method: str
+    body: bytes
+    slot_offset: int | None = None  # where SLOT_DIGITS sit in `body`
+
+
+@dataclass(frozen=True)
+class HttpTarget:
+    """An HTTP/1.1 POST of `body` to `url` (http://host:port/path)."""
+
+    url: str
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    slot_offset: int | None = None
+
+
+@dataclass(frozen=True)
+class SequentialMode:
+    calls: int
+    max_seconds: float | None = None  # stop early after this long
+
+
+@dataclass(frozen=True)
+class OpenLoopMode:
+    rate: float
+    calls: int
+
+
+@dataclass(frozen=True)
+class ClosedLoopMode:
+    callers: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Phase:
+    target: str
+    mode: SequentialMode | OpenLoopMode | ClosedLoopMode
+
+
+@dataclass(frozen=True)
+class PhaseReport:
+    target: str
+    mode: str
+    calls: int
+    latencies_us: list[float]  # successful calls; open loop: from the scheduled send
+    errors: dict[str, int]  # by kind: "connect", "timeout", "grpc-status 14", "http-status 500"
+    send_lags_us: list[float]  # open loop: each send's lag behind its schedule
+    max_send_lag_us: float
+    wall_s: float
+    cpu_s: float  # the load generator's own
+    watched_cpu_s: dict[str, float]  # of each watched process, over the phase
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    nice: int  # the nice value it ran at
+    phases: list[PhaseReport]  # in the plan's order
+    cpu_s: float
+    wall_s: float
+
+
+def held_schedule(phases: Sequence[PhaseReport]) -> bool:
+    """Whether the open-loop `phases` sent on time (see SEND_LAG_LIMIT_US)."""
+    lags = sorted(lag for p in phases for lag in p.send_lags_us)
+    return not lags or _percentile(lags, 99) <= SEND_LAG_LIMIT_US
+
+
+def slot_offset(body: bytes) -> int:
+    """Where the one SLOT_DIGITS of a request template sits."""
+    offset = body.find(SLOT_DIGITS)
+    if offset < 0 or body.find(SLOT_DIGITS, offset + 1) >= 0:
+        raise ValueError(f"the request holds {SLOT_DIGITS!r} {body.count(SLOT_DIGITS)} times")
+    return offset
+
+
+@functools.cache
+def loadgen_binary() -> Path:
+    """Builds the load generator (release; a no-op when up to date) and returns its path."""
+    built = subprocess.run(
+        ["cargo", "build", "--release", "-p", LOADGEN_CRATE, "--message-format=json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if built.returncode != 0:
+        raise RuntimeError(f"building {LOADGEN_CRATE} failed:\n{built.stderr[-4000:]}")
+    for line in built.stdout.splitlines():
+        message = json.loads(line)
+        built_binary = message.get("reason") == "compiler-artifact" and message.get("executable")
+        if built_binary and message["target"]["name"] == LOADGEN_CRATE:
+            return Path(message["executable"])
+    raise RuntimeError(f"cargo built no {LOADGEN_CRATE} executable")
+
+
+def _target_json(target: GrpcTarget | HttpTarget) -> dict[str, Any]:
+    endpoint: dict[str, Any]
+    if isinstance(target, GrpcTarget):
+        endpoint = {"grpc": {"address": target.address, "method": target.method}}
+    else:
+        endpoint = {"http": {"url": target.url, "headers": dict(target.headers)}}
+    return {**endpoint, "body_hex": target.body.hex(), "slot_offset": target.slot_offset}
+
+
+def _mode_json(mode: SequentialMode | OpenLoopMode | ClosedLoopMode) -> dict[str, Any]:
+    name = {SequentialMode: "sequential", OpenLoopMode: "open_loop", ClosedLoopMode: "closed_loop"}
+    return {name[type(mode)]: asdict(mode)}
+
+
+def plan_json(
+    targets: Mapping[str, GrpcTarget | HttpTarget],
+    phases: Sequence[Phase],
+    *,
+    core: int | None = None,
+    timeout_s: float = 10.0,
+    watch_pids: Mapping[str, int] | None = None,
+) -> str:
+    return json.dumps(
+        {
+            "targets": {name: _target_json(t) for name, t in targets.items()},
+            "phases": [{"target": p.target, "mode": _mode_json(p.mode)} for p in phases],
+            "timeout_ms": max(1, round(timeout_s * 1000)),
+            "cpu": core,
+            "nice": LOADGEN_NICE,
+            "watch_pids": dict(watch_pids or {}),
+        }
+    )
+
+
+def run_load(
+    targets: Mapping[str, GrpcTarget | HttpTarget],
+    phases: Sequence[Phase],
+    *,
+    core: int | None = None,
+    timeout_s: float = 10.0,
+    watch_pids: Mapping[str, int] | None = None,
+) -> LoadReport:
+    """Runs `phases` one after another in one load generator process (pinned to `core`), each
+    against one of `targets`; connections persist across phases. `watch_pids`: processes whose
+    CPU time each phase reports."""
+    plan = plan_json(targets, phases, core=core, timeout_s=timeout_s, watch_pids=watch_pids)
+    done = subprocess.run(
+        [str(loadgen_binary())], input=plan, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the load generator refused its plan:\n{done.stderr.strip()}")
+    report = json.loads(done.stdout)
+    return LoadReport(
+        nice=report["nice"],
+        phases=[PhaseReport(**p) for p in report["phases"]],
+        cpu_s=report["cpu_s"],
+        wall_s=report["wall_s"],
+    )
 
 
 def percentiles(values: list[float], qs: Sequence[float] = (50, 95, 99)) -> dict[str, float]:

@@ -2,27 +2,28 @@
 
 A loopback OpenAI provider (`tests.providers.OpenAIServer`, every answer after a fixed 20 ms,
 `hang(0.02)`) runs in its own process; the real sidecar, `switchpoint serve`, runs in another,
-configured with one model on it (no retries). This process is the load generator: open loop at
-each rate (default 50, 100, 200, 400 req/s), latency from each call's scheduled send time, in
-alternating segments of
+configured with one model on it (no retries), at its default log level INFO (a request line per
+call; `--log-level WARNING` for the quiet case). The compiled load generator
+(`benches/loadgen.py`, `run_load`) sends open loop at each rate (default 50, 100, 200, 400, 600,
+800 req/s), latency from each call's scheduled send time, in alternating segments of
 
-- sidecar: the gRPC Chat RPC (grpc.aio client);
+- sidecar: the gRPC Chat RPC (HTTP/2);
 - direct: the same request as the sidecar sends, POSTed to the provider's /v1/chat/completions
-  through the HTTP stack the sidecar itself uses for providers (`ProviderHTTP`: an httpx
-  transport, keep-alive), so the load generator spends as little per call as it can and both
-  modes reach the provider the same way.
+  over HTTP/1.1 keep-alive connections.
+
+Each call's prompt carries its sequence number (an 8-digit slot), on both paths alike.
 
 Overhead at a percentile is the difference of the two distributions' percentiles at that rate
 (sidecar p99 minus direct p99; the calls are not paired). It includes the difference between the
-two client stacks in this process (grpc.aio vs httpx), not only the sidecar. CPU time per request
-is the sidecar process's utime+stime over its segments divided by its calls.
+two client protocols (HTTP/2 + gRPC vs HTTP/1.1), not only the sidecar. CPU time per request is
+the sidecar process's utime+stime over its segments divided by its calls.
 
-A rate at which the load generator itself fell behind its schedule (a send more than
-`SATURATED_LAG_MS` late, in either mode) measures the load generator's core, not the sidecar: it
-is marked, and the highest rate held is only claimed below it.
+A rate at which the load generator fell behind its schedule (its sends' p99 lag over
+`SEND_LAG_LIMIT_US`, both modes together) measures the load generator's core, not the sidecar: it
+is marked, never reported as a figure, and the highest rate held is only claimed below it.
 
-Pinning, where the machine has two or more CPUs: the sidecar alone on one; this process and the
-provider on another (the provider is "the outside world" in both modes).
+Pinning, where the machine has two or more CPUs: the sidecar alone on one; the load generator and
+the provider on another (the provider is "the outside world" in both modes).
 
 Run directly (`.venv/bin/python -m benches.proxy_overhead`) or through
 `benches/test_proxy_overhead_bench.py` under `make bench`; `python -m benches.proxy_overhead
@@ -32,7 +33,7 @@ provider` runs the provider alone (it prints `port N`). Writes
 
 from __future__ import annotations
 
-import asyncio
+import argparse
 import json
 import signal
 import sys
@@ -42,22 +43,25 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 
 from benches.loadgen import (
+    SEND_LAG_LIMIT_US,
+    SLOT_DIGITS,
+    GrpcTarget,
+    HttpTarget,
+    OpenLoopMode,
+    Phase,
+    PhaseReport,
+    held_schedule,
     machine,
-    open_loop,
     percentiles,
-    pinned_self,
     plan_cores,
-    process_cpu_s,
+    run_load,
     server_process,
     sidecar_process,
-    wait_ready,
+    slot_offset,
 )
-from switchpoint.providers.http import ProviderHTTP
 from switchpoint.v1 import router_pb2 as pb
-from switchpoint.v1 import router_pb2_grpc
 from tests.providers.fixtures import OPENAI_TEST_KEY
 from tests.sidecar_harness import user
 
@@ -66,13 +70,13 @@ RESULT_FILE = RESULTS_DIR / "proxy_overhead.json"
 PLOT_FILE = RESULTS_DIR / "overhead.png"
 MODEL = "loop-20ms"
 PROVIDER_LATENCY_S = 0.02
-PROMPT = "say hello in five words"
+PROMPT = f"{SLOT_DIGITS.decode()} say hello in five words"
+CHAT_METHOD = f"/{pb.DESCRIPTOR.services_by_name['Router'].full_name}/Chat"
 MAX_TOKENS = 16
 RATES = (50.0, 100.0, 200.0, 400.0, 600.0, 800.0)
 MODES = ("sidecar", "direct")
 CALL_TIMEOUT_S = 10.0
 P99_OVERHEAD_HELD_MS = 5.0
-SATURATED_LAG_MS = 2.0
 ENV = {"T_OAI": OPENAI_TEST_KEY}
 
 
@@ -168,6 +172,7 @@ class RateResult:
 @dataclass(frozen=True)
 class ProxyOverheadResult:
     provider_latency_ms: float
+    log_level: str
     warmup: int
     segment_s: float
     rates: list[RateResult]
@@ -178,106 +183,96 @@ class ProxyOverheadResult:
     targets: dict[str, float]
 
 
-async def _run(
-    sidecar_port: int,
-    provider_port: int,
+def check_chat(port: int, body: bytes) -> None:
+    """One Chat from a plain grpc client: the request is one the sidecar proxies."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(CHAT_METHOD)
+        reply = pb.ChatResponse.FromString(call(body, timeout=CALL_TIMEOUT_S))
+    if reply.model != MODEL:
+        raise RuntimeError(f"unexpected model {reply.model!r}")
+
+
+def targets(sidecar_port: int, provider_port: int) -> dict[str, GrpcTarget | HttpTarget]:
+    chat = chat_request().SerializeToString()
+    direct = json.dumps(direct_body(), ensure_ascii=False).encode()
+    return {
+        "sidecar": GrpcTarget(f"127.0.0.1:{sidecar_port}", CHAT_METHOD, chat, slot_offset(chat)),
+        "direct": HttpTarget(
+            f"http://127.0.0.1:{provider_port}/v1/chat/completions",
+            direct,
+            headers={
+                "authorization": f"Bearer {OPENAI_TEST_KEY}",
+                "content-type": "application/json",
+            },
+            slot_offset=slot_offset(direct),
+        ),
+    }
+
+
+def _rate_result(
+    rate: float, segments: int, segment_s: float, phases: list[PhaseReport]
+) -> RateResult:
+    by_mode = {mode: [p for p in phases if p.target == mode] for mode in MODES}
+    sides: dict[str, ModeAtRate] = {}
+    for mode, done in by_mode.items():
+        sent = sum(p.calls for p in done)
+        sides[mode] = ModeAtRate(
+            calls=sent,
+            errors=sum(sum(p.errors.values()) for p in done),
+            latency_ms=percentiles([us / 1000.0 for p in done for us in p.latencies_us]),
+            max_send_lag_ms=max(p.max_send_lag_us for p in done) / 1000.0,
+            loadgen_cpu_us_per_call=sum(p.cpu_s for p in done) / max(1, sent) * 1e6,
+        )
+
+    def cpu(process: str, mode: str) -> float:
+        spent = sum(p.watched_cpu_s[process] for p in by_mode[mode])
+        return spent / max(1, sides[mode].calls) * 1e6
+
+    s, d = sides["sidecar"].latency_ms, sides["direct"].latency_ms
+    return RateResult(
+        rate_per_s=rate,
+        seconds_per_mode=segments * segment_s,
+        sidecar=sides["sidecar"],
+        direct=sides["direct"],
+        overhead_ms={k: s[k] - d[k] for k in ("p50", "p95", "p99") if k in s and k in d},
+        sidecar_cpu_us_per_call=cpu("sidecar", "sidecar"),
+        provider_cpu_us_per_call_sidecar=cpu("provider", "sidecar"),
+        provider_cpu_us_per_call_direct=cpu("provider", "direct"),
+        loadgen_saturated=not held_schedule(phases),
+    )
+
+
+def run(
+    ports: dict[str, int],
     pids: dict[str, int],
     *,
+    core: int | None,
     rates: tuple[float, ...],
     seconds: float,
     segment_s: float,
     warmup: int,
 ) -> list[RateResult]:
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{sidecar_port}")
-    client = ProviderHTTP(
-        httpx.URL(f"http://127.0.0.1:{provider_port}/v1"),
-        headers={"authorization": f"Bearer {OPENAI_TEST_KEY}"},
-        timeout=httpx.Timeout(CALL_TIMEOUT_S),
-        max_connections=200,
-        trust_env=False,
+    """Every rate in one load generator run: connections persist, the modes alternate."""
+    check_chat(ports["sidecar"], chat_request().SerializeToString())
+    segments = max(1, round(seconds / segment_s))
+    # Untimed: connections and pools warm on both paths.
+    labelled = [(0.0, Phase(mode, OpenLoopMode(50.0, warmup))) for mode in MODES]
+    for rate in rates:
+        per_segment = max(1, round(rate * segment_s))
+        for index in range(segments):
+            for mode in MODES if index % 2 == 0 else MODES[::-1]:
+                labelled.append((rate, Phase(mode, OpenLoopMode(rate, per_segment))))
+    report = run_load(
+        targets(ports["sidecar"], ports["provider"]),
+        [phase for _, phase in labelled],
+        core=core,
+        timeout_s=CALL_TIMEOUT_S,
+        watch_pids=pids,
     )
-    request, body = chat_request(), json.dumps(direct_body()).encode()
-    out: list[RateResult] = []
-    try:
-        await wait_ready(channel)
-        stub = router_pb2_grpc.RouterStub(channel)
-
-        async def via_sidecar() -> object:
-            reply = await stub.Chat(request, timeout=CALL_TIMEOUT_S)
-            if reply.model != MODEL:
-                raise RuntimeError(f"unexpected model {reply.model!r}")
-            return reply
-
-        async def direct() -> object:
-            response = await client.send(
-                client.request(
-                    "chat/completions",
-                    content=body,
-                    headers={"content-type": "application/json"},
-                    timeout_s=None,
-                )
-            )
-            response.raise_for_status()
-            return response.json()
-
-        callers = {"sidecar": via_sidecar, "direct": direct}
-        for mode in MODES:  # untimed: connections and pools warm on both paths
-            await open_loop(callers[mode], 50.0, warmup)
-        for rate in rates:
-            segments = max(1, round(seconds / segment_s))
-            per_segment = round(rate * segment_s)
-            lat: dict[str, list[float]] = {mode: [] for mode in MODES}
-            errors = dict.fromkeys(MODES, 0)
-            lag = dict.fromkeys(MODES, 0.0)
-            own_cpu = dict.fromkeys(MODES, 0.0)
-            sidecar_cpu = 0.0
-            provider_cpu = dict.fromkeys(MODES, 0.0)
-            for index in range(segments):
-                for mode in MODES if index % 2 == 0 else MODES[::-1]:
-                    s0, p0, c0 = (
-                        process_cpu_s(pids["sidecar"]),
-                        process_cpu_s(pids["provider"]),
-                        time.process_time(),
-                    )
-                    result = await open_loop(callers[mode], rate, per_segment)
-                    own_cpu[mode] += time.process_time() - c0
-                    provider_cpu[mode] += process_cpu_s(pids["provider"]) - p0
-                    if mode == "sidecar":
-                        sidecar_cpu += process_cpu_s(pids["sidecar"]) - s0
-                    lat[mode].extend(result.latencies_ms)
-                    errors[mode] += result.errors
-                    lag[mode] = max(lag[mode], result.max_send_lag_ms)
-            calls = segments * per_segment
-            sides = {
-                mode: ModeAtRate(
-                    calls=calls,
-                    errors=errors[mode],
-                    latency_ms=percentiles(lat[mode]),
-                    max_send_lag_ms=lag[mode],
-                    loadgen_cpu_us_per_call=own_cpu[mode] / calls * 1e6,
-                )
-                for mode in MODES
-            }
-            s, d = sides["sidecar"].latency_ms, sides["direct"].latency_ms
-            out.append(
-                RateResult(
-                    rate_per_s=rate,
-                    seconds_per_mode=segments * segment_s,
-                    sidecar=sides["sidecar"],
-                    direct=sides["direct"],
-                    overhead_ms={
-                        k: s[k] - d[k] for k in ("p50", "p95", "p99") if k in s and k in d
-                    },
-                    sidecar_cpu_us_per_call=sidecar_cpu / calls * 1e6,
-                    provider_cpu_us_per_call_sidecar=provider_cpu["sidecar"] / calls * 1e6,
-                    provider_cpu_us_per_call_direct=provider_cpu["direct"] / calls * 1e6,
-                    loadgen_saturated=max(lag.values()) > SATURATED_LAG_MS,
-                )
-            )
-    finally:
-        await channel.close()
-        await client.aclose()
-    return out
+    done = list(zip((rate for rate, _ in labelled), report.phases, strict=True))
+    return [
+        _rate_result(rate, segments, segment_s, [p for r, p in done if r == rate]) for rate in rates
+    ]
 
 
 def highest_rate_held(
@@ -302,6 +297,7 @@ def measure(
     seconds: float = 6.0,
     segment_s: float = 1.0,
     warmup: int = 50,
+    log_level: str = "INFO",
 ) -> ProxyOverheadResult:
     started = time.perf_counter()
     cores = plan_cores()
@@ -311,23 +307,24 @@ def measure(
             "provider", "benches.proxy_overhead", ["provider"], core=cores.loadgen
         ) as provider,
         sidecar_process(
-            config(f"http://127.0.0.1:{provider.port}/v1"), core=cores.servers, env=ENV
+            config(f"http://127.0.0.1:{provider.port}/v1"),
+            core=cores.servers,
+            env=ENV,
+            log_level=log_level,
         ) as sidecar,
-        pinned_self(cores.loadgen),
     ):
-        results = asyncio.run(
-            _run(
-                sidecar.port,
-                provider.port,
-                {"sidecar": sidecar.pid, "provider": provider.pid},
-                rates=rates,
-                seconds=seconds,
-                segment_s=segment_s,
-                warmup=warmup,
-            )
+        results = run(
+            {"sidecar": sidecar.port, "provider": provider.port},
+            {"sidecar": sidecar.pid, "provider": provider.pid},
+            core=cores.loadgen,
+            rates=rates,
+            seconds=seconds,
+            segment_s=segment_s,
+            warmup=warmup,
         )
     return ProxyOverheadResult(
         provider_latency_ms=PROVIDER_LATENCY_S * 1000.0,
+        log_level=log_level,
         warmup=warmup,
         segment_s=segment_s,
         rates=results,
@@ -353,11 +350,12 @@ def table(result: ProxyOverheadResult) -> str:
     )
     rows = [
         f"Chat via sidecar vs direct to a loopback provider ({result.provider_latency_ms:g} ms "
-        f"fixed latency), open loop, alternating {result.segment_s:g} s segments; {where}",
+        f"fixed latency), sidecar at {result.log_level}, open loop, alternating "
+        f"{result.segment_s:g} s segments; {where}",
         f"machine: {m['nproc']} CPUs, {m['cpu_model']}, Python {m['python']}, grpcio {m['grpcio']}",
         "latency ms from the scheduled send; overhead = sidecar percentile - direct percentile",
         f"{'rate/s':>7} {'mode':8} {'calls':>6} {'err':>4} {'p50':>7} {'p95':>7} {'p99':>7} "
-        f"{'max':>7} {'lag':>6} {'client CPU us':>13}",
+        f"{'max':>7} {'lag':>6} {'loadgen CPU us/call':>19}",
     ]
     for r in result.rates:
         for name, side in (("sidecar", r.sidecar), ("direct", r.direct)):
@@ -366,20 +364,25 @@ def table(result: ProxyOverheadResult) -> str:
                 f"{r.rate_per_s:7g} {name:8} {side.calls:6d} {side.errors:4d} "
                 f"{lat.get('p50', float('nan')):7.2f} {lat.get('p95', float('nan')):7.2f} "
                 f"{lat.get('p99', float('nan')):7.2f} {lat.get('max', float('nan')):7.2f} "
-                f"{side.max_send_lag_ms:6.2f} {side.loadgen_cpu_us_per_call:13.0f}"
+                f"{side.max_send_lag_ms:6.2f} {side.loadgen_cpu_us_per_call:19.0f}"
             )
         o = r.overhead_ms
+        overhead = (
+            f"{o.get('p50', float('nan')):7.2f} {o.get('p95', float('nan')):7.2f} "
+            f"{o.get('p99', float('nan')):7.2f}"
+        )
+        if r.loadgen_saturated:
+            overhead = f"{'not a figure: the load generator fell behind':<23}"
         rows.append(
-            f"{r.rate_per_s:7g} {'overhead':8} {'':>6} {'':>4} {o.get('p50', float('nan')):7.2f} "
-            f"{o.get('p95', float('nan')):7.2f} {o.get('p99', float('nan')):7.2f}   "
+            f"{r.rate_per_s:7g} {'overhead':8} {'':>6} {'':>4} {overhead}   "
             f"sidecar CPU {r.sidecar_cpu_us_per_call:.0f} us/req; provider CPU "
             f"{r.provider_cpu_us_per_call_sidecar:.0f} (via sidecar) / "
             f"{r.provider_cpu_us_per_call_direct:.0f} (direct) us/req"
         )
         if r.loadgen_saturated:
             rows.append(
-                f"{'':7} load generator fell behind (send lag > {SATURATED_LAG_MS:g} ms): this "
-                "rate measures its core, not the sidecar"
+                f"{'':7} send lag p99 > {SEND_LAG_LIMIT_US / 1000:g} ms: this rate measures the "
+                "load generator's core, not the sidecar"
             )
     held = result.highest_rate_p99_overhead_under_5ms
     rows.append(
@@ -404,7 +407,10 @@ def main() -> None:
         return
     from benches.plot import plot_overhead
 
-    result = measure()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # INFO is the sidecar's default: a request line per call.
+    parser.add_argument("--log-level", default="INFO")
+    result = measure(log_level=parser.parse_args().log_level)
     print(table(result))
     print(f"wrote {write_json(result)}")
     print(f"wrote {plot_overhead(result, PLOT_FILE)}")
