@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from switchpoint.cache.guard import MAX_GUARDED_CHARS
-from switchpoint.offload import Offload
+from switchpoint.offload import OFFLOAD_ABOVE_BYTES, Offload
 from switchpoint.v1 import router_pb2 as pb
 from tests.providers.fixtures import OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
@@ -55,6 +55,26 @@ def _config(limits: dict[str, int] | None = None, **server: Any) -> dict[str, An
             }
         ],
     }
+
+
+def _counting_config(limits: dict[str, int] | None = None, **server: Any) -> dict[str, Any]:
+    """`_config`, where every large prompt here must be counted exactly: beside "gpt", models
+    whose context windows lie between the bounds a one-pass reading gives every shape below
+    (docs/routing.md), so routing cannot tell them apart without the count. They rank below
+    "gpt" whatever they are."""
+    narrow = {
+        "provider": "oai",
+        "tokenizer": "o200k_base",
+        "quality": 0.0,
+        "price": {"input_per_mtok": 100.0, "output_per_mtok": 100.0},
+        "latency_prior": {"ttft_ms": 10_000, "tpot_ms": 100},
+    }
+    config = _config(limits, **server)
+    config["models"] += [
+        {**narrow, "name": f"narrow-{window}", "context_window": window}
+        for window in (1_000, 5_000, 50_000, 1_000_000, 3_000_000)
+    ]
+    return config
 
 
 def _with_provider(config: dict[str, Any], openai: OpenAIServer) -> dict[str, Any]:
@@ -260,7 +280,7 @@ SHAPES = {
 async def test_megabyte_prompts_do_not_hold_small_calls(unit: str, mib: int) -> None:
     # The closing word: a prompt of whitespace alone is refused as empty.
     text = unit * (mib * MIB // len(unit.encode())) + "end"
-    async with running_sidecar(_config(RAISED)) as sidecar:
+    async with running_sidecar(_counting_config(RAISED)) as sidecar:
         decision = await _small_beats_big(sidecar, sidecar.stub.Route(_route(text)))
     assert decision.candidates[0].model == "gpt"
     assert decision.estimated_input_tokens > 0
@@ -268,14 +288,14 @@ async def test_megabyte_prompts_do_not_hold_small_calls(unit: str, mib: int) -> 
 
 async def test_hundreds_of_thousands_of_messages_do_not_hold_small_calls() -> None:
     request = pb.RouteRequest(messages=_many_messages(400_000))
-    async with running_sidecar(_config(RAISED)) as sidecar:
+    async with running_sidecar(_counting_config(RAISED)) as sidecar:
         decision = await _small_beats_big(sidecar, sidecar.stub.Route(request))
     # Three tokens of framing and one each for "user" and "hi" per message, three for the reply.
     assert decision.estimated_input_tokens == 400_000 * 5 + 3
 
 
 async def test_a_large_chat_is_decided_off_the_loop(openai_server: OpenAIServer) -> None:
-    config = _with_provider(_config(RAISED), openai_server)
+    config = _with_provider(_counting_config(RAISED), openai_server)
     request = pb.ChatRequest(messages=user("a" * (2 * MIB)))
     async with running_sidecar(config, PROVIDER_ENV) as sidecar:
         reply = await _small_beats_big(sidecar, sidecar.stub.Chat(request))
@@ -285,12 +305,15 @@ async def test_a_large_chat_is_decided_off_the_loop(openai_server: OpenAIServer)
 async def test_a_guarded_cache_lookup_of_a_long_text_does_not_hold_small_calls(
     openai_server: OpenAIServer,
 ) -> None:
-    config = with_changes(_with_provider(_config(RAISED), openai_server), cache={"enabled": True})
+    config = with_changes(
+        _with_provider(_counting_config(RAISED), openai_server), cache={"enabled": True}
+    )
     text = "x Bob " * (MIB // 6)
     request = pb.ChatRequest(messages=user(text), cache=pb.CacheControl(threshold=0.01))
     async with running_sidecar(config, PROVIDER_ENV) as sidecar:
         first = await _small_beats_big(sidecar, sidecar.stub.Chat(request))
-        again = await _small_beats_big(sidecar, sidecar.stub.Chat(request))
+        # Routed on the count the first call left behind, and answered by the exact layer: short.
+        again = await sidecar.stub.Chat(request)
     assert not first.cache.hit
     # Too long for the semantic layer (the guard could not vouch for a neighbour): exact only.
     assert (again.cache.hit, again.cache.kind) == (True, "exact")
@@ -311,8 +334,27 @@ async def test_the_guard_compares_texts_up_to_its_bound(openai_server: OpenAISer
     assert stats.cache.guard_rejections == 1
 
 
+async def test_only_a_long_count_leaves_the_loop() -> None:
+    """A prompt of up to OFFLOAD_ABOVE_BYTES is routed on the loop unless it needs an exact count
+    of more than COUNT_ON_LOOP_BYTES: then it is asked again on a worker thread."""
+    # 100 KB: between 20k and 100k tokens; 8 KB: between 1.6k and 8k.
+    far = _route("word " * (100 * 1024 // 5), models=["gpt", "narrow-1000"])
+    near = _route("word " * (100 * 1024 // 5), models=["gpt", "narrow-50000"])
+    short = _route("word " * (8 * 1024 // 5), models=["gpt", "narrow-5000"])
+    assert len(near.SerializeToString()) <= OFFLOAD_ABOVE_BYTES
+    async with running_sidecar(_counting_config(RAISED)) as sidecar:
+        offload = _offload(sidecar)
+        for request, counted_on_a_worker in ((far, False), (short, False), (near, True)):
+            started = offload.started
+            decision = await sidecar.stub.Route(request)
+            assert decision.candidates[0].model == "gpt"
+            assert (offload.started > started) == counted_on_a_worker, request.routing
+            estimated = any("estimated at" in reason for reason in decision.reasons)
+            assert estimated == (request is far)
+
+
 async def test_a_caller_that_gives_up_stops_its_work() -> None:
-    async with running_sidecar(_config(RAISED)) as sidecar:
+    async with running_sidecar(_counting_config(RAISED)) as sidecar:
         offload = _offload(sidecar)
         # Seconds of counting each, on both workers; the callers give up once they run.
         huge = _route("a" * (16 * MIB))
@@ -335,7 +377,7 @@ async def test_a_caller_that_gives_up_stops_its_work() -> None:
 async def test_sigterm_ends_a_sidecar_busy_with_a_large_request(tmp_path: Path) -> None:
     port = free_port()
     grace_s = 1.0
-    config = _config(
+    config = _counting_config(
         RAISED, grpc_address=f"127.0.0.1:{port}", graceful_stop_s=grace_s, reload_poll_s=None
     )
     path = tmp_path / "switchpoint.yaml"

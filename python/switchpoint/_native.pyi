@@ -20,6 +20,7 @@ __all__ = [
     "Level",
     "LimitState",
     "LimitUsage",
+    "LongWork",
     "ModelSpec",
     "ModelTable",
     "NoRoom",
@@ -470,6 +471,10 @@ class RuleActivity:
     @property
     def last_used_s(self) -> float | None: ...
 
+class LongWork(CoreError):
+    """Work asked on the event loop (WorkStop.on_loop) would count more bytes exactly than the
+    loop allows: ask again from a worker thread."""
+
 class NoRoom(CoreError):
     """A request needs a new rule instance and server.state.max_scopes are alive: free idle
     instances, then ask again."""
@@ -654,6 +659,10 @@ class WorkStop:
     None) or once `stop()` is called; the token counting reads it every few thousand bytes."""
 
     def __new__(cls, timeout_s: float | None = None) -> WorkStop: ...
+    @staticmethod
+    def on_loop(counts_at_most: int) -> WorkStop:
+        """For work on the event loop: at most `counts_at_most` bytes are counted exactly, and
+        LongWork is raised rather than count more. Never stopped."""
     def stop(self) -> None: ...
     @property
     def stopped(self) -> bool: ...

@@ -1,11 +1,13 @@
 """CPU work that grows with a request, off the event loop.
 
-Routing a request counts its prompt's tokens, which takes time in proportion to its length (about
-half a second for a megabyte of one letter). On the event loop that would hold every other call
-back, and releasing the GIL does not help: the loop's own thread is the one counting. So a request
-above `OFFLOAD_ABOVE_BYTES` is routed on one of a few worker threads while the loop serves the
-others; smaller ones, nearly all of them, are routed inline, where a thread hop would cost more
-than the work.
+Routing a request may count its prompt's tokens exactly, which takes time in proportion to its
+length. On the event loop that would hold every other call back, and releasing the GIL does not
+help: the loop's own thread is the one counting. Most requests need no long count (the router
+counts exactly only when the count could change the decision: docs/routing.md), and for them a
+thread hop costs more than the work. So `run_where_cheap` asks on the loop first, allowing an
+exact count of `COUNT_ON_LOOP_BYTES` at most: a request that needs more raises `LongWork` before
+counting and is asked again on one of a few worker threads, as is every request above
+`OFFLOAD_ABOVE_BYTES`, whose reading alone (decoding, one pass over the bytes) is long enough.
 
 Work nobody waits for stops: each job gets a `WorkStop` that the Rust counting loop reads every
 few thousand bytes. It is due at the caller's deadline, and set when the awaiting call is
@@ -19,16 +21,19 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from switchpoint._native import WorkStop
+from switchpoint._native import LongWork, WorkStop
 from switchpoint.errors import DeadlineExceededError
 
-# Prompt bytes above which routing leaves the loop: whatever the text's shape, counting this much
-# takes long enough that the thread hop is small beside it.
-OFFLOAD_ABOVE_BYTES = 8 * 1024
+# Prompt bytes above which routing leaves the loop whatever it needs, and bytes the loop may count
+# exactly (docs/benchmarks.md, "Thresholds the code switches at").
+OFFLOAD_ABOVE_BYTES = 128 * 1024
+COUNT_ON_LOOP_BYTES = 16 * 1024
+# The stop of work on the loop: never stopped (nothing awaits it), so one serves every request.
+ON_LOOP = WorkStop.on_loop(COUNT_ON_LOOP_BYTES)
 # Worker threads per server: routing work is pure CPU, and a sidecar shares its cores with the
 # application it serves.
 WORKERS = 2
@@ -53,8 +58,9 @@ class Offload:
         self._threads: list[threading.Thread] = []
         self._stops: set[WorkStop] = set()
         self._closed = False
-        # Jobs running now, and jobs that ended by their stop rather than finishing.
+        # Jobs started, running now, and ended by their stop rather than finishing.
         self._counts_lock = threading.Lock()
+        self.started = 0
         self.running = 0
         self.ended_by_stop = 0
 
@@ -79,6 +85,26 @@ class Offload:
         finally:
             stop.stop()
             self._stops.discard(stop)
+
+    async def run_where_cheap(
+        self,
+        work: Callable[[WorkStop], T],
+        *,
+        size: int,
+        timeout_s: float | None,
+        asking: Callable[[Callable[[], T]], T],
+        asking_async: Callable[[Callable[[], Awaitable[T]]], Awaitable[T]],
+    ) -> T:
+        """`work` for a prompt of `size` bytes: on the loop (`ON_LOOP`) unless it is larger than
+        `OFFLOAD_ABOVE_BYTES` or raises `LongWork` there, else on a worker thread (`run`).
+        `asking` and `asking_async` wrap each try (the gate's, which makes room for rule
+        instances)."""
+        if size <= OFFLOAD_ABOVE_BYTES:
+            try:
+                return asking(lambda: work(ON_LOOP))
+            except LongWork:
+                pass
+        return await asking_async(lambda: self.run(work, timeout_s))
 
     def close(self) -> None:
         """Stop every job and let the threads end; later `run` calls are refused."""
@@ -117,6 +143,7 @@ class Offload:
 
     def _count(self, *, running: int, stopped: bool = False) -> None:
         with self._counts_lock:
+            self.started += running > 0
             self.running += running
             self.ended_by_stop += stopped
 

@@ -12,7 +12,7 @@ formats live in `switchpoint.server`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Iterator, Mapping
 from contextlib import aclosing
 
 from opentelemetry import trace
@@ -28,7 +28,7 @@ from switchpoint.engine.hedging import Hedging
 from switchpoint.engine.resilience import Breakers
 from switchpoint.errors import AllAttemptsFailedError, SwitchpointError
 from switchpoint.instruments import MetricsSink, NullMetrics, current_span, records_spans
-from switchpoint.offload import OFFLOAD_ABOVE_BYTES, Offload
+from switchpoint.offload import Offload
 from switchpoint.providers.base import ProviderAdapter
 from switchpoint.quota.gate import TokenGate
 from switchpoint.quota.scheduler import Scheduler
@@ -138,17 +138,24 @@ class Engine:
     ) -> Decision:
         """`decide`, with a large prompt decided on `offload`'s threads (see switchpoint.offload)
         and stopped at `timeout_s` or when this call is cancelled (DeadlineExceededError)."""
-        if prompt_size(request) <= OFFLOAD_ABOVE_BYTES:
-            return self.decide(request)
         router, gate, open_breakers = self.router, self.gate, self.breakers.refusing()
 
         def decide(stop: WorkStop) -> Decision:
             return router.decide(request, now=gate.now(), open_breakers=open_breakers, stop=stop)
 
+        def where() -> Awaitable[Decision]:
+            return offload.run_where_cheap(
+                decide,
+                size=prompt_size(request),
+                timeout_s=timeout_s,
+                asking=gate.asking,
+                asking_async=gate.asking_async,
+            )
+
         if not self._records_spans:
-            return await gate.asking_async(lambda: offload.run(decide, timeout_s))
+            return await where()
         with self.tracer.start_as_current_span(SPAN_ROUTE) as span:
-            decision = await gate.asking_async(lambda: offload.run(decide, timeout_s))
+            decision = await where()
             self._describe(span, decision)
         return decision
 
@@ -158,15 +165,18 @@ class Engine:
         """The first half of `decide` (no quota asked yet), for a call the cache may answer; the
         call admits it (`admit`) once the cache has missed. Large prompts go to `offload`."""
         router, gate = self.router, self.gate
+
+        def route(stop: WorkStop) -> Decision:
+            return router.route(request, now=gate.now(), stop=stop)
+
         with current_span(self.tracer, SPAN_ROUTE) as span:
-            if prompt_size(request) <= OFFLOAD_ABOVE_BYTES:
-                routed = gate.asking(lambda: router.route(request, now=gate.now()))
-            else:
-
-                def route(stop: WorkStop) -> Decision:
-                    return router.route(request, now=gate.now(), stop=stop)
-
-                routed = await gate.asking_async(lambda: offload.run(route, timeout_s))
+            routed = await offload.run_where_cheap(
+                route,
+                size=prompt_size(request),
+                timeout_s=timeout_s,
+                asking=gate.asking,
+                asking_async=gate.asking_async,
+            )
             if self._records_spans:
                 span.set_attribute("switchpoint.level", routed.level.name.lower())
                 span.set_attribute("switchpoint.strategy", routed.strategy)

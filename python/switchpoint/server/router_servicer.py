@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 from switchpoint._native import Decision
 from switchpoint.engine.path import ChatResult, Engine
 from switchpoint.errors import InvalidRequestError, RequestTooLargeError
-from switchpoint.offload import OFFLOAD_ABOVE_BYTES, Offload
+from switchpoint.offload import Offload
 from switchpoint.reload import LiveEngine
 from switchpoint.request import ChatInput, new_request_id
 from switchpoint.security.access import AccessDenied, authenticate, bind_routing, bind_stats
@@ -70,7 +70,8 @@ class RouterServicer:
     async def Route(self, request: bytes, context: ServicerContext) -> bytes:
         """Served from the request's bytes (see `add_router_to_server`): when nothing but sizes is
         observed, one call into Rust decodes, decides (the same entry point as every request) and
-        encodes; a large request is decided on a worker thread (switchpoint.offload). When spans
+        encodes; a request that needs a long count is decided on a worker thread
+        (switchpoint.offload). When spans
         or prompts are recorded, the request is decoded here so they can be, and decided by the
         same entry point. A refusal is observed with the request it refuses.
 
@@ -92,15 +93,13 @@ class RouterServicer:
             tally=observer.route_tally,
         )
         try:
-            if len(request) <= OFFLOAD_ABOVE_BYTES:
-                routed = gate.asking(lambda: route(now=gate.now()))
-            else:
-                timeout_s = context.time_remaining()
-                routed = await gate.asking_async(
-                    lambda: self._offload.run(
-                        lambda stop: route(now=gate.now(), stop=stop), timeout_s
-                    )
-                )
+            routed = await self._offload.run_where_cheap(
+                lambda stop: route(now=gate.now(), stop=stop),
+                size=len(request),
+                timeout_s=context.time_remaining(),
+                asking=gate.asking,
+                asking_async=gate.asking_async,
+            )
         except Exception as exc:
             return await self._route_refused(engine, request, exc, context)
         if observer.logs_requests:

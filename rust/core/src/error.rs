@@ -140,6 +140,11 @@ pub enum CoreError {
     /// The caller gave up (cancel or deadline) before the work was done; nobody reads the result.
     #[error("stopped: the caller cancelled or its deadline passed")]
     Stopped,
+
+    /// Work asked on the event loop (`Stop::on_loop`) needs an exact count of more bytes than the
+    /// loop allows; the owner asks again from a worker thread.
+    #[error("counting {bytes} bytes exactly is work for a worker thread")]
+    LongWork { bytes: usize },
 }
 
 /// Why the router will not decide a request; each kind is its own gRPC status.

@@ -39,11 +39,20 @@ create_exception!(
      owner frees idle instances, then asks again."
 );
 
+create_exception!(
+    switchpoint._native,
+    LongWork,
+    CoreError,
+    "Raised when work asked on the event loop (WorkStop.on_loop) would count more bytes exactly \
+     than the loop allows: the owner asks again from a worker thread."
+);
+
 /// Adds the exception types to the module and gives `GateDenied` its accessors.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("CoreError", py.get_type::<CoreError>())?;
     m.add("NoRoom", py.get_type::<NoRoom>())?;
+    m.add("LongWork", py.get_type::<LongWork>())?;
     let denied = py.get_type::<GateDenied>();
     let property = py.import("builtins")?.getattr("property")?;
     denied.setattr(
@@ -137,6 +146,7 @@ impl From<Error> for PyErr {
             )),
             RustError::Refused(refusal) => refused(refusal),
             RustError::NoRoom { .. } => NoRoom::new_err(error.to_string()),
+            RustError::LongWork { .. } => LongWork::new_err(error.to_string()),
             RustError::Stopped => {
                 engine_error("DeadlineExceededError", (RustError::Stopped.to_string(),))
             }

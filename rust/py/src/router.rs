@@ -297,7 +297,9 @@ fn run<T: Send>(
     stop: Option<&Bound<'_, WorkStop>>,
     work: impl FnOnce(&Stop) -> switchpoint_core::Result<T> + Send,
 ) -> Result<T> {
-    let long = stop.is_some() || prompt_bytes(input) > DETACH_ABOVE_BYTES;
+    // Work on the event loop keeps the GIL: releasing it would let other threads take the loop's.
+    let on_loop = stop.is_some_and(|stop| stop.get().inner.is_on_loop());
+    let long = !on_loop && (stop.is_some() || prompt_bytes(input) > DETACH_ABOVE_BYTES);
     Ok(match stop {
         None => gil::run(py, long, || work(Stop::never()))?,
         Some(stop) => {

@@ -32,6 +32,16 @@ impl WorkStop {
         }
     }
 
+    /// For work on the event loop: it counts at most `counts_at_most` bytes exactly and raises
+    /// `LongWork` rather than count more (the caller then asks from a worker thread). Never
+    /// stopped, so one serves every request.
+    #[staticmethod]
+    fn on_loop(counts_at_most: usize) -> Self {
+        Self {
+            inner: Arc::new(Stop::on_loop(counts_at_most)),
+        }
+    }
+
     fn stop(&self) {
         self.inner.stop();
     }

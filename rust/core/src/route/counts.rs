@@ -92,8 +92,10 @@ impl Router {
     /// The exact count of `messages` by the largest of the models' tokenizers.
     ///
     /// # Errors
-    /// `Stopped` once `stop` is set or its deadline has passed.
+    /// `Stopped` once `stop` is set or its deadline has passed; `LongWork` when `stop` is on the
+    /// event loop and the prompt is longer than it may count there.
     pub fn exact_tokens(&self, messages: &[Message<'_>], stop: &Stop) -> Result<u64> {
+        stop.may_count(messages.iter().map(|m| m.content.len()).sum())?;
         let mut most = 0;
         for (index, encoding) in self.config.encodings.iter().enumerate() {
             most = most.max(self.counted(index, encoding, messages, stop)?);

@@ -11,12 +11,15 @@ use crate::error::{CoreError, Result};
 pub struct Stop {
     stopped: AtomicBool,
     deadline: Option<Instant>,
+    /// Bytes the work may count exactly where it runs (`on_loop`); `None`: any.
+    counts_at_most: Option<usize>,
 }
 
 /// Never set: nothing can reach it to call `stop`.
 static NEVER: Stop = Stop {
     stopped: AtomicBool::new(false),
     deadline: None,
+    counts_at_most: None,
 };
 
 impl Stop {
@@ -29,6 +32,31 @@ impl Stop {
         Self {
             stopped: AtomicBool::new(false),
             deadline,
+            counts_at_most: None,
+        }
+    }
+
+    /// For work on the event loop, which every other call waits behind: it may count at most
+    /// `bytes` exactly, and asks for a worker thread (`LongWork`) rather than count more.
+    pub const fn on_loop(bytes: usize) -> Self {
+        Self {
+            stopped: AtomicBool::new(false),
+            deadline: None,
+            counts_at_most: Some(bytes),
+        }
+    }
+
+    /// Whether the work runs where it must stay short (`on_loop`).
+    pub const fn is_on_loop(&self) -> bool {
+        self.counts_at_most.is_some()
+    }
+
+    /// # Errors
+    /// `LongWork` when counting `bytes` exactly is more than this work may do where it runs.
+    pub fn may_count(&self, bytes: usize) -> Result<()> {
+        match self.counts_at_most {
+            Some(most) if bytes > most => Err(CoreError::LongWork { bytes }),
+            _ => Ok(()),
         }
     }
 
@@ -65,5 +93,17 @@ mod tests {
         let past = Stop::new(Instant::now().checked_sub(Duration::from_millis(1)));
         assert!(past.is_stopped());
         assert!(!Stop::never().is_stopped());
+    }
+
+    #[test]
+    fn work_on_the_loop_counts_only_so_much() {
+        let on_loop = Stop::on_loop(100);
+        assert!(on_loop.may_count(100).is_ok());
+        assert_eq!(
+            on_loop.may_count(101),
+            Err(CoreError::LongWork { bytes: 101 })
+        );
+        assert!(Stop::never().may_count(usize::MAX).is_ok());
+        assert!(on_loop.is_on_loop() && !Stop::never().is_on_loop());
     }
 }
