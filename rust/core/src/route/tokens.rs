@@ -136,15 +136,32 @@ impl Bpe {
                 stop.check()?;
             }
             let end = chunk_end(text.as_bytes(), start + STOP_CHECK_EVERY);
-            let chunk = &text[start..end];
-            tokens += if chunk.is_ascii() || !unassigned_chars().is_match(chunk) {
-                builtin.count(chunk.as_bytes()) as u64
-            } else {
-                self.count_general(chunk, stop)?
-            };
+            tokens += self.count_chunk(builtin, &text[start..end], stop)?;
             start = end;
         }
         Ok(tokens)
+    }
+
+    /// `toktok`'s count of `chunk`, but for the stretches around characters the pattern engine
+    /// knows as unassigned, each cut where a piece always ends and counted by the regex and merge.
+    fn count_chunk(&self, builtin: &toktok::Tokenizer, chunk: &str, stop: &Stop) -> Result<u64> {
+        if chunk.is_ascii() {
+            return Ok(builtin.count(chunk.as_bytes()) as u64);
+        }
+        let bytes = chunk.as_bytes();
+        let mut tokens = 0u64;
+        let mut counted_to = 0;
+        for unassigned in unassigned_chars().find_iter(chunk) {
+            if unassigned.start() < counted_to {
+                continue; // in the stretch just counted
+            }
+            let from = chunk_start(bytes, counted_to, unassigned.start());
+            let to = chunk_end(bytes, unassigned.end());
+            tokens += builtin.count(&bytes[counted_to..from]) as u64;
+            tokens += self.count_general(&chunk[from..to], stop)?;
+            counted_to = to;
+        }
+        Ok(tokens + builtin.count(&bytes[counted_to..]) as u64)
     }
 
     fn count_general(&self, text: &str, stop: &Stop) -> Result<u64> {
@@ -201,8 +218,20 @@ fn chunk_end(bytes: &[u8], from: usize) -> usize {
         return bytes.len();
     }
     (from.max(1)..bytes.len())
-        .find(|&at| bytes[at].is_ascii_whitespace() && bytes[at - 1].is_ascii_alphanumeric())
+        .find(|&at| is_cut(bytes, at))
         .unwrap_or(bytes.len())
+}
+
+/// The last such position after `floor` and at or before `at`, or `floor`.
+fn chunk_start(bytes: &[u8], floor: usize, at: usize) -> usize {
+    (floor + 1..=at)
+        .rev()
+        .find(|&at| is_cut(bytes, at))
+        .unwrap_or(floor)
+}
+
+fn is_cut(bytes: &[u8], at: usize) -> bool {
+    bytes[at].is_ascii_whitespace() && bytes[at - 1].is_ascii_alphanumeric()
 }
 
 fn count_piece(ranks: &FxHashMap<Vec<u8>, Rank>, piece: &[u8], stop: &Stop) -> Result<u64> {

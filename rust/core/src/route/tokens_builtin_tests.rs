@@ -215,11 +215,27 @@ fn every_character_counts_as_the_regex_merges_count_it() {
 }
 
 #[test]
+fn characters_newer_than_the_pattern_engine_in_long_text_count_as_tiktoken_counts_them() {
+    // Stretches around them go the regex's way, the rest `toktok`'s, chunk after chunk; one of
+    // them sits in a long stretch with nowhere to cut.
+    let mut text = "plain words, then \u{323b0}[x and more 12 words\n".repeat(300);
+    text += &"中文\u{88f}!".repeat(2000);
+    text += "tail \u{1e6c0}";
+    for encoding in encodings() {
+        let expected = encoding.tiktoken.encode_ordinary(&text).len() as u64;
+        assert_eq!(count(&encoding.builtin, &text), expected);
+    }
+}
+
+#[test]
 fn chunks_end_after_a_letter_or_digit_before_whitespace() {
     assert_eq!(chunk_end(b"aaaa bbbb", 2), 4);
     assert_eq!(chunk_end(b"a1\nb", 0), 2);
     assert_eq!(chunk_end(b"!! ??  x", 0), 8); // no letter or digit before whitespace
     assert_eq!(chunk_end(b"ab", 5), 2);
+    assert_eq!(chunk_start(b"ab cd ef", 0, 7), 5);
+    assert_eq!(chunk_start(b"ab cd ef", 0, 5), 5);
+    assert_eq!(chunk_start(b"ab cd ef", 3, 4), 3); // none after the floor
 }
 
 #[test]
