@@ -57,7 +57,7 @@ pub struct Bpe {
     ranks: FxHashMap<Vec<u8>, Rank>,
     pattern: Regex,
     /// tiktoken's own encoding, its ranks verified equal to the vocabulary `toktok` embeds.
-    builtin: Option<Box<toktok::Tokenizer>>,
+    builtin: Option<Arc<toktok::Tokenizer>>,
 }
 
 impl fmt::Debug for Bpe {
@@ -76,7 +76,7 @@ impl Bpe {
     /// `InvalidArgument` when the pattern does not compile or a single byte has no rank (every
     /// byte needs one, or a piece could not be split).
     pub fn new(ranks: FxHashMap<Vec<u8>, Rank>, pattern: &str) -> Result<Self> {
-        let builtin = builtin_for(&ranks, pattern).map(Box::new);
+        let builtin = builtin_for(&ranks, pattern);
         Ok(Self {
             builtin,
             ..Self::general(ranks, pattern)?
@@ -192,14 +192,19 @@ fn unassigned_chars() -> &'static regex::Regex {
 }
 
 /// `toktok`'s encoding for `pattern`, if `pattern` is one of tiktoken's two and `ranks` are, token
-/// for token, the vocabulary `toktok` embeds for it.
-fn builtin_for(ranks: &FxHashMap<Vec<u8>, Rank>, pattern: &str) -> Option<toktok::Tokenizer> {
-    let name = match pattern {
-        CL100K_BASE_PATTERN => "cl100k_base",
-        O200K_BASE_PATTERN => "o200k_base",
+/// for token, the vocabulary `toktok` embeds for it. Its tables are built once per process (~0.4 s
+/// for o200k) and shared by every config load after; the ranks are compared every time.
+fn builtin_for(ranks: &FxHashMap<Vec<u8>, Rank>, pattern: &str) -> Option<Arc<toktok::Tokenizer>> {
+    static CL100K: OnceLock<Option<Arc<toktok::Tokenizer>>> = OnceLock::new();
+    static O200K: OnceLock<Option<Arc<toktok::Tokenizer>>> = OnceLock::new();
+    let (name, built) = match pattern {
+        CL100K_BASE_PATTERN => ("cl100k_base", &CL100K),
+        O200K_BASE_PATTERN => ("o200k_base", &O200K),
         _ => return None,
     };
-    let tokenizer = toktok::Tokenizer::builtin(name).ok()?;
+    let tokenizer = built
+        .get_or_init(|| toktok::Tokenizer::builtin(name).ok().map(Arc::new))
+        .clone()?;
     let same = tokenizer.vocab_size() == ranks.len()
         && ranks
             .iter()
