@@ -13,8 +13,9 @@
 //! merges in O(n log n), for a long one (a megabyte of one letter is one piece).
 //!
 //! Both paths check their `Stop` every few thousand bytes, so a cancelled caller stops paying.
-//! `toktok` counts a text in chunks cut where a piece always ends (see `chunk_end`); a chunk
-//! holding a character unassigned in the regex engine's Unicode goes the general way.
+//! `toktok` counts a text in chunks cut where a piece always ends (see `chunk_end`); the stretch
+//! around a character unassigned in the regex engine's Unicode, and a text with nowhere to cut for
+//! `MAX_UNCUT` bytes, go the general way.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -34,6 +35,9 @@ use crate::route::stop::Stop;
 const SHORT_PIECE_BYTES: usize = 128;
 /// Bytes of text (or merges of one long piece) between two looks at the `Stop`.
 const STOP_CHECK_EVERY: usize = 4096;
+/// Bytes `toktok` may count past a chunk's size in one go, looking for a place to cut: about
+/// 0.2-3 ms of its counting, the longest a cancelled caller keeps paying.
+const MAX_UNCUT: usize = 64 * 1024;
 
 /// tiktoken's pre-tokenizing patterns (`tiktoken_ext.openai_public`), the two `toktok` compiles
 /// by hand: a BPE with one of these and `toktok`'s vocabulary for it is counted by `toktok`.
@@ -128,7 +132,9 @@ impl Bpe {
             return self.count_general(text, stop);
         };
         // In chunks of about `STOP_CHECK_EVERY` bytes, cut where a piece always ends (`chunk_end`),
-        // looking at `stop` between them.
+        // looking at `stop` between them. A text with nowhere to cut for `MAX_UNCUT` bytes (a
+        // megabyte of one letter, unspaced CJK) is counted the general way up to its next cut,
+        // which looks at `stop` itself.
         let mut tokens = 0u64;
         let mut start = 0;
         let mut padded = Padded::default();
@@ -136,8 +142,13 @@ impl Bpe {
             if start > 0 {
                 stop.check()?;
             }
-            let end = chunk_end(text.as_bytes(), start + STOP_CHECK_EVERY);
-            tokens += self.count_chunk(builtin, &text[start..end], &mut padded, stop)?;
+            let from = start + STOP_CHECK_EVERY;
+            let end = chunk_end(text, from);
+            tokens += if end.saturating_sub(from) > MAX_UNCUT {
+                self.count_general(&text[start..end], stop)?
+            } else {
+                self.count_chunk(builtin, &text[start..end], &mut padded, stop)?
+            };
             start = end;
         }
         Ok(tokens)
@@ -162,8 +173,8 @@ impl Bpe {
             if unassigned.start() < counted_to {
                 continue; // in the stretch just counted
             }
-            let from = chunk_start(bytes, counted_to, unassigned.start());
-            let to = chunk_end(bytes, unassigned.end());
+            let from = chunk_start(chunk, counted_to, unassigned.start());
+            let to = chunk_end(chunk, unassigned.end());
             tokens += padded.count(builtin, &bytes[counted_to..from]);
             tokens += self.count_general(&chunk[from..to], stop)?;
             counted_to = to;
@@ -237,31 +248,44 @@ fn builtin_for(ranks: &FxHashMap<Vec<u8>, Rank>, pattern: &str) -> Option<Arc<to
     same.then_some(tokenizer)
 }
 
-/// The first position at or after `from` (or the end) just after an ASCII letter or digit and just
-/// before ASCII whitespace. No piece of either pattern holds a letter or digit followed by
-/// whitespace (letters and digits only appear in runs of letters, of digits, and contractions; the
-/// pieces holding whitespace hold nothing but whitespace, or begin with it), and neither pattern
-/// looks behind, so both texts around such a position split as they do in the whole text; the
-/// patterns' `$` and `(?!\S)` read the same at the cut (end of text) as at whitespace.
-fn chunk_end(bytes: &[u8], from: usize) -> usize {
-    if from >= bytes.len() {
-        return bytes.len();
+/// The first position at or after `from` (or the end) where a space or a tab follows a character
+/// that is not whitespace. No piece of either pattern holds that pair: a space or tab only begins
+/// a piece (before letters or punctuation) or sits in a piece of whitespace alone (punctuation
+/// takes the line breaks after it, never a space). Neither pattern looks behind, and at such a cut
+/// the patterns' `$`, `(?!\S)` and optional contraction read the end of text as they read the
+/// space, so both sides split as they do in the whole text, as tiktoken's regex splits them; each
+/// side `toktok` counts is free of the characters it splits differently (`unassigned_chars`).
+fn chunk_end(text: &str, from: usize) -> usize {
+    if from >= text.len() {
+        return text.len();
     }
-    (from.max(1)..bytes.len())
-        .find(|&at| is_cut(bytes, at))
-        .unwrap_or(bytes.len())
+    (from.max(1)..text.len())
+        .find(|&at| is_cut(text, at))
+        .unwrap_or(text.len())
 }
 
 /// The last such position after `floor` and at or before `at`, or `floor`.
-fn chunk_start(bytes: &[u8], floor: usize, at: usize) -> usize {
+fn chunk_start(text: &str, floor: usize, at: usize) -> usize {
     (floor + 1..=at)
         .rev()
-        .find(|&at| is_cut(bytes, at))
+        .find(|&at| is_cut(text, at))
         .unwrap_or(floor)
 }
 
-fn is_cut(bytes: &[u8], at: usize) -> bool {
-    bytes[at].is_ascii_whitespace() && bytes[at - 1].is_ascii_alphanumeric()
+fn is_cut(text: &str, at: usize) -> bool {
+    let bytes = text.as_bytes();
+    // A space or tab is a whole character, so `at` is a character boundary.
+    matches!(bytes[at], b' ' | b'\t')
+        && match bytes[at - 1] {
+            byte if byte.is_ascii() => {
+                !matches!(byte, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r')
+            }
+            // `char::is_whitespace` is Unicode's White_Space, the patterns' `\s`.
+            _ => text[..at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| !c.is_whitespace()),
+        }
 }
 
 fn count_piece(ranks: &FxHashMap<Vec<u8>, Rank>, piece: &[u8], stop: &Stop) -> Result<u64> {

@@ -228,14 +228,25 @@ fn characters_newer_than_the_pattern_engine_in_long_text_count_as_tiktoken_count
 }
 
 #[test]
-fn chunks_end_after_a_letter_or_digit_before_whitespace() {
-    assert_eq!(chunk_end(b"aaaa bbbb", 2), 4);
-    assert_eq!(chunk_end(b"a1\nb", 0), 2);
-    assert_eq!(chunk_end(b"!! ??  x", 0), 8); // no letter or digit before whitespace
-    assert_eq!(chunk_end(b"ab", 5), 2);
-    assert_eq!(chunk_start(b"ab cd ef", 0, 7), 5);
-    assert_eq!(chunk_start(b"ab cd ef", 0, 5), 5);
-    assert_eq!(chunk_start(b"ab cd ef", 3, 4), 3); // none after the floor
+fn chunks_end_where_a_space_or_tab_follows_anything_but_whitespace() {
+    assert_eq!(chunk_end("aaaa bbbb", 2), 4);
+    assert_eq!(chunk_end("a1\tb", 0), 2);
+    assert_eq!(chunk_end("!! ??", 0), 2);
+    assert_eq!(chunk_end("é\u{3000} x", 0), 7); // the space follows whitespace: no cut
+    assert_eq!(chunk_end("a\n\n b", 0), 5); // nor after a line break
+    assert_eq!(chunk_end("ab", 5), 2);
+    assert_eq!(chunk_start("ab cd ef", 0, 7), 5);
+    assert_eq!(chunk_start("ab cd ef", 0, 5), 5);
+    assert_eq!(chunk_start("ab cd ef", 3, 4), 3); // none after the floor
+}
+
+#[test]
+fn a_long_text_with_nowhere_to_cut_is_still_stopped() {
+    let stop = Stop::default();
+    stop.stop();
+    for text in ["a".repeat(200_000), "中文".repeat(40_000)] {
+        assert_eq!(o200k().builtin.count(&text, &stop), Err(CoreError::Stopped));
+    }
 }
 
 #[test]
