@@ -107,11 +107,13 @@ test-local: env local-model
 
 ## fuzz: the property tests at FUZZ_SCALE times their `make test` cases (hypothesis) and
 ## PROPTEST_CASES cases (proptest), then each cargo-fuzz target for FUZZ_SECONDS (libFuzzer on
-## stable Rust: the core has no unsafe code, so no sanitizer is needed to catch its faults)
+## stable Rust: the core has no unsafe code, so no sanitizer is needed to catch its faults; the
+## toktok-rs dependency does: exact_count checks it against the regex path, and a nightly run
+## of it under the address sanitizer is worth doing now and then)
 FUZZ_SCALE ?= 50
 PROPTEST_CASES ?= 20000
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := route_request validate token_count
+FUZZ_TARGETS := route_request validate token_count exact_count
 
 fuzz: env
 	SWITCHPOINT_FUZZ_SCALE=$(FUZZ_SCALE) $(VENV)/bin/pytest -q --timeout=0 \

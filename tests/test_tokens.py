@@ -63,6 +63,27 @@ def test_counts_match_an_independent_implementation(
     assert counter.count_text(text, encoding) == len(_reference_ids(text, encoding))
 
 
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_tiktokens_own_encodings_take_the_fast_counter(
+    counter: TokenCounter, encoding: str
+) -> None:
+    # The core counts with toktok only for tiktoken's exact pattern and ranks; a tiktoken whose
+    # pattern changed would silently take the ~10x slower regex path without this.
+    bpe = counter.encoding(encoding)
+    assert bpe is not None
+    assert bpe.counter == "toktok"
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_a_long_text_counted_in_chunks_matches_an_independent_implementation(
+    counter: TokenCounter, encoding: str
+) -> None:
+    # Well past the ~4 KB chunks the core counts between looks at a request's stop.
+    text = " ".join(TEXTS) * 120
+    assert len(text.encode()) > 5 * 4096
+    assert counter.count_text(text, encoding) == len(_reference_ids(text, encoding))
+
+
 def test_cl100k_and_o200k_are_really_different_encodings(counter: TokenCounter) -> None:
     text = TEXTS[3]
     assert _reference_ids(text, "cl100k_base") != _reference_ids(text, "o200k_base")

@@ -325,6 +325,10 @@ class BpeEncoding:
     """A BPE encoding as tiktoken builds one: mergeable ranks and the pre-tokenizing pattern."""
 
     def __new__(cls, ranks: dict[bytes, int], pattern: str) -> BpeEncoding: ...
+    @property
+    def counter(self) -> str:
+        """Which counter counts: "toktok" for tiktoken's own cl100k_base/o200k_base (pattern and
+        ranks exactly tiktoken's), "regex" (tiktoken's pattern engine and merge) for any other."""
 
 def describe_scope(scope: Sequence[tuple[str, str]]) -> str:
     """(key, value) pairs as instance names and shared state name them, keys sorted

@@ -70,6 +70,13 @@ impl BpeEncoding {
             inner: Arc::new(Bpe::new(map, pattern).map_err(crate::error::Error::from)?),
         })
     }
+
+    /// Which counter counts: "toktok" for tiktoken's own `cl100k_base`/`o200k_base` (pattern and
+    /// ranks exactly tiktoken's), "regex" (tiktoken's pattern engine and merge) for any other.
+    #[getter]
+    fn counter(&self) -> &'static str {
+        self.inner.counter_name()
+    }
 }
 
 pub fn tokenizer(encoding: Option<&Bound<'_, BpeEncoding>>) -> Tokenizer {

@@ -2,14 +2,25 @@
 //! side loads and checks), or the ~4 characters per token estimate. `switchpoint/tokens.py` says
 //! which encodings exist and where their ranks come from; this is only the counting.
 //!
-//! Counting is near-linear in the text's bytes whatever its shape: a short piece is merged by
-//! tiktoken's own quadratic loop (fastest when a piece is a few bytes, as almost all are), a long
-//! one (a megabyte of one letter is one piece) by `merge_long`, the same merges in O(n log n). A
-//! long count checks its `Stop` every few thousand bytes, so a cancelled caller stops paying.
+//! tiktoken's own two encodings, `cl100k_base` and `o200k_base`, are counted by `toktok` (a
+//! hand-compiled pre-tokenizer fused with a backtracking BPE, 2-10 ns per byte where the regex
+//! and merge below take 30-150; docs/benchmarks.md, "Exact token counts"). It is used only when
+//! the pattern is tiktoken's, byte for byte, and the ranks handed in are exactly the vocabulary
+//! `toktok` embeds (checked token by token when the encoding is built), so the ranks are still
+//! the ones the Python side checked against tiktoken's pinned sha256. Any other pattern or ranks
+//! take the general path: tiktoken's regex (fancy-regex), then tiktoken's quadratic loop for a
+//! short piece (fastest when a piece is a few bytes, as almost all are) and `merge_long`, the same
+//! merges in O(n log n), for a long one (a megabyte of one letter is one piece).
+//!
+//! Both paths check their `Stop` every few thousand bytes, so a cancelled caller stops paying.
+//! `toktok` counts a text in chunks cut where a piece always ends (see `chunk_end`); the stretch
+//! around a character unassigned in the regex engine's Unicode, and a text with nowhere to cut for
+//! `MAX_UNCUT` bytes, go the general way.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use fancy_regex::Regex;
 use rustc_hash::FxHashMap;
@@ -24,6 +35,18 @@ use crate::route::stop::Stop;
 const SHORT_PIECE_BYTES: usize = 128;
 /// Bytes of text (or merges of one long piece) between two looks at the `Stop`.
 const STOP_CHECK_EVERY: usize = 4096;
+/// Bytes `toktok` may count past a chunk's size in one go, looking for a place to cut: about
+/// 0.2-3 ms of its counting, the longest a cancelled caller keeps paying.
+const MAX_UNCUT: usize = 64 * 1024;
+
+/// tiktoken's pre-tokenizing patterns (`tiktoken_ext.openai_public`), the two `toktok` compiles
+/// by hand: a BPE with one of these and `toktok`'s vocabulary for it is counted by `toktok`.
+pub const CL100K_BASE_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
+pub const O200K_BASE_PATTERN: &str = concat!(
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+);
 
 /// The estimate: characters per token, tokens of framing per message and for the reply.
 pub const CHARS_PER_TOKEN: u64 = 4;
@@ -34,17 +57,42 @@ pub const TOKENS_PER_REPLY: u64 = 3;
 pub const CHAT_TOKENS_PER_MESSAGE: u64 = 3;
 
 /// A BPE encoding: mergeable ranks and the pre-tokenizing pattern, exactly as tiktoken builds one.
-#[derive(Debug)]
 pub struct Bpe {
     ranks: FxHashMap<Vec<u8>, Rank>,
     pattern: Regex,
+    /// tiktoken's own encoding, its ranks verified equal to the vocabulary `toktok` embeds.
+    builtin: Option<Arc<toktok::Tokenizer>>,
+}
+
+impl fmt::Debug for Bpe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bpe")
+            .field("counter", &self.counter_name())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Bpe {
+    /// Counted by `toktok` when `pattern` is tiktoken's `cl100k_base` or `o200k_base` one and
+    /// `ranks` are exactly that encoding's; by the regex and the merge otherwise.
+    ///
     /// # Errors
     /// `InvalidArgument` when the pattern does not compile or a single byte has no rank (every
     /// byte needs one, or a piece could not be split).
     pub fn new(ranks: FxHashMap<Vec<u8>, Rank>, pattern: &str) -> Result<Self> {
+        let builtin = builtin_for(&ranks, pattern);
+        Ok(Self {
+            builtin,
+            ..Self::general(ranks, pattern)?
+        })
+    }
+
+    /// Always counted by the regex and the merge: what `new` falls back to, and the reference
+    /// `toktok` is tested against.
+    ///
+    /// # Errors
+    /// As `new`.
+    pub fn general(ranks: FxHashMap<Vec<u8>, Rank>, pattern: &str) -> Result<Self> {
         let pattern = Regex::new(pattern)
             .map_err(|e| CoreError::invalid("pattern", format!("does not compile: {e}")))?;
         if let Some(byte) = (0..=u8::MAX).find(|b| !ranks.contains_key(&[*b][..])) {
@@ -53,11 +101,24 @@ impl Bpe {
                 format!("byte {byte:#04x} has no rank"),
             ));
         }
-        Ok(Self { ranks, pattern })
+        Ok(Self {
+            ranks,
+            pattern,
+            builtin: None,
+        })
     }
 
     pub fn ranks(&self) -> &FxHashMap<Vec<u8>, Rank> {
         &self.ranks
+    }
+
+    /// Which counter counts: "toktok" (tiktoken's own encoding) or "regex" (any other).
+    pub fn counter_name(&self) -> &'static str {
+        if self.builtin.is_some() {
+            "toktok"
+        } else {
+            "regex"
+        }
     }
 
     /// Tokens `text` encodes to, special-token text counted as ordinary text (tiktoken's
@@ -67,6 +128,61 @@ impl Bpe {
     /// # Errors
     /// `Stopped` once `stop` is set or its deadline has passed.
     pub fn count(&self, text: &str, stop: &Stop) -> Result<u64> {
+        let Some(builtin) = &self.builtin else {
+            return self.count_general(text, stop);
+        };
+        // In chunks of about `STOP_CHECK_EVERY` bytes, cut where a piece always ends (`chunk_end`),
+        // looking at `stop` between them. A text with nowhere to cut for `MAX_UNCUT` bytes (a
+        // megabyte of one letter, unspaced CJK) is counted the general way up to its next cut,
+        // which looks at `stop` itself.
+        let mut tokens = 0u64;
+        let mut start = 0;
+        let mut padded = Padded::default();
+        while start < text.len() {
+            if start > 0 {
+                stop.check()?;
+            }
+            let from = start + STOP_CHECK_EVERY;
+            let end = chunk_end(text, from);
+            tokens += if end.saturating_sub(from) > MAX_UNCUT {
+                self.count_general(&text[start..end], stop)?
+            } else {
+                self.count_chunk(builtin, &text[start..end], &mut padded, stop)?
+            };
+            start = end;
+        }
+        Ok(tokens)
+    }
+
+    /// `toktok`'s count of `chunk`, but for the stretches around characters the pattern engine
+    /// knows as unassigned, each cut where a piece always ends and counted by the regex and merge.
+    fn count_chunk(
+        &self,
+        builtin: &toktok::Tokenizer,
+        chunk: &str,
+        padded: &mut Padded,
+        stop: &Stop,
+    ) -> Result<u64> {
+        let bytes = chunk.as_bytes();
+        if chunk.is_ascii() {
+            return Ok(padded.count(builtin, bytes));
+        }
+        let mut tokens = 0u64;
+        let mut counted_to = 0;
+        for unassigned in unassigned_chars().find_iter(chunk) {
+            if unassigned.start() < counted_to {
+                continue; // in the stretch just counted
+            }
+            let from = chunk_start(chunk, counted_to, unassigned.start());
+            let to = chunk_end(chunk, unassigned.end());
+            tokens += padded.count(builtin, &bytes[counted_to..from]);
+            tokens += self.count_general(&chunk[from..to], stop)?;
+            counted_to = to;
+        }
+        Ok(tokens + padded.count(builtin, &bytes[counted_to..]))
+    }
+
+    fn count_general(&self, text: &str, stop: &Stop) -> Result<u64> {
         let mut tokens = 0u64;
         let mut counted_to = 0;
         let mut checked_at = 0;
@@ -79,104 +195,192 @@ impl Bpe {
                 stop.check()?;
                 checked_at = counted_to;
             }
-            tokens += self.count_piece(piece.as_str().as_bytes(), stop)?;
+            tokens += count_piece(&self.ranks, piece.as_str().as_bytes(), stop)?;
         }
         Ok(tokens)
     }
+}
 
-    fn count_piece(&self, piece: &[u8], stop: &Stop) -> Result<u64> {
-        if self.ranks.contains_key(piece) {
-            return Ok(1);
-        }
-        if piece.len() <= SHORT_PIECE_BYTES {
-            return Ok(byte_pair_split(piece, &self.ranks).len() as u64);
-        }
-        Ok(self.merge_long(piece, stop)?.len() as u64)
+/// Text handed to `toktok` with zeros after it. Its cache of short pieces reads a piece as one
+/// 16-byte word (the bytes past the piece masked off; `pcache::pack_key`), so up to 15 bytes past
+/// the end of the text: past a caller's string that is memory not ours (the address sanitizer
+/// stops on it), here it is the zeros.
+#[derive(Default)]
+struct Padded(Vec<u8>);
+
+impl Padded {
+    const ZEROS: [u8; 16] = [0; 16];
+
+    fn count(&mut self, builtin: &toktok::Tokenizer, text: &[u8]) -> u64 {
+        self.0.clear();
+        self.0.extend_from_slice(text);
+        self.0.extend_from_slice(&Self::ZEROS);
+        builtin.count(&self.0[..text.len()]) as u64
     }
 }
 
-impl Bpe {
-    /// The start of every token `piece` merges into: exactly tiktoken's `_byte_pair_merge` (merge the
-    /// adjacent pair of lowest rank, the leftmost of equals, until no pair has a rank), in O(n log n).
-    ///
-    /// The parts form a linked list over byte positions; a min-heap holds (rank, start) of each
-    /// mergeable pair, packed in one integer, so the lowest rank and then the lowest start, the
-    /// leftmost, comes out first. An entry goes stale when its part is merged away or its pair
-    /// changes; the pair of a live part only ever grows, to a different byte string with a different
-    /// rank, so an entry is current exactly when its part is alive and the rank still matches.
-    ///
-    /// # Errors
-    /// `Stopped` once `stop` is set or its deadline has passed; `InvalidArgument` for a piece of
-    /// 4 GiB or more (a start must fit the packed entry; no request can carry one).
-    pub fn merge_long(&self, piece: &[u8], stop: &Stop) -> Result<Vec<usize>> {
-        let ranks = &self.ranks;
-        let len = piece.len();
-        if len < 2 {
-            return Ok((0..len).collect());
-        }
-        if u32::try_from(len).is_err() {
-            return Err(CoreError::invalid("text", "a piece of 4 GiB or more"));
-        }
-        let mut parts: Vec<Part> = (0..len)
-            .map(|i| Part {
-                next: i + 1,
-                prev: i.wrapping_sub(1),
-                rank: Rank::MAX,
-            })
-            .collect();
-        let rank_of = |parts: &[Part], start: usize| -> Rank {
-            let second = parts[start].next;
-            if second >= len {
-                return Rank::MAX;
-            }
-            let end = parts[second].next;
-            ranks.get(&piece[start..end]).copied().unwrap_or(Rank::MAX)
-        };
-        let mut entries = Vec::with_capacity(len);
-        for start in 0..len - 1 {
-            let rank = ranks
-                .get(&piece[start..start + 2])
-                .copied()
-                .unwrap_or(Rank::MAX);
-            parts[start].rank = rank;
-            if rank != Rank::MAX {
-                entries.push(Reverse(entry(rank, start)));
-            }
-        }
-        let mut heap = BinaryHeap::from(entries);
-        let mut merges = 0usize;
-        while let Some(Reverse(key)) = heap.pop() {
-            let (rank, start) = unpack(key);
-            if parts[start].rank != rank {
-                continue; // stale: merged away (DEAD) or its pair changed since
-            }
-            merges += 1;
-            if merges % STOP_CHECK_EVERY == 0 {
-                stop.check()?;
-            }
-            let removed = parts[start].next;
-            let after = parts[removed].next;
-            parts[removed].rank = DEAD;
-            parts[start].next = after;
-            if after < len {
-                parts[after].prev = start;
-            }
-            let rank = rank_of(&parts, start);
-            parts[start].rank = rank;
-            if rank != Rank::MAX {
-                heap.push(Reverse(entry(rank, start)));
-            }
-            let before = parts[start].prev;
-            if before != usize::MAX {
-                let rank = rank_of(&parts, before);
-                parts[before].rank = rank;
-                if rank != Rank::MAX {
-                    heap.push(Reverse(entry(rank, before)));
-                }
-            }
-        }
-        Ok((0..len).filter(|&i| parts[i].rank != DEAD).collect())
+/// Characters the pattern engine knows as unassigned. `toktok`'s character classes come from a
+/// newer Unicode, where some of them are letters, digits or marks, so a chunk holding one is split
+/// by the regex, as tiktoken splits it (every difference found over all scalar values is here).
+fn unassigned_chars() -> &'static regex::Regex {
+    static UNASSIGNED: OnceLock<regex::Regex> = OnceLock::new();
+    UNASSIGNED.get_or_init(|| regex::Regex::new(r"\p{Cn}").expect("a valid class"))
+}
+
+/// `toktok`'s encoding for `pattern`, if `pattern` is one of tiktoken's two and `ranks` are, token
+/// for token, the vocabulary `toktok` embeds for it. Its tables are built once per process (~0.4 s
+/// for o200k) and shared by every config load after; the ranks are compared every time.
+fn builtin_for(ranks: &FxHashMap<Vec<u8>, Rank>, pattern: &str) -> Option<Arc<toktok::Tokenizer>> {
+    static CL100K: OnceLock<Option<Arc<toktok::Tokenizer>>> = OnceLock::new();
+    static O200K: OnceLock<Option<Arc<toktok::Tokenizer>>> = OnceLock::new();
+    let (name, built) = match pattern {
+        CL100K_BASE_PATTERN => ("cl100k_base", &CL100K),
+        O200K_BASE_PATTERN => ("o200k_base", &O200K),
+        _ => return None,
+    };
+    let tokenizer = built
+        .get_or_init(|| toktok::Tokenizer::builtin(name).ok().map(Arc::new))
+        .clone()?;
+    let same = tokenizer.vocab_size() == ranks.len()
+        && ranks
+            .iter()
+            .all(|(bytes, &rank)| tokenizer.token_bytes(rank) == Some(bytes.as_slice()));
+    same.then_some(tokenizer)
+}
+
+/// The first position at or after `from` (or the end) where a space or a tab follows a character
+/// that is not whitespace. No piece of either pattern holds that pair: a space or tab only begins
+/// a piece (before letters or punctuation) or sits in a piece of whitespace alone (punctuation
+/// takes the line breaks after it, never a space). Neither pattern looks behind, and at such a cut
+/// the patterns' `$`, `(?!\S)` and optional contraction read the end of text as they read the
+/// space, so both sides split as they do in the whole text, as tiktoken's regex splits them; each
+/// side `toktok` counts is free of the characters it splits differently (`unassigned_chars`).
+fn chunk_end(text: &str, from: usize) -> usize {
+    if from >= text.len() {
+        return text.len();
     }
+    (from.max(1)..text.len())
+        .find(|&at| is_cut(text, at))
+        .unwrap_or(text.len())
+}
+
+/// The last such position after `floor` and at or before `at`, or `floor`.
+fn chunk_start(text: &str, floor: usize, at: usize) -> usize {
+    (floor + 1..=at)
+        .rev()
+        .find(|&at| is_cut(text, at))
+        .unwrap_or(floor)
+}
+
+fn is_cut(text: &str, at: usize) -> bool {
+    let bytes = text.as_bytes();
+    // A space or tab is a whole character, so `at` is a character boundary.
+    matches!(bytes[at], b' ' | b'\t')
+        && match bytes[at - 1] {
+            byte if byte.is_ascii() => {
+                !matches!(byte, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r')
+            }
+            // `char::is_whitespace` is Unicode's White_Space, the patterns' `\s`.
+            _ => text[..at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| !c.is_whitespace()),
+        }
+}
+
+fn count_piece(ranks: &FxHashMap<Vec<u8>, Rank>, piece: &[u8], stop: &Stop) -> Result<u64> {
+    if ranks.contains_key(piece) {
+        return Ok(1);
+    }
+    if piece.len() <= SHORT_PIECE_BYTES {
+        return Ok(byte_pair_split(piece, ranks).len() as u64);
+    }
+    Ok(merge_long(ranks, piece, stop)?.len() as u64)
+}
+
+/// The start of every token `piece` merges into: exactly tiktoken's `_byte_pair_merge` (merge the
+/// adjacent pair of lowest rank, the leftmost of equals, until no pair has a rank), in O(n log n).
+///
+/// The parts form a linked list over byte positions; a min-heap holds (rank, start) of each
+/// mergeable pair, packed in one integer, so the lowest rank and then the lowest start, the
+/// leftmost, comes out first. An entry goes stale when its part is merged away or its pair
+/// changes; the pair of a live part only ever grows, to a different byte string with a different
+/// rank, so an entry is current exactly when its part is alive and the rank still matches.
+///
+/// # Errors
+/// `Stopped` once `stop` is set or its deadline has passed; `InvalidArgument` for a piece of
+/// 4 GiB or more (a start must fit the packed entry; no request can carry one).
+pub fn merge_long(
+    ranks: &FxHashMap<Vec<u8>, Rank>,
+    piece: &[u8],
+    stop: &Stop,
+) -> Result<Vec<usize>> {
+    let len = piece.len();
+    if len < 2 {
+        return Ok((0..len).collect());
+    }
+    if u32::try_from(len).is_err() {
+        return Err(CoreError::invalid("text", "a piece of 4 GiB or more"));
+    }
+    let mut parts: Vec<Part> = (0..len)
+        .map(|i| Part {
+            next: i + 1,
+            prev: i.wrapping_sub(1),
+            rank: Rank::MAX,
+        })
+        .collect();
+    let rank_of = |parts: &[Part], start: usize| -> Rank {
+        let second = parts[start].next;
+        if second >= len {
+            return Rank::MAX;
+        }
+        let end = parts[second].next;
+        ranks.get(&piece[start..end]).copied().unwrap_or(Rank::MAX)
+    };
+    let mut entries = Vec::with_capacity(len);
+    for start in 0..len - 1 {
+        let rank = ranks
+            .get(&piece[start..start + 2])
+            .copied()
+            .unwrap_or(Rank::MAX);
+        parts[start].rank = rank;
+        if rank != Rank::MAX {
+            entries.push(Reverse(entry(rank, start)));
+        }
+    }
+    let mut heap = BinaryHeap::from(entries);
+    let mut merges = 0usize;
+    while let Some(Reverse(key)) = heap.pop() {
+        let (rank, start) = unpack(key);
+        if parts[start].rank != rank {
+            continue; // stale: merged away (DEAD) or its pair changed since
+        }
+        merges += 1;
+        if merges % STOP_CHECK_EVERY == 0 {
+            stop.check()?;
+        }
+        let removed = parts[start].next;
+        let after = parts[removed].next;
+        parts[removed].rank = DEAD;
+        parts[start].next = after;
+        if after < len {
+            parts[after].prev = start;
+        }
+        let rank = rank_of(&parts, start);
+        parts[start].rank = rank;
+        if rank != Rank::MAX {
+            heap.push(Reverse(entry(rank, start)));
+        }
+        let before = parts[start].prev;
+        if before != usize::MAX {
+            let rank = rank_of(&parts, before);
+            parts[before].rank = rank;
+            if rank != Rank::MAX {
+                heap.push(Reverse(entry(rank, before)));
+            }
+        }
+    }
+    Ok((0..len).filter(|&i| parts[i].rank != DEAD).collect())
 }
 
 /// One part of a piece being merged: its neighbours' starts (`len` past the last, `usize::MAX`
@@ -304,3 +508,7 @@ mod tests {
         assert!(Bpe::new(ranks, "(").is_err());
     }
 }
+
+#[cfg(test)]
+#[path = "tokens_builtin_tests.rs"]
+mod builtin_tests;
