@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use rustc_hash::FxHashMap;
 
 use super::request::Message;
-use super::tokens::{Tokenizer, CHAT_TOKENS_PER_MESSAGE, TOKENS_PER_REPLY};
+use super::tokens::{chat_framing, Tokenizer};
 use super::{Router, Stop};
 use crate::error::Result;
 
@@ -111,29 +111,25 @@ impl Router {
         messages: &[Message<'_>],
         stop: &Stop,
     ) -> Result<u64> {
-        let Tokenizer::Bpe(_) = encoding else {
+        let Tokenizer::Bpe(bpe) = encoding else {
             return encoding.count_messages(messages, stop);
         };
         let mut body = 0;
         for message in messages {
-            let count = || -> Result<u64> {
-                Ok(encoding.count_text(message.role, stop)?
-                    + encoding.count_text(message.content, stop)?)
-            };
             body += if message.content.len() < REMEMBERED_FROM_BYTES {
-                count()?
+                bpe.count_message(message, stop)?
             } else {
                 let key = self.counts.key(index, message);
                 if let Some(tokens) = self.counts.get(key) {
                     tokens
                 } else {
-                    let tokens = count()?;
+                    let tokens = bpe.count_message(message, stop)?;
                     self.counts.put(key, tokens);
                     tokens
                 }
             };
         }
-        Ok(body + CHAT_TOKENS_PER_MESSAGE * messages.len() as u64 + TOKENS_PER_REPLY)
+        Ok(body + chat_framing(messages.len()))
     }
 
     /// Messages whose counts this router remembers.

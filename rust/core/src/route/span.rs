@@ -23,7 +23,7 @@
 //! docs/routing.md gives its error.
 
 use super::request::Message;
-use super::tokens::{Tokenizer, CHAT_TOKENS_PER_MESSAGE, TOKENS_PER_REPLY};
+use super::tokens::{chat_framing, Tokenizer};
 use super::{Decision, RouteInput, Router, Stop};
 use crate::error::{CoreError, Result};
 use crate::gate::Shift;
@@ -159,8 +159,7 @@ pub fn prompt_span(messages: &[Message<'_>]) -> TokenSpan {
         shape.add(Shape::of(message.role));
         shape.add(Shape::of(message.content));
     }
-    let framing = CHAT_TOKENS_PER_MESSAGE * messages.len() as u64 + TOKENS_PER_REPLY;
-    shape.span(framing)
+    shape.span(chat_framing(messages.len()))
 }
 
 const BLOCK: usize = 64;
@@ -458,7 +457,8 @@ mod tests {
         for round in 0u32..2_000 {
             for (i, b) in block.iter_mut().enumerate() {
                 // Every byte value, in many arrangements.
-                *b = (round.wrapping_mul(2_654_435_761) >> (i % 24)) as u8 ^ (i as u8 * 37);
+                *b = (round.wrapping_mul(2_654_435_761) >> (i % 24)) as u8
+                    ^ (i as u8).wrapping_mul(37);
             }
             assert_eq!(Classes::of(&block), Classes::one_at_a_time(&block));
         }

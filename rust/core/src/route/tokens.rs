@@ -445,11 +445,27 @@ impl Tokenizer {
             Self::Bpe(bpe) => {
                 let mut body = 0u64;
                 for message in messages {
-                    body += bpe.count(message.role, stop)? + bpe.count(message.content, stop)?;
+                    body += bpe.count_message(message, stop)?;
                 }
-                Ok(body + CHAT_TOKENS_PER_MESSAGE * n + TOKENS_PER_REPLY)
+                Ok(body + chat_framing(messages.len()))
             }
         }
+    }
+}
+
+/// The chat framing of a prompt of `messages` messages, counted by a real tokenizer.
+pub fn chat_framing(messages: usize) -> u64 {
+    CHAT_TOKENS_PER_MESSAGE * messages as u64 + TOKENS_PER_REPLY
+}
+
+impl Bpe {
+    /// Tokens of one message's role and content, without framing: a prompt's count is the sum
+    /// of its messages' and its framing.
+    ///
+    /// # Errors
+    /// `Stopped` once `stop` is set or its deadline has passed.
+    pub fn count_message(&self, message: &Message<'_>, stop: &Stop) -> Result<u64> {
+        Ok(self.count(message.role, stop)? + self.count(message.content, stop)?)
     }
 }
 
