@@ -1,10 +1,11 @@
 //! The four levels of a decision and what they share: resolving strategies, scoring, the reasons.
 
+use std::cell::OnceCell;
 use std::fmt::Write as _;
 
 use super::strategies::{EASY_STRATEGY, HARD_STRATEGY};
 use super::{clipped, Decision, Level, RouteInput, Router, RoutingOptions, Stage, CUSTOM_STRATEGY};
-use crate::classify::classify;
+use crate::classify::{classify, Classification};
 use crate::error::{Refusal, Result};
 use crate::gate::Shift;
 use crate::scoring::{Candidate, Exclusion, Ranking, Request, Weights};
@@ -28,18 +29,23 @@ struct Context<'a> {
     required: u64,
     max_cost_usd: Option<f64>,
     shift: Option<&'a Shift>,
+    /// The classifier's reading, made at most once however many times the levels run.
+    reading: &'a OnceCell<Classification>,
 }
 
 /// The task class whose requests prefer models with the "code" capability.
 const CODE_TASK_CLASS: &str = "code";
 
 impl Router {
-    /// `input` is valid; the four levels in order, for a prompt of `input_tokens`.
+    /// `input` is valid; the four levels in order, for a prompt of `input_tokens`. `reading`
+    /// keeps the classifier's reading of `input` between runs (the same request may be routed
+    /// at several counts: route/span.rs).
     pub(super) fn levels(
         &self,
         input: &RouteInput<'_>,
         shift: Option<&Shift>,
         input_tokens: u64,
+        reading: &OnceCell<Classification>,
     ) -> Result<Decision> {
         let routing = &input.routing;
         let output_tokens = input
@@ -52,6 +58,7 @@ impl Router {
             required: self.required_mask(&routing.capabilities)?,
             max_cost_usd: routing.max_cost_usd,
             shift,
+            reading,
         };
         if !routing.models.is_empty() {
             return self.override_level(routing, &ctx);
@@ -126,18 +133,20 @@ impl Router {
     ) -> Result<Option<Decision>> {
         let auto = &self.config.auto;
         let routing = &input.routing;
-        let last_user = input
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role == "user")
-            .map_or("", |m| m.content);
-        let total_chars = input
-            .messages
-            .iter()
-            .map(|m| m.content.chars().count())
-            .sum();
-        let reading = classify(last_user, total_chars);
+        let reading = ctx.reading.get_or_init(|| {
+            let last_user = input
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.role == "user")
+                .map_or("", |m| m.content);
+            let total_chars = input
+                .messages
+                .iter()
+                .map(|m| m.content.chars().count())
+                .sum();
+            classify(last_user, total_chars)
+        });
         let mut strategy = self.resolve(routing, &self.config.default_strategy, ctx.shift)?;
         let mut line = format!(
             "auto: task class {}, complexity {:.2}",

@@ -22,6 +22,8 @@
 //! characters) with weights fitted to cl100k and o200k counts of English, source code and CJK text;
 //! docs/routing.md gives its error.
 
+use std::cell::OnceCell;
+
 use super::request::Message;
 use super::tokens::{chat_framing, Tokenizer};
 use super::{Decision, RouteInput, Router, Stop};
@@ -308,13 +310,14 @@ impl Router {
         now_s: f64,
     ) -> Result<Decision> {
         let span = self.token_span(&input.messages, stop)?;
+        let reading = OnceCell::new();
         if span.is_exact() {
-            return self.levels(input, shift, span.low);
+            return self.levels(input, shift, span.low, &reading);
         }
-        let at_low = self.levels(input, shift, span.low);
-        let at_high = self.levels(input, shift, span.high);
+        let at_low = self.levels(input, shift, span.low, &reading);
+        let at_high = self.levels(input, shift, span.high, &reading);
         if self.same_outcome(input, &at_low, &at_high, now_s)? {
-            let mut decision = self.levels(input, shift, span.estimate)?;
+            let mut decision = self.levels(input, shift, span.estimate, &reading)?;
             decision.reasons.push(format!(
                 "input tokens estimated at {} (between {} and {}): no context window, cost cap \
                  or limit lies in between",
@@ -323,7 +326,7 @@ impl Router {
             return Ok(decision);
         }
         let exact = self.exact_tokens(&input.messages, stop)?;
-        self.levels(input, shift, exact)
+        self.levels(input, shift, exact, &reading)
     }
 
     /// Whether the decisions at the two ends of a span agree on everything a count can change:
