@@ -14,8 +14,11 @@ from typing import Any
 import grpc
 import pytest
 
+from switchpoint import offload as offload_module
 from switchpoint.cache.guard import MAX_GUARDED_CHARS
 from switchpoint.offload import OFFLOAD_ABOVE_BYTES, Offload
+from switchpoint.providers.base import ChatMessage
+from switchpoint.tokens import TokenCounter
 from switchpoint.v1 import router_pb2 as pb
 from tests.providers.fixtures import OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
@@ -32,6 +35,7 @@ RAISED = {
     "prompt_bytes": 32 * MIB,
 }
 PROVIDER_ENV = {"T_OAI": OPENAI_TEST_KEY}
+_COUNTER = TokenCounter()
 # Waiting for the server to pick a request up: polls of the in-process sidecar, not a timing.
 POLL_S = 0.002
 POLLS = 5000
@@ -334,9 +338,11 @@ async def test_the_guard_compares_texts_up_to_its_bound(openai_server: OpenAISer
     assert stats.cache.guard_rejections == 1
 
 
-async def test_only_a_long_count_leaves_the_loop() -> None:
+async def test_only_a_long_count_leaves_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     """A prompt of up to OFFLOAD_ABOVE_BYTES is routed on the loop unless it needs an exact count
     of more than COUNT_ON_LOOP_BYTES: then it is asked again on a worker thread."""
+    # Time is the other bound; here only bytes decide (the next test spends the time).
+    monkeypatch.setattr(offload_module, "COUNT_ON_LOOP_S", 60.0)
     # 100 KB: between 20k and 100k tokens; 8 KB: between 1.6k and 8k.
     far = _route("word " * (100 * 1024 // 5), models=["gpt", "narrow-1000"])
     near = _route("word " * (100 * 1024 // 5), models=["gpt", "narrow-50000"])
@@ -351,6 +357,24 @@ async def test_only_a_long_count_leaves_the_loop() -> None:
             assert (offload.started > started) == counted_on_a_worker, request.routing
             estimated = any("estimated at" in reason for reason in decision.reasons)
             assert estimated == (request is far)
+
+
+async def test_a_count_past_the_loops_time_is_finished_on_a_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Within COUNT_ON_LOOP_BYTES, but its time spent (none allowed here): the count stops at its
+    first look at the clock and the request is routed again on a worker thread, with the same
+    answer."""
+    monkeypatch.setattr(offload_module, "COUNT_ON_LOOP_S", 0.0)
+    text = "word " * (20 * 1024 // 5)  # 4k to 20k tokens: counted, "narrow-5000" lies between
+    async with running_sidecar(_counting_config(RAISED)) as sidecar:
+        offload = _offload(sidecar)
+        decision = await sidecar.stub.Route(_route(text, models=["gpt", "narrow-5000"]))
+        assert offload.started == 1
+    assert decision.candidates[0].model == "gpt"
+    assert decision.estimated_input_tokens == _COUNTER.count_messages(
+        [ChatMessage("user", text)], "o200k_base"
+    )
 
 
 async def test_a_caller_that_gives_up_stops_its_work() -> None:

@@ -476,8 +476,8 @@ class RuleActivity:
     def last_used_s(self) -> float | None: ...
 
 class LongWork(CoreError):
-    """Work asked on the event loop (WorkStop.on_loop) would count more bytes exactly than the
-    loop allows: ask again from a worker thread."""
+    """Work asked on the event loop (WorkStop.on_loop) would count more bytes exactly, or for
+    longer, than the loop allows: ask again from a worker thread."""
 
 class NoRoom(CoreError):
     """A request needs a new rule instance and server.state.max_scopes are alive: free idle
@@ -664,9 +664,9 @@ class WorkStop:
 
     def __new__(cls, timeout_s: float | None = None) -> WorkStop: ...
     @staticmethod
-    def on_loop(counts_at_most: int) -> WorkStop:
-        """For work on the event loop: at most `counts_at_most` bytes are counted exactly, and
-        LongWork is raised rather than count more. Never stopped."""
+    def on_loop(counts_at_most: int, budget_s: float) -> WorkStop:
+        """For one request's work on the event loop: at most `counts_at_most` bytes are counted
+        exactly, for at most `budget_s` from now; LongWork is raised rather than count more."""
     def stop(self) -> None: ...
     @property
     def stopped(self) -> bool: ...

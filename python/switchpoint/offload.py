@@ -5,9 +5,10 @@ length. On the event loop that would hold every other call back, and releasing t
 help: the loop's own thread is the one counting. Most requests need no long count (the router
 counts exactly only when the count could change the decision: docs/routing.md), and for them a
 thread hop costs more than the work. So `run_where_cheap` asks on the loop first, allowing an
-exact count of `COUNT_ON_LOOP_BYTES` at most: a request that needs more raises `LongWork` before
-counting and is asked again on one of a few worker threads, as is every request above
-`OFFLOAD_ABOVE_BYTES`, whose reading alone (decoding, one pass over the bytes) is long enough.
+exact count of `COUNT_ON_LOOP_BYTES` and `COUNT_ON_LOOP_S` at most: a request that needs a longer
+one raises `LongWork` (before counting, or once its time is spent) and is asked again on one of a
+few worker threads, as is every request above `OFFLOAD_ABOVE_BYTES`, whose reading alone
+(decoding, one pass over the bytes) is long enough.
 
 Work nobody waits for stops: each job gets a `WorkStop` that the Rust counting loop reads every
 few thousand bytes. It is due at the caller's deadline, and set when the awaiting call is
@@ -28,12 +29,12 @@ from typing import Any, Generic, TypeVar
 from switchpoint._native import LongWork, WorkStop
 from switchpoint.errors import DeadlineExceededError
 
-# Prompt bytes above which routing leaves the loop whatever it needs, and bytes the loop may count
-# exactly (docs/benchmarks.md, "Thresholds the code switches at").
+# Prompt bytes above which routing leaves the loop whatever it needs, and how much the loop may
+# count exactly: bytes, and time, since a text's shape sets the speed (docs/benchmarks.md,
+# "Thresholds the code switches at").
 OFFLOAD_ABOVE_BYTES = 128 * 1024
-COUNT_ON_LOOP_BYTES = 16 * 1024
-# The stop of work on the loop: never stopped (nothing awaits it), so one serves every request.
-ON_LOOP = WorkStop.on_loop(COUNT_ON_LOOP_BYTES)
+COUNT_ON_LOOP_BYTES = 32 * 1024
+COUNT_ON_LOOP_S = 0.0003
 # Worker threads per server: routing work is pure CPU, and a sidecar shares its cores with the
 # application it serves.
 WORKERS = 2
@@ -95,13 +96,13 @@ class Offload:
         asking: Callable[[Callable[[], T]], T],
         asking_async: Callable[[Callable[[], Awaitable[T]]], Awaitable[T]],
     ) -> T:
-        """`work` for a prompt of `size` bytes: on the loop (`ON_LOOP`) unless it is larger than
-        `OFFLOAD_ABOVE_BYTES` or raises `LongWork` there, else on a worker thread (`run`).
+        """`work` for a prompt of `size` bytes: on the loop (`WorkStop.on_loop`) unless it is
+        larger than `OFFLOAD_ABOVE_BYTES` or raises `LongWork` there, else on a worker thread.
         `asking` and `asking_async` wrap each try (the gate's, which makes room for rule
         instances)."""
         if size <= OFFLOAD_ABOVE_BYTES:
             try:
-                return asking(lambda: work(ON_LOOP))
+                return asking(lambda: work(WorkStop.on_loop(COUNT_ON_LOOP_BYTES, COUNT_ON_LOOP_S)))
             except LongWork:
                 pass
         return await asking_async(lambda: self.run(work, timeout_s))

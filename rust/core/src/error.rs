@@ -141,8 +141,8 @@ pub enum CoreError {
     #[error("stopped: the caller cancelled or its deadline passed")]
     Stopped,
 
-    /// Work asked on the event loop (`Stop::on_loop`) needs an exact count of more bytes than the
-    /// loop allows; the owner asks again from a worker thread.
+    /// Work asked on the event loop (`Stop::on_loop`) needs an exact count longer, in bytes or in
+    /// time, than the loop allows; the owner asks again from a worker thread.
     #[error("counting {bytes} bytes exactly is work for a worker thread")]
     LongWork { bytes: usize },
 }

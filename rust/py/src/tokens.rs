@@ -32,13 +32,14 @@ impl WorkStop {
         }
     }
 
-    /// For work on the event loop: it counts at most `counts_at_most` bytes exactly and raises
-    /// `LongWork` rather than count more (the caller then asks from a worker thread). Never
-    /// stopped, so one serves every request.
+    /// For one request's work on the event loop: it counts at most `counts_at_most` bytes
+    /// exactly, for at most `budget_s` from now, and raises `LongWork` rather than count more
+    /// (the caller then asks from a worker thread).
     #[staticmethod]
-    fn on_loop(counts_at_most: usize) -> Self {
+    fn on_loop(counts_at_most: usize, budget_s: f64) -> Self {
+        let budget = Duration::try_from_secs_f64(budget_s.max(0.0)).unwrap_or(Duration::ZERO);
         Self {
-            inner: Arc::new(Stop::on_loop(counts_at_most)),
+            inner: Arc::new(Stop::on_loop(counts_at_most, budget)),
         }
     }
 

@@ -3,7 +3,7 @@
 //! bytes, so work nobody waits for ends within microseconds instead of running to completion.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::{CoreError, Result};
 
@@ -37,11 +37,12 @@ impl Stop {
     }
 
     /// For work on the event loop, which every other call waits behind: it may count at most
-    /// `bytes` exactly, and asks for a worker thread (`LongWork`) rather than count more.
-    pub const fn on_loop(bytes: usize) -> Self {
+    /// `bytes` exactly, for at most `budget` from now; past either it asks for a worker thread
+    /// (`LongWork`) rather than count more. Made per request (its budget starts now).
+    pub fn on_loop(bytes: usize, budget: Duration) -> Self {
         Self {
             stopped: AtomicBool::new(false),
-            deadline: None,
+            deadline: Instant::now().checked_add(budget),
             counts_at_most: Some(bytes),
         }
     }
@@ -69,12 +70,15 @@ impl Stop {
     }
 
     /// # Errors
-    /// `Stopped` once `stop` was called or the deadline has passed.
+    /// `Stopped` once `stop` was called or the deadline has passed; `LongWork` instead for work
+    /// on the loop past its budget.
     pub fn check(&self) -> Result<()> {
-        if self.is_stopped() {
-            Err(CoreError::Stopped)
-        } else {
+        if !self.is_stopped() {
             Ok(())
+        } else if let Some(bytes) = self.counts_at_most {
+            Err(CoreError::LongWork { bytes })
+        } else {
+            Err(CoreError::Stopped)
         }
     }
 }
@@ -82,7 +86,6 @@ impl Stop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn stops_when_told_or_at_the_deadline() {
@@ -97,13 +100,16 @@ mod tests {
 
     #[test]
     fn work_on_the_loop_counts_only_so_much() {
-        let on_loop = Stop::on_loop(100);
-        assert!(on_loop.may_count(100).is_ok());
+        let on_loop = Stop::on_loop(100, Duration::from_secs(60));
+        assert!(on_loop.may_count(100).is_ok() && on_loop.check().is_ok());
         assert_eq!(
             on_loop.may_count(101),
             Err(CoreError::LongWork { bytes: 101 })
         );
         assert!(Stop::never().may_count(usize::MAX).is_ok());
         assert!(on_loop.is_on_loop() && !Stop::never().is_on_loop());
+        // Past its budget, work on the loop asks for a worker rather than stop.
+        let spent = Stop::on_loop(100, Duration::ZERO);
+        assert_eq!(spent.check(), Err(CoreError::LongWork { bytes: 100 }));
     }
 }
