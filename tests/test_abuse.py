@@ -18,13 +18,13 @@ from switchpoint import offload as offload_module
 from switchpoint.cache.guard import MAX_GUARDED_CHARS
 from switchpoint.offload import OFFLOAD_ABOVE_BYTES, Offload
 from switchpoint.providers.base import ChatMessage
-from switchpoint.tokens import TokenCounter
 from switchpoint.v1 import router_pb2 as pb
 from tests.providers.fixtures import OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
 from tests.providers.script import hang
 from tests.sidecar_harness import RunningSidecar, running_sidecar, user, with_changes
 from tests.support.serve_process import free_port, serving, write_config
+from tests.support.token_counts import COUNTER
 
 MIB = 1024 * 1024
 # Limits raised so that megabyte prompts reach the counting (16 MiB: the SIGTERM case).
@@ -35,7 +35,6 @@ RAISED = {
     "prompt_bytes": 32 * MIB,
 }
 PROVIDER_ENV = {"T_OAI": OPENAI_TEST_KEY}
-_COUNTER = TokenCounter()
 # Waiting for the server to pick a request up: polls of the in-process sidecar, not a timing.
 POLL_S = 0.002
 POLLS = 5000
@@ -372,7 +371,7 @@ async def test_a_count_past_the_loops_time_is_finished_on_a_worker(
         decision = await sidecar.stub.Route(_route(text, models=["gpt", "narrow-5000"]))
         assert offload.started == 1
     assert decision.candidates[0].model == "gpt"
-    assert decision.estimated_input_tokens == _COUNTER.count_messages(
+    assert decision.estimated_input_tokens == COUNTER.count_messages(
         [ChatMessage("user", text)], "o200k_base"
     )
 

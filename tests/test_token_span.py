@@ -23,8 +23,8 @@ from switchpoint.providers.base import ChatMessage
 from switchpoint.tokens import TokenCounter
 from switchpoint.v1 import router_pb2 as pb
 from tests.sidecar_harness import routing_config
+from tests.support.token_counts import COUNTER, ENCODINGS
 
-ENCODINGS = ("cl100k_base", "o200k_base")
 OUTPUT_TOKENS = 100
 # Prose, code, numbers and other scripts: what the bounds' reasoning must survive.
 SAMPLES = (
@@ -37,9 +37,9 @@ SAMPLES = (
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def counter() -> TokenCounter:
-    return TokenCounter()
+    return COUNTER
 
 
 def _span_holds(counter: TokenCounter, text: str) -> None:
@@ -89,10 +89,7 @@ def test_the_bounds_hold_on_prose_code_numbers_and_other_scripts(counter: TokenC
     ).map("".join)
 )
 def test_the_bounds_hold_on_any_mix_of_character_classes(text: str) -> None:
-    _span_holds(_COUNTER, text)
-
-
-_COUNTER = TokenCounter()
+    _span_holds(COUNTER, text)
 
 
 def _engine(tokenizer: str = "o200k_base", **sections: Any) -> Engine:

@@ -19,8 +19,7 @@ from switchpoint.providers.base import ChatMessage
 from switchpoint.tokens import TokenCounter, estimate_prompt_tokens, estimate_text_tokens
 from switchpoint.v1 import router_pb2 as pb
 from tests.sidecar_harness import routing_config, running_sidecar, user
-
-ENCODINGS = ("cl100k_base", "o200k_base")
+from tests.support.token_counts import COUNTER, ENCODINGS
 
 TEXTS = (
     "hello world",
@@ -31,9 +30,9 @@ TEXTS = (
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def counter() -> TokenCounter:
-    return TokenCounter()
+    return COUNTER
 
 
 def _reference_ids(text: str, encoding: str) -> list[int]:
@@ -231,14 +230,11 @@ async def test_route_uses_the_largest_count_among_the_models_tokenizers(
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(st.characters(exclude_categories=["Cn", "Cs"]), max_size=60))
 def test_counts_match_an_independent_implementation_for_any_text(text: str) -> None:
-    counter = _SHARED
+    counter = COUNTER
     for encoding in ENCODINGS:
         assert counter.count_text(text, encoding) == len(_reference_ids(text, encoding))
 
 
-_SHARED = TokenCounter()
-
-
 def test_a_character_newer_than_the_references_tables_counts_as_tiktoken_does() -> None:
     # tiktoken reads U+13460 as a letter, so ":A" is one piece and one token: 4 + 1.
-    assert _SHARED.count_text("\U00013460:A", "cl100k_base") == 5
+    assert COUNTER.count_text("\U00013460:A", "cl100k_base") == 5

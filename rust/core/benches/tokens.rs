@@ -6,9 +6,9 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use rustc_hash::FxHashMap;
+use switchpoint_core::testing::ranks_of;
 use switchpoint_core::{Bpe, Stop};
-use tiktoken_rs::{cl100k_base_singleton, o200k_base_singleton, CoreBPE, Rank};
+use tiktoken_rs::{cl100k_base_singleton, o200k_base_singleton};
 
 const CL100K_BASE_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
 
@@ -18,14 +18,6 @@ const TEXT: &str = concat!(
     include_str!("../../../docs/configuration.md"),
     include_str!("../../../docs/benchmarks.md"),
 );
-
-fn ranks_of(core: &CoreBPE) -> FxHashMap<Vec<u8>, Rank> {
-    let specials = core.special_tokens();
-    (0..200_100)
-        .filter_map(|rank| Some((core.decode_bytes(&[rank]).ok()?, rank)))
-        .filter(|(bytes, _)| !specials.iter().any(|s| s.as_bytes() == bytes.as_slice()))
-        .collect()
-}
 
 fn prefix(bytes: usize) -> String {
     let text = TEXT.repeat(bytes / TEXT.len() + 1);

@@ -81,3 +81,14 @@ pub fn check_outcome<T: std::fmt::Debug>(result: &Result<T, CoreError>) {
         Err(other) => panic!("not a refusal: {other:?}"),
     }
 }
+
+/// An encoding's mergeable ranks, read back from tiktoken-rs's encoder (special tokens excluded,
+/// as `switchpoint.tokens` excludes them): what Python hands the core, for tests and benches
+/// without Python.
+pub fn ranks_of(core: &tiktoken_rs::CoreBPE) -> rustc_hash::FxHashMap<Vec<u8>, tiktoken_rs::Rank> {
+    let specials = core.special_tokens();
+    (0..200_100)
+        .filter_map(|rank| Some((core.decode_bytes(&[rank]).ok()?, rank)))
+        .filter(|(bytes, _)| !specials.iter().any(|s| s.as_bytes() == bytes.as_slice()))
+        .collect()
+}

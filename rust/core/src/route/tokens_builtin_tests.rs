@@ -7,25 +7,15 @@
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use rustc_hash::FxHashMap;
-use tiktoken_rs::{cl100k_base_singleton, o200k_base_singleton, CoreBPE, Rank, O200K_BASE_PAT_STR};
+use tiktoken_rs::{cl100k_base_singleton, o200k_base_singleton, CoreBPE, O200K_BASE_PAT_STR};
 
 use super::*;
+use crate::testing::ranks_of;
 
 struct Encoding {
     builtin: Bpe,
     general: Bpe,
     tiktoken: &'static CoreBPE,
-}
-
-/// An encoding's mergeable ranks, read back from tiktoken-rs's encoder (special tokens excluded,
-/// as `switchpoint.tokens` excludes them).
-fn ranks_of(core: &CoreBPE) -> FxHashMap<Vec<u8>, Rank> {
-    let specials = core.special_tokens();
-    (0..200_100)
-        .filter_map(|rank| Some((core.decode_bytes(&[rank]).ok()?, rank)))
-        .filter(|(bytes, _)| !specials.iter().any(|s| s.as_bytes() == bytes.as_slice()))
-        .collect()
 }
 
 fn encoding(core: &'static CoreBPE, pattern: &str) -> Encoding {
