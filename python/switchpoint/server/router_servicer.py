@@ -71,9 +71,9 @@ class RouterServicer:
         """Served from the request's bytes (see `add_router_to_server`): when nothing but sizes is
         observed, one call into Rust decodes, decides (the same entry point as every request) and
         encodes; a request that needs a long count is decided on a worker thread
-        (switchpoint.offload). When spans
-        or prompts are recorded, the request is decoded here so they can be, and decided by the
-        same entry point. A refusal is observed with the request it refuses.
+        (switchpoint.offload). When spans or prompts are recorded, the request is decoded here so
+        they can be, and decided by the same entry point. A refusal is observed with the request
+        it refuses.
 
         With tenant API keys the request is decoded here first, checked, bound to the key's tenant
         and re-encoded; without keys nothing is added."""
