@@ -221,10 +221,6 @@ pub struct Router {
     inner: Arc<Core>,
 }
 
-fn prompt_bytes(input: &RouteInput<'_>) -> usize {
-    input.messages.iter().map(|m| m.content.len()).sum()
-}
-
 /// The open breakers, `{model: seconds until it tries again}`.
 fn read_open_breakers(open: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(PyBackedStr, f64)>> {
     open.map_or_else(
@@ -299,7 +295,8 @@ fn run<T: Send>(
 ) -> Result<T> {
     // Work on the event loop keeps the GIL: releasing it would let other threads take the loop's.
     let on_loop = stop.is_some_and(|stop| stop.get().inner.is_on_loop());
-    let long = !on_loop && (stop.is_some() || prompt_bytes(input) > DETACH_ABOVE_BYTES);
+    let bytes: usize = input.messages.iter().map(|m| m.content.len()).sum();
+    let long = !on_loop && (stop.is_some() || bytes > DETACH_ABOVE_BYTES);
     Ok(match stop {
         None => gil::run(py, long, || work(Stop::never()))?,
         Some(stop) => {

@@ -13,202 +13,16 @@
 //! (tenant, stage, model), are cached; they too are bounded, the oldest dropped first.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use super::matching::{
+    describe_scope, BudgetRule, Created, LimitRule, RuleIds, RuleKind, Scope, ScopeKey, Shift,
+    Subject,
+};
 use super::Gate;
 use crate::error::{CoreError, Denial, Result};
 use crate::reservations::ReservationId;
-use crate::window::Window;
-
-/// What a rule can match on; ordered as their names sort, the order of a scope's pairs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ScopeKey {
-    Model,
-    Provider,
-    Stage,
-    Tenant,
-}
-
-impl ScopeKey {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Model => "model",
-            Self::Provider => "provider",
-            Self::Stage => "stage",
-            Self::Tenant => "tenant",
-        }
-    }
-
-    /// # Errors
-    /// `InvalidArgument` for a name that is not a scope key.
-    pub fn parse(name: &str) -> Result<Self> {
-        match name {
-            "model" => Ok(Self::Model),
-            "provider" => Ok(Self::Provider),
-            "stage" => Ok(Self::Stage),
-            "tenant" => Ok(Self::Tenant),
-            other => Err(CoreError::invalid(
-                "match",
-                format!("'{other}' is not one of model, provider, stage, tenant"),
-            )),
-        }
-    }
-}
-
-/// The values of one key a rule applies to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Wanted {
-    /// "*": every value, each its own instance.
-    Each,
-    Only(String),
-}
-
-impl Wanted {
-    pub fn parse(value: &str) -> Self {
-        if value == "*" {
-            Self::Each
-        } else {
-            Self::Only(value.to_owned())
-        }
-    }
-}
-
-/// The instance a rule selects: the values of its matched keys, in key order.
-pub type Scope = Vec<(ScopeKey, String)>;
-
-/// "tenant=acme,stage=x", as names and stats show a scope.
-pub fn describe_scope(scope: &[(ScopeKey, String)]) -> String {
-    let mut out = String::new();
-    for (i, (key, value)) in scope.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let _ = write!(out, "{}={value}", key.as_str());
-    }
-    out
-}
-
-/// A rule's `match`, its keys sorted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RuleMatch(Vec<(ScopeKey, Wanted)>);
-
-impl RuleMatch {
-    pub fn new(mut pairs: Vec<(ScopeKey, Wanted)>) -> Self {
-        pairs.sort_by_key(|(key, _)| *key);
-        pairs.dedup_by_key(|(key, _)| *key);
-        Self(pairs)
-    }
-
-    /// The instance this rule selects for `subject`, or `None` when the rule does not apply.
-    pub fn select(&self, subject: &Subject<'_>) -> Option<Scope> {
-        self.0
-            .iter()
-            .map(|(key, wanted)| {
-                let actual = subject.value(*key)?;
-                match wanted {
-                    Wanted::Only(value) if value != actual => None,
-                    _ => Some((*key, actual.to_owned())),
-                }
-            })
-            .collect()
-    }
-}
-
-/// What a request offers rules to match: the model only once one is being considered.
-#[derive(Debug, Clone, Copy)]
-pub struct Subject<'a> {
-    pub tenant: &'a str,
-    pub stage: &'a str,
-    /// (model, provider).
-    pub model: Option<(&'a str, &'a str)>,
-}
-
-impl Subject<'_> {
-    fn value(&self, key: ScopeKey) -> Option<&str> {
-        match key {
-            ScopeKey::Tenant => Some(self.tenant),
-            ScopeKey::Stage => Some(self.stage),
-            ScopeKey::Model => self.model.map(|(model, _)| model),
-            ScopeKey::Provider => self.model.map(|(_, provider)| provider),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct LimitRule {
-    pub name: String,
-    pub matches: RuleMatch,
-    pub rpm: Option<f64>,
-    pub tpm: Option<f64>,
-    pub concurrency: Option<u32>,
-}
-
-/// Past `at_share` of a budget, requests that would use one of `applies_to` use `strategy`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Pressure {
-    pub at_share: f64,
-    pub strategy: String,
-    pub applies_to: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct BudgetRule {
-    pub name: String,
-    pub matches: RuleMatch,
-    pub window: Window,
-    pub limit_usd: f64,
-    pub pressure: Option<Pressure>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RuleKind {
-    Limit,
-    Budget,
-}
-
-impl RuleKind {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Limit => "limit",
-            Self::Budget => "budget",
-        }
-    }
-}
-
-/// An instance the book made, for its owner to register.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Created {
-    pub kind: RuleKind,
-    pub id: usize,
-    /// The rule's index among the config's rules of its kind.
-    pub rule: usize,
-    /// "name" or "name[tenant=acme]".
-    pub name: String,
-    pub scope: Scope,
-}
-
-/// The rule instances that apply to one (tenant, stage, model), in config order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RuleIds {
-    pub limits: Vec<usize>,
-    pub budgets: Vec<usize>,
-}
-
-impl RuleIds {
-    pub fn is_empty(&self) -> bool {
-        self.limits.is_empty() && self.budgets.is_empty()
-    }
-}
-
-/// Budget pressure as it applies to a request: the strategy to use instead, and why.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Shift {
-    pub applies_to: Vec<String>,
-    pub strategy: String,
-    pub reason: String,
-}
 
 /// (tenant, stage, model).
 type AnswerKey = (Box<str>, Box<str>, Box<str>);
@@ -452,16 +266,7 @@ impl RuleBook {
             .gate
             .add_rate_limit(&name, rule.rpm, rule.tpm, rule.concurrency)?;
         held.limits.insert((index, scope.clone()), id);
-        held.owned
-            .insert((RuleKind::Limit, id), (index, scope.clone()));
-        self.created.store(true, Ordering::Release);
-        held.created.push(Created {
-            kind: RuleKind::Limit,
-            id,
-            rule: index,
-            name,
-            scope,
-        });
+        self.made(held, RuleKind::Limit, id, index, name, scope);
         Ok(id)
     }
 
@@ -480,17 +285,30 @@ impl RuleBook {
         let name = instance_name(&rule.name, &scope);
         let id = self.gate.add_budget(&name, limit, rule.window)?;
         held.budgets.insert((index, scope.clone()), id);
-        held.owned
-            .insert((RuleKind::Budget, id), (index, scope.clone()));
+        self.made(held, RuleKind::Budget, id, index, name, scope);
+        Ok(id)
+    }
+
+    /// Records instance `id` of rule `index` for `scope`, just made: who owns it, and that Python
+    /// has an instance to register (`take_created`).
+    fn made(
+        &self,
+        held: &mut Instances,
+        kind: RuleKind,
+        id: usize,
+        index: usize,
+        name: String,
+        scope: Scope,
+    ) {
+        held.owned.insert((kind, id), (index, scope.clone()));
         self.created.store(true, Ordering::Release);
         held.created.push(Created {
-            kind: RuleKind::Budget,
+            kind,
             id,
             rule: index,
             name,
             scope,
         });
-        Ok(id)
     }
 
     /// The instances made since the last call, for the owner to register.
@@ -629,150 +447,6 @@ impl RuleBook {
         })?;
         Ok(refused.flatten())
     }
-
-    /// Budget `rule` (by name) gets `limit_usd` for `scope` (every instance when empty), from now
-    /// on and for instances made later; returns the live instances changed.
-    ///
-    /// # Errors
-    /// The gate's, for a limit that is not finite and >= 0.
-    pub fn set_budget_limit(
-        &self,
-        rule: &str,
-        limit_usd: f64,
-        scope: &[(ScopeKey, String)],
-    ) -> Result<usize> {
-        let mut wanted = scope.to_vec();
-        wanted.sort();
-        let mut held = self.lock();
-        let key = if wanted.is_empty() {
-            rule.to_owned()
-        } else {
-            override_key(rule, &wanted)
-        };
-        let mut changed = 0;
-        for ((index, instance_scope), &id) in &held.budgets {
-            if self.budgets[*index].name == rule && (wanted.is_empty() || *instance_scope == wanted)
-            {
-                self.gate.set_budget_limit(id, limit_usd)?;
-                changed += 1;
-            }
-        }
-        held.overrides.insert(key, limit_usd);
-        Ok(changed)
-    }
-
-    /// Every budget instance: (rule index, scope, gate id).
-    pub fn budget_instances(&self) -> Vec<(usize, Scope, usize)> {
-        let held = self.lock();
-        held.budgets
-            .iter()
-            .map(|((index, scope), &id)| (*index, scope.clone(), id))
-            .collect()
-    }
-
-    /// Takes over `previous`'s instances whose rule this config keeps unchanged, after a reload
-    /// over the same gate, so spend, reservations in flight and rate held survive it. Returns
-    /// the (kind, id) adopted.
-    ///
-    /// A rate limit is kept when one of the same name, rpm, tpm and concurrency still selects
-    /// its scope; a budget when one of the same name and window does. Admin overrides of kept
-    /// budgets stay, except for the names in `reset` (budgets whose shared limit the reload
-    /// changed, which Redis now holds). A kept budget takes this config's limit, unless an
-    /// override sets it or it is in `follows_shared` (its limit is the one Redis holds).
-    ///
-    /// # Errors
-    /// `InvalidArgument` when the books are over different gates.
-    pub fn adopt(
-        &self,
-        previous: &Self,
-        reset: &[String],
-        follows_shared: bool,
-    ) -> Result<Vec<(RuleKind, usize)>> {
-        if !Arc::ptr_eq(&self.gate, &previous.gate) {
-            return Err(CoreError::invalid(
-                "previous",
-                "both rule books must share one gate",
-            ));
-        }
-        let old = previous.lock();
-        let mut held = self.lock();
-        let kept_name = |name: &str| {
-            self.budgets.iter().any(|b| b.name == name) && !reset.iter().any(|r| r == name)
-        };
-        held.overrides = old
-            .overrides
-            .iter()
-            .filter(|(key, _)| kept_name(key.split('[').next().unwrap_or(key)))
-            .map(|(key, &limit)| (key.clone(), limit))
-            .collect();
-        let mut adopted = Vec::new();
-        for ((old_index, scope), &id) in &old.limits {
-            let was = &previous.limits[*old_index];
-            let Some(index) = self.limits.iter().position(|rule| {
-                rule.name == was.name
-                    && (rule.rpm, rule.tpm, rule.concurrency) == (was.rpm, was.tpm, was.concurrency)
-            }) else {
-                continue;
-            };
-            if rescoped(&self.limits[index].matches, scope) {
-                held.limits.insert((index, scope.clone()), id);
-                held.owned
-                    .insert((RuleKind::Limit, id), (index, scope.clone()));
-                adopted.push((RuleKind::Limit, id));
-            }
-        }
-        for ((old_index, scope), &id) in &old.budgets {
-            let was = &previous.budgets[*old_index];
-            let Some(index) = self
-                .budgets
-                .iter()
-                .position(|rule| rule.name == was.name && rule.window == was.window)
-            else {
-                continue;
-            };
-            let rule = &self.budgets[index];
-            if !rescoped(&rule.matches, scope) {
-                continue;
-            }
-            held.budgets.insert((index, scope.clone()), id);
-            held.owned
-                .insert((RuleKind::Budget, id), (index, scope.clone()));
-            adopted.push((RuleKind::Budget, id));
-            if follows_shared && !reset.contains(&rule.name) {
-                continue;
-            }
-            let limit = held
-                .overrides
-                .get(&override_key(&rule.name, scope))
-                .or_else(|| held.overrides.get(&rule.name))
-                .copied()
-                .unwrap_or(rule.limit_usd);
-            self.gate.set_budget_limit(id, limit)?;
-        }
-        Ok(adopted)
-    }
-}
-
-/// Whether `matches` still selects exactly `scope` for the values the scope holds.
-fn rescoped(matches: &RuleMatch, scope: &Scope) -> bool {
-    let value = |key: ScopeKey| {
-        scope
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.as_str())
-    };
-    let selected: Option<Scope> = matches
-        .0
-        .iter()
-        .map(|(key, wanted)| {
-            let actual = value(*key)?;
-            match wanted {
-                Wanted::Only(v) if v != actual => None,
-                _ => Some((*key, actual.to_owned())),
-            }
-        })
-        .collect();
-    selected.as_ref() == Some(scope)
 }
 
 fn users_of(held: &mut Instances, kind: RuleKind, id: usize) -> &mut HashSet<AnswerKey> {
@@ -797,6 +471,8 @@ fn drop_answer(held: &mut Instances, key: &AnswerKey) {
         }
     }
 }
+
+mod admin;
 
 #[cfg(test)]
 #[path = "book_tests.rs"]

@@ -6,6 +6,8 @@
 
 use super::*;
 use crate::error::DenialKind;
+use crate::gate::matching::{Pressure, RuleMatch, Wanted};
+use crate::window::Window;
 
 /// 2024-02-01T00:00:00Z.
 const NOW: f64 = 1_706_745_600.0;

@@ -20,10 +20,12 @@
 //! overshoot bound, `limits.rs` for the buckets, `lease.rs` for the rate limits' lease cap.
 
 mod book;
+mod matching;
 
-pub use book::{
-    describe_scope, BudgetRule, Created, LimitRule, Pressure, RuleBook, RuleIds, RuleKind,
-    RuleMatch, Scope, ScopeKey, Shift, Subject, Wanted,
+pub use book::RuleBook;
+pub use matching::{
+    describe_scope, BudgetRule, Created, LimitRule, Pressure, RuleIds, RuleKind, RuleMatch, Scope,
+    ScopeKey, Shift, Subject, Wanted,
 };
 
 use crate::budget::{check_usd, BudgetLedger, BudgetState};

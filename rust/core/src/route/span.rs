@@ -29,6 +29,7 @@ use super::tokens::{chat_framing, Tokenizer};
 use super::{Decision, RouteInput, Router, Stop};
 use crate::error::{CoreError, Result};
 use crate::gate::Shift;
+use crate::scoring::Candidate;
 
 /// Prompts of at most this many bytes are counted exactly right away: the count costs less than
 /// routing twice more to learn it is not needed.
@@ -361,31 +362,27 @@ impl Router {
             return Ok(true);
         };
         let routing = &input.routing;
-        for (at_low, at_high) in low.candidates.iter().zip(&high.candidates) {
-            let refused = |decision: &Decision, index: usize, cost_usd: f64| -> Result<bool> {
-                let tokens = decision.input_tokens.saturating_add(decision.output_tokens);
-                let (name, provider) = (self.name(index), self.provider(index));
-                Ok(book
-                    .refusal(
-                        routing.tenant,
-                        routing.stage,
-                        name,
-                        provider,
-                        tokens,
-                        cost_usd,
-                        now_s,
-                    )?
-                    .is_some())
+        let refused = |decision: &Decision, candidate: &Candidate| -> Result<bool> {
+            let tokens = decision.input_tokens.saturating_add(decision.output_tokens);
+            let index = candidate.index;
+            Ok(book
+                .refusal(
+                    routing.tenant,
+                    routing.stage,
+                    self.name(index),
+                    self.provider(index),
+                    tokens,
+                    candidate.estimated_cost_usd,
+                    now_s,
+                )?
+                .is_some())
+        };
+        // Both lists hold the same models (checked above), maybe in another order.
+        for at_low in &low.candidates {
+            let Some(at_high) = high.candidates.iter().find(|c| c.index == at_low.index) else {
+                return Ok(false);
             };
-            // The two lists hold the same models, maybe in another order: compare each by index.
-            let at_high = high
-                .candidates
-                .iter()
-                .find(|c| c.index == at_low.index)
-                .unwrap_or(at_high);
-            if refused(low, at_low.index, at_low.estimated_cost_usd)?
-                != refused(high, at_high.index, at_high.estimated_cost_usd)?
-            {
+            if refused(low, at_low)? != refused(high, at_high)? {
                 return Ok(false);
             }
         }
