@@ -24,6 +24,7 @@ from switchpoint.quota.instances_config import StateConfig, check_state
 from switchpoint.quota.queue_config import QueueConfig
 from switchpoint.quota.shared_config import SharedStateConfig
 from switchpoint.security.config import AdminConfig, AuthConfig, TlsConfig
+from switchpoint.splits.config import SplitConfig, check_splits
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -225,6 +226,8 @@ class RoutingConfig(QueueConfig):  # the queue_* keys are queue_config's
     # carry on from the partial answer); false fails the stream instead.
     stream_continuation: bool = True
     latency_half_life_s: Positive = 300.0
+    # A/B splits between routing policies (switchpoint.splits).
+    splits: dict[str, SplitConfig] = Field(default_factory=dict)
 
 
 ScopeKey = Literal["tenant", "stage", "model", "provider"]
@@ -396,6 +399,12 @@ def _check_routing(config: Config) -> list[str]:
     )
     if routing.auto.easy_complexity > routing.auto.hard_complexity:
         errors.append("routing.auto.easy_complexity: must be <= routing.auto.hard_complexity")
+    errors += check_splits(
+        routing.splits,
+        models=frozenset(known),
+        stages={name: frozenset(stage.models) for name, stage in routing.stages.items()},
+        knows_strategy=lambda name: config.strategy_weights(name) is not None,
+    )
     return errors
 
 

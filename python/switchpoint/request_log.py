@@ -92,6 +92,8 @@ class _Line(NamedTuple):
     cache: str
     # The (role, content) pairs, or only their length in characters where that is all there is.
     prompt: Sequence[tuple[str, str]] | int | None
+    # "SPLIT/ARM" of an A/B split's arm; "" outside splits (and then not written).
+    split: str = ""
 
 
 class RequestLog:
@@ -142,6 +144,7 @@ class RequestLog:
         attempts: int,
         cache: str = "",
         prompt: Sequence[tuple[str, str]] | int | None = None,
+        split: str = "",
     ) -> None:
         """Queue the line; `prompt` may be its length in characters alone when prompts are not
         logged (`logs_prompts`)."""
@@ -162,6 +165,7 @@ class RequestLog:
                 attempts,
                 cache,
                 prompt,
+                split,
             )
         )
         if len(pending) >= MAX_PENDING or self._flush_after_s <= 0:
@@ -202,6 +206,8 @@ class RequestLog:
             "attempts": line.attempts,
             "cache": line.cache,
         }
+        if line.split:
+            fields["split"] = line.split
         if isinstance(line.prompt, int):
             fields["prompt_chars"] = line.prompt
         elif line.prompt is not None:

@@ -35,6 +35,7 @@ from switchpoint.quota.scheduler import Scheduler
 from switchpoint.registry import Registry
 from switchpoint.request import ChatInput, new_request_id, prompt_size
 from switchpoint.routing import Decision, build_router
+from switchpoint.splits.assign import Splits
 from switchpoint.stats import StatsBook
 from switchpoint.telemetry import SPAN_GATE, SPAN_ROUTE
 from switchpoint.tokens import TokenCounter
@@ -82,6 +83,7 @@ class Engine:
         )
         self.tokens = TokenCounter()
         self.router = build_router(config, registry, self.tokens, self.gate.book)
+        self.splits = Splits(config.routing.splits, self.gate.labels)
         self._attempts = Attempts(
             config,
             registry,

@@ -21,6 +21,8 @@ from switchpoint.limits import shown
 from switchpoint.request import ChatInput, new_request_id
 from switchpoint.request_log import RequestLog
 from switchpoint.routing import Decision
+from switchpoint.splits.assign import Assignment
+from switchpoint.splits.book import SplitBook
 from switchpoint.telemetry import SPAN_REQUEST, Telemetry
 
 
@@ -31,6 +33,8 @@ class Observation:
     span: Span
     decision: Decision | None = None
     result: ChatResult | None = None
+    # The request's place in an A/B split, set by the handler when a split takes it.
+    split: Assignment | None = None
     outcome: str = "ok"
     # Time the call spent waiting on providers, backoffs and queues: not switchpoint's overhead.
     waited_s: float = 0.0
@@ -51,6 +55,8 @@ class RequestObserver:
         # Where the Rust router counts and times the Route calls it answers alone (`routed`).
         self.route_tally = telemetry.metrics.route_tally if telemetry else None
         self._request_log = request_log
+        # What each split's arms served, across config reloads (GetStats reads it).
+        self.splits = SplitBook()
 
     def observe(
         self,
@@ -142,6 +148,8 @@ class RequestObserver:
         # A refused request's strings may be of any length: shown cut, like in its error.
         tenant, stage = shown(request.routing.tenant), shown(request.routing.stage)
         self._metrics.request(model=model, outcome=observation.outcome, tenant=tenant, stage=stage)
+        split = observation.split
+        arm = self._count_split(split, observation) if split is not None else ""
         self._request_log.add(
             request_id=shown(request.request_id),
             rpc=rpc,
@@ -153,7 +161,25 @@ class RequestObserver:
             cost_usd=result.cost_usd if result else 0.0,
             attempts=len(result.attempts) if result else 0,
             prompt=request.messages,  # (role, content) pairs already
+            split=arm,
         )
+
+    def _count_split(self, split: Assignment, observation: Observation) -> str:
+        """The request in its arm's figures; its "SPLIT/ARM" for the log line ("" when the
+        split did not apply)."""
+        if not split.applied:
+            return ""
+        result = observation.result
+        cost = result.cost_usd if result else 0.0
+        self.splits.record(
+            split,
+            ok=observation.outcome == "ok",
+            input_tokens=result.input_tokens if result else 0,
+            output_tokens=result.output_tokens if result else 0,
+            cost_usd=cost,
+        )
+        self._metrics.split(split=split.split, arm=split.arm, outcome=observation.outcome, usd=cost)
+        return f"{split.split}/{split.arm}"
 
 
 class _Unspanned:

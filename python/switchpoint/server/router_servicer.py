@@ -21,6 +21,7 @@ from switchpoint.security.access import AccessDenied, authenticate, bind_routing
 from switchpoint.server import convert
 from switchpoint.server.observe import Observation, RequestObserver
 from switchpoint.server.status import failure_for
+from switchpoint.splits.book import arm_stats
 from switchpoint.v1 import router_pb2 as pb
 
 ServicerContext = grpc.aio.ServicerContext[object, object]
@@ -82,7 +83,8 @@ class RouterServicer:
             request = await self._bound_route_request(request, context)
         engine = build.engine
         observer = self._observer
-        if not observer.light:
+        # A split reads the request in Python (switchpoint.splits): decoded here.
+        if not observer.light or engine.splits.active:
             return await self._route(engine, request, context)
         gate, router = engine.gate, engine.router
         started = time.perf_counter()
@@ -152,13 +154,15 @@ class RouterServicer:
             await self._refuse_undecodable(context)
         chat_input = await self._chat_input("Route", decoded, context)
         with self._observer.observe("Route", context, chat_input, calls_providers=False) as seen:
+            chat_input, seen.split = engine.splits.assign(chat_input)
             try:
                 seen.decision = await engine.decide_off_loop(
                     chat_input, self._offload, timeout_s=context.time_remaining()
                 )
             except Exception as exc:
                 await _abort(context, exc, chat_input.request_id, seen)
-            return seen.decision.encode()
+            answer = seen.decision.encode()
+            return seen.split.annotate(answer) if seen.split is not None else answer
 
     async def _refuse_undecodable(self, context: ServicerContext) -> NoReturn:
         failure = InvalidRequestError("request", "is not a valid switchpoint.v1.RouteRequest")
@@ -201,6 +205,7 @@ class RouterServicer:
             self._engine.hold() as engine,
             self._observer.observe("Chat", context, chat_input) as seen,
         ):
+            chat_input, seen.split = engine.splits.assign(chat_input)
             try:
                 seen.decision = await engine.route_off_loop(
                     chat_input, self._offload, timeout_s=context.time_remaining()
@@ -210,7 +215,10 @@ class RouterServicer:
                 )
             except Exception as exc:
                 await _abort(context, exc, chat_input.request_id, seen)
-            return convert.chat_response(seen.result)
+            response = convert.chat_response(seen.result)
+            if seen.split is not None:
+                seen.split.annotate_message(response.decision)
+            return response
 
     async def ChatStream(
         self, request: pb.ChatRequest, context: ServicerContext
@@ -222,6 +230,7 @@ class RouterServicer:
             self._engine.hold() as engine,
             self._observer.observe("ChatStream", context, chat_input) as seen,
         ):
+            chat_input, seen.split = engine.splits.assign(chat_input)
             async with aclosing(self._stream(engine, chat_input, context, seen)) as chunks:
                 async for chunk in chunks:
                     yield chunk
@@ -252,6 +261,8 @@ class RouterServicer:
                         chunk = convert.delta_chunk(item, request_id)
                     if first:
                         chunk.decision.CopyFrom(convert.decision_message(decision))
+                        if seen.split is not None:
+                            seen.split.annotate_message(chunk.decision)
                         first = False
                     yield chunk
         except Exception as exc:
@@ -289,6 +300,11 @@ class RouterServicer:
             config_version=self._engine.version,
             cache=_cache_stats(engine),
             budgets=_budgets_left(engine, request.tenant if request.HasField("tenant") else None),
+            splits=arm_stats(
+                engine.splits,
+                self._observer.splits,
+                request.tenant if request.HasField("tenant") else None,
+            ),
         )
 
 
