@@ -7,7 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
 from switchpoint.config import TelemetryConfig
@@ -89,6 +92,37 @@ async def test_route_keeps_each_user_in_its_arm_across_requests_a_reload_and_a_r
     assert _arm(named) == ""
     async with running_sidecar(_config(), ENV, config_path=path) as restarted:
         assert await _routed_arms(restarted) == first
+
+
+async def test_route_counts_arms_and_refusals_the_same_with_spans_recorded() -> None:
+    """Route is answered from its bytes when nothing but sizes is observed, and decoded in Python
+    when spans are recorded: both place a user alike, and count and log it alike."""
+    counted: list[list[tuple[str, int, int]]] = []
+    placed: list[dict[str, str]] = []
+    logged: list[list[str]] = []
+    for spans in (None, InMemorySpanExporter()):
+        telemetry = Telemetry(TelemetryConfig(), span_exporter=spans, environ={})
+        with recorded("switchpoint.request") as lines:
+            async with running_sidecar(_config(), ENV, telemetry=telemetry) as sidecar:
+                placed.append(await _routed_arms(sidecar))
+                refused = pb.RouteRequest(
+                    messages=user("hello"),
+                    routing=pb.RoutingOptions(user=USERS[0], capabilities=["teleport"]),
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await sidecar.stub.Route(refused)
+                assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+                stats = await sidecar.stub.GetStats(pb.StatsRequest())
+        counted.append([(r.arm, r.requests, r.errors) for r in stats.splits])
+        logged.append(sorted(vars(r).get("split", "") for r in lines.records))
+    assert placed[0] == placed[1]
+    assert counted[0] == counted[1]
+    arms = list(placed[0].values())
+    refused_arm = placed[0][USERS[0]]
+    assert counted[0] == [
+        (arm, arms.count(arm) + (arm == refused_arm), int(arm == refused_arm)) for arm in "ab"
+    ]
+    assert logged[0] == logged[1] == sorted([f"pricing/{a}" for a in [*arms, refused_arm]])
 
 
 async def test_chat_arms_are_counted_in_getstats_metrics_and_the_request_log(

@@ -122,10 +122,20 @@ class RequestObserver:
         return self._request_log.enabled
 
     def routed(
-        self, model: str, tenant: str, stage: str, prompt_chars: int, elapsed_s: float
+        self,
+        model: str,
+        tenant: str,
+        stage: str,
+        prompt_chars: int,
+        elapsed_s: float,
+        *,
+        split: Assignment | None = None,
     ) -> None:
-        """The log line of a Route call answered from its bytes (see `light`); its metrics are
-        the router's (`route_tally`)."""
+        """The log line of a Route call answered from its bytes (see `light`), and its split's
+        figures; its other metrics are the router's (`route_tally`)."""
+        arm = self._count_split(split, "ok", None) if split is not None else ""
+        if not self._request_log.enabled:
+            return
         self._request_log.add(
             request_id=new_request_id(),
             rpc="Route",
@@ -137,6 +147,7 @@ class RequestObserver:
             cost_usd=0.0,
             attempts=0,
             prompt=prompt_chars,
+            split=arm,
         )
 
     def _finish(self, rpc: str, request: ChatInput, observation: Observation) -> None:
@@ -149,7 +160,11 @@ class RequestObserver:
         tenant, stage = shown(request.routing.tenant), shown(request.routing.stage)
         self._metrics.request(model=model, outcome=observation.outcome, tenant=tenant, stage=stage)
         split = observation.split
-        arm = self._count_split(split, observation) if split is not None else ""
+        arm = (
+            self._count_split(split, observation.outcome, observation.result)
+            if split is not None
+            else ""
+        )
         self._request_log.add(
             request_id=shown(request.request_id),
             rpc=rpc,
@@ -164,21 +179,20 @@ class RequestObserver:
             split=arm,
         )
 
-    def _count_split(self, split: Assignment, observation: Observation) -> str:
+    def _count_split(self, split: Assignment, outcome: str, result: ChatResult | None) -> str:
         """The request in its arm's figures; its "SPLIT/ARM" for the log line ("" when the
         split did not apply)."""
         if not split.applied:
             return ""
-        result = observation.result
         cost = result.cost_usd if result else 0.0
         self.splits.record(
             split,
-            ok=observation.outcome == "ok",
+            ok=outcome == "ok",
             input_tokens=result.input_tokens if result else 0,
             output_tokens=result.output_tokens if result else 0,
             cost_usd=cost,
         )
-        self._metrics.split(split=split.split, arm=split.arm, outcome=observation.outcome, usd=cost)
+        self._metrics.split(split=split.split, arm=split.arm, outcome=outcome, usd=cost)
         return f"{split.split}/{split.arm}"
 
 

@@ -21,6 +21,7 @@ from switchpoint.security.access import AccessDenied, authenticate, bind_routing
 from switchpoint.server import convert
 from switchpoint.server.observe import Observation, RequestObserver
 from switchpoint.server.status import failure_for
+from switchpoint.splits.assign import Assignment
 from switchpoint.splits.book import arm_stats
 from switchpoint.v1 import router_pb2 as pb
 
@@ -83,9 +84,11 @@ class RouterServicer:
             request = await self._bound_route_request(request, context)
         engine = build.engine
         observer = self._observer
-        # A split reads the request in Python (switchpoint.splits): decoded here.
-        if not observer.light or engine.splits.active:
+        if not observer.light:
             return await self._route(engine, request, context)
+        split = None
+        if engine.splits.active:
+            request, split = await self._split_route_request(engine, request, context)
         gate, router = engine.gate, engine.router
         started = time.perf_counter()
         route = partial(
@@ -103,19 +106,39 @@ class RouterServicer:
                 asking_async=gate.asking_async,
             )
         except Exception as exc:
-            return await self._route_refused(engine, request, exc, context)
-        if observer.logs_requests:
+            return await self._route_refused(engine, request, exc, context, split)
+        if observer.logs_requests or split is not None:
             observer.routed(
                 routed.model,
                 routed.tenant,
                 routed.stage,
                 routed.prompt_chars,
                 time.perf_counter() - started,
+                split=split,
             )
-        return routed.decision
+        return routed.decision if split is None else split.annotate(routed.decision)
+
+    async def _split_route_request(
+        self, engine: Engine, request: bytes, context: ServicerContext
+    ) -> tuple[bytes, Assignment | None]:
+        """The request as its split's arm routes it, re-encoded when the arm changed it, and its
+        place in the split (switchpoint.splits)."""
+        try:
+            message = pb.RouteRequest.FromString(request)
+        except DecodeError:
+            await self._refuse_undecodable(context)
+        split = engine.splits.assign_message(message)
+        if split is not None and split.applied:
+            request = message.SerializeToString()
+        return request, split
 
     async def _route_refused(
-        self, engine: Engine, request: bytes, failure: Exception, context: ServicerContext
+        self,
+        engine: Engine,
+        request: bytes,
+        failure: Exception,
+        context: ServicerContext,
+        split: Assignment | None = None,
     ) -> NoReturn:
         """A Route the router refused, observed (request line, metrics) with its tenant and
         stage, and answered with the refusal's status."""
@@ -129,6 +152,7 @@ class RouterServicer:
             await self._refuse_unread("Route", failure, context)
         chat_input = convert.chat_input(decoded)
         with self._observer.observe("Route", context, chat_input, calls_providers=False) as seen:
+            seen.split = split
             await _abort(context, failure, chat_input.request_id, seen)
 
     async def _bound_route_request(self, request: bytes, context: ServicerContext) -> bytes:

@@ -18,17 +18,34 @@ from hashlib import blake2b
 from typing import NamedTuple
 
 from switchpoint.quota.labels import Labels
-from switchpoint.request import ChatInput, RoutingOptions
+from switchpoint.request import ChatInput
 from switchpoint.splits.config import ArmConfig, SplitConfig
 from switchpoint.v1 import router_pb2 as pb
 
 _POINTS = float(1 << 64)
+# Why a split leaves a request alone, besides a missing key.
+_CONFLICTS = (
+    "the request names its models",
+    "the request names its strategy",
+    "the request names its weights",
+)
+
+
+def _reason_wire(reason: str) -> bytes:
+    """A RouteDecision holding only `reason`: appended to a decision's bytes, protobuf merges
+    the two, adding the reason after the decision's own."""
+    return pb.RouteDecision(reasons=[reason]).SerializeToString()
 
 
 def arm_point(split: str, key: str) -> float:
     """Where `key` falls in [0, 1) for `split`: the same in every process and on every host."""
-    digest = blake2b(key.encode(), digest_size=8, key=split.encode()).digest()
-    return int.from_bytes(digest, "big") / _POINTS
+    return _point(blake2b(digest_size=8, key=split.encode()), key)
+
+
+def _point(keyed: blake2b, key: str) -> float:
+    hasher = keyed.copy()  # the split's name already absorbed: cheaper than keying anew
+    hasher.update(key.encode())
+    return int.from_bytes(hasher.digest(), "big") / _POINTS
 
 
 class Assignment(NamedTuple):
@@ -40,55 +57,72 @@ class Assignment(NamedTuple):
     reason: str
     # The tenant as GetStats and the usage stats label it (switchpoint.quota.labels).
     tenant: str
+    # `reason` as RouteDecision bytes (`_reason_wire`).
+    reason_wire: bytes
 
     @property
     def applied(self) -> bool:
         return bool(self.arm)
 
     def annotate(self, decision: bytes) -> bytes:
-        """`decision` (RouteDecision bytes) with the reason appended to its reasons: protobuf
-        merges concatenated messages, appending repeated fields, so nothing is decoded."""
-        return decision + pb.RouteDecision(reasons=[self.reason]).SerializeToString()
+        """`decision` (RouteDecision bytes) with the reason after its own: nothing is decoded."""
+        return decision + self.reason_wire
 
     def annotate_message(self, decision: pb.RouteDecision) -> None:
         decision.reasons.append(self.reason)
 
 
+class _Arm(NamedTuple):
+    bound: float  # the arm takes the points below this and above the previous arm's
+    config: ArmConfig
+    reason: str
+    reason_wire: bytes
+
+
 class _Split:
-    """One configured split, ready to place keys: the arms' cumulative weights, and which
-    request options its arms set."""
+    """One configured split, ready to place keys: its arms' cumulative bounds and reasons (made
+    once: they are the same for every request), and which request options its arms set."""
 
     def __init__(self, name: str, config: SplitConfig) -> None:
         self.name = name
         self.sticky = config.sticky
+        self._keyed = blake2b(digest_size=8, key=name.encode())
         total = sum(arm.weight for arm in config.arms)
-        self.arms = config.arms
         self.shares = tuple(arm.weight / total for arm in config.arms)
-        bounds, running = [], 0.0
-        for share in self.shares:
+        self.arm_names = tuple(arm.name for arm in config.arms)
+        arms, running = [], 0.0
+        for arm, share in zip(config.arms, self.shares, strict=True):
             running += share
-            bounds.append(running)
-        self._bounds = bounds
+            if share > 0:  # a drained arm takes no point, not even on a rounding edge
+                reason = f"split '{name}' arm {arm.name} ({share:.0%})"
+                arms.append(_Arm(running, arm, reason, _reason_wire(reason)))
+        self._arms = arms
         self.sets_models = any(arm.models for arm in config.arms)
         self.sets_strategy = any(arm.strategy for arm in config.arms)
+        whys = (*_CONFLICTS, f"the request names no {self.sticky}")
+        # The reason (and its bytes) of a request the split leaves alone, by why.
+        self.not_applied: dict[str, tuple[str, bytes]] = {}
+        for why in whys:
+            reason = f"split '{name}' did not apply: {why}"
+            self.not_applied[why] = (reason, _reason_wire(reason))
 
-    def arm_of(self, key: str) -> tuple[ArmConfig, float]:
-        point = arm_point(self.name, key)
-        for arm, share, bound in zip(self.arms, self.shares, self._bounds, strict=True):
-            if point < bound and share > 0:
-                return arm, share
-        # Rounding can leave the last bound a hair under 1: the last arm with weight takes it.
-        index = max(i for i, share in enumerate(self.shares) if share > 0)
-        return self.arms[index], self.shares[index]
+    def arm_of(self, key: str) -> _Arm:
+        point = _point(self._keyed, key)
+        for arm in self._arms:
+            if point < arm.bound:
+                return arm
+        # Rounding can leave the last bound a hair under 1: the last arm takes the rest.
+        return self._arms[-1]
 
-    def conflict(self, routing: RoutingOptions) -> str:
-        """What the request names that an arm would set; "" when nothing."""
-        if self.sets_models and routing.models:
-            return "the request names its models"
-        if self.sets_strategy and routing.strategy:
-            return "the request names its strategy"
-        if self.sets_strategy and routing.weights is not None:
-            return "the request names its weights"
+    def conflict(self, models: bool, strategy: bool, weights: bool) -> str:
+        """What the request names (`models`, a `strategy`, `weights`) that an arm would set;
+        "" when nothing."""
+        if self.sets_models and models:
+            return _CONFLICTS[0]
+        if self.sets_strategy and strategy:
+            return _CONFLICTS[1]
+        if self.sets_strategy and weights:
+            return _CONFLICTS[2]
         return ""
 
 
@@ -109,9 +143,9 @@ class Splits:
     def arms(self) -> list[tuple[str, str, float]]:
         """(split, arm, share) of every arm, in config order."""
         return [
-            (split.name, arm.name, share)
+            (split.name, arm, share)
             for split in self._all
-            for arm, share in zip(split.arms, split.shares, strict=True)
+            for arm, share in zip(split.arm_names, split.shares, strict=True)
         ]
 
     def assign(self, request: ChatInput) -> tuple[ChatInput, Assignment | None]:
@@ -120,22 +154,50 @@ class Splits:
         if not self.active:
             return request, None
         routing = request.routing
-        split = self._by_stage.get(routing.stage) or self._by_stage.get("*")
-        if split is None:
+        named = (bool(routing.models), bool(routing.strategy), routing.weights is not None)
+        placed = self._place(routing.stage, routing.tenant, routing.user, named)
+        if placed is None:
             return request, None
-        tenant = self.labels.tenant(routing.tenant)
-        key = routing.tenant if split.sticky == "tenant" else routing.user
-        if not key:
-            reason = f"split '{split.name}' did not apply: the request names no {split.sticky}"
-            return request, Assignment(split.name, "", reason, tenant)
-        conflict = split.conflict(routing)
-        if conflict:
-            reason = f"split '{split.name}' did not apply: {conflict}"
-            return request, Assignment(split.name, "", reason, tenant)
-        arm, share = split.arm_of(key)
+        arm, assignment = placed
+        if arm is None:
+            return request, assignment
         routing = routing._replace(
             models=tuple(arm.models) if arm.models else routing.models,
             strategy=arm.strategy or routing.strategy,
         )
-        reason = f"split '{split.name}' arm {arm.name} ({share:.0%})"
-        return request._replace(routing=routing), Assignment(split.name, arm.name, reason, tenant)
+        return request._replace(routing=routing), assignment
+
+    def assign_message(self, request: pb.RouteRequest) -> Assignment | None:
+        """`assign` for a decoded RouteRequest, changed in place: Route then answers it from its
+        bytes, as without splits."""
+        routing = request.routing
+        named = (bool(routing.models), bool(routing.strategy), routing.HasField("weights"))
+        placed = self._place(routing.stage, routing.tenant, routing.user, named)
+        if placed is None:
+            return None
+        arm, assignment = placed
+        if arm is not None and arm.models:
+            routing.models[:] = arm.models
+        if arm is not None and arm.strategy:
+            routing.strategy = arm.strategy
+        return assignment
+
+    def _place(
+        self, stage: str, tenant: str, user: str, named: tuple[bool, bool, bool]
+    ) -> tuple[ArmConfig | None, Assignment] | None:
+        """The arm (None when the split does not apply) and the assignment of a request of
+        `stage`, `tenant` and `user` that names what `named` says (models, strategy, weights);
+        None when no split takes the stage."""
+        split = self._by_stage.get(stage) or self._by_stage.get("*")
+        if split is None:
+            return None
+        label = self.labels.tenant(tenant)
+        key = tenant if split.sticky == "tenant" else user
+        why = split.conflict(*named) if key else f"the request names no {split.sticky}"
+        if why:
+            reason, wire = split.not_applied[why]
+            return None, Assignment(split.name, "", reason, label, wire)
+        arm = split.arm_of(key)
+        return arm.config, Assignment(
+            split.name, arm.config.name, arm.reason, label, arm.reason_wire
+        )
