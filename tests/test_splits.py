@@ -231,6 +231,11 @@ def test_an_arm_outside_its_stages_models_and_shape_errors_are_refused() -> None
     assert errors == [
         "routing.splits.arch.arms[0].models[0]: 'cheap' is not a model of stage 'architecture'"
     ]
+    # Without applies_to the split takes the stage's requests too.
+    everywhere = {"sticky": "user", "arms": [{"name": "x", "weight": 1, "models": ["cheap"]}]}
+    assert _refused({"all": everywhere}) == [
+        "routing.splits.all.arms[0].models[0]: 'cheap' is not a model of stage 'architecture'"
+    ]
     assert _refused({"bad name": {"sticky": "tenant", "arms": [{"name": "x", "weight": 1}]}}) == [
         "routing.splits.bad name: a split's name is 1-64 letters, digits, '_', '.' or '-'"
     ]

@@ -14,6 +14,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from switchpoint.config import TelemetryConfig
+from switchpoint.security.keys import key_digest
+from switchpoint.splits.assign import arm_point
 from switchpoint.telemetry import Telemetry
 from switchpoint.v1 import router_pb2 as pb
 from tests.providers.fixtures import OPENAI_TEST_KEY
@@ -195,3 +197,27 @@ async def test_chat_stream_names_the_arm_on_its_first_chunk(openai_server: OpenA
     assert arm == _arm(routed)
     assert chunks[-1].done
     assert sum(1 for c in chunks if c.HasField("decision")) == 1
+
+
+async def test_a_tenant_split_keys_on_the_api_keys_tenant_and_never_escapes_its_models() -> None:
+    acme, limited = "sp-acme-Hq2w8ZkV1", "sp-cheap-Lp4n7YsB2"
+    config = _config()
+    config["routing"]["splits"]["pricing"]["sticky"] = "tenant"
+    config["routing"]["splits"]["pricing"]["arms"][1]["models"] = ["strong", "fast"]
+    config["auth"] = {
+        "keys": [
+            {"sha256": key_digest(acme), "tenant": "acme"},
+            {"sha256": key_digest(limited), "tenant": "acme", "models": ["cheap", "tiny"]},
+        ]
+    }
+    request = pb.RouteRequest(messages=user("hello"))
+    async with running_sidecar(config, ENV) as sidecar:
+        keyed = await sidecar.stub.Route(request, metadata=(("authorization", f"Bearer {acme}"),))
+        bound = await sidecar.stub.Route(
+            request, metadata=(("authorization", f"Bearer {limited}"),)
+        )
+    # The request named no tenant: the key's tenant is the split's key.
+    assert _arm(keyed) == ("a" if arm_point("pricing", "acme") < 0.7 else "b")
+    # The limited key's models are named on the request, so no arm can widen them.
+    assert "split 'pricing' did not apply: the request names its models" in bound.reasons
+    assert bound.model in {"cheap", "tiny"}

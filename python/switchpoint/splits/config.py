@@ -94,7 +94,9 @@ def _check_arms(
 ) -> list[str]:
     errors: list[str] = []
     names = [arm.name for arm in split.arms]
-    applies = [s for s in split.applies_to.stages or () if s in stages]
+    # The stages whose requests the split takes: without applies_to, every stage's.
+    taken = split.applies_to.stages
+    applies = [s for s in taken if s in stages] if taken is not None else list(stages)
     for i, arm in enumerate(split.arms):
         at = f"{path}.arms[{i}]"
         if names.index(arm.name) != i:
