@@ -15,6 +15,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from switchpoint.security.keys import key_digest
 from switchpoint.v1 import router_pb2 as pb
 from tests.providers.fixtures import OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
@@ -325,3 +326,46 @@ async def test_a_reload_reads_the_outcome_files_again(tmp_path: Path) -> None:
         refused = await running.sidecar.reload()
         assert not refused.ok
         assert (await running.stub.Route(quality_first(PROBE))).model == "strong"
+
+
+async def test_with_tenant_keys_a_key_scores_its_own_tenants_requests_only() -> None:
+    acme, beta = "sp-acme-Hq2w8ZkV1", "sp-beta-Jt5c3RmX9"
+    config = predictor_config()
+    config["auth"] = {
+        "keys": [
+            {"sha256": key_digest(acme), "tenant": "acme"},
+            {"sha256": key_digest(beta), "tenant": "beta", "models": ["cheap"]},
+        ]
+    }
+
+    def bearer(key: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {key}"),)
+
+    async with running_sidecar(config, KEYS) as running:
+        stub = running.stub
+        decision = await stub.Route(quality_first(PROBE), metadata=bearer(acme))
+        feedback = pb.FeedbackRequest(request_id=decision.request_id, model="cheap", score=1)
+        with pytest.raises(grpc.aio.AioRpcError) as unauthenticated:
+            await stub.Feedback(feedback)
+        assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # Beta's key cannot reach acme's request, whatever tenant it names.
+        for tenant in ("", "acme"):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Feedback(
+                    pb.FeedbackRequest(
+                        request_id=decision.request_id, model="cheap", score=1, tenant=tenant
+                    ),
+                    metadata=bearer(beta),
+                )
+            expected = (
+                grpc.StatusCode.NOT_FOUND if not tenant else grpc.StatusCode.PERMISSION_DENIED
+            )
+            assert refused.value.code() == expected
+        # A key limited to some models scores only those.
+        with pytest.raises(grpc.aio.AioRpcError) as limited:
+            await stub.Feedback(
+                pb.FeedbackRequest(request_id="x", model="strong", score=1), metadata=bearer(beta)
+            )
+        assert limited.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        reply = await stub.Feedback(feedback, metadata=bearer(acme))
+        assert (reply.model, reply.outcomes) == ("cheap", 1)

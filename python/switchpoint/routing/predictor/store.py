@@ -21,9 +21,10 @@ import numpy as np
 import numpy.typing as npt
 
 FORMAT: Final = "switchpoint-outcomes-1"
-# HNSW's graph degree and search breadth: recall of the true 64 nearest above 0.95 on the
-# benchmark's rows (benches/predictor_cost.py) at ~0.3 ms a search.
-GRAPH_DEGREE: Final = 32
+# HNSW's graph degree, build and search breadths: recall of the true 64 nearest 0.998 on
+# clustered 512-d rows, ~0.4 ms of CPU to insert a row (docs/benchmarks.md, "Predicted quality").
+GRAPH_DEGREE: Final = 16
+BUILD_BREADTH: Final = 40
 SEARCH_BREADTH: Final = 128
 NO_SOURCE: Final = -1  # a row learnt from feedback or a hook, not read from a file
 
@@ -157,6 +158,8 @@ class OutcomeStore:
                     scores=self.scores,
                     times=self.times,
                     sources=self.sources,
+                    # The graph itself: rebuilding it costs more than the rest of a load.
+                    index=faiss.serialize_index(self._index),
                 )
                 out.flush()
                 os.fsync(out.fileno())
@@ -192,6 +195,13 @@ class OutcomeStore:
         shapes = (store._vectors.shape, store._scores.shape, store._times.shape)
         if shapes != ((rows, dim), (rows, len(store.models)), (rows, len(store.models))):
             raise ValueError(f"{path}: inconsistent shapes {shapes}")
+        graph = arrays.get("index")
+        if graph is not None:
+            index = faiss.deserialize_index(np.ascontiguousarray(graph, np.uint8))
+            if isinstance(index, faiss.IndexHNSWFlat) and index.ntotal == rows:
+                index.hnsw.efSearch = SEARCH_BREADTH
+                store._index = index
+                return store
         store._index.add(store.vectors)
         return store
 
@@ -199,6 +209,7 @@ class OutcomeStore:
 
     def _new_index(self) -> faiss.IndexHNSWFlat:
         index = faiss.IndexHNSWFlat(self.dim, GRAPH_DEGREE, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = BUILD_BREADTH
         index.hnsw.efSearch = SEARCH_BREADTH
         return index
 
