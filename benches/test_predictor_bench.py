@@ -84,7 +84,7 @@ def test_predictor_cost_on_the_route_path(benchmark: Benchmark) -> None:
     store = _store()
     built = time.perf_counter() - built
     held = _rss_bytes() - before
-    arrays = store.vectors.nbytes + store.scores.nbytes + store.times.nbytes + store.sources.nbytes
+    arrays = store.scores.nbytes + store.times.nbytes + store.sources.nbytes
     weighing = Weighing.of(PredictorConfig(enabled=True))
     priors = dict.fromkeys(MODELS, 0.5)
     encoder = LocalSentenceEncoder()
@@ -117,6 +117,6 @@ def test_predictor_cost_on_the_route_path(benchmark: Benchmark) -> None:
         f"\n  embedding {len(PROMPT)} B prompt: p50 {short_p50:.0f} us p99 {short_p99:.0f} us"
         f"\n  embedding 4 KB prompt (read as {len(long[0])} chars): p50 {long_p50:.0f} us"
         f" p99 {long_p99:.0f} us"
-        f"\n  memory per {OUTCOMES:,} outcomes: arrays {arrays / 2**20:.0f} MiB,"
-        f" process grew {held / 2**20:.0f} MiB with the HNSW graph (built in {built:.0f} s)"
+        f"\n  memory per {OUTCOMES:,} outcomes: process grew {held / 2**20:.0f} MiB (the graph"
+        f" with its vectors, and {arrays / 2**20:.0f} MiB of scores); graph built in {built:.0f} s"
     )
