@@ -116,7 +116,20 @@ def route_requests(draw: st.DrawFn) -> pb.RouteRequest:
 
 
 def _answer(engine: Engine, request: bytes, **options: Any) -> bytes:
-    return engine.router.route_wire(request, now=engine.gate.now(), **options).decision
+    """The wire path's answer, given the id `convert.chat_input` gives a request without one."""
+    return engine.router.route_wire(
+        request, now=engine.gate.now(), request_id=SAME_ID, **options
+    ).decision
+
+
+# Ids are drawn per request; where both paths must give the same bytes, both get this one.
+SAME_ID = "0" * 32
+
+
+def _as_wire(request: pb.RouteRequest) -> ChatInput:
+    """The request as the engine reads it, with the id the wire path was given when it has none."""
+    chat_input = convert.chat_input(request)
+    return chat_input if request.request_id else chat_input._replace(request_id=SAME_ID)
 
 
 def _outcome(decide: Any) -> tuple[str, Any]:
@@ -200,7 +213,7 @@ def test_route_from_bytes_makes_and_registers_the_rule_instances_it_needs() -> N
     # table then holds (capped, freed when idle) like any other.
     assert len(engine.gate.scopes) == 0
     answer = engine.gate.asking(lambda: _answer(engine, request.SerializeToString()))
-    assert answer == engine.decide(convert.chat_input(request)).encode()
+    assert answer == engine.decide(_as_wire(request)).encode()
     [instance] = engine.gate.budget_instances()
     assert (instance.rule.name, instance.scope) == ("b", (("tenant", "t"),))
     assert engine.gate.scopes.get("budget", instance.gate_id) is not None
@@ -214,7 +227,7 @@ def test_a_budget_that_refuses_leaves_its_models_out_of_route_with_reasons() -> 
     decision = pb.RouteDecision.FromString(raw)
     assert [c.model for c in decision.candidates] == ["tiny"]
     assert any("excluded: budget 'b" in reason for reason in decision.reasons)
-    assert raw == engine.decide(convert.chat_input(request)).encode()
+    assert raw == engine.decide(_as_wire(request)).encode()
 
 
 def test_an_open_breaker_leaves_its_model_out_of_route_with_the_reason(engine: Engine) -> None:
@@ -250,14 +263,14 @@ def test_an_open_breaker_leaves_its_model_out_of_route_with_the_reason(engine: E
 def test_any_bytes_are_answered_as_protobuf_reads_them(engine: Engine, data: bytes) -> None:
     """Whatever the bytes, the router's decoder agrees with protobuf's parser: what protobuf
     refuses it refuses, and what protobuf reads it reads the same (so it decides the same)."""
-    wire = _outcome(lambda: engine.router.route_wire(data, now=NOW))
+    wire = _outcome(lambda: engine.router.route_wire(data, now=NOW, request_id=SAME_ID))
     try:
         message = pb.RouteRequest.FromString(data)
     except DecodeError:
         assert wire[0] == "InvalidRequestError"
         assert wire[1].startswith("request: is not a valid switchpoint.v1.RouteRequest")
         return
-    full = _outcome(lambda: engine.router.decide(convert.chat_input(message), now=NOW).encode())
+    full = _outcome(lambda: engine.router.decide(_as_wire(message), now=NOW).encode())
     if wire[0] != "ok":
         assert wire == full
         return

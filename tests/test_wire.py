@@ -36,6 +36,11 @@ def reference(decision: Decision) -> pb.RouteDecision:
                 estimated_cost_usd=c.estimated_cost_usd,
                 estimated_latency_ms=c.estimated_latency_ms,
                 latency_observed=c.latency_observed,
+                quality_source=(
+                    pb.QUALITY_SOURCE_PREDICTED if c.predicted else pb.QUALITY_SOURCE_PRIOR
+                ),
+                quality_evidence=c.predicted.evidence if c.predicted else 0.0,
+                quality_similar=c.predicted.similar if c.predicted else 0,
             )
             for c in decision.candidates
         ],
@@ -49,6 +54,7 @@ def reference(decision: Decision) -> pb.RouteDecision:
         estimated_output_tokens=min(decision.output_tokens, 2**32 - 1),
         task_class=decision.task_class,
         complexity=decision.complexity,
+        request_id=decision.request_id,
     )
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "NoRoom",
     "OverheadHistogram",
     "Percentiles",
+    "PredictedQuality",
     "RouteCount",
     "RouteTally",
     "Routed",
@@ -419,6 +420,25 @@ class ScoredModel:
     @property
     def latency_observed(self) -> bool:
         """Whether the latency estimate comes from observed calls rather than the prior."""
+    @property
+    def predicted(self) -> PredictedQuality | None:
+        """The prediction `quality` came from; None when it is the model's configured prior."""
+
+@final
+class PredictedQuality:
+    """A model's predicted quality for one request and the evidence behind it."""
+
+    def __new__(cls, *, quality: float, evidence: float, similar: int, ok: int) -> PredictedQuality:
+        """`quality` in [0, 1]; `evidence` (>= 0) the weight of the outcomes behind it;
+        `similar` the similar prompts found for the model, `ok` those that scored >= 0.5."""
+    @property
+    def quality(self) -> float: ...
+    @property
+    def evidence(self) -> float: ...
+    @property
+    def similar(self) -> int: ...
+    @property
+    def ok(self) -> int: ...
 
 @final
 class Decision:
@@ -447,6 +467,9 @@ class Decision:
     def task_class(self) -> str: ...
     @property
     def complexity(self) -> float: ...
+    @property
+    def request_id(self) -> str:
+        """The request's id, for a later Feedback call."""
     @property
     def fallback(self) -> tuple[str, ...]:
         """Models to try after the candidates when every candidate fails, in chain order."""
@@ -631,6 +654,7 @@ class Router:
         request: bytes,
         *,
         now: float,
+        request_id: str = "",
         open_breakers: dict[str, float] | None = None,
         tally: RouteTally | None = None,
         stop: WorkStop | None = None,
@@ -643,6 +667,9 @@ class Routed:
     """A Route call answered from its bytes: the RouteDecision bytes, and what its log line
     needs."""
 
+    @property
+    def request_id(self) -> str:
+        """The request's id: its own, or the one `route_wire` was given."""
     @property
     def decision(self) -> bytes:
         """The switchpoint.v1.RouteDecision message, serialized."""

@@ -23,6 +23,7 @@ from switchpoint.providers.base import ExtraBody
 from switchpoint.quota.instances_config import StateConfig, check_state
 from switchpoint.quota.queue_config import QueueConfig
 from switchpoint.quota.shared_config import SharedStateConfig
+from switchpoint.routing.predictor.config import PredictorConfig
 from switchpoint.security.config import AdminConfig, AuthConfig, TlsConfig
 from switchpoint.splits.config import SplitConfig, check_splits
 
@@ -217,6 +218,7 @@ class RoutingConfig(QueueConfig):  # the queue_* keys are queue_config's
     stages: dict[str, StageConfig] = Field(default_factory=dict)
     fallback_chain: list[str] = Field(default_factory=list)
     auto: AutoRoutingConfig = Field(default_factory=AutoRoutingConfig)
+    predictor: PredictorConfig = Field(default_factory=PredictorConfig)
     # Live latency replaces the config prior once a model has this many (decayed) samples.
     min_latency_samples: Annotated[int, Field(ge=1)] = 20
     # The output-token estimate for requests that set no max_tokens; a decision carries it as a

@@ -40,6 +40,18 @@ class PolicyDeniedError(SwitchpointError):
     """Configured policy forbids the request (e.g. a model outside its stage's whitelist)."""
 
 
+class NotFoundError(InvalidRequestError):
+    """The request names something that does not exist (or no longer, or not for this caller)."""
+
+
+class AlreadyDoneError(InvalidRequestError):
+    """The request repeats something that may happen once (a second score of the same answer)."""
+
+
+class FeatureOffError(SwitchpointError):
+    """The request needs a feature this config leaves off; the message names the config key."""
+
+
 class QuotaExceededError(SwitchpointError):
     """A rate limit or budget refuses the call; `retry_after_s` says when it may pass."""
 
@@ -131,13 +143,16 @@ class DeadlineExceededError(SwitchpointError):
 
 __all__ = [
     "AllAttemptsFailedError",
+    "AlreadyDoneError",
     "ConfigError",
     "CoreError",
     "ErrorClass",
+    "FeatureOffError",
     "GateDenied",
     "InvalidRequestError",
     "NoEligibleModelError",
     "NoRoom",
+    "NotFoundError",
     "PolicyDeniedError",
     "ProviderError",
     "QuotaExceededError",

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from enum import IntEnum
 from typing import NamedTuple
 
+from switchpoint._native import PredictedQuality
 from switchpoint.cache.records import CacheControls
 from switchpoint.providers.base import ChatMessage
 
@@ -63,6 +64,8 @@ class ChatInput(NamedTuple):
     params: GenerationParams = NO_PARAMS
     request_id: str = ""
     cache: CacheControls = NO_CACHE_CONTROLS
+    # The quality predictor's view of this request (model -> PredictedQuality); None when off.
+    predicted: dict[str, PredictedQuality] | None = None
 
 
 def new_request_id() -> str:

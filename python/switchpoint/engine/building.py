@@ -40,6 +40,7 @@ from switchpoint.providers.base import ProviderAdapter
 from switchpoint.quota.gate import TokenGate
 from switchpoint.quota.shared import SharedQuota
 from switchpoint.registry import ProviderStatus, Registry, resolve_providers
+from switchpoint.routing.predictor.service import QualityPredictor
 from switchpoint.security.keys import TRUSTED_CALLERS, TenantKeys, load_tenant_keys
 from switchpoint.stats import StatsBook
 
@@ -77,6 +78,10 @@ def restart_only_changes(running: Config, new: Config) -> list[str]:
         errors.append("admin.token_env: changing it needs a restart")
     if new.cache != running.cache:
         errors.append("cache: changing it needs a restart")
+    # The outcome files are re-read on reload; the rest shapes the predictor the process runs.
+    predictor_before = running.routing.predictor.model_copy(update={"outcomes": []})
+    if new.routing.predictor.model_copy(update={"outcomes": []}) != predictor_before:
+        errors.append("routing.predictor: changing anything but its outcomes needs a restart")
     # New certificate files (or new contents) are taken on reload; what the port speaks is not.
     tls_before, tls_after = running.server.tls, new.server.tls
     if (tls_before is None) != (tls_after is None):
@@ -162,6 +167,7 @@ def build_engine(
     tracer: Tracer | None = None,
     metrics: MetricsSink | None = None,
     cache: ResponseCache | None = None,
+    predictor: QualityPredictor | None = None,
 ) -> EngineBuild:
     """The engine for `config`; with `previous`, a reload of it (see the module docstring).
 
@@ -211,6 +217,7 @@ def build_engine(
         tracer=old.tracer if old is not None else tracer,
         metrics=old.metrics if old is not None else metrics,
         cache=old.cache.cache if old is not None and old.cache is not None else cache,
+        predictor=old.predictor if old is not None else predictor,
     )
     # One config's known tenants and stages, for every book and sink that labels by them.
     engine.stats.set_labels(gate.labels)

@@ -12,7 +12,8 @@ formats live in `switchpoint.server`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Iterator, Mapping
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from contextlib import aclosing
 
 from opentelemetry import trace
@@ -35,6 +36,7 @@ from switchpoint.quota.scheduler import Scheduler
 from switchpoint.registry import Registry
 from switchpoint.request import ChatInput, new_request_id, prompt_size
 from switchpoint.routing import Decision, build_router
+from switchpoint.routing.predictor.service import QualityPredictor
 from switchpoint.splits.assign import Splits
 from switchpoint.stats import StatsBook
 from switchpoint.telemetry import SPAN_GATE, SPAN_ROUTE
@@ -60,6 +62,7 @@ class Engine:
         tracer: Tracer | None = None,
         metrics: MetricsSink | None = None,
         cache: ResponseCache | None = None,
+        predictor: QualityPredictor | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -84,6 +87,10 @@ class Engine:
         self.tokens = TokenCounter()
         self.router = build_router(config, registry, self.tokens, self.gate.book)
         self.splits = Splits(config.routing.splits, self.gate.labels)
+        # Where outcomes go (Feedback, hooks); None when routing.predictor is off.
+        self.predictor = predictor
+        self.outcomes = predictor
+        self._priors = {m.name: m.quality for m in registry.models}
         self._attempts = Attempts(
             config,
             registry,
@@ -140,6 +147,13 @@ class Engine:
     ) -> Decision:
         """`decide`, with a large prompt decided on `offload`'s threads (see switchpoint.offload)
         and stopped at `timeout_s` or when this call is cancelled (DeadlineExceededError)."""
+        if self.predictor is not None:
+            return await self._predicted(self._decide_off_loop, request, offload, timeout_s)
+        return await self._decide_off_loop(request, offload, timeout_s)
+
+    async def _decide_off_loop(
+        self, request: ChatInput, offload: Offload, timeout_s: float | None
+    ) -> Decision:
         router, gate, open_breakers = self.router, self.gate, self.breakers.refusing()
 
         def decide(stop: WorkStop) -> Decision:
@@ -166,6 +180,13 @@ class Engine:
     ) -> Decision:
         """The first half of `decide` (no quota asked yet), for a call the cache may answer; the
         call admits it (`admit`) once the cache has missed. Large prompts go to `offload`."""
+        if self.predictor is not None:
+            return await self._predicted(self._route_off_loop, request, offload, timeout_s)
+        return await self._route_off_loop(request, offload, timeout_s)
+
+    async def _route_off_loop(
+        self, request: ChatInput, offload: Offload, timeout_s: float | None
+    ) -> Decision:
         router, gate = self.router, self.gate
 
         def route(stop: WorkStop) -> Decision:
@@ -183,6 +204,25 @@ class Engine:
                 span.set_attribute("switchpoint.level", routed.level.name.lower())
                 span.set_attribute("switchpoint.strategy", routed.strategy)
         return routed
+
+    async def _predicted(
+        self,
+        route: Callable[[ChatInput, Offload, float | None], Awaitable[Decision]],
+        request: ChatInput,
+        offload: Offload,
+        timeout_s: float | None,
+    ) -> Decision:
+        """`route` of `request` with each model's predicted quality, within the same
+        `timeout_s`; the request is remembered for a later Feedback call."""
+        predictor = self.predictor
+        assert predictor is not None
+        started = time.monotonic()
+        vector, predicted = await predictor.predict(request, self._priors, timeout_s)
+        if timeout_s is not None:
+            timeout_s = max(timeout_s - (time.monotonic() - started), 0.0)
+        decision = await route(request._replace(predicted=predicted), offload, timeout_s)
+        predictor.remember(request.request_id, request.routing.tenant, vector, decision.chosen.name)
+        return decision
 
     def admit(self, routed: Decision, request: ChatInput) -> Decision:
         """The second half of `decide`: `routed` without the candidates the gate or an open
@@ -285,6 +325,8 @@ class Engine:
         span.set_attribute("gen_ai.usage.input_tokens", result.input_tokens)
         span.set_attribute("gen_ai.usage.output_tokens", result.output_tokens)
         span.set_attribute("switchpoint.cost_usd", result.cost_usd)
+        if self.predictor is not None:
+            self.predictor.served(call.request_id, result.model)
         return result
 
     # -- the chain ----------------------------------------------------------------------------

@@ -16,10 +16,14 @@ The levels, in order; the first that applies wins:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from switchpoint._native import Router, RuleBook
-from switchpoint.config import Config
-from switchpoint.registry import Registry
-from switchpoint.tokens import TokenCounter
+
+if TYPE_CHECKING:  # routing is imported by the config schema (its predictor section)
+    from switchpoint.config import Config
+    from switchpoint.registry import Registry
+    from switchpoint.tokens import TokenCounter
 
 
 def build_router(

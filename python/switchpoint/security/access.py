@@ -102,6 +102,14 @@ def bind_routing(
         routing.strategy = stage.strategy
 
 
+def bind_feedback(key: TenantKey, request: pb.FeedbackRequest) -> None:
+    """A key scores its own tenant's requests only, and only models it may use."""
+    _check_tenant(key, "tenant", request.tenant)
+    if request.model:
+        _check_models(key, "model", [request.model])
+    request.tenant = key.tenant
+
+
 def bind_stats(key: TenantKey, request: pb.StatsRequest) -> None:
     """A key sees its own tenant's counters and budgets only, and the models it may use."""
     _check_tenant(key, "tenant", request.tenant)

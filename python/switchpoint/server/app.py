@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2
 
 from switchpoint.cache.build import CacheService
 from switchpoint.config import Config, load_config
-from switchpoint.engine.building import EngineBuild, build_engine
+from switchpoint.engine.building import EngineBuild, build_engine, restart_only_changes
 from switchpoint.engine.path import Engine
 from switchpoint.errors import ConfigError, CoreError
 from switchpoint.local_model import ManagedModelServer
@@ -206,12 +206,19 @@ class Sidecar:
             await self._telemetry.start()
             if self._cache is not None:
                 await self._cache.start()
+            predictor = self._live.engine.predictor
+            if predictor is not None:
+                await predictor.start([m.name for m in self.config.models])
             await self.grpc_server.start()
             self._scope_sweep = asyncio.create_task(self._sweep_idle_scopes())
         except BaseException:
-            # Never leave a child model server running behind a sidecar that failed to start.
+            # Never leave a child model server running behind a sidecar that failed to start,
+            # nor the predictor's threads.
             for server in self._managed:
                 await server.stop()
+            predictor = self._live.engine.predictor
+            if predictor is not None:
+                await predictor.close()
             raise
         for service in ("", ROUTER_SERVICE, CONFIG_SERVICE):
             await self._health.set(service, SERVING)
@@ -236,6 +243,11 @@ class Sidecar:
         if self._shared is not None:
             # After the drain: the last settled spend is reported, unspent leases go back.
             await self._shared.stop()
+        predictor = self._live.engine.predictor
+        if predictor is not None:
+            # After the drain (the last feedback is in), before the cache: they may share the
+            # cache's embedder, which the cache closes.
+            await predictor.close()
         if self._cache is not None:
             # After the drain, so the snapshot holds the answers of the last calls too.
             await self._cache.close()
@@ -275,6 +287,7 @@ class Sidecar:
                 # Published before anything can log about the new config: a provider it adds.
                 SECRETS.publish(self, config_secrets(config, self._environ))
                 certificates = self._read_certificates(config)
+                await self._reload_outcomes(config)
                 build = build_engine(config, environ=self._environ, previous=self._live.build)
             except ConfigError as exc:
                 return await self._refused(exc.errors, str(path))
@@ -295,6 +308,16 @@ class Sidecar:
             await self._health.set(CONFIG_SERVICE, SERVING)
             self._watch_config_if_set()
             return ReloadResult(True, self._live.version, warnings=tuple(warnings))
+
+    async def _reload_outcomes(self, config: Config) -> None:
+        """The predictor's outcome files as `config` lists them (ConfigError for a bad one),
+        unless `config` cannot be applied anyway (build_engine says why)."""
+        predictor = self._live.engine.predictor
+        if predictor is None or restart_only_changes(self.config, config):
+            return
+        await predictor.load_outcome_files(
+            config.routing.predictor.outcomes, [m.name for m in config.models]
+        )
 
     def _read_certificates(self, config: Config) -> grpc.ServerCertificateConfiguration | None:
         tls = config.server.tls

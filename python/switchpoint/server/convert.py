@@ -61,9 +61,9 @@ def _cache_controls(cache: pb.CacheControl) -> CacheControls:
 def chat_input(request: pb.ChatRequest | pb.RouteRequest) -> ChatInput:
     if isinstance(request, pb.ChatRequest):
         cache = _cache_controls(request.cache) if request.HasField("cache") else NO_CACHE_CONTROLS
-        request_id = request.request_id
     else:
-        cache, request_id = NO_CACHE_CONTROLS, ""
+        cache = NO_CACHE_CONTROLS
+    request_id = request.request_id
     return ChatInput(
         cache=cache,
         messages=tuple([ChatMessage(m.role, m.content) for m in request.messages]),

@@ -22,6 +22,7 @@ from switchpoint.logs import SECRETS
 from switchpoint.offload import Offload
 from switchpoint.reload import LiveEngine
 from switchpoint.request_log import RequestLog
+from switchpoint.routing.predictor.service import build_predictor
 from switchpoint.security.secrets import config_secrets
 from switchpoint.security.tls import ServerTls
 from switchpoint.server.admin_servicer import AdminServicer
@@ -85,6 +86,7 @@ async def _create_server(
     tls = ServerTls(config.server.tls) if config.server.tls is not None else None
     telemetry = telemetry or Telemetry(config.telemetry, environ=environ)
     cache = build_cache(config, environ)
+    predictor = build_predictor(config.routing.predictor, cache.embedder if cache else None)
     build = build_engine(
         config,
         environ=environ,
@@ -93,6 +95,7 @@ async def _create_server(
         tracer=telemetry.tracer,
         metrics=telemetry.metrics,
         cache=cache.cache if cache is not None else None,
+        predictor=predictor,
     )
     managed = [
         ManagedModelServer(name, s.config.managed, logger=log.getChild(f"local.{name}"))

@@ -15,10 +15,11 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
+from switchpoint._native import Routed
 from switchpoint.engine.calls import ChatResult
 from switchpoint.instruments import MetricsSink, NullMetrics, records_spans
 from switchpoint.limits import shown
-from switchpoint.request import ChatInput, new_request_id
+from switchpoint.request import ChatInput
 from switchpoint.request_log import RequestLog
 from switchpoint.routing import Decision
 from switchpoint.splits.assign import Assignment
@@ -121,32 +122,23 @@ class RequestObserver:
     def logs_requests(self) -> bool:
         return self._request_log.enabled
 
-    def routed(
-        self,
-        model: str,
-        tenant: str,
-        stage: str,
-        prompt_chars: int,
-        elapsed_s: float,
-        *,
-        split: Assignment | None = None,
-    ) -> None:
+    def routed(self, routed: Routed, elapsed_s: float, *, split: Assignment | None = None) -> None:
         """The log line of a Route call answered from its bytes (see `light`), and its split's
         figures; its other metrics are the router's (`route_tally`)."""
         arm = self._count_split(split, "ok", None) if split is not None else ""
         if not self._request_log.enabled:
             return
         self._request_log.add(
-            request_id=new_request_id(),
+            request_id=shown(routed.request_id),
             rpc="Route",
-            tenant=tenant,
-            stage=stage,
-            model=model,
+            tenant=routed.tenant,
+            stage=routed.stage,
+            model=routed.model,
             outcome="ok",
             latency_ms=elapsed_s * 1000.0,
             cost_usd=0.0,
             attempts=0,
-            prompt=prompt_chars,
+            prompt=routed.prompt_chars,
             split=arm,
         )
 

@@ -13,11 +13,17 @@ from google.protobuf.message import DecodeError
 
 from switchpoint._native import Decision
 from switchpoint.engine.path import ChatResult, Engine
-from switchpoint.errors import InvalidRequestError, RequestTooLargeError
+from switchpoint.errors import FeatureOffError, InvalidRequestError, RequestTooLargeError
 from switchpoint.offload import Offload
 from switchpoint.reload import LiveEngine
 from switchpoint.request import ChatInput, new_request_id
-from switchpoint.security.access import AccessDenied, authenticate, bind_routing, bind_stats
+from switchpoint.security.access import (
+    AccessDenied,
+    authenticate,
+    bind_feedback,
+    bind_routing,
+    bind_stats,
+)
 from switchpoint.server import convert
 from switchpoint.server.observe import Observation, RequestObserver
 from switchpoint.server.status import failure_for
@@ -50,6 +56,11 @@ def add_router_to_server(servicer: RouterServicer, server: grpc.aio.Server) -> N
             servicer.GetStats,
             request_deserializer=pb.StatsRequest.FromString,
             response_serializer=pb.Stats.SerializeToString,
+        ),
+        "Feedback": grpc.unary_unary_rpc_method_handler(
+            servicer.Feedback,
+            request_deserializer=pb.FeedbackRequest.FromString,
+            response_serializer=pb.FeedbackReply.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
@@ -84,7 +95,8 @@ class RouterServicer:
             request = await self._bound_route_request(request, context)
         engine = build.engine
         observer = self._observer
-        if not observer.light:
+        # The predictor reads the prompt (to embed it): the request is decoded here.
+        if not observer.light or engine.predictor is not None:
             return await self._route(engine, request, context)
         split = None
         if engine.splits.active:
@@ -94,6 +106,7 @@ class RouterServicer:
         route = partial(
             router.route_wire,
             request,
+            request_id=new_request_id(),
             open_breakers=engine.breakers.refusing(),
             tally=observer.route_tally,
         )
@@ -108,14 +121,7 @@ class RouterServicer:
         except Exception as exc:
             return await self._route_refused(engine, request, exc, context, split)
         if observer.logs_requests or split is not None:
-            observer.routed(
-                routed.model,
-                routed.tenant,
-                routed.stage,
-                routed.prompt_chars,
-                time.perf_counter() - started,
-                split=split,
-            )
+            observer.routed(routed, time.perf_counter() - started, split=split)
         return routed.decision if split is None else split.annotate(routed.decision)
 
     async def _split_route_request(
@@ -291,6 +297,40 @@ class RouterServicer:
                     yield chunk
         except Exception as exc:
             await _abort(context, exc, request_id, seen)
+
+    async def Feedback(
+        self, request: pb.FeedbackRequest, context: ServicerContext
+    ) -> pb.FeedbackReply:
+        """A score for the answer of an earlier call of the same tenant (see QualityPredictor.
+        feedback); the predictor learns it at once."""
+        keys = self._engine.build.tenant_keys
+        if keys.enabled:
+            try:
+                bind_feedback(authenticate(keys, context.invocation_metadata()), request)
+            except AccessDenied as denied:
+                await context.abort(denied.code, denied.message)
+        engine = self._engine()
+        predictor = engine.predictor
+        if predictor is None:
+            off = failure_for(
+                FeatureOffError(
+                    "routing.predictor.enabled is false: this sidecar learns from no feedback"
+                ),
+                request.request_id,
+            )
+            await context.abort(off.code, off.message)
+        try:
+            model = await predictor.feedback(
+                request.request_id,
+                request.tenant,
+                request.model,
+                request.score,
+                {m.name for m in engine.registry.models},
+            )
+        except Exception as exc:
+            failure = failure_for(exc, request.request_id)
+            await context.abort(failure.code, failure.message)
+        return pb.FeedbackReply(model=model, outcomes=predictor.outcomes)
 
     async def GetStats(self, request: pb.StatsRequest, context: ServicerContext) -> pb.Stats:
         keys = self._engine.build.tenant_keys

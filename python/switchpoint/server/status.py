@@ -12,15 +12,19 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from switchpoint.errors import (
     AllAttemptsFailedError,
+    AlreadyDoneError,
     CoreError,
     DeadlineExceededError,
     ErrorClass,
+    FeatureOffError,
     InvalidRequestError,
     NoEligibleModelError,
+    NotFoundError,
     PolicyDeniedError,
     ProviderError,
     QuotaExceededError,
     RequestTooLargeError,
+    SwitchpointError,
 )
 from switchpoint.limits import shown
 from switchpoint.security.access import AccessDenied
@@ -77,19 +81,26 @@ def _quota_failure(exc: QuotaExceededError) -> Failure:
     )
 
 
+# Refusals whose message is the status message, subclasses before their bases.
+_STATUS_OF_REFUSAL: tuple[tuple[type[SwitchpointError], grpc.StatusCode], ...] = (
+    (RequestTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (AlreadyDoneError, grpc.StatusCode.ALREADY_EXISTS),
+    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (FeatureOffError, grpc.StatusCode.FAILED_PRECONDITION),
+    (NoEligibleModelError, grpc.StatusCode.FAILED_PRECONDITION),
+    (PolicyDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+)
+
+
 def _status_for(exc: BaseException, request_id: str) -> tuple[grpc.StatusCode, str]:
     """The status code and message of every error but quota refusals. Unknown errors never
     leak details."""
     if isinstance(exc, AccessDenied):
         return exc.code, exc.message
-    if isinstance(exc, RequestTooLargeError):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, InvalidRequestError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, NoEligibleModelError):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
-    if isinstance(exc, PolicyDeniedError):
-        return grpc.StatusCode.PERMISSION_DENIED, str(exc)
+    for kind, code in _STATUS_OF_REFUSAL:
+        if isinstance(exc, kind):
+            return code, str(exc)
     if isinstance(exc, AllAttemptsFailedError):
         # No provider error at all (every model skipped): the service is unavailable.
         if exc.last is None:

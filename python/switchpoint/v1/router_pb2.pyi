@@ -64,6 +64,21 @@ DECISION_LEVEL_AUTO: DecisionLevel.ValueType  # 3
 DECISION_LEVEL_FALLBACK: DecisionLevel.ValueType  # 4
 Global___DecisionLevel: _TypeAlias = DecisionLevel  # noqa: Y015
 
+class _QualitySource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QualitySourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QualitySource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUALITY_SOURCE_PRIOR: _QualitySource.ValueType  # 0
+    QUALITY_SOURCE_PREDICTED: _QualitySource.ValueType  # 1
+
+class QualitySource(_QualitySource, metaclass=_QualitySourceEnumTypeWrapper): ...
+
+QUALITY_SOURCE_PRIOR: QualitySource.ValueType  # 0
+QUALITY_SOURCE_PREDICTED: QualitySource.ValueType  # 1
+Global___QualitySource: _TypeAlias = QualitySource  # noqa: Y015
+
 @_typing.final
 class Message(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -233,6 +248,9 @@ class RouteRequest(_message.Message):
     MESSAGES_FIELD_NUMBER: _builtins.int
     ROUTING_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Echoed in the decision and the log line (a later Feedback names it); generated when empty."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]: ...
     @_builtins.property
@@ -245,10 +263,11 @@ class RouteRequest(_message.Message):
         messages: _abc.Iterable[Global___Message] | None = ...,
         routing: Global___RoutingOptions | None = ...,
         params: Global___GenerationParams | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "routing", b"routing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "params", b"params", "routing", b"routing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "params", b"params", "request_id", b"request_id", "routing", b"routing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -267,6 +286,9 @@ class Candidate(_message.Message):
     ESTIMATED_COST_USD_FIELD_NUMBER: _builtins.int
     ESTIMATED_LATENCY_MS_FIELD_NUMBER: _builtins.int
     LATENCY_OBSERVED_FIELD_NUMBER: _builtins.int
+    QUALITY_SOURCE_FIELD_NUMBER: _builtins.int
+    QUALITY_EVIDENCE_FIELD_NUMBER: _builtins.int
+    QUALITY_SIMILAR_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     provider: _builtins.str
     score: _builtins.float
@@ -279,6 +301,14 @@ class Candidate(_message.Message):
     estimated_latency_ms: _builtins.float
     latency_observed: _builtins.bool
     """True when the latency estimate came from live samples rather than the config prior."""
+    quality_source: Global___QualitySource.ValueType
+    """Where `quality` came from: the model's configured prior, or the quality predictor."""
+    quality_evidence: _builtins.float
+    """Predicted quality only: the weight of the outcomes behind it (similar prompts, weighted by
+    similarity and age; the prior counts as routing.predictor.prior_weight more), and how many
+    similar prompts of this model were found.
+    """
+    quality_similar: _builtins.int
     def __init__(
         self,
         *,
@@ -291,10 +321,13 @@ class Candidate(_message.Message):
         estimated_cost_usd: _builtins.float = ...,
         estimated_latency_ms: _builtins.float = ...,
         latency_observed: _builtins.bool = ...,
+        quality_source: Global___QualitySource.ValueType = ...,
+        quality_evidence: _builtins.float = ...,
+        quality_similar: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_cost_usd", b"estimated_cost_usd", "estimated_latency_ms", b"estimated_latency_ms", "latency_observed", b"latency_observed", "model", b"model", "norm_cost", b"norm_cost", "norm_latency", b"norm_latency", "provider", b"provider", "quality", b"quality", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_cost_usd", b"estimated_cost_usd", "estimated_latency_ms", b"estimated_latency_ms", "latency_observed", b"latency_observed", "model", b"model", "norm_cost", b"norm_cost", "norm_latency", b"norm_latency", "provider", b"provider", "quality", b"quality", "quality_evidence", b"quality_evidence", "quality_similar", b"quality_similar", "quality_source", b"quality_source", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -316,6 +349,7 @@ class RouteDecision(_message.Message):
     ESTIMATED_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     TASK_CLASS_FIELD_NUMBER: _builtins.int
     COMPLEXITY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The chosen model: candidates[0].model."""
     level: Global___DecisionLevel.ValueType
@@ -327,6 +361,8 @@ class RouteDecision(_message.Message):
     task_class: _builtins.str
     """The classifier's reading of the prompt (auto level): task class and complexity in [0, 1]."""
     complexity: _builtins.float
+    request_id: _builtins.str
+    """Names this decision in a later Feedback call; the request's own id when it carried one."""
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Candidate]:
         """Eligible candidates, best first."""
@@ -352,10 +388,11 @@ class RouteDecision(_message.Message):
         estimated_output_tokens: _builtins.int = ...,
         task_class: _builtins.str = ...,
         complexity: _builtins.float = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["weights", b"weights"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "complexity", b"complexity", "estimated_cost_usd", b"estimated_cost_usd", "estimated_input_tokens", b"estimated_input_tokens", "estimated_latency_ms", b"estimated_latency_ms", "estimated_output_tokens", b"estimated_output_tokens", "level", b"level", "model", b"model", "reasons", b"reasons", "strategy", b"strategy", "task_class", b"task_class", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "complexity", b"complexity", "estimated_cost_usd", b"estimated_cost_usd", "estimated_input_tokens", b"estimated_input_tokens", "estimated_latency_ms", b"estimated_latency_ms", "estimated_output_tokens", b"estimated_output_tokens", "level", b"level", "model", b"model", "reasons", b"reasons", "request_id", b"request_id", "strategy", b"strategy", "task_class", b"task_class", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -994,3 +1031,59 @@ class BudgetLeft(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BudgetLeft: _TypeAlias = BudgetLeft  # noqa: Y015
+
+@_typing.final
+class FeedbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request_id of an earlier Route, Chat or ChatStream of the same tenant."""
+    model: _builtins.str
+    """The model the score is for; the model that served the request when empty."""
+    score: _builtins.float
+    """0 (wrong, useless) to 1 (right, ideal)."""
+    tenant: _builtins.str
+    """Needed only where the server does not authenticate tenants by key."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        score: _builtins.float = ...,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "request_id", b"request_id", "score", b"score", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackRequest: _TypeAlias = FeedbackRequest  # noqa: Y015
+
+@_typing.final
+class FeedbackReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model the outcome was recorded for."""
+    outcomes: _builtins.int
+    """Outcomes the predictor holds now."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        outcomes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackReply: _TypeAlias = FeedbackReply  # noqa: Y015

@@ -54,6 +54,11 @@ class RouterStub:
                 request_serializer=switchpoint_dot_v1_dot_router__pb2.StatsRequest.SerializeToString,
                 response_deserializer=switchpoint_dot_v1_dot_router__pb2.Stats.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/switchpoint.v1.Router/Feedback',
+                request_serializer=switchpoint_dot_v1_dot_router__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=switchpoint_dot_v1_dot_router__pb2.FeedbackReply.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -88,6 +93,14 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Score the answer of an earlier Route, Chat or ChatStream (by its request_id), or of another
+        model on the same prompt; the score becomes an outcome the quality predictor learns from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +123,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=switchpoint_dot_v1_dot_router__pb2.StatsRequest.FromString,
                     response_serializer=switchpoint_dot_v1_dot_router__pb2.Stats.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=switchpoint_dot_v1_dot_router__pb2.FeedbackRequest.FromString,
+                    response_serializer=switchpoint_dot_v1_dot_router__pb2.FeedbackReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +238,33 @@ class Router:
             '/switchpoint.v1.Router/GetStats',
             switchpoint_dot_v1_dot_router__pb2.StatsRequest.SerializeToString,
             switchpoint_dot_v1_dot_router__pb2.Stats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchpoint.v1.Router/Feedback',
+            switchpoint_dot_v1_dot_router__pb2.FeedbackRequest.SerializeToString,
+            switchpoint_dot_v1_dot_router__pb2.FeedbackReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,10 @@ class RouterStub:
     """
     GetStats: _grpc.UnaryUnaryMultiCallable[_router_pb2.StatsRequest, _router_pb2.Stats]
     """Per-model counters and live latency percentiles."""
+    Feedback: _grpc.UnaryUnaryMultiCallable[_router_pb2.FeedbackRequest, _router_pb2.FeedbackReply]
+    """Score the answer of an earlier Route, Chat or ChatStream (by its request_id), or of another
+    model on the same prompt; the score becomes an outcome the quality predictor learns from.
+    """
 
 @_typing.type_check_only
 class RouterAsyncStub(RouterStub):
@@ -60,6 +64,10 @@ class RouterAsyncStub(RouterStub):
     """
     GetStats: _aio.UnaryUnaryMultiCallable[_router_pb2.StatsRequest, _router_pb2.Stats]  # type: ignore[assignment]
     """Per-model counters and live latency percentiles."""
+    Feedback: _aio.UnaryUnaryMultiCallable[_router_pb2.FeedbackRequest, _router_pb2.FeedbackReply]  # type: ignore[assignment]
+    """Score the answer of an earlier Route, Chat or ChatStream (by its request_id), or of another
+    model on the same prompt; the score becomes an outcome the quality predictor learns from.
+    """
 
 class RouterServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -95,5 +103,15 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.Stats, _abc.Awaitable[_router_pb2.Stats]]:
         """Per-model counters and live latency percentiles."""
+
+    @_abc_1.abstractmethod
+    def Feedback(
+        self,
+        request: _router_pb2.FeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.FeedbackReply, _abc.Awaitable[_router_pb2.FeedbackReply]]:
+        """Score the answer of an earlier Route, Chat or ChatStream (by its request_id), or of another
+        model on the same prompt; the score becomes an outcome the quality predictor learns from.
+        """
 
 def add_RouterServicer_to_server(servicer: RouterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -51,6 +51,7 @@ fn scoring(c: &mut Criterion) {
             required_capabilities: 0b1,
             max_cost_usd: Some(0.5),
             candidates: None,
+            predicted: &[],
         };
         group.bench_with_input(
             BenchmarkId::from_parameter(models),

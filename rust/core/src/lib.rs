@@ -44,7 +44,7 @@ pub use route::{
     RoutingOptions, Shape, Stage, Stop, TokenSpan, Tokenizer, BUILTIN_STRATEGIES, CUSTOM_STRATEGY,
     EXACT_BELOW_BYTES, REMEMBERED_FROM_BYTES, REMEMBERED_PER_GENERATION, ROLES,
 };
-pub use scoring::{Candidate, Exclusion, Ranking, Request, Weights};
+pub use scoring::{Candidate, Exclusion, PredictedQuality, Ranking, Request, Weights};
 pub use table::{capability_bits, ModelSpec, ModelTable, MAX_CAPABILITIES, MAX_PRICE_OR_PRIOR};
 pub use tally::{RequestCount, RouteTally};
 pub use window::{Window, MAX_NOW_S};

@@ -66,6 +66,22 @@ pub struct Request<'a> {
     pub max_cost_usd: Option<f64>,
     /// Table indices to consider, in order (duplicates ignored); all models when `None`.
     pub candidates: Option<&'a [usize]>,
+    /// This request's predicted quality per table index, in place of the configured one where
+    /// set; empty when nothing is predicted.
+    pub predicted: &'a [Option<PredictedQuality>],
+}
+
+/// A model's quality for one request as the quality predictor sees it: the similar prompts'
+/// scores blended with the model's prior by evidence (python/switchpoint/routing/predictor).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PredictedQuality {
+    /// In [0, 1].
+    pub quality: f64,
+    /// The weight of the outcomes behind `quality` (by similarity and age).
+    pub evidence: f64,
+    /// Similar prompts of this model found, and how many of them scored at least 0.5.
+    pub similar: u32,
+    pub ok: u32,
 }
 
 /// Why a candidate was not eligible. Checked in declaration order; the first failing check wins.
@@ -100,6 +116,8 @@ pub struct Candidate {
     pub estimated_latency_ms: f64,
     /// True when both TTFT and TPOT came from live measurements rather than config priors.
     pub latency_observed: bool,
+    /// Set when `quality` is this request's prediction rather than the configured prior.
+    pub predicted: Option<PredictedQuality>,
 }
 
 /// Eligible candidates best first, and excluded ones in candidate order.
@@ -276,12 +294,14 @@ impl ModelTable {
                 .live_estimate(row.slot, now_s, self.min_samples);
             let ttft = live.ttft_ms.unwrap_or(spec.ttft_prior_ms);
             let tpot = live.tpot_ms.unwrap_or(spec.tpot_prior_ms);
+            let predicted = request.predicted.get(index).copied().flatten();
             ranked.push(Candidate {
                 index,
                 score: 0.0,
                 norm_cost: 0.0,
                 norm_latency: 0.0,
-                quality: spec.quality,
+                quality: predicted.map_or(spec.quality, |p| p.quality),
+                predicted,
                 estimated_cost_usd: cost,
                 estimated_latency_ms: expected_latency_ms(ttft, tpot, request.output_tokens),
                 latency_observed: live.ttft_ms.is_some() && live.tpot_ms.is_some(),

@@ -11,6 +11,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 use switchpoint_core::{Candidate, Decision as CoreDecision, Level as CoreLevel, Router};
 
+use crate::predicted::PredictedQuality;
+
 /// Which level decided: `switchpoint.v1.DecisionLevel`, whose numbers these are.
 #[pyclass(eq, eq_int, frozen, hash, module = "switchpoint._native")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -135,6 +137,15 @@ impl ScoredModel {
         self.candidate.latency_observed
     }
 
+    /// The prediction `quality` came from; None when it is the model's configured prior.
+    #[getter]
+    fn predicted(&self) -> Option<PredictedQuality> {
+        self.candidate
+            .predicted
+            .filter(|p| p.similar > 0)
+            .map(|inner| PredictedQuality { inner })
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "ScoredModel(name={:?}, score={})",
@@ -215,6 +226,12 @@ impl Decision {
     #[getter]
     fn complexity(&self) -> f64 {
         self.inner.complexity
+    }
+
+    /// The request's id, for a later Feedback call.
+    #[getter]
+    fn request_id(&self) -> &str {
+        &self.inner.request_id
     }
 
     /// Models to try after the candidates when every candidate fails, in chain order.

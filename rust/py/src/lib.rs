@@ -30,6 +30,7 @@ mod gate_state;
 mod gil;
 mod latency;
 mod model_spec;
+mod predicted;
 mod quota;
 mod router;
 mod table;
@@ -62,6 +63,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<quota::BookedBudget>()?;
     m.add_class::<decision::Decision>()?;
     m.add_class::<decision::ScoredModel>()?;
+    m.add_class::<predicted::PredictedQuality>()?;
     m.add_class::<decision::Level>()?;
     m.add_class::<tokens::WorkStop>()?;
     m.add_function(wrap_pyfunction!(tokens::count_text_tokens, m)?)?;

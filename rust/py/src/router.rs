@@ -19,6 +19,7 @@ use switchpoint_core::{
 use crate::decision::Decision;
 use crate::error::{Error, Result};
 use crate::gil;
+use crate::predicted::PredictedQuality;
 use crate::quota::RuleBook;
 use crate::table::ModelTable;
 use crate::tokens::{tokenizer, BpeEncoding, WorkStop};
@@ -123,6 +124,8 @@ struct Held {
     params: HeldParams,
     request_id: PyBackedStr,
     cache_threshold: Option<f64>,
+    /// `ChatInput.predicted`: model name -> its predicted quality; empty when it is None.
+    predicted: Vec<(PyBackedStr, PredictedQuality)>,
 }
 
 impl Held {
@@ -161,10 +164,13 @@ impl Held {
             },
             request_id: field!(request, "request_id"),
             cache_threshold: field!(cache, "threshold"),
+            predicted: predicted(&attr!(request, "predicted"))?,
         })
     }
 
-    fn input(&self) -> RouteInput<'_> {
+    /// The request as the core reads it; predictions for models `core` does not know (a model
+    /// a reload removed) are dropped.
+    fn input(&self, core: &Core) -> RouteInput<'_> {
         let (routing, params) = (&self.routing, &self.params);
         RouteInput {
             messages: self
@@ -194,8 +200,30 @@ impl Held {
             },
             request_id: &self.request_id,
             cache_threshold: self.cache_threshold,
+            predicted: if self.predicted.is_empty() {
+                Vec::new()
+            } else {
+                let mut by_index = vec![None; core.table().len()];
+                for (name, quality) in &self.predicted {
+                    if let Some(index) = core.model_index(name) {
+                        by_index[index] = Some(quality.inner);
+                    }
+                }
+                by_index
+            },
         }
     }
+}
+
+fn predicted(mapping: &Bound<'_, PyAny>) -> PyResult<Vec<(PyBackedStr, PredictedQuality)>> {
+    if mapping.is_none() {
+        return Ok(Vec::new());
+    }
+    mapping
+        .cast::<PyDict>()?
+        .iter()
+        .map(|(model, quality)| Ok((model.extract()?, *quality.cast::<PredictedQuality>()?.get())))
+        .collect()
 }
 
 fn strs(list: &[PyBackedStr]) -> Vec<&str> {
@@ -205,6 +233,8 @@ fn strs(list: &[PyBackedStr]) -> Vec<&str> {
 /// A Route call answered from its bytes: the `RouteDecision` bytes, and what its log line needs.
 #[pyclass(frozen, get_all, module = "switchpoint._native")]
 pub struct Routed {
+    /// The request's id: its own, or the one `route_wire` was given.
+    request_id: String,
     /// The `switchpoint.v1.RouteDecision` message, serialized.
     decision: Py<PyBytes>,
     /// The chosen model.
@@ -390,7 +420,7 @@ impl Router {
         stop: Option<&Bound<'_, WorkStop>>,
     ) -> Result<Decision> {
         let held = Held::read(request)?;
-        let input = held.input();
+        let input = held.input(&self.inner);
         let open = read_open_breakers(open_breakers)?;
         let open = breakers(&open);
         let core = &self.inner;
@@ -410,7 +440,7 @@ impl Router {
         stop: Option<&Bound<'_, WorkStop>>,
     ) -> Result<Decision> {
         let held = Held::read(request)?;
-        let input = held.input();
+        let input = held.input(&self.inner);
         let core = &self.inner;
         let routed = run(py, &input, stop, |stop| core.route(&input, stop, now))?;
         Ok(self.decision(routed))
@@ -450,19 +480,24 @@ impl Router {
 
     /// `decide`, straight from `switchpoint.v1.RouteRequest` bytes to `RouteDecision` bytes (see
     /// `Routed`). The call is counted, and timed, in `tally`.
-    #[pyo3(signature = (request, *, now, open_breakers = None, tally = None, stop = None))]
+    #[pyo3(signature = (request, *, now, request_id = "", open_breakers = None, tally = None, stop = None))]
+    #[allow(clippy::too_many_arguments)] // keyword arguments from Python, each optional
     fn route_wire<'py>(
         &self,
         py: Python<'py>,
         request: &[u8],
         now: f64,
+        request_id: &str,
         open_breakers: Option<&Bound<'py, PyDict>>,
         tally: Option<&Bound<'py, RouteTally>>,
         stop: Option<&Bound<'py, WorkStop>>,
     ) -> Result<Routed> {
         let started = Instant::now();
         let decoded = route_request(request)?;
-        let input = decoded.input();
+        let mut input = decoded.input();
+        if input.request_id.is_empty() {
+            input.request_id = request_id;
+        }
         let open = read_open_breakers(open_breakers)?;
         let open = breakers(&open);
         let core = &self.inner;
@@ -480,6 +515,7 @@ impl Router {
                 .record(model, routing.tenant, routing.stage, seconds);
         }
         Ok(Routed {
+            request_id: input.request_id.to_owned(),
             decision: answer.unbind(),
             model: PyString::new(py, model).unbind(),
             tenant: routing.tenant.to_owned(),

@@ -54,6 +54,7 @@ pub(crate) fn decision_bytes(router: &Router, decision: &Decision) -> Vec<u8> {
         message.estimated_output_tokens = u32::try_from(decision.output_tokens).unwrap_or(u32::MAX);
         assign(&mut message.task_class, decision.task_class);
         message.complexity = implicit(decision.complexity);
+        assign(&mut message.request_id, &decision.request_id);
         message.encode_to_vec()
     })
 }
@@ -119,6 +120,15 @@ impl Candidate {
         self.estimated_cost_usd = implicit(scored.estimated_cost_usd);
         self.estimated_latency_ms = implicit(scored.estimated_latency_ms);
         self.latency_observed = scored.latency_observed;
+        let predicted = scored.predicted.filter(|p| p.similar > 0);
+        self.quality_source = if predicted.is_some() {
+            QualitySource::Predicted
+        } else {
+            QualitySource::Prior
+        }
+        .into();
+        self.quality_evidence = implicit(predicted.map_or(0.0, |p| p.evidence));
+        self.quality_similar = predicted.map_or(0, |p| p.similar);
     }
 }
 

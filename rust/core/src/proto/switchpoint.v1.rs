@@ -73,6 +73,9 @@ pub struct RouteRequest {
     pub routing: ::core::option::Option<RoutingOptions>,
     #[prost(message, optional, tag = "3")]
     pub params: ::core::option::Option<GenerationParams>,
+    /// Echoed in the decision and the log line (a later Feedback names it); generated when empty.
+    #[prost(string, tag = "4")]
+    pub request_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Candidate {
@@ -97,6 +100,16 @@ pub struct Candidate {
     /// True when the latency estimate came from live samples rather than the config prior.
     #[prost(bool, tag = "9")]
     pub latency_observed: bool,
+    /// Where `quality` came from: the model's configured prior, or the quality predictor.
+    #[prost(enumeration = "QualitySource", tag = "10")]
+    pub quality_source: i32,
+    /// Predicted quality only: the weight of the outcomes behind it (similar prompts, weighted by
+    /// similarity and age; the prior counts as routing.predictor.prior_weight more), and how many
+    /// similar prompts of this model were found.
+    #[prost(double, optional, tag = "11")]
+    pub quality_evidence: ::core::option::Option<f64>,
+    #[prost(uint32, tag = "12")]
+    pub quality_similar: u32,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RouteDecision {
@@ -128,6 +141,9 @@ pub struct RouteDecision {
     pub task_class: ::prost::alloc::string::String,
     #[prost(double, optional, tag = "12")]
     pub complexity: ::core::option::Option<f64>,
+    /// Names this decision in a later Feedback call; the request's own id when it carried one.
+    #[prost(string, tag = "13")]
+    pub request_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ChatRequest {
@@ -416,6 +432,30 @@ pub struct BudgetLeft {
     #[prost(double, optional, tag = "5")]
     pub remaining_usd: ::core::option::Option<f64>,
 }
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct FeedbackRequest {
+    /// The request_id of an earlier Route, Chat or ChatStream of the same tenant.
+    #[prost(string, tag = "1")]
+    pub request_id: ::prost::alloc::string::String,
+    /// The model the score is for; the model that served the request when empty.
+    #[prost(string, tag = "2")]
+    pub model: ::prost::alloc::string::String,
+    /// 0 (wrong, useless) to 1 (right, ideal).
+    #[prost(double, optional, tag = "3")]
+    pub score: ::core::option::Option<f64>,
+    /// Needed only where the server does not authenticate tenants by key.
+    #[prost(string, tag = "4")]
+    pub tenant: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FeedbackReply {
+    /// The model the outcome was recorded for.
+    #[prost(string, tag = "1")]
+    pub model: ::prost::alloc::string::String,
+    /// Outcomes the predictor holds now.
+    #[prost(uint64, tag = "2")]
+    pub outcomes: u64,
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum Priority {
@@ -479,6 +519,32 @@ impl DecisionLevel {
             "DECISION_LEVEL_STAGE" => Some(Self::Stage),
             "DECISION_LEVEL_AUTO" => Some(Self::Auto),
             "DECISION_LEVEL_FALLBACK" => Some(Self::Fallback),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum QualitySource {
+    Prior = 0,
+    Predicted = 1,
+}
+impl QualitySource {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Prior => "QUALITY_SOURCE_PRIOR",
+            Self::Predicted => "QUALITY_SOURCE_PREDICTED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "QUALITY_SOURCE_PRIOR" => Some(Self::Prior),
+            "QUALITY_SOURCE_PREDICTED" => Some(Self::Predicted),
             _ => None,
         }
     }

@@ -8,7 +8,7 @@ use super::{clipped, Decision, Level, RouteInput, Router, RoutingOptions, Stage,
 use crate::classify::{classify, Classification};
 use crate::error::{Refusal, Result};
 use crate::gate::Shift;
-use crate::scoring::{Candidate, Exclusion, Ranking, Request, Weights};
+use crate::scoring::{Candidate, Exclusion, PredictedQuality, Ranking, Request, Weights};
 
 /// A strategy resolved for one request.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +31,7 @@ struct Context<'a> {
     shift: Option<&'a Shift>,
     /// The classifier's reading, made at most once however many times the levels run.
     reading: &'a OnceCell<Classification>,
+    predicted: &'a [Option<PredictedQuality>],
 }
 
 /// The task class whose requests prefer models with the "code" capability.
@@ -59,6 +60,7 @@ impl Router {
             max_cost_usd: routing.max_cost_usd,
             shift,
             reading,
+            predicted: &input.predicted,
         };
         if !routing.models.is_empty() {
             return self.override_level(routing, &ctx);
@@ -251,6 +253,7 @@ impl Router {
             task_class: "",
             complexity: 0.0,
             fallback: Vec::new(),
+            request_id: String::new(),
         })
     }
 
@@ -401,6 +404,7 @@ impl Router {
             required_capabilities: ctx.required,
             max_cost_usd: ctx.max_cost_usd,
             candidates: indices,
+            predicted: ctx.predicted,
         })
     }
 
@@ -446,6 +450,17 @@ impl Router {
             strategy.name,
             ranking.ranked.len()
         ));
+        for candidate in &ranking.ranked {
+            if let Some(p) = candidate.predicted.filter(|p| p.similar > 0) {
+                reasons.push(format!(
+                    "{} predicted {:.2} from {} similar prompts ({} ok)",
+                    self.name(candidate.index),
+                    p.quality,
+                    p.similar,
+                    p.ok
+                ));
+            }
+        }
         // Only auto leaves room for the global chain: an override or a stage is a whitelist, and
         // the fallback level builds its own decision from the chain.
         let fallback = if level == Level::Auto {
@@ -468,6 +483,7 @@ impl Router {
             task_class: "",
             complexity: 0.0,
             fallback,
+            request_id: String::new(),
         }
     }
 

@@ -124,6 +124,8 @@ pub struct Decision {
     pub complexity: f64,
     /// Table indices of the models to try after the candidates, in chain order.
     pub fallback: Vec<usize>,
+    /// The request's id, for a later Feedback call.
+    pub request_id: String,
 }
 
 pub struct Router {
@@ -244,6 +246,11 @@ impl Router {
         self.table.spec(index).map_or("", |spec| spec.name.as_str())
     }
 
+    /// The table index of the enabled model `name`.
+    pub fn model_index(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
     pub fn provider(&self, index: usize) -> &str {
         &self.config.providers[index]
     }
@@ -295,7 +302,9 @@ impl Router {
             Some(book) => book.shift(input.routing.tenant, input.routing.stage, now_s)?,
             None => None,
         };
-        self.first_level_that_applies(input, shift.as_ref(), stop, now_s)
+        let mut decision = self.first_level_that_applies(input, shift.as_ref(), stop, now_s)?;
+        input.request_id.clone_into(&mut decision.request_id);
+        Ok(decision)
     }
 
     /// The decision as `switchpoint.v1.RouteDecision` bytes.

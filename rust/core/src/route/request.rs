@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use crate::error::{Refusal, Result};
+use crate::scoring::PredictedQuality;
 
 pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
 /// Characters of a client's string shown in an error; the rest is cut and marked with "…".
@@ -122,6 +123,8 @@ pub struct RouteInput<'a> {
     pub request_id: &'a str,
     /// `ChatRequest.cache.threshold`; Route requests carry none.
     pub cache_threshold: Option<f64>,
+    /// The quality predictor's view of this request per table index (empty when it is off).
+    pub predicted: Vec<Option<PredictedQuality>>,
 }
 
 /// Python's `str.isspace` set: Unicode `White_Space` plus the four ASCII separators (0x1C-0x1F)

@@ -57,6 +57,7 @@ fn request(weights: (f64, f64, f64)) -> Request<'static> {
         required_capabilities: 0,
         max_cost_usd: None,
         candidates: None,
+        predicted: &[],
     }
 }
 
@@ -313,6 +314,7 @@ proptest! {
             required_capabilities: caps,
             max_cost_usd: max_cost,
             candidates: subset.as_deref(),
+            predicted: &[],
         };
         let ranking = table.score(&req).unwrap();
         for c in &ranking.ranked {

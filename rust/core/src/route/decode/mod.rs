@@ -64,6 +64,7 @@ impl DecodedRoute {
                 top_p: params.and_then(|p| p.top_p),
                 stop: params.map(|p| strs(&p.stop)).unwrap_or_default(),
             },
+            request_id: &request.request_id,
             ..RouteInput::default()
         }
     }

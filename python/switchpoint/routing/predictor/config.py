@@ -1,0 +1,42 @@
+"""The quality predictor's config section (`routing.predictor:` in the YAML).
+
+Off by default: with it on, every routed request is embedded (a few milliseconds on a worker
+thread, docs/benchmarks.md) and the scoring's quality term becomes this request's prediction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Positive = Annotated[float, Field(gt=0)]
+
+
+class PredictorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    # JSONL files of labelled outcomes, read at start and on every reload.
+    outcomes: list[Path] = Field(default_factory=list)
+    # Where the outcomes and their embeddings are kept across restarts (a file, written on
+    # graceful stop and every snapshot_interval_s); None keeps them in memory only, and a restart
+    # re-embeds the outcome files and forgets feedback.
+    store: Path | None = None
+    snapshot_interval_s: Positive = 300.0
+    # Similar prompts read per prediction; below min_similarity (cosine) a prompt is not similar.
+    neighbours: Annotated[int, Field(ge=1, le=1024)] = 64
+    min_similarity: Annotated[float, Field(ge=-1, le=1)] = 0.3
+    # The configured quality counts as this many outcomes of full weight: with little evidence
+    # the prediction stays near the prior, with much it follows the outcomes.
+    prior_weight: Annotated[float, Field(ge=0)] = 4.0
+    # An outcome's weight halves every half_life_days (by its time: the file's modification time
+    # for outcome files, the feedback's arrival for Feedback and hooks).
+    half_life_days: Positive = 30.0
+    # Outcomes held; past it the oldest are dropped.
+    max_outcomes: PositiveInt = 100_000
+    # How long, and how many, request ids a Feedback call may name.
+    feedback_window_s: Positive = 3600.0
+    feedback_requests: PositiveInt = 10_000
