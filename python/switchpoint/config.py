@@ -23,7 +23,7 @@ from switchpoint.providers.base import ExtraBody
 from switchpoint.quota.instances_config import StateConfig, check_state
 from switchpoint.quota.queue_config import QueueConfig
 from switchpoint.quota.shared_config import SharedStateConfig
-from switchpoint.routing.predictor.config import PredictorConfig
+from switchpoint.routing.predictor.config import ExplorationConfig, PredictorConfig
 from switchpoint.security.config import AdminConfig, AuthConfig, TlsConfig
 
 
@@ -218,6 +218,7 @@ class RoutingConfig(QueueConfig):  # the queue_* keys are queue_config's
     fallback_chain: list[str] = Field(default_factory=list)
     auto: AutoRoutingConfig = Field(default_factory=AutoRoutingConfig)
     predictor: PredictorConfig = Field(default_factory=PredictorConfig)
+    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
     # Live latency replaces the config prior once a model has this many (decayed) samples.
     min_latency_samples: Annotated[int, Field(ge=1)] = 20
     # The output-token estimate for requests that set no max_tokens; a decision carries it as a
@@ -398,6 +399,17 @@ def _check_routing(config: Config) -> list[str]:
     )
     if routing.auto.easy_complexity > routing.auto.hard_complexity:
         errors.append("routing.auto.easy_complexity: must be <= routing.auto.hard_complexity")
+    exploration = routing.exploration
+    errors.extend(
+        f"routing.exploration.strategies[{j}]: unknown strategy '{name}'"
+        for j, name in enumerate(exploration.strategies)
+        if config.strategy_weights(name) is None
+    )
+    errors.extend(
+        f"routing.exploration.stages[{j}]: unknown stage '{name}'"
+        for j, name in enumerate(exploration.stages)
+        if name not in routing.stages
+    )
     return errors
 
 

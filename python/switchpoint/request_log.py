@@ -92,6 +92,8 @@ class _Line(NamedTuple):
     cache: str
     # The (role, content) pairs, or only their length in characters where that is all there is.
     prompt: Sequence[tuple[str, str]] | int | None
+    # Below 1 where routing.exploration may have chosen another model (see route/explore.rs).
+    choice_probability: float
 
 
 class RequestLog:
@@ -142,6 +144,7 @@ class RequestLog:
         attempts: int,
         cache: str = "",
         prompt: Sequence[tuple[str, str]] | int | None = None,
+        choice_probability: float = 1.0,
     ) -> None:
         """Queue the line; `prompt` may be its length in characters alone when prompts are not
         logged (`logs_prompts`)."""
@@ -162,6 +165,7 @@ class RequestLog:
                 attempts,
                 cache,
                 prompt,
+                choice_probability,
             )
         )
         if len(pending) >= MAX_PENDING or self._flush_after_s <= 0:
@@ -202,6 +206,9 @@ class RequestLog:
             "attempts": line.attempts,
             "cache": line.cache,
         }
+        if line.choice_probability < 1.0:
+            # What offline evaluation of another routing policy weighs this line by.
+            fields["choice_probability"] = line.choice_probability
         if isinstance(line.prompt, int):
             fields["prompt_chars"] = line.prompt
         elif line.prompt is not None:

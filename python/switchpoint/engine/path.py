@@ -12,6 +12,7 @@ formats live in `switchpoint.server`.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from contextlib import aclosing
@@ -89,6 +90,8 @@ class Engine:
         self.predictor = predictor
         self.outcomes = predictor
         self._priors = {m.name: m.quality for m in registry.models}
+        # Whether requests draw for exploration (routing.exploration; the core decides with it).
+        self.explores = config.routing.exploration.rate > 0
         self._attempts = Attempts(
             config,
             registry,
@@ -145,6 +148,8 @@ class Engine:
     ) -> Decision:
         """`decide`, with a large prompt decided on `offload`'s threads (see switchpoint.offload)
         and stopped at `timeout_s` or when this call is cancelled (DeadlineExceededError)."""
+        if self.explores:
+            request = request._replace(explore_draw=random.random())
         if self.predictor is not None:
             return await self._predicted(self._decide_off_loop, request, offload, timeout_s)
         return await self._decide_off_loop(request, offload, timeout_s)
@@ -178,6 +183,8 @@ class Engine:
     ) -> Decision:
         """The first half of `decide` (no quota asked yet), for a call the cache may answer; the
         call admits it (`admit`) once the cache has missed. Large prompts go to `offload`."""
+        if self.explores:
+            request = request._replace(explore_draw=random.random())
         if self.predictor is not None:
             return await self._predicted(self._route_off_loop, request, offload, timeout_s)
         return await self._route_off_loop(request, offload, timeout_s)

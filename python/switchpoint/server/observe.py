@@ -130,6 +130,7 @@ class RequestObserver:
             cost_usd=0.0,
             attempts=0,
             prompt=routed.prompt_chars,
+            choice_probability=routed.choice_probability,
         )
 
     def _finish(self, rpc: str, request: ChatInput, observation: Observation) -> None:
@@ -152,6 +153,7 @@ class RequestObserver:
             cost_usd=result.cost_usd if result else 0.0,
             attempts=len(result.attempts) if result else 0,
             prompt=request.messages,  # (role, content) pairs already
+            choice_probability=decision.choice_probability if decision else 1.0,
         )
 
 
