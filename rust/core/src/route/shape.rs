@@ -86,8 +86,7 @@ const PHASES: [u64; 3] = [
 ];
 
 /// What a block leaves to the next one: whether its last byte joins a word or a digit run, is an
-/// apostrophe, is the first letter after one, is in a letter run, and is past a run's first byte
-/// (with the phase, in the next block, of that run's savings).
+/// apostrophe, is the first letter after one, is in a letter run, or is past a run's first byte.
 #[derive(Debug, Default)]
 struct Carry {
     word: u64,
@@ -95,8 +94,8 @@ struct Carry {
     apostrophe: u64,
     first_after_apostrophe: u64,
     run: u64,
-    tail: u64,
-    tail_phase: usize,
+    /// Bit `k` set: the last byte is in a tail whose savings are at phase `k` of the next block.
+    tail_phase: u64,
 }
 
 impl Shape {
@@ -194,27 +193,20 @@ fn run_savings(classes: &Classes, carry: &mut Carry) -> u64 {
     let run = classes.space | (classes.paired_letter & !(after_apostrophe | second_after));
     let starts = classes.space | (run & !((run << 1) | carry.run));
     let tail = run & !starts;
-    let going_on = tail & carry.tail;
+    let going_on = tail & u64::from(carry.tail_phase != 0);
     let tail_starts = tail & !((tail << 1) | going_on);
-    let mut savings = 0;
-    let mut last_phase = 0;
-    for (phase, bits) in PHASES.iter().enumerate() {
-        let mut firsts = tail_starts & bits;
-        if phase == carry.tail_phase {
-            firsts |= going_on;
-        }
-        let tails = (tail.wrapping_add(firsts) ^ tail) & tail;
-        savings |= tails & bits;
-        if tails >> (BLOCK - 1) != 0 {
-            last_phase = phase;
-        }
-    }
+    let tails_of = |phase: usize| {
+        let firsts = (tail_starts & PHASES[phase]) | (going_on & (carry.tail_phase >> phase));
+        (tail.wrapping_add(firsts) ^ tail) & tail
+    };
+    let (one, two) = (tails_of(1), tails_of(2));
+    let zero = tail & !(one | two);
     carry.first_after_apostrophe = first_after >> (BLOCK - 1);
     carry.run = run >> (BLOCK - 1);
-    carry.tail = tail >> (BLOCK - 1);
-    // Bit 64 is bit 0 of the next block, and 64 % 3 == 1: the phase moves down by one.
-    carry.tail_phase = (last_phase + 2) % 3;
-    savings
+    // Bit 64 is bit 0 of the next block, and 64 % 3 == 1: phase k here is phase k - 1 there.
+    let last = |tails: u64| tails >> (BLOCK - 1);
+    carry.tail_phase = (last(zero) << 2) | last(one) | (last(two) << 1);
+    (zero & PHASES[0]) | (one & PHASES[1]) | (two & PHASES[2])
 }
 
 const BLOCK: usize = 64;
@@ -245,7 +237,9 @@ impl Classes {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "sse2")]
     fn sixteen_at_a_time(block: &[u8; BLOCK]) -> Self {
-        use std::arch::x86_64::{_mm_andnot_si128, _mm_cmpeq_epi8, _mm_or_si128, _mm_set1_epi8};
+        use std::arch::x86_64::{
+            _mm_and_si128, _mm_andnot_si128, _mm_cmpeq_epi8, _mm_or_si128, _mm_set1_epi8,
+        };
         #[allow(clippy::cast_possible_wrap)]
         let is = |v, byte: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(byte as i8));
         let mut classes = Self::default();
@@ -255,20 +249,22 @@ impl Classes {
             let signed = sse2::flip(v);
             let folded = sse2::lower_case(signed);
             let at = 16 * lane;
-            classes.letter |= sse2::bits(sse2::between(folded, b'a', b'z'), at);
+            let letter = sse2::between(folded, b'a', b'z');
+            classes.letter |= sse2::bits(letter, at);
             classes.digit |= sse2::bits(sse2::between(signed, b'0', b'9'), at);
             classes.apostrophe |= sse2::bits(is(v, b'\''), at);
             classes.graphic |= sse2::bits(sse2::between(signed, b'!', b'~'), at);
             classes.non_ascii |= sse2::bits(v, at);
             classes.lead |= sse2::bits(sse2::between(signed, 0xC0, 0xFF), at);
             classes.space |= sse2::bits(is(v, b' '), at);
-            // a-z but j, k, q, v, x, y, z: `PAIRED_LETTERS`.
+            // Lower-case letters but j, k (0x6A, 0x6B: one compare with bit 0 cleared), q, v and
+            // x, y, z (the letters past w): `PAIRED_LETTERS`.
+            let lower = _mm_and_si128(letter, sse2::above(signed, b'`'));
             let unpaired = _mm_or_si128(
-                _mm_or_si128(sse2::between(signed, b'j', b'k'), is(v, b'q')),
-                _mm_or_si128(is(v, b'v'), sse2::between(signed, b'x', b'z')),
+                _mm_or_si128(is(_mm_and_si128(v, _mm_set1_epi8(!1)), b'j'), is(v, b'q')),
+                _mm_or_si128(is(v, b'v'), sse2::above(signed, b'w')),
             );
-            let paired = _mm_andnot_si128(unpaired, sse2::between(signed, b'a', b'z'));
-            classes.paired_letter |= sse2::bits(paired, at);
+            classes.paired_letter |= sse2::bits(_mm_andnot_si128(unpaired, lower), at);
         }
         classes
     }
@@ -334,6 +330,13 @@ mod sse2 {
             _mm_cmplt_epi8(flipped, _mm_set1_epi8((high ^ 0x80) as i8 + 1))
         };
         _mm_and_si128(at_least, at_most)
+    }
+
+    /// Of flipped bytes: those above `low` (unsigned), all ones.
+    #[target_feature(enable = "sse2")]
+    #[allow(clippy::cast_possible_wrap)]
+    pub fn above(flipped: __m128i, low: u8) -> __m128i {
+        _mm_cmpgt_epi8(flipped, _mm_set1_epi8((low ^ 0x80) as i8))
     }
 
     /// Bit 7 of each byte, at bits `at..at + 16`.
