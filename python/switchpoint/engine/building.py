@@ -33,6 +33,7 @@ from switchpoint.cache.store import ResponseCache
 from switchpoint.config import Config
 from switchpoint.engine.path import Engine
 from switchpoint.errors import ConfigError, SwitchpointError
+from switchpoint.evaluation.loading import load_hooks
 from switchpoint.instruments import MetricsSink
 from switchpoint.local_model import llama_cpp_available, resolve_model_path
 from switchpoint.providers import create_adapter
@@ -177,6 +178,7 @@ def build_engine(
         if errors:
             raise ConfigError(errors, "reload")
     tenant_keys = load_tenant_keys(config, environ)
+    hooks = load_hooks(config.evaluation.hooks)
     statuses = with_managed_availability(resolve_providers(config, environ))
     for name, status in statuses.items():
         if not status.enabled:
@@ -211,6 +213,8 @@ def build_engine(
         tracer=old.tracer if old is not None else tracer,
         metrics=old.metrics if old is not None else metrics,
         cache=old.cache.cache if old is not None and old.cache is not None else cache,
+        hooks=hooks,
+        outcomes=old.outcomes if old is not None else None,
     )
     # One config's known tenants and stages, for every book and sink that labels by them.
     engine.stats.set_labels(gate.labels)

@@ -12,7 +12,7 @@ formats live in `switchpoint.server`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 
 from opentelemetry import trace
@@ -27,6 +27,9 @@ from switchpoint.engine.calls import SKIPPED, AttemptRecord, CallState, ChatResu
 from switchpoint.engine.hedging import Hedging
 from switchpoint.engine.resilience import Breakers
 from switchpoint.errors import AllAttemptsFailedError, SwitchpointError
+from switchpoint.evaluation.hooks import OutcomeSink
+from switchpoint.evaluation.judging import CallJudge, Evaluation
+from switchpoint.evaluation.loading import LoadedHook
 from switchpoint.instruments import MetricsSink, NullMetrics, current_span, records_spans
 from switchpoint.offload import Offload
 from switchpoint.providers.base import ProviderAdapter
@@ -34,7 +37,7 @@ from switchpoint.quota.gate import TokenGate
 from switchpoint.quota.scheduler import Scheduler
 from switchpoint.registry import Registry
 from switchpoint.request import ChatInput, new_request_id, prompt_size
-from switchpoint.routing import Decision, build_router
+from switchpoint.routing import Decision, ScoredModel, build_router
 from switchpoint.stats import StatsBook
 from switchpoint.telemetry import SPAN_GATE, SPAN_ROUTE
 from switchpoint.tokens import TokenCounter
@@ -59,6 +62,8 @@ class Engine:
         tracer: Tracer | None = None,
         metrics: MetricsSink | None = None,
         cache: ResponseCache | None = None,
+        hooks: Sequence[LoadedHook] = (),
+        outcomes: OutcomeSink | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -96,6 +101,9 @@ class Engine:
             tokens=self.tokens,
         )
         self._hedging = Hedging(config, registry, latency, self._attempts)
+        self.evaluation = Evaluation(config, hooks)
+        # Where hook scores go as labelled outcomes; None: nowhere.
+        self.outcomes = outcomes
 
     def _breaker_policy(self, model_name: str) -> BreakerConfig:
         index = self.registry.index_of(model_name)
@@ -255,13 +263,34 @@ class Engine:
         call.decision = self.admit(routed, request)
         if streamed:
             yield call.decision
-        models = self._chain(call)
+        judge = self.evaluation.judge(call, streamed=streamed, outcomes=self.outcomes)
         outcome = Outcome()
-        if self._hedging.applies(request):
+        async with aclosing(self._walk(call, judge, outcome, streamed=streamed)) as deltas:
+            async for delta in deltas:
+                yield delta
+        result = outcome.result or judge.rejected_answer()
+        if result is None:
+            raise self._exhausted(call)
+        if cache is not None and outcome.result is not None:
+            await cache.remember(call, result)
+        await judge.responded(result, rejected=outcome.result is None)
+        yield self._finish(call, result)
+
+    async def _walk(
+        self, call: CallState, judge: CallJudge, outcome: Outcome, *, streamed: bool
+    ) -> AsyncGenerator[StreamDelta, None]:
+        """The chain's walk: each model takes its turn until one gives an answer `judge` keeps
+        (into `outcome`). A failed turn and a rejected answer both move on to the next model."""
+        models = self._chain(call, judge.candidates())
+        await judge.routed()
+        # A cascade tries one model at a time, cheapest first: racing two defeats it.
+        if self._hedging.applies(call.request) and not judge.cascades:
             hedged = self._hedging.run(call, models, outcome, streamed=streamed)
             async with aclosing(hedged) as deltas:
                 async for delta in deltas:
                     yield delta
+            if outcome.result is not None and not await judge.accepts(outcome.result):
+                outcome.result = None
         for model in models if outcome.result is None else ():
             async with aclosing(
                 self._attempts.turn(call, model, outcome, streamed=streamed)
@@ -269,12 +298,9 @@ class Engine:
                 async for delta in deltas:
                     yield delta
             if outcome.result is not None:
-                break
-        if outcome.result is None:
-            raise self._exhausted(call)
-        if cache is not None:
-            await cache.remember(call, outcome.result)
-        yield self._finish(call, outcome.result)
+                if await judge.accepts(outcome.result):
+                    return
+                outcome.result = None  # rejected: escalate to the next model
 
     def _finish(self, call: CallState, result: ChatResult) -> ChatResult:
         span = call.root_span
@@ -287,11 +313,11 @@ class Engine:
 
     # -- the chain ----------------------------------------------------------------------------
 
-    def _chain(self, call: CallState) -> Iterator[ModelConfig]:
-        """The decision's candidates, then its fallback chain; no model twice, none too small for
-        a context window a provider already rejected."""
+    def _chain(self, call: CallState, candidates: Sequence[ScoredModel]) -> Iterator[ModelConfig]:
+        """The decision's `candidates` (in the order given), then its fallback chain; no model
+        twice, none too small for a context window a provider already rejected."""
         decision = call.decision
-        for name in [c.name for c in decision.candidates] + list(decision.fallback):
+        for name in [c.name for c in candidates] + list(decision.fallback):
             index = self.registry.index_of(name)
             if name in call.tried or index is None:
                 continue
