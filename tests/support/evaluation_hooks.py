@@ -141,3 +141,22 @@ class NoPoints:
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.options = options
+
+
+class Rendezvous(_Remembered):
+    """Async: arrives, then waits for `options["peer"]` to arrive. Two of them only both answer
+    when they run at the same time."""
+
+    arrived: ClassVar[dict[str, asyncio.Event]] = {}
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        super().__init__(options)
+        self.met = False
+
+    async def after_attempt(self, event: Answered) -> Verdict | None:
+        mine = Rendezvous.arrived.setdefault(str(self.options["me"]), asyncio.Event())
+        peer = Rendezvous.arrived.setdefault(str(self.options["peer"]), asyncio.Event())
+        mine.set()
+        await peer.wait()
+        self.met = True
+        return Verdict(score=1.0)
