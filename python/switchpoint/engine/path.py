@@ -24,11 +24,11 @@ from switchpoint.config import BreakerConfig, Config, ModelConfig
 from switchpoint.engine.attempts import CONTINUE_PROMPT, Attempts, Outcome
 from switchpoint.engine.caching import CacheFront
 from switchpoint.engine.calls import SKIPPED, AttemptRecord, CallState, ChatResult, StreamDelta
+from switchpoint.engine.evaluating import CallJudge, Evaluation
 from switchpoint.engine.hedging import Hedging
 from switchpoint.engine.resilience import Breakers
 from switchpoint.errors import AllAttemptsFailedError, SwitchpointError
 from switchpoint.evaluation.hooks import OutcomeSink
-from switchpoint.evaluation.judging import CallJudge, Evaluation
 from switchpoint.evaluation.loading import LoadedHook
 from switchpoint.instruments import MetricsSink, NullMetrics, current_span, records_spans
 from switchpoint.offload import Offload

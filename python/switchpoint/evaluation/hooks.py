@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from switchpoint.engine.calls import AttemptRecord
 from switchpoint.providers.base import ChatMessage
 
 HOOK_POINTS = ("after_routing", "after_attempt", "after_response")
@@ -78,6 +77,18 @@ class Answered:
 
 
 @dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt of the call, as its response lists it."""
+
+    model: str
+    # Empty when it answered; "rejected" for an answer a check or a hook rejected; otherwise why
+    # the provider call failed or the model was skipped ("timeout", "quota", ...).
+    error_class: str
+    error_message: str
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
 class Responded:
     request_id: str
     tenant: str
@@ -86,7 +97,7 @@ class Responded:
     model: str
     content: str
     finish_reason: str
-    attempts: tuple[AttemptRecord, ...]
+    attempts: tuple[Attempt, ...]
     cost_usd: float
     streamed: bool
     # Every model's answer was rejected and this, the last, is served anyway.

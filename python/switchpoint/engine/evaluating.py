@@ -1,5 +1,5 @@
-"""A call's evaluation: the order a cascade tries models in, the hooks at each hook point, and
-whether an answer is kept or the call escalates.
+"""A call's evaluation (`switchpoint.evaluation`) on the request path: the order a cascade tries
+models in, the hooks at each hook point, and whether an answer is kept or the call escalates.
 
 Escalation is the chain's own walk (`engine.path`): a rejected answer ends its model's turn like a
 failure would, and the next model of the chain takes its turn. The rejected attempt stays in the
@@ -17,7 +17,7 @@ from dataclasses import replace
 from switchpoint.config import Config
 from switchpoint.engine.calls import REJECTED, CallState, ChatResult
 from switchpoint.evaluation.checks import rejection
-from switchpoint.evaluation.hooks import Answered, OutcomeSink, Responded, Routed
+from switchpoint.evaluation.hooks import Answered, Attempt, OutcomeSink, Responded, Routed
 from switchpoint.evaluation.loading import LoadedHook
 from switchpoint.evaluation.runner import HookRunner, HookVerdict
 from switchpoint.routing import ScoredModel
@@ -164,7 +164,10 @@ class CallJudge:
             result.model,
             result.content,
             result.finish_reason,
-            result.attempts,
+            tuple(
+                Attempt(a.model, a.error_class, a.error_message, a.cost_usd)
+                for a in result.attempts
+            ),
             result.cost_usd,
             self._streamed,
             rejected,
