@@ -13,7 +13,7 @@ from switchpoint.errors import ConfigError
 from switchpoint.v1 import router_pb2 as pb
 from tests.providers.fixtures import OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
-from tests.providers.script import ok
+from tests.providers.script import error, ok
 from tests.sidecar_harness import running_sidecar, user
 
 # Dearest first in the stage's own list: a cascade must not take the list's order for the price's.
@@ -124,6 +124,21 @@ async def test_with_every_tier_rejected_the_last_answer_is_served(
     assert (reply.model, reply.content) == ("large", "I cannot help with that.")
     assert [a.error_class for a in reply.attempts] == ["rejected"] * 3
     assert reply.cost_usd == pytest.approx(sum(a.cost_usd for a in reply.attempts))
+
+
+async def test_an_escalation_that_fails_the_call_serves_the_rejected_answer(
+    openai_server: OpenAIServer,
+) -> None:
+    # An invalid request ends a call rather than moving on; the answer already paid for is kept.
+    openai_server.script.push(ok(""), error(400))
+    async with running_sidecar(cascade_config(openai_server.base_url), KEYS) as sidecar:
+        reply = await sidecar.stub.Chat(_chat("anything"))
+    assert (reply.model, reply.content) == ("small", "")
+    assert [(a.model, a.error_class) for a in reply.attempts] == [
+        ("small", "rejected"),
+        ("medium", "invalid_request"),
+    ]
+    assert reply.cost_usd == pytest.approx(reply.attempts[0].cost_usd)
 
 
 async def test_a_stage_without_cascade_keeps_its_ranking_and_its_answer(

@@ -4,8 +4,9 @@ models in, the hooks at each hook point, and whether an answer is kept or the ca
 Escalation is the chain's own walk (`engine.path`): a rejected answer ends its model's turn like a
 failure would, and the next model of the chain takes its turn. The rejected attempt stays in the
 call's attempts with error_class "rejected" and the reason, and its usage stays charged (the
-provider was paid for it). When no model is left, the last rejected answer is served: it was paid
-for, and its attempt record says why it failed.
+provider was paid for it). When no model is left, or escalating fails the call (a deadline, an
+error that ends a call), the last rejected answer is served: it was paid for, and its attempt
+record says why it was rejected.
 """
 
 from __future__ import annotations
@@ -47,9 +48,10 @@ class Evaluation:
         made, so there is nothing left to hold back once a check could reject it."""
         if streamed:
             return False
-        return (
-            call.request.routing.stage in self._stages or call.decision.strategy in self._strategies
-        )
+        if call.request.routing.stage in self._stages:
+            return True
+        # Reading the decision's strategy crosses into Rust: only when a strategy could cascade.
+        return bool(self._strategies) and call.decision.strategy in self._strategies
 
     def judge(self, call: CallState, *, streamed: bool, outcomes: OutcomeSink | None) -> CallJudge:
         return CallJudge(self, call, streamed=streamed, outcomes=outcomes)
@@ -135,6 +137,11 @@ class CallJudge:
             return True
         self._reject(result, reason)
         return False
+
+    @property
+    def rejected(self) -> bool:
+        """Whether an answer was rejected (and could still be served)."""
+        return self._rejected is not None
 
     def rejected_answer(self) -> ChatResult | None:
         """The last rejected answer, with every attempt of the call, for a call with no model

@@ -292,11 +292,16 @@ class Engine:
             if outcome.result is not None and not await judge.accepts(outcome.result):
                 outcome.result = None
         for model in models if outcome.result is None else ():
-            async with aclosing(
-                self._attempts.turn(call, model, outcome, streamed=streamed)
-            ) as deltas:
-                async for delta in deltas:
-                    yield delta
+            try:
+                async with aclosing(
+                    self._attempts.turn(call, model, outcome, streamed=streamed)
+                ) as deltas:
+                    async for delta in deltas:
+                        yield delta
+            except SwitchpointError:
+                if not judge.rejected:
+                    raise
+                return  # the escalation failed: the answer it rejected is served after all
             if outcome.result is not None:
                 if await judge.accepts(outcome.result):
                     return
