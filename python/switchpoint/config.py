@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from switchpoint import _native
 from switchpoint.cache.config import CacheConfig
 from switchpoint.errors import ConfigError, ErrorClass
+from switchpoint.evaluation.config import EvaluationConfig, check_evaluation
 from switchpoint.limits import LimitsConfig
 from switchpoint.providers.base import ExtraBody
 from switchpoint.quota.instances_config import StateConfig, check_state
@@ -201,6 +202,8 @@ class StageConfig(StrictModel):
     strategy: str | None = None
     # Hedge every Chat of this stage (see RoutingOptions.hedge).
     hedge: bool = False
+    # Try the cheapest candidate first and escalate when an answer is rejected (evaluation).
+    cascade: bool = False
 
 
 class AutoRoutingConfig(StrictModel):
@@ -303,6 +306,7 @@ class Config(StrictModel):
     shared_state: SharedStateConfig = Field(default_factory=SharedStateConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     def strategy_weights(self, name: str) -> tuple[float, float, float] | None:
         """Weights of a built-in or configured strategy; None when the name is unknown."""
@@ -450,6 +454,7 @@ def _check_references(config: Config) -> list[str]:
         *_check_routing(config),
         *_check_gate(config),
         *check_state(config.server.state, len(config.limits) + len(config.budgets)),
+        *check_evaluation(config.evaluation, {*BUILTIN_STRATEGIES, *config.routing.strategies}),
     ]
 
 
