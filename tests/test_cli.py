@@ -222,6 +222,11 @@ def test_config_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert "models[0].quality: must be <= 1" in err
     assert "models[1].context_window: must be >= 1" in err
+    data = routing_config()
+    data["evaluation"] = {"hooks": [{"path": "no_such_module_here:Hook"}]}
+    bad.write_text(yaml.safe_dump(data))
+    assert main(["config", "check", str(bad)]) == 1
+    assert "evaluation.hooks[0].path: cannot import module" in capsys.readouterr().err
 
 
 def test_table_truncates_the_model_column_to_fit() -> None:

@@ -471,6 +471,9 @@ class Decision:
     def request_id(self) -> str:
         """The request's id, for a later Feedback call."""
     @property
+    def choice_probability(self) -> float:
+        """The probability with which the first candidate was chosen: 1 unless exploring."""
+    @property
     def fallback(self) -> tuple[str, ...]:
         """Models to try after the candidates when every candidate fails, in chain order."""
     def encode(self) -> bytes:
@@ -655,6 +658,7 @@ class Router:
         *,
         now: float,
         request_id: str = "",
+        explore_draw: float = 1.0,
         open_breakers: dict[str, float] | None = None,
         tally: RouteTally | None = None,
         stop: WorkStop | None = None,
@@ -683,6 +687,9 @@ class Routed:
     @property
     def prompt_chars(self) -> int:
         """The prompt's length in characters."""
+    @property
+    def choice_probability(self) -> float:
+        """The probability with which `model` was chosen: 1 unless exploring."""
 
 @final
 class WorkStop:

@@ -18,12 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from switchpoint import _native
 from switchpoint.cache.config import CacheConfig
 from switchpoint.errors import ConfigError, ErrorClass
+from switchpoint.evaluation.config import EvaluationConfig, check_evaluation
 from switchpoint.limits import LimitsConfig
 from switchpoint.providers.base import ExtraBody
 from switchpoint.quota.instances_config import StateConfig, check_state
 from switchpoint.quota.queue_config import QueueConfig
 from switchpoint.quota.shared_config import SharedStateConfig
-from switchpoint.routing.predictor.config import PredictorConfig
+from switchpoint.routing.predictor.config import ExplorationConfig, PredictorConfig
 from switchpoint.security.config import AdminConfig, AuthConfig, TlsConfig
 from switchpoint.splits.config import SplitConfig, check_splits
 
@@ -202,6 +203,8 @@ class StageConfig(StrictModel):
     strategy: str | None = None
     # Hedge every Chat of this stage (see RoutingOptions.hedge).
     hedge: bool = False
+    # Try the cheapest candidate first and escalate when an answer is rejected (evaluation).
+    cascade: bool = False
 
 
 class AutoRoutingConfig(StrictModel):
@@ -219,6 +222,7 @@ class RoutingConfig(QueueConfig):  # the queue_* keys are queue_config's
     fallback_chain: list[str] = Field(default_factory=list)
     auto: AutoRoutingConfig = Field(default_factory=AutoRoutingConfig)
     predictor: PredictorConfig = Field(default_factory=PredictorConfig)
+    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
     # Live latency replaces the config prior once a model has this many (decayed) samples.
     min_latency_samples: Annotated[int, Field(ge=1)] = 20
     # The output-token estimate for requests that set no max_tokens; a decision carries it as a
@@ -305,6 +309,7 @@ class Config(StrictModel):
     shared_state: SharedStateConfig = Field(default_factory=SharedStateConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     def strategy_weights(self, name: str) -> tuple[float, float, float] | None:
         """Weights of a built-in or configured strategy; None when the name is unknown."""
@@ -401,6 +406,17 @@ def _check_routing(config: Config) -> list[str]:
     )
     if routing.auto.easy_complexity > routing.auto.hard_complexity:
         errors.append("routing.auto.easy_complexity: must be <= routing.auto.hard_complexity")
+    exploration = routing.exploration
+    errors.extend(
+        f"routing.exploration.strategies[{j}]: unknown strategy '{name}'"
+        for j, name in enumerate(exploration.strategies)
+        if config.strategy_weights(name) is None
+    )
+    errors.extend(
+        f"routing.exploration.stages[{j}]: unknown stage '{name}'"
+        for j, name in enumerate(exploration.stages)
+        if name not in routing.stages
+    )
     errors += check_splits(
         routing.splits,
         models=frozenset(known),
@@ -447,6 +463,7 @@ def _check_references(config: Config) -> list[str]:
         *_check_routing(config),
         *_check_gate(config),
         *check_state(config.server.state, len(config.limits) + len(config.budgets)),
+        *check_evaluation(config.evaluation, {*BUILTIN_STRATEGIES, *config.routing.strategies}),
     ]
 
 

@@ -92,6 +92,8 @@ class _Line(NamedTuple):
     cache: str
     # The (role, content) pairs, or only their length in characters where that is all there is.
     prompt: Sequence[tuple[str, str]] | int | None
+    # Below 1 where routing.exploration may have chosen another model (see route/explore.rs).
+    choice_probability: float
     # "SPLIT/ARM" of an A/B split's arm; "" outside splits (and then not written).
     split: str = ""
 
@@ -144,6 +146,7 @@ class RequestLog:
         attempts: int,
         cache: str = "",
         prompt: Sequence[tuple[str, str]] | int | None = None,
+        choice_probability: float = 1.0,
         split: str = "",
     ) -> None:
         """Queue the line; `prompt` may be its length in characters alone when prompts are not
@@ -165,6 +168,7 @@ class RequestLog:
                 attempts,
                 cache,
                 prompt,
+                choice_probability,
                 split,
             )
         )
@@ -206,6 +210,9 @@ class RequestLog:
             "attempts": line.attempts,
             "cache": line.cache,
         }
+        if line.choice_probability < 1.0:
+            # What offline evaluation of another routing policy weighs this line by.
+            fields["choice_probability"] = line.choice_probability
         if line.split:
             fields["split"] = line.split
         if isinstance(line.prompt, int):

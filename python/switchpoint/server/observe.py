@@ -139,6 +139,7 @@ class RequestObserver:
             cost_usd=0.0,
             attempts=0,
             prompt=routed.prompt_chars,
+            choice_probability=routed.choice_probability,
             split=arm,
         )
 
@@ -168,6 +169,7 @@ class RequestObserver:
             cost_usd=result.cost_usd if result else 0.0,
             attempts=len(result.attempts) if result else 0,
             prompt=request.messages,  # (role, content) pairs already
+            choice_probability=decision.choice_probability if decision else 1.0,
             split=arm,
         )
 

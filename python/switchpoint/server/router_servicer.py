@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -107,6 +108,7 @@ class RouterServicer:
             router.route_wire,
             request,
             request_id=new_request_id(),
+            explore_draw=random.random() if engine.explores else 1.0,
             open_breakers=engine.breakers.refusing(),
             tally=observer.route_tally,
         )

@@ -350,6 +350,7 @@ class RouteDecision(_message.Message):
     TASK_CLASS_FIELD_NUMBER: _builtins.int
     COMPLEXITY_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CHOICE_PROBABILITY_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The chosen model: candidates[0].model."""
     level: Global___DecisionLevel.ValueType
@@ -363,6 +364,10 @@ class RouteDecision(_message.Message):
     complexity: _builtins.float
     request_id: _builtins.str
     """Names this decision in a later Feedback call; the request's own id when it carried one."""
+    choice_probability: _builtins.float
+    """The probability with which `model` was chosen: 1, or less when routing.exploration may have
+    chosen another (for evaluating policies offline).
+    """
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Candidate]:
         """Eligible candidates, best first."""
@@ -389,10 +394,11 @@ class RouteDecision(_message.Message):
         task_class: _builtins.str = ...,
         complexity: _builtins.float = ...,
         request_id: _builtins.str = ...,
+        choice_probability: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["weights", b"weights"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "complexity", b"complexity", "estimated_cost_usd", b"estimated_cost_usd", "estimated_input_tokens", b"estimated_input_tokens", "estimated_latency_ms", b"estimated_latency_ms", "estimated_output_tokens", b"estimated_output_tokens", "level", b"level", "model", b"model", "reasons", b"reasons", "request_id", b"request_id", "strategy", b"strategy", "task_class", b"task_class", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "choice_probability", b"choice_probability", "complexity", b"complexity", "estimated_cost_usd", b"estimated_cost_usd", "estimated_input_tokens", b"estimated_input_tokens", "estimated_latency_ms", b"estimated_latency_ms", "estimated_output_tokens", b"estimated_output_tokens", "level", b"level", "model", b"model", "reasons", b"reasons", "request_id", b"request_id", "strategy", b"strategy", "task_class", b"task_class", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

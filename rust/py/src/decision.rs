@@ -234,6 +234,12 @@ impl Decision {
         &self.inner.request_id
     }
 
+    /// The probability with which the first candidate was chosen: 1 unless exploring.
+    #[getter]
+    fn choice_probability(&self) -> f64 {
+        self.inner.choice_probability
+    }
+
     /// Models to try after the candidates when every candidate fails, in chain order.
     #[getter]
     fn fallback<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {

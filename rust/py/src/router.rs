@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use switchpoint_core::{
-    route_request, AutoRouting, Limits, Message, OpenBreaker, Params, RouteInput,
+    route_request, AutoRouting, Exploration, Limits, Message, OpenBreaker, Params, RouteInput,
     RouteTally as Tally, Router as Core, RouterConfig, RoutingOptions, Stage, Stop,
 };
 
@@ -126,6 +126,7 @@ struct Held {
     cache_threshold: Option<f64>,
     /// `ChatInput.predicted`: model name -> its predicted quality; empty when it is None.
     predicted: Vec<(PyBackedStr, PredictedQuality)>,
+    explore_draw: f64,
 }
 
 impl Held {
@@ -165,6 +166,7 @@ impl Held {
             request_id: field!(request, "request_id"),
             cache_threshold: field!(cache, "threshold"),
             predicted: predicted(&attr!(request, "predicted"))?,
+            explore_draw: field!(request, "explore_draw"),
         })
     }
 
@@ -211,6 +213,7 @@ impl Held {
                 }
                 by_index
             },
+            explore_draw: self.explore_draw,
         }
     }
 }
@@ -243,6 +246,8 @@ pub struct Routed {
     stage: String,
     /// The prompt's length in characters.
     prompt_chars: usize,
+    /// The probability with which `model` was chosen: 1 unless exploring.
+    choice_probability: f64,
 }
 
 /// The router of one config load.
@@ -303,6 +308,16 @@ fn stages(routing: &Bound<'_, PyAny>) -> PyResult<Vec<Stage>> {
             })
         })
         .collect()
+}
+
+/// `routing.exploration`, read by name.
+fn exploration(exploration: &Bound<'_, PyAny>) -> PyResult<Exploration> {
+    Ok(Exploration {
+        rate: field!(exploration, "rate"),
+        max_cost_ratio: field!(exploration, "max_cost_ratio"),
+        strategies: field!(exploration, "strategies"),
+        stages: field!(exploration, "stages"),
+    })
 }
 
 fn limits(limits: &Bound<'_, PyAny>) -> PyResult<Limits> {
@@ -394,6 +409,7 @@ impl Router {
                 .collect(),
             limits: self::limits(limits)?,
             quota: quota.map(|book| Arc::clone(&book.get().inner)),
+            exploration: exploration(&attr!(routing, "exploration"))?,
         };
         Ok(Self {
             inner: Arc::new(Core::new(table.get().inner.clone(), config).map_err(Error::from)?),
@@ -480,7 +496,10 @@ impl Router {
 
     /// `decide`, straight from `switchpoint.v1.RouteRequest` bytes to `RouteDecision` bytes (see
     /// `Routed`). The call is counted, and timed, in `tally`.
-    #[pyo3(signature = (request, *, now, request_id = "", open_breakers = None, tally = None, stop = None))]
+    #[pyo3(signature = (
+        request, *, now, request_id = "", explore_draw = 1.0, open_breakers = None, tally = None,
+        stop = None
+    ))]
     #[allow(clippy::too_many_arguments)] // keyword arguments from Python, each optional
     fn route_wire<'py>(
         &self,
@@ -488,6 +507,7 @@ impl Router {
         request: &[u8],
         now: f64,
         request_id: &str,
+        explore_draw: f64,
         open_breakers: Option<&Bound<'py, PyDict>>,
         tally: Option<&Bound<'py, RouteTally>>,
         stop: Option<&Bound<'py, WorkStop>>,
@@ -498,6 +518,7 @@ impl Router {
         if input.request_id.is_empty() {
             input.request_id = request_id;
         }
+        input.explore_draw = explore_draw;
         let open = read_open_breakers(open_breakers)?;
         let open = breakers(&open);
         let core = &self.inner;
@@ -515,6 +536,7 @@ impl Router {
                 .record(model, routing.tenant, routing.stage, seconds);
         }
         Ok(Routed {
+            choice_probability: decision.choice_probability,
             request_id: input.request_id.to_owned(),
             decision: answer.unbind(),
             model: PyString::new(py, model).unbind(),

@@ -15,6 +15,23 @@ PositiveInt = Annotated[int, Field(ge=1)]
 Positive = Annotated[float, Field(gt=0)]
 
 
+class ExplorationConfig(BaseModel):
+    """Now and then a model other than the best-scored one serves a request, so the predictor
+    learns how it does (route/explore.rs in the core): epsilon-greedy with the probability of
+    each choice in the decision and the request log."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The share of requests that explore; 0 turns it off.
+    rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    # Exploring may choose a model estimated to cost at most this many times the best one.
+    max_cost_ratio: Annotated[float, Field(ge=1)] = 2.0
+    # Where it applies (auto and stage decisions): these strategies or stages; all when both are
+    # empty.
+    strategies: list[str] = Field(default_factory=list)
+    stages: list[str] = Field(default_factory=list)
+
+
 class PredictorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -144,6 +144,10 @@ pub struct RouteDecision {
     /// Names this decision in a later Feedback call; the request's own id when it carried one.
     #[prost(string, tag = "13")]
     pub request_id: ::prost::alloc::string::String,
+    /// The probability with which `model` was chosen: 1, or less when routing.exploration may have
+    /// chosen another (for evaluating policies offline).
+    #[prost(double, optional, tag = "14")]
+    pub choice_probability: ::core::option::Option<f64>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ChatRequest {

@@ -32,6 +32,8 @@ struct Context<'a> {
     /// The classifier's reading, made at most once however many times the levels run.
     reading: &'a OnceCell<Classification>,
     predicted: &'a [Option<PredictedQuality>],
+    stage: &'a str,
+    explore_draw: f64,
 }
 
 /// The task class whose requests prefer models with the "code" capability.
@@ -61,6 +63,8 @@ impl Router {
             shift,
             reading,
             predicted: &input.predicted,
+            stage: routing.stage,
+            explore_draw: input.explore_draw,
         };
         if !routing.models.is_empty() {
             return self.override_level(routing, &ctx);
@@ -254,6 +258,7 @@ impl Router {
             complexity: 0.0,
             fallback: Vec::new(),
             request_id: String::new(),
+            choice_probability: 1.0,
         })
     }
 
@@ -431,7 +436,7 @@ impl Router {
     fn decision(
         &self,
         level: Level,
-        ranking: Ranking,
+        mut ranking: Ranking,
         strategy: Strategy<'_>,
         ctx: &Context<'_>,
         mut reasons: Vec<String>,
@@ -439,6 +444,19 @@ impl Router {
         self.exclusion_reasons(&ranking, ctx, &mut reasons);
         if !strategy.shifted.is_empty() {
             reasons.push(strategy.shifted.to_owned());
+        }
+        let mut choice_probability = 1.0;
+        if matches!(level, Level::Auto | Level::Stage) {
+            if let Some(explored) = self.config.exploration.choose(
+                &mut ranking.ranked,
+                strategy.name,
+                ctx.stage,
+                ctx.explore_draw,
+                |index| self.name(index),
+            ) {
+                choice_probability = explored.probability;
+                reasons.push(explored.reason);
+            }
         }
         let best = &ranking.ranked[0];
         let [cost, latency, quality] = strategy.weights;
@@ -484,6 +502,7 @@ impl Router {
             complexity: 0.0,
             fallback,
             request_id: String::new(),
+            choice_probability,
         }
     }
 

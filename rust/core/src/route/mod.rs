@@ -16,8 +16,10 @@
 mod admit;
 mod counts;
 mod decode;
+mod explore;
 mod levels;
 mod request;
+mod shape;
 mod span;
 mod stop;
 mod strategies;
@@ -30,8 +32,10 @@ pub use admit::{quota_message, retry_wait, OpenBreaker};
 use counts::CountMemo;
 pub use counts::{REMEMBERED_FROM_BYTES, REMEMBERED_PER_GENERATION};
 pub use decode::{route_request, DecodedRoute};
+pub use explore::Exploration;
 pub use request::{clipped, Limits, Message, Params, RouteInput, RoutingOptions, ROLES};
-pub use span::{prompt_span, Shape, TokenSpan, EXACT_BELOW_BYTES};
+pub use shape::{Shape, Upper};
+pub use span::{prompt_span, TokenSpan, EXACT_BELOW_BYTES};
 pub use stop::Stop;
 pub use strategies::BUILTIN_STRATEGIES;
 pub use tokens::{Bpe, Tokenizer};
@@ -107,6 +111,7 @@ pub struct RouterConfig {
     pub limits: Limits,
     /// The rate limits and budgets; `None` (or an empty book) admits every candidate.
     pub quota: Option<Arc<RuleBook>>,
+    pub exploration: Exploration,
 }
 
 /// A routing decision: the ranked candidates (table indices) and why.
@@ -126,6 +131,8 @@ pub struct Decision {
     pub fallback: Vec<usize>,
     /// The request's id, for a later Feedback call.
     pub request_id: String,
+    /// The probability with which the first candidate was chosen: 1 unless exploring.
+    pub choice_probability: f64,
 }
 
 pub struct Router {

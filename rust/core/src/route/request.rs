@@ -125,6 +125,8 @@ pub struct RouteInput<'a> {
     pub cache_threshold: Option<f64>,
     /// The quality predictor's view of this request per table index (empty when it is off).
     pub predicted: Vec<Option<PredictedQuality>>,
+    /// Uniform in [0, 1): decides whether this request explores (`routing.exploration`).
+    pub explore_draw: f64,
 }
 
 /// Python's `str.isspace` set: Unicode `White_Space` plus the four ASCII separators (0x1C-0x1F)

@@ -50,6 +50,7 @@ pub(super) fn router_with(fallback: &[&str], quota: Option<Arc<RuleBook>>) -> Ro
             encodings: vec![Tokenizer::Estimate],
             limits: Limits::default(),
             quota,
+            exploration: super::Exploration::default(),
         },
     )
     .unwrap()
