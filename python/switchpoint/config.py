@@ -26,6 +26,7 @@ from switchpoint.quota.queue_config import QueueConfig
 from switchpoint.quota.shared_config import SharedStateConfig
 from switchpoint.routing.predictor.config import ExplorationConfig, PredictorConfig
 from switchpoint.security.config import AdminConfig, AuthConfig, TlsConfig
+from switchpoint.splits.config import SplitConfig, check_splits
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -231,6 +232,8 @@ class RoutingConfig(QueueConfig):  # the queue_* keys are queue_config's
     # carry on from the partial answer); false fails the stream instead.
     stream_continuation: bool = True
     latency_half_life_s: Positive = 300.0
+    # A/B splits between routing policies (switchpoint.splits).
+    splits: dict[str, SplitConfig] = Field(default_factory=dict)
 
 
 ScopeKey = Literal["tenant", "stage", "model", "provider"]
@@ -413,6 +416,12 @@ def _check_routing(config: Config) -> list[str]:
         f"routing.exploration.stages[{j}]: unknown stage '{name}'"
         for j, name in enumerate(exploration.stages)
         if name not in routing.stages
+    )
+    errors += check_splits(
+        routing.splits,
+        models=frozenset(known),
+        stages={name: frozenset(stage.models) for name, stage in routing.stages.items()},
+        knows_strategy=lambda name: config.strategy_weights(name) is not None,
     )
     return errors
 

@@ -41,6 +41,8 @@ class RoutingOptions(NamedTuple):
     capabilities: Sequence[str] = ()
     max_cost_usd: float | None = None
     hedge: bool = False
+    # The key of a split sticky per user (switchpoint.splits).
+    user: str = ""
 
 
 class GenerationParams(NamedTuple):

@@ -94,6 +94,8 @@ class _Line(NamedTuple):
     prompt: Sequence[tuple[str, str]] | int | None
     # Below 1 where routing.exploration may have chosen another model (see route/explore.rs).
     choice_probability: float
+    # "SPLIT/ARM" of an A/B split's arm; "" outside splits (and then not written).
+    split: str = ""
 
 
 class RequestLog:
@@ -145,6 +147,7 @@ class RequestLog:
         cache: str = "",
         prompt: Sequence[tuple[str, str]] | int | None = None,
         choice_probability: float = 1.0,
+        split: str = "",
     ) -> None:
         """Queue the line; `prompt` may be its length in characters alone when prompts are not
         logged (`logs_prompts`)."""
@@ -166,6 +169,7 @@ class RequestLog:
                 cache,
                 prompt,
                 choice_probability,
+                split,
             )
         )
         if len(pending) >= MAX_PENDING or self._flush_after_s <= 0:
@@ -209,6 +213,8 @@ class RequestLog:
         if line.choice_probability < 1.0:
             # What offline evaluation of another routing policy weighs this line by.
             fields["choice_probability"] = line.choice_probability
+        if line.split:
+            fields["split"] = line.split
         if isinstance(line.prompt, int):
             fields["prompt_chars"] = line.prompt
         elif line.prompt is not None:

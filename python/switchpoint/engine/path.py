@@ -41,6 +41,7 @@ from switchpoint.registry import Registry
 from switchpoint.request import ChatInput, new_request_id, prompt_size
 from switchpoint.routing import Decision, ScoredModel, build_router
 from switchpoint.routing.predictor.service import QualityPredictor
+from switchpoint.splits.assign import Splits
 from switchpoint.stats import StatsBook
 from switchpoint.telemetry import SPAN_GATE, SPAN_ROUTE
 from switchpoint.tokens import TokenCounter
@@ -90,6 +91,7 @@ class Engine:
         )
         self.tokens = TokenCounter()
         self.router = build_router(config, registry, self.tokens, self.gate.book)
+        self.splits = Splits(config.routing.splits, self.gate.labels)
         # Where outcomes go (Feedback, hooks' scores); None when routing.predictor is off.
         self.predictor = predictor
         self.outcomes: OutcomeSink | None = predictor
