@@ -82,5 +82,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         builtin.set_item(name, (cost, latency, quality))?;
     }
     m.add("BUILTIN_STRATEGIES", builtin)?;
+    let mut task_classes = switchpoint_core::TASK_CLASSES.to_vec();
+    task_classes.push(switchpoint_core::DEFAULT_TASK_CLASS);
+    m.add(
+        "TASK_CLASSES",
+        pyo3::types::PyTuple::new(m.py(), task_classes)?,
+    )?;
     Ok(())
 }

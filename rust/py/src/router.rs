@@ -12,8 +12,9 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use switchpoint_core::{
-    route_request, AutoRouting, Limits, Message, OpenBreaker, Params, RouteInput,
-    RouteTally as Tally, Router as Core, RouterConfig, RoutingOptions, Stage, Stop,
+    route_request, task_class_named, AutoRouting, GivenReading, Limits, Message, OpenBreaker,
+    Params, Refusal, RouteInput, RouteTally as Tally, Router as Core, RouterConfig, RoutingOptions,
+    Stage, Stop, DEFAULT_TASK_CLASS, TASK_CLASSES,
 };
 
 use crate::decision::Decision;
@@ -194,8 +195,32 @@ impl Held {
             },
             request_id: &self.request_id,
             cache_threshold: self.cache_threshold,
+            given: None,
         }
     }
+}
+
+/// The reading given in place of the classifier's (see `GivenReading`): a (task class,
+/// complexity) pair or none, and the note the reasons carry.
+fn given(classified: Option<(PyBackedStr, f64)>, note: &str) -> Result<Option<GivenReading<'_>>> {
+    let reading = match classified {
+        None => None,
+        Some((name, complexity)) => {
+            let Some(task_class) = task_class_named(&name) else {
+                return Err(Refusal::invalid(
+                    "classification.task_class",
+                    format!(
+                        "unknown task class '{}' (known: {}, {DEFAULT_TASK_CLASS})",
+                        switchpoint_core::clipped(&name),
+                        TASK_CLASSES.join(", ")
+                    ),
+                )
+                .into());
+            };
+            Some((task_class, complexity))
+        }
+    };
+    Ok((reading.is_some() || !note.is_empty()).then_some(GivenReading { reading, note }))
 }
 
 fn strs(list: &[PyBackedStr]) -> Vec<&str> {
@@ -380,7 +405,13 @@ impl Router {
     /// gate (as of `now`, the gate's clock) and the open breakers (`{model: retry_in_s}`). Raises
     /// the engine's errors (`InvalidRequestError`, `QuotaExceededError`, ...), `NoRoom` when a
     /// rule instance is needed past `max_scopes`, `DeadlineExceededError` once `stop` is set.
-    #[pyo3(signature = (request, *, now, open_breakers = None, stop = None))]
+    /// `classified` (task class, complexity) replaces the classifier's reading if the auto level
+    /// decides, and `note` follows the reading in the reasons.
+    #[pyo3(signature = (
+        request, *, now, open_breakers = None, stop = None, classified = None, note = ""
+    ))]
+    // One argument per keyword of the Python signature.
+    #[allow(clippy::too_many_arguments)]
     fn decide(
         &self,
         py: Python<'_>,
@@ -388,9 +419,12 @@ impl Router {
         now: f64,
         open_breakers: Option<&Bound<'_, PyDict>>,
         stop: Option<&Bound<'_, WorkStop>>,
+        classified: Option<(PyBackedStr, f64)>,
+        note: &str,
     ) -> Result<Decision> {
         let held = Held::read(request)?;
-        let input = held.input();
+        let mut input = held.input();
+        input.given = given(classified, note)?;
         let open = read_open_breakers(open_breakers)?;
         let open = breakers(&open);
         let core = &self.inner;
@@ -401,16 +435,19 @@ impl Router {
     }
 
     /// The first half of `decide`: validated and routed, not yet admitted.
-    #[pyo3(signature = (request, *, now, stop = None))]
+    #[pyo3(signature = (request, *, now, stop = None, classified = None, note = ""))]
     fn route(
         &self,
         py: Python<'_>,
         request: &Bound<'_, PyAny>,
         now: f64,
         stop: Option<&Bound<'_, WorkStop>>,
+        classified: Option<(PyBackedStr, f64)>,
+        note: &str,
     ) -> Result<Decision> {
         let held = Held::read(request)?;
-        let input = held.input();
+        let mut input = held.input();
+        input.given = given(classified, note)?;
         let core = &self.inner;
         let routed = run(py, &input, stop, |stop| core.route(&input, stop, now))?;
         Ok(self.decision(routed))

@@ -30,7 +30,9 @@ pub use admit::{quota_message, retry_wait, OpenBreaker};
 use counts::CountMemo;
 pub use counts::{REMEMBERED_FROM_BYTES, REMEMBERED_PER_GENERATION};
 pub use decode::{route_request, DecodedRoute};
-pub use request::{clipped, Limits, Message, Params, RouteInput, RoutingOptions, ROLES};
+pub use request::{
+    clipped, GivenReading, Limits, Message, Params, RouteInput, RoutingOptions, ROLES,
+};
 pub use span::{prompt_span, Shape, TokenSpan, EXACT_BELOW_BYTES};
 pub use stop::Stop;
 pub use strategies::BUILTIN_STRATEGIES;
@@ -122,6 +124,9 @@ pub struct Decision {
     pub output_tokens: u64,
     pub task_class: &'static str,
     pub complexity: f64,
+    /// The rule classifier's confidence in its reading of the prompt (`Classification::
+    /// confidence`), even when a given reading replaced it; 0 when the auto level did not decide.
+    pub confidence: f64,
     /// Table indices of the models to try after the candidates, in chain order.
     pub fallback: Vec<usize>,
 }
