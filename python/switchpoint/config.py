@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from switchpoint import _native
 from switchpoint.cache.config import CacheConfig
+from switchpoint.classifier.config import ClassifierModelConfig, check_classifier_model
 from switchpoint.errors import ConfigError, ErrorClass
 from switchpoint.limits import LimitsConfig
 from switchpoint.providers.base import ExtraBody
@@ -208,6 +209,8 @@ class AutoRoutingConfig(StrictModel):
     hard_complexity: Annotated[float, Field(ge=0, le=1)] = 0.6
     # Prompts rated at or below this use cost-first weights.
     easy_complexity: Annotated[float, Field(ge=0, le=1)] = 0.25
+    # A model asked when the rules are unsure (switchpoint.classifier); None: the rules decide.
+    classifier_model: ClassifierModelConfig | None = None
 
 
 class RoutingConfig(QueueConfig):  # the queue_* keys are queue_config's
@@ -396,6 +399,7 @@ def _check_routing(config: Config) -> list[str]:
     )
     if routing.auto.easy_complexity > routing.auto.hard_complexity:
         errors.append("routing.auto.easy_complexity: must be <= routing.auto.hard_complexity")
+    errors.extend(check_classifier_model(known, routing.auto.classifier_model))
     return errors
 
 

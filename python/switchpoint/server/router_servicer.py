@@ -82,7 +82,8 @@ class RouterServicer:
             request = await self._bound_route_request(request, context)
         engine = build.engine
         observer = self._observer
-        if not observer.light:
+        # A classifier model may be asked: that takes the engine's path, not one call into Rust.
+        if not observer.light or engine.classifier is not None:
             return await self._route(engine, request, context)
         gate, router = engine.gate, engine.router
         started = time.perf_counter()
