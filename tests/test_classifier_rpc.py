@@ -126,6 +126,21 @@ async def test_a_timeout_falls_back_to_the_rules_and_the_call_still_answers(
         assert again.model == "strong"
 
 
+async def test_a_classifier_that_keeps_timing_out_is_skipped_by_its_breaker(
+    openai_server: OpenAIServer,
+) -> None:
+    config = _config(openai_server, timeout_ms=100)
+    config["providers"]["openai"]["breaker"] = {"consecutive_failures": 2}
+    async with running_sidecar(config, KEYS) as sidecar:
+        openai_server.script.default = hang(10.0)
+        reasons = [(await sidecar.stub.Route(_route(f"{UNSURE} ({i})"))).reasons for i in range(3)]
+    assert "classifier model timed out after 100 ms; rules used" in reasons[0]
+    assert "classifier model timed out after 100 ms; rules used" in reasons[1]
+    # Two timeouts opened the breaker: the third request did not wait for the model.
+    assert any(r.startswith("classifier model not called: circuit breaker") for r in reasons[2])
+    assert len(openai_server.requests) == 2
+
+
 @pytest.mark.parametrize(
     ("answer", "why"),
     [
@@ -163,6 +178,22 @@ async def test_a_provider_failure_falls_back_and_is_charged_like_an_attempt(
     # Both questions are the tenant's requests of the classifier model; the first one failed.
     assert (tiny.requests, tiny.errors) == (2, 1)
     assert tiny.input_tokens > 0
+
+
+async def test_a_limit_on_the_classifier_model_turns_it_away_and_the_rules_decide(
+    openai_server: OpenAIServer,
+) -> None:
+    config = _config(openai_server)
+    config["limits"] = [{"name": "tiny-rpm", "match": {"model": "tiny", "tenant": "*"}, "rpm": 1}]
+    async with running_sidecar(config, KEYS) as sidecar:
+        openai_server.script.push(ok(HARD_CODE))
+        asked = await sidecar.stub.Route(_route(UNSURE))
+        assert asked.task_class == "code"
+        refused = await sidecar.stub.Route(_route(UNSURE + " Please help."))
+        assert refused.task_class == "chat"
+        [reason] = [r for r in refused.reasons if r.startswith("classifier model not called: ")]
+        assert "tiny-rpm" in reason
+        assert len(openai_server.requests) == 1
 
 
 async def test_the_classifier_model_must_be_a_configured_model(

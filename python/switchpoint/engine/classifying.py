@@ -33,8 +33,13 @@ from switchpoint.classifier.answers import (
 from switchpoint.classifier.config import ClassifierModelConfig
 from switchpoint.config import ModelConfig
 from switchpoint.engine.attempts import Attempts
-from switchpoint.engine.calls import CallState
-from switchpoint.errors import DeadlineExceededError, ErrorClass, SwitchpointError
+from switchpoint.engine.calls import SKIPPED, CallState
+from switchpoint.errors import (
+    DeadlineExceededError,
+    ErrorClass,
+    ProviderError,
+    SwitchpointError,
+)
 from switchpoint.quota.gate import TokenGate
 from switchpoint.registry import Registry
 from switchpoint.request import ChatInput, GenerationParams, RoutingOptions
@@ -47,8 +52,26 @@ log = logging.getLogger("switchpoint.classifier")
 Reroute = Callable[[tuple[str, float] | None, str], Awaitable[Decision]]
 
 
+# How long past its deadline the classifier's call may take to end by itself (see `_ask`).
+DEADLINE_GRACE_S = 0.05
+
+
 class NotAnswered(Exception):
     """Why the classifier model gave no reading; the message is the decision's reason."""
+
+
+def _timed_out(waited_ms: int) -> NotAnswered:
+    return NotAnswered(f"classifier model timed out after {waited_ms} ms")
+
+
+def _unanswered(error_class: str, message: str, waited_ms: int) -> NotAnswered:
+    """Why a call that ended in `error_class` gave no reading."""
+    if error_class == ErrorClass.TIMEOUT.value:
+        return _timed_out(waited_ms)
+    if error_class in SKIPPED:
+        # A rate limit, budget, open breaker or full queue turned the call away.
+        return NotAnswered(f"classifier model not called: {message}")
+    return NotAnswered(f"classifier model failed: {message}")
 
 
 class ClassifierModel:
@@ -127,17 +150,20 @@ class ClassifierModel:
             raise NotAnswered(f"classifier model cannot be asked: {exc}") from None
         call = CallState(ask, decision, request.request_id, time.monotonic() + budget_s)
         try:
-            async with asyncio.timeout(budget_s):
+            # The call's own deadline normally ends it first, as a failed attempt the model's
+            # breaker counts (a classifier that keeps timing out is then skipped at once); this
+            # guard only bounds what the deadline does not cover.
+            async with asyncio.timeout(budget_s + DEADLINE_GRACE_S):
                 outcome = await self._attempts.complete_on(call, self._model)
         except (TimeoutError, DeadlineExceededError):
-            raise NotAnswered(f"classifier model timed out after {waited_ms} ms") from None
-        except SwitchpointError as exc:
-            raise NotAnswered(f"classifier model failed: {exc}") from None
+            raise _timed_out(waited_ms) from None
+        except ProviderError as exc:
+            raise _unanswered(exc.error_class.value, str(exc), waited_ms) from None
         if outcome.result is None:
-            last = call.attempts[-1] if call.attempts else None
-            if last is None or last.error_class == ErrorClass.TIMEOUT.value:
-                raise NotAnswered(f"classifier model timed out after {waited_ms} ms")
-            raise NotAnswered(f"classifier model failed: {last.error_message}")
+            if not call.attempts:  # a turn always records how it ended
+                raise NotAnswered("classifier model failed: no attempt was made")
+            last = call.attempts[-1]
+            raise _unanswered(last.error_class, last.error_message, waited_ms)
         try:
             return read_answer(outcome.result.content)
         except MalformedAnswer as why:
