@@ -28,6 +28,7 @@ mod error;
 mod gate;
 mod gate_state;
 mod gil;
+mod input;
 mod latency;
 mod model_spec;
 mod quota;
