@@ -4,6 +4,7 @@ loopback server whose requests are counted."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -124,6 +125,20 @@ async def test_a_timeout_falls_back_to_the_rules_and_the_call_still_answers(
         openai_server.script.push(ok(HARD_CODE))
         again = await sidecar.stub.Route(_route(UNSURE))
         assert again.model == "strong"
+
+
+async def test_the_wait_is_at_most_half_of_what_the_callers_deadline_leaves(
+    openai_server: OpenAIServer,
+) -> None:
+    async with running_sidecar(_config(openai_server, timeout_ms=60_000), KEYS) as sidecar:
+        openai_server.script.push(hang(10.0))
+        decision = await sidecar.stub.Route(_route(UNSURE), timeout=2.0)
+    [reason] = [r for r in decision.reasons if r.startswith("classifier model timed out")]
+    waited = re.fullmatch(r"classifier model timed out after (\d+) ms; rules used", reason)
+    assert waited is not None
+    # Half of the 2 s the caller gave, less what routing took; the answer kept the other half.
+    assert 0 < int(waited[1]) <= 1000
+    assert decision.task_class == "chat"
 
 
 async def test_a_classifier_that_keeps_timing_out_is_skipped_by_its_breaker(
