@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from switchpoint import _native
 from switchpoint.cache.config import CacheConfig
+from switchpoint.classifier.config import ClassifierModelConfig, check_classifier_model
 from switchpoint.errors import ConfigError, ErrorClass
 from switchpoint.evaluation.config import EvaluationConfig, check_evaluation
 from switchpoint.limits import LimitsConfig
@@ -213,6 +214,8 @@ class AutoRoutingConfig(StrictModel):
     hard_complexity: Annotated[float, Field(ge=0, le=1)] = 0.6
     # Prompts rated at or below this use cost-first weights.
     easy_complexity: Annotated[float, Field(ge=0, le=1)] = 0.25
+    # A model asked when the rules are unsure (switchpoint.classifier); None: the rules decide.
+    classifier_model: ClassifierModelConfig | None = None
 
 
 class RoutingConfig(QueueConfig):  # the queue_* keys are queue_config's
@@ -423,6 +426,7 @@ def _check_routing(config: Config) -> list[str]:
         stages={name: frozenset(stage.models) for name, stage in routing.stages.items()},
         knows_strategy=lambda name: config.strategy_weights(name) is not None,
     )
+    errors.extend(check_classifier_model(known, routing.auto.classifier_model))
     return errors
 
 

@@ -26,6 +26,7 @@ from switchpoint.config import BreakerConfig, Config, ModelConfig
 from switchpoint.engine.attempts import CONTINUE_PROMPT, Attempts, Outcome
 from switchpoint.engine.caching import CacheFront
 from switchpoint.engine.calls import SKIPPED, AttemptRecord, CallState, ChatResult, StreamDelta
+from switchpoint.engine.classifying import build_classifier
 from switchpoint.engine.evaluating import CallJudge, Evaluation
 from switchpoint.engine.hedging import Hedging
 from switchpoint.engine.resilience import Breakers
@@ -113,6 +114,14 @@ class Engine:
         )
         self._hedging = Hedging(config, registry, latency, self._attempts)
         self.evaluation = Evaluation(config, hooks)
+        # Asked when the rules are unsure of an auto decision (engine.classifying); None: never.
+        self.classifier = build_classifier(
+            config.routing.auto.classifier_model,
+            registry,
+            router=self.router,
+            attempts=self._attempts,
+            gate=self.gate,
+        )
 
     def _breaker_policy(self, model_name: str) -> BreakerConfig:
         index = self.registry.index_of(model_name)
@@ -164,6 +173,9 @@ class Engine:
     async def _decide_off_loop(
         self, request: ChatInput, offload: Offload, timeout_s: float | None
     ) -> Decision:
+        if self.classifier is not None:
+            # The classifier model may be asked between the halves.
+            return self.admit(await self._route_off_loop(request, offload, timeout_s), request)
         router, gate, open_breakers = self.router, self.gate, self.breakers.refusing()
 
         def decide(stop: WorkStop) -> Decision:
@@ -189,7 +201,9 @@ class Engine:
         self, request: ChatInput, offload: Offload, *, timeout_s: float | None = None
     ) -> Decision:
         """The first half of `decide` (no quota asked yet), for a call the cache may answer; the
-        call admits it (`admit`) once the cache has missed. Large prompts go to `offload`."""
+        call admits it (`admit`) once the cache has missed. Large prompts go to `offload`. When
+        the rules are unsure of an auto decision, the classifier model is asked and the request
+        routed again (engine.classifying)."""
         if self.explores:
             request = request._replace(explore_draw=random.random())
         if self.predictor is not None:
@@ -201,17 +215,23 @@ class Engine:
     ) -> Decision:
         router, gate = self.router, self.gate
 
-        def route(stop: WorkStop) -> Decision:
-            return router.route(request, now=gate.now(), stop=stop)
-
-        with current_span(self.tracer, SPAN_ROUTE) as span:
-            routed = await offload.run_where_cheap(
-                route,
+        def route(
+            classified: tuple[str, float] | None = None, note: str = ""
+        ) -> Awaitable[Decision]:
+            return offload.run_where_cheap(
+                lambda stop: router.route(
+                    request, now=gate.now(), stop=stop, classified=classified, note=note
+                ),
                 size=prompt_size(request),
                 timeout_s=timeout_s,
                 asking=gate.asking,
                 asking_async=gate.asking_async,
             )
+
+        with current_span(self.tracer, SPAN_ROUTE) as span:
+            routed = await route()
+            if self.classifier is not None:
+                routed = await self.classifier.reconsider(request, routed, route, timeout_s)
             if self._records_spans:
                 span.set_attribute("switchpoint.level", routed.level.name.lower())
                 span.set_attribute("switchpoint.strategy", routed.strategy)

@@ -38,6 +38,7 @@ fn input<'a>(u: &mut Unstructured<'a>) -> Result<RouteInput<'a>> {
         params,
         request_id: u.arbitrary()?,
         cache_threshold: u.arbitrary()?,
+        given: None,
     })
 }
 

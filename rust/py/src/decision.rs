@@ -240,6 +240,13 @@ impl Decision {
         self.inner.choice_probability
     }
 
+    /// The rule classifier's confidence in its own reading, in [0, 1] (even when a given reading
+    /// replaced it); 0 when the auto level did not decide.
+    #[getter]
+    fn confidence(&self) -> f64 {
+        self.inner.confidence
+    }
+
     /// Models to try after the candidates when every candidate fails, in chain order.
     #[getter]
     fn fallback<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {

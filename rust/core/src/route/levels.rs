@@ -153,29 +153,33 @@ impl Router {
                 .sum();
             classify(last_user, total_chars)
         });
+        let confidence = reading.confidence(auto.easy_complexity, auto.hard_complexity);
+        let given = input.given.unwrap_or_default();
+        let (task_class, complexity, signals) = match given.reading {
+            Some((task_class, complexity)) => (task_class, complexity, &[][..]),
+            None => (reading.task_class, reading.complexity, &reading.signals[..]),
+        };
         let mut strategy = self.resolve(routing, &self.config.default_strategy, ctx.shift)?;
-        let mut line = format!(
-            "auto: task class {}, complexity {:.2}",
-            reading.task_class, reading.complexity
-        );
-        if !reading.signals.is_empty() {
-            let _ = write!(line, " ({})", reading.signals.join("; "));
+        let mut line = format!("auto: task class {task_class}, complexity {complexity:.2}");
+        if !signals.is_empty() {
+            let _ = write!(line, " ({})", signals.join("; "));
         }
         reasons.push(line);
+        if !given.note.is_empty() {
+            reasons.push(given.note.to_owned());
+        }
         if !strategy.explicit {
-            if reading.complexity >= auto.hard_complexity {
+            if complexity >= auto.hard_complexity {
                 strategy = self.resolve(routing, HARD_STRATEGY, ctx.shift)?;
                 reasons.push(self.hard_reason.clone());
-            } else if reading.complexity <= auto.easy_complexity {
+            } else if complexity <= auto.easy_complexity {
                 strategy = self.resolve(routing, EASY_STRATEGY, ctx.shift)?;
                 reasons.push(self.easy_reason.clone());
             }
         }
         let mut hinted = *ctx;
         let mut ranking = None;
-        if let (CODE_TASK_CLASS, Some(&code)) =
-            (reading.task_class, self.capability_bits.get("code"))
-        {
+        if let (CODE_TASK_CLASS, Some(&code)) = (task_class, self.capability_bits.get("code")) {
             let code_ctx = Context {
                 required: ctx.required | code,
                 ..*ctx
@@ -205,8 +209,9 @@ impl Router {
             &hinted,
             std::mem::take(reasons),
         );
-        decision.task_class = reading.task_class;
-        decision.complexity = reading.complexity;
+        decision.task_class = task_class;
+        decision.complexity = complexity;
+        decision.confidence = confidence;
         Ok(Some(decision))
     }
 
@@ -256,6 +261,7 @@ impl Router {
             output_tokens: ctx.output_tokens,
             task_class: "",
             complexity: 0.0,
+            confidence: 0.0,
             fallback: Vec::new(),
             request_id: String::new(),
             choice_probability: 1.0,
@@ -500,6 +506,7 @@ impl Router {
             output_tokens: ctx.output_tokens,
             task_class: "",
             complexity: 0.0,
+            confidence: 0.0,
             fallback,
             request_id: String::new(),
             choice_probability,

@@ -33,7 +33,9 @@ use counts::CountMemo;
 pub use counts::{REMEMBERED_FROM_BYTES, REMEMBERED_PER_GENERATION};
 pub use decode::{route_request, DecodedRoute};
 pub use explore::Exploration;
-pub use request::{clipped, Limits, Message, Params, RouteInput, RoutingOptions, ROLES};
+pub use request::{
+    clipped, GivenReading, Limits, Message, Params, RouteInput, RoutingOptions, ROLES,
+};
 pub use shape::{Shape, Upper};
 pub use span::{prompt_span, TokenSpan, EXACT_BELOW_BYTES};
 pub use stop::Stop;
@@ -127,6 +129,9 @@ pub struct Decision {
     pub output_tokens: u64,
     pub task_class: &'static str,
     pub complexity: f64,
+    /// The rule classifier's confidence in its reading of the prompt (`Classification::
+    /// confidence`), even when a given reading replaced it; 0 when the auto level did not decide.
+    pub confidence: f64,
     /// Table indices of the models to try after the candidates, in chain order.
     pub fallback: Vec<usize>,
     /// The request's id, for a later Feedback call.
