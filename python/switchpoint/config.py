@@ -25,7 +25,7 @@ from switchpoint.providers.base import ExtraBody
 from switchpoint.quota.instances_config import StateConfig, check_state
 from switchpoint.quota.queue_config import QueueConfig
 from switchpoint.quota.shared_config import SharedStateConfig
-from switchpoint.routing.predictor.config import ExplorationConfig, PredictorConfig
+from switchpoint.routing.predictor import config as learning
 from switchpoint.security.config import AdminConfig, AuthConfig, TlsConfig
 from switchpoint.splits.config import SplitConfig, check_splits
 
@@ -224,8 +224,8 @@ class RoutingConfig(QueueConfig):  # the queue_* keys are queue_config's
     stages: dict[str, StageConfig] = Field(default_factory=dict)
     fallback_chain: list[str] = Field(default_factory=list)
     auto: AutoRoutingConfig = Field(default_factory=AutoRoutingConfig)
-    predictor: PredictorConfig = Field(default_factory=PredictorConfig)
-    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
+    predictor: learning.PredictorConfig = Field(default_factory=learning.PredictorConfig)
+    exploration: learning.ExplorationConfig = Field(default_factory=learning.ExplorationConfig)
     # Live latency replaces the config prior once a model has this many (decayed) samples.
     min_latency_samples: Annotated[int, Field(ge=1)] = 20
     # The output-token estimate for requests that set no max_tokens; a decision carries it as a
@@ -409,16 +409,10 @@ def _check_routing(config: Config) -> list[str]:
     )
     if routing.auto.easy_complexity > routing.auto.hard_complexity:
         errors.append("routing.auto.easy_complexity: must be <= routing.auto.hard_complexity")
-    exploration = routing.exploration
-    errors.extend(
-        f"routing.exploration.strategies[{j}]: unknown strategy '{name}'"
-        for j, name in enumerate(exploration.strategies)
-        if config.strategy_weights(name) is None
-    )
-    errors.extend(
-        f"routing.exploration.stages[{j}]: unknown stage '{name}'"
-        for j, name in enumerate(exploration.stages)
-        if name not in routing.stages
+    errors += learning.check_exploration(
+        routing.exploration,
+        knows_strategy=lambda name: config.strategy_weights(name) is not None,
+        stages=routing.stages.keys(),
     )
     errors += check_splits(
         routing.splits,

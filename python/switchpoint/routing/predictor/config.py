@@ -6,6 +6,7 @@ thread, docs/benchmarks.md) and the scoring's quality term becomes this request'
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +31,26 @@ class ExplorationConfig(BaseModel):
     # empty.
     strategies: list[str] = Field(default_factory=list)
     stages: list[str] = Field(default_factory=list)
+
+
+def check_exploration(
+    exploration: ExplorationConfig,
+    *,
+    knows_strategy: Callable[[str], bool],
+    stages: Collection[str],
+) -> list[str]:
+    """Every strategy and stage it names must exist: `path: message` per one that does not."""
+    errors = [
+        f"routing.exploration.strategies[{j}]: unknown strategy '{name}'"
+        for j, name in enumerate(exploration.strategies)
+        if not knows_strategy(name)
+    ]
+    errors.extend(
+        f"routing.exploration.stages[{j}]: unknown stage '{name}'"
+        for j, name in enumerate(exploration.stages)
+        if name not in stages
+    )
+    return errors
 
 
 class PredictorConfig(BaseModel):

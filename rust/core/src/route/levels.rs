@@ -8,32 +8,32 @@ use super::{clipped, Decision, Level, RouteInput, Router, RoutingOptions, Stage,
 use crate::classify::{classify, Classification};
 use crate::error::{Refusal, Result};
 use crate::gate::Shift;
-use crate::scoring::{Candidate, Exclusion, PredictedQuality, Ranking, Request, Weights};
+use crate::scoring::{Candidate, PredictedQuality, Ranking, Request, Weights};
 
 /// A strategy resolved for one request.
 #[derive(Debug, Clone, Copy)]
-struct Strategy<'a> {
-    name: &'a str,
-    weights: [f64; 3],
+pub(super) struct Strategy<'a> {
+    pub(super) name: &'a str,
+    pub(super) weights: [f64; 3],
     /// The caller chose it (weights or a name); auto routing then leaves it alone.
     explicit: bool,
     /// Why budget pressure replaced it; empty when it did not.
-    shifted: &'a str,
+    pub(super) shifted: &'a str,
 }
 
 /// The per-request features scoring needs.
 #[derive(Debug, Clone, Copy)]
-struct Context<'a> {
-    input_tokens: u64,
-    output_tokens: u64,
+pub(super) struct Context<'a> {
+    pub(super) input_tokens: u64,
+    pub(super) output_tokens: u64,
     required: u64,
     max_cost_usd: Option<f64>,
     shift: Option<&'a Shift>,
     /// The classifier's reading, made at most once however many times the levels run.
     reading: &'a OnceCell<Classification>,
     predicted: &'a [Option<PredictedQuality>],
-    stage: &'a str,
-    explore_draw: f64,
+    pub(super) stage: &'a str,
+    pub(super) explore_draw: f64,
 }
 
 /// The task class whose requests prefer models with the "code" capability.
@@ -436,95 +436,5 @@ impl Router {
             )));
         }
         Ok(self.decision(level, ranking, strategy, ctx, reasons))
-    }
-
-    /// `ranking` has at least one candidate.
-    fn decision(
-        &self,
-        level: Level,
-        mut ranking: Ranking,
-        strategy: Strategy<'_>,
-        ctx: &Context<'_>,
-        mut reasons: Vec<String>,
-    ) -> Decision {
-        self.exclusion_reasons(&ranking, ctx, &mut reasons);
-        if !strategy.shifted.is_empty() {
-            reasons.push(strategy.shifted.to_owned());
-        }
-        let mut choice_probability = 1.0;
-        if matches!(level, Level::Auto | Level::Stage) {
-            if let Some(explored) = self.config.exploration.choose(
-                &mut ranking.ranked,
-                strategy.name,
-                ctx.stage,
-                ctx.explore_draw,
-                |index| self.name(index),
-            ) {
-                choice_probability = explored.probability;
-                reasons.push(explored.reason);
-            }
-        }
-        let best = &ranking.ranked[0];
-        let [cost, latency, quality] = strategy.weights;
-        reasons.push(format!(
-            "chose {}: score {:.3} under {} (cost {cost:.2}, latency {latency:.2}, \
-             quality {quality:.2}) among {} eligible",
-            self.name(best.index),
-            best.score,
-            strategy.name,
-            ranking.ranked.len()
-        ));
-        for candidate in &ranking.ranked {
-            if let Some(p) = candidate.predicted.filter(|p| p.similar > 0) {
-                reasons.push(format!(
-                    "{} predicted {:.2} from {} similar prompts ({} ok)",
-                    self.name(candidate.index),
-                    p.quality,
-                    p.similar,
-                    p.ok
-                ));
-            }
-        }
-        // Only auto leaves room for the global chain: an override or a stage is a whitelist, and
-        // the fallback level builds its own decision from the chain.
-        let fallback = if level == Level::Auto {
-            self.enabled_fallback
-                .iter()
-                .copied()
-                .filter(|&i| !ranking.ranked.iter().any(|c| c.index == i))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        Decision {
-            candidates: ranking.ranked,
-            level,
-            reasons,
-            strategy: strategy.name.to_owned(),
-            weights: strategy.weights,
-            input_tokens: ctx.input_tokens,
-            output_tokens: ctx.output_tokens,
-            task_class: "",
-            complexity: 0.0,
-            confidence: 0.0,
-            fallback,
-            request_id: String::new(),
-            choice_probability,
-        }
-    }
-
-    fn exclusion_reasons(&self, ranking: &Ranking, ctx: &Context<'_>, reasons: &mut Vec<String>) {
-        for &(index, why) in &ranking.excluded {
-            let text = match why {
-                Exclusion::ContextWindow => format!(
-                    "context window {} < {} estimated tokens",
-                    self.table.spec(index).map_or(0, |spec| spec.context_window),
-                    u128::from(ctx.input_tokens) + u128::from(ctx.output_tokens)
-                ),
-                Exclusion::Capabilities => "lacks a required capability".into(),
-                Exclusion::MaxCost => "estimated cost is above routing.max_cost_usd".into(),
-            };
-            reasons.push(format!("{} excluded: {text}", self.name(index)));
-        }
     }
 }

@@ -14,6 +14,7 @@
 //! `route/levels.rs`, the admission in `route/admit.rs`.
 
 mod admit;
+mod choice;
 mod counts;
 mod decode;
 mod explore;
