@@ -39,6 +39,8 @@ fn input<'a>(u: &mut Unstructured<'a>) -> Result<RouteInput<'a>> {
         request_id: u.arbitrary()?,
         cache_threshold: u.arbitrary()?,
         given: None,
+        predicted: Vec::new(),
+        explore_draw: u.arbitrary()?,
     })
 }
 
