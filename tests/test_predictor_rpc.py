@@ -21,6 +21,7 @@ from tests.providers.fixtures import OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
 from tests.providers.script import error
 from tests.sidecar_harness import RunningSidecar, running_sidecar, user, write_config
+from tests.support.waiting import wait_until
 
 # Questions of one kind (capitals), on which feedback says the cheap model is right and the
 # strong one wrong; the probe is another of them, never fed back itself.
@@ -369,3 +370,30 @@ async def test_with_tenant_keys_a_key_scores_its_own_tenants_requests_only() -> 
         assert limited.value.code() == grpc.StatusCode.PERMISSION_DENIED
         reply = await stub.Feedback(feedback, metadata=bearer(acme))
         assert (reply.model, reply.outcomes) == ("cheap", 1)
+
+
+async def test_a_hooks_scores_teach_the_predictor(openai_server: OpenAIServer) -> None:
+    """A hook's score of an answer is an outcome: later, similar prompts are predicted from it."""
+    config = predictor_config(openai_server.base_url)
+    config["evaluation"] = {
+        "hooks": [
+            {
+                "path": "tests.support.evaluation_hooks:Scorer",
+                "name": "scorer",
+                "timeout_ms": 10_000,
+                "options": {"score": 1.0, "final": 1.0},
+            }
+        ]
+    }
+    async with running_sidecar(config, KEYS) as running:
+        stub = running.stub
+        before = await stub.Route(quality_first(PROBE))
+        assert {c.quality_source for c in before.candidates} == {pb.QUALITY_SOURCE_PRIOR}
+        answer = await stub.Chat(pb.ChatRequest(messages=user(CAPITALS[0])))
+        predictor = running.sidecar.engine.predictor
+        assert predictor is not None
+        await wait_until(lambda: predictor.outcomes >= 1)
+        after = await stub.Route(quality_first(PROBE))
+        scored = candidate(after, answer.model)
+        assert scored.quality_source == pb.QUALITY_SOURCE_PREDICTED
+        assert scored.quality_similar >= 1
