@@ -49,8 +49,33 @@ def test_the_blend_weighs_similar_outcomes_against_the_prior() -> None:
     assert (predicted["cheap"].similar, predicted["cheap"].ok) == (3, 3)
     assert (predicted["strong"].similar, predicted["strong"].ok) == (3, 0)
     assert predicted["cheap"].evidence == pytest.approx(3.0)
-    # A model nothing similar scored keeps its prior.
-    assert (predicted["new"].quality, predicted["new"].similar) == (0.7, 0)
+    # A model the outcomes say nothing about is left out: it keeps its configured quality.
+    assert "new" not in predicted
+
+
+def test_a_models_trend_with_prompt_length_is_learnt_from_all_its_outcomes() -> None:
+    store = OutcomeStore(DIM, max_outcomes=1000)
+    rng = np.random.default_rng(3)
+    # `weak` answers short prompts right and long ones wrong; `strong` is flat. Each row is its
+    # own direction, so no neighbour is similar to the queries below: only the trend speaks.
+    chars = [int(c) for c in rng.integers(20, 2000, 200)]
+    rows = rng.standard_normal((200, DIM)).astype(np.float32)
+    faiss.normalize_L2(rows)
+    scores = [{"weak": float(c < 300), "strong": 1.0} for c in chars]
+    store.add(rows, scores, NOW, chars=chars)
+    far = unit(*([0.0] * 15 + [1.0]))[0]
+    priors = {"weak": 0.5, "strong": 0.5}
+    alone = Weighing(neighbours=8, min_similarity=0.99, prior_weight=2.0, half_life_s=86_400.0)
+    short = predict(store, far, priors, alone, NOW, chars=40)
+    long = predict(store, far, priors, alone, NOW, chars=1800)
+    assert short["weak"].quality > 0.5 > long["weak"].quality
+    assert short["weak"].similar == 0
+    # Flat scores: no trend, so nothing to say about `strong` far from every outcome.
+    assert "strong" not in short
+    # The level is the configured quality; the trend only tilts it.
+    lower = predict(store, far, {"weak": 0.3, "strong": 0.5}, alone, NOW, chars=300)
+    higher = predict(store, far, {"weak": 0.4, "strong": 0.5}, alone, NOW, chars=300)
+    assert higher["weak"].quality - lower["weak"].quality == pytest.approx(0.1)
 
 
 def test_old_outcomes_count_less() -> None:

@@ -249,11 +249,11 @@ class Engine:
         predictor = self.predictor
         assert predictor is not None
         started = time.monotonic()
-        vector, predicted = await predictor.predict(request, self._priors, timeout_s)
+        prompt, predicted = await predictor.predict(request, self._priors, timeout_s)
         if timeout_s is not None:
             timeout_s = max(timeout_s - (time.monotonic() - started), 0.0)
         decision = await route(request._replace(predicted=predicted), offload, timeout_s)
-        predictor.remember(request.request_id, request.routing.tenant, vector, decision.chosen.name)
+        predictor.remember(request.request_id, request.routing.tenant, prompt, decision.chosen.name)
         return decision
 
     def admit(self, routed: Decision, request: ChatInput) -> Decision:

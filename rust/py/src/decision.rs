@@ -142,7 +142,6 @@ impl ScoredModel {
     fn predicted(&self) -> Option<PredictedQuality> {
         self.candidate
             .predicted
-            .filter(|p| p.similar > 0)
             .map(|inner| PredictedQuality { inner })
     }
 

@@ -36,11 +36,13 @@ class Outcome:
     text: str
     model: str
     score: float
+    # The whole prompt's length in characters (`text` may be only its head and tail).
+    chars: int = 0
 
 
-def prompt_text(messages: Sequence[ChatMessage]) -> str:
+def prompt_read(messages: Sequence[ChatMessage]) -> tuple[str, int]:
     """What the predictor compares prompts by: the last user turn (the whole conversation's
-    last message when none is a user's), its head and tail when long."""
+    last message when none is a user's), its head and tail when long; and that turn's length."""
     text = ""
     for message in reversed(messages):
         if message.role == "user":
@@ -48,9 +50,14 @@ def prompt_text(messages: Sequence[ChatMessage]) -> str:
             break
     else:
         text = messages[-1].content if messages else ""
-    if len(text) > HEAD_CHARS + TAIL_CHARS:
+    chars = len(text)
+    if chars > HEAD_CHARS + TAIL_CHARS:
         text = text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
-    return text
+    return text, chars
+
+
+def prompt_text(messages: Sequence[ChatMessage]) -> str:
+    return prompt_read(messages)[0]
 
 
 def valid_score(score: object) -> float | None:
@@ -91,14 +98,14 @@ def _outcome(line: str) -> Outcome:
             ):
                 raise _BadLine("each message needs string 'role' and 'content'")
             messages.append(ChatMessage(item["role"], item["content"]))
-        text = prompt_text(messages)
+        text, chars = prompt_read(messages)
     elif isinstance(record.get("prompt"), str):
-        text = prompt_text([ChatMessage("user", record["prompt"])])
+        text, chars = prompt_read([ChatMessage("user", record["prompt"])])
     else:
         raise _BadLine("needs 'messages' or 'prompt'")
     if not text.strip():
         raise _BadLine("the prompt is empty")
-    return Outcome(text, model, score)
+    return Outcome(text, model, score, chars)
 
 
 def read_outcomes(path: Path, *, field: str) -> tuple[str, list[Outcome]]:

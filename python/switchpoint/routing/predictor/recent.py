@@ -1,21 +1,23 @@
 """The requests a Feedback call may still name: bounded in number and in age.
 
-Each holds what an outcome needs without the prompt's text: its embedding, its tenant (tenants
-score only their own requests), the model that served it and the models already scored.
+Each holds what an outcome needs without the prompt's text: its embedding and length, its tenant
+(tenants score only their own requests), the model that served it and the models already scored.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from switchpoint.routing.predictor.store import Vectors
+if TYPE_CHECKING:
+    from switchpoint.routing.predictor.service import Prompt
 
 
 @dataclass(slots=True)
 class Pending:
     tenant: str
-    vector: Vectors
+    prompt: Prompt
     model: str
     expires_s: float
     scored: set[str] = field(default_factory=set)
@@ -33,10 +35,10 @@ class RecentRequests:
         return len(self._pending)
 
     def remember(
-        self, request_id: str, tenant: str, vector: Vectors, model: str, now_s: float
+        self, request_id: str, tenant: str, prompt: Prompt, model: str, now_s: float
     ) -> None:
         self._expire(now_s)
-        self._pending[request_id] = Pending(tenant, vector, model, now_s + self.window_s)
+        self._pending[request_id] = Pending(tenant, prompt, model, now_s + self.window_s)
         self._pending.move_to_end(request_id)
         while len(self._pending) > self.capacity:
             self._pending.popitem(last=False)

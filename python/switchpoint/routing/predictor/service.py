@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -29,16 +29,23 @@ from switchpoint.errors import (
 from switchpoint.providers.base import ChatMessage
 from switchpoint.request import ChatInput
 from switchpoint.routing.predictor.config import PredictorConfig
-from switchpoint.routing.predictor.outcomes import Outcome, prompt_text, read_outcomes, valid_score
+from switchpoint.routing.predictor.outcomes import Outcome, prompt_read, read_outcomes, valid_score
 from switchpoint.routing.predictor.predict import Weighing, predict
 from switchpoint.routing.predictor.recent import RecentRequests
-from switchpoint.routing.predictor.store import OutcomeStore, Vectors
+from switchpoint.routing.predictor.store import NO_SOURCE, OutcomeStore, Vectors
 
 log = logging.getLogger("switchpoint.predictor")
 T = TypeVar("T")
 # Texts embedded per batch when reading an outcome file: large enough for the embedder's matrix
 # products to pay, small enough that requests embedding meanwhile wait little.
 EMBED_BATCH = 64
+
+
+class Prompt(NamedTuple):
+    """A prompt as the predictor reads it: its embedding and its length in characters."""
+
+    vector: Vectors
+    chars: int
 
 
 class QualityPredictor:
@@ -118,21 +125,25 @@ class QualityPredictor:
 
     async def predict(
         self, request: ChatInput, priors: Mapping[str, float], timeout_s: float | None
-    ) -> tuple[Vectors, dict[str, PredictedQuality]]:
-        """This request's embedding and each model's predicted quality; DeadlineExceededError
-        when that takes past `timeout_s`."""
+    ) -> tuple[Prompt, dict[str, PredictedQuality]]:
+        """The prompt as the predictor reads it and each model's predicted quality (a model
+        the outcomes say nothing about is left out); DeadlineExceededError when that takes past
+        `timeout_s`."""
+        text, chars = prompt_read(request.messages)
         try:
             async with asyncio.timeout(timeout_s):
-                vector = (await self._embedder.embed([prompt_text(request.messages)]))[0]
+                vector = (await self._embedder.embed([text]))[0]
                 predicted = await self._run(
-                    predict, self._store, vector, priors, self._weighing, self._clock()
+                    lambda: predict(
+                        self._store, vector, priors, self._weighing, self._clock(), chars=chars
+                    )
                 )
         except TimeoutError:
             raise DeadlineExceededError("deadline passed while predicting quality") from None
-        return vector, predicted
+        return Prompt(vector, chars), predicted
 
-    def remember(self, request_id: str, tenant: str, vector: Vectors, model: str) -> None:
-        self._recent.remember(request_id, tenant, vector, model, self._clock())
+    def remember(self, request_id: str, tenant: str, prompt: Prompt, model: str) -> None:
+        self._recent.remember(request_id, tenant, prompt, model, self._clock())
 
     def served(self, request_id: str, model: str) -> None:
         self._recent.served(request_id, model)
@@ -160,7 +171,7 @@ class QualityPredictor:
         if model in pending.scored:
             raise AlreadyDoneError("model", f"'{model}' was already scored on '{request_id}'")
         pending.scored.add(model)
-        await self._learn([pending.vector], [{model: score}])
+        await self._learn([pending.prompt], [{model: score}])
         return model
 
     def record(
@@ -170,7 +181,7 @@ class QualityPredictor:
         if valid_score(score) is None or not messages:
             log.warning("outcome for %s from tenant %s ignored: bad score %r", model, tenant, score)
             return
-        task = asyncio.create_task(self._record(prompt_text(messages), model, score))
+        task = asyncio.create_task(self._record(*prompt_read(messages), model, score))
         self._learning.add(task)
         task.add_done_callback(self._learning.discard)
 
@@ -195,8 +206,10 @@ class QualityPredictor:
 
     async def _add_file(self, digest: str, path: Path, outcomes: list[Outcome]) -> None:
         by_text: dict[str, dict[str, float]] = {}
+        by_chars: dict[str, int] = {}
         for outcome in outcomes:
             by_text.setdefault(outcome.text, {})[outcome.model] = outcome.score
+            by_chars[outcome.text] = outcome.chars
         texts = list(by_text)
         when = await self._run(lambda: path.stat().st_mtime)
         source = self._store.file_source(digest)
@@ -204,18 +217,20 @@ class QualityPredictor:
             batch = texts[start : start + EMBED_BATCH]
             vectors = await self._embedder.embed(batch)
             scores = [by_text[text] for text in batch]
-            await self._run(self._store.add, vectors, scores, when, source)
+            chars = [by_chars[text] for text in batch]
+            await self._run(self._store.add, vectors, scores, when, source, chars)
         log.info("%s: %d outcomes of %d prompts", path, len(outcomes), len(texts))
 
-    async def _record(self, text: str, model: str, score: float) -> None:
+    async def _record(self, text: str, chars: int, model: str, score: float) -> None:
         try:
             vector = (await self._embedder.embed([text]))[0]
-            await self._learn([vector], [{model: score}])
+            await self._learn([Prompt(vector, chars)], [{model: score}])
         except Exception:
             log.exception("outcome for %s could not be learnt", model)
 
-    async def _learn(self, vectors: list[Vectors], scores: list[dict[str, float]]) -> None:
-        await self._run(self._store.add, _rows(vectors), scores, self._clock())
+    async def _learn(self, prompts: list[Prompt], scores: list[dict[str, float]]) -> None:
+        vectors, chars = _rows([p.vector for p in prompts]), [p.chars for p in prompts]
+        await self._run(self._store.add, vectors, scores, self._clock(), NO_SOURCE, chars)
         self._changed = True
 
     async def _snapshot(self, path: Path) -> None:

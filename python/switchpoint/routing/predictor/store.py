@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -53,6 +54,11 @@ class OutcomeStore:
         self._scores = np.zeros((0, 0), np.float32)
         self._times = np.zeros((0, 0), np.float64)
         self._sources = np.zeros(0, np.int32)
+        # log(1 + the prompt's characters); NaN where unknown.
+        self._lengths = np.zeros(0, np.float32)
+        # Per model, over its scored rows of known length: count, sum of lengths, of squared
+        # lengths, of scores, of score x length (the least-squares line of score on length).
+        self._fit = np.zeros((0, 5), np.float64)
         # The source files (by content digest) whose rows the store holds.
         self.files: list[str] = []
         self._index = self._new_index()
@@ -82,6 +88,15 @@ class OutcomeStore:
         return self._sources[: self._rows]
 
     @property
+    def lengths(self) -> npt.NDArray[np.float32]:
+        return self._lengths[: self._rows]
+
+    def length_fit(self, column: int) -> npt.NDArray[np.float64]:
+        """The sums of `column`'s line of score on length: n, sum l, sum l^2, sum x, sum x*l."""
+        sums: npt.NDArray[np.float64] = self._fit[column]
+        return sums
+
+    @property
     def outcomes(self) -> int:
         """Scores held (a row may hold several models' scores)."""
         return int(np.count_nonzero(~np.isnan(self.scores)))
@@ -97,6 +112,7 @@ class OutcomeStore:
             capacity = len(self._sources)
             self._scores = np.hstack([self._scores, np.full((capacity, 1), np.nan, np.float32)])
             self._times = np.hstack([self._times, np.zeros((capacity, 1), np.float64)])
+            self._fit = np.vstack([self._fit, np.zeros((1, 5), np.float64)])
         return column
 
     def file_source(self, digest: str) -> int:
@@ -110,8 +126,10 @@ class OutcomeStore:
         outcomes: list[dict[str, float]],
         time_s: float,
         source: int = NO_SOURCE,
+        chars: Sequence[int] | None = None,
     ) -> None:
-        """One row per vector, holding its prompt's scores by model, all as of `time_s`."""
+        """One row per vector, holding its prompt's scores by model, all as of `time_s`;
+        `chars`, the prompts' lengths in characters (unknown when None)."""
         for scores in outcomes:
             for model in scores:
                 self.model_column(model)
@@ -124,7 +142,11 @@ class OutcomeStore:
                 self._times[first + offset, column] = time_s
         vectors = np.ascontiguousarray(vectors, np.float32)
         self._sources[first : first + count] = source
+        self._lengths[first : first + count] = (
+            np.nan if chars is None else np.log1p(np.asarray(chars, np.float32))
+        )
         self._rows += count
+        self._count_fit(slice(first, first + count), 1.0)
         self._index.add(vectors)
         if len(self) > self.max_outcomes + max(self.max_outcomes // 10, 1):
             self._keep(np.arange(len(self) - self.max_outcomes, len(self)))
@@ -160,6 +182,7 @@ class OutcomeStore:
                     scores=self.scores,
                     times=self.times,
                     sources=self.sources,
+                    lengths=self.lengths,
                     # The graph, with the vectors: rebuilding it costs more than the rest of a load.
                     index=faiss.serialize_index(self._index),
                 )
@@ -192,10 +215,14 @@ class OutcomeStore:
         store._scores = np.asarray(arrays["scores"], np.float32)
         store._times = np.asarray(arrays["times"], np.float64)
         store._sources = np.asarray(arrays["sources"], np.int32)
+        store._lengths = np.asarray(
+            arrays.get("lengths", np.full(len(store._sources), np.nan)), np.float32
+        )
         rows = store._rows = len(store._sources)
-        shapes = (store._scores.shape, store._times.shape)
-        if shapes != ((rows, len(store.models)), (rows, len(store.models))):
+        shapes = (store._scores.shape, store._times.shape, store._lengths.shape)
+        if shapes != ((rows, len(store.models)), (rows, len(store.models)), (rows,)):
             raise ValueError(f"{path}: inconsistent shapes {shapes}")
+        store._refit()
         try:
             index = faiss.deserialize_index(np.ascontiguousarray(arrays["index"], np.uint8))
         except RuntimeError as exc:
@@ -223,18 +250,39 @@ class OutcomeStore:
         scores = np.full((grown, models), np.nan, np.float32)
         times = np.zeros((grown, models), np.float64)
         sources = np.zeros(grown, np.int32)
+        lengths = np.full(grown, np.nan, np.float32)
         scores[:capacity], times[:capacity], sources[:capacity] = (
             self._scores,
             self._times,
             self._sources,
         )
+        lengths[:capacity] = self._lengths
         self._scores, self._times, self._sources = scores, times, sources
+        self._lengths = lengths
+
+    def _count_fit(self, rows: slice, sign: float) -> None:
+        """Add (`sign` 1) or take away (-1) `rows` from each model's length-fit sums."""
+        length = self._lengths[rows].astype(np.float64)[:, None]
+        score = self._scores[rows].astype(np.float64)
+        known = ~np.isnan(score) & ~np.isnan(length)
+        length = np.where(known, length, 0.0)
+        score = np.where(known, score, 0.0)
+        squares, products = length * length, score * length
+        columns = (known.sum(0), length.sum(0), squares.sum(0), score.sum(0), products.sum(0))
+        sums = np.stack(columns, axis=1)
+        self._fit += sign * sums
+
+    def _refit(self) -> None:
+        self._fit = np.zeros((len(self.models), 5), np.float64)
+        self._count_fit(slice(0, self._rows), 1.0)
 
     def _keep(self, rows: npt.NDArray[np.int64]) -> None:
         vectors = np.ascontiguousarray(self.vectors[rows])
+        self._lengths = self.lengths[rows]
         self._scores = self.scores[rows]
         self._times = self.times[rows]
         self._sources = self.sources[rows]
         self._rows = len(rows)
         self._index = self._new_index()
         self._index.add(vectors)
+        self._refit()

@@ -121,7 +121,7 @@ impl Candidate {
         self.estimated_cost_usd = implicit(scored.estimated_cost_usd);
         self.estimated_latency_ms = implicit(scored.estimated_latency_ms);
         self.latency_observed = scored.latency_observed;
-        let predicted = scored.predicted.filter(|p| p.similar > 0);
+        let predicted = scored.predicted;
         self.quality_source = if predicted.is_some() {
             QualitySource::Predicted
         } else {

@@ -43,15 +43,22 @@ impl Router {
             ranking.ranked.len()
         ));
         for candidate in &ranking.ranked {
-            if let Some(p) = candidate.predicted.filter(|p| p.similar > 0) {
-                reasons.push(format!(
-                    "{} predicted {:.2} from {} similar prompts ({} ok)",
-                    self.name(candidate.index),
-                    p.quality,
-                    p.similar,
-                    p.ok
-                ));
-            }
+            let Some(p) = candidate.predicted else {
+                continue;
+            };
+            let name = self.name(candidate.index);
+            reasons.push(if p.similar > 0 {
+                format!(
+                    "{name} predicted {:.2} from {} similar prompts ({} ok)",
+                    p.quality, p.similar, p.ok
+                )
+            } else {
+                format!(
+                    "{name} predicted {:.2} from its outcomes' trend with prompt length \
+                     (no similar prompts)",
+                    p.quality
+                )
+            });
         }
         // Only auto leaves room for the global chain: an override or a stage is a whitelist, and
         // the fallback level builds its own decision from the chain.
