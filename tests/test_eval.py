@@ -97,10 +97,10 @@ TABLE_ROW = re.compile(r"^(predictor|prompt length|random) +([\d.]+) +[\d.]+ % +
 TOPICS = ("Paris", "London", "Rome", "Tokyo", "Cairo", "Lima", "Oslo", "Quito", "Delhi", "Seoul")
 
 
-def _outcome_file(path: Path, *, third_model: bool = False) -> Path:
+def _outcome_file(path: Path, *, third_model: bool = False, first: int = 0, end: int = 40) -> Path:
     """Arithmetic the cheap model gets wrong and the strong one right; greetings both get right."""
     lines = []
-    for a in range(40):
+    for a in range(first, end):
         math = f"What is {13 + a} multiplied by {27 + 3 * a}? Show the product."
         greeting = f"Write a short friendly hello to my friend in {TOPICS[a % 10]}, number {a}."
         for prompt, weak_ok in ((math, 0), (greeting, 1)):
@@ -133,6 +133,21 @@ def test_eval_two_models_prints_the_table_and_writes_the_png(
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_eval_with_a_test_file_learns_from_the_other(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    learnt = _outcome_file(tmp_path / "learnt.jsonl", end=30)
+    tested = _outcome_file(tmp_path / "tested.jsonl", first=30)
+    # A prompt in both files is only tested: the file learnt from here holds all of `tested` too.
+    both = tmp_path / "both.jsonl"
+    both.write_text(learnt.read_text() + tested.read_text())
+    assert main(["eval", "--outcomes", str(both), "--test", str(tested), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["train_prompts"], report["test_prompts"]) == (60, 20)
+    # Half the test prompts need the strong model and the predictor sends exactly those first.
+    assert report["routers"]["predictor"]["apgr"] == pytest.approx(1 - 0.5 / 2)
+
+
 def test_eval_several_models_prints_the_cost_quality_curve(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -157,6 +172,10 @@ def test_eval_bad_input_exits_1_with_a_clear_message(
     missing = tmp_path / "absent.jsonl"
     assert main(["eval", "--outcomes", str(missing)]) == 1
     assert f"--outcomes: cannot read {missing}" in capsys.readouterr().err
+
+    good_file = _outcome_file(tmp_path / "good.jsonl")
+    assert main(["eval", "--outcomes", str(good_file), "--test", str(missing)]) == 1
+    assert f"--test: cannot read {missing}" in capsys.readouterr().err
 
     malformed = tmp_path / "malformed.jsonl"
     good = json.dumps({"prompt": "hi", "model": "cheap", "score": 1})

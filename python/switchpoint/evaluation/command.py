@@ -113,7 +113,10 @@ async def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise EvalInputError(f"--neighbours: must be within [1, 1024], got {args.neighbours}")
     prompts = _read(args.outcomes, "--outcomes")
     if args.test is not None:
-        train, test = prompts, _read(args.test, "--test")
+        test = _read(args.test, "--test")
+        # A prompt in both files is tested, not learnt: a replay never predicts what it learnt.
+        tested = {prompt.text for prompt in test}
+        train = [prompt for prompt in prompts if prompt.text not in tested]
         split = f"test file {args.test}"
     else:
         train, test = split_by_hash(prompts, args.test_percent)
