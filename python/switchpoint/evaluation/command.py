@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -46,6 +48,7 @@ from switchpoint.routing.predictor.config import PredictorConfig
 from switchpoint.routing.predictor.outcomes import read_outcomes
 from switchpoint.routing.predictor.predict import Weighing
 
+log = logging.getLogger("switchpoint.eval")
 DEFAULT_TEST_PERCENT: Final = 20
 QUALITY_WEIGHTS: Final = tuple(step / 20 for step in range(21))
 # Batches use more than the sidecar's one BLAS thread: nothing else waits on this process.
@@ -210,11 +213,15 @@ async def _replay(
     train: list[Prompt], test: list[Prompt], models: list[str], weighing: Weighing
 ) -> _Replay:
     embedder = LocalSentenceEncoder(threads=EMBED_THREADS, lru_size=0)
+    started = time.perf_counter()
+    # Minutes for a large file: say so before, not after.
+    log.info("embedding %d prompts with %s", len(train) + len(test), embedder.name)
     try:
         train_vectors = await embed_texts(embedder, [p.text for p in train])
         test_vectors = await embed_texts(embedder, [p.text for p in test])
     finally:
         embedder.close()
+    log.info("embedded in %.0f s", time.perf_counter() - started)
     priors = mean_scores(train, models)
     store = outcome_store(train_vectors, train)
     predicted = predicted_qualities(store, test_vectors, priors, weighing)
