@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -198,8 +199,10 @@ def _costs(pairs: list[str], models: list[str]) -> dict[str, float]:
             costs[model] = float(value)
         except ValueError:
             raise EvalInputError(f"--cost: expected MODEL=NUMBER, got '{pair}'") from None
-        if model not in models or not costs[model] >= 0:
-            raise EvalInputError(f"--cost: '{pair}' names no model scored here or a cost < 0")
+        if model not in models or not 0 <= costs[model] < math.inf:
+            raise EvalInputError(
+                f"--cost: '{pair}' names no model scored here, or no finite cost >= 0"
+            )
     missing = [model for model in models if model not in costs]
     if missing:
         raise EvalInputError(
