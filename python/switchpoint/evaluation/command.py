@@ -240,7 +240,7 @@ def _two_models(replay: _Replay, weak: str, strong: str, png: Path | None) -> di
     }
     curves = {name: pgr_curve(s, weak_scores, strong_scores) for name, s in routers.items()}
     if png is not None:
-        plots.pgr_png(curves, png, title=f"{weak} -> {strong}, {len(replay.test)} test prompts")
+        plots.pgr_png(curves, png, title=f"{weak} -> {strong}\n{len(replay.test)} test prompts")
     return {
         "weak": weak,
         "strong": strong,

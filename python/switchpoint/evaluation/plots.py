@@ -30,7 +30,7 @@ def pgr_png(curves: Mapping[str, PgrCurve], path: Path, *, title: str) -> Path:
         axes.plot(100 * curve.strong_share, curve.pgr, label=f"{name} (APGR {curve.apgr:.3f})")
     axes.set_xlabel("calls to the strong model (%)")
     axes.set_ylabel("performance gap recovered")
-    axes.set_title(title)
+    axes.set_title(title, fontsize=9)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
     return _save(plt, figure, path)
