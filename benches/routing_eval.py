@@ -1,8 +1,9 @@
 """How well routers sort MMLU prompts by whether the cheap model gets them right.
 
 The data (../shared/data/routing/mmlu, RouteLLM's): 14,042 MMLU questions in 57 subjects, with
-whether Mixtral-8x7B (weak) and GPT-4 (strong) answered each correctly. Metrics: RouteLLM's APGR,
-CPT(50 %), CPT(80 %) (switchpoint.evaluation.metrics), pooled over the test prompts of every fold.
+whether Mixtral-8x7B (weak) and GPT-4 (strong) answered each correctly. Metrics: RouteLLM's
+APGR, CPT(50 %), CPT(80 %) (switchpoint.routing.replay.metrics), over the pooled test prompts of
+every fold, and each fold's APGR alone.
 
 Data sets, none training and testing on the same prompt:
 - `by subject`: 5 folds by a fixed hash of the subject name, so no subject is in both halves;
@@ -41,13 +42,13 @@ import numpy as np
 from benches import routing_variants as variants
 from benches.mmlu_outcomes import Question, read_mmlu
 from switchpoint.cache.embedders import LocalSentenceEncoder, Vectors
-from switchpoint.evaluation import plots
-from switchpoint.evaluation.metrics import PgrCurve, RouterFigures, pgr_curve
-from switchpoint.evaluation.replay import embed_texts, stable_bucket
 from switchpoint.providers.base import ChatMessage
 from switchpoint.routing.predictor.config import PredictorConfig
 from switchpoint.routing.predictor.outcomes import prompt_text
 from switchpoint.routing.predictor.predict import Weighing
+from switchpoint.routing.replay import plots
+from switchpoint.routing.replay.metrics import PgrCurve, RouterFigures, pgr_curve
+from switchpoint.routing.replay.predictions import embed_texts, stable_bucket
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benches" / "results"

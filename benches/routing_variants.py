@@ -26,10 +26,10 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from switchpoint.evaluation.metrics import Floats
-from switchpoint.evaluation.replay import Prompt, outcome_store, predicted_qualities
 from switchpoint.routing.predictor.predict import SIMILARITY_POWER, Weighing
 from switchpoint.routing.predictor.store import Vectors
+from switchpoint.routing.replay.metrics import Floats
+from switchpoint.routing.replay.predictions import Prompt, outcome_store, predicted_qualities
 
 WEAK: Final = "weak"
 STRONG: Final = "strong"

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 from switchpoint.cli import main
-from switchpoint.evaluation.metrics import (
+from switchpoint.routing.predictor.outcomes import read_outcomes
+from switchpoint.routing.replay.metrics import (
     PgrCurve,
     accuracy_at,
     cost_quality_curve,
     pgr_curve,
     router_figures,
 )
-from switchpoint.evaluation.replay import group_by_prompt, split_by_hash
-from switchpoint.routing.predictor.outcomes import read_outcomes
+from switchpoint.routing.replay.predictions import group_by_prompt, split_by_hash
 
 # Ten prompts: the strong model alone is right on the first four, both on the next five, neither
 # on the last. Weak 0.5, strong 0.9: the gap is the four.

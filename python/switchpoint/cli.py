@@ -37,8 +37,8 @@ from switchpoint.cli_auth import (
 from switchpoint.cli_format import render_route, render_stats
 from switchpoint.config import Config, default_config_path, load_config
 from switchpoint.errors import ConfigError, SwitchpointError
-from switchpoint.evaluation.command import add_eval_parser, eval_command
 from switchpoint.logs import configure_logging, unconfigure_logging
+from switchpoint.routing.replay.command import add_eval_parser, eval_command
 from switchpoint.security.keys import load_tenant_keys
 from switchpoint.security.secrets import config_secrets
 from switchpoint.server import Sidecar, create_server

@@ -23,15 +23,18 @@ import numpy as np
 
 from switchpoint.cache.embedders import LocalSentenceEncoder
 from switchpoint.errors import ConfigError, SwitchpointError
-from switchpoint.evaluation import plots
-from switchpoint.evaluation.metrics import (
+from switchpoint.routing.predictor.config import PredictorConfig
+from switchpoint.routing.predictor.outcomes import read_outcomes
+from switchpoint.routing.predictor.predict import Weighing
+from switchpoint.routing.replay import plots
+from switchpoint.routing.replay.metrics import (
     Floats,
     RouterFigures,
     accuracy_at,
     cost_quality_curve,
     pgr_curve,
 )
-from switchpoint.evaluation.replay import (
+from switchpoint.routing.replay.predictions import (
     Prompt,
     embed_texts,
     group_by_prompt,
@@ -45,9 +48,6 @@ from switchpoint.evaluation.replay import (
     scored_by_all,
     split_by_hash,
 )
-from switchpoint.routing.predictor.config import PredictorConfig
-from switchpoint.routing.predictor.outcomes import read_outcomes
-from switchpoint.routing.predictor.predict import Weighing
 
 log = logging.getLogger("switchpoint.eval")
 DEFAULT_TEST_PERCENT: Final = 20

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from switchpoint.errors import SwitchpointError
-from switchpoint.evaluation.metrics import CostQualityPoint, PgrCurve
+from switchpoint.routing.replay.metrics import CostQualityPoint, PgrCurve
 
 
 def _pyplot() -> Any:

@@ -17,11 +17,11 @@ from typing import Final
 import numpy as np
 
 from switchpoint.cache.embedders import Embedder
-from switchpoint.evaluation.metrics import Floats
 from switchpoint.routing.predictor.outcomes import Outcome
 from switchpoint.routing.predictor.predict import Weighing, predict
 from switchpoint.routing.predictor.service import EMBED_BATCH
 from switchpoint.routing.predictor.store import OutcomeStore, Vectors
+from switchpoint.routing.replay.metrics import Floats
 
 # The instant every replayed outcome is learnt and predicted at: no outcome is older than another.
 REPLAY_TIME_S: Final = 0.0
