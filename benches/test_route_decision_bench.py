@@ -22,8 +22,11 @@ ITERATIONS = 20_000
 
 def test_route_decision_in_process(benchmark: Benchmark) -> None:
     engine = build_engine(parse_config(routing_config()), environ={}).engine
+    # With its own id: otherwise each path draws one and the answers differ in it alone.
     request = pb.RouteRequest(
-        messages=user("hello there, route me please"), routing=pb.RoutingOptions(tenant="acme")
+        messages=user("hello there, route me please"),
+        routing=pb.RoutingOptions(tenant="acme"),
+        request_id="bench-route-1",
     )
     raw = request.SerializeToString()
 

@@ -140,7 +140,11 @@ async def running_sidecar(
     sidecar, port = await create_server(
         loaded, "127.0.0.1:0", environ=environ or {}, telemetry=telemetry, config_path=config_path
     )
-    await sidecar.start()
+    try:
+        await sidecar.start()
+    except BaseException:
+        await sidecar.stop(0)
+        raise
     target = f"127.0.0.1:{port}"
     channel = (
         grpc.aio.insecure_channel(target)

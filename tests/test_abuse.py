@@ -75,7 +75,7 @@ def _counting_config(limits: dict[str, int] | None = None, **server: Any) -> dic
     config = _config(limits, **server)
     config["models"] += [
         {**narrow, "name": f"narrow-{window}", "context_window": window}
-        for window in (1_000, 5_000, 50_000, 1_000_000, 3_000_000)
+        for window in (1_000, 5_000, 50_000, 500_000, 1_000_000, 2_500_000, 3_000_000)
     ]
     return config
 

@@ -222,6 +222,11 @@ def test_config_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert "models[0].quality: must be <= 1" in err
     assert "models[1].context_window: must be >= 1" in err
+    data = routing_config()
+    data["evaluation"] = {"hooks": [{"path": "no_such_module_here:Hook"}]}
+    bad.write_text(yaml.safe_dump(data))
+    assert main(["config", "check", str(bad)]) == 1
+    assert "evaluation.hooks[0].path: cannot import module" in capsys.readouterr().err
 
 
 def test_table_truncates_the_model_column_to_fit() -> None:
@@ -249,9 +254,20 @@ def test_route_table_renders_observed_latency_marker() -> None:
     assert all(len(line) <= 80 for line in text.splitlines())
 
 
-async def test_stats_shows_cache_and_budgets_left(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_stats_shows_cache_budgets_left_and_split_arms(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     config = routing_config()
     config["cache"] = {"enabled": True}
+    config["routing"]["splits"] = {
+        "trial": {
+            "sticky": "tenant",
+            "arms": [
+                {"name": "thrift", "weight": 1, "strategy": "cost-first"},
+                {"name": "off", "weight": 0},
+            ],
+        }
+    }
     config["budgets"] = [
         {"name": "tenant-day", "match": {"tenant": "*"}, "window": "day", "limit_usd": 12.5}
     ]
@@ -268,6 +284,8 @@ async def test_stats_shows_cache_and_budgets_left(capsys: pytest.CaptureFixture[
     assert code == 0
     assert "cache: 0 entries, hit rate 0% (0 exact, 0 semantic, 0 misses)" in out
     assert "budget tenant-day[tenant=acme] (day): $12.5 left of $12.5" in out
+    assert "split trial arm thrift (100%): 1 reqs, 0 errors, $0" in out
+    assert "split trial arm off (0%): 0 reqs, 0 errors, $0" in out
 
 
 async def test_bench_quick_json(capsys: pytest.CaptureFixture[str]) -> None:

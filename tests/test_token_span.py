@@ -159,6 +159,26 @@ def test_far_from_every_boundary_the_estimate_decides_without_counting(
     assert not any("estimated at" in reason for reason in plain.reasons)
 
 
+def test_english_under_a_16k_window_is_decided_without_counting(counter: TokenCounter) -> None:
+    # ~20 KB, more bytes than the 16k windows of "cheap" and "fast" hold tokens: only the letter
+    # runs' bound (two tokens in three bytes) puts the prompt clear of them.
+    text = SAMPLES[0] * 250
+    window = 16000
+    messages = [ChatMessage("user", text)]
+    assert len(text.encode()) > window
+    span = prompt_token_span(messages)
+    assert span.high + OUTPUT_TOKENS <= window
+    for encoding in ENCODINGS:
+        exact = counter.count_messages(messages, encoding)
+        assert exact <= span.high
+        engine = _engine(encoding)
+        decision = _route(engine, text)
+        # The models an exact count admits: all but "tiny" (1k).
+        assert {c.model for c in decision.candidates} == {"cheap", "fast", "strong"}
+        assert any("input tokens estimated at" in reason for reason in decision.reasons)
+        assert engine.router.remembered_counts == 0  # nothing was counted
+
+
 def test_a_budget_within_the_bounds_is_judged_on_the_exact_count(counter: TokenCounter) -> None:
     text = SAMPLES[0] * 30  # ~2.4 KB, ~530 tokens: bounds ~400-2,500
     exact = counter.count_messages([ChatMessage("user", text)], "o200k_base")

@@ -55,6 +55,7 @@ def reference(decision: Decision) -> pb.RouteDecision:
         task_class=decision.task_class,
         complexity=decision.complexity,
         request_id=decision.request_id,
+        choice_probability=decision.choice_probability,
     )
 
 

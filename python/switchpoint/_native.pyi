@@ -7,6 +7,7 @@ __all__ = [
     "BUILTIN_STRATEGIES",
     "EXACT_BELOW_BYTES",
     "REMEMBERED_FROM_BYTES",
+    "TASK_CLASSES",
     "BookedBudget",
     "BpeEncoding",
     "BudgetState",
@@ -316,6 +317,8 @@ class LimitUsage:
 # (cost, latency, quality) weights of the strategies every config has; `Router` adds them to the
 # configured ones (a configured strategy of the same name replaces one).
 BUILTIN_STRATEGIES: dict[str, tuple[float, float, float]]
+# The classifier's task classes, chat (the default) last.
+TASK_CLASSES: tuple[str, ...]
 
 def capability_bits(per_model: Sequence[Sequence[str]]) -> tuple[list[str], list[int]]:
     """The capability bits of a config's models: every capability name in bit order (sorted), and
@@ -470,6 +473,13 @@ class Decision:
     @property
     def request_id(self) -> str:
         """The request's id, for a later Feedback call."""
+    @property
+    def choice_probability(self) -> float:
+        """The probability with which the first candidate was chosen: 1 unless exploring."""
+    @property
+    def confidence(self) -> float:
+        """The rule classifier's confidence in its own reading, in [0, 1] (even when a given
+        reading replaced it); 0 when the auto level did not decide."""
     @property
     def fallback(self) -> tuple[str, ...]:
         """Models to try after the candidates when every candidate fails, in chain order."""
@@ -629,11 +639,23 @@ class Router:
         now: float,
         open_breakers: dict[str, float] | None = None,
         stop: WorkStop | None = None,
+        classified: tuple[str, float] | None = None,
+        note: str = "",
     ) -> Decision:
         """A ChatInput's one decision, as of `now` (the gate's clock); raises the engine's
         errors (InvalidRequestError, QuotaExceededError, ...), NoRoom past max_scopes, and
-        DeadlineExceededError once `stop` is stopped."""
-    def route(self, request: Any, *, now: float, stop: WorkStop | None = None) -> Decision:
+        DeadlineExceededError once `stop` is stopped. `classified` (task class, complexity)
+        replaces the classifier's reading if the auto level decides; `note` follows the reading
+        in the reasons."""
+    def route(
+        self,
+        request: Any,
+        *,
+        now: float,
+        stop: WorkStop | None = None,
+        classified: tuple[str, float] | None = None,
+        note: str = "",
+    ) -> Decision:
         """The first half of `decide`: validated and routed, not yet admitted."""
     def admit(
         self,
@@ -655,6 +677,7 @@ class Router:
         *,
         now: float,
         request_id: str = "",
+        explore_draw: float = 1.0,
         open_breakers: dict[str, float] | None = None,
         tally: RouteTally | None = None,
         stop: WorkStop | None = None,
@@ -683,6 +706,9 @@ class Routed:
     @property
     def prompt_chars(self) -> int:
         """The prompt's length in characters."""
+    @property
+    def choice_probability(self) -> float:
+        """The probability with which `model` was chosen: 1 unless exploring."""
 
 @final
 class WorkStop:

@@ -37,6 +37,7 @@ from switchpoint.cli_auth import (
 from switchpoint.cli_format import render_route, render_stats
 from switchpoint.config import Config, default_config_path, load_config
 from switchpoint.errors import ConfigError, SwitchpointError
+from switchpoint.evaluation.loading import load_hooks
 from switchpoint.logs import configure_logging, unconfigure_logging
 from switchpoint.routing.replay.command import add_eval_parser, eval_command
 from switchpoint.security.keys import load_tenant_keys
@@ -369,6 +370,8 @@ def _config_check(args: argparse.Namespace) -> int:
         config = load_config(args.file)
         # The key file and variable too: a key line that cannot be read refuses the config.
         load_tenant_keys(config, os.environ)
+        # And the hooks, which a start would import (running their modules' top level).
+        load_hooks(config.evaluation.hooks, str(args.file))
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1

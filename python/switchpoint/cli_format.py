@@ -168,6 +168,15 @@ def render_stats(stats: pb.Stats, *, address: str, max_width: int) -> str:
                 max_width,
             )
         )
+    for arm in stats.splits:
+        lines.append(
+            truncate(
+                f"split {arm.split} arm {arm.arm} ({arm.share:.0%}): "
+                f"{human_count(arm.requests)} reqs, {human_count(arm.errors)} errors, "
+                f"${usd(arm.cost_usd)}",
+                max_width,
+            )
+        )
     lines.append(truncate(legend, max_width))
     return "\n".join(lines)
 

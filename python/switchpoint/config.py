@@ -17,14 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from switchpoint import _native
 from switchpoint.cache.config import CacheConfig
+from switchpoint.classifier.config import ClassifierModelConfig, check_classifier_model
 from switchpoint.errors import ConfigError, ErrorClass
+from switchpoint.evaluation.config import EvaluationConfig, check_evaluation
 from switchpoint.limits import LimitsConfig
 from switchpoint.providers.base import ExtraBody
 from switchpoint.quota.instances_config import StateConfig, check_state
 from switchpoint.quota.queue_config import QueueConfig
 from switchpoint.quota.shared_config import SharedStateConfig
-from switchpoint.routing.predictor.config import PredictorConfig
+from switchpoint.routing.predictor import config as learning
 from switchpoint.security.config import AdminConfig, AuthConfig, TlsConfig
+from switchpoint.splits.config import SplitConfig, check_splits
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -201,6 +204,8 @@ class StageConfig(StrictModel):
     strategy: str | None = None
     # Hedge every Chat of this stage (see RoutingOptions.hedge).
     hedge: bool = False
+    # Try the cheapest candidate first and escalate when an answer is rejected (evaluation).
+    cascade: bool = False
 
 
 class AutoRoutingConfig(StrictModel):
@@ -209,6 +214,8 @@ class AutoRoutingConfig(StrictModel):
     hard_complexity: Annotated[float, Field(ge=0, le=1)] = 0.6
     # Prompts rated at or below this use cost-first weights.
     easy_complexity: Annotated[float, Field(ge=0, le=1)] = 0.25
+    # A model asked when the rules are unsure (switchpoint.classifier); None: the rules decide.
+    classifier_model: ClassifierModelConfig | None = None
 
 
 class RoutingConfig(QueueConfig):  # the queue_* keys are queue_config's
@@ -217,7 +224,8 @@ class RoutingConfig(QueueConfig):  # the queue_* keys are queue_config's
     stages: dict[str, StageConfig] = Field(default_factory=dict)
     fallback_chain: list[str] = Field(default_factory=list)
     auto: AutoRoutingConfig = Field(default_factory=AutoRoutingConfig)
-    predictor: PredictorConfig = Field(default_factory=PredictorConfig)
+    predictor: learning.PredictorConfig = Field(default_factory=learning.PredictorConfig)
+    exploration: learning.ExplorationConfig = Field(default_factory=learning.ExplorationConfig)
     # Live latency replaces the config prior once a model has this many (decayed) samples.
     min_latency_samples: Annotated[int, Field(ge=1)] = 20
     # The output-token estimate for requests that set no max_tokens; a decision carries it as a
@@ -227,6 +235,8 @@ class RoutingConfig(QueueConfig):  # the queue_* keys are queue_config's
     # carry on from the partial answer); false fails the stream instead.
     stream_continuation: bool = True
     latency_half_life_s: Positive = 300.0
+    # A/B splits between routing policies (switchpoint.splits).
+    splits: dict[str, SplitConfig] = Field(default_factory=dict)
 
 
 ScopeKey = Literal["tenant", "stage", "model", "provider"]
@@ -302,6 +312,7 @@ class Config(StrictModel):
     shared_state: SharedStateConfig = Field(default_factory=SharedStateConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     def strategy_weights(self, name: str) -> tuple[float, float, float] | None:
         """Weights of a built-in or configured strategy; None when the name is unknown."""
@@ -398,6 +409,18 @@ def _check_routing(config: Config) -> list[str]:
     )
     if routing.auto.easy_complexity > routing.auto.hard_complexity:
         errors.append("routing.auto.easy_complexity: must be <= routing.auto.hard_complexity")
+    errors += learning.check_exploration(
+        routing.exploration,
+        knows_strategy=lambda name: config.strategy_weights(name) is not None,
+        stages=routing.stages.keys(),
+    )
+    errors += check_splits(
+        routing.splits,
+        models=frozenset(known),
+        stages={name: frozenset(stage.models) for name, stage in routing.stages.items()},
+        knows_strategy=lambda name: config.strategy_weights(name) is not None,
+    )
+    errors.extend(check_classifier_model(known, routing.auto.classifier_model))
     return errors
 
 
@@ -438,6 +461,7 @@ def _check_references(config: Config) -> list[str]:
         *_check_routing(config),
         *_check_gate(config),
         *check_state(config.server.state, len(config.limits) + len(config.budgets)),
+        *check_evaluation(config.evaluation, {*BUILTIN_STRATEGIES, *config.routing.strategies}),
     ]
 
 

@@ -61,6 +61,9 @@ class MetricsSink(Protocol):
 
     def routing_overhead(self, *, rpc: str, seconds: float) -> None: ...
 
+    def split(self, *, split: str, arm: str, outcome: str, usd: float) -> None:
+        """A request an A/B split sent to `arm` (switchpoint.splits)."""
+
 
 class NullMetrics:
     """Records nothing: for engines built without telemetry (unit tests, benches)."""
@@ -89,6 +92,9 @@ class NullMetrics:
         return None
 
     def routing_overhead(self, *, rpc: str, seconds: float) -> None:
+        return None
+
+    def split(self, *, split: str, arm: str, outcome: str, usd: float) -> None:
         return None
 
 

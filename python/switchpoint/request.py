@@ -41,6 +41,8 @@ class RoutingOptions(NamedTuple):
     capabilities: Sequence[str] = ()
     max_cost_usd: float | None = None
     hedge: bool = False
+    # The key of a split sticky per user (switchpoint.splits).
+    user: str = ""
 
 
 class GenerationParams(NamedTuple):
@@ -64,6 +66,8 @@ class ChatInput(NamedTuple):
     cache: CacheControls = NO_CACHE_CONTROLS
     # The quality predictor's view of this request (model -> PredictedQuality); None when off.
     predicted: dict[str, PredictedQuality] | None = None
+    # Uniform in [0, 1): whether this request explores (routing.exploration); 1 never does.
+    explore_draw: float = 1.0
 
 
 def new_request_id() -> str:

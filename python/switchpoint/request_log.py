@@ -92,6 +92,10 @@ class _Line(NamedTuple):
     cache: str
     # The (role, content) pairs, or only their length in characters where that is all there is.
     prompt: Sequence[tuple[str, str]] | int | None
+    # Below 1 where routing.exploration may have chosen another model (see route/explore.rs).
+    choice_probability: float
+    # "SPLIT/ARM" of an A/B split's arm; "" outside splits (and then not written).
+    split: str = ""
 
 
 class RequestLog:
@@ -142,6 +146,8 @@ class RequestLog:
         attempts: int,
         cache: str = "",
         prompt: Sequence[tuple[str, str]] | int | None = None,
+        choice_probability: float = 1.0,
+        split: str = "",
     ) -> None:
         """Queue the line; `prompt` may be its length in characters alone when prompts are not
         logged (`logs_prompts`)."""
@@ -162,6 +168,8 @@ class RequestLog:
                 attempts,
                 cache,
                 prompt,
+                choice_probability,
+                split,
             )
         )
         if len(pending) >= MAX_PENDING or self._flush_after_s <= 0:
@@ -202,6 +210,11 @@ class RequestLog:
             "attempts": line.attempts,
             "cache": line.cache,
         }
+        if line.choice_probability < 1.0:
+            # What offline evaluation of another routing policy weighs this line by.
+            fields["choice_probability"] = line.choice_probability
+        if line.split:
+            fields["split"] = line.split
         if isinstance(line.prompt, int):
             fields["prompt_chars"] = line.prompt
         elif line.prompt is not None:

@@ -33,6 +33,7 @@ from switchpoint.cache.store import ResponseCache
 from switchpoint.config import Config
 from switchpoint.engine.path import Engine
 from switchpoint.errors import ConfigError, SwitchpointError
+from switchpoint.evaluation.loading import load_hooks
 from switchpoint.instruments import MetricsSink
 from switchpoint.local_model import llama_cpp_available, resolve_model_path
 from switchpoint.providers import create_adapter
@@ -183,6 +184,7 @@ def build_engine(
         if errors:
             raise ConfigError(errors, "reload")
     tenant_keys = load_tenant_keys(config, environ)
+    hooks = load_hooks(config.evaluation.hooks)
     statuses = with_managed_availability(resolve_providers(config, environ))
     for name, status in statuses.items():
         if not status.enabled:
@@ -218,6 +220,7 @@ def build_engine(
         metrics=old.metrics if old is not None else metrics,
         cache=old.cache.cache if old is not None and old.cache is not None else cache,
         predictor=old.predictor if old is not None else predictor,
+        hooks=hooks,
     )
     # One config's known tenants and stages, for every book and sink that labels by them.
     engine.stats.set_labels(gate.labels)

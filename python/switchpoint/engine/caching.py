@@ -9,7 +9,7 @@ from opentelemetry.trace import Tracer
 
 from switchpoint.cache.records import CachedAnswer, CacheHit, CacheParams, CacheQuery
 from switchpoint.cache.store import ResponseCache
-from switchpoint.engine.calls import CallState, ChatResult
+from switchpoint.engine.calls import REJECTED, CallState, ChatResult
 from switchpoint.instruments import MetricsSink, current_span
 from switchpoint.registry import Registry
 from switchpoint.telemetry import SPAN_CACHE
@@ -56,8 +56,8 @@ class CacheFront:
 
     async def remember(self, call: CallState, result: ChatResult) -> None:
         """File a provider's answer. A stream continued across models is not one model's answer
-        and is not filed."""
-        if any(a.error_class and a.output_tokens for a in result.attempts):
+        and is not filed; an answer after rejected ones (a cascade's) is."""
+        if any(a.error_class not in ("", REJECTED) and a.output_tokens for a in result.attempts):
             return
         index = self._registry.index_of(result.model)
         if index is None:

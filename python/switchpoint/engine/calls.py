@@ -16,6 +16,8 @@ from switchpoint.routing import Decision
 
 # Attempt outcomes that are not a provider failure: the model was skipped, or lost a hedge.
 SKIPPED = frozenset({"quota", "circuit_open", "queue", "context_window_too_small", "hedge_lost"})
+# An answer a check or an evaluation hook rejected (switchpoint.evaluation): paid for, not served.
+REJECTED = "rejected"
 
 
 @dataclass(frozen=True, slots=True)

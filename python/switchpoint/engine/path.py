@@ -12,8 +12,9 @@ formats live in `switchpoint.server`.
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 
 from opentelemetry import trace
@@ -25,9 +26,13 @@ from switchpoint.config import BreakerConfig, Config, ModelConfig
 from switchpoint.engine.attempts import CONTINUE_PROMPT, Attempts, Outcome
 from switchpoint.engine.caching import CacheFront
 from switchpoint.engine.calls import SKIPPED, AttemptRecord, CallState, ChatResult, StreamDelta
+from switchpoint.engine.classifying import build_classifier
+from switchpoint.engine.evaluating import CallJudge, Evaluation
 from switchpoint.engine.hedging import Hedging
 from switchpoint.engine.resilience import Breakers
 from switchpoint.errors import AllAttemptsFailedError, SwitchpointError
+from switchpoint.evaluation.hooks import OutcomeSink
+from switchpoint.evaluation.loading import LoadedHook
 from switchpoint.instruments import MetricsSink, NullMetrics, current_span, records_spans
 from switchpoint.offload import Offload
 from switchpoint.providers.base import ProviderAdapter
@@ -35,8 +40,9 @@ from switchpoint.quota.gate import TokenGate
 from switchpoint.quota.scheduler import Scheduler
 from switchpoint.registry import Registry
 from switchpoint.request import ChatInput, new_request_id, prompt_size
-from switchpoint.routing import Decision, build_router
+from switchpoint.routing import Decision, ScoredModel, build_router
 from switchpoint.routing.predictor.service import QualityPredictor
+from switchpoint.splits.assign import Splits
 from switchpoint.stats import StatsBook
 from switchpoint.telemetry import SPAN_GATE, SPAN_ROUTE
 from switchpoint.tokens import TokenCounter
@@ -62,6 +68,7 @@ class Engine:
         metrics: MetricsSink | None = None,
         cache: ResponseCache | None = None,
         predictor: QualityPredictor | None = None,
+        hooks: Sequence[LoadedHook] = (),
     ) -> None:
         self.config = config
         self.registry = registry
@@ -85,10 +92,13 @@ class Engine:
         )
         self.tokens = TokenCounter()
         self.router = build_router(config, registry, self.tokens, self.gate.book)
-        # Where outcomes go (Feedback, hooks); None when routing.predictor is off.
+        self.splits = Splits(config.routing.splits, self.gate.labels)
+        # Where outcomes go (Feedback, hooks' scores); None when routing.predictor is off.
         self.predictor = predictor
-        self.outcomes = predictor
+        self.outcomes: OutcomeSink | None = predictor
         self._priors = {m.name: m.quality for m in registry.models}
+        # Whether requests draw for exploration (routing.exploration; the core decides with it).
+        self.explores = config.routing.exploration.rate > 0
         self._attempts = Attempts(
             config,
             registry,
@@ -103,6 +113,15 @@ class Engine:
             tokens=self.tokens,
         )
         self._hedging = Hedging(config, registry, latency, self._attempts)
+        self.evaluation = Evaluation(config, hooks)
+        # Asked when the rules are unsure of an auto decision (engine.classifying); None: never.
+        self.classifier = build_classifier(
+            config.routing.auto.classifier_model,
+            registry,
+            router=self.router,
+            attempts=self._attempts,
+            gate=self.gate,
+        )
 
     def _breaker_policy(self, model_name: str) -> BreakerConfig:
         index = self.registry.index_of(model_name)
@@ -145,6 +164,8 @@ class Engine:
     ) -> Decision:
         """`decide`, with a large prompt decided on `offload`'s threads (see switchpoint.offload)
         and stopped at `timeout_s` or when this call is cancelled (DeadlineExceededError)."""
+        if self.explores:
+            request = request._replace(explore_draw=random.random())
         if self.predictor is not None:
             return await self._predicted(self._decide_off_loop, request, offload, timeout_s)
         return await self._decide_off_loop(request, offload, timeout_s)
@@ -152,6 +173,9 @@ class Engine:
     async def _decide_off_loop(
         self, request: ChatInput, offload: Offload, timeout_s: float | None
     ) -> Decision:
+        if self.classifier is not None:
+            # The classifier model may be asked between the halves.
+            return self.admit(await self._route_off_loop(request, offload, timeout_s), request)
         router, gate, open_breakers = self.router, self.gate, self.breakers.refusing()
 
         def decide(stop: WorkStop) -> Decision:
@@ -177,7 +201,11 @@ class Engine:
         self, request: ChatInput, offload: Offload, *, timeout_s: float | None = None
     ) -> Decision:
         """The first half of `decide` (no quota asked yet), for a call the cache may answer; the
-        call admits it (`admit`) once the cache has missed. Large prompts go to `offload`."""
+        call admits it (`admit`) once the cache has missed. Large prompts go to `offload`. When
+        the rules are unsure of an auto decision, the classifier model is asked and the request
+        routed again (engine.classifying)."""
+        if self.explores:
+            request = request._replace(explore_draw=random.random())
         if self.predictor is not None:
             return await self._predicted(self._route_off_loop, request, offload, timeout_s)
         return await self._route_off_loop(request, offload, timeout_s)
@@ -187,17 +215,23 @@ class Engine:
     ) -> Decision:
         router, gate = self.router, self.gate
 
-        def route(stop: WorkStop) -> Decision:
-            return router.route(request, now=gate.now(), stop=stop)
-
-        with current_span(self.tracer, SPAN_ROUTE) as span:
-            routed = await offload.run_where_cheap(
-                route,
+        def route(
+            classified: tuple[str, float] | None = None, note: str = ""
+        ) -> Awaitable[Decision]:
+            return offload.run_where_cheap(
+                lambda stop: router.route(
+                    request, now=gate.now(), stop=stop, classified=classified, note=note
+                ),
                 size=prompt_size(request),
                 timeout_s=timeout_s,
                 asking=gate.asking,
                 asking_async=gate.asking_async,
             )
+
+        with current_span(self.tracer, SPAN_ROUTE) as span:
+            routed = await route()
+            if self.classifier is not None:
+                routed = await self.classifier.reconsider(request, routed, route, timeout_s)
             if self._records_spans:
                 span.set_attribute("switchpoint.level", routed.level.name.lower())
                 span.set_attribute("switchpoint.strategy", routed.strategy)
@@ -295,26 +329,49 @@ class Engine:
         call.decision = self.admit(routed, request)
         if streamed:
             yield call.decision
-        models = self._chain(call)
+        judge = self.evaluation.judge(call, streamed=streamed, outcomes=self.outcomes)
         outcome = Outcome()
-        if self._hedging.applies(request):
+        async with aclosing(self._walk(call, judge, outcome, streamed=streamed)) as deltas:
+            async for delta in deltas:
+                yield delta
+        result = outcome.result or judge.rejected_answer()
+        if result is None:
+            raise self._exhausted(call)
+        if cache is not None and outcome.result is not None:
+            await cache.remember(call, result)
+        await judge.responded(result, rejected=outcome.result is None)
+        yield self._finish(call, result)
+
+    async def _walk(
+        self, call: CallState, judge: CallJudge, outcome: Outcome, *, streamed: bool
+    ) -> AsyncGenerator[StreamDelta, None]:
+        """The chain's walk: each model takes its turn until one gives an answer `judge` keeps
+        (into `outcome`). A failed turn and a rejected answer both move on to the next model."""
+        models = self._chain(call, judge.candidates())
+        await judge.routed()
+        # A cascade tries one model at a time, cheapest first: racing two defeats it.
+        if self._hedging.applies(call.request) and not judge.cascades:
             hedged = self._hedging.run(call, models, outcome, streamed=streamed)
             async with aclosing(hedged) as deltas:
                 async for delta in deltas:
                     yield delta
+            if outcome.result is not None and not await judge.accepts(outcome.result):
+                outcome.result = None
         for model in models if outcome.result is None else ():
-            async with aclosing(
-                self._attempts.turn(call, model, outcome, streamed=streamed)
-            ) as deltas:
-                async for delta in deltas:
-                    yield delta
+            try:
+                async with aclosing(
+                    self._attempts.turn(call, model, outcome, streamed=streamed)
+                ) as deltas:
+                    async for delta in deltas:
+                        yield delta
+            except SwitchpointError:
+                if not judge.rejected:
+                    raise
+                return  # the escalation failed: the answer it rejected is served after all
             if outcome.result is not None:
-                break
-        if outcome.result is None:
-            raise self._exhausted(call)
-        if cache is not None:
-            await cache.remember(call, outcome.result)
-        yield self._finish(call, outcome.result)
+                if await judge.accepts(outcome.result):
+                    return
+                outcome.result = None  # rejected: escalate to the next model
 
     def _finish(self, call: CallState, result: ChatResult) -> ChatResult:
         span = call.root_span
@@ -329,11 +386,11 @@ class Engine:
 
     # -- the chain ----------------------------------------------------------------------------
 
-    def _chain(self, call: CallState) -> Iterator[ModelConfig]:
-        """The decision's candidates, then its fallback chain; no model twice, none too small for
-        a context window a provider already rejected."""
+    def _chain(self, call: CallState, candidates: Sequence[ScoredModel]) -> Iterator[ModelConfig]:
+        """The decision's `candidates` (in the order given), then its fallback chain; no model
+        twice, none too small for a context window a provider already rejected."""
         decision = call.decision
-        for name in [c.name for c in decision.candidates] + list(decision.fallback):
+        for name in [c.name for c in candidates] + list(decision.fallback):
             index = self.registry.index_of(name)
             if name in call.tried or index is None:
                 continue

@@ -212,9 +212,13 @@ class Sidecar:
             await self.grpc_server.start()
             self._scope_sweep = asyncio.create_task(self._sweep_idle_scopes())
         except BaseException:
-            # Never leave a child model server running behind a sidecar that failed to start.
+            # Never leave a child model server running behind a sidecar that failed to start,
+            # nor the predictor's threads.
             for server in self._managed:
                 await server.stop()
+            predictor = self._live.engine.predictor
+            if predictor is not None:
+                await predictor.close()
             raise
         for service in ("", ROUTER_SERVICE, CONFIG_SERVICE):
             await self._health.set(service, SERVING)

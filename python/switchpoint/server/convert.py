@@ -37,6 +37,7 @@ def _routing(options: pb.RoutingOptions) -> RoutingOptions:
         capabilities=tuple(options.capabilities),
         max_cost_usd=options.max_cost_usd if options.HasField("max_cost_usd") else None,
         hedge=options.hedge,
+        user=options.user,
     )
 
 

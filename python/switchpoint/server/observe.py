@@ -22,6 +22,8 @@ from switchpoint.limits import shown
 from switchpoint.request import ChatInput
 from switchpoint.request_log import RequestLog
 from switchpoint.routing import Decision
+from switchpoint.splits.assign import Assignment
+from switchpoint.splits.book import SplitBook
 from switchpoint.telemetry import SPAN_REQUEST, Telemetry
 
 
@@ -32,6 +34,8 @@ class Observation:
     span: Span
     decision: Decision | None = None
     result: ChatResult | None = None
+    # The request's place in an A/B split, set by the handler when a split takes it.
+    split: Assignment | None = None
     outcome: str = "ok"
     # Time the call spent waiting on providers, backoffs and queues: not switchpoint's overhead.
     waited_s: float = 0.0
@@ -52,6 +56,8 @@ class RequestObserver:
         # Where the Rust router counts and times the Route calls it answers alone (`routed`).
         self.route_tally = telemetry.metrics.route_tally if telemetry else None
         self._request_log = request_log
+        # What each split's arms served, across config reloads (GetStats reads it).
+        self.splits = SplitBook()
 
     def observe(
         self,
@@ -116,9 +122,12 @@ class RequestObserver:
     def logs_requests(self) -> bool:
         return self._request_log.enabled
 
-    def routed(self, routed: Routed, elapsed_s: float) -> None:
-        """The log line of a Route call answered from its bytes (see `light`); its metrics are
-        the router's (`route_tally`)."""
+    def routed(self, routed: Routed, elapsed_s: float, *, split: Assignment | None = None) -> None:
+        """The log line of a Route call answered from its bytes (see `light`), and its split's
+        figures; its other metrics are the router's (`route_tally`)."""
+        arm = self._count_split(split, "ok", None) if split is not None else ""
+        if not self._request_log.enabled:
+            return
         self._request_log.add(
             request_id=shown(routed.request_id),
             rpc="Route",
@@ -130,6 +139,8 @@ class RequestObserver:
             cost_usd=0.0,
             attempts=0,
             prompt=routed.prompt_chars,
+            choice_probability=routed.choice_probability,
+            split=arm,
         )
 
     def _finish(self, rpc: str, request: ChatInput, observation: Observation) -> None:
@@ -141,6 +152,12 @@ class RequestObserver:
         # A refused request's strings may be of any length: shown cut, like in its error.
         tenant, stage = shown(request.routing.tenant), shown(request.routing.stage)
         self._metrics.request(model=model, outcome=observation.outcome, tenant=tenant, stage=stage)
+        split = observation.split
+        arm = (
+            self._count_split(split, observation.outcome, observation.result)
+            if split is not None
+            else ""
+        )
         self._request_log.add(
             request_id=shown(request.request_id),
             rpc=rpc,
@@ -152,7 +169,25 @@ class RequestObserver:
             cost_usd=result.cost_usd if result else 0.0,
             attempts=len(result.attempts) if result else 0,
             prompt=request.messages,  # (role, content) pairs already
+            choice_probability=decision.choice_probability if decision else 1.0,
+            split=arm,
         )
+
+    def _count_split(self, split: Assignment, outcome: str, result: ChatResult | None) -> str:
+        """The request in its arm's figures; its "SPLIT/ARM" for the log line ("" when the
+        split did not apply)."""
+        if not split.applied:
+            return ""
+        cost = result.cost_usd if result else 0.0
+        self.splits.record(
+            split,
+            ok=outcome == "ok",
+            input_tokens=result.input_tokens if result else 0,
+            output_tokens=result.output_tokens if result else 0,
+            cost_usd=cost,
+        )
+        self._metrics.split(split=split.split, arm=split.arm, outcome=outcome, usd=cost)
+        return f"{split.split}/{split.arm}"
 
 
 class _Unspanned:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -27,6 +28,8 @@ from switchpoint.security.access import (
 from switchpoint.server import convert
 from switchpoint.server.observe import Observation, RequestObserver
 from switchpoint.server.status import failure_for
+from switchpoint.splits.assign import Assignment
+from switchpoint.splits.book import arm_stats
 from switchpoint.v1 import router_pb2 as pb
 
 ServicerContext = grpc.aio.ServicerContext[object, object]
@@ -93,15 +96,20 @@ class RouterServicer:
             request = await self._bound_route_request(request, context)
         engine = build.engine
         observer = self._observer
-        # The predictor reads the prompt (to embed it): the request is decoded here.
-        if not observer.light or engine.predictor is not None:
+        # The predictor reads the prompt (to embed it), and a classifier model may be asked: both
+        # take the engine's path, not one call into Rust.
+        if not observer.light or engine.predictor is not None or engine.classifier is not None:
             return await self._route(engine, request, context)
+        split = None
+        if engine.splits.active:
+            request, split = await self._split_route_request(engine, request, context)
         gate, router = engine.gate, engine.router
         started = time.perf_counter()
         route = partial(
             router.route_wire,
             request,
             request_id=new_request_id(),
+            explore_draw=random.random() if engine.explores else 1.0,
             open_breakers=engine.breakers.refusing(),
             tally=observer.route_tally,
         )
@@ -114,13 +122,32 @@ class RouterServicer:
                 asking_async=gate.asking_async,
             )
         except Exception as exc:
-            return await self._route_refused(engine, request, exc, context)
-        if observer.logs_requests:
-            observer.routed(routed, time.perf_counter() - started)
-        return routed.decision
+            return await self._route_refused(engine, request, exc, context, split)
+        if observer.logs_requests or split is not None:
+            observer.routed(routed, time.perf_counter() - started, split=split)
+        return routed.decision if split is None else split.annotate(routed.decision)
+
+    async def _split_route_request(
+        self, engine: Engine, request: bytes, context: ServicerContext
+    ) -> tuple[bytes, Assignment | None]:
+        """The request as its split's arm routes it, re-encoded when the arm changed it, and its
+        place in the split (switchpoint.splits)."""
+        try:
+            message = pb.RouteRequest.FromString(request)
+        except DecodeError:
+            await self._refuse_undecodable(context)
+        split = engine.splits.assign_message(message)
+        if split is not None and split.applied:
+            request = message.SerializeToString()
+        return request, split
 
     async def _route_refused(
-        self, engine: Engine, request: bytes, failure: Exception, context: ServicerContext
+        self,
+        engine: Engine,
+        request: bytes,
+        failure: Exception,
+        context: ServicerContext,
+        split: Assignment | None = None,
     ) -> NoReturn:
         """A Route the router refused, observed (request line, metrics) with its tenant and
         stage, and answered with the refusal's status."""
@@ -134,6 +161,7 @@ class RouterServicer:
             await self._refuse_unread("Route", failure, context)
         chat_input = convert.chat_input(decoded)
         with self._observer.observe("Route", context, chat_input, calls_providers=False) as seen:
+            seen.split = split
             await _abort(context, failure, chat_input.request_id, seen)
 
     async def _bound_route_request(self, request: bytes, context: ServicerContext) -> bytes:
@@ -159,13 +187,15 @@ class RouterServicer:
             await self._refuse_undecodable(context)
         chat_input = await self._chat_input("Route", decoded, context)
         with self._observer.observe("Route", context, chat_input, calls_providers=False) as seen:
+            chat_input, seen.split = engine.splits.assign(chat_input)
             try:
                 seen.decision = await engine.decide_off_loop(
                     chat_input, self._offload, timeout_s=context.time_remaining()
                 )
             except Exception as exc:
                 await _abort(context, exc, chat_input.request_id, seen)
-            return seen.decision.encode()
+            answer = seen.decision.encode()
+            return seen.split.annotate(answer) if seen.split is not None else answer
 
     async def _refuse_undecodable(self, context: ServicerContext) -> NoReturn:
         failure = InvalidRequestError("request", "is not a valid switchpoint.v1.RouteRequest")
@@ -208,6 +238,7 @@ class RouterServicer:
             self._engine.hold() as engine,
             self._observer.observe("Chat", context, chat_input) as seen,
         ):
+            chat_input, seen.split = engine.splits.assign(chat_input)
             try:
                 seen.decision = await engine.route_off_loop(
                     chat_input, self._offload, timeout_s=context.time_remaining()
@@ -217,7 +248,10 @@ class RouterServicer:
                 )
             except Exception as exc:
                 await _abort(context, exc, chat_input.request_id, seen)
-            return convert.chat_response(seen.result)
+            response = convert.chat_response(seen.result)
+            if seen.split is not None:
+                seen.split.annotate_message(response.decision)
+            return response
 
     async def ChatStream(
         self, request: pb.ChatRequest, context: ServicerContext
@@ -229,6 +263,7 @@ class RouterServicer:
             self._engine.hold() as engine,
             self._observer.observe("ChatStream", context, chat_input) as seen,
         ):
+            chat_input, seen.split = engine.splits.assign(chat_input)
             async with aclosing(self._stream(engine, chat_input, context, seen)) as chunks:
                 async for chunk in chunks:
                     yield chunk
@@ -259,6 +294,8 @@ class RouterServicer:
                         chunk = convert.delta_chunk(item, request_id)
                     if first:
                         chunk.decision.CopyFrom(convert.decision_message(decision))
+                        if seen.split is not None:
+                            seen.split.annotate_message(chunk.decision)
                         first = False
                     yield chunk
         except Exception as exc:
@@ -330,6 +367,11 @@ class RouterServicer:
             config_version=self._engine.version,
             cache=_cache_stats(engine),
             budgets=_budgets_left(engine, request.tenant if request.HasField("tenant") else None),
+            splits=arm_stats(
+                engine.splits,
+                self._observer.splits,
+                request.tenant if request.HasField("tenant") else None,
+            ),
         )
 
 

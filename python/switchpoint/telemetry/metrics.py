@@ -52,6 +52,9 @@ class Metrics:
         self._cost = Tally(("model", "tenant", "stage"))
         self._cache_hits = Tally(("kind",))
         self._cache_misses = Tally(("kind",))
+        # Split and arm names come from the config, so these series stay few.
+        self._split_requests = Tally(("split", "arm", "outcome"))
+        self._split_cost = Tally(("split", "arm"))
         for name, unit, description, tally in (
             ("switchpoint.requests", "{request}", "Requests served, by outcome.", self._requests),
             (
@@ -64,6 +67,13 @@ class Metrics:
             ("switchpoint.cost", "usd", "Provider cost in US dollars.", self._cost),
             ("switchpoint.cache.hits", "{lookup}", "Response cache hits.", self._cache_hits),
             ("switchpoint.cache.misses", "{lookup}", "Response cache misses.", self._cache_misses),
+            (
+                "switchpoint.split.requests",
+                "{request}",
+                "Requests an A/B split sent to each arm, by outcome.",
+                self._split_requests,
+            ),
+            ("switchpoint.split.cost", "usd", "Provider cost per A/B split arm.", self._split_cost),
         ):
             meter.create_observable_counter(
                 name, callbacks=[tally.observe], unit=unit, description=description
@@ -155,6 +165,10 @@ class Metrics:
 
     def routing_overhead(self, *, rpc: str, seconds: float) -> None:
         self._overhead.record(seconds, (rpc,))
+
+    def split(self, *, split: str, arm: str, outcome: str, usd: float) -> None:
+        self._split_requests.add(1, (split, arm, outcome))
+        self._split_cost.add(usd, (split, arm))
 
     def observe(
         self,

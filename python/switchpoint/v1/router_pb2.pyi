@@ -144,6 +144,7 @@ class RoutingOptions(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     MAX_COST_USD_FIELD_NUMBER: _builtins.int
     HEDGE_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
     stage: _builtins.str
     """A stage named in the config's routing.stages."""
     strategy: _builtins.str
@@ -156,6 +157,10 @@ class RoutingOptions(_message.Message):
     """Hedge (Chat): if the first model has not answered by its observed p95 latency, start the next
     candidate too and take whichever answers first, cancelling the other. A stage can turn it on
     for all its requests (routing.stages.NAME.hedge).
+    """
+    user: _builtins.str
+    """Who the request is for, inside the tenant: the key of an A/B split that is sticky per user
+    (routing.splits.NAME.sticky: user). Any stable id the caller picks; never logged.
     """
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -181,10 +186,11 @@ class RoutingOptions(_message.Message):
         capabilities: _abc.Iterable[_builtins.str] | None = ...,
         max_cost_usd: _builtins.float | None = ...,
         hedge: _builtins.bool = ...,
+        user: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "max_cost_usd", b"max_cost_usd", "weights", b"weights"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "capabilities", b"capabilities", "hedge", b"hedge", "max_cost_usd", b"max_cost_usd", "models", b"models", "priority", b"priority", "stage", b"stage", "strategy", b"strategy", "tenant", b"tenant", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "capabilities", b"capabilities", "hedge", b"hedge", "max_cost_usd", b"max_cost_usd", "models", b"models", "priority", b"priority", "stage", b"stage", "strategy", b"strategy", "tenant", b"tenant", "user", b"user", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_cost_usd: _TypeAlias = _typing.Literal["max_cost_usd"]  # noqa: Y015
     _WhichOneofArgType__max_cost_usd: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd"]  # noqa: Y015
@@ -344,6 +350,7 @@ class RouteDecision(_message.Message):
     TASK_CLASS_FIELD_NUMBER: _builtins.int
     COMPLEXITY_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CHOICE_PROBABILITY_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The chosen model: candidates[0].model."""
     level: Global___DecisionLevel.ValueType
@@ -357,6 +364,10 @@ class RouteDecision(_message.Message):
     complexity: _builtins.float
     request_id: _builtins.str
     """Names this decision in a later Feedback call; the request's own id when it carried one."""
+    choice_probability: _builtins.float
+    """The probability with which `model` was chosen: 1, or less when routing.exploration may have
+    chosen another (for evaluating policies offline).
+    """
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Candidate]:
         """Eligible candidates, best first."""
@@ -383,10 +394,11 @@ class RouteDecision(_message.Message):
         task_class: _builtins.str = ...,
         complexity: _builtins.float = ...,
         request_id: _builtins.str = ...,
+        choice_probability: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["weights", b"weights"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "complexity", b"complexity", "estimated_cost_usd", b"estimated_cost_usd", "estimated_input_tokens", b"estimated_input_tokens", "estimated_latency_ms", b"estimated_latency_ms", "estimated_output_tokens", b"estimated_output_tokens", "level", b"level", "model", b"model", "reasons", b"reasons", "request_id", b"request_id", "strategy", b"strategy", "task_class", b"task_class", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "choice_probability", b"choice_probability", "complexity", b"complexity", "estimated_cost_usd", b"estimated_cost_usd", "estimated_input_tokens", b"estimated_input_tokens", "estimated_latency_ms", b"estimated_latency_ms", "estimated_output_tokens", b"estimated_output_tokens", "level", b"level", "model", b"model", "reasons", b"reasons", "request_id", b"request_id", "strategy", b"strategy", "task_class", b"task_class", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -887,6 +899,7 @@ class Stats(_message.Message):
     CONFIG_VERSION_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
     BUDGETS_FIELD_NUMBER: _builtins.int
+    SPLITS_FIELD_NUMBER: _builtins.int
     uptime_s: _builtins.float
     shared_state: _builtins.str
     """Budgets shared through Redis: "" when not configured, "ok", or "degraded: <why>"."""
@@ -902,6 +915,10 @@ class Stats(_message.Message):
     def budgets(self) -> _containers.RepeatedCompositeFieldContainer[Global___BudgetLeft]:
         """Every budget instance seen so far and what is left of it in its current window."""
 
+    @_builtins.property
+    def splits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SplitArmStats]:
+        """Every arm of the running config's A/B splits (routing.splits) and what it served."""
+
     def __init__(
         self,
         *,
@@ -912,14 +929,60 @@ class Stats(_message.Message):
         config_version: _builtins.int = ...,
         cache: Global___CacheStats | None = ...,
         budgets: _abc.Iterable[Global___BudgetLeft] | None = ...,
+        splits: _abc.Iterable[Global___SplitArmStats] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "cache", b"cache", "config_error", b"config_error", "config_version", b"config_version", "models", b"models", "shared_state", b"shared_state", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "cache", b"cache", "config_error", b"config_error", "config_version", b"config_version", "models", b"models", "shared_state", b"shared_state", "splits", b"splits", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Stats: _TypeAlias = Stats  # noqa: Y015
+
+@_typing.final
+class SplitArmStats(_message.Message):
+    """One arm of an A/B split: its configured share and the requests the split sent to it since the
+    sidecar started (for the tenant asked, when a tenant is asked).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPLIT_FIELD_NUMBER: _builtins.int
+    ARM_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    split: _builtins.str
+    arm: _builtins.str
+    share: _builtins.float
+    """The arm's weight over the split's total weight, in [0, 1]."""
+    requests: _builtins.int
+    errors: _builtins.int
+    input_tokens: _builtins.int
+    output_tokens: _builtins.int
+    cost_usd: _builtins.float
+    def __init__(
+        self,
+        *,
+        split: _builtins.str = ...,
+        arm: _builtins.str = ...,
+        share: _builtins.float = ...,
+        requests: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        cost_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "cost_usd", b"cost_usd", "errors", b"errors", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "requests", b"requests", "share", b"share", "split", b"split"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SplitArmStats: _TypeAlias = SplitArmStats  # noqa: Y015
 
 @_typing.final
 class BudgetLeft(_message.Message):

@@ -1,13 +1,14 @@
 //! Exact token counts per byte: the `toktok` counter tiktoken's own encodings take against the
 //! regex and merge every other encoding takes, on this repository's README and docs (prose, YAML,
 //! tables, code) cut to 4, 20 and 100 KB. docs/benchmarks.md ("Exact token counts") has the
-//! figures and the wider comparison.
+//! figures and the wider comparison. And the one pass that bounds a count without making it
+//! (`Shape::of`), on the same texts.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use switchpoint_core::testing::ranks_of;
-use switchpoint_core::{Bpe, Stop};
+use switchpoint_core::{Bpe, Shape, Stop};
 use tiktoken_rs::{cl100k_base_singleton, o200k_base_singleton};
 
 const CL100K_BASE_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
@@ -59,5 +60,17 @@ fn counts(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, counts);
+fn shapes(c: &mut Criterion) {
+    let mut group = c.benchmark_group("shape");
+    for size in [4_096, 20_480, 102_400] {
+        let text = prefix(size);
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &text, |b, text| {
+            b.iter(|| Shape::of(black_box(text)));
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, counts, shapes);
 criterion_main!(benches);

@@ -1,6 +1,7 @@
 //! The prompt classifier behind auto routing: a task class and a complexity in [0, 1], read from
-//! the last user turn (its two ends, when long) with a handful of regular expressions, and the
-//! reasons for both.
+//! the last user turn (its two ends, when long) with a handful of regular expressions, the
+//! reasons for both, and how sure the reading is (`Classification::confidence`), so that an
+//! unsure reading can be handed to a classifier model.
 //!
 //! It runs on every auto-routed request. In Python the same expressions were a fifth of a Route
 //! call; here the four task patterns are one `RegexSet` pass (docs/benchmarks.md, "What it
@@ -64,12 +65,53 @@ fn ascii_only(pattern: &str) -> String {
     format!("(?-u){pattern}")
 }
 
+/// The task class of that name (one of `TASK_CLASSES` or `DEFAULT_TASK_CLASS`), as the
+/// classifier names it.
+pub fn task_class_named(name: &str) -> Option<&'static str> {
+    TASK_CLASSES
+        .into_iter()
+        .chain([DEFAULT_TASK_CLASS])
+        .find(|&class| class == name)
+}
+
+/// How sure the rules are of a task class: exactly one task pattern matched.
+const ONE_TASK_MARKER: f64 = 1.0;
+/// Several matched and the priority order chose among them.
+const SEVERAL_TASK_MARKERS: f64 = 0.7;
+/// None matched, but the turn reads as a short, simple question: chat it most likely is.
+const SIMPLE_QUESTION: f64 = 0.8;
+/// None matched: chat only by default.
+const DEFAULTED_TO_CHAT: f64 = 0.4;
+/// How far from the nearest auto threshold a complexity must be for the strategy it picks to be
+/// sure; at a threshold the certainty is one half.
+const SURE_MARGIN: f64 = 0.25;
+
 /// What the classifier read, with the signals that explain the complexity.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Classification {
     pub task_class: &'static str,
     pub complexity: f64,
     pub signals: Vec<String>,
+    /// How sure the task class is, in [0, 1]: 1.0 when exactly one task pattern matched, 0.7
+    /// when several did (the priority order chose), 0.8 for chat read from a short simple
+    /// question, 0.4 for chat by default (nothing matched).
+    pub task_certainty: f64,
+}
+
+impl Classification {
+    /// How sure the reading is, in [0, 1], under auto thresholds `easy` and `hard`: the lesser of
+    /// the task class's certainty and the complexity's. The complexity matters only through the
+    /// strategy it picks, which flips at the two thresholds, so its certainty is one half at a
+    /// threshold and grows with the distance to the nearest one, to 1.0 at `SURE_MARGIN` (0.25)
+    /// or more: `0.5 + min(distance, 0.25) * 2`.
+    pub fn confidence(&self, easy: f64, hard: f64) -> f64 {
+        let distance = f64::min(
+            (self.complexity - easy).abs(),
+            (self.complexity - hard).abs(),
+        );
+        let complexity_certainty = 0.5 + distance.min(SURE_MARGIN) / SURE_MARGIN * 0.5;
+        self.task_certainty.min(complexity_certainty)
+    }
 }
 
 /// Classifies a conversation by its last user message (`last_user`), with length over the whole
@@ -77,9 +119,14 @@ pub struct Classification {
 pub fn classify(last_user: &str, total_chars: usize) -> Classification {
     let read = ends(last_user);
     let found = read.map(|part| TASKS.matches(part.as_bytes()));
-    let task_class = (0..TASK_CLASSES.len())
-        .find(|&i| found.iter().any(|matches| matches.matched(i)))
-        .map_or(DEFAULT_TASK_CLASS, |i| TASK_CLASSES[i]);
+    let mut matched = (0..TASK_CLASSES.len()).filter(|&i| found.iter().any(|m| m.matched(i)));
+    let first = matched.next();
+    let task_class = first.map_or(DEFAULT_TASK_CLASS, |i| TASK_CLASSES[i]);
+    let mut task_certainty = match (first, matched.next()) {
+        (None, _) => DEFAULTED_TO_CHAT,
+        (Some(_), None) => ONE_TASK_MARKER,
+        (Some(_), Some(_)) => SEVERAL_TASK_MARKERS,
+    };
     let mut signals = Vec::new();
     let mut complexity = 0.3;
     // Precision loss only past 2^52 characters.
@@ -111,11 +158,15 @@ pub fn classify(last_user: &str, total_chars: usize) -> Classification {
     {
         complexity -= 0.2;
         signals.push("short, simple question".to_owned());
+        if first.is_none() {
+            task_certainty = SIMPLE_QUESTION;
+        }
     }
     Classification {
         task_class,
         complexity: f64::clamp(complexity, 0.0, 1.0),
         signals,
+        task_certainty,
     }
 }
 
@@ -237,6 +288,39 @@ mod tests {
         let [first, last] = ends(&wide);
         assert!(first.len() <= READ_AT_EACH_END && last.len() <= READ_AT_EACH_END);
         assert!(first.len() >= READ_AT_EACH_END - 1 && last.len() >= READ_AT_EACH_END - 1);
+    }
+
+    #[test]
+    fn task_certainty_says_how_the_class_was_decided() {
+        assert!((classify("write a haiku", 13).task_certainty - ONE_TASK_MARKER).abs() < 1e-12);
+        let both = classify("summarize this python file", 30);
+        assert!((both.task_certainty - SEVERAL_TASK_MARKERS).abs() < 1e-12);
+        let simple = classify("hello, who is the mayor?", 24);
+        assert!((simple.task_certainty - SIMPLE_QUESTION).abs() < 1e-12);
+        let defaulted = classify("where do otters live", 20);
+        assert!((defaulted.task_certainty - DEFAULTED_TO_CHAT).abs() < 1e-12);
+    }
+
+    #[test]
+    fn confidence_is_the_lesser_of_the_class_and_the_distance_to_a_threshold() {
+        let reading = |task_certainty, complexity| Classification {
+            task_class: "code",
+            complexity,
+            signals: Vec::new(),
+            task_certainty,
+        };
+        // At a threshold the strategy could go either way.
+        assert!((reading(1.0, 0.6).confidence(0.25, 0.6) - 0.5).abs() < 1e-12);
+        assert!((reading(1.0, 0.25).confidence(0.25, 0.6) - 0.5).abs() < 1e-12);
+        // Halfway to the sure margin from the nearest threshold.
+        assert!((reading(1.0, 0.725).confidence(0.25, 0.6) - 0.75).abs() < 1e-12);
+        // Far from both: the task class decides.
+        assert!((reading(0.7, 1.0).confidence(0.25, 0.6) - 0.7).abs() < 1e-12);
+        assert!((reading(1.0, 0.0).confidence(0.25, 0.6) - 1.0).abs() < 1e-12);
+        // A plain question with no marker is unsure; a clear one is not.
+        let unsure = classify("where do otters live", 20).confidence(0.25, 0.6);
+        let sure = classify("please refactor this python function", 36).confidence(0.25, 0.6);
+        assert!(unsure < 0.5 && sure > 0.5, "{unsure} {sure}");
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub mod testing;
 mod window;
 
 pub use budget::BudgetState;
-pub use classify::{classify, Classification, DEFAULT_TASK_CLASS, TASK_CLASSES};
+pub use classify::{classify, task_class_named, Classification, DEFAULT_TASK_CLASS, TASK_CLASSES};
 pub use error::{CoreError, Denial, DenialKind, Refusal, Result, UNKNOWN_RETRY_AFTER_S};
 pub use gate::{
     describe_scope, BudgetRule, Created, Gate, LimitRule, Pressure, RuleActivity, RuleBook,
@@ -40,9 +40,10 @@ pub use limits::LimitState;
 pub use reservations::{ReservationId, MAX_RULES};
 pub use route::{
     clipped, prompt_span, quota_message, retry_wait, route_request, AutoRouting, Bpe, Decision,
-    DecodedRoute, Level, Limits, Message, OpenBreaker, Params, RouteInput, Router, RouterConfig,
-    RoutingOptions, Shape, Stage, Stop, TokenSpan, Tokenizer, BUILTIN_STRATEGIES, CUSTOM_STRATEGY,
-    EXACT_BELOW_BYTES, REMEMBERED_FROM_BYTES, REMEMBERED_PER_GENERATION, ROLES,
+    DecodedRoute, Exploration, GivenReading, Level, Limits, Message, OpenBreaker, Params,
+    RouteInput, Router, RouterConfig, RoutingOptions, Shape, Stage, Stop, TokenSpan, Tokenizer,
+    Upper, BUILTIN_STRATEGIES, CUSTOM_STRATEGY, EXACT_BELOW_BYTES, REMEMBERED_FROM_BYTES,
+    REMEMBERED_PER_GENERATION, ROLES,
 };
 pub use scoring::{Candidate, Exclusion, PredictedQuality, Ranking, Request, Weights};
 pub use table::{capability_bits, ModelSpec, ModelTable, MAX_CAPABILITIES, MAX_PRICE_OR_PRIOR};

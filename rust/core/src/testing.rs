@@ -59,6 +59,7 @@ pub fn small_router(encodings: Vec<Tokenizer>) -> Router {
             encodings,
             limits: Limits::default(),
             quota: None,
+            exploration: crate::route::Exploration::default(),
         },
     )
     .expect("router")

@@ -375,5 +375,7 @@ proptest! {
         prop_assert!(Tokenizer::Estimate.count_messages(&messages, Stop::never()).unwrap() >= estimate);
         let class = classify(&text, text.chars().count());
         prop_assert!((0.0..=1.0).contains(&class.complexity), "{}", class.complexity);
+        let confidence = class.confidence(0.25, 0.6);
+        prop_assert!((0.4..=1.0).contains(&confidence), "{confidence}");
     }
 }

@@ -38,6 +38,9 @@ fn input<'a>(u: &mut Unstructured<'a>) -> Result<RouteInput<'a>> {
         params,
         request_id: u.arbitrary()?,
         cache_threshold: u.arbitrary()?,
+        given: None,
+        predicted: Vec::new(),
+        explore_draw: u.arbitrary()?,
     })
 }
 

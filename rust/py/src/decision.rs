@@ -234,6 +234,19 @@ impl Decision {
         &self.inner.request_id
     }
 
+    /// The probability with which the first candidate was chosen: 1 unless exploring.
+    #[getter]
+    fn choice_probability(&self) -> f64 {
+        self.inner.choice_probability
+    }
+
+    /// The rule classifier's confidence in its own reading, in [0, 1] (even when a given reading
+    /// replaced it); 0 when the auto level did not decide.
+    #[getter]
+    fn confidence(&self) -> f64 {
+        self.inner.confidence
+    }
+
     /// Models to try after the candidates when every candidate fails, in chain order.
     #[getter]
     fn fallback<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {

@@ -28,6 +28,7 @@ mod error;
 mod gate;
 mod gate_state;
 mod gil;
+mod input;
 mod latency;
 mod model_spec;
 mod predicted;
@@ -84,5 +85,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         builtin.set_item(name, (cost, latency, quality))?;
     }
     m.add("BUILTIN_STRATEGIES", builtin)?;
+    let mut task_classes = switchpoint_core::TASK_CLASSES.to_vec();
+    task_classes.push(switchpoint_core::DEFAULT_TASK_CLASS);
+    m.add(
+        "TASK_CLASSES",
+        pyo3::types::PyTuple::new(m.py(), task_classes)?,
+    )?;
     Ok(())
 }

@@ -2,8 +2,8 @@
 //! entry point of a request, from the engine's `ChatInput` or straight from `RouteRequest` bytes
 //! (`route_wire`); a call the cache may answer runs its halves apart (`route`, then `admit`).
 //!
-//! Configuration and `ChatInput` are read by attribute name; the decision comes back as a
-//! `Decision` (see `decision.rs`), a Route call answered from its bytes as a `Routed`.
+//! Configuration and `ChatInput` (see `input.rs`) are read by attribute name; the decision comes
+//! back as a `Decision` (see `decision.rs`), a Route call answered from its bytes as a `Routed`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,14 +12,14 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use switchpoint_core::{
-    route_request, AutoRouting, Limits, Message, OpenBreaker, Params, RouteInput,
-    RouteTally as Tally, Router as Core, RouterConfig, RoutingOptions, Stage, Stop,
+    route_request, AutoRouting, Exploration, Limits, OpenBreaker, RouteInput, RouteTally as Tally,
+    Router as Core, RouterConfig, Stage, Stop,
 };
 
 use crate::decision::Decision;
 use crate::error::{Error, Result};
 use crate::gil;
-use crate::predicted::PredictedQuality;
+use crate::input::{given, Held};
 use crate::quota::RuleBook;
 use crate::table::ModelTable;
 use crate::tokens::{tokenizer, BpeEncoding, WorkStop};
@@ -89,147 +89,6 @@ impl RouteTally {
     }
 }
 
-/// A `ChatMessage`.
-struct HeldMessage {
-    role: PyBackedStr,
-    content: PyBackedStr,
-}
-
-/// `RoutingOptions`.
-struct HeldRouting {
-    models: Vec<PyBackedStr>,
-    stage: PyBackedStr,
-    strategy: PyBackedStr,
-    weights: Option<(f64, f64, f64)>,
-    tenant: PyBackedStr,
-    priority: i64,
-    capabilities: Vec<PyBackedStr>,
-    max_cost_usd: Option<f64>,
-    hedge: bool,
-}
-
-/// `GenerationParams`.
-struct HeldParams {
-    max_tokens: Option<i64>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    stop: Vec<PyBackedStr>,
-}
-
-/// A `ChatInput` read by attribute name, its strings held while a `RouteInput` borrows them.
-/// Of its `CacheControls` only the threshold is the router's to check.
-struct Held {
-    messages: Vec<HeldMessage>,
-    routing: HeldRouting,
-    params: HeldParams,
-    request_id: PyBackedStr,
-    cache_threshold: Option<f64>,
-    /// `ChatInput.predicted`: model name -> its predicted quality; empty when it is None.
-    predicted: Vec<(PyBackedStr, PredictedQuality)>,
-}
-
-impl Held {
-    fn read(request: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let messages = attr!(request, "messages")
-            .try_iter()?
-            .map(|message| {
-                let message = message?;
-                Ok(HeldMessage {
-                    role: field!(message, "role"),
-                    content: field!(message, "content"),
-                })
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        let routing = attr!(request, "routing");
-        let params = attr!(request, "params");
-        let cache = attr!(request, "cache");
-        Ok(Self {
-            messages,
-            routing: HeldRouting {
-                models: field!(routing, "models"),
-                stage: field!(routing, "stage"),
-                strategy: field!(routing, "strategy"),
-                weights: field!(routing, "weights"),
-                tenant: field!(routing, "tenant"),
-                priority: field!(routing, "priority"),
-                capabilities: field!(routing, "capabilities"),
-                max_cost_usd: field!(routing, "max_cost_usd"),
-                hedge: field!(routing, "hedge"),
-            },
-            params: HeldParams {
-                max_tokens: field!(params, "max_tokens"),
-                temperature: field!(params, "temperature"),
-                top_p: field!(params, "top_p"),
-                stop: field!(params, "stop"),
-            },
-            request_id: field!(request, "request_id"),
-            cache_threshold: field!(cache, "threshold"),
-            predicted: predicted(&attr!(request, "predicted"))?,
-        })
-    }
-
-    /// The request as the core reads it; predictions for models `core` does not know (a model
-    /// a reload removed) are dropped.
-    fn input(&self, core: &Core) -> RouteInput<'_> {
-        let (routing, params) = (&self.routing, &self.params);
-        RouteInput {
-            messages: self
-                .messages
-                .iter()
-                .map(|m| Message {
-                    role: &m.role,
-                    content: &m.content,
-                })
-                .collect(),
-            routing: RoutingOptions {
-                models: strs(&routing.models),
-                stage: &routing.stage,
-                strategy: &routing.strategy,
-                weights: routing.weights.map(|(c, l, q)| [c, l, q]),
-                tenant: &routing.tenant,
-                priority: routing.priority,
-                capabilities: strs(&routing.capabilities),
-                max_cost_usd: routing.max_cost_usd,
-                hedge: routing.hedge,
-            },
-            params: Params {
-                max_tokens: params.max_tokens,
-                temperature: params.temperature,
-                top_p: params.top_p,
-                stop: strs(&params.stop),
-            },
-            request_id: &self.request_id,
-            cache_threshold: self.cache_threshold,
-            predicted: if self.predicted.is_empty() {
-                Vec::new()
-            } else {
-                let mut by_index = vec![None; core.table().len()];
-                for (name, quality) in &self.predicted {
-                    if let Some(index) = core.model_index(name) {
-                        by_index[index] = Some(quality.inner);
-                    }
-                }
-                by_index
-            },
-        }
-    }
-}
-
-fn predicted(mapping: &Bound<'_, PyAny>) -> PyResult<Vec<(PyBackedStr, PredictedQuality)>> {
-    if mapping.is_none() {
-        return Ok(Vec::new());
-    }
-    mapping
-        .cast::<PyDict>()?
-        .iter()
-        .map(|(model, quality)| Ok((model.extract()?, *quality.cast::<PredictedQuality>()?.get())))
-        .collect()
-}
-
-fn strs(list: &[PyBackedStr]) -> Vec<&str> {
-    list.iter().map(|s| &**s).collect()
-}
-
 /// A Route call answered from its bytes: the `RouteDecision` bytes, and what its log line needs.
 #[pyclass(frozen, get_all, module = "switchpoint._native")]
 pub struct Routed {
@@ -243,6 +102,8 @@ pub struct Routed {
     stage: String,
     /// The prompt's length in characters.
     prompt_chars: usize,
+    /// The probability with which `model` was chosen: 1 unless exploring.
+    choice_probability: f64,
 }
 
 /// The router of one config load.
@@ -303,6 +164,16 @@ fn stages(routing: &Bound<'_, PyAny>) -> PyResult<Vec<Stage>> {
             })
         })
         .collect()
+}
+
+/// `routing.exploration`, read by name.
+fn exploration(exploration: &Bound<'_, PyAny>) -> PyResult<Exploration> {
+    Ok(Exploration {
+        rate: field!(exploration, "rate"),
+        max_cost_ratio: field!(exploration, "max_cost_ratio"),
+        strategies: field!(exploration, "strategies"),
+        stages: field!(exploration, "stages"),
+    })
 }
 
 fn limits(limits: &Bound<'_, PyAny>) -> PyResult<Limits> {
@@ -394,6 +265,7 @@ impl Router {
                 .collect(),
             limits: self::limits(limits)?,
             quota: quota.map(|book| Arc::clone(&book.get().inner)),
+            exploration: exploration(&attr!(routing, "exploration"))?,
         };
         Ok(Self {
             inner: Arc::new(Core::new(table.get().inner.clone(), config).map_err(Error::from)?),
@@ -410,7 +282,13 @@ impl Router {
     /// gate (as of `now`, the gate's clock) and the open breakers (`{model: retry_in_s}`). Raises
     /// the engine's errors (`InvalidRequestError`, `QuotaExceededError`, ...), `NoRoom` when a
     /// rule instance is needed past `max_scopes`, `DeadlineExceededError` once `stop` is set.
-    #[pyo3(signature = (request, *, now, open_breakers = None, stop = None))]
+    /// `classified` (task class, complexity) replaces the classifier's reading if the auto level
+    /// decides, and `note` follows the reading in the reasons.
+    #[pyo3(signature = (
+        request, *, now, open_breakers = None, stop = None, classified = None, note = ""
+    ))]
+    // One argument per keyword of the Python signature.
+    #[allow(clippy::too_many_arguments)]
     fn decide(
         &self,
         py: Python<'_>,
@@ -418,9 +296,12 @@ impl Router {
         now: f64,
         open_breakers: Option<&Bound<'_, PyDict>>,
         stop: Option<&Bound<'_, WorkStop>>,
+        classified: Option<(PyBackedStr, f64)>,
+        note: &str,
     ) -> Result<Decision> {
         let held = Held::read(request)?;
-        let input = held.input(&self.inner);
+        let mut input = held.input(&self.inner);
+        input.given = given(classified, note)?;
         let open = read_open_breakers(open_breakers)?;
         let open = breakers(&open);
         let core = &self.inner;
@@ -431,16 +312,19 @@ impl Router {
     }
 
     /// The first half of `decide`: validated and routed, not yet admitted.
-    #[pyo3(signature = (request, *, now, stop = None))]
+    #[pyo3(signature = (request, *, now, stop = None, classified = None, note = ""))]
     fn route(
         &self,
         py: Python<'_>,
         request: &Bound<'_, PyAny>,
         now: f64,
         stop: Option<&Bound<'_, WorkStop>>,
+        classified: Option<(PyBackedStr, f64)>,
+        note: &str,
     ) -> Result<Decision> {
         let held = Held::read(request)?;
-        let input = held.input(&self.inner);
+        let mut input = held.input(&self.inner);
+        input.given = given(classified, note)?;
         let core = &self.inner;
         let routed = run(py, &input, stop, |stop| core.route(&input, stop, now))?;
         Ok(self.decision(routed))
@@ -480,7 +364,10 @@ impl Router {
 
     /// `decide`, straight from `switchpoint.v1.RouteRequest` bytes to `RouteDecision` bytes (see
     /// `Routed`). The call is counted, and timed, in `tally`.
-    #[pyo3(signature = (request, *, now, request_id = "", open_breakers = None, tally = None, stop = None))]
+    #[pyo3(signature = (
+        request, *, now, request_id = "", explore_draw = 1.0, open_breakers = None, tally = None,
+        stop = None
+    ))]
     #[allow(clippy::too_many_arguments)] // keyword arguments from Python, each optional
     fn route_wire<'py>(
         &self,
@@ -488,6 +375,7 @@ impl Router {
         request: &[u8],
         now: f64,
         request_id: &str,
+        explore_draw: f64,
         open_breakers: Option<&Bound<'py, PyDict>>,
         tally: Option<&Bound<'py, RouteTally>>,
         stop: Option<&Bound<'py, WorkStop>>,
@@ -498,6 +386,7 @@ impl Router {
         if input.request_id.is_empty() {
             input.request_id = request_id;
         }
+        input.explore_draw = explore_draw;
         let open = read_open_breakers(open_breakers)?;
         let open = breakers(&open);
         let core = &self.inner;
@@ -515,6 +404,7 @@ impl Router {
                 .record(model, routing.tenant, routing.stage, seconds);
         }
         Ok(Routed {
+            choice_probability: decision.choice_probability,
             request_id: input.request_id.to_owned(),
             decision: answer.unbind(),
             model: PyString::new(py, model).unbind(),

@@ -6,6 +6,7 @@ thread, docs/benchmarks.md) and the scoring's quality term becomes this request'
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,43 @@ from pydantic import BaseModel, ConfigDict, Field
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Positive = Annotated[float, Field(gt=0)]
+
+
+class ExplorationConfig(BaseModel):
+    """Now and then a model other than the best-scored one serves a request, so the predictor
+    learns how it does (route/explore.rs in the core): epsilon-greedy with the probability of
+    each choice in the decision and the request log."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The share of requests that explore; 0 turns it off.
+    rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    # Exploring may choose a model estimated to cost at most this many times the best one.
+    max_cost_ratio: Annotated[float, Field(ge=1)] = 2.0
+    # Where it applies (auto and stage decisions): these strategies or stages; all when both are
+    # empty.
+    strategies: list[str] = Field(default_factory=list)
+    stages: list[str] = Field(default_factory=list)
+
+
+def check_exploration(
+    exploration: ExplorationConfig,
+    *,
+    knows_strategy: Callable[[str], bool],
+    stages: Collection[str],
+) -> list[str]:
+    """Every strategy and stage it names must exist: `path: message` per one that does not."""
+    errors = [
+        f"routing.exploration.strategies[{j}]: unknown strategy '{name}'"
+        for j, name in enumerate(exploration.strategies)
+        if not knows_strategy(name)
+    ]
+    errors.extend(
+        f"routing.exploration.stages[{j}]: unknown stage '{name}'"
+        for j, name in enumerate(exploration.stages)
+        if name not in stages
+    )
+    return errors
 
 
 class PredictorConfig(BaseModel):

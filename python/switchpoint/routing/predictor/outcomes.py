@@ -24,9 +24,11 @@ from switchpoint.providers.base import ChatMessage
 
 MAX_REPORTED: Final = 20
 # What of a long prompt is embedded: its start and its end, where a question and its
-# instruction sit (the classifier reads a long turn the same way).
-HEAD_CHARS: Final = 2000
-TAIL_CHARS: Final = 1000
+# instruction sit (the classifier reads a long turn the same way). The local model's time grows
+# with the text: a few milliseconds at this length, a quarter of a second at 3,000 characters
+# (benches/test_predictor_bench.py).
+HEAD_CHARS: Final = 400
+TAIL_CHARS: Final = 200
 
 
 @dataclass(frozen=True, slots=True)

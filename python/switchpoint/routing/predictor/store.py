@@ -21,9 +21,10 @@ import numpy as np
 import numpy.typing as npt
 
 FORMAT: Final = "switchpoint-outcomes-1"
-# HNSW's graph degree and search breadth: recall of the true 64 nearest above 0.95 on the
-# benchmark's rows (benches/predictor_cost.py) at ~0.3 ms a search.
-GRAPH_DEGREE: Final = 32
+# HNSW's graph degree, build and search breadths: recall of the true 64 nearest 0.998 on
+# clustered 512-d rows, ~0.4 ms of CPU to insert a row (docs/benchmarks.md, "Predicted quality").
+GRAPH_DEGREE: Final = 16
+BUILD_BREADTH: Final = 40
 SEARCH_BREADTH: Final = 128
 NO_SOURCE: Final = -1  # a row learnt from feedback or a hook, not read from a file
 
@@ -49,7 +50,6 @@ class OutcomeStore:
         self._model_index: dict[str, int] = {}
         # Allocated ahead and grown by doubling, so adding one row does not copy them all.
         self._rows = 0
-        self._vectors: Vectors = np.zeros((0, dim), np.float32)
         self._scores = np.zeros((0, 0), np.float32)
         self._times = np.zeros((0, 0), np.float64)
         self._sources = np.zeros(0, np.int32)
@@ -62,7 +62,12 @@ class OutcomeStore:
 
     @property
     def vectors(self) -> Vectors:
-        return self._vectors[: self._rows]
+        """A copy of the rows' vectors: the graph holds the only one (a second would double the
+        store's memory)."""
+        if self._rows == 0:
+            return np.zeros((0, self.dim), np.float32)
+        vectors: Vectors = self._index.reconstruct_n(0, self._rows)
+        return vectors
 
     @property
     def scores(self) -> npt.NDArray[np.float32]:
@@ -118,7 +123,6 @@ class OutcomeStore:
                 self._scores[first + offset, column] = score
                 self._times[first + offset, column] = time_s
         vectors = np.ascontiguousarray(vectors, np.float32)
-        self._vectors[first : first + count] = vectors
         self._sources[first : first + count] = source
         self._rows += count
         self._index.add(vectors)
@@ -153,10 +157,11 @@ class OutcomeStore:
                     dim=np.array(self.dim),
                     models=np.array(self.models, dtype=np.str_),
                     files=np.array(self.files, dtype=np.str_),
-                    vectors=self.vectors,
                     scores=self.scores,
                     times=self.times,
                     sources=self.sources,
+                    # The graph, with the vectors: rebuilding it costs more than the rest of a load.
+                    index=faiss.serialize_index(self._index),
                 )
                 out.flush()
                 os.fsync(out.fileno())
@@ -174,7 +179,7 @@ class OutcomeStore:
                 arrays = {name: saved[name] for name in saved.files}
         except (OSError, ValueError, EOFError) as exc:
             raise ValueError(f"{path}: cannot be read: {exc}") from None
-        missing = {"format", "embedder", "dim", "models", "files", "vectors", "scores"}
+        missing = {"format", "embedder", "dim", "models", "files", "index", "scores"}
         missing = (missing | {"times", "sources"}) - set(arrays)
         if missing or str(arrays["format"]) != FORMAT:
             raise ValueError(f"{path}: not an outcome store")
@@ -184,21 +189,28 @@ class OutcomeStore:
         store.models = [str(m) for m in arrays["models"]]
         store._model_index = {m: i for i, m in enumerate(store.models)}
         store.files = [str(f) for f in arrays["files"]]
-        store._vectors = np.ascontiguousarray(arrays["vectors"], np.float32)
         store._scores = np.asarray(arrays["scores"], np.float32)
         store._times = np.asarray(arrays["times"], np.float64)
         store._sources = np.asarray(arrays["sources"], np.int32)
         rows = store._rows = len(store._sources)
-        shapes = (store._vectors.shape, store._scores.shape, store._times.shape)
-        if shapes != ((rows, dim), (rows, len(store.models)), (rows, len(store.models))):
+        shapes = (store._scores.shape, store._times.shape)
+        if shapes != ((rows, len(store.models)), (rows, len(store.models))):
             raise ValueError(f"{path}: inconsistent shapes {shapes}")
-        store._index.add(store.vectors)
+        try:
+            index = faiss.deserialize_index(np.ascontiguousarray(arrays["index"], np.uint8))
+        except RuntimeError as exc:
+            raise ValueError(f"{path}: its search graph cannot be read: {exc}") from None
+        if not (isinstance(index, faiss.IndexHNSWFlat) and (index.ntotal, index.d) == (rows, dim)):
+            raise ValueError(f"{path}: its search graph does not match its rows")
+        index.hnsw.efSearch = SEARCH_BREADTH
+        store._index = index
         return store
 
     # -- internals ----------------------------------------------------------------------------
 
     def _new_index(self) -> faiss.IndexHNSWFlat:
         index = faiss.IndexHNSWFlat(self.dim, GRAPH_DEGREE, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = BUILD_BREADTH
         index.hnsw.efSearch = SEARCH_BREADTH
         return index
 
@@ -208,19 +220,21 @@ class OutcomeStore:
             return
         grown = max(rows, 2 * capacity, 1024)
         models = len(self.models)
-        vectors = np.zeros((grown, self.dim), np.float32)
         scores = np.full((grown, models), np.nan, np.float32)
         times = np.zeros((grown, models), np.float64)
         sources = np.zeros(grown, np.int32)
-        vectors[:capacity], scores[:capacity] = self._vectors, self._scores
-        times[:capacity], sources[:capacity] = self._times, self._sources
-        self._vectors, self._scores, self._times, self._sources = vectors, scores, times, sources
+        scores[:capacity], times[:capacity], sources[:capacity] = (
+            self._scores,
+            self._times,
+            self._sources,
+        )
+        self._scores, self._times, self._sources = scores, times, sources
 
     def _keep(self, rows: npt.NDArray[np.int64]) -> None:
-        self._vectors = np.ascontiguousarray(self.vectors[rows])
+        vectors = np.ascontiguousarray(self.vectors[rows])
         self._scores = self.scores[rows]
         self._times = self.times[rows]
         self._sources = self.sources[rows]
         self._rows = len(rows)
         self._index = self._new_index()
-        self._index.add(self._vectors)
+        self._index.add(vectors)

@@ -55,6 +55,7 @@ pub(crate) fn decision_bytes(router: &Router, decision: &Decision) -> Vec<u8> {
         assign(&mut message.task_class, decision.task_class);
         message.complexity = implicit(decision.complexity);
         assign(&mut message.request_id, &decision.request_id);
+        message.choice_probability = implicit(decision.choice_probability);
         message.encode_to_vec()
     })
 }

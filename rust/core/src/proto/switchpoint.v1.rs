@@ -47,6 +47,10 @@ pub struct RoutingOptions {
     /// for all its requests (routing.stages.NAME.hedge).
     #[prost(bool, tag = "9")]
     pub hedge: bool,
+    /// Who the request is for, inside the tenant: the key of an A/B split that is sticky per user
+    /// (routing.splits.NAME.sticky: user). Any stable id the caller picks; never logged.
+    #[prost(string, tag = "10")]
+    pub user: ::prost::alloc::string::String,
 }
 /// Parameters passed to the provider.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -140,6 +144,10 @@ pub struct RouteDecision {
     /// Names this decision in a later Feedback call; the request's own id when it carried one.
     #[prost(string, tag = "13")]
     pub request_id: ::prost::alloc::string::String,
+    /// The probability with which `model` was chosen: 1, or less when routing.exploration may have
+    /// chosen another (for evaluating policies offline).
+    #[prost(double, optional, tag = "14")]
+    pub choice_probability: ::core::option::Option<f64>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ChatRequest {
@@ -385,6 +393,31 @@ pub struct Stats {
     /// Every budget instance seen so far and what is left of it in its current window.
     #[prost(message, repeated, tag = "7")]
     pub budgets: ::prost::alloc::vec::Vec<BudgetLeft>,
+    /// Every arm of the running config's A/B splits (routing.splits) and what it served.
+    #[prost(message, repeated, tag = "8")]
+    pub splits: ::prost::alloc::vec::Vec<SplitArmStats>,
+}
+/// One arm of an A/B split: its configured share and the requests the split sent to it since the
+/// sidecar started (for the tenant asked, when a tenant is asked).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SplitArmStats {
+    #[prost(string, tag = "1")]
+    pub split: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub arm: ::prost::alloc::string::String,
+    /// The arm's weight over the split's total weight, in \[0, 1\].
+    #[prost(double, optional, tag = "3")]
+    pub share: ::core::option::Option<f64>,
+    #[prost(uint64, tag = "4")]
+    pub requests: u64,
+    #[prost(uint64, tag = "5")]
+    pub errors: u64,
+    #[prost(uint64, tag = "6")]
+    pub input_tokens: u64,
+    #[prost(uint64, tag = "7")]
+    pub output_tokens: u64,
+    #[prost(double, optional, tag = "8")]
+    pub cost_usd: ::core::option::Option<f64>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct BudgetLeft {

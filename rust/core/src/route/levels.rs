@@ -8,30 +8,32 @@ use super::{clipped, Decision, Level, RouteInput, Router, RoutingOptions, Stage,
 use crate::classify::{classify, Classification};
 use crate::error::{Refusal, Result};
 use crate::gate::Shift;
-use crate::scoring::{Candidate, Exclusion, PredictedQuality, Ranking, Request, Weights};
+use crate::scoring::{Candidate, PredictedQuality, Ranking, Request, Weights};
 
 /// A strategy resolved for one request.
 #[derive(Debug, Clone, Copy)]
-struct Strategy<'a> {
-    name: &'a str,
-    weights: [f64; 3],
+pub(super) struct Strategy<'a> {
+    pub(super) name: &'a str,
+    pub(super) weights: [f64; 3],
     /// The caller chose it (weights or a name); auto routing then leaves it alone.
     explicit: bool,
     /// Why budget pressure replaced it; empty when it did not.
-    shifted: &'a str,
+    pub(super) shifted: &'a str,
 }
 
 /// The per-request features scoring needs.
 #[derive(Debug, Clone, Copy)]
-struct Context<'a> {
-    input_tokens: u64,
-    output_tokens: u64,
+pub(super) struct Context<'a> {
+    pub(super) input_tokens: u64,
+    pub(super) output_tokens: u64,
     required: u64,
     max_cost_usd: Option<f64>,
     shift: Option<&'a Shift>,
     /// The classifier's reading, made at most once however many times the levels run.
     reading: &'a OnceCell<Classification>,
     predicted: &'a [Option<PredictedQuality>],
+    pub(super) stage: &'a str,
+    pub(super) explore_draw: f64,
 }
 
 /// The task class whose requests prefer models with the "code" capability.
@@ -61,6 +63,8 @@ impl Router {
             shift,
             reading,
             predicted: &input.predicted,
+            stage: routing.stage,
+            explore_draw: input.explore_draw,
         };
         if !routing.models.is_empty() {
             return self.override_level(routing, &ctx);
@@ -149,29 +153,33 @@ impl Router {
                 .sum();
             classify(last_user, total_chars)
         });
+        let confidence = reading.confidence(auto.easy_complexity, auto.hard_complexity);
+        let given = input.given.unwrap_or_default();
+        let (task_class, complexity, signals) = match given.reading {
+            Some((task_class, complexity)) => (task_class, complexity, &[][..]),
+            None => (reading.task_class, reading.complexity, &reading.signals[..]),
+        };
         let mut strategy = self.resolve(routing, &self.config.default_strategy, ctx.shift)?;
-        let mut line = format!(
-            "auto: task class {}, complexity {:.2}",
-            reading.task_class, reading.complexity
-        );
-        if !reading.signals.is_empty() {
-            let _ = write!(line, " ({})", reading.signals.join("; "));
+        let mut line = format!("auto: task class {task_class}, complexity {complexity:.2}");
+        if !signals.is_empty() {
+            let _ = write!(line, " ({})", signals.join("; "));
         }
         reasons.push(line);
+        if !given.note.is_empty() {
+            reasons.push(given.note.to_owned());
+        }
         if !strategy.explicit {
-            if reading.complexity >= auto.hard_complexity {
+            if complexity >= auto.hard_complexity {
                 strategy = self.resolve(routing, HARD_STRATEGY, ctx.shift)?;
                 reasons.push(self.hard_reason.clone());
-            } else if reading.complexity <= auto.easy_complexity {
+            } else if complexity <= auto.easy_complexity {
                 strategy = self.resolve(routing, EASY_STRATEGY, ctx.shift)?;
                 reasons.push(self.easy_reason.clone());
             }
         }
         let mut hinted = *ctx;
         let mut ranking = None;
-        if let (CODE_TASK_CLASS, Some(&code)) =
-            (reading.task_class, self.capability_bits.get("code"))
-        {
+        if let (CODE_TASK_CLASS, Some(&code)) = (task_class, self.capability_bits.get("code")) {
             let code_ctx = Context {
                 required: ctx.required | code,
                 ..*ctx
@@ -201,8 +209,9 @@ impl Router {
             &hinted,
             std::mem::take(reasons),
         );
-        decision.task_class = reading.task_class;
-        decision.complexity = reading.complexity;
+        decision.task_class = task_class;
+        decision.complexity = complexity;
+        decision.confidence = confidence;
         Ok(Some(decision))
     }
 
@@ -252,8 +261,10 @@ impl Router {
             output_tokens: ctx.output_tokens,
             task_class: "",
             complexity: 0.0,
+            confidence: 0.0,
             fallback: Vec::new(),
             request_id: String::new(),
+            choice_probability: 1.0,
         })
     }
 
@@ -425,80 +436,5 @@ impl Router {
             )));
         }
         Ok(self.decision(level, ranking, strategy, ctx, reasons))
-    }
-
-    /// `ranking` has at least one candidate.
-    fn decision(
-        &self,
-        level: Level,
-        ranking: Ranking,
-        strategy: Strategy<'_>,
-        ctx: &Context<'_>,
-        mut reasons: Vec<String>,
-    ) -> Decision {
-        self.exclusion_reasons(&ranking, ctx, &mut reasons);
-        if !strategy.shifted.is_empty() {
-            reasons.push(strategy.shifted.to_owned());
-        }
-        let best = &ranking.ranked[0];
-        let [cost, latency, quality] = strategy.weights;
-        reasons.push(format!(
-            "chose {}: score {:.3} under {} (cost {cost:.2}, latency {latency:.2}, \
-             quality {quality:.2}) among {} eligible",
-            self.name(best.index),
-            best.score,
-            strategy.name,
-            ranking.ranked.len()
-        ));
-        for candidate in &ranking.ranked {
-            if let Some(p) = candidate.predicted.filter(|p| p.similar > 0) {
-                reasons.push(format!(
-                    "{} predicted {:.2} from {} similar prompts ({} ok)",
-                    self.name(candidate.index),
-                    p.quality,
-                    p.similar,
-                    p.ok
-                ));
-            }
-        }
-        // Only auto leaves room for the global chain: an override or a stage is a whitelist, and
-        // the fallback level builds its own decision from the chain.
-        let fallback = if level == Level::Auto {
-            self.enabled_fallback
-                .iter()
-                .copied()
-                .filter(|&i| !ranking.ranked.iter().any(|c| c.index == i))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        Decision {
-            candidates: ranking.ranked,
-            level,
-            reasons,
-            strategy: strategy.name.to_owned(),
-            weights: strategy.weights,
-            input_tokens: ctx.input_tokens,
-            output_tokens: ctx.output_tokens,
-            task_class: "",
-            complexity: 0.0,
-            fallback,
-            request_id: String::new(),
-        }
-    }
-
-    fn exclusion_reasons(&self, ranking: &Ranking, ctx: &Context<'_>, reasons: &mut Vec<String>) {
-        for &(index, why) in &ranking.excluded {
-            let text = match why {
-                Exclusion::ContextWindow => format!(
-                    "context window {} < {} estimated tokens",
-                    self.table.spec(index).map_or(0, |spec| spec.context_window),
-                    u128::from(ctx.input_tokens) + u128::from(ctx.output_tokens)
-                ),
-                Exclusion::Capabilities => "lacks a required capability".into(),
-                Exclusion::MaxCost => "estimated cost is above routing.max_cost_usd".into(),
-            };
-            reasons.push(format!("{} excluded: {text}", self.name(index)));
-        }
     }
 }

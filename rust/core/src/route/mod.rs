@@ -14,10 +14,13 @@
 //! `route/levels.rs`, the admission in `route/admit.rs`.
 
 mod admit;
+mod choice;
 mod counts;
 mod decode;
+mod explore;
 mod levels;
 mod request;
+mod shape;
 mod span;
 mod stop;
 mod strategies;
@@ -30,8 +33,12 @@ pub use admit::{quota_message, retry_wait, OpenBreaker};
 use counts::CountMemo;
 pub use counts::{REMEMBERED_FROM_BYTES, REMEMBERED_PER_GENERATION};
 pub use decode::{route_request, DecodedRoute};
-pub use request::{clipped, Limits, Message, Params, RouteInput, RoutingOptions, ROLES};
-pub use span::{prompt_span, Shape, TokenSpan, EXACT_BELOW_BYTES};
+pub use explore::Exploration;
+pub use request::{
+    clipped, GivenReading, Limits, Message, Params, RouteInput, RoutingOptions, ROLES,
+};
+pub use shape::{Shape, Upper};
+pub use span::{prompt_span, TokenSpan, EXACT_BELOW_BYTES};
 pub use stop::Stop;
 pub use strategies::BUILTIN_STRATEGIES;
 pub use tokens::{Bpe, Tokenizer};
@@ -107,6 +114,7 @@ pub struct RouterConfig {
     pub limits: Limits,
     /// The rate limits and budgets; `None` (or an empty book) admits every candidate.
     pub quota: Option<Arc<RuleBook>>,
+    pub exploration: Exploration,
 }
 
 /// A routing decision: the ranked candidates (table indices) and why.
@@ -122,10 +130,15 @@ pub struct Decision {
     pub output_tokens: u64,
     pub task_class: &'static str,
     pub complexity: f64,
+    /// The rule classifier's confidence in its reading of the prompt (`Classification::
+    /// confidence`), even when a given reading replaced it; 0 when the auto level did not decide.
+    pub confidence: f64,
     /// Table indices of the models to try after the candidates, in chain order.
     pub fallback: Vec<usize>,
     /// The request's id, for a later Feedback call.
     pub request_id: String,
+    /// The probability with which the first candidate was chosen: 1 unless exploring.
+    pub choice_probability: f64,
 }
 
 pub struct Router {

@@ -115,6 +115,17 @@ pub struct Params<'a> {
     pub stop: Vec<&'a str>,
 }
 
+/// A reading of the prompt given in place of the classifier's (by the engine, from a classifier
+/// model it asked because the rules were unsure), and what the reasons say about it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GivenReading<'a> {
+    /// The task class (one of `crate::TASK_CLASSES` or chat) and complexity to route by; `None`
+    /// keeps the rules' reading.
+    pub reading: Option<(&'static str, f64)>,
+    /// Said after the auto level's reading: what classified the prompt, or why the rules did.
+    pub note: &'a str,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteInput<'a> {
     pub messages: Vec<Message<'a>>,
@@ -125,6 +136,10 @@ pub struct RouteInput<'a> {
     pub cache_threshold: Option<f64>,
     /// The quality predictor's view of this request per table index (empty when it is off).
     pub predicted: Vec<Option<PredictedQuality>>,
+    /// Uniform in [0, 1): decides whether this request explores (`routing.exploration`).
+    pub explore_draw: f64,
+    /// Only the engine sets it; used only if the auto level decides.
+    pub given: Option<GivenReading<'a>>,
 }
 
 /// Python's `str.isspace` set: Unicode `White_Space` plus the four ASCII separators (0x1C-0x1F)
@@ -148,6 +163,11 @@ impl Range {
     const NON_NEGATIVE: Self = Self {
         low: 0.0,
         high: f64::INFINITY,
+        low_open: false,
+    };
+    const UNIT: Self = Self {
+        low: 0.0,
+        high: 1.0,
         low_open: false,
     };
     const UNIT_OPEN: Self = Self {
@@ -220,6 +240,8 @@ impl RouteInput<'_> {
         self.routing.validate()?;
         self.params.validate()?;
         Range::UNIT_OPEN.check("cache.threshold", self.cache_threshold)?;
+        let given = self.given.and_then(|given| given.reading);
+        Range::UNIT.check("classification.complexity", given.map(|(_, c)| c))?;
         Ok(())
     }
 

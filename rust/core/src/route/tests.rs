@@ -50,6 +50,7 @@ pub(super) fn router_with(fallback: &[&str], quota: Option<Arc<RuleBook>>) -> Ro
             encodings: vec![Tokenizer::Estimate],
             limits: Limits::default(),
             quota,
+            exploration: super::Exploration::default(),
         },
     )
     .unwrap()
@@ -158,6 +159,68 @@ fn auto_prefers_code_capable_models_for_code() {
         [0],
         "the chain follows, without the candidates"
     );
+}
+
+#[test]
+fn a_given_reading_replaces_the_rules_and_the_note_follows_it() {
+    let router = router(&["cheap"]);
+    let text = "where do otters live";
+    let rules = router.decide(&ask(text), &[], Stop::never(), 0.0).unwrap();
+    assert_eq!(rules.task_class, "chat");
+    assert!(rules.confidence > 0.0 && rules.confidence < 0.5);
+    assert!(rules.candidates.iter().any(|c| c.index == 0));
+    let mut input = ask(text);
+    input.given = Some(GivenReading {
+        reading: Some(("code", 0.9)),
+        note: "classified by model 'tiny' (rules unsure: 0.40)",
+    });
+    let given = router.decide(&input, &[], Stop::never(), 0.0).unwrap();
+    assert_eq!((given.task_class, given.complexity), ("code", 0.9));
+    // The rules' confidence still, and the code hint and the hard threshold applied.
+    assert!((given.confidence - rules.confidence).abs() < 1e-12);
+    assert!(given.candidates.iter().all(|c| c.index != 0));
+    assert_eq!(given.strategy, "quality-first");
+    assert_eq!(
+        given.reasons[..2],
+        [
+            "auto: task class code, complexity 0.90".to_owned(),
+            "classified by model 'tiny' (rules unsure: 0.40)".to_owned()
+        ]
+    );
+    // A note alone keeps the rules' reading.
+    input.given = Some(GivenReading {
+        reading: None,
+        note: "classifier model timed out after 300 ms; rules used",
+    });
+    let noted = router.decide(&input, &[], Stop::never(), 0.0).unwrap();
+    assert_eq!(noted.task_class, "chat");
+    assert_eq!(
+        noted.reasons[1],
+        "classifier model timed out after 300 ms; rules used"
+    );
+    // Outside the auto level the reading is not used.
+    input.routing.models = vec!["big"];
+    let named = router.decide(&input, &[], Stop::never(), 0.0).unwrap();
+    assert_eq!((named.level, named.confidence), (Level::Override, 0.0));
+    assert!(!named.reasons.iter().any(|r| r.contains("classifier")));
+}
+
+#[test]
+fn a_given_complexity_outside_the_unit_interval_is_refused() {
+    let router = router(&["cheap"]);
+    for complexity in [-0.1, 1.5, f64::NAN] {
+        let mut input = ask("hello");
+        input.given = Some(GivenReading {
+            reading: Some(("chat", complexity)),
+            note: "",
+        });
+        let Refusal::InvalidRequest { field, .. } =
+            refusal(router.decide(&input, &[], Stop::never(), 0.0))
+        else {
+            panic!("{complexity}");
+        };
+        assert_eq!(field, "classification.complexity");
+    }
 }
 
 #[test]

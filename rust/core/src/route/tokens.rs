@@ -26,6 +26,7 @@ use tiktoken_rs::Rank;
 
 use crate::error::{CoreError, Result};
 use crate::route::request::Message;
+use crate::route::shape::{letter_runs_merge, Upper};
 use crate::route::stop::Stop;
 
 mod merge;
@@ -63,6 +64,8 @@ pub struct Bpe {
     pattern: Regex,
     /// tiktoken's own encoding, its ranks verified equal to the vocabulary `toktok` embeds.
     builtin: Option<Arc<toktok::Tokenizer>>,
+    /// The high bound routing may use for a count it does not make (`route/shape.rs`).
+    upper: Upper,
 }
 
 impl fmt::Debug for Bpe {
@@ -103,6 +106,7 @@ impl Bpe {
             ));
         }
         Ok(Self {
+            upper: letter_runs_merge(&ranks, pattern.as_str()),
             ranks,
             pattern,
             builtin: None,
@@ -111,6 +115,11 @@ impl Bpe {
 
     pub fn ranks(&self) -> &FxHashMap<Vec<u8>, Rank> {
         &self.ranks
+    }
+
+    /// The high bound of a count of this encoding made without counting.
+    pub fn upper(&self) -> Upper {
+        self.upper
     }
 
     /// Which counter counts: "toktok" (tiktoken's own encoding) or "regex" (any other).

@@ -68,7 +68,9 @@ impl Kind {
             (Request, 2) => (LEN, Some(Routing)),
             (Request, 3) => (LEN, Some(Params)),
             (Routing, 4) => (LEN, Some(Weights)),
-            (Message, 1 | 2) | (Request | Params, 4) | (Routing, 1 | 2 | 3 | 5 | 7) => (LEN, None),
+            (Message, 1 | 2) | (Request | Params, 4) | (Routing, 1 | 2 | 3 | 5 | 7 | 10) => {
+                (LEN, None)
+            }
             (Routing, 6 | 9) | (Params, 1) => (VARINT, None),
             (Routing, 8) | (Weights, 1..=3) | (Params, 2 | 3) => (FIXED64, None),
             _ => return None,
