@@ -1,4 +1,5 @@
-"""`switchpoint serve | stats | route | config check | keys`: the command-line front.
+"""`switchpoint serve | stats | route | bench | eval | config check | keys`: the command-line
+front.
 
 `stats` and `route` are thin gRPC clients of a running sidecar (a sync channel: one call, print,
 exit). Exit codes: 0 ok, 1 the sidecar or the config said no, 2 the sidecar could not be reached.
@@ -38,6 +39,7 @@ from switchpoint.config import Config, default_config_path, load_config
 from switchpoint.errors import ConfigError, SwitchpointError
 from switchpoint.evaluation.loading import load_hooks
 from switchpoint.logs import configure_logging, unconfigure_logging
+from switchpoint.routing.replay.command import add_eval_parser, eval_command
 from switchpoint.security.keys import load_tenant_keys
 from switchpoint.security.secrets import config_secrets
 from switchpoint.server import Sidecar, create_server
@@ -80,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--quick", action="store_true", help="a tenth of the iterations")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
+    add_eval_parser(commands)
     config = commands.add_parser("config", help="config tools")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = config_commands.add_parser(
@@ -425,6 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _route_command(args)
         if args.command == "bench":
             return _bench_command(args)
+        if args.command == "eval":
+            return eval_command(args)
         if args.command == "keys":
             return keys_command(args)
         return _config_check(args)
