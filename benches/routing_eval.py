@@ -159,6 +159,8 @@ class Inputs:
     features: np.ndarray
     complexity: np.ndarray
     texts: list[str]
+    # Each whole prompt's length in characters (`texts` are what the predictor embeds of them).
+    chars: np.ndarray
 
 
 KEPT: Final = "kNN USE (kept: sidecar)"
@@ -169,7 +171,12 @@ Router = Callable[[Inputs, Indices, Indices], np.ndarray]
 def routers(weighing: Weighing) -> dict[str, Router]:
     def fold(inputs: Inputs, train: Indices, test: Indices, vectors: Vectors) -> variants.Fold:
         return variants.Fold(
-            vectors[train], inputs.weak[train], inputs.strong[train], vectors[test]
+            vectors[train],
+            inputs.weak[train],
+            inputs.strong[train],
+            vectors[test],
+            inputs.chars[train],
+            inputs.chars[test],
         )
 
     def exact(neighbours: int, floor: float, kind: str) -> Router:
@@ -188,7 +195,7 @@ def routers(weighing: Weighing) -> dict[str, Router]:
 
     return {
         "random": lambda i, tr, te: np.random.default_rng(len(te)).random(len(te)),
-        "prompt length": lambda i, tr, te: np.array([len(i.texts[r]) for r in te], np.float64),
+        "prompt length": lambda i, tr, te: i.chars[te].astype(np.float64),
         "rule classifier (complexity)": lambda i, tr, te: i.complexity[te],
         KEPT: lambda i, tr, te: variants.knn_use(fold(i, tr, te, i.use), weighing),
         "kNN USE, k=100, no floor": exact(100, 0.0, "use"),
@@ -282,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         features=variants.difficulty_features(texts),
         complexity=variants.rule_complexity(texts),
         texts=texts,
+        chars=np.array([len(q.prompt) for q in questions], np.int64),
     )
     weighing = Weighing.of(PredictorConfig())
     splits = data_sets(questions)

@@ -46,6 +46,9 @@ class Fold:
     weak: Floats
     strong: Floats
     test_vectors: Vectors
+    # The prompts' lengths in characters, training and test rows.
+    train_chars: npt.NDArray[np.int64]
+    test_chars: npt.NDArray[np.int64]
 
     @property
     def priors(self) -> dict[str, float]:
@@ -55,11 +58,14 @@ class Fold:
 def knn_use(fold: Fold, weighing: Weighing) -> Floats:
     """The sidecar's predictor: OutcomeStore (FAISS HNSW) and `predict`."""
     prompts = [
-        Prompt(str(row), {WEAK: float(w), STRONG: float(s)})
-        for row, (w, s) in enumerate(zip(fold.weak, fold.strong, strict=True))
+        Prompt(str(row), {WEAK: float(w), STRONG: float(s)}, int(chars))
+        for row, (w, s, chars) in enumerate(
+            zip(fold.weak, fold.strong, fold.train_chars, strict=True)
+        )
     ]
     store = outcome_store(fold.train_vectors, prompts)
-    predicted = predicted_qualities(store, fold.test_vectors, fold.priors, weighing)
+    queries = [Prompt(str(row), {}, int(chars)) for row, chars in enumerate(fold.test_chars)]
+    predicted = predicted_qualities(store, fold.test_vectors, queries, fold.priors, weighing)
     return predicted[STRONG] - predicted[WEAK]
 
 

@@ -227,7 +227,7 @@ async def _replay(
     log.info("embedded in %.0f s", time.perf_counter() - started)
     priors = mean_scores(train, models)
     store = outcome_store(train_vectors, train)
-    predicted = predicted_qualities(store, test_vectors, priors, weighing)
+    predicted = predicted_qualities(store, test_vectors, test, priors, weighing)
     return _Replay(train, test, priors, predicted)
 
 

@@ -34,15 +34,19 @@ class Prompt:
 
     text: str
     scores: dict[str, float]
+    # The whole prompt's length in characters (`text` may be its head and tail only).
+    chars: int = 0
 
 
 def group_by_prompt(outcomes: Iterable[Outcome]) -> list[Prompt]:
     """One Prompt per distinct text, in first-seen order; a later outcome for the same prompt and
     model replaces an earlier one (as a file read by the sidecar does)."""
     grouped: dict[str, dict[str, float]] = {}
+    chars: dict[str, int] = {}
     for outcome in outcomes:
         grouped.setdefault(outcome.text, {})[outcome.model] = outcome.score
-    return [Prompt(text, scores) for text, scores in grouped.items()]
+        chars[outcome.text] = outcome.chars
+    return [Prompt(text, scores, chars[text]) for text, scores in grouped.items()]
 
 
 def stable_bucket(key: str, buckets: int) -> int:
@@ -95,24 +99,35 @@ async def embed_texts(embedder: Embedder, texts: Sequence[str]) -> Vectors:
 def outcome_store(vectors: Vectors, prompts: Sequence[Prompt]) -> OutcomeStore:
     store = OutcomeStore(vectors.shape[1], max_outcomes=max(len(prompts), 1))
     if len(prompts):
-        store.add(vectors, [dict(p.scores) for p in prompts], REPLAY_TIME_S)
+        store.add(
+            vectors,
+            [dict(p.scores) for p in prompts],
+            REPLAY_TIME_S,
+            chars=[p.chars for p in prompts],
+        )
     return store
 
 
 def predicted_qualities(
-    store: OutcomeStore, queries: Vectors, priors: Mapping[str, float], weighing: Weighing
+    store: OutcomeStore,
+    queries: Vectors,
+    prompts: Sequence[Prompt],
+    priors: Mapping[str, float],
+    weighing: Weighing,
 ) -> dict[str, Floats]:
-    """Each model's predicted quality for each query row, by the sidecar's `predict`."""
-    columns = {model: np.empty(len(queries), np.float64) for model in priors}
-    for row, query in enumerate(queries):
-        for model, quality in predict(store, query, priors, weighing, REPLAY_TIME_S).items():
+    """Each model's predicted quality for each query row (the prompt of the same index), by the
+    sidecar's `predict`; a model it says nothing about keeps its prior."""
+    columns = {model: np.full(len(queries), prior, np.float64) for model, prior in priors.items()}
+    for row, (query, prompt) in enumerate(zip(queries, prompts, strict=True)):
+        predicted = predict(store, query, priors, weighing, REPLAY_TIME_S, chars=prompt.chars)
+        for model, quality in predicted.items():
             columns[model][row] = quality.quality
     return columns
 
 
 def length_scores(prompts: Sequence[Prompt]) -> Floats:
     """The prompt-length baseline: longer prompts go to the strong model first."""
-    return np.array([len(p.text) for p in prompts], np.float64)
+    return np.array([p.chars or len(p.text) for p in prompts], np.float64)
 
 
 def random_scores(count: int, seed: int = RANDOM_SEED) -> Floats:
