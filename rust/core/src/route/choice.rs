@@ -3,7 +3,7 @@
 
 use super::levels::{Context, Strategy};
 use super::{Decision, Level, Router};
-use crate::scoring::{Exclusion, Ranking};
+use crate::scoring::{Candidate, Exclusion, Ranking};
 
 impl Router {
     /// `ranking` has at least one candidate.
@@ -72,7 +72,24 @@ impl Router {
             Vec::new()
         };
         Decision {
-            candidates: ranking.ranked,
+            fallback,
+            choice_probability,
+            ..Self::decided(level, ranking.ranked, reasons, strategy, ctx)
+        }
+    }
+
+    /// `candidates` at `level` under `strategy`, for `ctx`'s counts; the classifier's reading,
+    /// the request's id, the chain after the candidates and exploration are set by the callers
+    /// that know them.
+    pub(super) fn decided(
+        level: Level,
+        candidates: Vec<Candidate>,
+        reasons: Vec<String>,
+        strategy: Strategy<'_>,
+        ctx: &Context<'_>,
+    ) -> Decision {
+        Decision {
+            candidates,
             level,
             reasons,
             strategy: strategy.name.to_owned(),
@@ -82,9 +99,9 @@ impl Router {
             task_class: "",
             complexity: 0.0,
             confidence: 0.0,
-            fallback,
+            fallback: Vec::new(),
             request_id: String::new(),
-            choice_probability,
+            choice_probability: 1.0,
         }
     }
 

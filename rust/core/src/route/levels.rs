@@ -251,21 +251,13 @@ impl Router {
             "chose {}: first eligible model of the fallback chain",
             self.name(first.index)
         ));
-        Ok(Decision {
+        Ok(Self::decided(
+            Level::Fallback,
             candidates,
-            level: Level::Fallback,
             reasons,
-            strategy: strategy.name.to_owned(),
-            weights: strategy.weights,
-            input_tokens: ctx.input_tokens,
-            output_tokens: ctx.output_tokens,
-            task_class: "",
-            complexity: 0.0,
-            confidence: 0.0,
-            fallback: Vec::new(),
-            request_id: String::new(),
-            choice_probability: 1.0,
-        })
+            strategy,
+            ctx,
+        ))
     }
 
     // -- helpers ----------------------------------------------------------------------------
