@@ -122,6 +122,9 @@ class Engine:
             attempts=self._attempts,
             gate=self.gate,
         )
+        # The predictor embeds the prompt and a classifier model may be asked about it: a Route
+        # then takes this path rather than one call into Rust from its bytes.
+        self.reads_prompts = self.predictor is not None or self.classifier is not None
 
     def _breaker_policy(self, model_name: str) -> BreakerConfig:
         index = self.registry.index_of(model_name)

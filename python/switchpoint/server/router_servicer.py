@@ -96,9 +96,7 @@ class RouterServicer:
             request = await self._bound_route_request(request, context)
         engine = build.engine
         observer = self._observer
-        # The predictor reads the prompt (to embed it), and a classifier model may be asked: both
-        # take the engine's path, not one call into Rust.
-        if not observer.light or engine.predictor is not None or engine.classifier is not None:
+        if not observer.light or engine.reads_prompts:
             return await self._route(engine, request, context)
         split = None
         if engine.splits.active:
