@@ -285,7 +285,7 @@ def _render(report: dict[str, Any]) -> str:
         f"priors: each model's mean score on the training prompts: {priors}",
         f"predictor: kNN over {LocalSentenceEncoder.name} embeddings, "
         f"{weighing['neighbours']} neighbours, min similarity {weighing['min_similarity']:g}, "
-        f"prior weight {weighing['prior_weight']:g}",
+        f"prior weight {weighing['prior_weight']:g}, around each model's trend with prompt length",
     ]
     if "routers" in report:
         lines.append(
