@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from switchpoint.cli import main
+from switchpoint.routing.predictor.config import PredictorConfig
 from switchpoint.routing.predictor.outcomes import read_outcomes
+from switchpoint.routing.predictor.predict import Weighing
 from switchpoint.routing.replay.metrics import (
     PgrCurve,
     accuracy_at,
@@ -19,7 +21,13 @@ from switchpoint.routing.replay.metrics import (
     pgr_curve,
     router_figures,
 )
-from switchpoint.routing.replay.predictions import group_by_prompt, split_by_hash
+from switchpoint.routing.replay.predictions import (
+    Prompt,
+    group_by_prompt,
+    outcome_store,
+    predicted_qualities,
+    split_by_hash,
+)
 
 # Ten prompts: the strong model alone is right on the first four, both on the next five, neither
 # on the last. Weak 0.5, strong 0.9: the gap is the four.
@@ -89,6 +97,25 @@ def test_accuracy_at_a_share_and_the_cost_quality_curve() -> None:
     # At 0.9 only the prompts the dear model is predicted to gain on are worth its cost.
     assert points[1].shares["dear"] == pytest.approx(0.4)
     assert points[1].quality == pytest.approx(0.9)
+
+
+def test_a_prompt_with_no_similar_outcome_is_predicted_at_the_priors() -> None:
+    # Rows along two axes; a query along a third is similar to neither (cosine 0 < the floor).
+    axes = np.eye(3, dtype=np.float32)
+    prompts = [
+        Prompt("a", {"cheap": 0.0, "strong": 1.0}, 10),
+        Prompt("b", {"cheap": 1.0, "strong": 1.0}, 10),
+    ]
+    store = outcome_store(axes[:2], prompts)
+    priors = {"cheap": 0.3, "strong": 0.7}
+    weighing = Weighing.of(PredictorConfig())
+    queries = [Prompt(name, {}, 10) for name in "abc"]
+    predicted = predicted_qualities(store, axes, queries, priors, weighing)
+    assert predicted["cheap"][2] == pytest.approx(0.3)
+    assert predicted["strong"][2] == pytest.approx(0.7)
+    # Along the first axis the one outcome pulls each model toward its score there.
+    assert predicted["cheap"][0] < 0.3
+    assert predicted["strong"][0] > 0.7
 
 
 # -- the command ------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def group_by_prompt(outcomes: Iterable[Outcome]) -> list[Prompt]:
     chars: dict[str, int] = {}
     for outcome in outcomes:
         grouped.setdefault(outcome.text, {})[outcome.model] = outcome.score
-        chars[outcome.text] = outcome.chars
+        chars.setdefault(outcome.text, outcome.chars)
     return [Prompt(text, scores, chars[text]) for text, scores in grouped.items()]
 
 
