@@ -66,8 +66,8 @@ def normalise_rows(vectors: npt.ArrayLike) -> Vectors:
 
 class CompiledPieces:
     """USE's sentencepiece model read by sentencepiece's compiled library, as the package's
-    pure-Python port reads it: the port's tokenizing took ~1.6 ms of a 600-character prompt, this
-    ~0.06 ms (docs/benchmarks.md, "Predicted quality"). The one difference in the library's own
+    pure-Python port reads it: a 600-character prompt embeds 1.3-1.7x sooner, a short one about
+    as fast (docs/benchmarks.md, "Predicted quality"). The one difference in the library's own
     ids, a run of characters the vocabulary lacks read as one unknown piece where the port has one
     per (normalized) character, and none at all for an empty text, is undone here; the pieces are
     checked equal on arbitrary text in tests/test_cache_embedders.py."""
