@@ -46,6 +46,7 @@ from switchpoint.providers.base import ChatMessage
 from switchpoint.routing.predictor.config import PredictorConfig
 from switchpoint.routing.predictor.outcomes import prompt_text
 from switchpoint.routing.predictor.predict import Weighing
+from switchpoint.routing.predictor.tokens_embedder import TokenMeanEmbedder
 from switchpoint.routing.replay import plots
 from switchpoint.routing.replay.metrics import PgrCurve, RouterFigures, pgr_curve
 from switchpoint.routing.replay.predictions import embed_texts, stable_bucket
@@ -60,6 +61,14 @@ EMBED_THREADS: Final = 2
 def texts_of(questions: Sequence[Question]) -> list[str]:
     """What the predictor embeds for each question (as when read from an outcome file)."""
     return [prompt_text([ChatMessage("user", q.prompt)]) for q in questions]
+
+
+def _token_means(texts: Sequence[str]) -> Vectors:
+    embedder = TokenMeanEmbedder()
+    try:
+        return embedder.embed_now(list(texts))
+    finally:
+        embedder.close()
 
 
 def cached_embeddings(texts: Sequence[str], *, progress: bool = True) -> Vectors:
@@ -155,6 +164,8 @@ class Inputs:
     weak: np.ndarray
     strong: np.ndarray
     use: Vectors
+    # The same texts by `routing.predictor.embedder: use-tokens`.
+    tokens: Vectors
     hashed: Vectors
     features: np.ndarray
     complexity: np.ndarray
@@ -164,6 +175,7 @@ class Inputs:
 
 
 KEPT: Final = "kNN USE (kept: sidecar)"
+TOKENS: Final = "the same, embedder use-tokens"
 # name -> score of the test rows of one fold
 Router = Callable[[Inputs, Indices, Indices], np.ndarray]
 
@@ -198,6 +210,9 @@ def routers(weighing: Weighing) -> dict[str, Router]:
         "prompt length": lambda i, tr, te: i.chars[te].astype(np.float64),
         "rule classifier (complexity)": lambda i, tr, te: i.complexity[te],
         KEPT: lambda i, tr, te: variants.knn_use(fold(i, tr, te, i.use), weighing),
+        TOKENS: lambda i, tr, te: variants.knn_use(
+            fold(i, tr, te, i.tokens), Weighing.of(PredictorConfig(embedder="use-tokens"))
+        ),
         "kNN USE, k=100, no floor": exact(100, 0.0, "use"),
         "kNN USE, k=256, no floor": exact(256, 0.0, "use"),
         f"kNN hashed words, k={weighing.neighbours}, no floor": exact(
@@ -285,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         weak=np.array([q.weak for q in questions]),
         strong=np.array([q.strong for q in questions]),
         use=use,
+        tokens=_token_means(texts),
         hashed=variants.hashed_word_vectors(texts),
         features=variants.difficulty_features(texts),
         complexity=variants.rule_complexity(texts),

@@ -26,6 +26,7 @@ from switchpoint.routing.predictor.config import PredictorConfig
 from switchpoint.routing.predictor.outcomes import prompt_text
 from switchpoint.routing.predictor.predict import Weighing, predict
 from switchpoint.routing.predictor.store import OutcomeStore
+from switchpoint.routing.predictor.tokens_embedder import TokenMeanEmbedder
 from switchpoint.v1 import router_pb2 as pb
 from tests.sidecar_harness import routing_config, user
 
@@ -116,6 +117,11 @@ def test_predictor_cost_on_the_route_path(benchmark: Benchmark) -> None:
     package.encode(["warm up"])
     own_short, _ = _percentiles(lambda: package.encode(short), SAMPLES // 4)
     own_long, _ = _percentiles(lambda: package.encode(long), SAMPLES // 8)
+    tokens = TokenMeanEmbedder()
+    tokens.embed_now(short)
+    tokens_short = _percentiles(lambda: tokens.embed_now(short), SAMPLES)
+    tokens_long = _percentiles(lambda: tokens.embed_now(long), SAMPLES)
+    tokens.close()
     print(
         f"\n[predictor] Route decision (no predictor) p50 {route_p50:.1f} us p99 {route_p99:.1f}"
         f"\n  search + blend, {OUTCOMES:,} outcomes, {len(MODELS)} models: p50 {blend_p50:.0f} us"
@@ -125,6 +131,9 @@ def test_predictor_cost_on_the_route_path(benchmark: Benchmark) -> None:
         f"\n  embedding 4 KB prompt (read as {len(long[0])} chars): p50 {long_p50:.0f} us"
         f" p99 {long_p99:.0f} us (the package's own tokenizer: p50 {own_long:.0f} us,"
         f" {own_long / long_p50:.1f}x)"
+        f"\n  embedder use-tokens: {len(PROMPT)} B p50 {tokens_short[0]:.0f} us"
+        f" p99 {tokens_short[1]:.0f} us, 4 KB p50 {tokens_long[0]:.0f} us"
+        f" p99 {tokens_long[1]:.0f} us"
         f"\n  memory per {OUTCOMES:,} outcomes: process grew {held / 2**20:.0f} MiB (the graph"
         f" with its vectors, and {arrays / 2**20:.0f} MiB of scores); graph built in {built:.0f} s"
     )

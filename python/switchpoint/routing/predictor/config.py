@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,10 +53,17 @@ def check_exploration(
     return errors
 
 
+MIN_SIMILARITY: dict[str, float] = {"use": 0.3, "use-tokens": 0.8}
+
+
 class PredictorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = False
+    # How prompts are compared: `use`, USE multilingual (the cache's local model; 1.6-4 ms a
+    # prompt), or `use-tokens`, the mean of its token embeddings (~0.1 ms; sorts less well:
+    # docs/routing.md, "Predicted quality: how well it sorts").
+    embedder: Literal["use", "use-tokens"] = "use"
     # JSONL files of labelled outcomes, read at start and on every reload.
     outcomes: list[Path] = Field(default_factory=list)
     # Where the outcomes and their embeddings are kept across restarts (a file, written on
@@ -66,7 +73,9 @@ class PredictorConfig(BaseModel):
     snapshot_interval_s: Positive = 300.0
     # Similar prompts read per prediction; below min_similarity (cosine) a prompt is not similar.
     neighbours: Annotated[int, Field(ge=1, le=1024)] = 64
-    min_similarity: Annotated[float, Field(ge=-1, le=1)] = 0.3
+    # Unset: the embedder's own (MIN_SIMILARITY): unrelated prompts sit near 0.1 under `use`,
+    # near 0.3-0.6 under `use-tokens` (questions share their wording).
+    min_similarity: Annotated[float, Field(ge=-1, le=1)] | None = None
     # The configured quality counts as this many outcomes of full weight: with little evidence
     # the prediction stays near the prior, with much it follows the outcomes.
     prior_weight: Annotated[float, Field(ge=0)] = 4.0
@@ -78,3 +87,9 @@ class PredictorConfig(BaseModel):
     # How long, and how many, request ids a Feedback call may name.
     feedback_window_s: Positive = 3600.0
     feedback_requests: PositiveInt = 10_000
+
+    @property
+    def similarity_floor(self) -> float:
+        if self.min_similarity is not None:
+            return self.min_similarity
+        return MIN_SIMILARITY[self.embedder]

@@ -50,7 +50,7 @@ class Weighing:
     def of(cls, config: PredictorConfig) -> Weighing:
         return cls(
             config.neighbours,
-            config.min_similarity,
+            config.similarity_floor,
             config.prior_weight,
             config.half_life_days * SECONDS_PER_DAY,
         )

@@ -33,6 +33,7 @@ from switchpoint.routing.predictor.outcomes import Outcome, prompt_read, read_ou
 from switchpoint.routing.predictor.predict import Weighing, predict
 from switchpoint.routing.predictor.recent import RecentRequests
 from switchpoint.routing.predictor.store import NO_SOURCE, OutcomeStore, Vectors
+from switchpoint.routing.predictor.tokens_embedder import TokenMeanEmbedder
 
 log = logging.getLogger("switchpoint.predictor")
 T = TypeVar("T")
@@ -78,7 +79,7 @@ class QualityPredictor:
 
     async def start(self, known_models: Collection[str]) -> None:
         """The saved store (if any), then the outcome files; ConfigError for a bad file."""
-        if isinstance(self._embedder, LocalSentenceEncoder):
+        if isinstance(self._embedder, LocalSentenceEncoder | TokenMeanEmbedder):
             # Its weights load now, not on the first request routed.
             await self._embedder.warm_up()
         path = self.config.store
@@ -195,7 +196,9 @@ class QualityPredictor:
         if self.config.store is not None:
             await self._snapshot(self.config.store)
         self._worker.shutdown(wait=True)
-        if self._owns_embedder and isinstance(self._embedder, LocalSentenceEncoder):
+        if self._owns_embedder and isinstance(
+            self._embedder, LocalSentenceEncoder | TokenMeanEmbedder
+        ):
             self._embedder.close()
 
     # -- internals ----------------------------------------------------------------------------
@@ -251,9 +254,12 @@ class QualityPredictor:
 
 def build_predictor(config: PredictorConfig, shared: Embedder | None) -> QualityPredictor | None:
     """The predictor `config` asks for (None when off), embedding with the cache's local model
-    when the cache runs one (one model in memory, one worker thread), else with its own."""
+    when the cache runs one and the predictor wants it (one model in memory, one worker thread),
+    else with its own."""
     if not config.enabled:
         return None
+    if config.embedder == "use-tokens":
+        return QualityPredictor(config, TokenMeanEmbedder(), owns_embedder=True)
     if isinstance(shared, LocalSentenceEncoder):
         return QualityPredictor(config, shared)
     return QualityPredictor(config, LocalSentenceEncoder(), owns_embedder=True)
