@@ -88,14 +88,14 @@ class CallJudge:
         call = self._call
         order = [c.name for c in self.candidates()]
         event = Routed(
-            call.request_id,
-            call.request.routing.tenant,
-            call.request.routing.stage,
-            call.request.messages,
-            call.decision.strategy,
-            (*order, *(name for name in call.decision.fallback if name not in order)),
-            self.cascades,
-            self._streamed,
+            request_id=call.request_id,
+            tenant=call.request.routing.tenant,
+            stage=call.request.routing.stage,
+            messages=call.request.messages,
+            strategy=call.decision.strategy,
+            candidates=(*order, *(name for name in call.decision.fallback if name not in order)),
+            cascade=self.cascades,
+            streamed=self._streamed,
         )
         await self._runner.run("after_routing", event, call.request_id)
 
@@ -110,18 +110,18 @@ class CallJudge:
         verdicts: list[HookVerdict] = []
         if self._runner.runs("after_attempt"):
             event = Answered(
-                call.request_id,
-                call.request.routing.tenant,
-                call.request.routing.stage,
-                call.request.messages,
-                result.model,
-                result.provider,
-                result.content,
-                result.finish_reason,
-                self._answers,
-                self.cascades,
-                self._streamed,
-                failed_check,
+                request_id=call.request_id,
+                tenant=call.request.routing.tenant,
+                stage=call.request.routing.stage,
+                messages=call.request.messages,
+                model=result.model,
+                provider=result.provider,
+                content=result.content,
+                finish_reason=result.finish_reason,
+                tier=self._answers,
+                cascade=self.cascades,
+                streamed=self._streamed,
+                rejected_by_check=failed_check,
             )
             verdicts = await self._runner.run("after_attempt", event, call.request_id)
             self._record_scores(result.model, verdicts)
@@ -164,20 +164,25 @@ class CallJudge:
             return
         call = self._call
         event = Responded(
-            call.request_id,
-            call.request.routing.tenant,
-            call.request.routing.stage,
-            call.request.messages,
-            result.model,
-            result.content,
-            result.finish_reason,
-            tuple(
-                Attempt(a.model, a.error_class, a.error_message, a.cost_usd)
+            request_id=call.request_id,
+            tenant=call.request.routing.tenant,
+            stage=call.request.routing.stage,
+            messages=call.request.messages,
+            model=result.model,
+            content=result.content,
+            finish_reason=result.finish_reason,
+            attempts=tuple(
+                Attempt(
+                    model=a.model,
+                    error_class=a.error_class,
+                    error_message=a.error_message,
+                    cost_usd=a.cost_usd,
+                )
                 for a in result.attempts
             ),
-            result.cost_usd,
-            self._streamed,
-            rejected,
+            cost_usd=result.cost_usd,
+            streamed=self._streamed,
+            rejected=rejected,
         )
         verdicts = await self._runner.run("after_response", event, call.request_id)
         self._record_scores(result.model, verdicts)
