@@ -102,14 +102,19 @@ class _Partition:
         if self.replay is not None:
             self.replay.append(("remove", ids, None))
 
-    def search(self, vector: Vector, k: int) -> list[tuple[int, float]]:
+    def search(self, vector: Vector, k: int) -> list[tuple[int, float, Vector]]:
+        """The k nearest live entries, each with its own vector (the lookup compares candidates
+        with each other to tell a rival question from a second copy of the same one)."""
         fetch = k + (min(len(self.tombstones), TOMBSTONE_OVERFETCH) if self.tombstones else 0)
         scores, ids = self.index.search(vector.reshape(1, -1), fetch)
-        found: list[tuple[int, float]] = []
+        found: list[tuple[int, float, Vector]] = []
         for entry_id, score in zip(ids[0].tolist(), scores[0].tolist(), strict=True):
             if entry_id >= 0 and entry_id not in self.tombstones:
-                found.append((int(entry_id), float(score)))
-        return found[:k]
+                own = np.asarray(self.index.reconstruct(entry_id), dtype=np.float32)
+                found.append((int(entry_id), float(score), own))
+                if len(found) == k:
+                    break
+        return found
 
     def live_vectors(self) -> tuple[npt.NDArray[np.int64], Vector]:
         ids = index_ids(self.index)
@@ -144,6 +149,7 @@ class Neighbour:
     scope: CacheScope
     entry_id: int
     similarity: float
+    vector: Vector = field(compare=False, repr=False)
 
 
 def _build(kind: IndexKind, dim: int, ids: npt.NDArray[np.int64], vectors: Vector) -> Any:
@@ -226,7 +232,7 @@ class VectorIndex:
         for scope in scopes:
             partition = self._partitions.get(scope)
             if partition is not None:
-                found.extend(Neighbour(scope, i, s) for i, s in partition.search(query, k))
+                found.extend(Neighbour(scope, i, s, v) for i, s, v in partition.search(query, k))
         found.sort(key=lambda n: n.similarity, reverse=True)
         return found[:k]
 

@@ -4,9 +4,9 @@ layer, looked up in that order before the priority queue and the provider call.
 Lookup: a request that may use the cache (switchpoint.cache.keys.bypass_reason) is first looked
 up by its exact key in every model class it may be served from; then in Redis when configured;
 then, unless it is exact-only, its conversation window is embedded once and searched in the
-FAISS partitions of its tenant, parameters and servable classes. A neighbour at or above the
-threshold is served if it has not expired and the guard agrees that it asks the same thing;
-otherwise the next candidate is tried.
+FAISS partitions of its tenant, parameters and servable classes. A live neighbour is served when
+switchpoint.cache.decide finds that it asks the same thing (similarity floor, standing out from
+its nearest rival) and the guard agrees; otherwise the next candidate is tried.
 
 Store: only complete answers (finish_reason "stop", non-empty) are kept, under the ANSWERING
 model's class. The same exact key and class replaces the older entry. Beyond `max_entries` the
@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from switchpoint.cache.config import CacheConfig
+from switchpoint.cache.decide import NO_RIVAL, Candidate, SemanticRule, servable
 from switchpoint.cache.embedders import Embedder
 from switchpoint.cache.guard import GuardVerdict, agrees
-from switchpoint.cache.index import Vector, VectorIndex
+from switchpoint.cache.index import Neighbour, Vector, VectorIndex
 from switchpoint.cache.keys import (
     KEY_VERSION,
     RequestKeys,
@@ -67,6 +68,8 @@ class _Counters:
     evictions: int = 0
     expired: int = 0
     guard_rejections: int = 0
+    # Lookups whose nearest entry reached the floor but did not stand out from a rival.
+    ambiguous_rejections: int = 0
     errors: int = 0
 
 
@@ -84,6 +87,7 @@ class CacheStats:
     evictions: int
     expired: int
     guard_rejections: int
+    ambiguous_rejections: int
     errors: int
     redis_errors: int
     last_snapshot_at: float | None
@@ -106,6 +110,11 @@ class ResponseCache:
         self._redis = redis
         self._guard = guard
         self._index = VectorIndex(embedder.dim, config.hnsw_above)
+        self._rule = SemanticRule(
+            threshold=config.semantic.threshold,
+            margin=config.semantic.margin,
+            same_question=config.semantic.same_question,
+        )
         # Least recently used first; a hit moves its entry to the end.
         self._entries: OrderedDict[int, CacheEntry] = OrderedDict()
         self._exact: dict[tuple[str, str], int] = {}  # (exact key, model class) -> entry id
@@ -222,21 +231,30 @@ class ResponseCache:
         if vector is None:
             return None
         scopes = [replace(keys.scope, model_class=label) for label in keys.servable_classes]
+        wanted = self._config.semantic.candidates
         try:
-            neighbours = await self._index.search(scopes, vector, self._config.semantic.candidates)
+            neighbours = await self._index.search(scopes, vector, wanted)
         except Exception:
             self._counters.errors += 1
             log.warning("vector search failed; treated as a miss", exc_info=True)
             return None
         now = self._clock()
+        found: list[tuple[Neighbour, CacheEntry]] = []
         for neighbour in neighbours:
-            if neighbour.similarity < threshold:
-                break
             entry = self._live(neighbour.entry_id, now)
-            if entry is None or entry.scope != neighbour.scope or entry.semantic_text is None:
-                continue
+            if entry is not None and entry.scope == neighbour.scope and entry.semantic_text:
+                found.append((neighbour, entry))
+        candidates = [Candidate(n.similarity, n.vector) for n, _ in found]
+        # Fewer neighbours than asked for: the search saw every entry it may serve from.
+        unseen = NO_RIVAL if len(neighbours) < wanted else neighbours[-1].similarity
+        rule = replace(self._rule, threshold=threshold)
+        positions = servable(candidates, rule, unseen_bound=unseen)
+        if not positions and candidates and rule.reaches_floor(candidates[0].similarity):
+            self._counters.ambiguous_rejections += 1
+        for position in positions:
+            neighbour, entry = found[position]
             if self._config.semantic.guard:
-                verdict = await self._check(text, entry.semantic_text)
+                verdict = await self._check(text, entry.semantic_text or "")
                 if not verdict.ok:
                     self._counters.guard_rejections += 1
                     log.debug("cache guard refused a semantic hit: %s", verdict.reason)
@@ -445,6 +463,7 @@ class ResponseCache:
             evictions=counters.evictions,
             expired=counters.expired,
             guard_rejections=counters.guard_rejections,
+            ambiguous_rejections=counters.ambiguous_rejections,
             errors=counters.errors,
             redis_errors=0 if self._redis is None else self._redis.errors,
             last_snapshot_at=self._last_snapshot_at,

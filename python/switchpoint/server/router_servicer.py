@@ -408,6 +408,7 @@ def _cache_stats(engine: Engine) -> pb.CacheStats:
         semantic_hits=stats.hits_by_kind.get("semantic", 0),
         hit_rate=stats.hits / lookups if lookups else 0.0,
         guard_rejections=stats.guard_rejections,
+        ambiguous_rejections=stats.ambiguous_rejections,
         evictions=stats.evictions,
         expired=stats.expired,
         last_snapshot_error=stats.last_snapshot_error or "",

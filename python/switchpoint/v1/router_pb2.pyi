@@ -853,6 +853,7 @@ class CacheStats(_message.Message):
     EVICTIONS_FIELD_NUMBER: _builtins.int
     EXPIRED_FIELD_NUMBER: _builtins.int
     LAST_SNAPSHOT_ERROR_FIELD_NUMBER: _builtins.int
+    AMBIGUOUS_REJECTIONS_FIELD_NUMBER: _builtins.int
     enabled: _builtins.bool
     entries: _builtins.int
     hits: _builtins.int
@@ -865,6 +866,10 @@ class CacheStats(_message.Message):
     evictions: _builtins.int
     expired: _builtins.int
     last_snapshot_error: _builtins.str
+    ambiguous_rejections: _builtins.int
+    """Lookups whose nearest entry reached the similarity floor but was about as near to another
+    question in the cache (a near miss, not a paraphrase): served by the provider instead.
+    """
     def __init__(
         self,
         *,
@@ -879,10 +884,11 @@ class CacheStats(_message.Message):
         evictions: _builtins.int = ...,
         expired: _builtins.int = ...,
         last_snapshot_error: _builtins.str = ...,
+        ambiguous_rejections: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "entries", b"entries", "evictions", b"evictions", "exact_hits", b"exact_hits", "expired", b"expired", "guard_rejections", b"guard_rejections", "hit_rate", b"hit_rate", "hits", b"hits", "last_snapshot_error", b"last_snapshot_error", "misses", b"misses", "semantic_hits", b"semantic_hits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ambiguous_rejections", b"ambiguous_rejections", "enabled", b"enabled", "entries", b"entries", "evictions", b"evictions", "exact_hits", b"exact_hits", "expired", b"expired", "guard_rejections", b"guard_rejections", "hit_rate", b"hit_rate", "hits", b"hits", "last_snapshot_error", b"last_snapshot_error", "misses", b"misses", "semantic_hits", b"semantic_hits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -372,6 +372,10 @@ pub struct CacheStats {
     pub expired: u64,
     #[prost(string, tag = "11")]
     pub last_snapshot_error: ::prost::alloc::string::String,
+    /// Lookups whose nearest entry reached the similarity floor but was about as near to another
+    /// question in the cache (a near miss, not a paraphrase): served by the provider instead.
+    #[prost(uint64, tag = "12")]
+    pub ambiguous_rejections: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Stats {
