@@ -156,6 +156,12 @@ def _held_out(cluster: str) -> bool:
     return int(hashlib.sha256(cluster.encode()).hexdigest()[:8], 16) % 100 < HOLDOUT_PERCENT
 
 
+def cluster_half(cluster: str) -> int:
+    """0: the tuning half of QQP's duplicate clusters (the paraphrase projection trains on it and
+    the semantic rule is chosen on it), 1: the half its figures are reported on."""
+    return int(hashlib.sha256(cluster.encode()).hexdigest()[8:16], 16) % 2
+
+
 def evaluate(
     name: str, encoder: Callable[[], Encoder], pairs: list[tuple[str, str]]
 ) -> EmbedderResult:

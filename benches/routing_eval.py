@@ -41,7 +41,12 @@ import numpy as np
 
 from benches import routing_variants as variants
 from benches.mmlu_outcomes import Question, read_mmlu
-from switchpoint.cache.embedders import LocalSentenceEncoder, Vectors
+from switchpoint.cache.embedders import (
+    LOCAL_MODEL_DIM,
+    LOCAL_MODEL_NAME,
+    LocalSentenceEncoder,
+    Vectors,
+)
 from switchpoint.providers.base import ChatMessage
 from switchpoint.routing.predictor.config import PredictorConfig
 from switchpoint.routing.predictor.outcomes import prompt_text
@@ -74,10 +79,10 @@ def _token_means(texts: Sequence[str]) -> Vectors:
 def cached_embeddings(texts: Sequence[str], *, progress: bool = True) -> Vectors:
     """Each text's USE row, from the cache file when it holds these texts."""
     digest = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()[:16]
-    path = RESULTS / f"routing_eval_{LocalSentenceEncoder.name}_{digest}.npy"
+    path = RESULTS / f"routing_eval_{LOCAL_MODEL_NAME}_{digest}.npy"
     if path.exists():
         cached: Vectors = np.load(path)
-        if cached.shape == (len(texts), LocalSentenceEncoder.dim):
+        if cached.shape == (len(texts), LOCAL_MODEL_DIM):
             return cached
     unique = list(dict.fromkeys(texts))
     started = time.perf_counter()

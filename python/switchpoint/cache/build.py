@@ -50,6 +50,7 @@ def build_cache(config: Config, environ: Mapping[str, str]) -> CacheService | No
         api_key=api_key,
         model=embedder_settings.model,
         dim=embedder_settings.dim,
+        projection=embedder_settings.projection or "paraphrase",
     )
     redis: Redis | None = None
     layer: RedisExactLayer | None = None

@@ -28,6 +28,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from switchpoint.cache.projection import Projection, load_projection
 from switchpoint.errors import ConfigError, ErrorClass
 from switchpoint.providers.http_errors import FailureClassifier, secrets_to_scrub
 
@@ -127,12 +128,22 @@ class LocalSentenceEncoder:
     request does not stall the loop; call `warm_up()` at start-up to pay the load early.
     """
 
-    name = LOCAL_MODEL_NAME
-    dim = LOCAL_MODEL_DIM
-
-    def __init__(self, *, threads: int = DEFAULT_THREADS, lru_size: int = DEFAULT_LRU_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        threads: int = DEFAULT_THREADS,
+        lru_size: int = DEFAULT_LRU_SIZE,
+        projection: Projection | None = None,
+    ) -> None:
         if threads < 1:
             raise ValueError("threads must be >= 1")
+        # The projection (switchpoint.cache.projection) names the vector space: rows from
+        # another space must never meet these in one index or snapshot.
+        self._projection = projection
+        self.name = (
+            LOCAL_MODEL_NAME if projection is None else f"{LOCAL_MODEL_NAME}+{projection.name}"
+        )
+        self.dim = LOCAL_MODEL_DIM if projection is None else projection.dim
         self._threads = threads
         self._lru_size = max(lru_size, 0)
         # Touched only on the event loop thread: lookups before, inserts after the worker runs.
@@ -191,7 +202,8 @@ class LocalSentenceEncoder:
     def _encode(self, texts: list[str]) -> Vectors:
         # The package already returns unit rows; normalising again guards against a release
         # that stops doing so, at a cost of microseconds.
-        return normalise_rows(self._load().encode(texts))
+        rows = normalise_rows(self._load().encode(texts))
+        return rows if self._projection is None else self._projection.apply(rows)
 
     def _remember(self, text: str, row: Vectors) -> None:
         if self._lru_size == 0:
@@ -304,10 +316,15 @@ def create_embedder(
     timeout_s: float = 10.0,
     threads: int = DEFAULT_THREADS,
     lru_size: int = DEFAULT_LRU_SIZE,
+    projection: Literal["paraphrase", "none"] = "paraphrase",
 ) -> LocalSentenceEncoder | OpenAIEmbeddings:
     """The embedder the config names; errors name the missing setting."""
     if kind == "local":
-        return LocalSentenceEncoder(threads=threads, lru_size=lru_size)
+        return LocalSentenceEncoder(
+            threads=threads,
+            lru_size=lru_size,
+            projection=load_projection() if projection == "paraphrase" else None,
+        )
     if kind == "openai":
         problems = [
             f"cache.embedder.{field}: required when kind is 'openai'"

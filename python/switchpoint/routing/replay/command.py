@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from switchpoint.cache.embedders import LocalSentenceEncoder
+from switchpoint.cache.embedders import LOCAL_MODEL_NAME, LocalSentenceEncoder
 from switchpoint.errors import ConfigError, SwitchpointError
 from switchpoint.routing.predictor.config import PredictorConfig
 from switchpoint.routing.predictor.outcomes import read_outcomes
@@ -283,7 +283,7 @@ def _render(report: dict[str, Any]) -> str:
         f"{report['outcomes']}: {report['train_prompts']} training prompts, "
         f"{report['test_prompts']} test prompts ({report['split']})",
         f"priors: each model's mean score on the training prompts: {priors}",
-        f"predictor: kNN over {LocalSentenceEncoder.name} embeddings, "
+        f"predictor: kNN over {LOCAL_MODEL_NAME} embeddings, "
         f"{weighing['neighbours']} neighbours, min similarity {weighing['min_similarity']:g}, "
         f"prior weight {weighing['prior_weight']:g}, around each model's trend with prompt length",
     ]
