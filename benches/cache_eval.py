@@ -13,7 +13,8 @@ Protocol (../shared/data/README.md, the one GPTCache publishes figures with):
   0.85 at any threshold for every embedder we tried. So precision is reported twice: `strict`
   (the protocol as written) and `precision` (cluster-aware: a hit is correct when its origin is in
   the same connected component of the duplicate graph, texts as nodes and pairs as edges, as the
-  query's own origin). The default threshold is chosen on the cluster-aware figure.
+  query's own origin). The lowest threshold reaching the target precision on it is reported; the
+  cache's default rule itself is chosen by benches/cache_rules.py, over QQP and other domains.
 - negatives: a second index without the origins of a fixed 20% of the duplicate clusters (by a
   hash of the cluster); the `similar`s of those pairs have no right answer there, so every hit is
   wrong under either labelling.

@@ -163,3 +163,23 @@ async def test_entries_survive_a_restart(
     assert again.cache.hit
     assert again.content == first.content
     assert len(openai_server.requests) == 1
+
+
+async def test_the_default_rule_serves_a_paraphrase_and_not_a_question_between_two(
+    openai_server: OpenAIServer, anthropic_server: AnthropicServer
+) -> None:
+    async with running_sidecar(_config(openai_server), ENV) as sidecar:
+        cancel = await sidecar.stub.Chat(_chat("How do I cancel my subscription?"))
+        # A floor of its own, so it misses and is stored: with the cancel entry alone in the
+        # cache, the default floor would let this near miss be served that entry (docs/cache.md).
+        await sidecar.stub.Chat(_chat("How do I pause my subscription?", threshold=0.99))
+        between = await sidecar.stub.Chat(
+            _chat("I want to stop my subscription for a couple of months, how?")
+        )
+        paraphrase = await sidecar.stub.Chat(_chat("What are the steps to cancel my subscription?"))
+        stats = await sidecar.stub.GetStats(pb.StatsRequest())
+    assert not between.cache.hit
+    assert stats.cache.ambiguous_rejections == 1
+    assert paraphrase.cache.hit
+    assert paraphrase.cache.kind == "semantic"
+    assert paraphrase.content == cancel.content

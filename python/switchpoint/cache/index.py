@@ -107,14 +107,19 @@ class _Partition:
         with each other to tell a rival question from a second copy of the same one)."""
         fetch = k + (min(len(self.tombstones), TOMBSTONE_OVERFETCH) if self.tombstones else 0)
         scores, ids = self.index.search(vector.reshape(1, -1), fetch)
-        found: list[tuple[int, float, Vector]] = []
-        for entry_id, score in zip(ids[0].tolist(), scores[0].tolist(), strict=True):
-            if entry_id >= 0 and entry_id not in self.tombstones:
-                own = np.asarray(self.index.reconstruct(entry_id), dtype=np.float32)
-                found.append((int(entry_id), float(score), own))
-                if len(found) == k:
-                    break
-        return found
+        live = [
+            (int(entry_id), float(score))
+            for entry_id, score in zip(ids[0].tolist(), scores[0].tolist(), strict=True)
+            if entry_id >= 0 and entry_id not in self.tombstones
+        ][:k]
+        if not live:
+            return []
+        # One call for all the vectors: a few microseconds, against ~2 each one by one.
+        own = self.index.reconstruct_batch(np.array([entry_id for entry_id, _ in live]))
+        return [
+            (entry_id, score, np.asarray(row, dtype=np.float32))
+            for (entry_id, score), row in zip(live, own, strict=True)
+        ]
 
     def live_vectors(self) -> tuple[npt.NDArray[np.int64], Vector]:
         ids = index_ids(self.index)
