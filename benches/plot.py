@@ -50,6 +50,16 @@ def plot_overhead(result: ProxyOverheadResult, path: Path) -> Path:
             color=COLORS[q],
             label=f"overhead {q}",
         )
+        http_overheads = [r.http_overhead_ms for r in result.rates]
+        if all(o is not None for o in http_overheads):
+            right.plot(
+                rates,
+                [o.get(q, float("nan")) if o else float("nan") for o in http_overheads],
+                marker="s",
+                linestyle="-.",
+                color=COLORS[q],
+                label=f"HTTP front overhead {q}",
+            )
     right.axhline(5.0, color="grey", linestyle=":", label="5 ms")
     step = min((b - a for a, b in pairwise(rates)), default=50.0) / 2
     for r in result.rates:

@@ -9,7 +9,10 @@ call; `--log-level WARNING` for the quiet case). The compiled load generator
 
 - sidecar: the gRPC Chat RPC (HTTP/2);
 - direct: the same request as the sidecar sends, POSTed to the provider's /v1/chat/completions
-  over HTTP/1.1 keep-alive connections.
+  over HTTP/1.1 keep-alive connections;
+- http: the same chat as OpenAI JSON to the sidecar's HTTP front, `POST /v1/chat/completions` on
+  `server.http_address` over HTTP/1.1 keep-alive (`benches/proxy_overhead_http.py`), when the
+  build has the front and it answers; otherwise its rows are skipped with the reason printed.
 
 Each call's prompt carries its sequence number (an 8-digit slot), on both paths alike.
 
@@ -44,6 +47,7 @@ from typing import Any
 
 import grpc
 
+from benches import proxy_overhead_http
 from benches.loadgen import (
     SEND_LAG_LIMIT_US,
     SLOT_DIGITS,
@@ -75,6 +79,7 @@ CHAT_METHOD = f"/{pb.DESCRIPTOR.services_by_name['Router'].full_name}/Chat"
 MAX_TOKENS = 16
 RATES = (50.0, 100.0, 200.0, 400.0, 600.0, 800.0)
 MODES = ("sidecar", "direct")
+HTTP_MODE = "http"
 CALL_TIMEOUT_S = 10.0
 P99_OVERHEAD_HELD_MS = 5.0
 ENV = {"T_OAI": OPENAI_TEST_KEY}
@@ -167,6 +172,10 @@ class RateResult:
     provider_cpu_us_per_call_direct: float
     # The load generator fell behind its schedule: this rate measures its core, not the sidecar.
     loadgen_saturated: bool
+    # The HTTP front's rows; None when they were skipped (ProxyOverheadResult.http_skipped).
+    http: ModeAtRate | None = None
+    http_overhead_ms: dict[str, float] | None = None  # HTTP front percentile minus direct
+    sidecar_cpu_us_per_call_http: float | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +190,7 @@ class ProxyOverheadResult:
     machine: dict[str, Any]
     wall_s: float
     targets: dict[str, float]
+    http_skipped: str | None = None  # why the HTTP front's rows are missing
 
 
 def check_chat(port: int, body: bytes) -> None:
@@ -192,10 +202,16 @@ def check_chat(port: int, body: bytes) -> None:
         raise RuntimeError(f"unexpected model {reply.model!r}")
 
 
-def targets(sidecar_port: int, provider_port: int) -> dict[str, GrpcTarget | HttpTarget]:
+def targets(
+    sidecar_port: int, provider_port: int, http_address: str | None = None
+) -> dict[str, GrpcTarget | HttpTarget]:
     chat = chat_request().SerializeToString()
     direct = json.dumps(direct_body(), ensure_ascii=False).encode()
+    front: dict[str, GrpcTarget | HttpTarget] = {}
+    if http_address is not None:
+        front[HTTP_MODE] = proxy_overhead_http.target(http_address, PROMPT, MAX_TOKENS)
     return {
+        **front,
         "sidecar": GrpcTarget(f"127.0.0.1:{sidecar_port}", CHAT_METHOD, chat, slot_offset(chat)),
         "direct": HttpTarget(
             f"http://127.0.0.1:{provider_port}/v1/chat/completions",
@@ -210,9 +226,9 @@ def targets(sidecar_port: int, provider_port: int) -> dict[str, GrpcTarget | Htt
 
 
 def _rate_result(
-    rate: float, segments: int, segment_s: float, phases: list[PhaseReport]
+    rate: float, segments: int, segment_s: float, phases: list[PhaseReport], modes: tuple[str, ...]
 ) -> RateResult:
-    by_mode = {mode: [p for p in phases if p.target == mode] for mode in MODES}
+    by_mode = {mode: [p for p in phases if p.target == mode] for mode in modes}
     sides: dict[str, ModeAtRate] = {}
     for mode, done in by_mode.items():
         sent = sum(p.calls for p in done)
@@ -229,6 +245,7 @@ def _rate_result(
         return spent / max(1, sides[mode].calls) * 1e6
 
     s, d = sides["sidecar"].latency_ms, sides["direct"].latency_ms
+    front = sides.get(HTTP_MODE)
     return RateResult(
         rate_per_s=rate,
         seconds_per_mode=segments * segment_s,
@@ -239,6 +256,11 @@ def _rate_result(
         provider_cpu_us_per_call_sidecar=cpu("provider", "sidecar"),
         provider_cpu_us_per_call_direct=cpu("provider", "direct"),
         loadgen_saturated=not held_schedule(phases),
+        http=front,
+        http_overhead_ms=None
+        if front is None
+        else {k: front.latency_ms[k] - d[k] for k in ("p50", "p95", "p99") if k in d},
+        sidecar_cpu_us_per_call_http=None if front is None else cpu("sidecar", HTTP_MODE),
     )
 
 
@@ -251,19 +273,22 @@ def run(
     seconds: float,
     segment_s: float,
     warmup: int,
+    http_address: str | None = None,
 ) -> list[RateResult]:
-    """Every rate in one load generator run: connections persist, the modes alternate."""
+    """Every rate in one load generator run: connections persist, the modes alternate (the HTTP
+    front's too when `http_address` is given)."""
     check_chat(ports["sidecar"], chat_request().SerializeToString())
+    modes = MODES if http_address is None else (*MODES, HTTP_MODE)
     segments = max(1, round(seconds / segment_s))
     # Untimed: connections and pools warm on both paths.
-    labelled = [(0.0, Phase(mode, OpenLoopMode(50.0, warmup))) for mode in MODES]
+    labelled = [(0.0, Phase(mode, OpenLoopMode(50.0, warmup))) for mode in modes]
     for rate in rates:
         per_segment = max(1, round(rate * segment_s))
         for index in range(segments):
-            for mode in MODES if index % 2 == 0 else MODES[::-1]:
+            for mode in modes if index % 2 == 0 else modes[::-1]:
                 labelled.append((rate, Phase(mode, OpenLoopMode(rate, per_segment))))
     report = run_load(
-        targets(ports["sidecar"], ports["provider"]),
+        targets(ports["sidecar"], ports["provider"], http_address),
         [phase for _, phase in labelled],
         core=core,
         timeout_s=CALL_TIMEOUT_S,
@@ -271,7 +296,8 @@ def run(
     )
     done = list(zip((rate for rate, _ in labelled), report.phases, strict=True))
     return [
-        _rate_result(rate, segments, segment_s, [p for r, p in done if r == rate]) for rate in rates
+        _rate_result(rate, segments, segment_s, [p for r, p in done if r == rate], modes)
+        for rate in rates
     ]
 
 
@@ -302,17 +328,25 @@ def measure(
     started = time.perf_counter()
     cores = plan_cores()
     described = machine()
+    http_address, http_skipped = proxy_overhead_http.front_address()
     with (
         server_process(
             "provider", "benches.proxy_overhead", ["provider"], core=cores.loadgen
         ) as provider,
         sidecar_process(
-            config(f"http://127.0.0.1:{provider.port}/v1"),
+            proxy_overhead_http.with_front(
+                config(f"http://127.0.0.1:{provider.port}/v1"), http_address
+            ),
             core=cores.servers,
             env=ENV,
             log_level=log_level,
         ) as sidecar,
     ):
+        if http_address is not None:
+            http_skipped = proxy_overhead_http.probe(http_address, PROMPT, MAX_TOKENS, MODEL)
+        if http_skipped is not None:
+            http_address = None
+            print(f"HTTP front rows skipped: {http_skipped}", flush=True)
         results = run(
             {"sidecar": sidecar.port, "provider": provider.port},
             {"sidecar": sidecar.pid, "provider": provider.pid},
@@ -321,6 +355,7 @@ def measure(
             seconds=seconds,
             segment_s=segment_s,
             warmup=warmup,
+            http_address=http_address,
         )
     return ProxyOverheadResult(
         provider_latency_ms=PROVIDER_LATENCY_S * 1000.0,
@@ -337,6 +372,7 @@ def measure(
         machine=described,
         wall_s=time.perf_counter() - started,
         targets={"p50_overhead_ms_at_200": 1.0, "p99_overhead_ms_at_200": 3.0},
+        http_skipped=http_skipped,
     )
 
 
@@ -358,7 +394,8 @@ def table(result: ProxyOverheadResult) -> str:
         f"{'max':>7} {'lag':>6} {'loadgen CPU us/call':>19}",
     ]
     for r in result.rates:
-        for name, side in (("sidecar", r.sidecar), ("direct", r.direct)):
+        sides = [("sidecar", r.sidecar), ("direct", r.direct)]
+        for name, side in [*sides, *([(HTTP_MODE, r.http)] if r.http else [])]:
             lat = side.latency_ms
             rows.append(
                 f"{r.rate_per_s:7g} {name:8} {side.calls:6d} {side.errors:4d} "
@@ -379,6 +416,14 @@ def table(result: ProxyOverheadResult) -> str:
             f"{r.provider_cpu_us_per_call_sidecar:.0f} (via sidecar) / "
             f"{r.provider_cpu_us_per_call_direct:.0f} (direct) us/req"
         )
+        if r.http_overhead_ms is not None and not r.loadgen_saturated:
+            o = r.http_overhead_ms
+            rows.append(
+                f"{r.rate_per_s:7g} {'http ovh':8} {'':>6} {'':>4} "
+                f"{o.get('p50', float('nan')):7.2f} {o.get('p95', float('nan')):7.2f} "
+                f"{o.get('p99', float('nan')):7.2f}   "
+                f"sidecar CPU {r.sidecar_cpu_us_per_call_http:.0f} us/req via the HTTP front"
+            )
         if r.loadgen_saturated:
             rows.append(
                 f"{'':7} send lag p99 > {SEND_LAG_LIMIT_US / 1000:g} ms: this rate measures the "
@@ -391,6 +436,8 @@ def table(result: ProxyOverheadResult) -> str:
         f"{f'{held:g}/s' if held is not None else 'none of the rates tried'}"
     )
     rows.append("targets at 200/s: p50 overhead < 1 ms, p99 overhead < 3 ms (not asserted)")
+    if result.http_skipped is not None:
+        rows.append(f"HTTP front rows skipped: {result.http_skipped}")
     return "\n".join(rows)
 
 

@@ -28,3 +28,6 @@ def test_chat_proxy_overhead(benchmark: Benchmark) -> None:
     print(f"wrote {plot_overhead(result, PLOT_FILE)}")
     assert [r.rate_per_s for r in result.rates] == [50.0, 100.0, 200.0, 400.0, 600.0, 800.0]
     assert all(r.sidecar.errors == r.direct.errors == 0 for r in result.rates)
+    # The HTTP front's rows: measured without errors, or skipped with the reason printed.
+    assert all(r.http.errors == 0 for r in result.rates if r.http is not None)
+    assert (result.http_skipped is None) == all(r.http is not None for r in result.rates)
