@@ -24,7 +24,6 @@ The vectors are cached in benches/results (keyed by the texts), so a re-run only
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +32,11 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from benches.cache_eval import cluster_half, duplicate_clusters, embed_all, load_pairs, use_encoder
+from benches.cache_eval import embed_all, use_encoder
+from benches.cache_rules import PARAPHRASES, LookupSet, paraphrase_set, qqp_set
 from switchpoint.cache.projection import PROJECTION_FILE
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN_DIR = ROOT / "benches" / "data" / "paraphrases" / "train"
+TRAIN_DIR = PARAPHRASES / "train"
 NAME = "paraphrase-1"
 SEED = 17
 EPOCHS = 3
@@ -92,51 +91,33 @@ def _loss_gradient(
     return queries.T @ dyq + answers.T @ dya, loss
 
 
+def _pairs(lookups: LookupSet) -> Pairs:
+    vectors, _ = embed_all("use-multilingual-v3", use_encoder, lookups.questions + lookups.queries)
+    count = len(lookups.questions)
+    return Pairs(
+        queries=vectors[count:].astype(np.float64),
+        answers=vectors[:count].astype(np.float64),
+        target=lookups.truth,
+        cluster=lookups.cluster,
+    )
+
+
 def qqp_pairs() -> tuple[Pairs, npt.NDArray[np.int64]]:
     """The tuning half of QQP, and each of its queries' nearest other origins."""
-    pairs = load_pairs()
-    clusters = duplicate_clusters(pairs)
-    pairs = [(o, s) for o, s in pairs if cluster_half(clusters[o]) == 0]
-    origins = list(dict.fromkeys(origin for origin, _ in pairs))
-    position = {origin: i for i, origin in enumerate(origins)}
-    vectors, _ = embed_all("use-multilingual-v3", use_encoder, origins + [s for _, s in pairs])
-    answers, queries = vectors[: len(origins)], vectors[len(origins) :]
-    label = {root: n for n, root in enumerate(dict.fromkeys(clusters[o] for o in origins))}
-    index = faiss.IndexFlatIP(answers.shape[1])
-    index.add(np.ascontiguousarray(answers, dtype=np.float32))
-    _, nearest = index.search(np.ascontiguousarray(queries, dtype=np.float32), HARD_NEGATIVES + 1)
-    return (
-        Pairs(
-            queries=queries.astype(np.float64),
-            answers=answers.astype(np.float64),
-            target=np.array([position[o] for o, _ in pairs]),
-            cluster=np.array([label[clusters[o]] for o in origins]),
-        ),
-        nearest,
-    )
+    pairs = _pairs(qqp_set(half=0))
+    index = faiss.IndexFlatIP(pairs.answers.shape[1])
+    index.add(np.ascontiguousarray(pairs.answers, dtype=np.float32))
+    query_rows = np.ascontiguousarray(pairs.queries, dtype=np.float32)
+    _, nearest = index.search(query_rows, HARD_NEGATIVES + 1)
+    return pairs, nearest
 
 
 def group_pairs() -> tuple[Pairs, list[npt.NDArray[np.int64]]]:
-    rows = [
-        json.loads(line)
-        for path in sorted(TRAIN_DIR.glob("*.jsonl"))
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
-    texts = [row["origin"] for row in rows] + [row["similar"] for row in rows]
-    vectors, _ = embed_all("use-multilingual-v3", use_encoder, texts)
+    lookups = paraphrase_set("train", sorted(TRAIN_DIR.glob("*.jsonl")))
     groups: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(row["group"], []).append(i)
-    return (
-        Pairs(
-            queries=vectors[len(rows) :].astype(np.float64),
-            answers=vectors[: len(rows)].astype(np.float64),
-            target=np.arange(len(rows)),
-            cluster=np.arange(len(rows)),
-        ),
-        [np.array(members) for members in groups.values()],
-    )
+    for i, name in enumerate(lookups.group):
+        groups.setdefault(name, []).append(i)
+    return _pairs(lookups), [np.array(members) for members in groups.values()]
 
 
 def batches(
