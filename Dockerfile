@@ -54,7 +54,7 @@ FROM python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd6
 # The root file system may be read-only (`docker run --read-only`, Kubernetes'
 # readOnlyRootFilesystem): nothing is written but into the volumes below. No bytecode is written
 # beside the installed modules, and HOME and TMPDIR point into the /tmp volume.
-# OMP_NUM_THREADS=1: OpenMP worker threads (FAISS, in the cache's vector search), which spin, tripled the
+# OMP_NUM_THREADS=1: OpenMP's worker threads (FAISS and sentencepiece link it), which spin, tripled the
 # CPU of a Chat that misses the semantic cache, 23.6 ms against 7.7 ms (benches.deploy_footprint);
 # llama.cpp sets its own thread count (`managed.threads`).
 ENV OMP_NUM_THREADS=1 \
