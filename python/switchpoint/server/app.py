@@ -32,6 +32,7 @@ from switchpoint.reload import (
 from switchpoint.request_log import RequestLog
 from switchpoint.security.secrets import config_secrets
 from switchpoint.security.tls import ServerTls, is_loopback, read_certificates
+from switchpoint.server.http import HttpServer
 from switchpoint.server.router_servicer import SERVICE as ROUTER_SERVICE
 from switchpoint.telemetry import BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN, Telemetry
 
@@ -70,8 +71,10 @@ class Sidecar:
         tls: ServerTls | None = None,
         bound: str = "",
         offload: Offload | None = None,
+        http: HttpServer | None = None,
     ) -> None:
         self.port = port
+        self._http = http
         self._tls = tls
         self._bound = bound
         self._offload = offload
@@ -108,6 +111,11 @@ class Sidecar:
     def offload(self) -> Offload | None:
         """Where large requests are routed (switchpoint.offload)."""
         return self._offload
+
+    @property
+    def http_port(self) -> int | None:
+        """The bound port of the HTTP front (server.http_address); None when it is off."""
+        return None if self._http is None else self._http.port
 
     @property
     def metrics_port(self) -> int | None:
@@ -210,6 +218,9 @@ class Sidecar:
             if predictor is not None:
                 await predictor.start([m.name for m in self.config.models])
             await self.grpc_server.start()
+            if self._http is not None:
+                await self._http.start()
+                self._http.front.serving = True
             self._scope_sweep = asyncio.create_task(self._sweep_idle_scopes())
         except BaseException:
             # Never leave a child model server running behind a sidecar that failed to start,
@@ -234,7 +245,12 @@ class Sidecar:
         grace = self.config.server.graceful_stop_s if grace_s is None else grace_s
         await self._stop_reloading()
         await self._health.enter_graceful_shutdown()
-        await self.grpc_server.stop(grace)
+        if self._http is not None:
+            self._http.front.serving = False
+            # Both fronts drain at once, within the same grace.
+            await asyncio.gather(self.grpc_server.stop(grace), self._http.stop(grace))
+        else:
+            await self.grpc_server.stop(grace)
         if self._offload is not None:
             # The calls are over; whatever a worker thread still computes is for nobody.
             self._offload.close()

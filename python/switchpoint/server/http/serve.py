@@ -1,0 +1,87 @@
+"""The HTTP listener: uvicorn's server run as a task of the gRPC server's event loop, on a socket
+bound here so a refused address is a start-up error and port 0 reports the port it got."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import math
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from switchpoint.server.http.app import HttpFront
+
+
+def _http_protocol() -> str:
+    # httptools when installed (a runtime dependency; faster), h11 otherwise.
+    return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+
+
+class _QuietServer(uvicorn.Server):
+    """Leaves signals to the sidecar, which stops the HTTP front with the gRPC server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind(address: str) -> socket.socket:
+    """A listening socket on HOST:PORT (PORT 0: any free port); OSError names the address."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        sock.listen(2048)
+    except (OSError, ValueError) as exc:
+        sock.close()
+        raise OSError(f"cannot bind HTTP address {address} (server.http_address): {exc}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+class HttpServer:
+    def __init__(self, front: HttpFront, address: str) -> None:
+        self.front = front
+        self._socket = bind(address)
+        self.port: int = self._socket.getsockname()[1]
+        self._server = _QuietServer(
+            uvicorn.Config(
+                front,
+                lifespan="off",
+                loop="none",
+                http=_http_protocol(),
+                access_log=False,
+                log_config=None,
+                server_header=False,
+            )
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
+        while not self._server.started:
+            if self._task.done():
+                await self._task
+                raise OSError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop accepting connections; calls in flight get `grace_s` to finish, then are
+        cancelled."""
+        if self._task is None:
+            self._socket.close()
+            return
+        self._server.config.timeout_graceful_shutdown = math.ceil(grace_s)
+        self._server.should_exit = True
+        if grace_s <= 0:
+            self._server.force_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        self._socket.close()

@@ -1,0 +1,140 @@
+"""The OpenAI-compatible HTTP front through the official `openai` client, against a real sidecar
+(gRPC and HTTP in one process) calling a loopback OpenAI provider."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai  # type: ignore[import-not-found,unused-ignore]
+import pytest
+import pytest_asyncio
+
+from switchpoint.v1 import router_pb2 as pb
+from tests.providers.fixtures import OPENAI_TEST_KEY
+from tests.providers.openai_server import OpenAIServer
+from tests.providers.script import error
+from tests.sidecar_harness import RunningSidecar, one_model_config, running_sidecar, user
+
+ENV = {"T_OAI": OPENAI_TEST_KEY}
+
+
+def _config(server: OpenAIServer) -> dict[str, Any]:
+    config = one_model_config(server.base_url, api_key_env="T_OAI", per_mtok=1.0)
+    config["providers"]["oai"]["retry"] = {"max_retries": 0}
+    config["routing"] = {"stages": {"chat": {"models": ["gpt"]}}}
+    return config
+
+
+@pytest_asyncio.fixture
+async def running(openai_server: OpenAIServer) -> AsyncIterator[RunningSidecar]:
+    async with running_sidecar(_config(openai_server), ENV, http=True) as running:
+        yield running
+
+
+def _client(running: RunningSidecar, key: str = "unused") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{running.sidecar.http_port}/v1", api_key=key, max_retries=0
+    )
+
+
+async def test_chat_completion_through_the_sdk(running: RunningSidecar) -> None:
+    async with _client(running) as client:
+        answer = await client.chat.completions.with_raw_response.create(
+            model="gpt", messages=[{"role": "user", "content": "hello"}], max_tokens=20
+        )
+    completion = answer.parse()
+    assert completion.model == "gpt"
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].message.content
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.total_tokens > 0
+    assert answer.headers["x-switchpoint-model"] == "gpt"
+    assert answer.headers["x-switchpoint-level"] == "override"
+    assert answer.headers["x-switchpoint-request-id"] == completion.id
+
+
+@pytest.mark.parametrize(
+    "model", ["switchpoint/auto", "switchpoint/balanced", "switchpoint/stage/chat"]
+)
+async def test_virtual_models_route(running: RunningSidecar, model: str) -> None:
+    async with _client(running) as client:
+        completion = await client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hello"}]
+        )
+    assert completion.model == "gpt"
+
+
+async def test_streaming_with_usage(running: RunningSidecar) -> None:
+    async with _client(running) as client:
+        stream = await client.chat.completions.create(
+            model="gpt",
+            messages=[{"role": "user", "content": "tell me more"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [c async for c in stream]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "stop"
+    assert finishes.count("stop") == 1
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 0
+
+
+async def test_errors_are_the_sdks_own_types(
+    running: RunningSidecar, openai_server: OpenAIServer
+) -> None:
+    async with _client(running) as client:
+        with pytest.raises(openai.NotFoundError) as missing:
+            await client.chat.completions.create(
+                model="nope", messages=[{"role": "user", "content": "x"}]
+            )
+        assert missing.value.code == "model_not_found"
+        with pytest.raises(openai.BadRequestError) as bad:
+            await client.chat.completions.create(
+                model="gpt", messages=[{"role": "user", "content": "x"}], n=2
+            )
+        assert "n:" in bad.value.message
+        with pytest.raises(openai.BadRequestError) as tools:
+            await client.chat.completions.create(
+                model="gpt",
+                messages=[{"role": "user", "content": "x"}],
+                tools=[{"type": "function", "function": {"name": "f"}}],
+            )
+        assert "tools" in tools.value.message
+        openai_server.script.push(error(429, retry_after=7))
+        with pytest.raises(openai.RateLimitError):
+            await client.chat.completions.create(
+                model="gpt", messages=[{"role": "user", "content": "x"}]
+            )
+
+
+async def test_models_list(running: RunningSidecar) -> None:
+    async with _client(running) as client:
+        models = await client.models.list()
+    names = [m.id for m in models.data]
+    assert names[0] == "gpt"
+    assert models.data[0].owned_by == "oai"
+    assert "switchpoint/auto" in names
+    assert "switchpoint/balanced" in names
+    assert "switchpoint/stage/chat" in names
+
+
+async def test_grpc_and_http_decide_alike(running: RunningSidecar) -> None:
+    grpc_answer = await running.stub.Chat(
+        pb.ChatRequest(messages=user("same"), routing=pb.RoutingOptions(stage="chat"))
+    )
+    async with _client(running) as client:
+        answer = await client.chat.completions.with_raw_response.create(
+            model="switchpoint/stage/chat", messages=[{"role": "user", "content": "same"}]
+        )
+    assert answer.headers["x-switchpoint-model"] == grpc_answer.model
+    level = (
+        pb.DecisionLevel.Name(grpc_answer.decision.level).removeprefix("DECISION_LEVEL_").lower()
+    )
+    assert answer.headers["x-switchpoint-level"] == level
