@@ -138,3 +138,23 @@ async def test_grpc_and_http_decide_alike(running: RunningSidecar) -> None:
         pb.DecisionLevel.Name(grpc_answer.decision.level).removeprefix("DECISION_LEVEL_").lower()
     )
     assert answer.headers["x-switchpoint-level"] == level
+
+
+async def test_a_rate_limit_is_the_sdks_rate_limit_error_with_retry_after(
+    openai_server: OpenAIServer,
+) -> None:
+    config = _config(openai_server)
+    config["limits"] = [{"name": "tenant-rpm", "match": {"tenant": "*"}, "rpm": 2}]
+    async with running_sidecar(config, ENV, http=True) as running, _client(running) as client:
+        headers = {"x-switchpoint-tenant": "acme"}
+        for _ in range(2):
+            await client.chat.completions.create(
+                model="gpt", messages=[{"role": "user", "content": "x"}], extra_headers=headers
+            )
+        with pytest.raises(openai.RateLimitError) as limited:
+            await client.chat.completions.create(
+                model="gpt", messages=[{"role": "user", "content": "x"}], extra_headers=headers
+            )
+    assert "tenant-rpm[tenant=acme]" in limited.value.message
+    # One request refills in 60/2 s: a whole number of seconds, never 0.
+    assert 1 <= int(limited.value.response.headers["retry-after"]) <= 30
