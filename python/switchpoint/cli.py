@@ -341,6 +341,12 @@ def _announce(sidecar: Sidecar, address: str, port: int) -> None:
     host = address.rsplit(":", 1)[0]
     models = ", ".join(m.name for m in engine.registry.models)
     print(f"switchpoint: gRPC on {host}:{port} (switchpoint.v1.Router, grpc.health.v1, reflection)")
+    if sidecar.http_port is not None:
+        http_host = (engine.config.server.http_address or "").rsplit(":", 1)[0]
+        print(
+            f"switchpoint: HTTP on {http_host}:{sidecar.http_port} "
+            "(OpenAI-compatible /v1/chat/completions, /v1/models, /healthz)"
+        )
     if sidecar.metrics_port is not None:
         metrics_host = (engine.config.telemetry.metrics_address or "").rsplit(":", 1)[0]
         print(

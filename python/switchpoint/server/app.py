@@ -75,6 +75,11 @@ class Sidecar:
     ) -> None:
         self.port = port
         self._http = http
+        # Each health entry's status by service name ("" is the whole sidecar), as the gRPC
+        # health service answers it: what GET /healthz shows.
+        self._health_view: dict[str, str] = {"": "NOT_SERVING"}
+        if http is not None:
+            http.front.health = self.health_view
         self._tls = tls
         self._bound = bound
         self._offload = offload
@@ -111,6 +116,15 @@ class Sidecar:
     def offload(self) -> Offload | None:
         """Where large requests are routed (switchpoint.offload)."""
         return self._offload
+
+    def health_view(self) -> dict[str, str]:
+        return dict(self._health_view)
+
+    async def _set_health(
+        self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus
+    ) -> None:
+        self._health_view[service] = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+        await self._health.set(service, status)
 
     @property
     def http_port(self) -> int | None:
@@ -220,7 +234,6 @@ class Sidecar:
             await self.grpc_server.start()
             if self._http is not None:
                 await self._http.start()
-                self._http.front.serving = True
             self._scope_sweep = asyncio.create_task(self._sweep_idle_scopes())
         except BaseException:
             # Never leave a child model server running behind a sidecar that failed to start,
@@ -232,7 +245,7 @@ class Sidecar:
                 await predictor.close()
             raise
         for service in ("", ROUTER_SERVICE, CONFIG_SERVICE):
-            await self._health.set(service, SERVING)
+            await self._set_health(service, SERVING)
         for level, note in self.security_notes():
             log.log(level, "%s", note)
         self._watch_config_if_set()
@@ -245,8 +258,8 @@ class Sidecar:
         grace = self.config.server.graceful_stop_s if grace_s is None else grace_s
         await self._stop_reloading()
         await self._health.enter_graceful_shutdown()
+        self._health_view = dict.fromkeys(self._health_view, "NOT_SERVING")
         if self._http is not None:
-            self._http.front.serving = False
             # Both fronts drain at once, within the same grace.
             await asyncio.gather(self.grpc_server.stop(grace), self._http.stop(grace))
         else:
@@ -321,7 +334,7 @@ class Sidecar:
             for warning in warnings:
                 log.warning("config reload: %s", warning)
             log.info("config %s reloaded: version %d", path, self._live.version)
-            await self._health.set(CONFIG_SERVICE, SERVING)
+            await self._set_health(CONFIG_SERVICE, SERVING)
             self._watch_config_if_set()
             return ReloadResult(True, self._live.version, warnings=tuple(warnings))
 
@@ -354,7 +367,7 @@ class Sidecar:
     async def _refused(self, errors: list[str], source: str) -> ReloadResult:
         self._live.error = f"reload of {source} refused: {'; '.join(errors)}"
         log.error("%s (still running config version %d)", self._live.error, self._live.version)
-        await self._health.set(CONFIG_SERVICE, NOT_SERVING)
+        await self._set_health(CONFIG_SERVICE, NOT_SERVING)
         return ReloadResult(False, self._live.version, tuple(errors))
 
     def _swap(self, build: EngineBuild) -> None:
@@ -428,7 +441,7 @@ class Sidecar:
         assert self._shared is not None
         while True:
             status = NOT_SERVING if self._shared.degraded else SERVING
-            await self._health.set(SHARED_STATE_SERVICE, status)
+            await self._set_health(SHARED_STATE_SERVICE, status)
             await asyncio.sleep(SHARED_STATE_POLL_S)
 
 

@@ -97,7 +97,9 @@ class RequestObserver:
                 SPAN_REQUEST,
                 kind=trace.SpanKind.SERVER,
                 attributes={
-                    "rpc.system": "grpc",
+                    # An HTTP call is observed from its headers (a sequence), a gRPC call from its
+                    # context.
+                    "rpc.system": "http" if isinstance(context, Sequence) else "grpc",
                     "rpc.service": "switchpoint.v1.Router",
                     "rpc.method": rpc,
                     "switchpoint.request_id": shown(request.request_id),

@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, MutableMapping
-from contextlib import aclosing
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from functools import partial
 from typing import Any
 
-from switchpoint._native import Decision
 from switchpoint.config import BUILTIN_STRATEGIES
-from switchpoint.engine.path import ChatResult, Engine
 from switchpoint.errors import RequestTooLargeError
 from switchpoint.offload import Offload
 from switchpoint.reload import LiveEngine
@@ -34,13 +32,10 @@ from switchpoint.server.http.wire import (
     STRATEGY_PREFIX,
     ChatCall,
     ModelNames,
-    chunk,
     completion,
-    finish_reason,
     parse_chat,
-    usage_chunk,
 )
-from switchpoint.server.observe import Observation, RequestObserver
+from switchpoint.server.observe import RequestObserver
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -68,8 +63,9 @@ class HttpFront:
         self._engine = engine
         self._observer = observer
         self._offload = offload or Offload()
-        # Set by the sidecar: SERVING between start and the beginning of a stop.
-        self.serving = False
+        # The health entries by service name, as the gRPC health service answers them (the
+        # sidecar sets it): "" is SERVING between start and the beginning of a stop.
+        self.health: Callable[[], Mapping[str, str]] = dict
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,8 +90,12 @@ class HttpFront:
             await _send_error(send, error_answer(exc))
 
     async def _health(self, send: Send) -> None:
-        status = "SERVING" if self.serving else "NOT_SERVING"
-        await _send_json(send, 200 if self.serving else 503, {"status": status})
+        view = self.health()
+        status = view.get("", "NOT_SERVING")
+        if status == "SERVING":
+            await _send_json(send, 200, {"status": status})
+            return
+        await _send_json(send, 503, {"status": status, "services": dict(view)})
 
     def _models(self, headers: list[tuple[str, str]]) -> dict[str, object]:
         build = self._engine.build
@@ -210,64 +210,15 @@ class HttpFront:
                 out = decision_headers(seen.decision, request_id) + result_headers(seen.result)
                 await _send_json(send, 200, completion(seen.result), out)
                 return
-            await self._stream(send, engine, call, chat_input, seen)
-
-    async def _stream(
-        self,
-        send: Send,
-        engine: Engine,
-        call: ChatCall,
-        chat_input: ChatInput,
-        seen: Observation,
-    ) -> None:
-        decision = seen.decision
-        assert decision is not None
-        request_id = chat_input.request_id
-        out = [
-            *sse.HEADERS,
-            *decision_headers(decision, request_id),
-            (b"x-switchpoint-model", decision.chosen.name.encode()),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": out})
-        try:
-            async with aclosing(_events(engine, call, chat_input, decision, seen)) as events:
-                async for event in events:
-                    await send({"type": "http.response.body", "body": event, "more_body": True})
-        except Exception as exc:
-            answer = error_answer(exc, request_id)
-            seen.failed(answer.grpc_code, answer.message)
-            await send(
-                {"type": "http.response.body", "body": sse.event(answer.body), "more_body": True}
+            await sse.send_stream(
+                send,
+                engine,
+                call,
+                chat_input,
+                seen,
+                headers=decision_headers(seen.decision, request_id),
+                refuse=partial(_send_error, send),
             )
-            await send({"type": "http.response.body", "body": b""})
-            return
-        await send({"type": "http.response.body", "body": sse.DONE})
-
-
-async def _events(
-    engine: Engine, call: ChatCall, chat_input: ChatInput, routed: Decision, seen: Observation
-) -> AsyncGenerator[bytes, None]:
-    request_id, created = chat_input.request_id, int(time.time())
-    model = routed.chosen.name
-    first = True
-    stream_deltas = engine.stream(chat_input, routed, deadline=None)
-    async with aclosing(stream_deltas) as stream:
-        async for item in stream:
-            if isinstance(item, Decision):
-                seen.decision = item
-                model = item.chosen.name
-                continue
-            if isinstance(item, ChatResult):
-                seen.result = item
-                reason = finish_reason(item.finish_reason)
-                yield sse.event(chunk(request_id, item.model, created, {}, reason))
-                if call.include_usage:
-                    yield sse.event(usage_chunk(item, created))
-                continue
-            model = item.model
-            delta = {"role": "assistant", "content": item.text} if first else {"content": item.text}
-            first = False
-            yield sse.event(chunk(request_id, model, created, delta))
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

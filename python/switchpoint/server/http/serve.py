@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import math
 import socket
 from collections.abc import Iterator
 
@@ -77,7 +76,8 @@ class HttpServer:
         if self._task is None:
             self._socket.close()
             return
-        self._server.config.timeout_graceful_shutdown = math.ceil(grace_s)
+        # uvicorn reads it as asyncio.timeout's delay, which takes any float.
+        self._server.config.timeout_graceful_shutdown = grace_s  # type: ignore[assignment]
         self._server.should_exit = True
         if grace_s <= 0:
             self._server.force_exit = True

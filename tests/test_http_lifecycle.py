@@ -1,0 +1,116 @@
+"""The HTTP front's life beside gRPC: a refused address fails start-up, a reload applies to the
+next HTTP call, a stop drains the calls in flight, and every call leaves the same request line
+as a gRPC Chat."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from switchpoint.config import parse_config
+from switchpoint.server import create_server
+from tests.providers.fixtures import OPENAI_TEST_KEY
+from tests.providers.openai_server import OpenAIServer
+from tests.providers.script import hang
+from tests.sidecar_harness import (
+    RunningSidecar,
+    one_model_config,
+    running_sidecar,
+    write_config,
+)
+from tests.support.log_records import recorded
+
+ENV = {"T_OAI": OPENAI_TEST_KEY}
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+def _config(server: OpenAIServer) -> dict[str, Any]:
+    config = one_model_config(server.base_url, api_key_env="T_OAI", per_mtok=1.0)
+    config["models"].append({**config["models"][0], "name": "other"})
+    config["routing"] = {"stages": {"chat": {"models": ["gpt"]}}}
+    config["telemetry"] = {"request_log_flush_ms": 0}
+    return config
+
+
+def _url(running: RunningSidecar, path: str = "/v1/chat/completions") -> str:
+    return f"http://127.0.0.1:{running.sidecar.http_port}{path}"
+
+
+async def test_an_address_in_use_is_a_start_up_error(openai_server: OpenAIServer) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        config = parse_config(_config(openai_server))
+        with pytest.raises(OSError, match=r"cannot bind HTTP address .* \(server.http_address\)"):
+            await create_server(config, "127.0.0.1:0", environ=ENV, http_address=address)
+
+
+async def test_http_is_off_unless_configured(openai_server: OpenAIServer) -> None:
+    async with running_sidecar(_config(openai_server), ENV) as running:
+        assert running.sidecar.http_port is None
+
+
+async def test_a_reload_applies_to_the_next_http_call(
+    openai_server: OpenAIServer, tmp_path: Path
+) -> None:
+    config = _config(openai_server)
+    path = tmp_path / "switchpoint.yaml"
+    body = {"model": "switchpoint/stage/chat", "messages": HELLO}
+    async with (
+        running_sidecar(config, ENV, config_path=path, http=True) as running,
+        httpx.AsyncClient() as client,
+    ):
+        before = await client.post(_url(running), json=body)
+        config["routing"] = {"stages": {"chat": {"models": ["other"]}}}
+        write_config(path, config)
+        assert (await running.sidecar.reload()).ok
+        after = await client.post(_url(running), json=body)
+    assert before.headers["x-switchpoint-model"] == "gpt"
+    assert after.headers["x-switchpoint-model"] == "other"
+
+
+async def test_a_stop_drains_the_http_call_in_flight(openai_server: OpenAIServer) -> None:
+    openai_server.script.push(hang(0.5))
+    async with (
+        running_sidecar(_config(openai_server), ENV, http=True) as running,
+        httpx.AsyncClient() as client,
+    ):
+        call = asyncio.create_task(
+            client.post(_url(running), json={"model": "gpt", "messages": HELLO})
+        )
+        # Stopped once the call reached the provider.
+        for _ in range(500):
+            if openai_server.requests:
+                break
+            await asyncio.sleep(0.01)
+        assert openai_server.requests
+        await running.sidecar.stop(5.0)
+        answer = await call
+        with pytest.raises(httpx.ConnectError):
+            await client.get(_url(running, "/healthz"))
+    assert answer.status_code == 200
+    assert answer.json()["choices"][0]["message"]["content"]
+
+
+async def test_http_calls_leave_the_request_line_of_a_chat(openai_server: OpenAIServer) -> None:
+    with recorded("switchpoint.request") as lines:
+        async with (
+            running_sidecar(_config(openai_server), ENV, http=True) as running,
+            httpx.AsyncClient() as client,
+        ):
+            ok = await client.post(
+                _url(running),
+                json={"model": "gpt", "messages": HELLO},
+                headers={"x-switchpoint-tenant": "acme"},
+            )
+            refused = await client.post(_url(running), json={"model": "nope", "messages": HELLO})
+    assert (ok.status_code, refused.status_code) == (200, 404)
+    seen = [(vars(r)["rpc"], vars(r)["tenant"], vars(r)["outcome"]) for r in lines.records]
+    assert seen == [("http.chat", "acme", "ok"), ("http.chat", "", "not_found")]
+    assert vars(lines.records[0])["request_id"] == ok.json()["id"]
