@@ -14,7 +14,13 @@ from switchpoint.v1 import router_pb2 as pb
 from tests.providers.fixtures import OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
 from tests.providers.script import error
-from tests.sidecar_harness import RunningSidecar, one_model_config, running_sidecar, user
+from tests.sidecar_harness import (
+    RunningSidecar,
+    one_model_config,
+    routing_config,
+    running_sidecar,
+    user,
+)
 
 ENV = {"T_OAI": OPENAI_TEST_KEY}
 
@@ -125,19 +131,35 @@ async def test_models_list(running: RunningSidecar) -> None:
     assert "switchpoint/stage/chat" in names
 
 
-async def test_grpc_and_http_decide_alike(running: RunningSidecar) -> None:
-    grpc_answer = await running.stub.Chat(
-        pb.ChatRequest(messages=user("same"), routing=pb.RoutingOptions(stage="chat"))
-    )
-    async with _client(running) as client:
-        answer = await client.chat.completions.with_raw_response.create(
-            model="switchpoint/stage/chat", messages=[{"role": "user", "content": "same"}]
+@pytest.mark.parametrize(
+    ("model", "routing"),
+    [
+        ("switchpoint/auto", {}),
+        ("switchpoint/thrifty", {"strategy": "thrifty"}),
+        ("switchpoint/stage/architecture", {"stage": "architecture"}),
+        ("cheap", {"models": ["cheap"]}),
+    ],
+)
+async def test_grpc_and_http_decide_alike(
+    openai_server: OpenAIServer, model: str, routing: dict[str, Any]
+) -> None:
+    config = routing_config(openai_server.base_url)
+    config["providers"]["openai"]["api_key_env"] = "T_OAI"
+    async with running_sidecar(config, ENV, http=True) as running:
+        # Route calls no provider, so nothing it does changes the next decision.
+        decided = await running.stub.Route(
+            pb.RouteRequest(messages=user("same"), routing=pb.RoutingOptions(**routing))
         )
-    assert answer.headers["x-switchpoint-model"] == grpc_answer.model
-    level = (
-        pb.DecisionLevel.Name(grpc_answer.decision.level).removeprefix("DECISION_LEVEL_").lower()
-    )
+        async with _client(running) as client:
+            answer = await client.chat.completions.with_raw_response.create(
+                model=model, messages=[{"role": "user", "content": "same"}]
+            )
+    assert answer.headers["x-switchpoint-model"] == decided.model
+    level = pb.DecisionLevel.Name(decided.level).removeprefix("DECISION_LEVEL_").lower()
     assert answer.headers["x-switchpoint-level"] == level
+    candidates = [c.model for c in decided.candidates]
+    assert len(candidates) > 1 or model == "cheap"
+    assert answer.headers["x-switchpoint-candidates"].split(",") == candidates
 
 
 async def test_a_rate_limit_is_the_sdks_rate_limit_error_with_retry_after(

@@ -75,6 +75,9 @@ def decision_headers(decision: Decision | None, request_id: str) -> list[tuple[b
     out = [(b"x-switchpoint-request-id", request_id.encode())]
     if decision is not None:
         out.append((b"x-switchpoint-level", decision.level.name.lower().encode()))
+        # The ranked candidates, best first: what the gRPC decision's `candidates` lists.
+        ranked = ",".join(candidate.name for candidate in decision.candidates)
+        out.append((b"x-switchpoint-candidates", ranked.encode()))
     return out
 
 

@@ -157,7 +157,7 @@ def _message(message: object, path: str) -> pb.Message:
     if role not in _ROLES:
         raise invalid(f"{path}.role", "must be one of system, user, assistant")
     for key in message:
-        if key not in ("role", "content", "name"):
+        if key not in ("role", "content"):
             raise invalid(f"{path}.{key}", "is not supported by switchpoint")
     return pb.Message(role=role, content=_content(message.get("content"), f"{path}.content"))
 
