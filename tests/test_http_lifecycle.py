@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trustme
 
 from switchpoint.config import parse_config
 from switchpoint.server import create_server
@@ -20,10 +22,12 @@ from tests.providers.script import hang
 from tests.sidecar_harness import (
     RunningSidecar,
     one_model_config,
+    routing_config,
     running_sidecar,
     write_config,
 )
 from tests.support.log_records import recorded
+from tests.test_tls_rpc import _server_files
 
 ENV = {"T_OAI": OPENAI_TEST_KEY}
 HELLO = [{"role": "user", "content": "hello"}]
@@ -114,3 +118,27 @@ async def test_http_calls_leave_the_request_line_of_a_chat(openai_server: OpenAI
     seen = [(vars(r)["rpc"], vars(r)["tenant"], vars(r)["outcome"]) for r in lines.records]
     assert seen == [("http.chat", "acme", "ok"), ("http.chat", "", "not_found")]
     assert vars(lines.records[0])["request_id"] == ok.json()["id"]
+
+
+async def test_the_http_front_serves_the_grpc_ports_tls_and_mtls(tmp_path: Path) -> None:
+    authority, client_authority = trustme.CA(), trustme.CA()
+    client = client_authority.issue_cert("client")
+    client_ca = tmp_path / "clients.pem"
+    client_authority.cert_pem.write_to_path(str(client_ca))
+    tls = {**_server_files(tmp_path, authority), "client_ca_file": str(client_ca)}
+    config = {**routing_config(), "server": {"tls": tls, "reload_poll_s": None}}
+    trusting = ssl.create_default_context()
+    authority.configure_trust(trusting)
+    with_certificate = ssl.create_default_context()
+    authority.configure_trust(with_certificate)
+    client.configure_cert(with_certificate)
+    async with running_sidecar(config, http=True) as running:
+        url = f"https://127.0.0.1:{running.sidecar.http_port}/healthz"
+        async with httpx.AsyncClient(verify=with_certificate) as mutual:
+            assert (await mutual.get(url)).status_code == 200
+        async with httpx.AsyncClient(verify=trusting) as anonymous:
+            with pytest.raises(httpx.HTTPError):
+                await anonymous.get(url)
+        async with httpx.AsyncClient() as plain:
+            with pytest.raises(httpx.HTTPError):
+                await plain.get(url.replace("https:", "http:"))

@@ -327,6 +327,8 @@ class Sidecar:
             self._swap(build)
             if self._tls is not None and certificates is not None:
                 self._tls.update(certificates)
+                if self._http is not None and config.server.tls is not None:
+                    self._http.update_tls(config.server.tls)
             self._request_log.configure(
                 log_prompts=config.telemetry.log_prompts,
                 flush_after_s=config.telemetry.request_log_flush_ms / 1000.0,

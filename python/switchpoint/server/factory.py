@@ -136,7 +136,9 @@ async def _create_server(
     if http_address or config.server.http_address:
         try:
             http = HttpServer(
-                HttpFront(live, observer, offload), http_address or config.server.http_address or ""
+                HttpFront(live, observer, offload),
+                http_address or config.server.http_address or "",
+                config.server.tls,
             )
         except OSError:
             await asyncio.gather(*(adapter.aclose() for adapter in build.adapters.values()))

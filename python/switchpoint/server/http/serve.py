@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 import importlib.util
 import socket
+import ssl
 from collections.abc import Iterator
 
 import uvicorn
 
+from switchpoint.security.config import TlsConfig
 from switchpoint.server.http.app import HttpFront
 
 
@@ -44,23 +46,46 @@ def bind(address: str) -> socket.socket:
     return sock
 
 
+def server_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
+    """The HTTP front's TLS: the same certificate, key and client CA as the gRPC port."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.client_ca_file is not None:
+        context.load_verify_locations(tls.client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 class HttpServer:
-    def __init__(self, front: HttpFront, address: str) -> None:
+    def __init__(self, front: HttpFront, address: str, tls: TlsConfig | None = None) -> None:
         self.front = front
+        # Built before the socket, so a bad certificate leaves no bound port behind.
+        self._ssl = server_ssl_context(tls) if tls is not None else None
         self._socket = bind(address)
         self.port: int = self._socket.getsockname()[1]
-        self._server = _QuietServer(
-            uvicorn.Config(
-                front,
-                lifespan="off",
-                loop="none",
-                http=_http_protocol(),
-                access_log=False,
-                log_config=None,
-                server_header=False,
-            )
+        config = uvicorn.Config(
+            front,
+            lifespan="off",
+            loop="none",
+            http=_http_protocol(),
+            access_log=False,
+            log_config=None,
+            server_header=False,
         )
+        if self._ssl is not None:
+            # Loaded here so the context is ours: a reload loads new certificates into it.
+            config.load()
+            config.ssl = self._ssl
+        self._server = _QuietServer(config)
         self._task: asyncio.Task[None] | None = None
+
+    def update_tls(self, tls: TlsConfig) -> None:
+        """New connections get the reloaded certificate (and client CA); open ones keep theirs."""
+        if self._ssl is None:
+            return
+        self._ssl.load_cert_chain(tls.cert_file, tls.key_file)
+        if tls.client_ca_file is not None:
+            self._ssl.load_verify_locations(tls.client_ca_file)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
