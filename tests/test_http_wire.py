@@ -16,6 +16,7 @@ import pytest_asyncio
 from switchpoint.security.keys import key_digest
 from tests.providers.fixtures import OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
+from tests.providers.script import hang
 from tests.sidecar_harness import RunningSidecar, one_model_config, running_sidecar
 
 ENV = {"T_OAI": OPENAI_TEST_KEY}
@@ -260,3 +261,24 @@ async def test_concurrent_calls_all_answer(http: httpx.AsyncClient) -> None:
     )
     assert [a.status_code for a in answers] == [200] * 8
     assert len({a.json()["id"] for a in answers}) == 8
+
+
+async def test_calls_over_max_concurrent_rpcs_are_refused_at_once(
+    openai_server: OpenAIServer,
+) -> None:
+    openai_server.script.push(hang(10.0))
+    config = _config(openai_server)
+    config["server"]["limits"]["max_concurrent_rpcs"] = 1
+    body = {"model": "gpt", "messages": HELLO}
+    async with (
+        running_sidecar(config, ENV, http=True) as running,
+        httpx.AsyncClient(base_url=_base(running)) as client,
+    ):
+        held = asyncio.create_task(client.post("/v1/chat/completions", json=body))
+        for _ in range(500):
+            if openai_server.requests:
+                break
+            await asyncio.sleep(0.01)
+        error = _error(await client.post("/v1/chat/completions", json=body), 429)
+        held.cancel()
+    assert "server.limits.max_concurrent_rpcs (1)" in error["message"]

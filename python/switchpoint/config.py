@@ -65,6 +65,13 @@ class ServerConfig(StrictModel):
     # What one request may carry (switchpoint.limits).
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
+    @field_validator("http_address")
+    @classmethod
+    def _check_http_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_address(value)
+        return value
+
 
 class ManagedServerConfig(StrictModel):
     """A local OpenAI-compatible model server that switchpoint starts, watches and stops itself."""

@@ -203,6 +203,16 @@ class Sidecar:
                     "keys cross the network unencrypted; set server.tls",
                 )
             )
+        if self._http is not None and self._tls is None:
+            http_address = self._http.address
+            if not is_loopback(http_address):
+                notes.append(
+                    (
+                        logging.WARNING,
+                        f"PLAINTEXT HTTP on non-loopback address {http_address}: prompts, "
+                        "answers and keys cross the network unencrypted; set server.tls",
+                    )
+                )
         return notes
 
     @property

@@ -66,6 +66,7 @@ class HttpFront:
         # The health entries by service name, as the gRPC health service answers them (the
         # sidecar sets it): "" is SERVING between start and the beginning of a stop.
         self.health: Callable[[], Mapping[str, str]] = dict
+        self._in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -131,6 +132,26 @@ class HttpFront:
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = metadata(scope["headers"])
+        limit = self._engine().config.server.limits.max_concurrent_rpcs
+        if self._in_flight >= limit:
+            # The gRPC server's own bound, counted for HTTP calls apart: refused before the body
+            # is read, so waiting calls never hold more than `limit` bodies.
+            busy = HttpError(
+                429,
+                f"{self._in_flight} calls in flight: server.limits.max_concurrent_rpcs ({limit})",
+                code="resource_exhausted",
+            )
+            await self._refuse_unread(send, headers, busy)
+            return
+        self._in_flight += 1
+        try:
+            await self._chat_counted(scope, receive, send, headers)
+        finally:
+            self._in_flight -= 1
+
+    async def _chat_counted(
+        self, scope: Scope, receive: Receive, send: Send, headers: list[tuple[str, str]]
+    ) -> None:
         try:
             call = await self._read_call(scope, receive, headers)
             chat_input = self._chat_input(call)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from switchpoint.config import split_address
 from switchpoint.security.config import TlsConfig
 from switchpoint.server.http.app import HttpFront
 
@@ -31,15 +32,17 @@ class _QuietServer(uvicorn.Server):
 
 def bind(address: str) -> socket.socket:
     """A listening socket on HOST:PORT (PORT 0: any free port); OSError names the address."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
+    try:
+        host, port = split_address(address)
+    except ValueError as exc:
+        raise OSError(f"cannot bind HTTP address (server.http_address): {exc}") from exc
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, int(port)))
+        sock.bind((host, port))
         sock.listen(2048)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         sock.close()
         raise OSError(f"cannot bind HTTP address {address} (server.http_address): {exc}") from exc
     sock.setblocking(False)
@@ -61,6 +64,7 @@ class HttpServer:
         self.front = front
         # Built before the socket, so a bad certificate leaves no bound port behind.
         self._ssl = server_ssl_context(tls) if tls is not None else None
+        self.address = address
         self._socket = bind(address)
         self.port: int = self._socket.getsockname()[1]
         config = uvicorn.Config(
