@@ -15,7 +15,7 @@ from switchpoint.errors import RequestTooLargeError
 from switchpoint.offload import Offload
 from switchpoint.reload import LiveEngine
 from switchpoint.request import ChatInput, new_request_id
-from switchpoint.security.access import AccessDenied, authenticate
+from switchpoint.security.access import authenticate
 from switchpoint.server import convert
 from switchpoint.server.http import sse
 from switchpoint.server.http.errors import ErrorAnswer, HttpError, error_answer
@@ -80,14 +80,25 @@ class HttpFront:
             failure = HttpError(405, f"{path} takes {wanted}, not {method[:16]}", code="method")
             await _send_error(send, error_answer(failure))
             return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
             if path == "/healthz":
-                await self._health(send)
+                await self._health(tracked)
             elif path == "/v1/models":
-                await _send_json(send, 200, self._models(metadata(scope["headers"])))
+                await _send_json(tracked, 200, self._models(metadata(scope["headers"])))
             else:
-                await self._chat(scope, receive, send)
-        except (HttpError, AccessDenied) as exc:
+                await self._chat(scope, receive, tracked)
+        except Exception as exc:
+            # Refusals, and anything unexpected (logged by `failure_for`, answered with the
+            # request id only): OpenAI's error body, never the server's own error page.
+            if started:
+                raise
             await _send_error(send, error_answer(exc))
 
     async def _health(self, send: Send) -> None:
