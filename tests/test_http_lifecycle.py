@@ -5,6 +5,7 @@ as a gRPC Chat."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import ssl
 from pathlib import Path
@@ -27,6 +28,8 @@ from tests.sidecar_harness import (
     write_config,
 )
 from tests.support.log_records import recorded
+from tests.support.serve_process import free_port, serving
+from tests.support.serve_process import write_config as write_process_config
 from tests.test_tls_rpc import _server_files
 
 ENV = {"T_OAI": OPENAI_TEST_KEY}
@@ -142,3 +145,21 @@ async def test_the_http_front_serves_the_grpc_ports_tls_and_mtls(tmp_path: Path)
         async with httpx.AsyncClient() as plain:
             with pytest.raises(httpx.HTTPError):
                 await plain.get(url.replace("https:", "http:"))
+
+
+async def test_serve_takes_http_address_and_announces_it(
+    openai_server: OpenAIServer, tmp_path: Path
+) -> None:
+    grpc_port, http_port = free_port(), free_port()
+    path = tmp_path / "switchpoint.yaml"
+    config = _config(openai_server)
+    config["server"] = {"grpc_address": f"127.0.0.1:{grpc_port}", "reload_poll_s": None}
+    write_process_config(path, config)
+    address = f"127.0.0.1:{http_port}"
+    async with serving(path, grpc_port, args=["--http-address", address]) as process:
+        async with httpx.AsyncClient() as client:
+            health = await client.get(f"http://{address}/healthz")
+        process.signal(signal.SIGTERM)
+        assert await process.exit_code(10.0) == 0
+    assert health.json() == {"status": "SERVING"}
+    assert any(f"HTTP on {address}" in line for line in process.output)

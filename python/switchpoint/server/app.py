@@ -132,6 +132,11 @@ class Sidecar:
         return None if self._http is None else self._http.port
 
     @property
+    def http_address(self) -> str:
+        """The address the HTTP front was bound to ("" when it is off)."""
+        return "" if self._http is None else self._http.address
+
+    @property
     def metrics_port(self) -> int | None:
         return self._telemetry.metrics_port
 
