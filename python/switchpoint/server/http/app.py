@@ -11,6 +11,7 @@ from functools import partial
 from typing import Any
 
 from switchpoint.config import BUILTIN_STRATEGIES
+from switchpoint.engine.path import Engine
 from switchpoint.errors import RequestTooLargeError
 from switchpoint.offload import Offload
 from switchpoint.reload import LiveEngine
@@ -35,7 +36,7 @@ from switchpoint.server.http.wire import (
     completion,
     parse_chat,
 )
-from switchpoint.server.observe import RequestObserver
+from switchpoint.server.observe import Observation, RequestObserver
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -224,33 +225,42 @@ class HttpFront:
             self._engine.hold() as engine,
             self._observer.observe(RPC, headers, chat_input) as seen,
         ):
-            chat_input, seen.split = engine.splits.assign(chat_input)
-            request_id = chat_input.request_id
             try:
-                seen.decision = await engine.route_off_loop(
-                    chat_input, self._offload, timeout_s=None
-                )
-                if not call.stream:
-                    seen.result = await engine.chat(chat_input, seen.decision, deadline=None)
-            except Exception as exc:
-                answer = error_answer(exc, request_id)
-                seen.failed(answer.grpc_code, answer.message)
-                answer.headers.extend(decision_headers(seen.decision, request_id))
-                await _send_error(send, answer)
-                return
-            if seen.result is not None:
-                out = decision_headers(seen.decision, request_id) + result_headers(seen.result)
-                await _send_json(send, 200, completion(seen.result), out)
-                return
-            await sse.send_stream(
-                send,
-                engine,
-                call,
-                chat_input,
-                seen,
-                headers=decision_headers(seen.decision, request_id),
-                refuse=partial(_send_error, send),
-            )
+                await self._answer(send, engine, call, chat_input, seen)
+            except asyncio.CancelledError:
+                # The caller hung up (or the server stopped past its grace): the request line
+                # says so rather than "ok".
+                seen.outcome = "cancelled"
+                raise
+
+    async def _answer(
+        self, send: Send, engine: Engine, call: ChatCall, chat_input: ChatInput, seen: Observation
+    ) -> None:
+        chat_input, seen.split = engine.splits.assign(chat_input)
+        request_id = chat_input.request_id
+        try:
+            seen.decision = await engine.route_off_loop(chat_input, self._offload, timeout_s=None)
+            if not call.stream:
+                seen.result = await engine.chat(chat_input, seen.decision, deadline=None)
+        except Exception as exc:
+            answer = error_answer(exc, request_id)
+            seen.failed(answer.grpc_code, answer.message)
+            answer.headers.extend(decision_headers(seen.decision, request_id))
+            await _send_error(send, answer)
+            return
+        if seen.result is not None:
+            out = decision_headers(seen.decision, request_id) + result_headers(seen.result)
+            await _send_json(send, 200, completion(seen.result), out)
+            return
+        await sse.send_stream(
+            send,
+            engine,
+            call,
+            chat_input,
+            seen,
+            headers=decision_headers(seen.decision, request_id),
+            refuse=partial(_send_error, send),
+        )
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
