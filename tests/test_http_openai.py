@@ -114,10 +114,12 @@ async def test_errors_are_the_sdks_own_types(
             )
         assert "tools" in tools.value.message
         openai_server.script.push(error(429, retry_after=7))
-        with pytest.raises(openai.RateLimitError):
+        with pytest.raises(openai.RateLimitError) as provider_limited:
             await client.chat.completions.create(
                 model="gpt", messages=[{"role": "user", "content": "x"}]
             )
+        # The provider's own delay, passed on.
+        assert provider_limited.value.response.headers["retry-after"] == "7"
 
 
 async def test_models_list(running: RunningSidecar) -> None:

@@ -9,7 +9,12 @@ import math
 
 import grpc
 
-from switchpoint.errors import QuotaExceededError, RequestTooLargeError
+from switchpoint.errors import (
+    AllAttemptsFailedError,
+    ProviderError,
+    QuotaExceededError,
+    RequestTooLargeError,
+)
 from switchpoint.server.status import failure_for
 
 _HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -87,11 +92,23 @@ def error_answer(exc: BaseException, request_id: str = "") -> ErrorAnswer:
     headers: Headers = []
     if isinstance(exc, RequestTooLargeError):
         status = 413
-    if isinstance(exc, QuotaExceededError) and math.isfinite(exc.retry_after_s):
+    retry_after_s = _retry_after_s(exc) if status == 429 else None
+    if retry_after_s is not None and math.isfinite(retry_after_s):
         # Whole seconds, rounded up, as RFC 9110 wants; never 0 for a refusal that has to wait.
-        headers.append((b"retry-after", str(max(1, math.ceil(exc.retry_after_s))).encode()))
+        headers.append((b"retry-after", str(max(1, math.ceil(retry_after_s))).encode()))
     code = failure.code.name.lower()
     return _answer(status, failure.message, None, code, headers, failure.code)
+
+
+def _retry_after_s(exc: BaseException) -> float | None:
+    """When a 429 may pass: the gate's own delay, or the rate-limited provider's."""
+    if isinstance(exc, QuotaExceededError):
+        return exc.retry_after_s
+    if isinstance(exc, AllAttemptsFailedError) and exc.last is not None:
+        return exc.last.retry_after_s
+    if isinstance(exc, ProviderError):
+        return exc.retry_after_s
+    return None
 
 
 def _grpc_code_of(status: int) -> grpc.StatusCode:
