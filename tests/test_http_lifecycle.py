@@ -17,6 +17,7 @@ import trustme
 
 from switchpoint.config import parse_config
 from switchpoint.server import create_server
+from switchpoint.server.http.serve import bind
 from tests.providers.fixtures import OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
 from tests.providers.script import hang
@@ -163,3 +164,25 @@ async def test_serve_takes_http_address_and_announces_it(
         assert await process.exit_code(10.0) == 0
     assert health.json() == {"status": "SERVING"}
     assert any(f"HTTP on {address}" in line for line in process.output)
+
+
+async def test_connections_to_the_http_socket_send_without_delay() -> None:
+    # A response is two writes (head, body); without TCP_NODELAY the body waits for the client's
+    # delayed ACK, 40 ms a call on Linux.
+    listening = bind("127.0.0.1:0")
+    nodelay: list[int] = []
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+
+    server = await asyncio.start_server(accepted, sock=listening)
+    async with server:
+        _, writer = await asyncio.open_connection("127.0.0.1", listening.getsockname()[1])
+        for _ in range(500):
+            if nodelay:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+    assert nodelay == [1]
