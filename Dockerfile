@@ -3,7 +3,7 @@
 # server and the SmolLM2-135M-Instruct model, so the embedded default config works with no API keys.
 #
 #   docker build -t switchpoint .
-#   docker run --rm -p 50051:50051 -e OPENAI_API_KEY switchpoint
+#   docker run --rm -p 50051:50051 -p 8080:8080 -e OPENAI_API_KEY switchpoint
 
 # ---- build: wheels only; nothing from this stage but /wheels reaches the runtime image ----
 FROM python:3.11-slim-bookworm AS build
@@ -62,7 +62,8 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin switchpoint
 USER 10001
 
-EXPOSE 50051
+# gRPC, and the OpenAI-compatible HTTP front.
+EXPOSE 50051 8080
 
 # The standard grpc.health.v1 check; switchpoint reports SERVING only once the local model is up.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
@@ -71,4 +72,4 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
 # With no --config, `switchpoint serve` uses the default config shipped inside the package. It binds
 # loopback; in a container the port must be reachable from outside the container's own loopback.
 ENTRYPOINT ["switchpoint", "serve"]
-CMD ["--grpc-address", "0.0.0.0:50051"]
+CMD ["--grpc-address", "0.0.0.0:50051", "--http-address", "0.0.0.0:8080"]
