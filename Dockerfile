@@ -3,7 +3,7 @@
 # server and the SmolLM2-135M-Instruct model, so the embedded default config works with no API keys.
 #
 #   docker build -t switchpoint .
-#   docker run --rm --read-only -p 50051:50051 -e OPENAI_API_KEY switchpoint
+#   docker run --rm --read-only -p 50051:50051 -p 8080:8080 -e OPENAI_API_KEY switchpoint
 #
 # Base images are pinned by digest: a moved tag cannot change what is built. The digests are the
 # ones published for these tags (the multi-arch index of python:3.11-slim-bookworm and of
@@ -86,7 +86,8 @@ USER 10001
 # scratch space (HOME, TMPDIR): the only places the sidecar writes.
 VOLUME ["/var/lib/switchpoint/cache", "/var/lib/switchpoint/models", "/tmp"]
 
-EXPOSE 50051
+# gRPC, and the OpenAI-compatible HTTP front.
+EXPOSE 50051 8080
 
 # The standard grpc.health.v1 check; the port opens only once the local model server answers, and
 # the entry turns NOT_SERVING when the sidecar begins to stop. Plaintext: the image's default
@@ -97,4 +98,4 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
 # With no --config, `switchpoint serve` uses the default config shipped inside the package. It binds
 # loopback; in a container the port must be reachable from outside the container's own loopback.
 ENTRYPOINT ["switchpoint", "serve"]
-CMD ["--grpc-address", "0.0.0.0:50051"]
+CMD ["--grpc-address", "0.0.0.0:50051", "--http-address", "0.0.0.0:8080"]

@@ -129,16 +129,23 @@ async def running_sidecar(
     telemetry: Telemetry | None = None,
     config_path: Path | None = None,
     credentials: grpc.ChannelCredentials | None = None,
+    http: bool = False,
 ) -> AsyncIterator[RunningSidecar]:
     """`config_path`: the config is written there and the sidecar reloads from it.
-    `credentials`: the client dials with TLS (the server certificate names 127.0.0.1)."""
+    `credentials`: the client dials with TLS (the server certificate names 127.0.0.1).
+    `http`: the HTTP front is served too, on a free port (`sidecar.http_port`)."""
     if config_path is not None:
         write_config(config_path, config)
         loaded = load_config(config_path)
     else:
         loaded = parse_config(config)
     sidecar, port = await create_server(
-        loaded, "127.0.0.1:0", environ=environ or {}, telemetry=telemetry, config_path=config_path
+        loaded,
+        "127.0.0.1:0",
+        environ=environ or {},
+        telemetry=telemetry,
+        config_path=config_path,
+        http_address="127.0.0.1:0" if http else None,
     )
     try:
         await sidecar.start()

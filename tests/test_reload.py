@@ -242,6 +242,10 @@ def _move_address(config: dict[str, Any]) -> None:
     config["server"]["grpc_address"] = "127.0.0.1:1"
 
 
+def _move_http_address(config: dict[str, Any]) -> None:
+    config["server"]["http_address"] = "127.0.0.1:1"
+
+
 def _unknown_stage_model(config: dict[str, Any]) -> None:
     config["routing"]["stages"]["s"]["models"] = ["cheap", "nope"]
 
@@ -255,6 +259,7 @@ def _managed_server(config: dict[str, Any]) -> None:
     [
         (_unset_key, "providers.oai.api_key_env: environment variable T_UNSET_FOR_RELOAD"),
         (_move_address, "server.grpc_address: changing it needs a restart"),
+        (_move_http_address, "server.http_address: changing it needs a restart"),
         (_unknown_stage_model, "routing.stages.s.models[1]: unknown model 'nope'"),
         (_managed_server, "providers.local.managed: changing a managed local server needs a"),
     ],

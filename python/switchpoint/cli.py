@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--grpc-address", default=None, help="HOST:PORT, overrides server.grpc_address"
     )
+    serve.add_argument(
+        "--http-address",
+        default=None,
+        help="HOST:PORT, overrides server.http_address (the OpenAI-compatible HTTP front)",
+    )
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.add_argument(
         "--log-format",
@@ -313,8 +318,12 @@ def _route_command(args: argparse.Namespace) -> int:
     return _client(args, route)
 
 
-async def _serve(config: Config, address: str | None, config_path: Path | None) -> None:
-    sidecar, port = await create_server(config, address, config_path=config_path)
+async def _serve(
+    config: Config, address: str | None, config_path: Path | None, http_address: str | None
+) -> None:
+    sidecar, port = await create_server(
+        config, address, config_path=config_path, http_address=http_address
+    )
     try:
         await sidecar.start()
         # Everything built so far (config, tokenizer tables, protobuf descriptors, the embedding
@@ -341,6 +350,12 @@ def _announce(sidecar: Sidecar, address: str, port: int) -> None:
     host = address.rsplit(":", 1)[0]
     models = ", ".join(m.name for m in engine.registry.models)
     print(f"switchpoint: gRPC on {host}:{port} (switchpoint.v1.Router, grpc.health.v1, reflection)")
+    if sidecar.http_port is not None:
+        http_host = sidecar.http_address.rsplit(":", 1)[0]
+        print(
+            f"switchpoint: HTTP on {http_host}:{sidecar.http_port} "
+            "(OpenAI-compatible /v1/chat/completions, /v1/models, /healthz)"
+        )
     if sidecar.metrics_port is not None:
         metrics_host = (engine.config.telemetry.metrics_address or "").rsplit(":", 1)[0]
         print(
@@ -361,7 +376,7 @@ def _serve_command(args: argparse.Namespace) -> int:
     configure_logging(
         args.log_level, json=args.log_format == "json", secrets=config_secrets(config, os.environ)
     )
-    asyncio.run(_serve(config, args.grpc_address, args.config))
+    asyncio.run(_serve(config, args.grpc_address, args.config, args.http_address))
     return 0
 
 

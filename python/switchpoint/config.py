@@ -53,6 +53,8 @@ class StrictModel(BaseModel):
 
 class ServerConfig(StrictModel):
     grpc_address: str = "127.0.0.1:50051"
+    # The OpenAI-compatible HTTP front (docs/http.md), served beside gRPC; None: no HTTP.
+    http_address: str | None = None
     # In-flight calls get this long to finish on SIGTERM before they are cancelled.
     graceful_stop_s: NonNegative = 10.0
     # How often the config file the sidecar was started from is checked for changes (mtime, size
@@ -62,6 +64,13 @@ class ServerConfig(StrictModel):
     state: StateConfig = Field(default_factory=StateConfig)
     # What one request may carry (switchpoint.limits).
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    @field_validator("http_address")
+    @classmethod
+    def _check_http_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_address(value)
+        return value
 
 
 class ManagedServerConfig(StrictModel):

@@ -328,13 +328,20 @@ class LoopbackServer:
     async def _wait(self, request: Request, seconds: float) -> bool:
         """Sleep up to `seconds`; False if the client disconnected or the server is stopping."""
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self._stopping.is_set():
-                return False
-            if await request.is_disconnected():
+        try:
+            while time.monotonic() < deadline:
+                if self._stopping.is_set():
+                    return False
+                if await request.is_disconnected():
+                    self.disconnects += 1
+                    return False
+                await asyncio.sleep(min(0.02, max(deadline - time.monotonic(), 0)))
+        except asyncio.CancelledError:
+            # Mid-stream, the streaming response itself watches for the disconnect and cancels
+            # the stream: that is the client going away too.
+            if not self._stopping.is_set():
                 self.disconnects += 1
-                return False
-            await asyncio.sleep(min(0.02, max(deadline - time.monotonic(), 0)))
+            raise
         return True
 
 

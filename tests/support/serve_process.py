@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,8 +59,12 @@ async def _collect(stream: asyncio.StreamReader, into: list[str]) -> None:
 
 @contextlib.asynccontextmanager
 async def serving(
-    config_path: Path, port: int, environ: Mapping[str, str] | None = None
+    config_path: Path,
+    port: int,
+    environ: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
 ) -> AsyncIterator[ServeProcess]:
+    """`args`: more `serve` options."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -68,6 +72,7 @@ async def serving(
         "serve",
         "--config",
         str(config_path),
+        *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "T_OAI": OPENAI_TEST_KEY, **(environ or {})},

@@ -65,6 +65,8 @@ def restart_only_changes(running: Config, new: Config) -> list[str]:
     errors: list[str] = []
     if new.server.grpc_address != running.server.grpc_address:
         errors.append("server.grpc_address: changing it needs a restart")
+    if new.server.http_address != running.server.http_address:
+        errors.append("server.http_address: changing it needs a restart")
     for name in sorted(running.providers.keys() | new.providers.keys()):
         before, after = running.providers.get(name), new.providers.get(name)
         managed_before = before.managed if before is not None else None

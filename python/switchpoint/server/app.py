@@ -32,6 +32,7 @@ from switchpoint.reload import (
 from switchpoint.request_log import RequestLog
 from switchpoint.security.secrets import config_secrets
 from switchpoint.security.tls import ServerTls, is_loopback, read_certificates
+from switchpoint.server.http import HttpServer
 from switchpoint.server.router_servicer import SERVICE as ROUTER_SERVICE
 from switchpoint.telemetry import BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN, Telemetry
 
@@ -70,8 +71,15 @@ class Sidecar:
         tls: ServerTls | None = None,
         bound: str = "",
         offload: Offload | None = None,
+        http: HttpServer | None = None,
     ) -> None:
         self.port = port
+        self._http = http
+        # Each health entry's status by service name ("" is the whole sidecar), as the gRPC
+        # health service answers it: what GET /healthz shows.
+        self._health_view: dict[str, str] = {"": "NOT_SERVING"}
+        if http is not None:
+            http.front.health = self.health_view
         self._tls = tls
         self._bound = bound
         self._offload = offload
@@ -108,6 +116,25 @@ class Sidecar:
     def offload(self) -> Offload | None:
         """Where large requests are routed (switchpoint.offload)."""
         return self._offload
+
+    def health_view(self) -> dict[str, str]:
+        return dict(self._health_view)
+
+    async def _set_health(
+        self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus
+    ) -> None:
+        self._health_view[service] = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+        await self._health.set(service, status)
+
+    @property
+    def http_port(self) -> int | None:
+        """The bound port of the HTTP front (server.http_address); None when it is off."""
+        return None if self._http is None else self._http.port
+
+    @property
+    def http_address(self) -> str:
+        """The address the HTTP front was bound to ("" when it is off)."""
+        return "" if self._http is None else self._http.address
 
     @property
     def metrics_port(self) -> int | None:
@@ -181,6 +208,16 @@ class Sidecar:
                     "keys cross the network unencrypted; set server.tls",
                 )
             )
+        if self._http is not None and self._tls is None:
+            http_address = self._http.address
+            if not is_loopback(http_address):
+                notes.append(
+                    (
+                        logging.WARNING,
+                        f"PLAINTEXT HTTP on non-loopback address {http_address}: prompts, "
+                        "answers and keys cross the network unencrypted; set server.tls",
+                    )
+                )
         return notes
 
     @property
@@ -210,6 +247,8 @@ class Sidecar:
             if predictor is not None:
                 await predictor.start([m.name for m in self.config.models])
             await self.grpc_server.start()
+            if self._http is not None:
+                await self._http.start()
             self._scope_sweep = asyncio.create_task(self._sweep_idle_scopes())
         except BaseException:
             # Never leave a child model server running behind a sidecar that failed to start,
@@ -221,7 +260,7 @@ class Sidecar:
                 await predictor.close()
             raise
         for service in ("", ROUTER_SERVICE, CONFIG_SERVICE):
-            await self._health.set(service, SERVING)
+            await self._set_health(service, SERVING)
         for level, note in self.security_notes():
             log.log(level, "%s", note)
         self._watch_config_if_set()
@@ -234,7 +273,12 @@ class Sidecar:
         grace = self.config.server.graceful_stop_s if grace_s is None else grace_s
         await self._stop_reloading()
         await self._health.enter_graceful_shutdown()
-        await self.grpc_server.stop(grace)
+        self._health_view = dict.fromkeys(self._health_view, "NOT_SERVING")
+        if self._http is not None:
+            # Both fronts drain at once, within the same grace.
+            await asyncio.gather(self.grpc_server.stop(grace), self._http.stop(grace))
+        else:
+            await self.grpc_server.stop(grace)
         if self._offload is not None:
             # The calls are over; whatever a worker thread still computes is for nobody.
             self._offload.close()
@@ -298,6 +342,8 @@ class Sidecar:
             self._swap(build)
             if self._tls is not None and certificates is not None:
                 self._tls.update(certificates)
+                if self._http is not None and config.server.tls is not None:
+                    self._http.update_tls(config.server.tls)
             self._request_log.configure(
                 log_prompts=config.telemetry.log_prompts,
                 flush_after_s=config.telemetry.request_log_flush_ms / 1000.0,
@@ -305,7 +351,7 @@ class Sidecar:
             for warning in warnings:
                 log.warning("config reload: %s", warning)
             log.info("config %s reloaded: version %d", path, self._live.version)
-            await self._health.set(CONFIG_SERVICE, SERVING)
+            await self._set_health(CONFIG_SERVICE, SERVING)
             self._watch_config_if_set()
             return ReloadResult(True, self._live.version, warnings=tuple(warnings))
 
@@ -338,7 +384,7 @@ class Sidecar:
     async def _refused(self, errors: list[str], source: str) -> ReloadResult:
         self._live.error = f"reload of {source} refused: {'; '.join(errors)}"
         log.error("%s (still running config version %d)", self._live.error, self._live.version)
-        await self._health.set(CONFIG_SERVICE, NOT_SERVING)
+        await self._set_health(CONFIG_SERVICE, NOT_SERVING)
         return ReloadResult(False, self._live.version, tuple(errors))
 
     def _swap(self, build: EngineBuild) -> None:
@@ -412,7 +458,7 @@ class Sidecar:
         assert self._shared is not None
         while True:
             status = NOT_SERVING if self._shared.degraded else SERVING
-            await self._health.set(SHARED_STATE_SERVICE, status)
+            await self._set_health(SHARED_STATE_SERVICE, status)
             await asyncio.sleep(SHARED_STATE_POLL_S)
 
 

@@ -27,6 +27,7 @@ from switchpoint.security.secrets import config_secrets
 from switchpoint.security.tls import ServerTls
 from switchpoint.server.admin_servicer import AdminServicer
 from switchpoint.server.app import Sidecar
+from switchpoint.server.http import HttpFront, HttpServer
 from switchpoint.server.observe import RequestObserver
 from switchpoint.server.router_servicer import SERVICE as ROUTER_SERVICE
 from switchpoint.server.router_servicer import RouterServicer, add_router_to_server
@@ -48,6 +49,7 @@ async def create_server(
     stats: StatsBook | None = None,
     config_path: Path | None = None,
     telemetry: Telemetry | None = None,
+    http_address: str | None = None,
 ) -> tuple[Sidecar, int]:
     """Build a sidecar bound to `address` (config's server.grpc_address when None; port 0 picks a
     free port). Must run inside the event loop that will serve it. Nothing is started yet.
@@ -68,6 +70,7 @@ async def create_server(
             stats=stats,
             config_path=config_path,
             telemetry=telemetry,
+            http_address=http_address,
         )
     finally:
         SECRETS.withdraw(secrets_owner)
@@ -82,6 +85,7 @@ async def _create_server(
     stats: StatsBook | None,
     config_path: Path | None,
     telemetry: Telemetry | None,
+    http_address: str | None,
 ) -> tuple[Sidecar, int]:
     tls = ServerTls(config.server.tls) if config.server.tls is not None else None
     telemetry = telemetry or Telemetry(config.telemetry, environ=environ)
@@ -121,12 +125,26 @@ async def _create_server(
         await asyncio.gather(*(adapter.aclose() for adapter in build.adapters.values()))
         raise OSError(f"cannot bind gRPC address {bind}")
     offload = Offload()
+    observer_log = logging.getLogger("switchpoint.request")
     request_log = RequestLog(
-        logging.getLogger("switchpoint.request"),
+        observer_log,
         log_prompts=config.telemetry.log_prompts,
         flush_after_s=config.telemetry.request_log_flush_ms / 1000.0,
     )
+    observer = RequestObserver(telemetry, request_log)
+    http = None
+    if http_address or config.server.http_address:
+        try:
+            http = HttpServer(
+                HttpFront(live, observer, offload),
+                http_address or config.server.http_address or "",
+                config.server.tls,
+            )
+        except OSError:
+            await asyncio.gather(*(adapter.aclose() for adapter in build.adapters.values()))
+            raise
     sidecar = Sidecar(
+        http=http,
         request_log=request_log,
         live=live,
         managed=managed,
@@ -142,7 +160,6 @@ async def _create_server(
         offload=offload,
     )
     SECRETS.publish(sidecar, config_secrets(config, environ, build.tenant_keys))
-    observer = RequestObserver(telemetry, request_log)
     add_router_to_server(RouterServicer(live, observer, offload), grpc_server)
     admin_token = environ.get(config.admin.token_env)
     admin_pb2_grpc.add_AdminServicer_to_server(

@@ -5,7 +5,7 @@ request and overhead metrics, and the one structured log line. The servicers wra
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import Token
 from dataclasses import dataclass, field
@@ -47,6 +47,10 @@ class Observation:
         self.span.set_attribute("rpc.grpc.status_code", code.value[0])
 
 
+# What a call is observed from: a gRPC call's context, or an HTTP call's headers as metadata.
+Caller = grpc.aio.ServicerContext[object, object] | Sequence[tuple[str, str]]
+
+
 class RequestObserver:
     def __init__(self, telemetry: Telemetry | None, request_log: RequestLog) -> None:
         self._telemetry = telemetry
@@ -62,7 +66,7 @@ class RequestObserver:
     def observe(
         self,
         rpc: str,
-        context: grpc.aio.ServicerContext[object, object],
+        context: Caller,
         request: ChatInput,
         *,
         calls_providers: bool = True,
@@ -76,16 +80,16 @@ class RequestObserver:
             return _Unspanned(self, rpc, request, parent)
         return self._spanned(rpc, context, request)
 
-    def _parent(self, context: grpc.aio.ServicerContext[object, object]) -> otel_context.Context:
+    def _parent(self, context: Caller) -> otel_context.Context:
         """The caller's trace context (W3C `traceparent`, baggage) from the call's metadata."""
         if self._telemetry is None:
             return otel_context.get_current()
+        if isinstance(context, Sequence):
+            return self._telemetry.extract(context)
         return self._telemetry.extract(context.invocation_metadata() or ())
 
     @contextmanager
-    def _spanned(
-        self, rpc: str, context: grpc.aio.ServicerContext[object, object], request: ChatInput
-    ) -> Iterator[Observation]:
+    def _spanned(self, rpc: str, context: Caller, request: ChatInput) -> Iterator[Observation]:
         # Attached (not only passed as the parent) so incoming baggage follows outgoing calls.
         token = otel_context.attach(self._parent(context))
         try:
@@ -93,7 +97,9 @@ class RequestObserver:
                 SPAN_REQUEST,
                 kind=trace.SpanKind.SERVER,
                 attributes={
-                    "rpc.system": "grpc",
+                    # An HTTP call is observed from its headers (a sequence), a gRPC call from its
+                    # context.
+                    "rpc.system": "http" if isinstance(context, Sequence) else "grpc",
                     "rpc.service": "switchpoint.v1.Router",
                     "rpc.method": rpc,
                     "switchpoint.request_id": shown(request.request_id),
