@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from switchpoint import _native
+from switchpoint.addresses import Address
 from switchpoint.cache.config import CacheConfig
 from switchpoint.classifier.config import ClassifierModelConfig, check_classifier_model
 from switchpoint.errors import ConfigError, ErrorClass
@@ -28,17 +29,6 @@ from switchpoint.quota.shared_config import SharedStateConfig
 from switchpoint.routing.predictor import config as learning
 from switchpoint.security.config import AdminConfig, AuthConfig, TlsConfig
 from switchpoint.splits.config import SplitConfig, check_splits
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """Split "host:port" / "[v6]:port" into its parts, refusing anything else."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"expected host:port, got {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port_text)
-
 
 NonNegative = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
@@ -54,7 +44,7 @@ class StrictModel(BaseModel):
 class ServerConfig(StrictModel):
     grpc_address: str = "127.0.0.1:50051"
     # The OpenAI-compatible HTTP front (docs/http.md), served beside gRPC; None: no HTTP.
-    http_address: str | None = None
+    http_address: Address | None = None
     # In-flight calls get this long to finish on SIGTERM before they are cancelled.
     graceful_stop_s: NonNegative = 10.0
     # How often the config file the sidecar was started from is checked for changes (mtime, size
@@ -64,13 +54,6 @@ class ServerConfig(StrictModel):
     state: StateConfig = Field(default_factory=StateConfig)
     # What one request may carry (switchpoint.limits).
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
-
-    @field_validator("http_address")
-    @classmethod
-    def _check_http_address(cls, value: str | None) -> str | None:
-        if value is not None:
-            split_address(value)
-        return value
 
 
 class ManagedServerConfig(StrictModel):
@@ -291,7 +274,7 @@ class TelemetryConfig(StrictModel):
 
     # "host:port" ("[::1]:9464" for IPv6) for the Prometheus /metrics listener; None serves none.
     # Port 0 binds any free port (tests); `Telemetry.metrics_port` tells which.
-    metrics_address: str | None = None
+    metrics_address: Address | None = None
     # Head sampling for root spans; a sampled incoming parent is always followed (ParentBased).
     sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
     service_name: str = "switchpoint"
@@ -300,13 +283,6 @@ class TelemetryConfig(StrictModel):
     # Request log lines are handed to the log handlers in batches, at most this long after their
     # request ended (`ts` stays the end time); 0 writes each line as its request ends.
     request_log_flush_ms: int = Field(default=100, ge=0, le=10_000)
-
-    @field_validator("metrics_address")
-    @classmethod
-    def _check_address(cls, value: str | None) -> str | None:
-        if value is not None:
-            split_address(value)
-        return value
 
 
 class Config(StrictModel):

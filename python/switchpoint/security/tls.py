@@ -16,7 +16,7 @@ from typing import cast
 
 import grpc
 
-from switchpoint.config import split_address
+from switchpoint.addresses import split_address
 from switchpoint.errors import ConfigError
 from switchpoint.security.config import TlsConfig
 

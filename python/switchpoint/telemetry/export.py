@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from switchpoint.config import split_address
+from switchpoint.addresses import split_address
 
 _HTTP_READ_TIMEOUT_S: Final = 10.0
 _OTLP_ENDPOINT_VARS: Final = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")

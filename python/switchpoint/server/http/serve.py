@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from switchpoint.config import split_address
+from switchpoint.addresses import split_address
 from switchpoint.security.config import TlsConfig
 from switchpoint.server.http.app import HttpFront
 
