@@ -73,7 +73,8 @@ async def test_chat_answers_with_the_provider_reply_usage_cost_and_decision(
         stats = router.stats(models=["gpt"])
     assert result.content == echo_answer("gpt", "what is routing")
     assert (result.model, result.provider) == ("gpt", "oai")
-    assert result.usage.input_tokens > 0 and result.usage.output_tokens > 0
+    assert result.usage.input_tokens > 0
+    assert result.usage.output_tokens > 0
     assert result.cost_usd == pytest.approx(
         (result.usage.input_tokens + result.usage.output_tokens) * 1000.0 / 1e6
     )
@@ -91,10 +92,12 @@ async def test_stream_yields_the_decision_first_and_the_whole_result_last(
     config = one_model_config(openai_server.base_url, api_key_env="K")
     async with Router.from_config(config, environ=ENV) as router:
         chunks = [c async for c in router.stream(HELLO, model="gpt")]
-    assert chunks[0].decision is not None and chunks[0].decision.model == "gpt"
+    assert chunks[0].decision is not None
+    assert chunks[0].decision.model == "gpt"
     assert all(c.decision is None for c in chunks[1:])
     last = chunks[-1]
-    assert last.done and last.result is not None
+    assert last.done
+    assert last.result is not None
     assert not any(c.done for c in chunks[:-1])
     text = "".join(c.delta for c in chunks)
     assert text == echo_answer("gpt", "hello there") == last.result.content
@@ -128,18 +131,15 @@ async def test_a_spent_budget_refuses_with_quota_exceeded_and_calls_no_provider(
     }
     async with Router.from_config(config, environ=ENV) as router:
         served = await router.chat(HELLO, max_tokens=10)
-        attempts_served = 0
-        with pytest.raises(QuotaExceededError) as refused:
-            for _ in range(50):  # bounded: each call spends, the budget ends well before
-                await router.chat(HELLO, max_tokens=10)
-                attempts_served += 1
+        attempts_served, refusal = await _spend_until_refused(router)
         calls = len(openai_server.requests)
         budgets = router.stats().budgets
     assert served.cost_usd > 0
-    assert refused.value.kind == "budget" and refused.value.name == "daily"
-    assert refused.value.retry_after_s > 0
+    assert refusal.kind == "budget"
+    assert refusal.name == "daily"
+    assert refusal.retry_after_s > 0
     # The same refusal the gRPC front answers with: one mapping for both.
-    assert failure_for(refused.value).code.name == "RESOURCE_EXHAUSTED"
+    assert failure_for(refusal).code.name == "RESOURCE_EXHAUSTED"
     assert [b.name for b in budgets] == ["daily"]
     # Refused because the next call's estimate no longer fits; what was spent is what was served.
     assert budgets[0].remaining_usd < served.decision.estimated_cost_usd
@@ -148,6 +148,16 @@ async def test_a_spent_budget_refuses_with_quota_exceeded_and_calls_no_provider(
     )
     # The refused call reached no provider: every provider call is a served one.
     assert calls == 1 + attempts_served
+
+
+async def _spend_until_refused(router: Router) -> tuple[int, QuotaExceededError]:
+    """How many more calls were served before the first refusal, and the refusal."""
+    for served in range(50):  # bounded: each call spends, the budget ends well before
+        try:
+            await router.chat(HELLO, max_tokens=10)
+        except QuotaExceededError as refusal:
+            return served, refusal
+    raise AssertionError("the budget never refused a call")
 
 
 async def test_calls_outside_the_async_with_block_raise_runtime_error_naming_the_fix(
