@@ -141,10 +141,11 @@ def decision_of(decision: EngineDecision, split: Assignment | None = None) -> De
     message = convert.decision_message(decision)
     if split is not None:
         split.annotate_message(message)
-    return _decision(message)
+    return decision_from_message(message)
 
 
-def _decision(message: pb.RouteDecision) -> Decision:
+def decision_from_message(message: pb.RouteDecision) -> Decision:
+    """A RouteDecision message as the library returns it."""
     weights = message.weights
     return Decision(
         model=message.model,
