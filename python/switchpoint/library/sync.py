@@ -9,6 +9,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
+from contextlib import aclosing
 from typing import Any, TypeVar, Unpack
 
 from switchpoint.library.requests import MessageLike
@@ -103,17 +104,21 @@ class SyncRouter:
     ) -> Iterator[StreamChunk]:
         """The chunks as they come; leaving the loop early closes the stream on the router's
         loop (its reservation and the provider's response are released)."""
-        self._usable("stream")
+        loop = self._usable("stream")
         chunks = self._router.stream(messages, timeout_s=timeout_s, **options)
+        # One task on the router's loop runs the whole stream: its trace context is entered and
+        # left in the same task, as with an async caller.
+        pump = self._wait(_start_pump(chunks))
         try:
             while True:
-                chunk = self._call(_next_or_none(chunks))
+                loop.call_soon_threadsafe(pump.wanted.put_nowait, None)
+                chunk = self._call(pump.next())
                 if chunk is None:
                     return
                 yield chunk
         finally:
-            if self._loop is not None and not self._loop.is_closed():
-                self._wait(_aclose(chunks))
+            if not loop.is_closed():
+                self._wait(pump.close())
 
     def stats(
         self, *, models: Sequence[str] = (), tenant: str | None = None, stage: str | None = None
@@ -167,11 +172,37 @@ def _refuse_inside_a_loop(what: str) -> None:
     )
 
 
-async def _next_or_none(chunks: AsyncIterator[StreamChunk]) -> StreamChunk | None:
-    return await anext(chunks, None)
+class _Pump:
+    """Runs a stream in one task, a chunk each time one is wanted."""
+
+    def __init__(self, chunks: AsyncIterator[StreamChunk]) -> None:
+        self.wanted: asyncio.Queue[None] = asyncio.Queue()
+        self._given: asyncio.Queue[StreamChunk | BaseException | None] = asyncio.Queue()
+        self._task = asyncio.create_task(self._run(chunks))
+
+    async def _run(self, chunks: AsyncIterator[StreamChunk]) -> None:
+        async with aclosing(chunks):  # type: ignore[type-var]
+            while True:
+                await self.wanted.get()
+                try:
+                    chunk = await anext(chunks, None)
+                except Exception as exc:
+                    self._given.put_nowait(exc)
+                    return
+                self._given.put_nowait(chunk)
+                if chunk is None:
+                    return
+
+    async def next(self) -> StreamChunk | None:
+        given = await self._given.get()
+        if isinstance(given, BaseException):
+            raise given
+        return given
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
 
 
-async def _aclose(chunks: AsyncIterator[StreamChunk]) -> None:
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is not None:
-        await aclose()
+async def _start_pump(chunks: AsyncIterator[StreamChunk]) -> _Pump:
+    return _Pump(chunks)
