@@ -108,6 +108,9 @@ async def test_close_lets_calls_in_flight_finish_and_refuses_new_ones(
         await router.chat(HELLO)
     results = await asyncio.gather(*calls)
     texts = await asyncio.gather(*streams)
+    # A second close (as `async with` would make after an explicit one) waits for the first.
+    await router.close()
+    assert router.state == "closed"
     await closing
     assert [r.content for r in results] == [echo_answer("gpt", "hello there")] * 5
     assert texts == [echo_answer("gpt", "hello there")] * 2

@@ -38,7 +38,7 @@ from switchpoint.server.status import failure_for
 
 T = TypeVar("T")
 ConfigSource = str | Path | Mapping[str, object] | Config | None
-State = Literal["new", "running", "closing", "closed"]
+State = Literal["new", "starting", "running", "closing", "closed"]
 
 # The names calls are observed under (metrics' `rpc` label, the request log's `rpc` field).
 RPC_ROUTE = "library.route"
@@ -89,6 +89,7 @@ class Router:
         self._embedded: EmbeddedEngine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._in_flight = InFlight()
+        self._closed: asyncio.Future[None] | None = None
 
     @classmethod
     def from_config(
@@ -131,7 +132,7 @@ class Router:
                 f"switchpoint.Router.start(): the router is {self._state}; a Router starts once, "
                 "build a new one with Router.from_config(...)"
             )
-        self._state = "closing"  # nothing may call in while it starts
+        self._state = "starting"
         self._loop = asyncio.get_running_loop()
         try:
             embedded = EmbeddedEngine.build(self._config, self._environ)
@@ -147,12 +148,20 @@ class Router:
         server.graceful_stop_s), end the rest with DeadlineExceededError, then stop the engine as
         the sidecar stops: leases returned, cache snapshot written, local models stopped.
         Idempotent."""
-        if self._state in ("new", "closed"):
+        if self._closed is not None:
+            # A second close (another task, or `async with` after an explicit close) waits for
+            # the first to finish.
+            await asyncio.shield(self._closed)
+            return
+        if self._state == "new":
             self._state = "closed"
             return
-        if self._state == "closing":
-            await self._in_flight.drained(None)
-            return
+        if self._state != "running":
+            raise RuntimeError("switchpoint.Router.close() while it starts: await start() first")
+        self._closed = asyncio.ensure_future(self._close(grace_s))
+        await asyncio.shield(self._closed)
+
+    async def _close(self, grace_s: float | None) -> None:
         self._state = "closing"
         grace = self._config.server.graceful_stop_s if grace_s is None else grace_s
         if not await self._in_flight.drained(grace):
@@ -367,6 +376,11 @@ def _unusable(state: State) -> str:
         return (
             "switchpoint.Router is not started: use it inside "
             "`async with Router.from_config(...) as router:` (or await router.start() first)"
+        )
+    if state == "starting":
+        return (
+            "switchpoint.Router is starting: await start() (or enter `async with`) before "
+            "calling it"
         )
     if state == "closing":
         return "switchpoint.Router is closing: it takes no new calls; build a new Router"
