@@ -158,11 +158,12 @@ class Router:
             return
         if self._state != "running":
             raise RuntimeError("switchpoint.Router.close() while it starts: await start() first")
+        # New calls are refused from here on, before the drain is even scheduled.
+        self._state = "closing"
         self._closed = asyncio.ensure_future(self._close(grace_s))
         await asyncio.shield(self._closed)
 
     async def _close(self, grace_s: float | None) -> None:
-        self._state = "closing"
         grace = self._config.server.graceful_stop_s if grace_s is None else grace_s
         if not await self._in_flight.drained(grace):
             self._in_flight.cut()
