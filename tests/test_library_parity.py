@@ -16,6 +16,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from switchpoint import Router, SwitchpointError
+from switchpoint.library import CallKeywords
 from switchpoint.library.results import decision_from_message
 from switchpoint.server.status import failure_for
 from switchpoint.v1 import router_pb2 as pb
@@ -102,18 +103,23 @@ async def router() -> AsyncIterator[Router]:
         yield started
 
 
+def _options(case: Case) -> CallKeywords:
+    return CallKeywords(
+        model=case.model,
+        stage=case.stage,
+        strategy=case.strategy,
+        tenant=case.tenant,
+        capabilities=case.capabilities,
+        max_cost_usd=case.max_cost_usd,
+        max_tokens=case.max_tokens,
+        request_id=case.request_id,
+    )
+
+
 async def _library(router: Router, case: Case) -> tuple[str, object]:
     try:
         decision = await router.route(
-            [{"role": r, "content": c} for r, c in case.messages],
-            model=case.model,
-            stage=case.stage,
-            strategy=case.strategy,
-            tenant=case.tenant,
-            capabilities=case.capabilities,
-            max_cost_usd=case.max_cost_usd,
-            max_tokens=case.max_tokens,
-            request_id=case.request_id,
+            [{"role": r, "content": c} for r, c in case.messages], **_options(case)
         )
     except SwitchpointError as exc:
         failure = failure_for(exc, case.request_id)
@@ -160,3 +166,38 @@ async def test_the_drawn_cases_reach_both_decisions_and_refusals(
     assert outcomes["unknown model"] == "INVALID_ARGUMENT"
     assert outcomes["no messages"] == "INVALID_ARGUMENT"
     assert outcomes["policy"] == "PERMISSION_DENIED"
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_chat_refusals_are_the_same_on_both_fronts(
+    sidecar: RunningSidecar, router: Router
+) -> None:
+    """Chat refuses what Route refuses, with the same status and message on both fronts."""
+    base = Case((("user", "hello"),), None, "", "", "", (), None, None, "b" * 32)
+    for changes in (
+        {"model": "nope"},
+        {"messages": ()},
+        {"stage": "architecture", "model": "tiny"},
+        {"strategy": "x"},
+        {"messages": (("robot", "hello"),)},
+    ):
+        case = Case(**{**base.__dict__, **changes})
+        try:
+            await router.chat(
+                [{"role": r, "content": c} for r, c in case.messages], **_options(case)
+            )
+        except SwitchpointError as exc:
+            failure = failure_for(exc, case.request_id)
+            library = (failure.code.name, failure.message)
+        else:
+            raise AssertionError(f"the library served {changes}")
+        wire = case.wire()
+        chat = pb.ChatRequest(
+            messages=wire.messages,
+            routing=wire.routing,
+            params=wire.params,
+            request_id=wire.request_id,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await sidecar.stub.Chat(chat)
+        assert library == (refused.value.code().name, refused.value.details()), changes
