@@ -34,7 +34,7 @@ from switchpoint.security.secrets import config_secrets
 from switchpoint.security.tls import ServerTls, is_loopback, read_certificates
 from switchpoint.server.http import HttpServer
 from switchpoint.server.router_servicer import SERVICE as ROUTER_SERVICE
-from switchpoint.server.upkeep import observe_gauges, sweep_idle_scopes
+from switchpoint.server.running import RunningEngine
 from switchpoint.telemetry import Telemetry
 
 log = logging.getLogger("switchpoint.server")
@@ -82,17 +82,23 @@ class Sidecar:
         self._bound = bound
         self._offload = offload
         self._request_log = request_log
-        self._cache = cache
         self.grpc_server = grpc_server
         self._live = live
-        self._managed = managed
         self._health = health_servicer
         self._environ = environ
         self._config_path = config_path
         self._telemetry = telemetry
         self._shared = live.engine.gate.shared
         self._shared_watch: asyncio.Task[None] | None = None
-        self._scope_sweep: asyncio.Task[None] | None = None
+        # The engine's side of start and stop, shared with the library (server.running).
+        self._running = RunningEngine(
+            live,
+            telemetry=telemetry,
+            request_log=request_log,
+            cache=cache,
+            managed=managed,
+            offload=offload,
+        )
         # Reloads run one at a time, whether from the watcher, SIGHUP or Admin.
         self._reload_lock = asyncio.Lock()
         self._stamp: FileStamp | None = None if config_path is None else file_stamp(config_path)
@@ -200,30 +206,18 @@ class Sidecar:
 
     async def start(self) -> None:
         try:
-            for server in self._managed:
-                await server.start()
+            await self._running.start()
             if self._shared is not None:
-                await self._shared.start()
                 self._shared_watch = asyncio.create_task(self._watch_shared_state())
-            observe_gauges(self._telemetry, self._live)
-            await self._telemetry.start()
-            if self._cache is not None:
-                await self._cache.start()
-            predictor = self._live.engine.predictor
-            if predictor is not None:
-                await predictor.start([m.name for m in self.config.models])
             await self.grpc_server.start()
             if self._http is not None:
                 await self._http.start()
-            self._scope_sweep = asyncio.create_task(sweep_idle_scopes(self._live))
         except BaseException:
-            # Never leave a child model server running behind a sidecar that failed to start,
-            # nor the predictor's threads.
-            for server in self._managed:
-                await server.stop()
-            predictor = self._live.engine.predictor
-            if predictor is not None:
-                await predictor.close()
+            # Never leave a child model server, a lease or the predictor's threads behind a
+            # sidecar that failed to start.
+            await _cancelled(self._shared_watch)
+            self._shared_watch = None
+            await self._running.stop(self._close_open_adapters)
             raise
         for service in ("", ROUTER_SERVICE, CONFIG_SERVICE):
             await self._set_health(service, SERVING)
@@ -245,32 +239,14 @@ class Sidecar:
             await asyncio.gather(self.grpc_server.stop(grace), self._http.stop(grace))
         else:
             await self.grpc_server.stop(grace)
-        if self._offload is not None:
-            # The calls are over; whatever a worker thread still computes is for nobody.
-            self._offload.close()
-        await _cancelled(self._shared_watch, self._scope_sweep)
-        self._shared_watch = self._scope_sweep = None
-        if self._shared is not None:
-            # After the drain: the last settled spend is reported, unspent leases go back.
-            await self._shared.stop()
-        predictor = self._live.engine.predictor
-        if predictor is not None:
-            # After the drain (the last feedback is in), before the cache: they may share the
-            # cache's embedder, which the cache closes.
-            await predictor.close()
-        if self._cache is not None:
-            # After the drain, so the snapshot holds the answers of the last calls too.
-            await self._cache.close()
+        await _cancelled(self._shared_watch)
+        self._shared_watch = None
+        await self._running.stop(self._close_open_adapters)
+        SECRETS.withdraw(self)
+
+    async def _close_open_adapters(self) -> None:
         await self._close_adapters(list(self._open_adapters.values()))
         await asyncio.gather(*self._closing)
-        for server in self._managed:
-            await server.stop()
-        # The drained calls' request lines, before the process can exit.
-        self._request_log.flush()
-        SECRETS.withdraw(self)
-        # -- telemetry flush: last, so the spans and metrics of the drained calls are exported.
-        if self._telemetry is not None:
-            await self._telemetry.stop()
 
     async def wait(self) -> None:
         await self.grpc_server.wait_for_termination()
