@@ -166,3 +166,19 @@ async def test_sync_router_refuses_to_block_an_event_loop(openai_server: OpenAIS
         router.start()
     with pytest.raises(RuntimeError, match="not started"):
         router.chat(HELLO)
+
+
+async def test_a_stream_its_consumer_stopped_reading_does_not_hold_close_up(
+    openai_server: OpenAIServer,
+) -> None:
+    router = Router.from_config(_budgeted(openai_server), environ=ENV)
+    await router.start()
+    gate = router._parts.live.engine.gate
+    stream = router.stream(HELLO, max_tokens=10)
+    first = await anext(stream)  # then left unread
+    await router.close(grace_s=0.05)
+    assert router.state == "closed"
+    assert first.decision is not None
+    with pytest.raises(DeadlineExceededError, match="router closed"):
+        await anext(stream)
+    assert gate.gate.outstanding() == 0

@@ -41,11 +41,15 @@ class Call:
         finally:
             self._scope = None
 
-    def cut(self) -> None:
+    def cut(self) -> bool:
+        """End the call's running scope; False when none runs (a stream waiting for its consumer
+        to ask for the next chunk), which then ends at its next scope."""
         self.cut_off = True
-        if self._scope is not None:
-            # The scope's own task is cancelled at once; the timeout turns it into TimeoutError.
-            self._scope.reschedule(asyncio.get_running_loop().time())
+        if self._scope is None:
+            return False
+        # The scope's own task is cancelled at once; the timeout turns it into TimeoutError.
+        self._scope.reschedule(asyncio.get_running_loop().time())
+        return True
 
 
 class InFlight:
@@ -81,4 +85,7 @@ class InFlight:
 
     def cut(self) -> None:
         for call in list(self._calls):
-            call.cut()
+            if not call.cut():
+                # Nothing of it runs: a stream its consumer stopped reading (or abandoned) must
+                # not hold the close up. It ends with DeadlineExceededError if read again.
+                self.remove(call)
