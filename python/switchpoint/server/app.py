@@ -17,7 +17,7 @@ from switchpoint.cache.build import CacheService
 from switchpoint.config import Config, load_config
 from switchpoint.engine.building import EngineBuild, build_engine, restart_only_changes
 from switchpoint.engine.path import Engine
-from switchpoint.errors import ConfigError, CoreError
+from switchpoint.errors import ConfigError
 from switchpoint.local_model import ManagedModelServer
 from switchpoint.logs import SECRETS
 from switchpoint.offload import Offload
@@ -34,7 +34,8 @@ from switchpoint.security.secrets import config_secrets
 from switchpoint.security.tls import ServerTls, is_loopback, read_certificates
 from switchpoint.server.http import HttpServer
 from switchpoint.server.router_servicer import SERVICE as ROUTER_SERVICE
-from switchpoint.telemetry import BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN, Telemetry
+from switchpoint.server.running import RunningEngine
+from switchpoint.telemetry import Telemetry
 
 log = logging.getLogger("switchpoint.server")
 
@@ -44,9 +45,6 @@ log = logging.getLogger("switchpoint.server")
 SHARED_STATE_SERVICE = "switchpoint.v1.SharedState"
 CONFIG_SERVICE = "switchpoint.v1.Config"
 SHARED_STATE_POLL_S = 1.0
-# Idle rule instances are looked for every quarter of `server.state.idle_expiry_s`, at most this
-# long apart.
-SCOPE_SWEEP_MAX_S = 30.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -84,17 +82,23 @@ class Sidecar:
         self._bound = bound
         self._offload = offload
         self._request_log = request_log
-        self._cache = cache
         self.grpc_server = grpc_server
         self._live = live
-        self._managed = managed
         self._health = health_servicer
         self._environ = environ
         self._config_path = config_path
         self._telemetry = telemetry
         self._shared = live.engine.gate.shared
         self._shared_watch: asyncio.Task[None] | None = None
-        self._scope_sweep: asyncio.Task[None] | None = None
+        # The engine's side of start and stop, shared with the library (server.running).
+        self._running = RunningEngine(
+            live,
+            telemetry=telemetry,
+            request_log=request_log,
+            cache=cache,
+            managed=managed,
+            offload=offload,
+        )
         # Reloads run one at a time, whether from the watcher, SIGHUP or Admin.
         self._reload_lock = asyncio.Lock()
         self._stamp: FileStamp | None = None if config_path is None else file_stamp(config_path)
@@ -139,34 +143,6 @@ class Sidecar:
     @property
     def metrics_port(self) -> int | None:
         return self._telemetry.metrics_port
-
-    # Gauge sources: read at scrape time, always from the current engine (reloads swap it).
-
-    def _queue_depths(self) -> dict[str, int]:
-        return {name: q.depth for name, q in self.engine.scheduler.snapshot().items()}
-
-    def _budgets_remaining(self) -> list[tuple[dict[str, str], float]]:
-        """Per budget instance of a known scope: a tenant the config does not name has no gauge
-        of its own (there would be one per name a caller sends)."""
-        gate = self.engine.gate
-        now = gate.now()
-        out: list[tuple[dict[str, str], float]] = []
-        for instance in gate.budget_instances():
-            if not gate.labels.knows(instance.scope):
-                continue
-            try:
-                remaining_usd = gate.gate.budget_state(instance.gate_id, now).remaining_usd
-            except CoreError:
-                continue  # freed since the list was taken (this runs on the metrics thread)
-            labels: dict[str, str] = {"budget": instance.rule.name}
-            labels.update(instance.scope)
-            out.append((labels, remaining_usd))
-        return out
-
-    def _breaker_states(self) -> list[tuple[str, int]]:
-        codes = {"closed": BREAKER_CLOSED, "half_open": BREAKER_HALF_OPEN, "open": BREAKER_OPEN}
-        breakers = self.engine.breakers
-        return [(m.name, codes[breakers.get(m.name).state]) for m in self.engine.registry.models]
 
     @property
     def config(self) -> Config:
@@ -230,34 +206,18 @@ class Sidecar:
 
     async def start(self) -> None:
         try:
-            for server in self._managed:
-                await server.start()
+            await self._running.start()
             if self._shared is not None:
-                await self._shared.start()
                 self._shared_watch = asyncio.create_task(self._watch_shared_state())
-            self._telemetry.observe(
-                queues=self._queue_depths,
-                budgets_remaining=self._budgets_remaining,
-                breakers=self._breaker_states,
-            )
-            await self._telemetry.start()
-            if self._cache is not None:
-                await self._cache.start()
-            predictor = self._live.engine.predictor
-            if predictor is not None:
-                await predictor.start([m.name for m in self.config.models])
             await self.grpc_server.start()
             if self._http is not None:
                 await self._http.start()
-            self._scope_sweep = asyncio.create_task(self._sweep_idle_scopes())
         except BaseException:
-            # Never leave a child model server running behind a sidecar that failed to start,
-            # nor the predictor's threads.
-            for server in self._managed:
-                await server.stop()
-            predictor = self._live.engine.predictor
-            if predictor is not None:
-                await predictor.close()
+            # Never leave a child model server, a lease or the predictor's threads behind a
+            # sidecar that failed to start.
+            await _cancelled(self._shared_watch)
+            self._shared_watch = None
+            await self._running.stop(self._close_open_adapters)
             raise
         for service in ("", ROUTER_SERVICE, CONFIG_SERVICE):
             await self._set_health(service, SERVING)
@@ -279,32 +239,14 @@ class Sidecar:
             await asyncio.gather(self.grpc_server.stop(grace), self._http.stop(grace))
         else:
             await self.grpc_server.stop(grace)
-        if self._offload is not None:
-            # The calls are over; whatever a worker thread still computes is for nobody.
-            self._offload.close()
-        await _cancelled(self._shared_watch, self._scope_sweep)
-        self._shared_watch = self._scope_sweep = None
-        if self._shared is not None:
-            # After the drain: the last settled spend is reported, unspent leases go back.
-            await self._shared.stop()
-        predictor = self._live.engine.predictor
-        if predictor is not None:
-            # After the drain (the last feedback is in), before the cache: they may share the
-            # cache's embedder, which the cache closes.
-            await predictor.close()
-        if self._cache is not None:
-            # After the drain, so the snapshot holds the answers of the last calls too.
-            await self._cache.close()
+        await _cancelled(self._shared_watch)
+        self._shared_watch = None
+        await self._running.stop(self._close_open_adapters)
+        SECRETS.withdraw(self)
+
+    async def _close_open_adapters(self) -> None:
         await self._close_adapters(list(self._open_adapters.values()))
         await asyncio.gather(*self._closing)
-        for server in self._managed:
-            await server.stop()
-        # The drained calls' request lines, before the process can exit.
-        self._request_log.flush()
-        SECRETS.withdraw(self)
-        # -- telemetry flush: last, so the spans and metrics of the drained calls are exported.
-        if self._telemetry is not None:
-            await self._telemetry.stop()
 
     async def wait(self) -> None:
         await self.grpc_server.wait_for_termination()
@@ -440,19 +382,6 @@ class Sidecar:
             self._signal_loop = None
         await _cancelled(self._config_watch, *self._reloads)
         self._config_watch = None
-
-    async def _sweep_idle_scopes(self) -> None:
-        # The interval is read each round: a reload may change the expiry.
-        while True:
-            await asyncio.sleep(min(self.config.server.state.idle_expiry_s / 4, SCOPE_SWEEP_MAX_S))
-            try:
-                freed = self.engine.gate.expire_idle()
-            except Exception:
-                # A bug in one sweep must not end the loop: idle instances would pile up again.
-                log.exception("freeing idle rule instances failed")
-                continue
-            if freed:
-                log.debug("freed %d idle rule instances", freed)
 
     async def _watch_shared_state(self) -> None:
         assert self._shared is not None

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -14,7 +15,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from switchpoint._native import LatencyTracker
-from switchpoint.cache.build import build_cache
+from switchpoint.cache.build import CacheService, build_cache
 from switchpoint.config import Config
 from switchpoint.engine.building import build_engine
 from switchpoint.local_model import ManagedModelServer
@@ -76,18 +77,32 @@ async def create_server(
         SECRETS.withdraw(secrets_owner)
 
 
-async def _create_server(
+@dataclass(slots=True)
+class EngineParts:
+    """Everything a front serves calls from, built one way for every front (the sidecar's gRPC
+    and HTTP fronts, and the in-process library): the live engine with its telemetry, cache,
+    managed local model servers, request log, observer and offload threads. Nothing is started."""
+
+    live: LiveEngine
+    telemetry: Telemetry
+    cache: CacheService | None
+    managed: list[ManagedModelServer]
+    offload: Offload
+    request_log: RequestLog
+    observer: RequestObserver
+
+
+def build_engine_parts(
     config: Config,
-    address: str | None,
     *,
     environ: Mapping[str, str],
-    latency: LatencyTracker | None,
-    stats: StatsBook | None,
-    config_path: Path | None,
-    telemetry: Telemetry | None,
-    http_address: str | None,
-) -> tuple[Sidecar, int]:
-    tls = ServerTls(config.server.tls) if config.server.tls is not None else None
+    telemetry: Telemetry | None = None,
+    latency: LatencyTracker | None = None,
+    stats: StatsBook | None = None,
+) -> EngineParts:
+    """The engine and what runs beside it, from `config`; `telemetry` is built from
+    config.telemetry when None. Call it with the config's secrets published (see
+    `create_server`), so no line logged while building shows a key."""
     telemetry = telemetry or Telemetry(config.telemetry, environ=environ)
     cache = build_cache(config, environ)
     predictor = build_predictor(config.routing.predictor, cache.embedder if cache else None)
@@ -106,7 +121,39 @@ async def _create_server(
         for name, s in build.engine.registry.providers.items()
         if s.enabled and s.config.managed is not None
     ]
-    live = LiveEngine(build)
+    request_log = RequestLog(
+        logging.getLogger("switchpoint.request"),
+        log_prompts=config.telemetry.log_prompts,
+        flush_after_s=config.telemetry.request_log_flush_ms / 1000.0,
+    )
+    return EngineParts(
+        live=LiveEngine(build),
+        telemetry=telemetry,
+        cache=cache,
+        managed=managed,
+        offload=Offload(),
+        request_log=request_log,
+        observer=RequestObserver(telemetry, request_log),
+    )
+
+
+async def _create_server(
+    config: Config,
+    address: str | None,
+    *,
+    environ: Mapping[str, str],
+    latency: LatencyTracker | None,
+    stats: StatsBook | None,
+    config_path: Path | None,
+    telemetry: Telemetry | None,
+    http_address: str | None,
+) -> tuple[Sidecar, int]:
+    tls = ServerTls(config.server.tls) if config.server.tls is not None else None
+    parts = build_engine_parts(
+        config, environ=environ, telemetry=telemetry, latency=latency, stats=stats
+    )
+    live, managed, offload, observer = parts.live, parts.managed, parts.offload, parts.observer
+    build = live.build
     # A larger message is refused (RESOURCE_EXHAUSTED) before it is parsed. Read once: gRPC
     # cannot change it on a running server.
     max_message = config.server.limits.max_message_bytes
@@ -124,14 +171,6 @@ async def _create_server(
     if port == 0:
         await asyncio.gather(*(adapter.aclose() for adapter in build.adapters.values()))
         raise OSError(f"cannot bind gRPC address {bind}")
-    offload = Offload()
-    observer_log = logging.getLogger("switchpoint.request")
-    request_log = RequestLog(
-        observer_log,
-        log_prompts=config.telemetry.log_prompts,
-        flush_after_s=config.telemetry.request_log_flush_ms / 1000.0,
-    )
-    observer = RequestObserver(telemetry, request_log)
     http = None
     if http_address or config.server.http_address:
         try:
@@ -145,7 +184,7 @@ async def _create_server(
             raise
     sidecar = Sidecar(
         http=http,
-        request_log=request_log,
+        request_log=parts.request_log,
         live=live,
         managed=managed,
         grpc_server=grpc_server,
@@ -153,8 +192,8 @@ async def _create_server(
         port=port,
         environ=environ,
         config_path=config_path,
-        telemetry=telemetry,
-        cache=cache,
+        telemetry=parts.telemetry,
+        cache=parts.cache,
         tls=tls,
         bound=bind,
         offload=offload,

@@ -47,8 +47,9 @@ class Observation:
         self.span.set_attribute("rpc.grpc.status_code", code.value[0])
 
 
-# What a call is observed from: a gRPC call's context, or an HTTP call's headers as metadata.
-Caller = grpc.aio.ServicerContext[object, object] | Sequence[tuple[str, str]]
+# What a call is observed from: a gRPC call's context, an HTTP call's headers as metadata, or
+# None for an in-process library call (its parent is the caller's current trace context).
+Caller = grpc.aio.ServicerContext[object, object] | Sequence[tuple[str, str]] | None
 
 
 class RequestObserver:
@@ -82,7 +83,7 @@ class RequestObserver:
 
     def _parent(self, context: Caller) -> otel_context.Context:
         """The caller's trace context (W3C `traceparent`, baggage) from the call's metadata."""
-        if self._telemetry is None:
+        if self._telemetry is None or context is None:
             return otel_context.get_current()
         if isinstance(context, Sequence):
             return self._telemetry.extract(context)
@@ -97,9 +98,7 @@ class RequestObserver:
                 SPAN_REQUEST,
                 kind=trace.SpanKind.SERVER,
                 attributes={
-                    # An HTTP call is observed from its headers (a sequence), a gRPC call from its
-                    # context.
-                    "rpc.system": "http" if isinstance(context, Sequence) else "grpc",
+                    "rpc.system": _system(context),
                     "rpc.service": "switchpoint.v1.Router",
                     "rpc.method": rpc,
                     "switchpoint.request_id": shown(request.request_id),
@@ -194,6 +193,14 @@ class RequestObserver:
         )
         self._metrics.split(split=split.split, arm=split.arm, outcome=outcome, usd=cost)
         return f"{split.split}/{split.arm}"
+
+
+def _system(context: Caller) -> str:
+    """An HTTP call is observed from its headers (a sequence), a gRPC call from its context, a
+    library call from nothing."""
+    if context is None:
+        return "in-process"
+    return "http" if isinstance(context, Sequence) else "grpc"
 
 
 class _Unspanned:

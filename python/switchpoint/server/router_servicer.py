@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from functools import partial
 from typing import Any, NoReturn
@@ -340,37 +340,43 @@ class RouterServicer:
                 bind_stats(authenticate(keys, context.invocation_metadata()), request)
             except AccessDenied as denied:
                 await context.abort(denied.code, denied.message)
-        engine = self._engine()
-        names = [m.name for m in engine.registry.models]
-        for i, name in enumerate(request.models):
-            if name not in names:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"models[{i}]: unknown model '{name}'"
-                )
-        wanted = set(request.models) or set(names)
-        return pb.Stats(
-            models=[
-                _model_stats(
-                    engine,
-                    model,
-                    request.tenant if request.HasField("tenant") else None,
-                    request.stage if request.HasField("stage") else None,
-                )
-                for model in names
-                if model in wanted
-            ],
-            uptime_s=engine.stats.uptime_s(),
-            shared_state=_shared_state(engine),
-            config_error=self._engine.error,
-            config_version=self._engine.version,
-            cache=_cache_stats(engine),
-            budgets=_budgets_left(engine, request.tenant if request.HasField("tenant") else None),
-            splits=arm_stats(
-                engine.splits,
-                self._observer.splits,
+        try:
+            return stats_message(
+                self._engine,
+                self._observer,
+                request.models,
                 request.tenant if request.HasField("tenant") else None,
-            ),
-        )
+                request.stage if request.HasField("stage") else None,
+            )
+        except InvalidRequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+
+def stats_message(
+    live: LiveEngine,
+    observer: RequestObserver,
+    models: Sequence[str] = (),
+    tenant: str | None = None,
+    stage: str | None = None,
+) -> pb.Stats:
+    """GetStats' answer, for every front: `models` (all when empty), counters of `tenant` and
+    `stage` only when given. Raises InvalidRequestError naming a model the config lacks."""
+    engine = live()
+    names = [m.name for m in engine.registry.models]
+    for i, name in enumerate(models):
+        if name not in names:
+            raise InvalidRequestError(f"models[{i}]", f"unknown model '{name}'")
+    wanted = set(models) or set(names)
+    return pb.Stats(
+        models=[_model_stats(engine, model, tenant, stage) for model in names if model in wanted],
+        uptime_s=engine.stats.uptime_s(),
+        shared_state=_shared_state(engine),
+        config_error=live.error,
+        config_version=live.version,
+        cache=_cache_stats(engine),
+        budgets=_budgets_left(engine, tenant),
+        splits=arm_stats(engine.splits, observer.splits, tenant),
+    )
 
 
 def _budgets_left(engine: Engine, tenant: str | None) -> list[pb.BudgetLeft]:

@@ -16,8 +16,10 @@ import asyncio
 import logging
 import os
 from collections.abc import Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import Final
 
+from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -57,6 +59,7 @@ __all__ = [
     "SPAN_PROVIDER_CALL",
     "SPAN_REQUEST",
     "SPAN_ROUTE",
+    "ApplicationProviders",
     "Metrics",
     "Telemetry",
     "TelemetryConfig",
@@ -77,6 +80,26 @@ EVENT_FALLBACK: Final = "switchpoint.fallback"
 EVENT_BREAKER: Final = "switchpoint.breaker.change"
 
 
+@dataclass(frozen=True, slots=True)
+class ApplicationProviders:
+    """An embedding application's own OpenTelemetry SDK providers (switchpoint.library): used
+    instead of the config's, and never shut down by switchpoint (they are the application's)."""
+
+    tracer_provider: TracerProvider | None = None
+    meter_provider: MeterProvider | None = None
+
+    @classmethod
+    def installed(cls) -> ApplicationProviders:
+        """The process's global providers, where the application installed SDK ones; the API's
+        default proxies mean it installed none, and the config's are used."""
+        tracer_provider = trace.get_tracer_provider()
+        meter_provider = otel_metrics.get_meter_provider()
+        return cls(
+            tracer_provider if isinstance(tracer_provider, TracerProvider) else None,
+            meter_provider if isinstance(meter_provider, MeterProvider) else None,
+        )
+
+
 class Telemetry:
     """One server's tracer, metrics, propagator and /metrics listener."""
 
@@ -86,9 +109,11 @@ class Telemetry:
         *,
         span_exporter: SpanExporter | None = None,
         environ: Mapping[str, str] | None = None,
+        application: ApplicationProviders | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
         self.config = config
+        self._application = application or ApplicationProviders()
         resource = Resource.create(
             {SERVICE_NAME: env.get("OTEL_SERVICE_NAME") or config.service_name}
         )
@@ -115,6 +140,9 @@ class Telemetry:
             if self.span_exporters
             else trace.NoOpTracer()
         )
+        if self._application.tracer_provider is not None:
+            # The embedding application's own provider: its exporters and sampler decide.
+            self.tracer = self._application.tracer_provider.get_tracer("switchpoint")
 
         self._registry = CollectorRegistry(auto_describe=True)
         # Scope labels would add otel_scope_* to every series for no information: one scope.
@@ -122,7 +150,8 @@ class Telemetry:
         self._meter_provider = MeterProvider(
             metric_readers=[reader], resource=resource, shutdown_on_exit=False
         )
-        self.metrics = Metrics(self._meter_provider.get_meter("switchpoint"), self._registry)
+        meter_provider = self._application.meter_provider or self._meter_provider
+        self.metrics = Metrics(meter_provider.get_meter("switchpoint"), self._registry)
         self.propagator = PROPAGATOR
         self.metrics_port: int | None = None
         self._server = MetricsServer(self._registry)
