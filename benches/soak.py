@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,9 @@ from benches.soak_checks import (
     check_ledger,
     check_nothing_held,
     check_resources,
+    check_server_view,
     open_fds,
+    read_log,
     rss_mib,
     sample_resources,
 )
@@ -79,19 +79,6 @@ def phase_starts(seconds: float) -> list[tuple[str, float]]:
         starts.append((name, at))
         at += share * seconds
     return starts
-
-
-class LevelCounter(logging.Handler):
-    """Counts the sidecar's log records by level (the lines themselves go to a file)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.counts: Counter[str] = Counter()
-        self.with_traceback = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.counts[record.levelname] += 1
-        self.with_traceback += record.exc_info is not None
 
 
 @dataclass
@@ -192,12 +179,12 @@ async def _check_chaos(sidecar: RunningSidecar, chaos: Chaos) -> Check:
 async def soak(*, seconds: float, rate: float, seed: int = SEED) -> dict[str, Any]:
     """Runs the soak and returns the result (see soak_report.result_json)."""
     phases = phase_starts(seconds)
-    warmup_end = phases[1][1]
-    counter = LevelCounter()
+    starts = dict(phases)
+    warmup_end = starts["faults"]
     workdir = Path(tempfile.mkdtemp(prefix="switchpoint-soak-"))
     log_file = (workdir / "sidecar.log").open("w", encoding="utf-8")
+    # The default's logging: JSON lines at INFO (here to a file, read back for the checks).
     configure_logging("INFO", stream=log_file)
-    logging.getLogger().addHandler(counter)
     chaos = Chaos()
     try:
         with providers(seed) as found, RedisServer() as redis:
@@ -216,17 +203,21 @@ async def soak(*, seconds: float, rate: float, seed: int = SEED) -> dict[str, An
                 def phase_at(t: float) -> str:
                     return [name for name, start in phases if start <= t][-1]
 
-                sent, tasks, max_lag = await open_loop(
+                tasks, lags = await open_loop(
                     sidecar,
+                    calls,
                     rate=rate,
                     seconds=seconds,
                     seed=seed,
                     phase_at=phase_at,
                     started=started,
                 )
-                calls.extend(sent)
                 await chaos_task
-                _, unfinished = await asyncio.wait(tasks, timeout=LONG_DEADLINE_S + AWAIT_SLACK_S)
+                unfinished: set[asyncio.Task[None]] = set()
+                if tasks:
+                    _, unfinished = await asyncio.wait(
+                        tasks, timeout=LONG_DEADLINE_S + AWAIT_SLACK_S
+                    )
                 for task in unfinished:
                     task.cancel()
                 checks = [check_answered(calls, len(unfinished))]
@@ -238,13 +229,17 @@ async def soak(*, seconds: float, rate: float, seed: int = SEED) -> dict[str, An
                 stop.set()
                 await sampler
                 samples.append(final)
-                checks.append(check_resources(samples, warmup_end, final))
+                checks.append(
+                    check_resources(samples, (0.0, warmup_end), starts["after-reload"], final)
+                )
                 metrics_port = sidecar.sidecar.metrics_port
             drawn, received = found.faults_drawn(), found.requests_received()
     finally:
-        logging.getLogger().removeHandler(counter)
         unconfigure_logging()
         log_file.close()
+    # Read once the sidecar stopped: it writes the request lines still waiting as it stops.
+    log = read_log(workdir / "sidecar.log")
+    checks.insert(1, check_server_view(calls, log.requests))
     result = soak_report.result_json(
         settings={"seconds": seconds, "rate_per_s": rate, "seed": seed},
         calls=calls,
@@ -252,11 +247,12 @@ async def soak(*, seconds: float, rate: float, seed: int = SEED) -> dict[str, An
         checks=checks,
         samples=samples,
         extra={
-            "max_send_lag_ms": max_lag * 1000.0,
+            "send_lag_ms": soak_report.lag_summary(lags),
             "faults_drawn": drawn,
             "provider_requests": received,
             "chaos": chaos.events,
-            "log_records": {**counter.counts, "with_traceback": counter.with_traceback},
+            "log_lines_by_level": dict(log.levels),
+            "log_lines_with_traceback": log.tracebacks,
             "log_file": str(workdir / "sidecar.log"),
             "metrics_served": metrics_port is not None,
             "cpus": os.cpu_count(),

@@ -49,7 +49,10 @@ MAX_RETRIES = 1
 BUDGET_USD = 1000.0  # far above what a run spends: no refusal hides a charge
 RELOADED_BUDGET_USD = 1200.0
 TENANT_CONCURRENCY = 64
-QUEUED_MODEL_CONCURRENCY = 4  # oai-mini's slots: its admission queue fills under load
+QUEUED_MODEL_CONCURRENCY = 4
+# The providers remember only their latest requests: the run measures the sidecar's memory, not
+# the loopbacks' logs.
+KEEP_REQUESTS = 100  # oai-mini's slots: its admission queue fills under load
 
 
 @dataclass(frozen=True)
@@ -119,16 +122,17 @@ class Providers:
             "steady": self.steady,
             "stall": self.stall,
         }
-        return {name: len(server.requests) for name, server in servers.items()}
+        return {name: server.requests_received for name, server in servers.items()}
 
 
 @contextmanager
 def providers(seed: int) -> Iterator[Providers]:
     with ExitStack() as stack:
-        oai = stack.enter_context(OpenAIServer(api_key=OPENAI_TEST_KEY))
-        ant = stack.enter_context(AnthropicServer(api_key=ANTHROPIC_TEST_KEY))
-        steady = stack.enter_context(OpenAIServer(api_key=OPENAI_TEST_KEY))
-        stall = stack.enter_context(OpenAIServer(api_key=OPENAI_TEST_KEY))
+        keep = KEEP_REQUESTS
+        oai = stack.enter_context(OpenAIServer(api_key=OPENAI_TEST_KEY, keep_requests=keep))
+        ant = stack.enter_context(AnthropicServer(api_key=ANTHROPIC_TEST_KEY, keep_requests=keep))
+        steady = stack.enter_context(OpenAIServer(api_key=OPENAI_TEST_KEY, keep_requests=keep))
+        stall = stack.enter_context(OpenAIServer(api_key=OPENAI_TEST_KEY, keep_requests=keep))
         oai.script = FaultScript(seed)
         ant.script = FaultScript(seed + 1)
         # Long enough that only the client's cancel ends it.

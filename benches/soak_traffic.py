@@ -81,7 +81,7 @@ KINDS: tuple[Kind, ...] = (
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One call and its answer. `charged_usd` is what the answer reported (or, for a cancel,
     what the charging rule says it costs); `unreported_max_usd` bounds what a failed call may
@@ -207,27 +207,29 @@ def pick_kind(rng: random.Random) -> Kind:
 
 async def open_loop(
     sidecar: RunningSidecar,
+    calls: list[Call],
     *,
     rate: float,
     seconds: float,
     seed: int,
     phase_at: Callable[[float], str],
     started: float,
-) -> tuple[list[Call], list[asyncio.Task[None]], float]:
-    """Starts `rate` calls/s for `seconds` on schedule; returns the calls, their tasks (still
-    running, for the caller to await) and the worst send lag in seconds."""
+) -> tuple[set[asyncio.Task[None]], list[float]]:
+    """Starts `rate` calls/s for `seconds` on schedule, appending each to `calls` as it starts;
+    returns the tasks still running (for the caller to await) and each send's lag in seconds."""
     rng = random.Random(seed)
-    calls: list[Call] = []
-    tasks: list[asyncio.Task[None]] = []
-    max_lag = 0.0
+    running: set[asyncio.Task[None]] = set()  # finished tasks are dropped: memory stays flat
+    lags: list[float] = []
     for index in range(round(rate * seconds)):
         scheduled = index / rate
         delay = started + scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        max_lag = max(max_lag, time.perf_counter() - started - scheduled)
+        lags.append(time.perf_counter() - started - scheduled)
         kind = pick_kind(rng)
         call = Call(index, kind.name, kind.tenant, phase_at(scheduled), scheduled, kind.deadline_s)
         calls.append(call)
-        tasks.append(asyncio.create_task(run_call(sidecar, kind, call, started)))
-    return calls, tasks, max_lag
+        task = asyncio.create_task(run_call(sidecar, kind, call, started))
+        running.add(task)
+        task.add_done_callback(running.discard)
+    return running, lags

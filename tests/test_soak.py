@@ -20,7 +20,14 @@ async def test_a_minute_of_faults_loses_leaks_and_mischarges_nothing() -> None:
     failed = [c for c in result["checks"] if not c["passed"]]
     assert not failed, failed
     checks = {c["name"]: c["detail"] for c in result["checks"]}
-    assert set(checks) == {"answered", "nothing held", "ledger", "chaos applied", "resources flat"}
+    assert set(checks) == {
+        "answered",
+        "server saw each",
+        "nothing held",
+        "ledger",
+        "chaos applied",
+        "resources flat",
+    }
     # The run did what it claims: every fault kind reached the sidecar, clients cancelled.
     drawn = result["faults_drawn"]
     assert {f.name for f in FAULTS} <= set(drawn["oai"]) | set(drawn["ant"]), drawn
