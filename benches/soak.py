@@ -9,7 +9,7 @@ goes through five phases, by share of `--seconds`:
 
     warm-up 20 %    no faults
     faults 25 %     providers fail at random (429/500/503, stalls, resets, malformed JSON)
-    redis-down 15 % Redis killed at the start (faults go on)
+    redis-down 15 % Redis stopped at the start (SIGTERM, no persistence; faults go on)
     after-reload 25 % Redis restarted empty, then the config reloaded (a budget limit changed)
     drain 15 %      faults off; then every call is awaited
 

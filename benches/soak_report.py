@@ -155,7 +155,8 @@ def plot(
         marker="x",
         label="error answer",
     )
-    top.set(yscale="log", ylabel="latency from scheduled send (ms)", title="every call")
+    top.set(yscale="log", ylabel="latency from scheduled send (ms)")
+    top.set_title("every call, by its scheduled send", pad=16)
     bottom.plot([s.t_s for s in samples], [s.rss_mib for s in samples], label="RSS (MiB)")
     fds = bottom.twinx()
     fds.plot([s.t_s for s in samples], [s.fds for s in samples], color="tab:gray", label="FDs")
