@@ -119,6 +119,11 @@ def result_json(
         "checks": [asdict(c) for c in checks],
         "passed": all(c.passed for c in checks),
         "samples": [asdict(s) for s in samples],
+        # Every call, for plotting again: [scheduled s, latency ms, status, kind, tenant].
+        "call_series": [
+            [round(c.scheduled_s, 3), round(c.latency_ms, 2), c.status, c.kind, c.tenant]
+            for c in calls
+        ],
         **extra,
     }
 
