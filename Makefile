@@ -16,7 +16,7 @@ CONFIG ?= python/switchpoint/default.yaml
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF
 
 .PHONY: env native run test lint lint-python lint-native lint-rust lint-generated fmt cargo-test pytest \
-	test-local local-model protos lock bench clean redis fuzz
+	test-local local-model protos lock bench soak clean redis fuzz
 
 ## env: a venv with the dev tools and the Rust extension built in release mode
 env: $(VENV)/.native-stamp
@@ -127,6 +127,12 @@ fuzz: env
 
 bench: env
 	$(VENV)/bin/pytest benches --benchmark-only -p no:cacheprovider -s
+
+## soak: SOAK_SECONDS of mixed traffic under provider faults, a Redis outage and a hot reload, then
+## the checks (nothing lost, leaked or mischarged); writes benches/results/soak.json and soak.png
+SOAK_SECONDS ?= 300
+soak: env redis
+	$(PY) -m benches.soak --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) target

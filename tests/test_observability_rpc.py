@@ -3,6 +3,7 @@ and out, and the Prometheus endpoint scraped over HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -18,7 +19,7 @@ from switchpoint.v1 import router_pb2 as pb
 from tests.providers.anthropic_server import AnthropicServer
 from tests.providers.fixtures import ANTHROPIC_TEST_KEY, OPENAI_TEST_KEY
 from tests.providers.openai_server import OpenAIServer
-from tests.providers.script import error
+from tests.providers.script import error, hang
 from tests.sidecar_harness import running_sidecar, user
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -225,3 +226,38 @@ async def test_without_a_span_exporter_providers_still_get_the_callers_trace(
         assert headers["traceparent"] == TRACEPARENT
         assert headers["baggage"] == "team=checkout"
     assert "traceparent" not in openai_server.requests[1].headers
+
+
+async def test_a_stream_the_client_cancels_is_counted_cancelled_not_ok(
+    openai_server: OpenAIServer, anthropic_server: AnthropicServer
+) -> None:
+    # The provider sends one chunk and stalls: only the client's cancel ends the call.
+    openai_server.script.push(hang(10.0, after_chunks=1))
+    telemetry = Telemetry(TelemetryConfig(metrics_address="127.0.0.1:0"), environ={})
+    env = {"T_OAI": OPENAI_TEST_KEY, "T_ANT": ANTHROPIC_TEST_KEY}
+    async with running_sidecar(
+        _config(openai_server, anthropic_server), env, telemetry=telemetry
+    ) as sidecar:
+        request = pb.ChatRequest(
+            messages=user("a long answer please"), routing=pb.RoutingOptions(models=["gpt"])
+        )
+        call = sidecar.stub.ChatStream(request)
+        first = await call.read()
+        assert isinstance(first, pb.ChatChunk)
+        call.cancel()
+        port = sidecar.sidecar.metrics_port
+        assert port is not None
+        outcomes: dict[str, float] = {}
+        async with httpx.AsyncClient() as client:
+            for _ in range(200):  # bounded: the handler finishes as soon as it sees the cancel
+                scraped = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+                outcomes = {
+                    s.labels["outcome"]: s.value
+                    for f in text_string_to_metric_families(scraped)
+                    for s in f.samples
+                    if s.name == "switchpoint_requests_total"
+                }
+                if outcomes:
+                    break
+                await asyncio.sleep(0.02)
+    assert outcomes == {"cancelled": 1}

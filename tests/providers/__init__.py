@@ -109,10 +109,11 @@ class LoopbackServer:
 
     api_prefix = ""  # what base_url adds after the host, e.g. "/v1"
 
-    def __init__(self, *, api_key: str | None = None) -> None:
+    def __init__(self, *, api_key: str | None = None, keep_requests: int | None = None) -> None:
         self.api_key = api_key  # when set, requests must carry it, as the provider requires
         self.script = Script()
-        self._log = RequestLog()
+        # `keep_requests`: `requests` holds only the latest that many (a soak's memory stays flat).
+        self._log = RequestLog(keep_requests)
         self._connections: Connections = {}  # touched only on the server thread
         self._stopping = threading.Event()
         # Requests whose client went away while the server was still holding them (a cancelled
@@ -158,6 +159,11 @@ class LoopbackServer:
     def requests(self) -> list[RecordedRequest]:
         """Every request received so far, in order."""
         return self._log.snapshot()
+
+    @property
+    def requests_received(self) -> int:
+        """How many requests arrived, including those `keep_requests` let go."""
+        return self._log.received
 
     @property
     def port(self) -> int:

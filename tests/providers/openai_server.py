@@ -61,9 +61,14 @@ class OpenAIServer(LoopbackServer):
     api_prefix = "/v1"
 
     def __init__(
-        self, *, api_key: str | None = None, reports_usage: bool = True, sends_done: bool = True
+        self,
+        *,
+        api_key: str | None = None,
+        reports_usage: bool = True,
+        sends_done: bool = True,
+        keep_requests: int | None = None,
     ) -> None:
-        super().__init__(api_key=api_key)
+        super().__init__(api_key=api_key, keep_requests=keep_requests)
         self.reports_usage = reports_usage
         self.sends_done = sends_done
 

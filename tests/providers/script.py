@@ -159,15 +159,18 @@ class RecordedRequest:
 
 
 class RequestLog:
-    """Every request a server received, in order; read from the test thread."""
+    """Every request a server received, in order (with `keep_last`, only the latest that many:
+    a long run's memory then stays flat); read from the test thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_last: int | None = None) -> None:
         self._lock = threading.Lock()
-        self._requests: list[RecordedRequest] = []
+        self._requests: deque[RecordedRequest] = deque(maxlen=keep_last)
+        self.received = 0  # every request, kept or not
 
     def append(self, request: RecordedRequest) -> None:
         with self._lock:
             self._requests.append(request)
+            self.received += 1
 
     def snapshot(self) -> list[RecordedRequest]:
         with self._lock:

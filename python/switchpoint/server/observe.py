@@ -4,11 +4,13 @@ request and overhead metrics, and the one structured log line. The servicers wra
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import Token
 from dataclasses import dataclass, field
+from types import TracebackType
 
 import grpc
 from opentelemetry import context as otel_context
@@ -26,6 +28,9 @@ from switchpoint.splits.assign import Assignment
 from switchpoint.splits.book import SplitBook
 from switchpoint.telemetry import SPAN_REQUEST, Telemetry
 
+# The outcome of a call its client abandoned: no status was sent, so no status code names it.
+CANCELLED = "cancelled"
+
 
 @dataclass(slots=True)
 class Observation:
@@ -40,6 +45,12 @@ class Observation:
     # Time the call spent waiting on providers, backoffs and queues: not switchpoint's overhead.
     waited_s: float = 0.0
     started: float = field(default_factory=time.perf_counter)
+
+    def ended_by(self, exc: BaseException | None) -> None:
+        """The call's handler ended with `exc`: a cancellation means the client went away
+        (cancelled, or its deadline passed) before an answer or a status, which is not "ok"."""
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            self.outcome = CANCELLED
 
     def failed(self, code: grpc.StatusCode, message: str) -> None:
         self.outcome = code.name.lower()
@@ -111,6 +122,9 @@ class RequestObserver:
                 observation = Observation(span)
                 try:
                     yield observation
+                except BaseException as exc:
+                    observation.ended_by(exc)
+                    raise
                 finally:
                     self._finish(rpc, request, observation)
         finally:
@@ -229,7 +243,13 @@ class _Unspanned:
             self._observation.span = trace.get_current_span()
         return self._observation
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._observation.ended_by(exc)
         try:
             self._observer._finish(self._rpc, self._request, self._observation)
         finally:
