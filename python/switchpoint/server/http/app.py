@@ -225,13 +225,8 @@ class HttpFront:
             self._engine.hold() as engine,
             self._observer.observe(RPC, headers, chat_input) as seen,
         ):
-            try:
-                await self._answer(send, engine, call, chat_input, seen)
-            except asyncio.CancelledError:
-                # The caller hung up (or the server stopped past its grace): the request line
-                # says so rather than "ok".
-                seen.outcome = "cancelled"
-                raise
+            # A caller that hangs up is logged "cancelled" by the observer (Observation.ended_by).
+            await self._answer(send, engine, call, chat_input, seen)
 
     async def _answer(
         self, send: Send, engine: Engine, call: ChatCall, chat_input: ChatInput, seen: Observation
