@@ -36,7 +36,6 @@ import io
 import json
 import logging
 import os
-import signal
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -48,63 +47,27 @@ from typing import Any
 import httpx
 
 from benches.loadgen import machine, pinned_self, plan_cores, server_process
+from benches.proxy_overhead import config as loopback_config
+from benches.proxy_overhead import serve_provider
 from switchpoint.providers.connections import PooledHTTP1Transport
 from tests.providers.fixtures import OPENAI_TEST_KEY
 
 RESULTS_DIR = Path(__file__).parent / "results"
 RESULT_FILE = RESULTS_DIR / "library_overhead.json"
-MODEL = "loop-now"
 PROMPT = "say hello in five words"
 MAX_TOKENS = 16
 MODES = ("direct", "direct-lean", "switchpoint", "litellm")
+MODEL = "loop-now"
 ENV = {"T_OAI": OPENAI_TEST_KEY}
 
 Call = Callable[[], Awaitable[object]]
 
 
-# -- the provider (its own process) --------------------------------------------------------------
-
-
-def _serve_provider() -> None:
-    from tests.providers.openai_server import OpenAIServer
-
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    with OpenAIServer(api_key=OPENAI_TEST_KEY) as server:
-        print(f"port {server.port}", flush=True)
-        while not stopping:
-            time.sleep(0.1)
-
-
 def config(provider_url: str) -> dict[str, Any]:
+    """The proxy-overhead bench's config, for a provider that answers at once, at the default
+    config's observability (metrics served, on a free loopback port here)."""
     return {
-        "providers": {
-            "loop": {
-                "kind": "openai",
-                "base_url": provider_url,
-                "api_key_env": "T_OAI",
-                "timeout_s": 5.0,
-                "retry": {"max_retries": 0},
-            }
-        },
-        "models": [
-            {
-                "name": MODEL,
-                "provider": "loop",
-                "upstream_model": MODEL,
-                "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.1},
-                "context_window": 16000,
-                "quality": 0.5,
-                "latency_prior": {"ttft_ms": 1, "tpot_ms": 1},
-            }
-        ],
-        # The default config's observability: metrics served (on a free loopback port here).
+        **loopback_config(provider_url, ttft_ms=1, model=MODEL),
         "telemetry": {"metrics_address": "127.0.0.1:0"},
     }
 
@@ -360,7 +323,7 @@ def main() -> None:
     parser.add_argument("--per-segment", type=int, default=200)
     args = parser.parse_args()
     if args.role == "provider":
-        _serve_provider()
+        serve_provider(latency_s=None)
         return
     result = measure(rounds=args.rounds, per_segment=args.per_segment)
     print(table(result))

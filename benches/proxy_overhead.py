@@ -88,7 +88,9 @@ ENV = {"T_OAI": OPENAI_TEST_KEY}
 # -- the provider (its own process) --------------------------------------------------------------
 
 
-def _serve_provider() -> None:
+def serve_provider(latency_s: float | None = PROVIDER_LATENCY_S) -> None:
+    """The loopback OpenAI provider until SIGTERM, answering after `latency_s` (None: at once);
+    prints its port first."""
     from tests.providers.openai_server import OpenAIServer
     from tests.providers.script import hang
 
@@ -101,7 +103,8 @@ def _serve_provider() -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     with OpenAIServer(api_key=OPENAI_TEST_KEY) as server:
-        server.script.default = hang(PROVIDER_LATENCY_S)
+        if latency_s is not None:
+            server.script.default = hang(latency_s)
         print(f"port {server.port}", flush=True)
         while not stopping:
             time.sleep(0.1)
@@ -110,7 +113,7 @@ def _serve_provider() -> None:
 # -- config and requests -------------------------------------------------------------------------
 
 
-def config(provider_url: str) -> dict[str, Any]:
+def config(provider_url: str, ttft_ms: float = 20, model: str = MODEL) -> dict[str, Any]:
     return {
         "providers": {
             "loop": {
@@ -123,16 +126,16 @@ def config(provider_url: str) -> dict[str, Any]:
         },
         "models": [
             {
-                "name": MODEL,
+                "name": model,
                 "provider": "loop",
-                "upstream_model": MODEL,
+                "upstream_model": model,
                 "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.1},
                 "context_window": 16000,
                 "quality": 0.5,
-                "latency_prior": {"ttft_ms": 20, "tpot_ms": 1},
+                "latency_prior": {"ttft_ms": ttft_ms, "tpot_ms": 1},
             }
         ],
-        "routing": {"fallback_chain": [MODEL]},
+        "routing": {"fallback_chain": [model]},
     }
 
 
@@ -450,7 +453,7 @@ def write_json(result: ProxyOverheadResult, path: Path = RESULT_FILE) -> Path:
 
 def main() -> None:
     if sys.argv[1:] == ["provider"]:
-        _serve_provider()
+        serve_provider()
         return
     from benches.plot import plot_overhead
 
