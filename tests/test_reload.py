@@ -478,3 +478,26 @@ async def test_sighup_reloads_the_file(openai_server: OpenAIServer, tmp_path: Pa
         os.kill(os.getpid(), signal.SIGHUP)
         await _until_version(running, 2)
         assert (await running.route()).model == "strong"
+
+
+async def test_a_reload_keeps_the_loaded_tokenizers(
+    openai_server: OpenAIServer, tmp_path: Path
+) -> None:
+    """Reading an encoding's ranks takes ~0.5 s on the event loop; a reload must not pay it again
+    (the running engine's counter is handed over, like the latency tracker)."""
+    config = _config(openai_server, poll_s=None)
+    for model in config["models"]:
+        model["tokenizer"] = "o200k_base"
+    path = tmp_path / "switchpoint.yaml"
+    async with _running(path, config) as running:
+        before = running.sidecar.engine.tokens
+        encoding = before.encoding("o200k_base")
+        assert encoding is not None
+        config["routing"]["stages"]["s"]["strategy"] = "quality-first"
+        _write(path, config)
+        result = await running.sidecar.reload()
+        assert result.ok, result.errors
+        after = running.sidecar.engine.tokens
+        assert after is before
+        assert after.encoding("o200k_base") is encoding
+        assert (await running.route()).model == "strong"

@@ -223,6 +223,7 @@ def build_engine(
         cache=old.cache.cache if old is not None and old.cache is not None else cache,
         predictor=old.predictor if old is not None else predictor,
         hooks=hooks,
+        tokens=old.tokens if old is not None else None,
     )
     # One config's known tenants and stages, for every book and sink that labels by them.
     engine.stats.set_labels(gate.labels)
